@@ -1,0 +1,1 @@
+"""The `smartregion` command line."""

@@ -1,0 +1,72 @@
+"""What every command shares: consoles, options, passphrase, and turning errors into exits."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Iterator
+
+import grpc
+import typer
+from rich.console import Console
+
+from node import keystore
+from node.hubdir import HubDirError
+from node.identity import IdentityError
+from node.register import UnknownMunicipality
+from node.sensor_client import CredentialError
+
+console = Console()
+err_console = Console(stderr=True)
+
+DataDir = Annotated[
+    Path,
+    typer.Option(
+        "--data-dir",
+        "-d",
+        envvar="SMARTREGION_DATA_DIR",
+        help="The hub's data directory (env SMARTREGION_DATA_DIR).",
+        file_okay=False,
+    ),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Print expected failures as one clear line and exit non-zero; no tracebacks."""
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise fail(f"the hub answered {exc.code().name}: {exc.details()}") from None
+    except (HubDirError, keystore.KeystoreError, IdentityError, UnknownMunicipality, CredentialError, FileExistsError) as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
+
+
+def passphrase(confirm: bool = False) -> bytes:
+    """From the environment, or asked for when a person is at the terminal."""
+    try:
+        return keystore.passphrase_from_environment()
+    except keystore.KeystoreError:
+        if not sys.stdin.isatty():
+            raise
+    value = typer.prompt("Hub passphrase", hide_input=True, confirmation_prompt=confirm)
+    return value.encode()
+
+
+def print_json(value) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=False) + "\n")
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")

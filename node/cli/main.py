@@ -1,0 +1,129 @@
+"""`smartregion`: run a municipality's hub and manage it."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from google.protobuf.json_format import MessageToDict
+from rich.table import Table
+
+from node import __version__, hubdir, logs
+from node.api.v1 import admin_pb2
+from node.cli import sensor
+from node.cli.common import DataDir, JsonFlag, console, fail, passphrase, print_json, user_errors
+from node.client import AdminClient
+from node.register import lookup
+
+app = typer.Typer(
+    help="smartregion: municipalities share IoT data without giving up control of it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(sensor.app, name="sensor")
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"smartregion {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = None,
+) -> None:
+    pass
+
+
+@app.command()
+def init(
+    data_dir: DataDir,
+    municipality: Annotated[str, typer.Option(help="Kommunenummer (1103) or name (Stavanger).")],
+    host: Annotated[list[str], typer.Option(help="Extra DNS name or IP for the TLS certificate (repeatable).")] = [],
+    listen_host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    advertise_host: Annotated[Optional[str], typer.Option(help="Address sensors and peers dial (default: the listen address).")] = None,
+    grpc_port: Annotated[int, typer.Option(min=0, max=65535)] = hubdir.DEFAULT_GRPC_PORT,
+    http_port: Annotated[int, typer.Option(min=0, max=65535)] = hubdir.DEFAULT_HTTP_PORT,
+) -> None:
+    """Create a hub for a municipality: keys, TLS certificate, admin credential, storage."""
+    with user_errors():
+        found = lookup(municipality)
+        if hubdir.HubDir(data_dir).exists:
+            raise fail(f"{data_dir} already holds a hub; refusing to overwrite it")
+        secret = passphrase(confirm=True)
+        network = hubdir.NetworkConfig(
+            listen_host=listen_host,
+            advertise_host=advertise_host or (listen_host if listen_host not in ("0.0.0.0", "::") else "127.0.0.1"),
+            grpc_port=grpc_port,
+            http_port=http_port,
+        )
+        config, _ = hubdir.init_hub(data_dir, found.number, secret, hostnames=tuple(host), network=network)
+    console.print(f"Created hub [bold]{config.hub_id}[/] for {found.name} ({found.number}) in {data_dir}")
+    console.print(f"Start it with: smartregion serve --data-dir {data_dir}")
+
+
+@app.command()
+def serve(
+    data_dir: DataDir,
+    grpc_port: Annotated[Optional[int], typer.Option(min=0, max=65535, help="gRPC port (default from hub.toml; 0 picks a free one).")] = None,
+    http_port: Annotated[Optional[int], typer.Option(min=0, max=65535, help="HTTP port (default from hub.toml; 0 picks a free one).")] = None,
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on (default from hub.toml).")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Serve plaintext, without TLS. For local experiments only.")] = False,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Run the hub (gRPC and HTTP) until SIGTERM or Ctrl-C."""
+    from node.hub import Hub
+    from node.server import serve_forever
+
+    logs.configure(log_level.upper())
+    with user_errors():
+        hub = Hub.open(data_dir, passphrase())
+        try:
+            asyncio.run(serve_forever(hub, host=host, grpc_port=grpc_port, http_port=http_port, insecure=insecure))
+        except KeyboardInterrupt:
+            pass
+
+
+def _when(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M") if ms else "-"
+
+
+@app.command()
+def status(data_dir: DataDir, json_output: JsonFlag = False) -> None:
+    """Show the running hub: identity, sensors, and readings per dataset and metric."""
+    with user_errors(), AdminClient(data_dir) as client:
+        st = client.call("GetStatus", admin_pb2.GetStatusRequest())
+    if json_output:
+        doc = MessageToDict(st, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+        doc.pop("tls_certificate_pem", None)
+        print_json(doc)
+        return
+    console.print(f"[bold]Hub {st.hub_id}[/] — {st.municipality_name} ({st.municipality_number}), smartregion {st.version}")
+    console.print(f"gRPC {st.endpoint.grpc_address}   HTTP {st.endpoint.http_url}   TLS {'on' if st.endpoint.tls else 'OFF'}")
+    console.print(f"Sensors: {st.sensors_active} active, {st.sensors_revoked} revoked")
+    table = Table("dataset", "metric", "readings", "first", "last")
+    for c in st.counts:
+        table.add_row(c.dataset, c.metric, f"{c.readings:,}", _when(c.first_time_ms), _when(c.last_time_ms))
+    console.print(table)
+    if st.rejections_by_reason:
+        console.print("Rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(st.rejections_by_reason.items())))
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Option("--dir", help="Where the demo keeps its hubs' data directories.")] = Path("demo-region"),
+    exit_after: Annotated[bool, typer.Option("--exit", help="Stop after the walk-through instead of running until Ctrl-C.")] = False,
+) -> None:
+    """Run the demo: a hub, a sensor with its own key, real readings from Valand (Stavanger)."""
+    from node.demo import run_demo
+
+    with user_errors():
+        run_demo(directory, keep_running=not exit_after)
+
+
+if __name__ == "__main__":
+    app()

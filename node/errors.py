@@ -1,0 +1,50 @@
+"""Why the hub refuses something, in one table shared by gRPC, HTTP, metrics and docs.
+
+Domain code raises `Rejected(Reason.X, "message")`; the gRPC servicers and the HTTP app map the
+reason to their own status with `grpc_code` / `http_status`. Codes are names of gRPC status
+codes so the domain layer does not import grpc.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Reason(Enum):
+    #                      (gRPC status code,     HTTP, meaning)
+    MALFORMED_FRAME = ("INVALID_ARGUMENT", 400, "the bytes are not a sealed frame of a known version")
+    FRAME_TOO_LARGE = ("RESOURCE_EXHAUSTED", 413, "a frame or batch exceeds the size limits")
+    WRONG_HUB = ("FAILED_PRECONDITION", 421, "the frame is addressed to another hub")
+    UNKNOWN_SENSOR = ("UNAUTHENTICATED", 401, "no sensor with this id is enrolled at this hub")
+    REVOKED_SENSOR = ("PERMISSION_DENIED", 403, "the sensor was revoked")
+    AUTHENTICATION_FAILED = ("UNAUTHENTICATED", 401, "the frame does not authenticate under the sensor's key")
+    REPLAYED = ("FAILED_PRECONDITION", 409, "the counter is not above the last one accepted (replay or reordering)")
+    MALFORMED_SENML = ("INVALID_ARGUMENT", 422, "the plaintext is not valid SenML JSON (RFC 8428)")
+    UNKNOWN_METRIC = ("INVALID_ARGUMENT", 422, "a record names a metric the sensor is not enrolled for")
+    NON_FINITE_VALUE = ("INVALID_ARGUMENT", 422, "a value or time is NaN or infinite")
+    INVALID_READING = ("INVALID_ARGUMENT", 422, "a value is out of range, has the wrong unit or an impossible time")
+    # Admin and general requests
+    INVALID_REQUEST = ("INVALID_ARGUMENT", 400, "the request is malformed or names something invalid")
+    NOT_FOUND = ("NOT_FOUND", 404, "the named object does not exist")
+    ALREADY_EXISTS = ("ALREADY_EXISTS", 409, "the object exists already")
+    UNAUTHENTICATED = ("UNAUTHENTICATED", 401, "missing or wrong credentials")
+    PERMISSION_DENIED = ("PERMISSION_DENIED", 403, "the caller is not allowed to do this")
+
+    def __init__(self, grpc_code: str, http_status: int, meaning: str) -> None:
+        self.grpc_code = grpc_code
+        self.http_status = http_status
+        self.meaning = meaning
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class Rejected(Exception):
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.reason.label}: {self.message}"

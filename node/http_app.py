@@ -1,0 +1,56 @@
+"""The hub's HTTP server (aiohttp): sealed-frame ingest for sensors that cannot speak gRPC,
+health and Prometheus metrics. Later issues add the dashboard and open data here."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from node.errors import Reason, Rejected
+from node.frames import MAX_FRAME
+from node.hub import Hub
+
+HUB_KEY = web.AppKey("hub", Hub)
+FRAME_CONTENT_TYPE = "application/vnd.smartregion.frame"
+
+
+def error_response(rejected: Rejected) -> web.Response:
+    return web.json_response(
+        {"error": rejected.reason.label, "message": rejected.message}, status=rejected.reason.http_status
+    )
+
+
+async def post_frame(request: web.Request) -> web.Response:
+    hub = request.app[HUB_KEY]
+    if request.content_length is not None and request.content_length > MAX_FRAME:
+        rejected = await hub.ingest.reject(
+            Reason.FRAME_TOO_LARGE, f"the frame is {request.content_length} bytes; the limit is {MAX_FRAME}"
+        )
+        return error_response(rejected)
+    try:
+        body = await request.content.read(MAX_FRAME + 1)
+        receipts = await hub.ingest.submit_batch([body])
+    except Rejected as rejected:
+        return error_response(rejected)
+    r = receipts[0]
+    return web.json_response(
+        {"sensor_id": r.sensor_id, "counter": r.counter, "readings_stored": r.stored, "readings_duplicate": r.duplicate}
+    )
+
+
+async def health(request: web.Request) -> web.Response:
+    hub = request.app[HUB_KEY]
+    return web.json_response({"status": "serving", "hub_id": hub.config.hub_id, "version": hub.version})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[HUB_KEY].metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def build_app(hub: Hub) -> web.Application:
+    app = web.Application(client_max_size=MAX_FRAME + 1)
+    app[HUB_KEY] = hub
+    app.router.add_post("/v1/frames", post_frame)
+    app.router.add_get("/healthz", health)
+    app.router.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,53 @@
+"""A running hub's state: configuration, identity, storage and domain services."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from node import __version__
+from node.hubdir import DB_FILE, HubConfig, HubDir
+from node.identity import HubIdentity
+from node.ingest import IngestService
+from node.observability import HubMetrics
+from node.storage import Storage
+
+
+@dataclass
+class Endpoint:
+    grpc_address: str = ""
+    http_url: str = ""
+    tls: bool = True
+
+
+@dataclass
+class Hub:
+    hub_dir: HubDir
+    config: HubConfig
+    identity: HubIdentity
+    storage: Storage
+    ingest: IngestService
+    metrics: HubMetrics
+    endpoint: Endpoint = field(default_factory=Endpoint)
+    started_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    version: str = __version__
+
+    @classmethod
+    def open(cls, path: Path, passphrase: bytes) -> "Hub":
+        hub_dir = HubDir(Path(path))
+        config = hub_dir.config()
+        identity = hub_dir.identity(passphrase)
+        storage = Storage(hub_dir.file(DB_FILE))
+        metrics = HubMetrics()
+        ingest = IngestService(
+            identity.hub_id,
+            identity.key_encryption_key,
+            storage,
+            on_rejection=metrics.rejected,
+            on_accepted=metrics.accepted,
+        )
+        return cls(hub_dir, config, identity, storage, ingest, metrics)
+
+    def close(self) -> None:
+        self.storage.close()

@@ -1,0 +1,197 @@
+"""Accepting sealed frames: authenticate, check order, validate, commit durably.
+
+A frame is accepted only if it is addressed to this hub, comes from an enrolled, unrevoked
+sensor, authenticates under that sensor's key, carries a counter above the last one accepted
+for the sensor, and holds valid SenML. Its readings and the new counter are committed in one
+transaction; only then is it acknowledged. Anything else raises Rejected and stores nothing
+but a rejection count.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from node import catalog, frames, ids, senml
+from node.errors import Reason, Rejected
+from node.sensors import unwrap_key
+from node.storage import Storage
+from node.storage.base import CounterConflict, FrameOutcome, FrameToCommit, SensorRecord
+
+MAX_FRAMES_PER_BATCH = 1000
+# A stream commits when this many readings or frames are pending (one transaction each).
+STREAM_COMMIT_READINGS = 20_000
+STREAM_COMMIT_FRAMES = 256
+
+
+@dataclass
+class _KnownSensor:
+    record: SensorRecord
+    aead: AESGCM
+    metrics: dict[str, catalog.Metric]
+
+
+@dataclass(frozen=True)
+class Receipt:
+    sensor_id: str
+    counter: int
+    stored: int
+    duplicate: int
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class IngestService:
+    def __init__(
+        self,
+        hub_id: bytes,
+        key_encryption_key: bytes,
+        storage: Storage,
+        on_rejection: Callable[[Reason], None] | None = None,
+        on_accepted: Callable[[int], None] | None = None,
+    ) -> None:
+        self.hub_id = hub_id
+        self._kek = key_encryption_key
+        self._storage = storage
+        self._sensors: dict[str, _KnownSensor] = {}
+        self._on_rejection = on_rejection or (lambda reason: None)
+        self._on_accepted = on_accepted or (lambda readings: None)
+
+    def forget(self, sensor_id: str) -> None:
+        """Drop a cached sensor (after revocation) so the next frame re-reads it."""
+        self._sensors.pop(sensor_id, None)
+
+    async def _sensor(self, sensor_id: str) -> _KnownSensor | None:
+        known = self._sensors.get(sensor_id)
+        if known is None:
+            record = await self._storage.read(lambda s: s.get_sensor(sensor_id))
+            if record is None:
+                return None
+            key = unwrap_key(self._kek, self.hub_id, bytes.fromhex(sensor_id), record.wrapped_key)
+            dataset_metrics = catalog.dataset(record.dataset).metrics
+            known = _KnownSensor(record, AESGCM(key), {m: dataset_metrics[m] for m in record.metrics})
+            self._sensors[sensor_id] = known
+        return known
+
+    async def reject(self, reason: Reason, message: str, sensor_id: str | None = None) -> Rejected:
+        self._on_rejection(reason)
+        await self._storage.write(lambda s: s.record_rejection(reason.label, sensor_id))
+        return Rejected(reason, message)
+
+    async def open(self, frame: bytes, pending: dict[str, int] | None = None) -> FrameToCommit:
+        """Authenticate and validate one frame. `pending` holds counters accepted earlier in
+        the same request but not yet committed; it is updated."""
+        if len(frame) > frames.MAX_FRAME:
+            raise await self.reject(Reason.FRAME_TOO_LARGE, f"the frame is {len(frame)} bytes; the limit is {frames.MAX_FRAME}")
+        try:
+            header = frames.parse_header(frame)
+        except frames.FrameError as exc:
+            raise await self.reject(Reason.MALFORMED_FRAME, str(exc)) from None
+        if header.hub_id != self.hub_id:
+            raise await self.reject(
+                Reason.WRONG_HUB, f"the frame is addressed to hub {header.hub_id.hex()}; this is hub {self.hub_id.hex()}"
+            )
+        sensor_id = ids.to_text(header.sensor_id)
+        known = await self._sensor(sensor_id)
+        if known is None:
+            raise await self.reject(Reason.UNKNOWN_SENSOR, f"no sensor {sensor_id} is enrolled at this hub")
+        if not known.record.active:
+            raise await self.reject(Reason.REVOKED_SENSOR, f"sensor {sensor_id} was revoked", sensor_id)
+        try:
+            _, plaintext = frames.open_frame(known.aead, frame)
+        except frames.InvalidTag:
+            raise await self.reject(
+                Reason.AUTHENTICATION_FAILED, f"the frame does not authenticate under the key of sensor {sensor_id}", sensor_id
+            ) from None
+        last = max(known.record.last_counter, (pending or {}).get(sensor_id, 0))
+        if header.counter <= last:
+            raise await self.reject(
+                Reason.REPLAYED, f"counter {header.counter} of sensor {sensor_id} is not above the last accepted ({last})", sensor_id
+            )
+        try:
+            readings = senml.decode(plaintext, known.metrics)
+        except Rejected as exc:
+            raise await self.reject(exc.reason, f"sensor {sensor_id}: {exc.message}", sensor_id) from None
+        if pending is not None:
+            pending[sensor_id] = header.counter
+        return FrameToCommit(sensor_id, header.counter, [(r.metric, r.time_ms, r.value) for r in readings], _now_ms())
+
+    async def commit(self, batch: list[FrameToCommit]) -> list[Receipt]:
+        try:
+            outcomes: list[FrameOutcome] = await self._storage.write(lambda s: s.commit_frames(batch))
+        except CounterConflict as conflict:
+            # Another request for the same sensor committed first; refresh and report.
+            self.forget(conflict.sensor_id)
+            reason = Reason.REVOKED_SENSOR if conflict.revoked else Reason.REPLAYED
+            raise await self.reject(reason, str(conflict), conflict.sensor_id) from None
+        receipts = []
+        for frame, outcome in zip(batch, outcomes):
+            known = self._sensors.get(frame.sensor_id)
+            if known is not None:
+                known.record.last_counter = max(known.record.last_counter, frame.counter)
+            receipts.append(Receipt(frame.sensor_id, frame.counter, outcome.stored, outcome.duplicate))
+            self._on_accepted(outcome.stored)
+        return receipts
+
+    async def submit_batch(self, frame_list: list[bytes]) -> list[Receipt]:
+        """All or nothing: the first bad frame rejects the batch and nothing is stored."""
+        if len(frame_list) > MAX_FRAMES_PER_BATCH:
+            raise await self.reject(Reason.FRAME_TOO_LARGE, f"{len(frame_list)} frames exceed the batch limit of {MAX_FRAMES_PER_BATCH}")
+        if not frame_list:
+            raise Rejected(Reason.MALFORMED_FRAME, "the batch holds no frames")
+        pending: dict[str, int] = {}
+        opened = []
+        for index, frame in enumerate(frame_list):
+            try:
+                opened.append(await self.open(frame, pending))
+            except Rejected as exc:
+                raise Rejected(exc.reason, f"frame {index}: {exc.message}; nothing of this batch was stored") from None
+        return await self.commit(opened)
+
+    def stream(self) -> "StreamSession":
+        return StreamSession(self)
+
+
+class StreamSession:
+    """Frames of one stream, committed in chunks; a bad frame ends the stream after
+    committing every good frame before it."""
+
+    def __init__(self, service: IngestService) -> None:
+        self._service = service
+        self._pending: list[FrameToCommit] = []
+        self._pending_counters: dict[str, int] = {}
+        self._pending_readings = 0
+        self.frames_accepted = 0
+        self.readings_stored = 0
+        self.readings_duplicate = 0
+        self.last_counter: dict[str, int] = {}
+
+    async def add(self, frame: bytes) -> None:
+        index = self.frames_accepted + len(self._pending)
+        try:
+            opened = await self._service.open(frame, self._pending_counters)
+        except Rejected as exc:
+            await self.flush()
+            raise Rejected(
+                exc.reason, f"frame {index}: {exc.message}; the {self.frames_accepted} frames before it were committed"
+            ) from None
+        self._pending.append(opened)
+        self._pending_readings += len(opened.readings)
+        if self._pending_readings >= STREAM_COMMIT_READINGS or len(self._pending) >= STREAM_COMMIT_FRAMES:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending, self._pending_readings = self._pending, [], 0
+        self._pending_counters.clear()
+        for receipt in await self._service.commit(batch):
+            self.frames_accepted += 1
+            self.readings_stored += receipt.stored
+            self.readings_duplicate += receipt.duplicate
+            self.last_counter[receipt.sensor_id] = receipt.counter

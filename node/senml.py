@@ -1,0 +1,140 @@
+"""SenML (RFC 8428) JSON for sensor readings: encode on the sensor, strict decode at the hub.
+
+Supported: base name `bn`, base time `bt`, base unit `bu`, base value `bv`, version `bver`;
+records with name `n`, numeric value `v`, time `t`, unit `u`. Times are seconds since the UNIX
+epoch (UTC); per RFC 8428 a resolved time below 2**28 is relative to "now" at the hub. Other
+value kinds (`vs`, `vb`, `vd`, `s`) and any must-understand field (ending in `_`) are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+from node.catalog import Metric
+from node.errors import Reason, Rejected
+
+MAX_RECORDS = 10_000
+RELATIVE_TIME_LIMIT = 2**28
+LATEST_TIME = 32503680000.0  # year 3000: anything later is a clock or encoding error
+_BASE_FIELDS = {"bn", "bt", "bu", "bv", "bver"}
+_RECORD_FIELDS = {"n", "v", "t", "u", "ut"}
+_UNSUPPORTED_VALUES = {"vs", "vb", "vd", "s", "bs"}
+
+
+@dataclass(frozen=True)
+class Reading:
+    metric: str
+    time_ms: int
+    value: float
+
+
+def encode(readings: Iterable[Reading], units: dict[str, str] | None = None) -> bytes:
+    """Compact SenML: the first record carries the base time, the rest are offsets from it."""
+    records: list[dict] = []
+    base_ms: int | None = None
+    for r in readings:
+        record: dict = {"n": r.metric, "v": r.value}
+        if base_ms is None:
+            base_ms = r.time_ms
+            record["bt"] = base_ms / 1000
+        elif r.time_ms != base_ms:
+            record["t"] = (r.time_ms - base_ms) / 1000
+        if units and r.metric in units:
+            record["u"] = units[r.metric]
+        records.append(record)
+    return json.dumps(records, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _reject_constant(name: str):
+    raise Rejected(Reason.NON_FINITE_VALUE, f"{name} is not a finite number")
+
+
+def _number(record: dict, key: str, index: int) -> float | None:
+    if key not in record:
+        return None
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Rejected(Reason.MALFORMED_SENML, f"record {index}: {key!r} must be a number")
+    value = float(value)
+    if not math.isfinite(value):
+        raise Rejected(Reason.NON_FINITE_VALUE, f"record {index}: {key!r} is not finite")
+    return value
+
+
+def decode(plaintext: bytes, metrics: dict[str, Metric], now: float | None = None) -> list[Reading]:
+    """Parse and validate; every problem raises Rejected with the record's index."""
+    try:
+        records = json.loads(plaintext, parse_constant=_reject_constant)
+    except Rejected:
+        raise
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise Rejected(Reason.MALFORMED_SENML, f"not JSON: {exc}") from None
+    if not isinstance(records, list) or not records:
+        raise Rejected(Reason.MALFORMED_SENML, "a SenML pack is a non-empty JSON array of records")
+    if len(records) > MAX_RECORDS:
+        raise Rejected(Reason.FRAME_TOO_LARGE, f"{len(records)} records exceed the limit of {MAX_RECORDS}")
+    now = time.time() if now is None else now
+    base_name, base_time, base_unit, base_value = "", 0.0, None, 0.0
+    readings: list[Reading] = []
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise Rejected(Reason.MALFORMED_SENML, f"record {index} is not a JSON object")
+        for key in record:
+            if key.endswith("_"):
+                raise Rejected(Reason.MALFORMED_SENML, f"record {index}: must-understand field {key!r} is not supported")
+            if key in _UNSUPPORTED_VALUES:
+                raise Rejected(Reason.MALFORMED_SENML, f"record {index}: {key!r} is not supported; send numeric values as 'v'")
+        if "bver" in record and (not isinstance(record["bver"], int) or isinstance(record["bver"], bool) or record["bver"] > 10):
+            raise Rejected(Reason.MALFORMED_SENML, f"record {index}: unsupported SenML version {record['bver']!r}")
+        if "bn" in record:
+            if not isinstance(record["bn"], str):
+                raise Rejected(Reason.MALFORMED_SENML, f"record {index}: 'bn' must be a string")
+            base_name = record["bn"]
+        if "bu" in record:
+            if not isinstance(record["bu"], str):
+                raise Rejected(Reason.MALFORMED_SENML, f"record {index}: 'bu' must be a string")
+            base_unit = record["bu"]
+        base_time = _number(record, "bt", index) if "bt" in record else base_time
+        base_value = _number(record, "bv", index) if "bv" in record else base_value
+        name = record.get("n", "")
+        if not isinstance(name, str):
+            raise Rejected(Reason.MALFORMED_SENML, f"record {index}: 'n' must be a string")
+        value = _number(record, "v", index)
+        if value is None:
+            if set(record) <= _BASE_FIELDS:
+                continue  # a record of base fields only
+            raise Rejected(Reason.MALFORMED_SENML, f"record {index} has no numeric value 'v'")
+        metric_name = base_name + name
+        metric = metrics.get(metric_name)
+        if metric is None:
+            raise Rejected(
+                Reason.UNKNOWN_METRIC,
+                f"record {index}: metric {metric_name!r} is not one this sensor is enrolled for "
+                f"({', '.join(metrics)})",
+            )
+        unit = record.get("u", base_unit)
+        if unit is not None and unit != metric.unit:
+            raise Rejected(Reason.INVALID_READING, f"record {index}: unit {unit!r} is not {metric.unit!r} for {metric_name}")
+        value += base_value
+        if not math.isfinite(value):
+            raise Rejected(Reason.NON_FINITE_VALUE, f"record {index}: the value is not finite")
+        if (metric.minimum is not None and value < metric.minimum) or (metric.maximum is not None and value > metric.maximum):
+            raise Rejected(
+                Reason.INVALID_READING,
+                f"record {index}: {metric_name} = {value} is outside [{metric.minimum}, {metric.maximum}] {metric.unit}",
+            )
+        when = base_time + (_number(record, "t", index) or 0.0)
+        if not math.isfinite(when):
+            raise Rejected(Reason.NON_FINITE_VALUE, f"record {index}: the time is not finite")
+        if abs(when) < RELATIVE_TIME_LIMIT:
+            when += now
+        if not 0 <= when <= LATEST_TIME:
+            raise Rejected(Reason.INVALID_READING, f"record {index}: time {when} is before 1970 or after 3000")
+        readings.append(Reading(metric_name, round(when * 1000), value))
+    if not readings:
+        raise Rejected(Reason.MALFORMED_SENML, "the pack holds no readings")
+    return readings

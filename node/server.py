@@ -1,0 +1,148 @@
+"""Run a hub: the gRPC server (ingest, admin, health, reflection) and the HTTP server, in
+one event loop, until stopped. TLS on both unless `insecure` is set explicitly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from node.api.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
+from node.http_app import build_app
+from node.hub import Endpoint, Hub
+from node.servicers.admin import AdminServicer
+from node.servicers.auth import AdminAuthInterceptor
+from node.servicers.ingest import IngestServicer
+from node.tlsfiles import server_ssl_context
+
+log = logging.getLogger("smartregion.server")
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+SERVICE_NAMES = (
+    ingest_pb2.DESCRIPTOR.services_by_name["Ingest"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+@dataclass
+class RunningHub:
+    hub: Hub
+    grpc_server: grpc.aio.Server
+    http_runner: web.AppRunner
+    health: health_aio.HealthServicer
+
+    async def stop(self, grace: float = 5.0) -> None:
+        for name in (*SERVICE_NAMES, ""):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.grpc_server.stop(grace)
+        await self.http_runner.cleanup()
+        self.hub.hub_dir.clear_endpoint()
+        self.hub.close()
+        log.info("stopped", extra={"hub_id": self.hub.config.hub_id})
+
+
+async def start(
+    hub: Hub,
+    *,
+    host: str | None = None,
+    grpc_port: int | None = None,
+    http_port: int | None = None,
+    insecure: bool = False,
+) -> RunningHub:
+    net = hub.config.network
+    host = host or net.listen_host
+    grpc_port = net.grpc_port if grpc_port is None else grpc_port
+    http_port = net.http_port if http_port is None else http_port
+
+    server = grpc.aio.server(
+        interceptors=[AdminAuthInterceptor(hub.config.admin_token_sha256)],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    ingest_pb2_grpc.add_IngestServicer_to_server(IngestServicer(hub), server)
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(hub), server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    address = f"{_url_host(host)}:{grpc_port}"
+    if insecure:
+        bound = server.add_insecure_port(address)
+    else:
+        credentials = grpc.ssl_server_credentials([(hub.identity.tls_key_pem, hub.identity.tls_cert_pem)])
+        bound = server.add_secure_port(address, credentials)
+    if bound == 0:
+        raise OSError(f"cannot listen for gRPC on {address}")
+    await server.start()
+
+    runner = web.AppRunner(build_app(hub), access_log=None)
+    await runner.setup()
+    ssl_context = None if insecure else server_ssl_context(hub.identity.tls_cert_pem, hub.identity.tls_key_pem)
+    site = web.TCPSite(runner, host, http_port, ssl_context=ssl_context)
+    try:
+        await site.start()
+    except OSError:
+        await server.stop(0)
+        await runner.cleanup()
+        raise
+    http_bound = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
+
+    advertise = net.advertise_host if host in ("0.0.0.0", "::") else host
+    hub.endpoint = Endpoint(
+        grpc_address=f"{_url_host(advertise)}:{bound}",
+        http_url=f"{'http' if insecure else 'https'}://{_url_host(advertise)}:{http_bound}",
+        tls=not insecure,
+    )
+    for name in (*SERVICE_NAMES, ""):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    hub.hub_dir.write_endpoint(
+        {
+            "pid": os.getpid(),
+            "hub_id": hub.config.hub_id,
+            "grpc_address": hub.endpoint.grpc_address,
+            "http_url": hub.endpoint.http_url,
+            "tls": hub.endpoint.tls,
+        }
+    )
+    log.info(
+        "serving",
+        extra={
+            "hub_id": hub.config.hub_id,
+            "municipality": hub.config.municipality,
+            "grpc": hub.endpoint.grpc_address,
+            "http": hub.endpoint.http_url,
+            "tls": hub.endpoint.tls,
+            "host": socket.gethostname(),
+        },
+    )
+    return RunningHub(hub, server, runner, health)
+
+
+async def serve_forever(hub: Hub, **options) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down cleanly."""
+    running = await start(hub, **options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutting down", extra={"hub_id": hub.config.hub_id})
+    finally:
+        await running.stop()

@@ -1,0 +1,1 @@
+"""gRPC servicers: translate between protobuf messages and domain calls, nothing more."""

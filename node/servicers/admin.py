@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import grpc
+
+from node import admin
+from node.api.v1 import admin_pb2, admin_pb2_grpc
+from node.hub import Hub
+from node.sensors import Enrolment
+from node.servicers.common import translate_rejections
+from node.storage.base import SensorRecord
+
+
+def sensor_message(s: SensorRecord) -> admin_pb2.Sensor:
+    return admin_pb2.Sensor(
+        sensor_id=s.sensor_id,
+        dataset=s.dataset,
+        metrics=s.metrics,
+        latitude=s.latitude,
+        longitude=s.longitude,
+        subject_id=s.subject_id,
+        label=s.label,
+        enrolled_at_ms=s.enrolled_at_ms,
+        revoked_at_ms=s.revoked_at_ms or 0,
+        last_counter=s.last_counter,
+        last_seen_ms=s.last_seen_ms or 0,
+        frames_accepted=s.frames_accepted,
+        frames_rejected=s.frames_rejected,
+        readings=s.readings,
+    )
+
+
+class AdminServicer(admin_pb2_grpc.AdminServicer):
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    @translate_rejections
+    async def GetStatus(self, request, context: grpc.aio.ServicerContext):
+        st = await admin.status(self.hub)
+        hub = self.hub
+        return admin_pb2.HubStatus(
+            hub_id=hub.config.hub_id,
+            municipality_number=hub.config.municipality,
+            municipality_name=hub.config.municipality_name,
+            identity_public_key=hub.identity.public_key_raw.hex(),
+            tls_certificate_pem=hub.identity.tls_cert_pem.decode(),
+            endpoint=admin_pb2.Endpoint(
+                grpc_address=hub.endpoint.grpc_address, http_url=hub.endpoint.http_url, tls=hub.endpoint.tls
+            ),
+            sensors_active=st.sensors_active,
+            sensors_revoked=st.sensors_revoked,
+            counts=[
+                admin_pb2.MetricCount(
+                    dataset=c.dataset, metric=c.metric, readings=c.readings, first_time_ms=c.first_time_ms, last_time_ms=c.last_time_ms
+                )
+                for c in st.counts
+            ],
+            rejections_by_reason=st.rejections,
+            version=hub.version,
+            started_at_ms=hub.started_at_ms,
+        )
+
+    @translate_rejections
+    async def AddSensor(self, request, context):
+        enrolment = Enrolment(
+            dataset=request.dataset,
+            metrics=list(request.metrics),
+            latitude=request.latitude,
+            longitude=request.longitude,
+            subject_id=request.subject_id,
+            label=request.label,
+        )
+        record, credential = await admin.add_sensor(self.hub, enrolment)
+        return admin_pb2.AddSensorResponse(sensor=sensor_message(record), credential_json=credential)
+
+    @translate_rejections
+    async def ListSensors(self, request, context):
+        sensors = await admin.list_sensors(self.hub, request.include_revoked)
+        return admin_pb2.ListSensorsResponse(sensors=[sensor_message(s) for s in sensors])
+
+    @translate_rejections
+    async def RevokeSensor(self, request, context):
+        return sensor_message(await admin.revoke_sensor(self.hub, request.sensor_id))

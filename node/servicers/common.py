@@ -1,0 +1,35 @@
+"""Shared servicer plumbing: domain rejections become gRPC statuses."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import grpc
+
+from node.errors import Rejected
+
+log = logging.getLogger("smartregion.grpc")
+
+
+def grpc_code(rejected: Rejected) -> grpc.StatusCode:
+    return grpc.StatusCode[rejected.reason.grpc_code]
+
+
+async def abort(context: grpc.aio.ServicerContext, rejected: Rejected):
+    context.set_trailing_metadata((("smartregion-reason", rejected.reason.label),))
+    await context.abort(grpc_code(rejected), rejected.message)
+
+
+def translate_rejections(method):
+    """Turn a domain `Rejected` raised by a servicer method into its gRPC status."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        try:
+            return await method(self, request, context)
+        except Rejected as rejected:
+            log.info("rejected", extra={"method": method.__name__, "reason": rejected.reason.label, "detail": rejected.message})
+            await abort(context, rejected)
+
+    return wrapper

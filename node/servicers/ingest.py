@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import grpc
+
+from node.api.v1 import ingest_pb2, ingest_pb2_grpc
+from node.hub import Hub
+from node.ingest import Receipt
+from node.servicers.common import translate_rejections
+
+
+def _receipt(r: Receipt) -> ingest_pb2.FrameReceipt:
+    return ingest_pb2.FrameReceipt(
+        sensor_id=r.sensor_id, counter=r.counter, readings_stored=r.stored, readings_duplicate=r.duplicate
+    )
+
+
+class IngestServicer(ingest_pb2_grpc.IngestServicer):
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    @translate_rejections
+    async def SubmitBatch(self, request, context: grpc.aio.ServicerContext):
+        receipts = await self.hub.ingest.submit_batch([f.frame for f in request.frames])
+        return ingest_pb2.SubmitBatchResponse(receipts=[_receipt(r) for r in receipts])
+
+    @translate_rejections
+    async def StreamFrames(self, request_iterator, context: grpc.aio.ServicerContext):
+        session = self.hub.ingest.stream()
+        async for sealed in request_iterator:
+            await session.add(sealed.frame)
+        await session.flush()
+        return ingest_pb2.StreamFramesResponse(
+            frames_accepted=session.frames_accepted,
+            readings_stored=session.readings_stored,
+            readings_duplicate=session.readings_duplicate,
+            last_counter=session.last_counter,
+        )

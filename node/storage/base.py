@@ -1,0 +1,99 @@
+"""The storage interface the hub's domain code uses; SQLite (sqlite.py) is the default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+
+@dataclass
+class SensorRecord:
+    sensor_id: str
+    dataset: str
+    metrics: list[str]
+    latitude: float
+    longitude: float
+    wrapped_key: bytes
+    enrolled_at_ms: int
+    subject_id: str = ""
+    label: str = ""
+    revoked_at_ms: int | None = None
+    last_counter: int = 0
+    last_seen_ms: int | None = None
+    frames_accepted: int = 0
+    frames_rejected: int = 0
+    readings: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at_ms is None
+
+
+@dataclass
+class FrameToCommit:
+    """An authenticated, validated frame: its readings as (metric, time_ms, value)."""
+
+    sensor_id: str
+    counter: int
+    readings: Sequence[tuple[str, int, float]]
+    received_at_ms: int
+
+
+@dataclass
+class FrameOutcome:
+    stored: int
+    duplicate: int
+
+
+class CounterConflict(Exception):
+    """A frame's counter was no longer above the sensor's last one when committing
+    (another request for the same sensor committed first), or the sensor was revoked."""
+
+    def __init__(self, index: int, sensor_id: str, counter: int, last_counter: int, revoked: bool) -> None:
+        super().__init__(f"frame {index}: counter {counter} of sensor {sensor_id} is not above {last_counter}")
+        self.index, self.sensor_id, self.counter = index, sensor_id, counter
+        self.last_counter, self.revoked = last_counter, revoked
+
+
+@dataclass
+class MetricSummary:
+    dataset: str
+    metric: str
+    readings: int
+    first_time_ms: int
+    last_time_ms: int
+
+
+@dataclass
+class ReadingRow:
+    sensor_id: str
+    metric: str
+    time_ms: int
+    value: float
+
+
+@dataclass
+class ReadingFilter:
+    dataset: str | None = None
+    metric: str | None = None
+    sensor_id: str | None = None
+    start_ms: int | None = None  # inclusive
+    end_ms: int | None = None  # exclusive
+    limit: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Store(Protocol):
+    """Synchronous store. One instance per thread; exactly one instance writes."""
+
+    def schema_version(self) -> int: ...
+    def add_sensor(self, sensor: SensorRecord) -> None: ...
+    def get_sensor(self, sensor_id: str) -> SensorRecord | None: ...
+    def list_sensors(self, include_revoked: bool = True) -> list[SensorRecord]: ...
+    def revoke_sensor(self, sensor_id: str, at_ms: int) -> SensorRecord | None: ...
+    def commit_frames(self, frames: Sequence[FrameToCommit]) -> list[FrameOutcome]: ...
+    def record_rejection(self, reason: str, sensor_id: str | None) -> None: ...
+    def rejection_counts(self) -> dict[str, int]: ...
+    def metric_summaries(self) -> list[MetricSummary]: ...
+    def readings(self, where: ReadingFilter) -> list[ReadingRow]: ...
+    def close(self) -> None: ...

@@ -1,0 +1,177 @@
+"""SQLite storage (via sqlite-utils): WAL, durable commits, one transaction per batch."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Sequence
+
+import sqlite_utils
+
+from node.storage.base import (
+    CounterConflict,
+    FrameOutcome,
+    FrameToCommit,
+    MetricSummary,
+    ReadingFilter,
+    ReadingRow,
+    SensorRecord,
+)
+from node.storage.migrations import migrate
+
+_SENSOR_COLUMNS = (
+    "sensor_id, dataset, metrics, latitude, longitude, wrapped_key, enrolled_at_ms, subject_id, label, "
+    "revoked_at_ms, last_counter, last_seen_ms, frames_accepted, frames_rejected, readings"
+)
+
+
+def _sensor(row: tuple) -> SensorRecord:
+    values = list(row)
+    values[2] = json.loads(values[2])
+    return SensorRecord(*values)
+
+
+class SqliteStore:
+    def __init__(self, path: Path | str) -> None:
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+        self.db = sqlite_utils.Database(conn)
+        self.db.enable_wal()
+        # FULL: a commit (and so an acknowledgement) survives power loss, not just a crash.
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        self.conn = conn
+        self.version = migrate(conn)
+
+    def schema_version(self) -> int:
+        return self.conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- transactions -------------------------------------------------------------------
+    def _transaction(self, work):
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = work()
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+        return result
+
+    # -- sensors -------------------------------------------------------------------------
+    def add_sensor(self, sensor: SensorRecord) -> None:
+        row = {
+            "sensor_id": sensor.sensor_id,
+            "dataset": sensor.dataset,
+            "metrics": json.dumps(sensor.metrics),
+            "latitude": sensor.latitude,
+            "longitude": sensor.longitude,
+            "subject_id": sensor.subject_id,
+            "label": sensor.label,
+            "wrapped_key": sensor.wrapped_key,
+            "enrolled_at_ms": sensor.enrolled_at_ms,
+        }
+        self._transaction(lambda: self.db["sensors"].insert(row))
+
+    def get_sensor(self, sensor_id: str) -> SensorRecord | None:
+        row = self.conn.execute(f"SELECT {_SENSOR_COLUMNS} FROM sensors WHERE sensor_id = ?", (sensor_id,)).fetchone()
+        return _sensor(row) if row else None
+
+    def list_sensors(self, include_revoked: bool = True) -> list[SensorRecord]:
+        where = "" if include_revoked else "WHERE revoked_at_ms IS NULL"
+        rows = self.conn.execute(f"SELECT {_SENSOR_COLUMNS} FROM sensors {where} ORDER BY ref").fetchall()
+        return [_sensor(r) for r in rows]
+
+    def revoke_sensor(self, sensor_id: str, at_ms: int) -> SensorRecord | None:
+        def work():
+            self.conn.execute(
+                "UPDATE sensors SET revoked_at_ms = ? WHERE sensor_id = ? AND revoked_at_ms IS NULL", (at_ms, sensor_id)
+            )
+            return self.get_sensor(sensor_id)
+
+        return self._transaction(work)
+
+    # -- ingest --------------------------------------------------------------------------
+    def commit_frames(self, frames: Sequence[FrameToCommit]) -> list[FrameOutcome]:
+        """Store every frame's readings and advance its sensor's counter, all in one
+        transaction. Raises CounterConflict (and stores nothing) if a counter is stale."""
+
+        def work() -> list[FrameOutcome]:
+            outcomes = []
+            for index, frame in enumerate(frames):
+                ref = self.conn.execute(
+                    "UPDATE sensors SET last_counter = ?, last_seen_ms = ?, frames_accepted = frames_accepted + 1 "
+                    "WHERE sensor_id = ? AND last_counter < ? AND revoked_at_ms IS NULL RETURNING ref",
+                    (frame.counter, frame.received_at_ms, frame.sensor_id, frame.counter),
+                ).fetchone()
+                if ref is None:
+                    current = self.get_sensor(frame.sensor_id)
+                    raise CounterConflict(
+                        index,
+                        frame.sensor_id,
+                        frame.counter,
+                        current.last_counter if current else 0,
+                        revoked=bool(current and not current.active),
+                    )
+                before = self.conn.total_changes
+                self.conn.executemany(
+                    "INSERT OR IGNORE INTO readings (sensor_ref, metric, time_ms, value) VALUES (?, ?, ?, ?)",
+                    [(ref[0], m, t, v) for m, t, v in frame.readings],
+                )
+                stored = self.conn.total_changes - before
+                if stored:
+                    self.conn.execute("UPDATE sensors SET readings = readings + ? WHERE ref = ?", (stored, ref[0]))
+                outcomes.append(FrameOutcome(stored=stored, duplicate=len(frame.readings) - stored))
+            return outcomes
+
+        return self._transaction(work)
+
+    def record_rejection(self, reason: str, sensor_id: str | None) -> None:
+        def work():
+            self.conn.execute(
+                "INSERT INTO rejections (reason, count) VALUES (?, 1) "
+                "ON CONFLICT(reason) DO UPDATE SET count = count + 1",
+                (reason,),
+            )
+            if sensor_id:
+                self.conn.execute(
+                    "UPDATE sensors SET frames_rejected = frames_rejected + 1 WHERE sensor_id = ?", (sensor_id,)
+                )
+
+        self._transaction(work)
+
+    def rejection_counts(self) -> dict[str, int]:
+        return dict(self.conn.execute("SELECT reason, count FROM rejections ORDER BY reason").fetchall())
+
+    # -- reading -------------------------------------------------------------------------
+    def metric_summaries(self) -> list[MetricSummary]:
+        rows = self.conn.execute(
+            "SELECT s.dataset, r.metric, count(*), min(r.time_ms), max(r.time_ms) "
+            "FROM readings r JOIN sensors s ON s.ref = r.sensor_ref "
+            "GROUP BY s.dataset, r.metric ORDER BY s.dataset, r.metric"
+        ).fetchall()
+        return [MetricSummary(*r) for r in rows]
+
+    def readings(self, where: ReadingFilter) -> list[ReadingRow]:
+        clauses, params = [], []
+        for column, value in (("s.dataset", where.dataset), ("r.metric", where.metric), ("s.sensor_id", where.sensor_id)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if where.start_ms is not None:
+            clauses.append("r.time_ms >= ?")
+            params.append(where.start_ms)
+        if where.end_ms is not None:
+            clauses.append("r.time_ms < ?")
+            params.append(where.end_ms)
+        sql = (
+            "SELECT s.sensor_id, r.metric, r.time_ms, r.value FROM readings r JOIN sensors s ON s.ref = r.sensor_ref"
+            + (" WHERE " + " AND ".join(clauses) if clauses else "")
+            + " ORDER BY r.time_ms, s.sensor_id, r.metric"
+            + (" LIMIT ?" if where.limit is not None else "")
+        )
+        if where.limit is not None:
+            params.append(where.limit)
+        return [ReadingRow(*r) for r in self.conn.execute(sql, params)]
