@@ -19,6 +19,18 @@ def error_response(rejected: Rejected) -> web.Response:
     )
 
 
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The body, or its first `limit` bytes. (`content.read(n)` alone returns only what has
+    arrived so far, which truncates a frame that comes in several TCP or TLS segments.)"""
+    body = bytearray()
+    while len(body) < limit:
+        chunk = await request.content.read(limit - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)
+
+
 async def post_frame(request: web.Request) -> web.Response:
     hub = request.app[HUB_KEY]
     if request.content_length is not None and request.content_length > MAX_FRAME:
@@ -27,7 +39,7 @@ async def post_frame(request: web.Request) -> web.Response:
         )
         return error_response(rejected)
     try:
-        body = await request.content.read(MAX_FRAME + 1)
+        body = await read_body(request, MAX_FRAME + 1)
         receipts = await hub.ingest.submit_batch([body])
     except Rejected as rejected:
         return error_response(rejected)

@@ -52,12 +52,20 @@ class NetworkConfig:
 
 
 @dataclass
+class FederationConfig:
+    refresh_seconds: float = 30.0      # how often peers' descriptors are fetched
+    retry_base_seconds: float = 1.0    # first retry of an undelivered agreement update
+    retry_max_seconds: float = 60.0    # retries back off up to this
+
+
+@dataclass
 class HubConfig:
     hub_id: str
     municipality: str
     created_at: str
     admin_token_sha256: str
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
 
     @property
     def municipality_name(self) -> str:
@@ -72,6 +80,7 @@ class HubConfig:
                 "admin_token_sha256": self.admin_token_sha256,
             },
             "network": asdict(self.network),
+            "federation": asdict(self.federation),
         }
         return tomli_w.dumps(doc).encode()
 
@@ -85,6 +94,7 @@ class HubConfig:
             created_at=hub["created_at"],
             admin_token_sha256=hub["admin_token_sha256"],
             network=NetworkConfig(**doc.get("network", {})),
+            federation=FederationConfig(**doc.get("federation", {})),
         )
 
 
@@ -108,6 +118,7 @@ class HubDir:
         return self.file(CONFIG_FILE).exists() or self.file(KEYS_FILE).exists()
 
     def config(self) -> HubConfig:
+        """Read hub.toml (raises HubDirError if missing or damaged)."""
         try:
             return HubConfig.from_toml(self.file(CONFIG_FILE).read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -132,6 +143,9 @@ class HubDir:
             return self.file(ADMIN_TOKEN_FILE).read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             raise HubDirError(f"no admin credential at {self.file(ADMIN_TOKEN_FILE)}") from None
+
+    def write_config(self, config: HubConfig) -> None:
+        write_private_file(self.file(CONFIG_FILE), config.to_toml())
 
     def tls_cert_pem(self) -> bytes:
         return self.file(CERT_FILE).read_bytes()

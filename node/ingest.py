@@ -114,12 +114,12 @@ class IngestService:
                 Reason.REPLAYED, f"counter {header.counter} of sensor {sensor_id} is not above the last accepted ({last})", sensor_id
             )
         try:
-            readings = senml.decode(plaintext, known.metrics)
+            readings = senml.decode_rows(plaintext, known.metrics)
         except Rejected as exc:
             raise await self.reject(exc.reason, f"sensor {sensor_id}: {exc.message}", sensor_id) from None
         if pending is not None:
             pending[sensor_id] = header.counter
-        return FrameToCommit(sensor_id, header.counter, [(r.metric, r.time_ms, r.value) for r in readings], _now_ms())
+        return FrameToCommit(sensor_id, header.counter, readings, _now_ms())
 
     async def commit(self, batch: list[FrameToCommit]) -> list[Receipt]:
         try:

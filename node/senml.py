@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from typing import Iterable
@@ -23,6 +24,8 @@ LATEST_TIME = 32503680000.0  # year 3000: anything later is a clock or encoding 
 _BASE_FIELDS = {"bn", "bt", "bu", "bv", "bver"}
 _RECORD_FIELDS = {"n", "v", "t", "u", "ut"}
 _UNSUPPORTED_VALUES = {"vs", "vb", "vd", "s", "bs"}
+_FAST_FIELDS = frozenset({"n", "v", "t", "u"})  # a record of these may take the fast path
+_FLOAT_MAX = sys.float_info.max
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,10 @@ def _number(record: dict, key: str, index: int) -> float | None:
     value = record[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise Rejected(Reason.MALFORMED_SENML, f"record {index}: {key!r} must be a number")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer literal too large for a double, e.g. 1 followed by 400 zeros
+        raise Rejected(Reason.NON_FINITE_VALUE, f"record {index}: {key!r} is too large to be finite") from None
     if not math.isfinite(value):
         raise Rejected(Reason.NON_FINITE_VALUE, f"record {index}: {key!r} is not finite")
     return value
@@ -67,6 +73,15 @@ def _number(record: dict, key: str, index: int) -> float | None:
 
 def decode(plaintext: bytes, metrics: dict[str, Metric], now: float | None = None) -> list[Reading]:
     """Parse and validate; every problem raises Rejected with the record's index."""
+    return [Reading(metric, time_ms, value) for metric, time_ms, value in decode_rows(plaintext, metrics, now)]
+
+
+def decode_rows(plaintext: bytes, metrics: dict[str, Metric], now: float | None = None) -> list[tuple[str, int, float]]:
+    """decode(), returning each reading as a (metric, time_ms, value) tuple: what the hub stores.
+
+    Records of the shape sensors send ({"n", "v", "t", "u"} with float values and no base
+    fields) that pass every check are taken by a fast path; any other record, and any record
+    failing a check, goes through the full validation below, which raises the same errors."""
     try:
         records = json.loads(plaintext, parse_constant=_reject_constant)
     except Rejected:
@@ -79,8 +94,34 @@ def decode(plaintext: bytes, metrics: dict[str, Metric], now: float | None = Non
         raise Rejected(Reason.FRAME_TOO_LARGE, f"{len(records)} records exceed the limit of {MAX_RECORDS}")
     now = time.time() if now is None else now
     base_name, base_time, base_unit, base_value = "", 0.0, None, 0.0
-    readings: list[Reading] = []
+    readings: list[tuple[str, int, float]] = []
+    append = readings.append
+    # metric name -> (unit, lowest, highest); an open bound is the largest float, so a range
+    # check that passes also proves the value finite (inf and nan fail it).
+    limits = {
+        name: (m.unit, -_FLOAT_MAX if m.minimum is None else m.minimum, _FLOAT_MAX if m.maximum is None else m.maximum)
+        for name, m in metrics.items()
+    }
     for index, record in enumerate(records):
+        # Fast path: no side effect until the reading is appended; any doubt falls through.
+        if type(record) is dict and record.keys() <= _FAST_FIELDS:
+            name = record.get("n", "")
+            value = record.get("v")
+            if type(name) is str and type(value) is float:
+                limit = limits.get(base_name + name if base_name else name)
+                if limit is not None:
+                    unit, lowest, highest = limit
+                    value += base_value
+                    given_unit = record.get("u", base_unit)
+                    if lowest <= value <= highest and (given_unit is None or given_unit == unit):
+                        offset = record.get("t")
+                        if offset is None or type(offset) is float:
+                            when = base_time + (offset or 0.0)
+                            # A time that fails these checks (non-finite, relative, out of range) falls through.
+                            if RELATIVE_TIME_LIMIT <= when <= LATEST_TIME:
+                                append((base_name + name if base_name else name, round(when * 1000), value))
+                                continue
+        # Full validation (the reference behaviour).
         if not isinstance(record, dict):
             raise Rejected(Reason.MALFORMED_SENML, f"record {index} is not a JSON object")
         for key in record:
@@ -134,7 +175,7 @@ def decode(plaintext: bytes, metrics: dict[str, Metric], now: float | None = Non
             when += now
         if not 0 <= when <= LATEST_TIME:
             raise Rejected(Reason.INVALID_READING, f"record {index}: time {when} is before 1970 or after 3000")
-        readings.append(Reading(metric_name, round(when * 1000), value))
+        append((metric_name, round(when * 1000), value))
     if not readings:
         raise Rejected(Reason.MALFORMED_SENML, "the pack holds no readings")
     return readings

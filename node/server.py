@@ -16,7 +16,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from node.api.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
+from federation.service import Federation
+from federation.servicer import FederationServicer
+from node.api.v1 import admin_pb2, admin_pb2_grpc, federation_pb2, federation_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 from node.http_app import build_app
 from node.hub import Endpoint, Hub
 from node.servicers.admin import AdminServicer
@@ -29,6 +31,7 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 SERVICE_NAMES = (
     ingest_pb2.DESCRIPTOR.services_by_name["Ingest"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+    federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name,
 )
 
 
@@ -42,11 +45,17 @@ class RunningHub:
     grpc_server: grpc.aio.Server
     http_runner: web.AppRunner
     health: health_aio.HealthServicer
+    federation: Federation
+    background: asyncio.Task
+    stopping: asyncio.Event
 
     async def stop(self, grace: float = 5.0) -> None:
         for name in (*SERVICE_NAMES, ""):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.stopping.set()
+        await self.background
         await self.grpc_server.stop(grace)
+        await self.federation.close()
         await self.http_runner.cleanup()
         self.hub.hub_dir.clear_endpoint()
         self.hub.close()
@@ -74,8 +83,11 @@ async def start(
             ("grpc.so_reuseport", 0),
         ],
     )
+    fed_config = hub.config.federation
+    federation = Federation(hub, fed_config.refresh_seconds, fed_config.retry_base_seconds, fed_config.retry_max_seconds)
     ingest_pb2_grpc.add_IngestServicer_to_server(IngestServicer(hub), server)
-    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(hub), server)
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(hub, federation), server)
+    federation_pb2_grpc.add_FederationServicer_to_server(FederationServicer(federation), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -131,7 +143,9 @@ async def start(
             "host": socket.gethostname(),
         },
     )
-    return RunningHub(hub, server, runner, health)
+    stopping = asyncio.Event()
+    background = asyncio.create_task(federation.run(stopping), name="federation")
+    return RunningHub(hub, server, runner, health, federation, background, stopping)
 
 
 async def serve_forever(hub: Hub, **options) -> None:

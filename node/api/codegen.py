@@ -20,26 +20,28 @@ OUTPUT_DIR = Path(__file__).resolve().parent / "v1"
 _IMPORT = re.compile(rb"^from smartregion\.v1 import ", re.MULTILINE)
 
 
-def proto_files() -> list[Path]:
-    return sorted((PROTO_ROOT / PROTO_PACKAGE_DIR).glob("*.proto"))
+def proto_files(proto_root: Path = PROTO_ROOT) -> list[Path]:
+    return sorted((Path(proto_root) / PROTO_PACKAGE_DIR).glob("*.proto"))
 
 
-def generate(out_dir: Path) -> list[Path]:
-    """Write the generated modules for every file in proto/ into out_dir; return their paths."""
+def generate(out_dir: Path, proto_root: Path | None = None) -> list[Path]:
+    """Write the generated modules for every file in proto_root (default: proto/) into
+    out_dir; return their paths."""
     from grpc_tools import protoc  # dev dependency, only needed to regenerate
 
     import grpc_tools
 
+    proto_root = Path(proto_root) if proto_root is not None else PROTO_ROOT
     include = Path(grpc_tools.__file__).parent / "_proto"
     with tempfile.TemporaryDirectory() as tmp:
         args = [
             "protoc",
-            f"-I{PROTO_ROOT}",
+            f"-I{proto_root}",
             f"-I{include}",
             f"--python_out={tmp}",
             f"--pyi_out={tmp}",
             f"--grpc_python_out={tmp}",
-            *(str(p.relative_to(PROTO_ROOT)) for p in proto_files()),
+            *(str(p.relative_to(proto_root)) for p in proto_files(proto_root)),
         ]
         if protoc.main(args) != 0:
             raise RuntimeError("protoc failed; see its message above")

@@ -6,6 +6,7 @@ from node import admin
 from node.api.v1 import admin_pb2, admin_pb2_grpc
 from node.hub import Hub
 from node.sensors import Enrolment
+from node.servicers.admin_federation import FederationAdmin
 from node.servicers.common import translate_rejections
 from node.storage.base import SensorRecord
 
@@ -29,9 +30,10 @@ def sensor_message(s: SensorRecord) -> admin_pb2.Sensor:
     )
 
 
-class AdminServicer(admin_pb2_grpc.AdminServicer):
-    def __init__(self, hub: Hub) -> None:
+class AdminServicer(FederationAdmin, admin_pb2_grpc.AdminServicer):
+    def __init__(self, hub: Hub, federation) -> None:
         self.hub = hub
+        self.federation = federation
 
     @translate_rejections
     async def GetStatus(self, request, context: grpc.aio.ServicerContext):

@@ -97,3 +97,71 @@ class Store(Protocol):
     def metric_summaries(self) -> list[MetricSummary]: ...
     def readings(self, where: ReadingFilter) -> list[ReadingRow]: ...
     def close(self) -> None: ...
+
+
+@dataclass
+class PeerRecord:
+    hub_id: str
+    municipality: str
+    public_key: bytes
+    tls_cert_pem: str
+    grpc_address: str
+    http_url: str
+    descriptor: bytes
+    descriptor_valid_until_ms: int
+    added_at_ms: int
+    removed_at_ms: int | None = None
+    last_contact_ms: int | None = None
+    last_error: str = ""
+    latency_ms: float | None = None
+
+
+@dataclass
+class PartnerRecord:
+    partner_id: str
+    name: str
+    org_number: str
+    public_key: bytes
+    added_at_ms: int
+    removed_at_ms: int | None = None
+    last_contact_ms: int | None = None
+
+
+@dataclass
+class AgreementRow:
+    agreement_id: str
+    provider_id: str
+    consumer_id: str
+    version: int
+    supersedes: str
+    valid_from_ms: int
+    valid_until_ms: int
+    document: bytes
+    created_at_ms: int
+    updated_at_ms: int
+
+
+@dataclass
+class AgreementEventRow:
+    agreement_id: str
+    at_ms: int
+    event: str
+    actor: str
+    detail: str = ""
+
+
+@dataclass
+class Delivery:
+    peer_id: str
+    generation: int
+    attempts: int
+    next_attempt_ms: int
+    last_error: str
+
+
+@dataclass
+class AuditRow:
+    seq: int
+    entry: bytes
+    prev_hash: bytes
+    hash: bytes

@@ -44,6 +44,79 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE peers (
+            hub_id TEXT PRIMARY KEY,
+            municipality TEXT NOT NULL,
+            public_key BLOB NOT NULL,
+            tls_cert_pem TEXT NOT NULL,
+            grpc_address TEXT NOT NULL,
+            http_url TEXT NOT NULL DEFAULT '',
+            descriptor BLOB NOT NULL,           -- SignedDescriptor, as received
+            descriptor_valid_until_ms INTEGER NOT NULL,
+            added_at_ms INTEGER NOT NULL,
+            removed_at_ms INTEGER,
+            last_contact_ms INTEGER,
+            last_error TEXT NOT NULL DEFAULT '',
+            latency_ms REAL
+        );
+        CREATE TABLE partners (
+            partner_id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            org_number TEXT NOT NULL,
+            public_key BLOB NOT NULL,
+            added_at_ms INTEGER NOT NULL,
+            removed_at_ms INTEGER,
+            last_contact_ms INTEGER
+        );
+        CREATE TABLE agreements (
+            agreement_id TEXT PRIMARY KEY,
+            provider_id TEXT NOT NULL,
+            consumer_id TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            supersedes TEXT NOT NULL DEFAULT '',
+            valid_from_ms INTEGER NOT NULL,
+            valid_until_ms INTEGER NOT NULL,
+            document BLOB NOT NULL,             -- AgreementDocument: exact signed bytes inside
+            created_at_ms INTEGER NOT NULL,
+            updated_at_ms INTEGER NOT NULL
+        );
+        CREATE INDEX agreements_provider ON agreements(provider_id);
+        CREATE INDEX agreements_consumer ON agreements(consumer_id);
+        CREATE TABLE agreement_events (
+            id INTEGER PRIMARY KEY,
+            agreement_id TEXT NOT NULL,
+            at_ms INTEGER NOT NULL,
+            event TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT ''
+        );
+        CREATE INDEX agreement_events_agreement ON agreement_events(agreement_id);
+        -- One pending synchronisation per peer; what to send is derived when sending.
+        CREATE TABLE outbox (
+            peer_id TEXT PRIMARY KEY,
+            generation INTEGER NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_ms INTEGER NOT NULL,
+            last_error TEXT NOT NULL DEFAULT ''
+        );
+        -- Hash-chained: hash = SHA-256(prev_hash || entry); see node/audit.py.
+        CREATE TABLE audit_log (
+            seq INTEGER PRIMARY KEY,
+            entry BLOB NOT NULL,                -- canonical JSON
+            prev_hash BLOB NOT NULL,
+            hash BLOB NOT NULL
+        );
+        CREATE TABLE seen_nonces (
+            caller_id TEXT NOT NULL,
+            nonce BLOB NOT NULL,
+            expires_at_ms INTEGER NOT NULL,
+            PRIMARY KEY (caller_id, nonce)
+        ) WITHOUT ROWID
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
@@ -59,15 +132,13 @@ def migrate(conn: sqlite3.Connection) -> int:
     for version, script in MIGRATIONS:
         if version <= current:
             continue
-        # executescript would commit on its own; run statement by statement in one transaction.
-        conn.execute("BEGIN IMMEDIATE")
+        # The script carries its own BEGIN/COMMIT so that the migration and the version bump
+        # are one transaction; on failure the open transaction is rolled back.
         try:
-            for statement in filter(str.strip, script.split(";")):
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {version}")
-            conn.execute("COMMIT")
+            conn.executescript(f"BEGIN IMMEDIATE;\n{script};\nPRAGMA user_version = {version};\nCOMMIT;")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
         current = version
     return current

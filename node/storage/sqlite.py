@@ -18,6 +18,7 @@ from node.storage.base import (
     ReadingRow,
     SensorRecord,
 )
+from node.storage.federation_tables import FederationTables
 from node.storage.migrations import migrate
 
 _SENSOR_COLUMNS = (
@@ -32,7 +33,7 @@ def _sensor(row: tuple) -> SensorRecord:
     return SensorRecord(*values)
 
 
-class SqliteStore:
+class SqliteStore(FederationTables):
     def __init__(self, path: Path | str) -> None:
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
         self.db = sqlite_utils.Database(conn)

@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from node.api.v1 import agreement_pb2 as smartregion_dot_v1_dot_agreement__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asmartregion/v1/admin.proto\x12\x0esmartregion.v1\"\x12\n\x10GetStatusRequest\"m\n\x0bMetricCount\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x10\n\x08readings\x18\x03 \x01(\x04\x12\x15\n\rfirst_time_ms\x18\x04 \x01(\x03\x12\x14\n\x0clast_time_ms\x18\x05 \x01(\x03\"?\n\x08\x45ndpoint\x12\x14\n\x0cgrpc_address\x18\x01 \x01(\t\x12\x10\n\x08http_url\x18\x02 \x01(\t\x12\x0b\n\x03tls\x18\x03 \x01(\x08\"\xcb\x03\n\tHubStatus\x12\x0e\n\x06hub_id\x18\x01 \x01(\t\x12\x1b\n\x13municipality_number\x18\x02 \x01(\t\x12\x19\n\x11municipality_name\x18\x03 \x01(\t\x12\x1b\n\x13identity_public_key\x18\x04 \x01(\t\x12\x1b\n\x13tls_certificate_pem\x18\x05 \x01(\t\x12*\n\x08\x65ndpoint\x18\x06 \x01(\x0b\x32\x18.smartregion.v1.Endpoint\x12\x16\n\x0esensors_active\x18\x07 \x01(\r\x12\x17\n\x0fsensors_revoked\x18\x08 \x01(\r\x12+\n\x06\x63ounts\x18\t \x03(\x0b\x32\x1b.smartregion.v1.MetricCount\x12O\n\x14rejections_by_reason\x18\n \x03(\x0b\x32\x31.smartregion.v1.HubStatus.RejectionsByReasonEntry\x12\x0f\n\x07version\x18\x0b \x01(\t\x12\x15\n\rstarted_at_ms\x18\x0c \x01(\x03\x1a\x39\n\x17RejectionsByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"|\n\x10\x41\x64\x64SensorRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07metrics\x18\x02 \x03(\t\x12\x10\n\x08latitude\x18\x03 \x01(\x01\x12\x11\n\tlongitude\x18\x04 \x01(\x01\x12\x12\n\nsubject_id\x18\x05 \x01(\t\x12\r\n\x05label\x18\x06 \x01(\t\"\xa4\x02\n\x06Sensor\x12\x11\n\tsensor_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0f\n\x07metrics\x18\x03 \x03(\t\x12\x10\n\x08latitude\x18\x04 \x01(\x01\x12\x11\n\tlongitude\x18\x05 \x01(\x01\x12\x12\n\nsubject_id\x18\x06 \x01(\t\x12\r\n\x05label\x18\x07 \x01(\t\x12\x16\n\x0e\x65nrolled_at_ms\x18\x08 \x01(\x03\x12\x15\n\rrevoked_at_ms\x18\t \x01(\x03\x12\x14\n\x0clast_counter\x18\n \x01(\x04\x12\x14\n\x0clast_seen_ms\x18\x0b \x01(\x03\x12\x17\n\x0f\x66rames_accepted\x18\x0c \x01(\x04\x12\x17\n\x0f\x66rames_rejected\x18\r \x01(\x04\x12\x10\n\x08readings\x18\x0e \x01(\x04\"T\n\x11\x41\x64\x64SensorResponse\x12&\n\x06sensor\x18\x01 \x01(\x0b\x32\x16.smartregion.v1.Sensor\x12\x17\n\x0f\x63redential_json\x18\x02 \x01(\x0c\"-\n\x12ListSensorsRequest\x12\x17\n\x0finclude_revoked\x18\x01 \x01(\x08\">\n\x13ListSensorsResponse\x12\'\n\x07sensors\x18\x01 \x03(\x0b\x32\x16.smartregion.v1.Sensor\"(\n\x13RevokeSensorRequest\x12\x11\n\tsensor_id\x18\x01 \x01(\t2\xc8\x02\n\x05\x41\x64min\x12H\n\tGetStatus\x12 .smartregion.v1.GetStatusRequest\x1a\x19.smartregion.v1.HubStatus\x12P\n\tAddSensor\x12 .smartregion.v1.AddSensorRequest\x1a!.smartregion.v1.AddSensorResponse\x12V\n\x0bListSensors\x12\".smartregion.v1.ListSensorsRequest\x1a#.smartregion.v1.ListSensorsResponse\x12K\n\x0cRevokeSensor\x12#.smartregion.v1.RevokeSensorRequest\x1a\x16.smartregion.v1.SensorBK\n\x11no.smartregion.v1P\x01Z4smartregion.example/api/smartregion/v1;smartregionv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asmartregion/v1/admin.proto\x12\x0esmartregion.v1\x1a\x1esmartregion/v1/agreement.proto\"\x12\n\x10GetStatusRequest\"m\n\x0bMetricCount\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x10\n\x08readings\x18\x03 \x01(\x04\x12\x15\n\rfirst_time_ms\x18\x04 \x01(\x03\x12\x14\n\x0clast_time_ms\x18\x05 \x01(\x03\"?\n\x08\x45ndpoint\x12\x14\n\x0cgrpc_address\x18\x01 \x01(\t\x12\x10\n\x08http_url\x18\x02 \x01(\t\x12\x0b\n\x03tls\x18\x03 \x01(\x08\"\xcb\x03\n\tHubStatus\x12\x0e\n\x06hub_id\x18\x01 \x01(\t\x12\x1b\n\x13municipality_number\x18\x02 \x01(\t\x12\x19\n\x11municipality_name\x18\x03 \x01(\t\x12\x1b\n\x13identity_public_key\x18\x04 \x01(\t\x12\x1b\n\x13tls_certificate_pem\x18\x05 \x01(\t\x12*\n\x08\x65ndpoint\x18\x06 \x01(\x0b\x32\x18.smartregion.v1.Endpoint\x12\x16\n\x0esensors_active\x18\x07 \x01(\r\x12\x17\n\x0fsensors_revoked\x18\x08 \x01(\r\x12+\n\x06\x63ounts\x18\t \x03(\x0b\x32\x1b.smartregion.v1.MetricCount\x12O\n\x14rejections_by_reason\x18\n \x03(\x0b\x32\x31.smartregion.v1.HubStatus.RejectionsByReasonEntry\x12\x0f\n\x07version\x18\x0b \x01(\t\x12\x15\n\rstarted_at_ms\x18\x0c \x01(\x03\x1a\x39\n\x17RejectionsByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"|\n\x10\x41\x64\x64SensorRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07metrics\x18\x02 \x03(\t\x12\x10\n\x08latitude\x18\x03 \x01(\x01\x12\x11\n\tlongitude\x18\x04 \x01(\x01\x12\x12\n\nsubject_id\x18\x05 \x01(\t\x12\r\n\x05label\x18\x06 \x01(\t\"\xa4\x02\n\x06Sensor\x12\x11\n\tsensor_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0f\n\x07metrics\x18\x03 \x03(\t\x12\x10\n\x08latitude\x18\x04 \x01(\x01\x12\x11\n\tlongitude\x18\x05 \x01(\x01\x12\x12\n\nsubject_id\x18\x06 \x01(\t\x12\r\n\x05label\x18\x07 \x01(\t\x12\x16\n\x0e\x65nrolled_at_ms\x18\x08 \x01(\x03\x12\x15\n\rrevoked_at_ms\x18\t \x01(\x03\x12\x14\n\x0clast_counter\x18\n \x01(\x04\x12\x14\n\x0clast_seen_ms\x18\x0b \x01(\x03\x12\x17\n\x0f\x66rames_accepted\x18\x0c \x01(\x04\x12\x17\n\x0f\x66rames_rejected\x18\r \x01(\x04\x12\x10\n\x08readings\x18\x0e \x01(\x04\"T\n\x11\x41\x64\x64SensorResponse\x12&\n\x06sensor\x18\x01 \x01(\x0b\x32\x16.smartregion.v1.Sensor\x12\x17\n\x0f\x63redential_json\x18\x02 \x01(\x0c\"-\n\x12ListSensorsRequest\x12\x17\n\x0finclude_revoked\x18\x01 \x01(\x08\">\n\x13ListSensorsResponse\x12\'\n\x07sensors\x18\x01 \x03(\x0b\x32\x16.smartregion.v1.Sensor\"(\n\x13RevokeSensorRequest\x12\x11\n\tsensor_id\x18\x01 \x01(\t\"1\n\x0e\x41\x64\x64PeerRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0e\n\x06hub_id\x18\x02 \x01(\t\"\xa5\x02\n\x04Peer\x12\x0e\n\x06hub_id\x18\x01 \x01(\t\x12\x1b\n\x13municipality_number\x18\x02 \x01(\t\x12\x19\n\x11municipality_name\x18\x03 \x01(\t\x12\x14\n\x0cgrpc_address\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x13\n\x0b\x61\x64\x64\x65\x64_at_ms\x18\x06 \x01(\x03\x12\x17\n\x0flast_contact_ms\x18\x07 \x01(\x03\x12\x12\n\nlatency_ms\x18\x08 \x01(\x01\x12\x12\n\nlast_error\x18\t \x01(\t\x12!\n\x19\x64\x65scriptor_valid_until_ms\x18\n \x01(\x03\x12\x1b\n\x13identity_public_key\x18\x0b \x01(\t\x12\x1a\n\x12pending_deliveries\x18\x0c \x01(\r\"+\n\x10ListPeersRequest\x12\x17\n\x0finclude_removed\x18\x01 \x01(\x08\"8\n\x11ListPeersResponse\x12#\n\x05peers\x18\x01 \x03(\x0b\x32\x14.smartregion.v1.Peer\"#\n\x11RemovePeerRequest\x12\x0e\n\x06hub_id\x18\x01 \x01(\t\"N\n\x11\x41\x64\x64PartnerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\norg_number\x18\x02 \x01(\t\x12\x17\n\x0fpublic_key_file\x18\x03 \x01(\x0c\"\x81\x01\n\x07Partner\x12\x12\n\npartner_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\norg_number\x18\x03 \x01(\t\x12\x12\n\npublic_key\x18\x04 \x01(\t\x12\x13\n\x0b\x61\x64\x64\x65\x64_at_ms\x18\x05 \x01(\x03\x12\x17\n\x0flast_contact_ms\x18\x06 \x01(\x03\"\x15\n\x13ListPartnersRequest\"A\n\x14ListPartnersResponse\x12)\n\x08partners\x18\x01 \x03(\x0b\x32\x17.smartregion.v1.Partner\"9\n\x17ProposeAgreementRequest\x12\x12\n\nterms_toml\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\"$\n\x0c\x41greementRef\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\">\n\x16RevokeAgreementRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x17\n\x15ListAgreementsRequest\"@\n\x0eSignatureCheck\x12\x11\n\tsigner_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05valid\x18\x03 \x01(\x08\"M\n\x0e\x41greementEvent\x12\r\n\x05\x61t_ms\x18\x01 \x01(\x03\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\xe4\x02\n\rAgreementView\x12-\n\x05terms\x18\x01 \x01(\x0b\x32\x1e.smartregion.v1.AgreementTerms\x12-\n\x05state\x18\x02 \x01(\x0e\x32\x1e.smartregion.v1.AgreementState\x12\x32\n\nsignatures\x18\x03 \x03(\x0b\x32\x1e.smartregion.v1.SignatureCheck\x12/\n\x0brevocations\x18\x04 \x03(\x0b\x32\x1a.smartregion.v1.Revocation\x12/\n\x07history\x18\x05 \x03(\x0b\x32\x1e.smartregion.v1.AgreementEvent\x12\x0c\n\x04role\x18\x06 \x01(\t\x12\x17\n\x0f\x63ounterparty_id\x18\x07 \x01(\t\x12\x19\n\x11\x63ounterparty_name\x18\x08 \x01(\t\x12\x1d\n\x15\x61waiting_my_signature\x18\t \x01(\x08\"K\n\x16ListAgreementsResponse\x12\x31\n\nagreements\x18\x01 \x03(\x0b\x32\x1d.smartregion.v1.AgreementView\"*\n\x11\x45xportedAgreement\x12\x15\n\rdocument_json\x18\x01 \x01(\x0c\x32\xcf\t\n\x05\x41\x64min\x12H\n\tGetStatus\x12 .smartregion.v1.GetStatusRequest\x1a\x19.smartregion.v1.HubStatus\x12P\n\tAddSensor\x12 .smartregion.v1.AddSensorRequest\x1a!.smartregion.v1.AddSensorResponse\x12V\n\x0bListSensors\x12\".smartregion.v1.ListSensorsRequest\x1a#.smartregion.v1.ListSensorsResponse\x12K\n\x0cRevokeSensor\x12#.smartregion.v1.RevokeSensorRequest\x1a\x16.smartregion.v1.Sensor\x12?\n\x07\x41\x64\x64Peer\x12\x1e.smartregion.v1.AddPeerRequest\x1a\x14.smartregion.v1.Peer\x12P\n\tListPeers\x12 .smartregion.v1.ListPeersRequest\x1a!.smartregion.v1.ListPeersResponse\x12\x45\n\nRemovePeer\x12!.smartregion.v1.RemovePeerRequest\x1a\x14.smartregion.v1.Peer\x12H\n\nAddPartner\x12!.smartregion.v1.AddPartnerRequest\x1a\x17.smartregion.v1.Partner\x12Y\n\x0cListPartners\x12#.smartregion.v1.ListPartnersRequest\x1a$.smartregion.v1.ListPartnersResponse\x12Z\n\x10ProposeAgreement\x12\'.smartregion.v1.ProposeAgreementRequest\x1a\x1d.smartregion.v1.AgreementView\x12_\n\x0eListAgreements\x12%.smartregion.v1.ListAgreementsRequest\x1a&.smartregion.v1.ListAgreementsResponse\x12K\n\x0cGetAgreement\x12\x1c.smartregion.v1.AgreementRef\x1a\x1d.smartregion.v1.AgreementView\x12N\n\x0f\x41\x63\x63\x65ptAgreement\x12\x1c.smartregion.v1.AgreementRef\x1a\x1d.smartregion.v1.AgreementView\x12X\n\x0fRevokeAgreement\x12&.smartregion.v1.RevokeAgreementRequest\x1a\x1d.smartregion.v1.AgreementView\x12R\n\x0f\x45xportAgreement\x12\x1c.smartregion.v1.AgreementRef\x1a!.smartregion.v1.ExportedAgreementBK\n\x11no.smartregion.v1P\x01Z4smartregion.example/api/smartregion/v1;smartregionv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,28 +35,64 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\021no.smartregion.v1P\001Z4smartregion.example/api/smartregion/v1;smartregionv1'
   _globals['_HUBSTATUS_REJECTIONSBYREASONENTRY']._loaded_options = None
   _globals['_HUBSTATUS_REJECTIONSBYREASONENTRY']._serialized_options = b'8\001'
-  _globals['_GETSTATUSREQUEST']._serialized_start=46
-  _globals['_GETSTATUSREQUEST']._serialized_end=64
-  _globals['_METRICCOUNT']._serialized_start=66
-  _globals['_METRICCOUNT']._serialized_end=175
-  _globals['_ENDPOINT']._serialized_start=177
-  _globals['_ENDPOINT']._serialized_end=240
-  _globals['_HUBSTATUS']._serialized_start=243
-  _globals['_HUBSTATUS']._serialized_end=702
-  _globals['_HUBSTATUS_REJECTIONSBYREASONENTRY']._serialized_start=645
-  _globals['_HUBSTATUS_REJECTIONSBYREASONENTRY']._serialized_end=702
-  _globals['_ADDSENSORREQUEST']._serialized_start=704
-  _globals['_ADDSENSORREQUEST']._serialized_end=828
-  _globals['_SENSOR']._serialized_start=831
-  _globals['_SENSOR']._serialized_end=1123
-  _globals['_ADDSENSORRESPONSE']._serialized_start=1125
-  _globals['_ADDSENSORRESPONSE']._serialized_end=1209
-  _globals['_LISTSENSORSREQUEST']._serialized_start=1211
-  _globals['_LISTSENSORSREQUEST']._serialized_end=1256
-  _globals['_LISTSENSORSRESPONSE']._serialized_start=1258
-  _globals['_LISTSENSORSRESPONSE']._serialized_end=1320
-  _globals['_REVOKESENSORREQUEST']._serialized_start=1322
-  _globals['_REVOKESENSORREQUEST']._serialized_end=1362
-  _globals['_ADMIN']._serialized_start=1365
-  _globals['_ADMIN']._serialized_end=1693
+  _globals['_GETSTATUSREQUEST']._serialized_start=78
+  _globals['_GETSTATUSREQUEST']._serialized_end=96
+  _globals['_METRICCOUNT']._serialized_start=98
+  _globals['_METRICCOUNT']._serialized_end=207
+  _globals['_ENDPOINT']._serialized_start=209
+  _globals['_ENDPOINT']._serialized_end=272
+  _globals['_HUBSTATUS']._serialized_start=275
+  _globals['_HUBSTATUS']._serialized_end=734
+  _globals['_HUBSTATUS_REJECTIONSBYREASONENTRY']._serialized_start=677
+  _globals['_HUBSTATUS_REJECTIONSBYREASONENTRY']._serialized_end=734
+  _globals['_ADDSENSORREQUEST']._serialized_start=736
+  _globals['_ADDSENSORREQUEST']._serialized_end=860
+  _globals['_SENSOR']._serialized_start=863
+  _globals['_SENSOR']._serialized_end=1155
+  _globals['_ADDSENSORRESPONSE']._serialized_start=1157
+  _globals['_ADDSENSORRESPONSE']._serialized_end=1241
+  _globals['_LISTSENSORSREQUEST']._serialized_start=1243
+  _globals['_LISTSENSORSREQUEST']._serialized_end=1288
+  _globals['_LISTSENSORSRESPONSE']._serialized_start=1290
+  _globals['_LISTSENSORSRESPONSE']._serialized_end=1352
+  _globals['_REVOKESENSORREQUEST']._serialized_start=1354
+  _globals['_REVOKESENSORREQUEST']._serialized_end=1394
+  _globals['_ADDPEERREQUEST']._serialized_start=1396
+  _globals['_ADDPEERREQUEST']._serialized_end=1445
+  _globals['_PEER']._serialized_start=1448
+  _globals['_PEER']._serialized_end=1741
+  _globals['_LISTPEERSREQUEST']._serialized_start=1743
+  _globals['_LISTPEERSREQUEST']._serialized_end=1786
+  _globals['_LISTPEERSRESPONSE']._serialized_start=1788
+  _globals['_LISTPEERSRESPONSE']._serialized_end=1844
+  _globals['_REMOVEPEERREQUEST']._serialized_start=1846
+  _globals['_REMOVEPEERREQUEST']._serialized_end=1881
+  _globals['_ADDPARTNERREQUEST']._serialized_start=1883
+  _globals['_ADDPARTNERREQUEST']._serialized_end=1961
+  _globals['_PARTNER']._serialized_start=1964
+  _globals['_PARTNER']._serialized_end=2093
+  _globals['_LISTPARTNERSREQUEST']._serialized_start=2095
+  _globals['_LISTPARTNERSREQUEST']._serialized_end=2116
+  _globals['_LISTPARTNERSRESPONSE']._serialized_start=2118
+  _globals['_LISTPARTNERSRESPONSE']._serialized_end=2183
+  _globals['_PROPOSEAGREEMENTREQUEST']._serialized_start=2185
+  _globals['_PROPOSEAGREEMENTREQUEST']._serialized_end=2242
+  _globals['_AGREEMENTREF']._serialized_start=2244
+  _globals['_AGREEMENTREF']._serialized_end=2280
+  _globals['_REVOKEAGREEMENTREQUEST']._serialized_start=2282
+  _globals['_REVOKEAGREEMENTREQUEST']._serialized_end=2344
+  _globals['_LISTAGREEMENTSREQUEST']._serialized_start=2346
+  _globals['_LISTAGREEMENTSREQUEST']._serialized_end=2369
+  _globals['_SIGNATURECHECK']._serialized_start=2371
+  _globals['_SIGNATURECHECK']._serialized_end=2435
+  _globals['_AGREEMENTEVENT']._serialized_start=2437
+  _globals['_AGREEMENTEVENT']._serialized_end=2514
+  _globals['_AGREEMENTVIEW']._serialized_start=2517
+  _globals['_AGREEMENTVIEW']._serialized_end=2873
+  _globals['_LISTAGREEMENTSRESPONSE']._serialized_start=2875
+  _globals['_LISTAGREEMENTSRESPONSE']._serialized_end=2950
+  _globals['_EXPORTEDAGREEMENT']._serialized_start=2952
+  _globals['_EXPORTEDAGREEMENT']._serialized_end=2994
+  _globals['_ADMIN']._serialized_start=2997
+  _globals['_ADMIN']._serialized_end=4228
 # @@protoc_insertion_point(module_scope)

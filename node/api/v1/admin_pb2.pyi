@@ -1,3 +1,4 @@
+from node.api.v1 import agreement_pb2 as _agreement_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -142,3 +143,175 @@ class RevokeSensorRequest(_message.Message):
     SENSOR_ID_FIELD_NUMBER: _ClassVar[int]
     sensor_id: str
     def __init__(self, sensor_id: _Optional[str] = ...) -> None: ...
+
+class AddPeerRequest(_message.Message):
+    __slots__ = ("address", "hub_id")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    HUB_ID_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    hub_id: str
+    def __init__(self, address: _Optional[str] = ..., hub_id: _Optional[str] = ...) -> None: ...
+
+class Peer(_message.Message):
+    __slots__ = ("hub_id", "municipality_number", "municipality_name", "grpc_address", "state", "added_at_ms", "last_contact_ms", "latency_ms", "last_error", "descriptor_valid_until_ms", "identity_public_key", "pending_deliveries")
+    HUB_ID_FIELD_NUMBER: _ClassVar[int]
+    MUNICIPALITY_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    MUNICIPALITY_NAME_FIELD_NUMBER: _ClassVar[int]
+    GRPC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ADDED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    LAST_CONTACT_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTOR_VALID_UNTIL_MS_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    PENDING_DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    hub_id: str
+    municipality_number: str
+    municipality_name: str
+    grpc_address: str
+    state: str
+    added_at_ms: int
+    last_contact_ms: int
+    latency_ms: float
+    last_error: str
+    descriptor_valid_until_ms: int
+    identity_public_key: str
+    pending_deliveries: int
+    def __init__(self, hub_id: _Optional[str] = ..., municipality_number: _Optional[str] = ..., municipality_name: _Optional[str] = ..., grpc_address: _Optional[str] = ..., state: _Optional[str] = ..., added_at_ms: _Optional[int] = ..., last_contact_ms: _Optional[int] = ..., latency_ms: _Optional[float] = ..., last_error: _Optional[str] = ..., descriptor_valid_until_ms: _Optional[int] = ..., identity_public_key: _Optional[str] = ..., pending_deliveries: _Optional[int] = ...) -> None: ...
+
+class ListPeersRequest(_message.Message):
+    __slots__ = ("include_removed",)
+    INCLUDE_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    include_removed: bool
+    def __init__(self, include_removed: _Optional[bool] = ...) -> None: ...
+
+class ListPeersResponse(_message.Message):
+    __slots__ = ("peers",)
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    peers: _containers.RepeatedCompositeFieldContainer[Peer]
+    def __init__(self, peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ...) -> None: ...
+
+class RemovePeerRequest(_message.Message):
+    __slots__ = ("hub_id",)
+    HUB_ID_FIELD_NUMBER: _ClassVar[int]
+    hub_id: str
+    def __init__(self, hub_id: _Optional[str] = ...) -> None: ...
+
+class AddPartnerRequest(_message.Message):
+    __slots__ = ("name", "org_number", "public_key_file")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ORG_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FILE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    org_number: str
+    public_key_file: bytes
+    def __init__(self, name: _Optional[str] = ..., org_number: _Optional[str] = ..., public_key_file: _Optional[bytes] = ...) -> None: ...
+
+class Partner(_message.Message):
+    __slots__ = ("partner_id", "name", "org_number", "public_key", "added_at_ms", "last_contact_ms")
+    PARTNER_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ORG_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    ADDED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    LAST_CONTACT_MS_FIELD_NUMBER: _ClassVar[int]
+    partner_id: str
+    name: str
+    org_number: str
+    public_key: str
+    added_at_ms: int
+    last_contact_ms: int
+    def __init__(self, partner_id: _Optional[str] = ..., name: _Optional[str] = ..., org_number: _Optional[str] = ..., public_key: _Optional[str] = ..., added_at_ms: _Optional[int] = ..., last_contact_ms: _Optional[int] = ...) -> None: ...
+
+class ListPartnersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListPartnersResponse(_message.Message):
+    __slots__ = ("partners",)
+    PARTNERS_FIELD_NUMBER: _ClassVar[int]
+    partners: _containers.RepeatedCompositeFieldContainer[Partner]
+    def __init__(self, partners: _Optional[_Iterable[_Union[Partner, _Mapping]]] = ...) -> None: ...
+
+class ProposeAgreementRequest(_message.Message):
+    __slots__ = ("terms_toml", "to")
+    TERMS_TOML_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    terms_toml: str
+    to: str
+    def __init__(self, terms_toml: _Optional[str] = ..., to: _Optional[str] = ...) -> None: ...
+
+class AgreementRef(_message.Message):
+    __slots__ = ("agreement_id",)
+    AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    agreement_id: str
+    def __init__(self, agreement_id: _Optional[str] = ...) -> None: ...
+
+class RevokeAgreementRequest(_message.Message):
+    __slots__ = ("agreement_id", "reason")
+    AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    agreement_id: str
+    reason: str
+    def __init__(self, agreement_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ListAgreementsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SignatureCheck(_message.Message):
+    __slots__ = ("signer_id", "role", "valid")
+    SIGNER_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    VALID_FIELD_NUMBER: _ClassVar[int]
+    signer_id: str
+    role: str
+    valid: bool
+    def __init__(self, signer_id: _Optional[str] = ..., role: _Optional[str] = ..., valid: _Optional[bool] = ...) -> None: ...
+
+class AgreementEvent(_message.Message):
+    __slots__ = ("at_ms", "event", "actor", "detail")
+    AT_MS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    at_ms: int
+    event: str
+    actor: str
+    detail: str
+    def __init__(self, at_ms: _Optional[int] = ..., event: _Optional[str] = ..., actor: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class AgreementView(_message.Message):
+    __slots__ = ("terms", "state", "signatures", "revocations", "history", "role", "counterparty_id", "counterparty_name", "awaiting_my_signature")
+    TERMS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURES_FIELD_NUMBER: _ClassVar[int]
+    REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    COUNTERPARTY_ID_FIELD_NUMBER: _ClassVar[int]
+    COUNTERPARTY_NAME_FIELD_NUMBER: _ClassVar[int]
+    AWAITING_MY_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    terms: _agreement_pb2.AgreementTerms
+    state: _agreement_pb2.AgreementState
+    signatures: _containers.RepeatedCompositeFieldContainer[SignatureCheck]
+    revocations: _containers.RepeatedCompositeFieldContainer[_agreement_pb2.Revocation]
+    history: _containers.RepeatedCompositeFieldContainer[AgreementEvent]
+    role: str
+    counterparty_id: str
+    counterparty_name: str
+    awaiting_my_signature: bool
+    def __init__(self, terms: _Optional[_Union[_agreement_pb2.AgreementTerms, _Mapping]] = ..., state: _Optional[_Union[_agreement_pb2.AgreementState, str]] = ..., signatures: _Optional[_Iterable[_Union[SignatureCheck, _Mapping]]] = ..., revocations: _Optional[_Iterable[_Union[_agreement_pb2.Revocation, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[AgreementEvent, _Mapping]]] = ..., role: _Optional[str] = ..., counterparty_id: _Optional[str] = ..., counterparty_name: _Optional[str] = ..., awaiting_my_signature: _Optional[bool] = ...) -> None: ...
+
+class ListAgreementsResponse(_message.Message):
+    __slots__ = ("agreements",)
+    AGREEMENTS_FIELD_NUMBER: _ClassVar[int]
+    agreements: _containers.RepeatedCompositeFieldContainer[AgreementView]
+    def __init__(self, agreements: _Optional[_Iterable[_Union[AgreementView, _Mapping]]] = ...) -> None: ...
+
+class ExportedAgreement(_message.Message):
+    __slots__ = ("document_json",)
+    DOCUMENT_JSON_FIELD_NUMBER: _ClassVar[int]
+    document_json: bytes
+    def __init__(self, document_json: _Optional[bytes] = ...) -> None: ...

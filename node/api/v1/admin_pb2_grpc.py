@@ -54,6 +54,61 @@ class AdminStub:
                 request_serializer=smartregion_dot_v1_dot_admin__pb2.RevokeSensorRequest.SerializeToString,
                 response_deserializer=smartregion_dot_v1_dot_admin__pb2.Sensor.FromString,
                 _registered_method=True)
+        self.AddPeer = channel.unary_unary(
+                '/smartregion.v1.Admin/AddPeer',
+                request_serializer=smartregion_dot_v1_dot_admin__pb2.AddPeerRequest.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_admin__pb2.Peer.FromString,
+                _registered_method=True)
+        self.ListPeers = channel.unary_unary(
+                '/smartregion.v1.Admin/ListPeers',
+                request_serializer=smartregion_dot_v1_dot_admin__pb2.ListPeersRequest.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_admin__pb2.ListPeersResponse.FromString,
+                _registered_method=True)
+        self.RemovePeer = channel.unary_unary(
+                '/smartregion.v1.Admin/RemovePeer',
+                request_serializer=smartregion_dot_v1_dot_admin__pb2.RemovePeerRequest.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_admin__pb2.Peer.FromString,
+                _registered_method=True)
+        self.AddPartner = channel.unary_unary(
+                '/smartregion.v1.Admin/AddPartner',
+                request_serializer=smartregion_dot_v1_dot_admin__pb2.AddPartnerRequest.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_admin__pb2.Partner.FromString,
+                _registered_method=True)
+        self.ListPartners = channel.unary_unary(
+                '/smartregion.v1.Admin/ListPartners',
+                request_serializer=smartregion_dot_v1_dot_admin__pb2.ListPartnersRequest.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_admin__pb2.ListPartnersResponse.FromString,
+                _registered_method=True)
+        self.ProposeAgreement = channel.unary_unary(
+                '/smartregion.v1.Admin/ProposeAgreement',
+                request_serializer=smartregion_dot_v1_dot_admin__pb2.ProposeAgreementRequest.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_admin__pb2.AgreementView.FromString,
+                _registered_method=True)
+        self.ListAgreements = channel.unary_unary(
+                '/smartregion.v1.Admin/ListAgreements',
+                request_serializer=smartregion_dot_v1_dot_admin__pb2.ListAgreementsRequest.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_admin__pb2.ListAgreementsResponse.FromString,
+                _registered_method=True)
+        self.GetAgreement = channel.unary_unary(
+                '/smartregion.v1.Admin/GetAgreement',
+                request_serializer=smartregion_dot_v1_dot_admin__pb2.AgreementRef.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_admin__pb2.AgreementView.FromString,
+                _registered_method=True)
+        self.AcceptAgreement = channel.unary_unary(
+                '/smartregion.v1.Admin/AcceptAgreement',
+                request_serializer=smartregion_dot_v1_dot_admin__pb2.AgreementRef.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_admin__pb2.AgreementView.FromString,
+                _registered_method=True)
+        self.RevokeAgreement = channel.unary_unary(
+                '/smartregion.v1.Admin/RevokeAgreement',
+                request_serializer=smartregion_dot_v1_dot_admin__pb2.RevokeAgreementRequest.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_admin__pb2.AgreementView.FromString,
+                _registered_method=True)
+        self.ExportAgreement = channel.unary_unary(
+                '/smartregion.v1.Admin/ExportAgreement',
+                request_serializer=smartregion_dot_v1_dot_admin__pb2.AgreementRef.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_admin__pb2.ExportedAgreement.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -83,6 +138,75 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddPeer(self, request, context):
+        """Peers: other hubs, pinned by hub id (docs/federation.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPeers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemovePeer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddPartner(self, request, context):
+        """Partners: businesses and academia, registered by their public key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPartners(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ProposeAgreement(self, request, context):
+        """Agreements.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAgreements(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAgreement(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcceptAgreement(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeAgreement(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportAgreement(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +229,61 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.RevokeSensor,
                     request_deserializer=smartregion_dot_v1_dot_admin__pb2.RevokeSensorRequest.FromString,
                     response_serializer=smartregion_dot_v1_dot_admin__pb2.Sensor.SerializeToString,
+            ),
+            'AddPeer': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddPeer,
+                    request_deserializer=smartregion_dot_v1_dot_admin__pb2.AddPeerRequest.FromString,
+                    response_serializer=smartregion_dot_v1_dot_admin__pb2.Peer.SerializeToString,
+            ),
+            'ListPeers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPeers,
+                    request_deserializer=smartregion_dot_v1_dot_admin__pb2.ListPeersRequest.FromString,
+                    response_serializer=smartregion_dot_v1_dot_admin__pb2.ListPeersResponse.SerializeToString,
+            ),
+            'RemovePeer': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemovePeer,
+                    request_deserializer=smartregion_dot_v1_dot_admin__pb2.RemovePeerRequest.FromString,
+                    response_serializer=smartregion_dot_v1_dot_admin__pb2.Peer.SerializeToString,
+            ),
+            'AddPartner': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddPartner,
+                    request_deserializer=smartregion_dot_v1_dot_admin__pb2.AddPartnerRequest.FromString,
+                    response_serializer=smartregion_dot_v1_dot_admin__pb2.Partner.SerializeToString,
+            ),
+            'ListPartners': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPartners,
+                    request_deserializer=smartregion_dot_v1_dot_admin__pb2.ListPartnersRequest.FromString,
+                    response_serializer=smartregion_dot_v1_dot_admin__pb2.ListPartnersResponse.SerializeToString,
+            ),
+            'ProposeAgreement': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProposeAgreement,
+                    request_deserializer=smartregion_dot_v1_dot_admin__pb2.ProposeAgreementRequest.FromString,
+                    response_serializer=smartregion_dot_v1_dot_admin__pb2.AgreementView.SerializeToString,
+            ),
+            'ListAgreements': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAgreements,
+                    request_deserializer=smartregion_dot_v1_dot_admin__pb2.ListAgreementsRequest.FromString,
+                    response_serializer=smartregion_dot_v1_dot_admin__pb2.ListAgreementsResponse.SerializeToString,
+            ),
+            'GetAgreement': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAgreement,
+                    request_deserializer=smartregion_dot_v1_dot_admin__pb2.AgreementRef.FromString,
+                    response_serializer=smartregion_dot_v1_dot_admin__pb2.AgreementView.SerializeToString,
+            ),
+            'AcceptAgreement': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcceptAgreement,
+                    request_deserializer=smartregion_dot_v1_dot_admin__pb2.AgreementRef.FromString,
+                    response_serializer=smartregion_dot_v1_dot_admin__pb2.AgreementView.SerializeToString,
+            ),
+            'RevokeAgreement': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAgreement,
+                    request_deserializer=smartregion_dot_v1_dot_admin__pb2.RevokeAgreementRequest.FromString,
+                    response_serializer=smartregion_dot_v1_dot_admin__pb2.AgreementView.SerializeToString,
+            ),
+            'ExportAgreement': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportAgreement,
+                    request_deserializer=smartregion_dot_v1_dot_admin__pb2.AgreementRef.FromString,
+                    response_serializer=smartregion_dot_v1_dot_admin__pb2.ExportedAgreement.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +394,303 @@ class Admin:
             '/smartregion.v1.Admin/RevokeSensor',
             smartregion_dot_v1_dot_admin__pb2.RevokeSensorRequest.SerializeToString,
             smartregion_dot_v1_dot_admin__pb2.Sensor.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddPeer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/AddPeer',
+            smartregion_dot_v1_dot_admin__pb2.AddPeerRequest.SerializeToString,
+            smartregion_dot_v1_dot_admin__pb2.Peer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPeers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/ListPeers',
+            smartregion_dot_v1_dot_admin__pb2.ListPeersRequest.SerializeToString,
+            smartregion_dot_v1_dot_admin__pb2.ListPeersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemovePeer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/RemovePeer',
+            smartregion_dot_v1_dot_admin__pb2.RemovePeerRequest.SerializeToString,
+            smartregion_dot_v1_dot_admin__pb2.Peer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddPartner(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/AddPartner',
+            smartregion_dot_v1_dot_admin__pb2.AddPartnerRequest.SerializeToString,
+            smartregion_dot_v1_dot_admin__pb2.Partner.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPartners(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/ListPartners',
+            smartregion_dot_v1_dot_admin__pb2.ListPartnersRequest.SerializeToString,
+            smartregion_dot_v1_dot_admin__pb2.ListPartnersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProposeAgreement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/ProposeAgreement',
+            smartregion_dot_v1_dot_admin__pb2.ProposeAgreementRequest.SerializeToString,
+            smartregion_dot_v1_dot_admin__pb2.AgreementView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAgreements(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/ListAgreements',
+            smartregion_dot_v1_dot_admin__pb2.ListAgreementsRequest.SerializeToString,
+            smartregion_dot_v1_dot_admin__pb2.ListAgreementsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAgreement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/GetAgreement',
+            smartregion_dot_v1_dot_admin__pb2.AgreementRef.SerializeToString,
+            smartregion_dot_v1_dot_admin__pb2.AgreementView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcceptAgreement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/AcceptAgreement',
+            smartregion_dot_v1_dot_admin__pb2.AgreementRef.SerializeToString,
+            smartregion_dot_v1_dot_admin__pb2.AgreementView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAgreement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/RevokeAgreement',
+            smartregion_dot_v1_dot_admin__pb2.RevokeAgreementRequest.SerializeToString,
+            smartregion_dot_v1_dot_admin__pb2.AgreementView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportAgreement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/ExportAgreement',
+            smartregion_dot_v1_dot_admin__pb2.AgreementRef.SerializeToString,
+            smartregion_dot_v1_dot_admin__pb2.ExportedAgreement.FromString,
             options,
             channel_credentials,
             insecure,

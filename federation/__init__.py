@@ -1,0 +1,1 @@
+"""Federation: pinned peers, signed requests, and signed data-sharing agreements."""

@@ -1,0 +1,92 @@
+"""Node descriptors: what a hub says about itself, signed by its identity key.
+
+A descriptor is valid for DESCRIPTOR_LIFETIME and re-signed whenever it is served with less
+than half of that left, so peers always fetch a fresh one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from federation.signing import Domain, hub_id_from_public_key, sign, verify
+from node import identity as identity_mod
+from node import register
+from node.api.v1 import federation_pb2
+
+DESCRIPTOR_LIFETIME_MS = 7 * 24 * 3600 * 1000
+
+
+class DescriptorError(ValueError):
+    pass
+
+
+def cert_sha256(cert_pem: bytes) -> bytes:
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
+
+
+def issue(identity: identity_mod.HubIdentity, municipality: str, grpc_address: str, http_url: str,
+          now_ms: int | None = None) -> federation_pb2.SignedDescriptor:
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    descriptor = federation_pb2.NodeDescriptor(
+        hub_id=identity.hub_id_text,
+        municipality_number=municipality,
+        municipality_name=register.lookup(municipality).name,
+        identity_public_key=identity.public_key_raw,
+        tls_certificate_sha256=cert_sha256(identity.tls_cert_pem),
+        grpc_addresses=[grpc_address] if grpc_address else [],
+        http_url=http_url,
+        issued_at_ms=now_ms,
+        valid_until_ms=now_ms + DESCRIPTOR_LIFETIME_MS,
+    )
+    payload = descriptor.SerializeToString()
+    return federation_pb2.SignedDescriptor(descriptor=payload, signature=sign(identity.identity_key, Domain.DESCRIPTOR, payload))
+
+
+def needs_refresh(signed: federation_pb2.SignedDescriptor, now_ms: int) -> bool:
+    d = federation_pb2.NodeDescriptor.FromString(signed.descriptor)
+    return d.valid_until_ms - now_ms < DESCRIPTOR_LIFETIME_MS // 2
+
+
+@dataclass(frozen=True)
+class VerifiedDescriptor:
+    descriptor: federation_pb2.NodeDescriptor
+    signed: federation_pb2.SignedDescriptor
+
+
+def verify_descriptor(signed: federation_pb2.SignedDescriptor, expected_hub_id: str, served_cert_pem: bytes,
+                      now_ms: int | None = None) -> VerifiedDescriptor:
+    """Check a descriptor against the pinned hub id and the certificate the hub really served."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    try:
+        d = federation_pb2.NodeDescriptor.FromString(signed.descriptor)
+    except Exception as exc:  # protobuf raises DecodeError, a plain Exception subclass
+        raise DescriptorError(f"the descriptor does not parse: {exc}") from None
+    key = d.identity_public_key
+    if len(key) != 32 or hub_id_from_public_key(key) != expected_hub_id:
+        raise DescriptorError(f"the descriptor's key is not the key of hub {expected_hub_id}")
+    if d.hub_id != expected_hub_id:
+        raise DescriptorError(f"the descriptor names hub {d.hub_id}, not {expected_hub_id}")
+    if not verify(key, Domain.DESCRIPTOR, signed.descriptor, signed.signature):
+        raise DescriptorError("the descriptor's signature does not verify")
+    if d.valid_until_ms <= now_ms:
+        raise DescriptorError("the descriptor has expired")
+    if d.tls_certificate_sha256 != cert_sha256(served_cert_pem):
+        raise DescriptorError("the hub served a TLS certificate other than the one its descriptor names (impostor?)")
+    cert = x509.load_pem_x509_certificate(served_cert_pem)
+    try:
+        bound_key = identity_mod.verify_tls_binding(cert)
+    except identity_mod.IdentityError as exc:
+        raise DescriptorError(str(exc)) from None
+    if bound_key != key:
+        raise DescriptorError("the served TLS certificate is bound to another identity key")
+    try:
+        register.lookup(d.municipality_number)
+    except register.UnknownMunicipality as exc:
+        raise DescriptorError(str(exc)) from None
+    return VerifiedDescriptor(d, signed)

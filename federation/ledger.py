@@ -1,0 +1,177 @@
+"""The hub's book of agreements: checks evidence against pinned keys, merges it, keeps
+history, and says what state each agreement is in."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from federation import agreements as ag
+from federation import terms as terms_mod
+from node.api.v1 import agreement_pb2
+from node.errors import Reason, Rejected
+from node.storage import Storage
+from node.storage.base import AgreementEventRow, AgreementRow
+
+State = agreement_pb2.AgreementState
+LIVE_STATES = {State.AGREEMENT_STATE_PROPOSED, State.AGREEMENT_STATE_PENDING, State.AGREEMENT_STATE_ACTIVE}
+_KIND_TO_REASON = {"invalid": Reason.INVALID_REQUEST, "not_party": Reason.PERMISSION_DENIED, "conflict": Reason.ALREADY_EXISTS}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def to_row(evidence: ag.Evidence, created_at_ms: int, updated_at_ms: int) -> AgreementRow:
+    t = evidence.terms
+    return AgreementRow(
+        agreement_id=t.agreement_id, provider_id=t.provider.id, consumer_id=t.consumer.id, version=t.version,
+        supersedes=t.supersedes, valid_from_ms=t.valid_from_ms, valid_until_ms=t.valid_until_ms,
+        document=evidence.to_document().SerializeToString(), created_at_ms=created_at_ms, updated_at_ms=updated_at_ms,
+    )
+
+
+def from_row(row: AgreementRow) -> ag.Evidence:
+    # Our own stored evidence was verified on the way in; re-verifying is cheap and catches a tampered database.
+    return ag.from_document(agreement_pb2.AgreementDocument.FromString(row.document))
+
+
+def changes(before: ag.Evidence | None, after: ag.Evidence) -> list[tuple[str, str, str]]:
+    """(event, actor, detail) for what `after` adds to `before`."""
+    events = []
+    old_sigs = set(before.signatures) if before else set()
+    for signer in sorted(set(after.signatures) - old_sigs):
+        role = after.role_of(signer)
+        event = "proposed" if before is None and len(after.signatures) == 1 else f"signed by {role}"
+        events.append((event, signer, ""))
+    old_revs = set(before.revocations) if before else set()
+    for revoker in sorted(set(after.revocations) - old_revs):
+        events.append(("revoked", revoker, after.revocations[revoker].revocation.reason))
+    return events
+
+
+@dataclass
+class Merged:
+    evidence: ag.Evidence
+    changed: bool
+    state: int
+
+
+class Ledger:
+    def __init__(self, storage: Storage, own_id: str, own_public_key: bytes) -> None:
+        self.storage = storage
+        self.own_id = own_id
+        self.own_public_key = own_public_key
+
+    async def load(self, agreement_id: str) -> ag.Evidence | None:
+        row = await self.storage.read(lambda s: s.get_agreement(agreement_id))
+        return from_row(row) if row else None
+
+    async def all(self, party_id: str | None = None) -> list[ag.Evidence]:
+        rows = await self.storage.read(lambda s: s.list_agreements(party_id))
+        return [from_row(r) for r in rows]
+
+    async def require(self, agreement_id: str) -> ag.Evidence:
+        evidence = await self.load(agreement_id.strip())
+        if evidence is None:
+            raise Rejected(Reason.NOT_FOUND, f"no agreement {agreement_id} at this hub")
+        return evidence
+
+    # -- state -------------------------------------------------------------------------
+    @staticmethod
+    def superseded_ids(evidences: list[ag.Evidence]) -> set[str]:
+        """Ids replaced by a newer version that both parties signed and neither revoked."""
+        return {
+            e.terms.supersedes for e in evidences
+            if e.terms.supersedes and e.fully_signed() and not e.revocations
+        }
+
+    async def states(self, evidences: list[ag.Evidence] | None = None, at_ms: int | None = None) -> dict[str, int]:
+        evidences = await self.all() if evidences is None else evidences
+        superseded = self.superseded_ids(evidences)
+        at_ms = now_ms() if at_ms is None else at_ms
+        return {e.agreement_id: ag.state(e, at_ms, e.agreement_id in superseded) for e in evidences}
+
+    # -- checks ------------------------------------------------------------------------
+    async def check_new(self, evidence: ag.Evidence) -> None:
+        """Checks for an agreement this hub has not seen: validity, supersession, overlap."""
+        t = evidence.terms
+        try:
+            terms_mod.validate(t, now_ms(), new=True)
+        except terms_mod.TermsError as exc:
+            raise Rejected(Reason.INVALID_REQUEST, f"agreement {t.agreement_id}: {exc}") from None
+        others = await self.all()
+        if t.supersedes:
+            old = next((e for e in others if e.agreement_id == t.supersedes), None)
+            if old is None:
+                raise Rejected(Reason.INVALID_REQUEST, f"agreement {t.agreement_id} supersedes {t.supersedes}, which this hub does not know")
+            if (old.terms.provider.id, old.terms.consumer.id) != (t.provider.id, t.consumer.id) or old.terms.version + 1 != t.version:
+                raise Rejected(
+                    Reason.INVALID_REQUEST,
+                    f"agreement {t.agreement_id} must be version {old.terms.version + 1} between the same parties to supersede {t.supersedes}",
+                )
+        states = await self.states(others)
+        for other in others:
+            o = other.terms
+            if other.agreement_id == t.supersedes or states[other.agreement_id] not in LIVE_STATES:
+                continue
+            same_parties = (o.provider.id, o.consumer.id) == (t.provider.id, t.consumer.id)
+            overlapping = o.valid_from_ms < t.valid_until_ms and t.valid_from_ms < o.valid_until_ms
+            if same_parties and overlapping and set(o.datasets) & set(t.datasets):
+                raise Rejected(
+                    Reason.ALREADY_EXISTS,
+                    f"agreement {t.agreement_id} overlaps agreement {other.agreement_id} for the same parties, dataset and time; "
+                    "supersede it with a new version instead",
+                )
+
+    def check_parties(self, evidence: ag.Evidence, counterparty_id: str, counterparty_key: bytes) -> None:
+        """This hub and the counterparty are the two parties, with the keys this hub pinned."""
+        parties = evidence.parties()
+        mine = parties.get(self.own_id)
+        theirs = parties.get(counterparty_id)
+        if mine is None:
+            raise Rejected(Reason.PERMISSION_DENIED, f"agreement {evidence.agreement_id} does not name this hub as a party")
+        if theirs is None:
+            raise Rejected(Reason.PERMISSION_DENIED, f"agreement {evidence.agreement_id} does not name the caller {counterparty_id} as a party")
+        if mine.public_key != self.own_public_key or theirs.public_key != counterparty_key:
+            raise Rejected(Reason.INVALID_REQUEST, f"agreement {evidence.agreement_id} names a party key other than the pinned one")
+
+    # -- merging -----------------------------------------------------------------------
+    async def merge_from(self, counterparty_id: str, counterparty_key: bytes,
+                         documents: list[agreement_pb2.AgreementDocument]) -> list[Merged]:
+        """Check every document first (all or nothing), then store the merged evidence."""
+        incoming: list[tuple[ag.Evidence | None, ag.Evidence]] = []
+        for doc in documents:
+            try:
+                evidence = ag.from_document(doc)
+            except ag.AgreementError as exc:
+                raise Rejected(_KIND_TO_REASON[exc.kind], str(exc)) from None
+            self.check_parties(evidence, counterparty_id, counterparty_key)
+            if not evidence.signatures:
+                raise Rejected(Reason.INVALID_REQUEST, f"agreement {evidence.agreement_id} carries no signature")
+            existing = await self.load(evidence.agreement_id)
+            if existing is None:
+                await self.check_new(evidence)
+                merged = evidence
+            else:
+                try:
+                    merged = ag.merge(existing, evidence)
+                except ag.AgreementError as exc:
+                    raise Rejected(Reason.ALREADY_EXISTS, str(exc)) from None
+            incoming.append((existing, merged))
+        await self.save([(before, after) for before, after in incoming], notify=[])
+        states = await self.states()
+        return [Merged(after, bool(changes(before, after)), states[after.agreement_id]) for before, after in incoming]
+
+    async def save(self, pairs: list[tuple[ag.Evidence | None, ag.Evidence]], notify: list[str], detail: str = "") -> None:
+        at = now_ms()
+        rows, events = [], []
+        for before, after in pairs:
+            found = changes(before, after)
+            if not found:
+                continue
+            created = at if before is None else (await self.storage.read(lambda s: s.get_agreement(after.agreement_id))).created_at_ms
+            rows.append(to_row(after, created, at))
+            events += [AgreementEventRow(after.agreement_id, at, event, actor, d or detail) for event, actor, d in found]
+        if rows or notify:
+            await self.storage.write(lambda s: s.save_agreements(rows, events, notify, at))

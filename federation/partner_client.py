@@ -1,0 +1,72 @@
+"""A partner talking to a hub: the partner holds its own key; it pins the hub by hub id."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from federation import agreements as ag
+from federation import envelope, peers
+from federation.partners import PartnerKey
+from federation.service import EXCHANGE_METHOD
+from node.api.v1 import agreement_pb2, federation_pb2, federation_pb2_grpc
+
+
+@dataclass
+class HeldAgreement:
+    evidence: ag.Evidence
+    state: int
+
+    @property
+    def awaiting_partner(self) -> bool:
+        return self.state == ag.State.AGREEMENT_STATE_PROPOSED
+
+
+class PartnerSession:
+    """Open with `async with PartnerSession(key, address, hub_id) as session:`."""
+
+    def __init__(self, key: PartnerKey, hub_address: str, hub_id: str) -> None:
+        self.key = key
+        self.hub_address = hub_address
+        self.hub_id = hub_id
+        self.channel = None
+
+    async def __aenter__(self) -> "PartnerSession":
+        cert_pem = await peers.fetch_certificate(self.hub_address)
+        actual = peers.hub_id_of_certificate(cert_pem)
+        if actual != self.hub_id:
+            raise peers.PeerError(f"the server at {self.hub_address} is hub {actual}, not hub {self.hub_id}")
+        self.channel = peers.channel_to(self.hub_address, self.hub_id, cert_pem)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.channel.close()
+
+    async def exchange(self, documents: list[agreement_pb2.AgreementDocument]) -> federation_pb2.ExchangeAgreementsResponse:
+        signed = envelope.make(self.key.key, self.key.partner_id, self.hub_id, EXCHANGE_METHOD,
+                               agreement_exchange=agreement_pb2.AgreementExchange(documents=documents))
+        return await federation_pb2_grpc.FederationStub(self.channel).ExchangeAgreements(signed, timeout=peers.CALL_TIMEOUT_S)
+
+    async def agreements(self) -> list[HeldAgreement]:
+        response = await self.exchange([])
+        now_ms = int(time.time() * 1000)
+        held = [ag.from_document(d) for d in response.documents.documents]
+        return [HeldAgreement(e, ag.state(e, now_ms)) for e in held]
+
+    async def _find(self, agreement_id: str) -> ag.Evidence:
+        for held in await self.agreements():
+            if held.evidence.agreement_id == agreement_id.strip():
+                return held.evidence
+        raise LookupError(f"hub {self.hub_id} holds no agreement {agreement_id} with this partner")
+
+    async def accept(self, agreement_id: str) -> federation_pb2.DocumentOutcome:
+        evidence = await self._find(agreement_id)
+        if self.key.partner_id in evidence.signatures:
+            raise ValueError(f"agreement {agreement_id} is already signed by this partner")
+        signed = ag.countersign(evidence, self.key.partner_id, self.key.key)
+        return (await self.exchange([signed.to_document()])).outcomes[0]
+
+    async def revoke(self, agreement_id: str, reason: str) -> federation_pb2.DocumentOutcome:
+        evidence = await self._find(agreement_id)
+        revoked = ag.revoke(evidence, self.key.partner_id, self.key.key, reason, int(time.time() * 1000))
+        return (await self.exchange([revoked.to_document()])).outcomes[0]

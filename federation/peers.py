@@ -1,0 +1,101 @@
+"""Reaching other hubs: fetch a hub's certificate and descriptor and check them against the
+hub id an admin pinned; open channels pinned to that certificate."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+
+import grpc
+from cryptography import x509
+
+from federation import descriptors
+from node import identity as identity_mod
+from node.api.v1 import federation_pb2, federation_pb2_grpc
+from node.client import open_channel
+from node.storage.base import PeerRecord
+
+CALL_TIMEOUT_S = 10.0
+
+
+class PeerError(Exception):
+    pass
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise PeerError(f"{address!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+async def fetch_certificate(address: str) -> bytes:
+    """The certificate the server at `address` presents. Not trusted yet: the caller checks
+    it against the pinned hub id."""
+    host, port = split_address(address)
+    try:
+        pem = await asyncio.wait_for(asyncio.to_thread(ssl.get_server_certificate, (host, port)), CALL_TIMEOUT_S)
+    except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+        raise PeerError(f"cannot reach {address} over TLS: {exc or type(exc).__name__}") from None
+    return pem.encode()
+
+
+def hub_id_of_certificate(cert_pem: bytes) -> str:
+    from federation.signing import hub_id_from_public_key
+
+    try:
+        key = identity_mod.verify_tls_binding(x509.load_pem_x509_certificate(cert_pem))
+    except (identity_mod.IdentityError, ValueError) as exc:
+        raise PeerError(f"the server's certificate is not a smartregion hub's: {exc}") from None
+    return hub_id_from_public_key(key)
+
+
+def channel_to(address: str, hub_id: str, cert_pem: bytes) -> grpc.aio.Channel:
+    return open_channel(address, hub_id=hub_id, cert_pem=cert_pem, aio=True)
+
+
+async def fetch_descriptor(address: str, expected_hub_id: str) -> tuple[descriptors.VerifiedDescriptor, bytes]:
+    """Fetch and verify the descriptor of hub `expected_hub_id` at `address`; return it with
+    the certificate to pin. Raises PeerError if anything does not match the pin."""
+    cert_pem = await fetch_certificate(address)
+    actual = hub_id_of_certificate(cert_pem)
+    if actual != expected_hub_id:
+        raise PeerError(f"the server at {address} is hub {actual}, not hub {expected_hub_id}")
+    async with channel_to(address, expected_hub_id, cert_pem) as channel:
+        try:
+            signed = await federation_pb2_grpc.FederationStub(channel).GetDescriptor(
+                federation_pb2.GetDescriptorRequest(), timeout=CALL_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise PeerError(f"hub {expected_hub_id} at {address} did not give its descriptor: {exc.code().name} {exc.details()}") from None
+    try:
+        return descriptors.verify_descriptor(signed, expected_hub_id, cert_pem), cert_pem
+    except descriptors.DescriptorError as exc:
+        raise PeerError(f"hub {expected_hub_id} at {address}: {exc}") from None
+
+
+def peer_record(verified: descriptors.VerifiedDescriptor, address: str, cert_pem: bytes, added_at_ms: int) -> PeerRecord:
+    d = verified.descriptor
+    return PeerRecord(
+        hub_id=d.hub_id,
+        municipality=d.municipality_number,
+        public_key=bytes(d.identity_public_key),
+        tls_cert_pem=cert_pem.decode(),
+        grpc_address=address,
+        http_url=d.http_url,
+        descriptor=verified.signed.SerializeToString(),
+        descriptor_valid_until_ms=d.valid_until_ms,
+        added_at_ms=added_at_ms,
+        last_contact_ms=int(time.time() * 1000),
+    )
+
+
+def peer_state(peer: PeerRecord, now_ms: int) -> str:
+    if peer.removed_at_ms:
+        return "removed"
+    if peer.descriptor_valid_until_ms <= now_ms:
+        return "descriptor-expired"
+    if peer.last_error:
+        return "unreachable"
+    return "reachable"

@@ -1,0 +1,121 @@
+"""`smartregion agreement ...`: propose, inspect, accept, revoke, export and verify."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from federation import export as export_mod
+from node.api.v1 import admin_pb2
+from node.cli.common import DataDir, JsonFlag, console, fail, print_json, user_errors
+from node.cli.views import agreements_table, as_dict, print_agreement, state_name, terms_table, when
+from node.client import AdminClient
+from node.fileio import write_private_file
+
+app = typer.Typer(help="Data-sharing agreements: the only thing that lets data cross a border.", no_args_is_help=True)
+AgreementId = Annotated[str, typer.Argument(help="The agreement id (urn:uuid:...).")]
+
+
+def _show(view: admin_pb2.AgreementView, json_output: bool) -> None:
+    if json_output:
+        print_json(as_dict(view))
+    else:
+        print_agreement(console, view)
+
+
+@app.command("propose")
+def propose(
+    data_dir: DataDir,
+    terms: Annotated[Path, typer.Option(help="The terms as TOML (docs/federation.md).", exists=True, dir_okay=False)],
+    to: Annotated[str, typer.Option(help="The other party: a peer's hub id or a partner id.")],
+    json_output: JsonFlag = False,
+) -> None:
+    """Sign terms and send them to the other party for countersignature."""
+    with user_errors(), AdminClient(data_dir) as client:
+        view = client.call("ProposeAgreement", admin_pb2.ProposeAgreementRequest(terms_toml=terms.read_text(encoding="utf-8"), to=to))
+    if not json_output:
+        console.print(f"Proposed agreement [bold]{view.terms.agreement_id}[/]; it becomes active when {view.counterparty_name or to} countersigns.")
+    _show(view, json_output)
+
+
+@app.command("list")
+def list_agreements(data_dir: DataDir, json_output: JsonFlag = False) -> None:
+    """All agreements this hub is party to, with their state."""
+    with user_errors(), AdminClient(data_dir) as client:
+        response = client.call("ListAgreements", admin_pb2.ListAgreementsRequest())
+    if json_output:
+        print_json([as_dict(v) for v in response.agreements])
+    else:
+        console.print(agreements_table(list(response.agreements)))
+
+
+@app.command("show")
+def show(data_dir: DataDir, agreement_id: AgreementId, json_output: JsonFlag = False) -> None:
+    """Terms, verified signatures, state and history of one agreement."""
+    with user_errors(), AdminClient(data_dir) as client:
+        _show(client.call("GetAgreement", admin_pb2.AgreementRef(agreement_id=agreement_id)), json_output)
+
+
+@app.command("accept")
+def accept(data_dir: DataDir, agreement_id: AgreementId, json_output: JsonFlag = False) -> None:
+    """Countersign a proposal addressed to this hub."""
+    with user_errors(), AdminClient(data_dir) as client:
+        view = client.call("AcceptAgreement", admin_pb2.AgreementRef(agreement_id=agreement_id))
+    if not json_output:
+        console.print(f"Countersigned {view.terms.agreement_id}: now {state_name(view.state)}")
+    _show(view, json_output)
+
+
+@app.command("revoke")
+def revoke(
+    data_dir: DataDir,
+    agreement_id: AgreementId,
+    reason: Annotated[str, typer.Option(help="Why; recorded in the signed revocation.")],
+    json_output: JsonFlag = False,
+) -> None:
+    """Revoke an agreement, effective immediately on this hub; the other party is told."""
+    with user_errors(), AdminClient(data_dir) as client:
+        view = client.call("RevokeAgreement", admin_pb2.RevokeAgreementRequest(agreement_id=agreement_id, reason=reason))
+    if not json_output:
+        console.print(f"Revoked {view.terms.agreement_id}")
+    _show(view, json_output)
+
+
+@app.command("export")
+def export(
+    data_dir: DataDir,
+    agreement_id: AgreementId,
+    out: Annotated[Optional[Path], typer.Option(help="Write to this file instead of standard output.")] = None,
+) -> None:
+    """The signed agreement document, verifiable offline with `smartregion agreement verify`."""
+    with user_errors(), AdminClient(data_dir) as client:
+        document = client.call("ExportAgreement", admin_pb2.AgreementRef(agreement_id=agreement_id)).document_json
+    if out is None:
+        typer.echo(document.decode(), nl=False)
+    else:
+        write_private_file(out, document)
+        console.print(f"Wrote {out}")
+
+
+@app.command("verify")
+def verify(file: Annotated[Path, typer.Argument(help="An exported agreement.", exists=True, dir_okay=False)], json_output: JsonFlag = False) -> None:
+    """Verify an exported agreement offline: signatures, parties, integrity of every byte."""
+    try:
+        verified = export_mod.verify(file.read_bytes(), int(time.time() * 1000))
+    except export_mod.ExportError as exc:
+        raise fail(f"{file} does NOT verify: {exc}") from None
+    e = verified.evidence
+    if json_output:
+        print_json({"valid": True, "agreement_id": e.agreement_id, "signed_by": sorted(e.signatures),
+                    "revoked_by": sorted(e.revocations), "state_now": state_name(verified.state_now)})
+        return
+    console.print(terms_table(e.terms))
+    for party_id in (e.terms.provider.id, e.terms.consumer.id):
+        mark = "signature verified ✓" if party_id in e.signatures else "has not signed"
+        console.print(f"{e.role_of(party_id)} {party_id}: {mark}")
+    for revoker, r in sorted(e.revocations.items()):
+        console.print(f"revoked by {revoker} at {when(r.revocation.revoked_at_ms)}: {r.revocation.reason} (signature verified ✓)")
+    console.print(f"[bold green]{file} verifies[/]; state now: {state_name(verified.state_now)}")

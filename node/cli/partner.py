@@ -1,0 +1,135 @@
+"""`smartregion partner ...`: for hub admins (add, list) and for partners themselves
+(keygen, agreements, accept, revoke) — a partner's private key never leaves its machine."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from federation import partners as partners_mod
+from federation.partner_client import PartnerSession
+from federation.peers import PeerError
+from node.api.v1 import admin_pb2
+from node.cli.common import DataDir, JsonFlag, console, fail, passphrase, print_json, user_errors
+from node.cli.views import as_dict, state_name, terms_table, when
+from node.client import AdminClient
+
+app = typer.Typer(help="Partners (businesses, academia): keys, registration, agreements.", no_args_is_help=True)
+
+KeyFile = Annotated[Path, typer.Option("--key", help="The partner's private key file (from `partner keygen`).", dir_okay=False)]
+HubAddress = Annotated[str, typer.Option("--hub", help="HOST:PORT of the hub's gRPC server.")]
+HubId = Annotated[str, typer.Option("--hub-id", help="The hub's id, obtained from its admin (the pin).")]
+
+
+@app.command("keygen")
+def keygen(
+    out: Annotated[Path, typer.Option(help="Where to write the private key (encrypted, 0600); the public key goes to OUT.pub.json.")],
+    name: Annotated[str, typer.Option(help="The partner's name, e.g. 'Universitetet i Stavanger'.")] = "",
+) -> None:
+    """Create a partner key pair. Send only OUT.pub.json to the hubs' admins."""
+    with user_errors():
+        try:
+            partner = partners_mod.keygen(out, name, passphrase(confirm=True))
+        except partners_mod.PartnerKeyError as exc:
+            raise fail(str(exc)) from None
+    console.print(f"Partner id [bold]{partner.partner_id}[/]")
+    console.print(f"Private key: {out} (encrypted with your passphrase; keep it)")
+    console.print(f"Public key:  {partners_mod.public_file_path(out)} (give this to hub admins)")
+
+
+@app.command("add")
+def add(
+    data_dir: DataDir,
+    name: Annotated[str, typer.Option(help="The partner's name.")],
+    org_number: Annotated[str, typer.Option(help="Norwegian organisation number (9 digits).")],
+    public_key: Annotated[Path, typer.Option(help="The partner's public key file (*.pub.json).", exists=True, dir_okay=False)],
+    json_output: JsonFlag = False,
+) -> None:
+    """Register a partner by its public key (hub admin)."""
+    with user_errors(), AdminClient(data_dir) as client:
+        partner = client.call("AddPartner", admin_pb2.AddPartnerRequest(name=name, org_number=org_number, public_key_file=public_key.read_bytes()))
+    if json_output:
+        print_json(as_dict(partner))
+    else:
+        console.print(f"Registered partner [bold]{partner.partner_id}[/] — {partner.name} ({partner.org_number})")
+
+
+@app.command("list")
+def list_partners(data_dir: DataDir, json_output: JsonFlag = False) -> None:
+    """The partners registered at this hub (hub admin)."""
+    with user_errors(), AdminClient(data_dir) as client:
+        response = client.call("ListPartners", admin_pb2.ListPartnersRequest())
+    if json_output:
+        print_json([as_dict(p) for p in response.partners])
+        return
+    table = Table("partner id", "name", "org number", "added", "last contact")
+    for p in response.partners:
+        table.add_row(p.partner_id, p.name, p.org_number, when(p.added_at_ms), when(p.last_contact_ms))
+    console.print(table)
+
+
+def _session(key: Path, hub: str, hub_id: str) -> PartnerSession:
+    try:
+        partner = partners_mod.load_private(key, passphrase())
+    except partners_mod.PartnerKeyError as exc:
+        raise fail(str(exc)) from None
+    return PartnerSession(partner, hub, hub_id.strip())
+
+
+def _run(coroutine):
+    try:
+        return asyncio.run(coroutine)
+    except (PeerError, LookupError, ValueError) as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command("agreements")
+def agreements(key: KeyFile, hub: HubAddress, hub_id: HubId, json_output: JsonFlag = False) -> None:
+    """(Partner) The agreements a hub holds with you, signatures verified locally."""
+
+    async def fetch():
+        async with _session(key, hub, hub_id) as session:
+            return await session.agreements()
+
+    with user_errors():
+        held = _run(fetch())
+    if json_output:
+        print_json([{"agreement_id": h.evidence.agreement_id, "state": state_name(h.state), "terms": as_dict(h.evidence.terms),
+                     "signed_by": sorted(h.evidence.signatures)} for h in held])
+        return
+    if not held:
+        console.print(f"Hub {hub_id} holds no agreement with you.")
+    for h in held:
+        console.print(terms_table(h.evidence.terms))
+        console.print(f"[bold]state[/] {state_name(h.state)}" + ("  — awaiting your signature: smartregion partner accept ID" if h.awaiting_partner else "") + "\n")
+
+
+@app.command("accept")
+def accept(agreement_id: Annotated[str, typer.Argument(help="The agreement id.")], key: KeyFile, hub: HubAddress, hub_id: HubId) -> None:
+    """(Partner) Countersign an agreement a hub proposed to you."""
+
+    async def run():
+        async with _session(key, hub, hub_id) as session:
+            return await session.accept(agreement_id)
+
+    with user_errors():
+        outcome = _run(run())
+    console.print(f"Countersigned {outcome.agreement_id}: now {state_name(outcome.state)}")
+
+
+@app.command("revoke")
+def revoke(agreement_id: Annotated[str, typer.Argument(help="The agreement id.")], key: KeyFile, hub: HubAddress, hub_id: HubId,
+           reason: Annotated[str, typer.Option(help="Why; recorded in the signed revocation.")]) -> None:
+    """(Partner) Revoke an agreement with a hub."""
+
+    async def run():
+        async with _session(key, hub, hub_id) as session:
+            return await session.revoke(agreement_id, reason)
+
+    with user_errors():
+        outcome = _run(run())
+    console.print(f"Revoked {outcome.agreement_id}: now {state_name(outcome.state)}")

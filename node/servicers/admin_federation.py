@@ -1,0 +1,90 @@
+"""Admin RPCs for peers, partners and agreements (mixed into AdminServicer)."""
+
+from __future__ import annotations
+
+from federation.service import AgreementInfo, Federation
+from node.api.v1 import admin_pb2
+from node.register import lookup
+from node.servicers.common import translate_rejections
+from node.storage.base import PartnerRecord, PeerRecord
+
+
+def peer_message(peer: PeerRecord, state: str, pending: int) -> admin_pb2.Peer:
+    return admin_pb2.Peer(
+        hub_id=peer.hub_id, municipality_number=peer.municipality, municipality_name=lookup(peer.municipality).name,
+        grpc_address=peer.grpc_address, state=state, added_at_ms=peer.added_at_ms,
+        last_contact_ms=peer.last_contact_ms or 0, latency_ms=peer.latency_ms or 0.0, last_error=peer.last_error,
+        descriptor_valid_until_ms=peer.descriptor_valid_until_ms, identity_public_key=peer.public_key.hex(),
+        pending_deliveries=pending,
+    )
+
+
+def partner_message(p: PartnerRecord) -> admin_pb2.Partner:
+    return admin_pb2.Partner(partner_id=p.partner_id, name=p.name, org_number=p.org_number, public_key=p.public_key.hex(),
+                             added_at_ms=p.added_at_ms, last_contact_ms=p.last_contact_ms or 0)
+
+
+def agreement_view(info: AgreementInfo) -> admin_pb2.AgreementView:
+    e = info.evidence
+    return admin_pb2.AgreementView(
+        terms=e.terms,
+        state=info.state,
+        signatures=[admin_pb2.SignatureCheck(signer_id=s, role=e.role_of(s), valid=True) for s in sorted(e.signatures)],
+        revocations=[r.revocation for _, r in sorted(e.revocations.items())],
+        history=[admin_pb2.AgreementEvent(at_ms=h.at_ms, event=h.event, actor=h.actor, detail=h.detail) for h in info.history],
+        role=info.role,
+        counterparty_id=info.counterparty.id,
+        counterparty_name=info.counterparty.name,
+        awaiting_my_signature=info.awaiting_my_signature,
+    )
+
+
+class FederationAdmin:
+    federation: Federation
+
+    @translate_rejections
+    async def AddPeer(self, request, context):
+        record = await self.federation.add_peer(request.address.strip(), request.hub_id)
+        return peer_message(record, "reachable", 0)
+
+    @translate_rejections
+    async def ListPeers(self, request, context):
+        found = await self.federation.list_peers(request.include_removed)
+        return admin_pb2.ListPeersResponse(peers=[peer_message(*item) for item in found])
+
+    @translate_rejections
+    async def RemovePeer(self, request, context):
+        return peer_message(await self.federation.remove_peer(request.hub_id), "removed", 0)
+
+    @translate_rejections
+    async def AddPartner(self, request, context):
+        record = await self.federation.add_partner(request.name, request.org_number.strip(), request.public_key_file)
+        return partner_message(record)
+
+    @translate_rejections
+    async def ListPartners(self, request, context):
+        return admin_pb2.ListPartnersResponse(partners=[partner_message(p) for p in await self.federation.list_partners()])
+
+    @translate_rejections
+    async def ProposeAgreement(self, request, context):
+        return agreement_view(await self.federation.propose(request.terms_toml, request.to))
+
+    @translate_rejections
+    async def ListAgreements(self, request, context):
+        return admin_pb2.ListAgreementsResponse(agreements=[agreement_view(i) for i in await self.federation.list_agreements()])
+
+    @translate_rejections
+    async def GetAgreement(self, request, context):
+        return agreement_view(await self.federation.info(request.agreement_id))
+
+    @translate_rejections
+    async def AcceptAgreement(self, request, context):
+        return agreement_view(await self.federation.accept(request.agreement_id))
+
+    @translate_rejections
+    async def RevokeAgreement(self, request, context):
+        return agreement_view(await self.federation.revoke(request.agreement_id, request.reason))
+
+    @translate_rejections
+    async def ExportAgreement(self, request, context):
+        return admin_pb2.ExportedAgreement(document_json=await self.federation.export(request.agreement_id))
