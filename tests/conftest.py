@@ -1,0 +1,92 @@
+"""Shared fixtures: real hubs (real grpc.aio and aiohttp servers on port 0, real SQLite files)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from node import hubdir
+from node.api.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2_grpc
+from node.client import open_channel
+from node.hub import Hub
+from node.server import RunningHub, start
+from node.sensor_client import Sensor, SensorCredential
+
+PASSPHRASE = "test-passphrase-0123456789"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STATION_DATA = REPO_ROOT / "node" / "data" / "air-quality-norway"
+AIR_METRICS = ["pm25", "temperature", "wind_speed", "rain"]
+
+
+@pytest.fixture(autouse=True)
+def _passphrase_env(monkeypatch):
+    monkeypatch.setenv("SMARTREGION_PASSPHRASE", PASSPHRASE)
+
+
+def make_hub_dir(path: Path, municipality: str = "1103") -> Path:
+    hubdir.init_hub(path, municipality, PASSPHRASE.encode())
+    return path
+
+
+@dataclass
+class LiveHub:
+    """A hub served in this process, with an admin stub and helpers for tests."""
+
+    data_dir: Path
+    running: RunningHub
+    channel: grpc.aio.Channel
+
+    @property
+    def hub(self) -> Hub:
+        return self.running.hub
+
+    @property
+    def admin(self) -> admin_pb2_grpc.AdminStub:
+        return admin_pb2_grpc.AdminStub(self.channel)
+
+    @property
+    def ingest(self) -> ingest_pb2_grpc.IngestStub:
+        return ingest_pb2_grpc.IngestStub(self.channel)
+
+    @property
+    def admin_metadata(self) -> tuple:
+        return (("authorization", f"Bearer {hubdir.HubDir(self.data_dir).admin_token()}"),)
+
+    async def add_sensor(self, tmp_path: Path, name: str = "sensor", dataset: str = "air_quality",
+                         metrics: list[str] | None = None, subject_id: str = "") -> Sensor:
+        response = await self.admin.AddSensor(
+            admin_pb2.AddSensorRequest(dataset=dataset, metrics=metrics or AIR_METRICS, latitude=58.97,
+                                       longitude=5.73, subject_id=subject_id, label=name),
+            metadata=self.admin_metadata,
+        )
+        path = tmp_path / f"{name}.credential.json"
+        path.write_bytes(response.credential_json)
+        return Sensor(SensorCredential.load(path))
+
+    async def stop(self) -> None:
+        await self.channel.close()
+        await self.running.stop(grace=1)
+
+
+async def start_live_hub(data_dir: Path, insecure: bool = False) -> LiveHub:
+    hub = Hub.open(data_dir, PASSPHRASE.encode())
+    running = await start(hub, host="127.0.0.1", grpc_port=0, http_port=0, insecure=insecure)
+    channel = open_channel(
+        hub.endpoint.grpc_address, hub_id=hub.config.hub_id, cert_pem=hub.identity.tls_cert_pem, tls=not insecure, aio=True
+    )
+    return LiveHub(data_dir, running, channel)
+
+
+@pytest.fixture
+async def live_hub(tmp_path):
+    live = await start_live_hub(make_hub_dir(tmp_path / "hub"))
+    yield live
+    await live.stop()
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
