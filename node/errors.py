@@ -29,6 +29,8 @@ class Reason(Enum):
     ALREADY_EXISTS = ("ALREADY_EXISTS", 409, "the object exists already")
     UNAUTHENTICATED = ("UNAUTHENTICATED", 401, "missing or wrong credentials")
     PERMISSION_DENIED = ("PERMISSION_DENIED", 403, "the caller is not allowed to do this")
+    QUOTA_EXHAUSTED = ("RESOURCE_EXHAUSTED", 429, "the agreement's query quota for today is used up")
+    INTERNAL = ("INTERNAL", 500, "the hub cannot process this; its operator must look into it")
 
     def __init__(self, grpc_code: str, http_status: int, meaning: str) -> None:
         self.grpc_code = grpc_code

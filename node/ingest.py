@@ -9,6 +9,7 @@ but a rejection count.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -21,6 +22,7 @@ from node.sensors import unwrap_key
 from node.storage import Storage
 from node.storage.base import CounterConflict, FrameOutcome, FrameToCommit, SensorRecord
 
+log = logging.getLogger("smartregion.ingest")
 MAX_FRAMES_PER_BATCH = 1000
 # A stream commits when this many readings or frames are pending (one transaction each).
 STREAM_COMMIT_READINGS = 20_000
@@ -72,7 +74,11 @@ class IngestService:
             record = await self._storage.read(lambda s: s.get_sensor(sensor_id))
             if record is None:
                 return None
-            key = unwrap_key(self._kek, self.hub_id, bytes.fromhex(sensor_id), record.wrapped_key)
+            try:
+                key = unwrap_key(self._kek, self.hub_id, bytes.fromhex(sensor_id), record.wrapped_key)
+            except ValueError as exc:  # a damaged or tampered database: the operator must know
+                log.error("sensor key does not unwrap", extra={"sensor_id": sensor_id})
+                raise await self.reject(Reason.INTERNAL, str(exc), sensor_id) from None
             dataset_metrics = catalog.dataset(record.dataset).metrics
             known = _KnownSensor(record, AESGCM(key), {m: dataset_metrics[m] for m in record.metrics})
             self._sensors[sensor_id] = known

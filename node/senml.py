@@ -36,10 +36,15 @@ class Reading:
 
 
 def encode(readings: Iterable[Reading], units: dict[str, str] | None = None) -> bytes:
-    """Compact SenML: the first record carries the base time, the rest are offsets from it."""
+    """Compact SenML: the first record carries the base time, the rest are offsets from it.
+
+    Times before 1978-07-05 cannot be sent: RFC 8428 reads a resolved time below 2**28 s as
+    relative to "now", so the hub would silently re-date them."""
     records: list[dict] = []
     base_ms: int | None = None
     for r in readings:
+        if r.time_ms <= RELATIVE_TIME_LIMIT * 1000:
+            raise ValueError(f"reading time {r.time_ms} ms is before 1978-07-05, which SenML reads as relative time")
         record: dict = {"n": r.metric, "v": r.value}
         if base_ms is None:
             base_ms = r.time_ms

@@ -50,6 +50,8 @@ def add(
     lat, lon = parse_location(location)
     if out.exists() and not force:
         raise fail(f"{out} exists; refusing to overwrite a credential (use --force)")
+    if not out.parent.is_dir():  # check before enrolling: the credential is the key's only copy
+        raise fail(f"{out.parent} is not a directory; cannot write the credential there")
     with user_errors(), AdminClient(data_dir) as client:
         response = client.call(
             "AddSensor",

@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from node.api.v1 import agreement_pb2 as smartregion_dot_v1_dot_agreement__pb2
+from node.api.v1 import query_pb2 as smartregion_dot_v1_dot_query__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsmartregion/v1/envelope.proto\x12\x0esmartregion.v1\x1a\x1esmartregion/v1/agreement.proto\"3\n\rSignedRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xb3\x01\n\x07Request\x12\x11\n\tcaller_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61udience_hub_id\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x14\n\x0cissued_at_ms\x18\x04 \x01(\x03\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x12?\n\x12\x61greement_exchange\x18\n \x01(\x0b\x32!.smartregion.v1.AgreementExchangeH\x00\x42\x06\n\x04\x62odyBK\n\x11no.smartregion.v1P\x01Z4smartregion.example/api/smartregion/v1;smartregionv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsmartregion/v1/envelope.proto\x12\x0esmartregion.v1\x1a\x1esmartregion/v1/agreement.proto\x1a\x1asmartregion/v1/query.proto\"3\n\rSignedRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x91\x02\n\x07Request\x12\x11\n\tcaller_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61udience_hub_id\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x14\n\x0cissued_at_ms\x18\x04 \x01(\x03\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x12?\n\x12\x61greement_exchange\x18\n \x01(\x0b\x32!.smartregion.v1.AgreementExchangeH\x00\x12*\n\x05query\x18\x0b \x01(\x0b\x32\x19.smartregion.v1.QuerySpecH\x00\x12\x30\n\x07relayed\x18\x0c \x01(\x0b\x32\x1d.smartregion.v1.SignedRequestH\x00\x42\x06\n\x04\x62odyBK\n\x11no.smartregion.v1P\x01Z4smartregion.example/api/smartregion/v1;smartregionv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +34,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'smartregion.v1.envelope_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\021no.smartregion.v1P\001Z4smartregion.example/api/smartregion/v1;smartregionv1'
-  _globals['_SIGNEDREQUEST']._serialized_start=81
-  _globals['_SIGNEDREQUEST']._serialized_end=132
-  _globals['_REQUEST']._serialized_start=135
-  _globals['_REQUEST']._serialized_end=314
+  _globals['_SIGNEDREQUEST']._serialized_start=109
+  _globals['_SIGNEDREQUEST']._serialized_end=160
+  _globals['_REQUEST']._serialized_start=163
+  _globals['_REQUEST']._serialized_end=436
 # @@protoc_insertion_point(module_scope)

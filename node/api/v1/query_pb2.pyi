@@ -1,0 +1,149 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class QuerySpec(_message.Message):
+    __slots__ = ("dataset", "metric", "aggregate", "quantile", "start_ms", "end_ms", "bucket", "group_by", "municipalities", "hub_ids", "purpose_code", "deadline_ms")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATE_FIELD_NUMBER: _ClassVar[int]
+    QUANTILE_FIELD_NUMBER: _ClassVar[int]
+    START_MS_FIELD_NUMBER: _ClassVar[int]
+    END_MS_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_FIELD_NUMBER: _ClassVar[int]
+    MUNICIPALITIES_FIELD_NUMBER: _ClassVar[int]
+    HUB_IDS_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_CODE_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    metric: str
+    aggregate: str
+    quantile: float
+    start_ms: int
+    end_ms: int
+    bucket: str
+    group_by: str
+    municipalities: _containers.RepeatedScalarFieldContainer[str]
+    hub_ids: _containers.RepeatedScalarFieldContainer[str]
+    purpose_code: str
+    deadline_ms: int
+    def __init__(self, dataset: _Optional[str] = ..., metric: _Optional[str] = ..., aggregate: _Optional[str] = ..., quantile: _Optional[float] = ..., start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ..., bucket: _Optional[str] = ..., group_by: _Optional[str] = ..., municipalities: _Optional[_Iterable[str]] = ..., hub_ids: _Optional[_Iterable[str]] = ..., purpose_code: _Optional[str] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
+
+class Cell(_message.Message):
+    __slots__ = ("group", "bucket_start_ms", "count", "sum", "sum_squares", "min", "max", "contributors", "sketch", "suppressed")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_START_MS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    SUM_FIELD_NUMBER: _ClassVar[int]
+    SUM_SQUARES_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTORS_FIELD_NUMBER: _ClassVar[int]
+    SKETCH_FIELD_NUMBER: _ClassVar[int]
+    SUPPRESSED_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    bucket_start_ms: int
+    count: int
+    sum: float
+    sum_squares: float
+    min: float
+    max: float
+    contributors: int
+    sketch: QuantileSketch
+    suppressed: bool
+    def __init__(self, group: _Optional[str] = ..., bucket_start_ms: _Optional[int] = ..., count: _Optional[int] = ..., sum: _Optional[float] = ..., sum_squares: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., contributors: _Optional[int] = ..., sketch: _Optional[_Union[QuantileSketch, _Mapping]] = ..., suppressed: _Optional[bool] = ...) -> None: ...
+
+class QuantileSketch(_message.Message):
+    __slots__ = ("alpha", "positive", "negative", "zeros")
+    class PositiveEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    class NegativeEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_FIELD_NUMBER: _ClassVar[int]
+    ZEROS_FIELD_NUMBER: _ClassVar[int]
+    alpha: float
+    positive: _containers.ScalarMap[int, int]
+    negative: _containers.ScalarMap[int, int]
+    zeros: int
+    def __init__(self, alpha: _Optional[float] = ..., positive: _Optional[_Mapping[int, int]] = ..., negative: _Optional[_Mapping[int, int]] = ..., zeros: _Optional[int] = ...) -> None: ...
+
+class PartialResult(_message.Message):
+    __slots__ = ("query_digest", "provider_hub_id", "municipality", "agreement_id", "computed_at_ms", "min_group_size", "cells")
+    QUERY_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_HUB_ID_FIELD_NUMBER: _ClassVar[int]
+    MUNICIPALITY_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    COMPUTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    MIN_GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CELLS_FIELD_NUMBER: _ClassVar[int]
+    query_digest: bytes
+    provider_hub_id: str
+    municipality: str
+    agreement_id: str
+    computed_at_ms: int
+    min_group_size: int
+    cells: _containers.RepeatedCompositeFieldContainer[Cell]
+    def __init__(self, query_digest: _Optional[bytes] = ..., provider_hub_id: _Optional[str] = ..., municipality: _Optional[str] = ..., agreement_id: _Optional[str] = ..., computed_at_ms: _Optional[int] = ..., min_group_size: _Optional[int] = ..., cells: _Optional[_Iterable[_Union[Cell, _Mapping]]] = ...) -> None: ...
+
+class SignedPartial(_message.Message):
+    __slots__ = ("partial", "signature", "provider_public_key")
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    partial: bytes
+    signature: bytes
+    provider_public_key: bytes
+    def __init__(self, partial: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., provider_public_key: _Optional[bytes] = ...) -> None: ...
+
+class Row(_message.Message):
+    __slots__ = ("group", "bucket_start_ms", "bucket_label", "value", "readings", "contributors", "suppressed")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_START_MS_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_LABEL_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    READINGS_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTORS_FIELD_NUMBER: _ClassVar[int]
+    SUPPRESSED_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    bucket_start_ms: int
+    bucket_label: str
+    value: float
+    readings: int
+    contributors: int
+    suppressed: bool
+    def __init__(self, group: _Optional[str] = ..., bucket_start_ms: _Optional[int] = ..., bucket_label: _Optional[str] = ..., value: _Optional[float] = ..., readings: _Optional[int] = ..., contributors: _Optional[int] = ..., suppressed: _Optional[bool] = ...) -> None: ...
+
+class Provenance(_message.Message):
+    __slots__ = ("hub_id", "municipality", "agreement_id", "status", "reason", "partial", "latency_ms")
+    HUB_ID_FIELD_NUMBER: _ClassVar[int]
+    MUNICIPALITY_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    hub_id: str
+    municipality: str
+    agreement_id: str
+    status: str
+    reason: str
+    partial: SignedPartial
+    latency_ms: float
+    def __init__(self, hub_id: _Optional[str] = ..., municipality: _Optional[str] = ..., agreement_id: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., partial: _Optional[_Union[SignedPartial, _Mapping]] = ..., latency_ms: _Optional[float] = ...) -> None: ...

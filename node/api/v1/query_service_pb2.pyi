@@ -1,0 +1,25 @@
+from node.api.v1 import envelope_pb2 as _envelope_pb2
+from node.api.v1 import query_pb2 as _query_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class QueryAnswer(_message.Message):
+    __slots__ = ("query", "rows", "provenance", "partial", "missing_hubs", "answered_by")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    MISSING_HUBS_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
+    query: _envelope_pb2.SignedRequest
+    rows: _containers.RepeatedCompositeFieldContainer[_query_pb2.Row]
+    provenance: _containers.RepeatedCompositeFieldContainer[_query_pb2.Provenance]
+    partial: bool
+    missing_hubs: _containers.RepeatedScalarFieldContainer[str]
+    answered_by: str
+    def __init__(self, query: _Optional[_Union[_envelope_pb2.SignedRequest, _Mapping]] = ..., rows: _Optional[_Iterable[_Union[_query_pb2.Row, _Mapping]]] = ..., provenance: _Optional[_Iterable[_Union[_query_pb2.Provenance, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_hubs: _Optional[_Iterable[str]] = ..., answered_by: _Optional[str] = ...) -> None: ...
