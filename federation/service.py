@@ -351,6 +351,10 @@ class Federation:
             except asyncio.TimeoutError:
                 pass
 
+    def wake(self) -> None:
+        """Run the background round now (new work, or shutting down)."""
+        self._wake.set()
+
     async def close(self) -> None:
         for _, _, channel in self._channels.values():
             await channel.close()

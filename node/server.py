@@ -53,6 +53,7 @@ class RunningHub:
         for name in (*SERVICE_NAMES, ""):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.stopping.set()
+        self.federation.wake()
         await self.background
         await self.grpc_server.stop(grace)
         await self.federation.close()
