@@ -161,6 +161,9 @@ def validate(terms: agreement_pb2.AgreementTerms, now_ms: int, *, new: bool) -> 
             known_metrics.update({m: name for m in catalog.dataset(name).metrics})
         except catalog.CatalogError as exc:
             raise TermsError(str(exc)) from None
+    personal = [d for d in terms.datasets if catalog.dataset(d).classification is catalog.Classification.PERSONAL]
+    if personal and not terms.consent_required:
+        raise TermsError(f"dataset(s) {', '.join(personal)} are personal: the terms must set consent_required = true")
     if not terms.metrics:
         raise TermsError("the terms name no metric")
     for metric in terms.metrics:

@@ -16,9 +16,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from federation.query_service import QueryService
+from federation.query_servicer import QueryServicer
 from federation.service import Federation
 from federation.servicer import FederationServicer
-from node.api.v1 import admin_pb2, admin_pb2_grpc, federation_pb2, federation_pb2_grpc, ingest_pb2, ingest_pb2_grpc
+from node.api.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    federation_pb2,
+    federation_pb2_grpc,
+    ingest_pb2,
+    ingest_pb2_grpc,
+    query_service_pb2,
+    query_service_pb2_grpc,
+)
 from node.http_app import build_app
 from node.hub import Endpoint, Hub
 from node.servicers.admin import AdminServicer
@@ -32,6 +43,7 @@ SERVICE_NAMES = (
     ingest_pb2.DESCRIPTOR.services_by_name["Ingest"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
     federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name,
+    query_service_pb2.DESCRIPTOR.services_by_name["Query"].full_name,
 )
 
 
@@ -87,8 +99,10 @@ async def start(
     fed_config = hub.config.federation
     federation = Federation(hub, fed_config.refresh_seconds, fed_config.retry_base_seconds, fed_config.retry_max_seconds)
     ingest_pb2_grpc.add_IngestServicer_to_server(IngestServicer(hub), server)
-    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(hub, federation), server)
+    queries = QueryService(federation)
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(hub, federation, queries), server)
     federation_pb2_grpc.add_FederationServicer_to_server(FederationServicer(federation), server)
+    query_service_pb2_grpc.add_QueryServicer_to_server(QueryServicer(queries), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from node import __version__, hubdir, logs
 from node.api.v1 import admin_pb2
-from node.cli import agreement, partner, peer, sensor
+from node.cli import agreement, consent, partner, peer, query, sensor
 from node.cli.common import DataDir, JsonFlag, console, fail, passphrase, print_json, user_errors
 from node.client import AdminClient
 from node.register import lookup
@@ -27,6 +27,8 @@ app.add_typer(sensor.app, name="sensor")
 app.add_typer(peer.app, name="peer")
 app.add_typer(partner.app, name="partner")
 app.add_typer(agreement.app, name="agreement")
+app.add_typer(query.app, name="query")
+app.add_typer(consent.app, name="consent")
 
 
 def _version(value: bool) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from federation.query_service import QueryService
 from federation.service import AgreementInfo, Federation
+from node import consent
 from node.api.v1 import admin_pb2
 from node.register import lookup
 from node.servicers.common import translate_rejections
@@ -88,3 +90,31 @@ class FederationAdmin:
     @translate_rejections
     async def ExportAgreement(self, request, context):
         return admin_pb2.ExportedAgreement(document_json=await self.federation.export(request.agreement_id))
+
+
+def consent_message(row) -> admin_pb2.Consent:
+    return admin_pb2.Consent(subject_id=row.subject_id, purpose_code=row.purpose_code,
+                             granted_at_ms=row.granted_at_ms, withdrawn_at_ms=row.withdrawn_at_ms or 0)
+
+
+class QueryAdmin:
+    """Admin RPCs for queries and consent (mixed into AdminServicer)."""
+
+    queries: QueryService
+
+    @translate_rejections
+    async def RunQuery(self, request, context):
+        return await self.queries.run_as_hub(request)
+
+    @translate_rejections
+    async def GrantConsent(self, request, context):
+        return consent_message(await consent.grant(self.hub.storage, request.subject_id, request.purpose_code))
+
+    @translate_rejections
+    async def WithdrawConsent(self, request, context):
+        return consent_message(await consent.withdraw(self.hub.storage, request.subject_id, request.purpose_code))
+
+    @translate_rejections
+    async def ListConsents(self, request, context):
+        rows = await self.hub.storage.read(lambda s: s.list_consents(request.subject_id.strip() or None))
+        return admin_pb2.ListConsentsResponse(consents=[consent_message(r) for r in rows])

@@ -165,3 +165,36 @@ class AuditRow:
     entry: bytes
     prev_hash: bytes
     hash: bytes
+
+
+@dataclass
+class CellRow:
+    """A partial aggregate over one time bucket of one hub's readings."""
+
+    bucket_start_ms: int
+    count: int
+    sum: float
+    sum_squares: float
+    min: float
+    max: float
+    contributors: int
+    sketch_bins: list[tuple[int, int, int]] = field(default_factory=list)  # (sign, key, count)
+
+
+@dataclass
+class AggregateRequest:
+    dataset: str
+    metric: str
+    start_ms: int
+    end_ms: int
+    bucket: str                   # hour, day, week, month, year, window
+    consent_purpose: str | None   # only subjects with active consent for this purpose count
+    with_sketch: bool = False
+
+
+@dataclass
+class ConsentRow:
+    subject_id: str
+    purpose_code: str
+    granted_at_ms: int
+    withdrawn_at_ms: int | None = None

@@ -117,6 +117,27 @@ MIGRATIONS: list[tuple[int, str]] = [
         ) WITHOUT ROWID
         """,
     ),
+    (
+        3,
+        """
+        -- Consent per data subject and purpose; a withdrawal closes the row, a new grant opens another.
+        CREATE TABLE consents (
+            subject_id TEXT NOT NULL,
+            purpose_code TEXT NOT NULL,
+            granted_at_ms INTEGER NOT NULL,
+            withdrawn_at_ms INTEGER,
+            PRIMARY KEY (subject_id, purpose_code, granted_at_ms)
+        );
+        CREATE INDEX consents_active ON consents(purpose_code, subject_id) WHERE withdrawn_at_ms IS NULL;
+        -- Queries answered under each agreement per UTC day (the quota).
+        CREATE TABLE agreement_usage (
+            agreement_id TEXT NOT NULL,
+            day TEXT NOT NULL,
+            queries INTEGER NOT NULL,
+            PRIMARY KEY (agreement_id, day)
+        )
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -1,4 +1,6 @@
 from node.api.v1 import agreement_pb2 as _agreement_pb2
+from node.api.v1 import query_pb2 as _query_pb2
+from node.api.v1 import query_service_pb2 as _query_service_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -315,3 +317,35 @@ class ExportedAgreement(_message.Message):
     DOCUMENT_JSON_FIELD_NUMBER: _ClassVar[int]
     document_json: bytes
     def __init__(self, document_json: _Optional[bytes] = ...) -> None: ...
+
+class ConsentRequest(_message.Message):
+    __slots__ = ("subject_id", "purpose_code")
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_CODE_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    purpose_code: str
+    def __init__(self, subject_id: _Optional[str] = ..., purpose_code: _Optional[str] = ...) -> None: ...
+
+class Consent(_message.Message):
+    __slots__ = ("subject_id", "purpose_code", "granted_at_ms", "withdrawn_at_ms")
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_CODE_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    WITHDRAWN_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    purpose_code: str
+    granted_at_ms: int
+    withdrawn_at_ms: int
+    def __init__(self, subject_id: _Optional[str] = ..., purpose_code: _Optional[str] = ..., granted_at_ms: _Optional[int] = ..., withdrawn_at_ms: _Optional[int] = ...) -> None: ...
+
+class ListConsentsRequest(_message.Message):
+    __slots__ = ("subject_id",)
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    def __init__(self, subject_id: _Optional[str] = ...) -> None: ...
+
+class ListConsentsResponse(_message.Message):
+    __slots__ = ("consents",)
+    CONSENTS_FIELD_NUMBER: _ClassVar[int]
+    consents: _containers.RepeatedCompositeFieldContainer[Consent]
+    def __init__(self, consents: _Optional[_Iterable[_Union[Consent, _Mapping]]] = ...) -> None: ...

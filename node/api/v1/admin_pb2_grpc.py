@@ -4,6 +4,8 @@ import grpc
 import warnings
 
 from node.api.v1 import admin_pb2 as smartregion_dot_v1_dot_admin__pb2
+from node.api.v1 import query_pb2 as smartregion_dot_v1_dot_query__pb2
+from node.api.v1 import query_service_pb2 as smartregion_dot_v1_dot_query__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -109,6 +111,26 @@ class AdminStub:
                 request_serializer=smartregion_dot_v1_dot_admin__pb2.AgreementRef.SerializeToString,
                 response_deserializer=smartregion_dot_v1_dot_admin__pb2.ExportedAgreement.FromString,
                 _registered_method=True)
+        self.RunQuery = channel.unary_unary(
+                '/smartregion.v1.Admin/RunQuery',
+                request_serializer=smartregion_dot_v1_dot_query__pb2.QuerySpec.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_query__service__pb2.QueryAnswer.FromString,
+                _registered_method=True)
+        self.GrantConsent = channel.unary_unary(
+                '/smartregion.v1.Admin/GrantConsent',
+                request_serializer=smartregion_dot_v1_dot_admin__pb2.ConsentRequest.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_admin__pb2.Consent.FromString,
+                _registered_method=True)
+        self.WithdrawConsent = channel.unary_unary(
+                '/smartregion.v1.Admin/WithdrawConsent',
+                request_serializer=smartregion_dot_v1_dot_admin__pb2.ConsentRequest.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_admin__pb2.Consent.FromString,
+                _registered_method=True)
+        self.ListConsents = channel.unary_unary(
+                '/smartregion.v1.Admin/ListConsents',
+                request_serializer=smartregion_dot_v1_dot_admin__pb2.ListConsentsRequest.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_admin__pb2.ListConsentsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -207,6 +229,32 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunQuery(self, request, context):
+        """Queries asked by this hub itself (signed with its identity key), fanned out to the region.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantConsent(self, request, context):
+        """Consent of data subjects (personal datasets), per purpose.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WithdrawConsent(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConsents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -284,6 +332,26 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ExportAgreement,
                     request_deserializer=smartregion_dot_v1_dot_admin__pb2.AgreementRef.FromString,
                     response_serializer=smartregion_dot_v1_dot_admin__pb2.ExportedAgreement.SerializeToString,
+            ),
+            'RunQuery': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunQuery,
+                    request_deserializer=smartregion_dot_v1_dot_query__pb2.QuerySpec.FromString,
+                    response_serializer=smartregion_dot_v1_dot_query__service__pb2.QueryAnswer.SerializeToString,
+            ),
+            'GrantConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantConsent,
+                    request_deserializer=smartregion_dot_v1_dot_admin__pb2.ConsentRequest.FromString,
+                    response_serializer=smartregion_dot_v1_dot_admin__pb2.Consent.SerializeToString,
+            ),
+            'WithdrawConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.WithdrawConsent,
+                    request_deserializer=smartregion_dot_v1_dot_admin__pb2.ConsentRequest.FromString,
+                    response_serializer=smartregion_dot_v1_dot_admin__pb2.Consent.SerializeToString,
+            ),
+            'ListConsents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConsents,
+                    request_deserializer=smartregion_dot_v1_dot_admin__pb2.ListConsentsRequest.FromString,
+                    response_serializer=smartregion_dot_v1_dot_admin__pb2.ListConsentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -691,6 +759,114 @@ class Admin:
             '/smartregion.v1.Admin/ExportAgreement',
             smartregion_dot_v1_dot_admin__pb2.AgreementRef.SerializeToString,
             smartregion_dot_v1_dot_admin__pb2.ExportedAgreement.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunQuery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/RunQuery',
+            smartregion_dot_v1_dot_query__pb2.QuerySpec.SerializeToString,
+            smartregion_dot_v1_dot_query__service__pb2.QueryAnswer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/GrantConsent',
+            smartregion_dot_v1_dot_admin__pb2.ConsentRequest.SerializeToString,
+            smartregion_dot_v1_dot_admin__pb2.Consent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WithdrawConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/WithdrawConsent',
+            smartregion_dot_v1_dot_admin__pb2.ConsentRequest.SerializeToString,
+            smartregion_dot_v1_dot_admin__pb2.Consent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConsents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/ListConsents',
+            smartregion_dot_v1_dot_admin__pb2.ListConsentsRequest.SerializeToString,
+            smartregion_dot_v1_dot_admin__pb2.ListConsentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,126 @@
+"""Partial results: built and signed by a provider, verified and merged by the asking hub.
+
+Cells carry count, sum, sum of squares, min, max, contributors and (for quantiles) a sketch,
+so merging is exact. A cell with fewer contributors than the minimum group size leaves the
+provider with no values at all."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+from federation.query_spec import label
+from federation.signing import Domain, hub_id_from_public_key, sign, verify
+from federation.sketch import Sketch
+from node.api.v1 import query_pb2
+from node.identity import HubIdentity
+from node.storage.base import CellRow
+
+
+class PartialError(ValueError):
+    pass
+
+
+def query_digest(signed_query_payload: bytes) -> bytes:
+    return hashlib.sha256(signed_query_payload).digest()
+
+
+def build(digest: bytes, provider: str, municipality: str, agreement_id: str, min_group_size: int, group: str,
+          rows: list[CellRow], computed_at_ms: int) -> query_pb2.PartialResult:
+    cells = []
+    for r in rows:
+        if r.contributors < min_group_size:
+            cells.append(query_pb2.Cell(group=group, bucket_start_ms=r.bucket_start_ms, suppressed=True))
+            continue
+        sketch = None
+        if r.sketch_bins:
+            s = Sketch()
+            for sg, key, n in r.sketch_bins:
+                s.add_bin(sg, key, n)
+            sketch = s.to_proto()
+        cells.append(query_pb2.Cell(group=group, bucket_start_ms=r.bucket_start_ms, count=r.count, sum=r.sum,
+                                    sum_squares=r.sum_squares, min=r.min, max=r.max, contributors=r.contributors, sketch=sketch))
+    return query_pb2.PartialResult(query_digest=digest, provider_hub_id=provider, municipality=municipality,
+                                   agreement_id=agreement_id, computed_at_ms=computed_at_ms,
+                                   min_group_size=min_group_size, cells=cells)
+
+
+def sign_partial(identity: HubIdentity, partial: query_pb2.PartialResult) -> query_pb2.SignedPartial:
+    payload = partial.SerializeToString()
+    return query_pb2.SignedPartial(partial=payload, signature=sign(identity.identity_key, Domain.PARTIAL_RESULT, payload),
+                                   provider_public_key=identity.public_key_raw)
+
+
+def verify_partial(signed: query_pb2.SignedPartial, digest: bytes, expected_hub_id: str | None = None,
+                   expected_key: bytes | None = None) -> query_pb2.PartialResult:
+    key = signed.provider_public_key
+    if expected_key is not None and key != expected_key:
+        raise PartialError("the partial is signed with a key other than the provider's pinned key")
+    if not verify(key, Domain.PARTIAL_RESULT, signed.partial, signed.signature):
+        raise PartialError("the partial result's signature does not verify")
+    partial = query_pb2.PartialResult.FromString(signed.partial)
+    if partial.provider_hub_id != hub_id_from_public_key(key) or (expected_hub_id and partial.provider_hub_id != expected_hub_id):
+        raise PartialError("the partial result names another provider than its signer")
+    if partial.query_digest != digest:
+        raise PartialError("the partial result answers another query")
+    return partial
+
+
+@dataclass
+class Merged:
+    count: int = 0
+    sum: float = 0.0
+    sum_squares: float = 0.0
+    min: float = math.inf
+    max: float = -math.inf
+    contributors: int = 0
+    suppressed: bool = False
+    sketch: Sketch = field(default_factory=Sketch)
+
+    def add(self, cell: query_pb2.Cell) -> None:
+        if cell.suppressed:
+            self.suppressed = True
+            return
+        self.count += cell.count
+        self.sum += cell.sum
+        self.sum_squares += cell.sum_squares
+        self.min = min(self.min, cell.min)
+        self.max = max(self.max, cell.max)
+        self.contributors += cell.contributors
+        if cell.HasField("sketch"):
+            self.sketch = self.sketch.merge(Sketch.from_proto(cell.sketch))
+
+    def value(self, aggregate: str, quantile: float) -> float:
+        n = self.count
+        if aggregate == "count":
+            return float(n)
+        if aggregate == "sum":
+            return self.sum
+        if aggregate == "mean":
+            return self.sum / n
+        if aggregate == "min":
+            return self.min
+        if aggregate == "max":
+            return self.max
+        if aggregate == "stddev":  # sample standard deviation
+            return math.sqrt(max(0.0, (self.sum_squares - self.sum * self.sum / n) / (n - 1))) if n > 1 else 0.0
+        return self.sketch.quantile(quantile)
+
+
+def merge(partials: list[query_pb2.PartialResult], spec: query_pb2.QuerySpec) -> list[query_pb2.Row]:
+    """Merge cells by (group, bucket); a cell any provider withheld is withheld in the answer."""
+    merged: dict[tuple[str, int], Merged] = {}
+    for partial in partials:
+        for cell in partial.cells:
+            group = cell.group if spec.group_by == "municipality" else "region"
+            merged.setdefault((group, cell.bucket_start_ms), Merged()).add(cell)
+    rows = []
+    for (group, start), m in sorted(merged.items(), key=lambda item: (item[0][1], item[0][0])):
+        rows.append(query_pb2.Row(
+            group=group, bucket_start_ms=start, bucket_label=label(spec.bucket, start),
+            value=0.0 if m.suppressed else m.value(spec.aggregate, spec.quantile),
+            readings=0 if m.suppressed else m.count, contributors=0 if m.suppressed else m.contributors,
+            suppressed=m.suppressed,
+        ))
+    return rows

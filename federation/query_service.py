@@ -1,0 +1,201 @@
+"""Federated queries: the hub that receives a query fans it out and merges; every hub that
+provides data decides for itself, under its own agreement with the asker."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from federation import envelope, partials, policy
+from federation.query_spec import DEFAULT_DEADLINE_MS, check_shape
+from federation.service import Caller, Federation
+from node.api.v1 import envelope_pb2, query_pb2, query_service_pb2, query_service_pb2_grpc
+from node.errors import Reason, Rejected
+from node.storage.base import AggregateRequest, PeerRecord
+
+RUN_METHOD = "/smartregion.v1.Query/Run"
+PARTIAL_METHOD = "/smartregion.v1.Query/Partial"
+_DENIED_CODES = {
+    grpc.StatusCode.PERMISSION_DENIED: Reason.PERMISSION_DENIED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Reason.QUOTA_EXHAUSTED,
+    grpc.StatusCode.INVALID_ARGUMENT: Reason.INVALID_REQUEST,
+    grpc.StatusCode.UNAUTHENTICATED: Reason.UNAUTHENTICATED,
+    grpc.StatusCode.ALREADY_EXISTS: Reason.ALREADY_EXISTS,
+}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def describe(spec: query_pb2.QuerySpec) -> str:
+    day = lambda ms: dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d")  # noqa: E731
+    what = f"{spec.aggregate}{f'({spec.quantile:g})' if spec.aggregate == 'quantile' else ''}"
+    return f"{what} {spec.dataset}/{spec.metric} by {spec.group_by}/{spec.bucket} {day(spec.start_ms)}..{day(spec.end_ms)} for {spec.purpose_code}"
+
+
+@dataclass
+class Asked:
+    provenance: query_pb2.Provenance
+    partial: query_pb2.PartialResult | None = None
+    denial: Reason | None = None
+
+
+class QueryService:
+    def __init__(self, federation: Federation) -> None:
+        self.federation = federation
+        self.hub = federation.hub
+        self.own_id = federation.own_id
+
+    # -- entry: Query.Run and the admin's own queries ------------------------------------
+    async def run(self, signed: envelope_pb2.SignedRequest) -> query_service_pb2.QueryAnswer:
+        caller, request = await self.federation.authenticate(signed, RUN_METHOD)
+        if request.WhichOneof("body") != "query":
+            raise Rejected(Reason.INVALID_REQUEST, "Query.Run takes a request whose body is a query")
+        return await self._answer(signed, request.query, caller.id)
+
+    async def run_as_hub(self, spec: query_pb2.QuerySpec) -> query_service_pb2.QueryAnswer:
+        """The hub's own admin asks: the hub signs the query as itself."""
+        signed = envelope.make(self.hub.identity.identity_key, self.own_id, self.own_id, RUN_METHOD, query=spec)
+        return await self._answer(signed, spec, self.own_id)
+
+    async def _targets(self, spec: query_pb2.QuerySpec) -> tuple[bool, list[PeerRecord]]:
+        peers = await self.hub.storage.read(lambda s: s.list_peers())
+        wanted = set(spec.hub_ids)
+        unknown = wanted - {p.hub_id for p in peers} - {self.own_id}
+        if unknown:
+            raise Rejected(Reason.INVALID_REQUEST, f"not hubs of this region: {', '.join(sorted(unknown))}")
+        in_filter = lambda municipality: not spec.municipalities or municipality in spec.municipalities  # noqa: E731
+        chosen = lambda hub_id: not wanted or hub_id in wanted  # noqa: E731
+        include_self = chosen(self.own_id) and in_filter(self.hub.config.municipality)
+        return include_self, [p for p in peers if chosen(p.hub_id) and in_filter(p.municipality)]
+
+    async def _answer(self, signed: envelope_pb2.SignedRequest, spec: query_pb2.QuerySpec, asker_id: str) -> query_service_pb2.QueryAnswer:
+        check_shape(spec)
+        digest = partials.query_digest(signed.payload)
+        include_self, peers = await self._targets(spec)
+        deadline_s = (spec.deadline_ms or DEFAULT_DEADLINE_MS) / 1000
+        jobs = [self._ask_peer(p, signed, digest, deadline_s) for p in peers]
+        if include_self:
+            jobs.append(self._ask_self(signed, spec, asker_id, digest))
+        asked: list[Asked] = list(await asyncio.gather(*jobs))
+        answered = [a for a in asked if a.partial is not None]
+        missing = [a.provenance.hub_id for a in asked if a.partial is None]
+        if asked and not answered and all(a.denial for a in asked):
+            reasons = {a.denial for a in asked}
+            reason = reasons.pop() if len(reasons) == 1 else Reason.PERMISSION_DENIED
+            message = "; ".join(f"hub {a.provenance.hub_id}: {a.provenance.reason}" for a in asked)
+            await self.federation.audit(asker_id, "query.run", "", reason.label, f"{describe(spec)}: {message}")
+            raise Rejected(reason, message)
+        rows = partials.merge([a.partial for a in answered], spec)
+        await self.federation.audit(asker_id, "query.run", "", "ok",
+                                    f"{describe(spec)}: {len(answered)}/{len(asked)} hubs answered, {len(rows)} rows")
+        return query_service_pb2.QueryAnswer(query=signed, rows=rows, provenance=[a.provenance for a in asked],
+                                             partial=bool(missing), missing_hubs=missing, answered_by=self.own_id)
+
+    async def _ask_self(self, signed, spec, asker_id, digest) -> Asked:
+        started = time.monotonic()
+        base = query_pb2.Provenance(hub_id=self.own_id, municipality=self.hub.config.municipality)
+        try:
+            signed_partial = await self.compute(signed, spec, asker_id)
+        except Rejected as refusal:
+            base.status, base.reason = "denied", refusal.message
+            return Asked(base, denial=refusal.reason)
+        result = query_pb2.PartialResult.FromString(signed_partial.partial)
+        base.status, base.agreement_id, base.latency_ms = "answered", result.agreement_id, (time.monotonic() - started) * 1000
+        base.partial.CopyFrom(signed_partial)
+        return Asked(base, result)
+
+    async def _ask_peer(self, peer: PeerRecord, signed, digest: bytes, deadline_s: float) -> Asked:
+        base = query_pb2.Provenance(hub_id=peer.hub_id, municipality=peer.municipality)
+        outer = envelope.make(self.hub.identity.identity_key, self.own_id, peer.hub_id, PARTIAL_METHOD, relayed=signed)
+        stub = query_service_pb2_grpc.QueryStub(self.federation.channel(peer))
+        started = time.monotonic()
+        try:
+            response = await stub.Partial(outer, timeout=deadline_s)
+        except grpc.aio.AioRpcError as exc:
+            base.latency_ms = (time.monotonic() - started) * 1000
+            base.reason = exc.details() or exc.code().name
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                base.status = "timed_out"
+            elif exc.code() in _DENIED_CODES:
+                base.status = "denied"
+                return Asked(base, denial=_DENIED_CODES[exc.code()])
+            else:
+                base.status = "unavailable"
+            return Asked(base)
+        base.latency_ms = (time.monotonic() - started) * 1000
+        try:
+            result = partials.verify_partial(response, digest, peer.hub_id, peer.public_key)
+        except (partials.PartialError, ValueError) as exc:
+            base.status, base.reason = "unavailable", f"its answer was refused: {exc}"
+            return Asked(base)
+        base.status, base.agreement_id = "answered", result.agreement_id
+        base.partial.CopyFrom(response)
+        return Asked(base, result)
+
+    # -- provider: Query.Partial ------------------------------------------------------------
+    async def partial(self, outer: envelope_pb2.SignedRequest) -> query_pb2.SignedPartial:
+        relay, request = await self.federation.authenticate(outer, PARTIAL_METHOD)
+        if relay.kind != "hub":
+            raise Rejected(Reason.PERMISSION_DENIED, "only a peer hub may relay a query; partners call Query.Run")
+        if request.WhichOneof("body") != "relayed":
+            raise Rejected(Reason.INVALID_REQUEST, "Query.Partial takes a request whose body is the relayed query")
+        original = request.relayed
+        asker = await self._authenticate_asker(original, relay)
+        asked = envelope.parse(original)
+        if asked.WhichOneof("body") != "query":
+            raise Rejected(Reason.INVALID_REQUEST, "the relayed request is not a query")
+        return await self.compute(original, asked.query, asker.id)
+
+    async def _authenticate_asker(self, original: envelope_pb2.SignedRequest, relay: Caller) -> Caller:
+        """The original asker signed this exact query, for the relaying hub, recently, once."""
+        try:
+            asked = envelope.parse(original)
+        except envelope.EnvelopeError as exc:
+            raise Rejected(Reason.UNAUTHENTICATED, str(exc)) from None
+        if asked.caller_id == self.own_id:
+            raise Rejected(Reason.PERMISSION_DENIED, "a query asked by this hub came back to it")
+        asker = await self.federation.known_caller(asked.caller_id)
+        if asker is None:
+            await self.federation.audit(f"unknown:{asked.caller_id}", "query.partial", "", "unauthenticated", f"relayed by {relay.id}")
+            raise Rejected(Reason.UNAUTHENTICATED, f"the asker {asked.caller_id} is neither a peer nor a partner of this hub")
+        try:
+            envelope.check(original, asked, asker.public_key, relay.id, RUN_METHOD, _now_ms())
+        except envelope.EnvelopeError as exc:
+            await self.federation.audit(asker.id, "query.partial", "", "unauthenticated", f"relayed by {relay.id}: {exc}")
+            raise Rejected(Reason.UNAUTHENTICATED, f"the relayed query: {exc}") from None
+        expires = asked.issued_at_ms + 2 * envelope.MAX_CLOCK_SKEW_MS
+        if not await self.hub.storage.write(lambda s: s.remember_nonce(asker.id, asked.nonce, expires, _now_ms())):
+            raise Rejected(Reason.ALREADY_EXISTS, "this query was already answered (replayed)")
+        return asker
+
+    async def compute(self, signed: envelope_pb2.SignedRequest, spec: query_pb2.QuerySpec, asker_id: str) -> query_pb2.SignedPartial:
+        """This hub's partial answer, under its own agreement with the asker."""
+        check_shape(spec)
+        evidences = await self.federation.ledger.all(asker_id)
+        states = await self.federation.ledger.states()
+        try:
+            grant = policy.authorize(spec, asker_id, self.own_id, [(e, states[e.agreement_id]) for e in evidences])
+            if grant.queries_per_day is not None:
+                day = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+                if not await self.hub.storage.write(lambda s: s.use_quota(grant.agreement_id, day, grant.queries_per_day)):
+                    raise Rejected(Reason.QUOTA_EXHAUSTED,
+                                   f"agreement {grant.agreement_id} allows {grant.queries_per_day} queries a day; today's are used up")
+        except Rejected as refusal:
+            await self.federation.audit(asker_id, "query.partial", "", refusal.reason.label, f"{describe(spec)}: {refusal.message}")
+            raise
+        request = AggregateRequest(spec.dataset, spec.metric, spec.start_ms, spec.end_ms, spec.bucket,
+                                   grant.consent_purpose, with_sketch=spec.aggregate == "quantile")
+        cells = await self.hub.storage.read(lambda s: s.aggregate(request))
+        group = self.hub.config.municipality if spec.group_by == "municipality" else "region"
+        result = partials.build(partials.query_digest(signed.payload), self.own_id, self.hub.config.municipality,
+                                grant.agreement_id, grant.min_group_size, group, cells, _now_ms())
+        suppressed = sum(1 for c in result.cells if c.suppressed)
+        await self.federation.audit(asker_id, "query.partial", grant.agreement_id, "ok",
+                                    f"{describe(spec)}: {len(result.cells)} cells, {suppressed} suppressed")
+        return partials.sign_partial(self.hub.identity, result)

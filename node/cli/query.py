@@ -1,0 +1,130 @@
+"""`smartregion query`: ask the region, as a hub's admin or as a partner; verify answers offline."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import datetime as dt
+import io
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from federation import answers, envelope, partners
+from federation.peers import PeerError
+from federation.query_service import RUN_METHOD
+from node.api.v1 import query_pb2, query_service_pb2_grpc
+from node.cli.common import console, err_console, fail, passphrase, user_errors
+from node.client import AdminClient
+
+app = typer.Typer(help="Federated aggregate queries.", no_args_is_help=True)
+
+
+def _date_ms(text: str, option: str) -> int:
+    try:
+        day = dt.date.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(f"{option} must be a date like 2019-01-01, got {text!r}") from None
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp() * 1000)
+
+
+async def _run_as_partner(key_file: Path, hub: str, hub_id: str, spec: query_pb2.QuerySpec):
+    from federation.partner_client import PartnerSession
+
+    try:
+        key = partners.load_private(key_file, passphrase())
+    except partners.PartnerKeyError as exc:
+        raise fail(str(exc)) from None
+    async with PartnerSession(key, hub, hub_id) as session:
+        signed = envelope.make(key.key, key.partner_id, hub_id, RUN_METHOD, query=spec)
+        timeout = (spec.deadline_ms or 10_000) / 1000 + 5
+        return await query_service_pb2_grpc.QueryStub(session.channel).Run(signed, timeout=timeout)
+
+
+def print_answer(answer) -> None:
+    table = Table("group", "bucket", "value", "readings", "contributors")
+    for r in answer.rows:
+        value = "[dim]suppressed[/]" if r.suppressed else f"{r.value:.3f}"
+        table.add_row(r.group, r.bucket_label, value, str(r.readings) if not r.suppressed else "-", str(r.contributors) if not r.suppressed else "-")
+    console.print(table)
+    sources = Table("hub", "municipality", "status", "agreement", "latency", "reason", title="provenance")
+    for p in answer.provenance:
+        sources.add_row(p.hub_id[:12] + "…", p.municipality, p.status, p.agreement_id or "-", f"{p.latency_ms:.0f} ms", p.reason)
+    console.print(sources)
+    if answer.partial:
+        console.print(f"[bold yellow]PARTIAL answer[/]: no data from {', '.join(answer.missing_hubs)}")
+
+
+def write_csv(answer) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["group", "bucket", "bucket_start_ms", "value", "readings", "contributors", "suppressed"])
+    for r in answers.readable_rows(answer):
+        writer.writerow([r["group"], r["bucket"], r["bucket_start_ms"], "" if r["value"] is None else r["value"],
+                         r["readings"], r["contributors"], r["suppressed"]])
+    return out.getvalue()
+
+
+@app.command("run")
+def run(
+    dataset: Annotated[str, typer.Option(help="Dataset, e.g. air_quality.")],
+    metric: Annotated[str, typer.Option(help="Metric, e.g. pm25.")],
+    aggregate: Annotated[str, typer.Option(help="count, sum, mean, min, max, stddev or quantile.")],
+    start: Annotated[str, typer.Option("--from", help="First day of the window (UTC), e.g. 2019-01-01.")],
+    end: Annotated[str, typer.Option("--to", help="Day after the window (UTC), e.g. 2020-01-01.")],
+    purpose: Annotated[str, typer.Option(help="Purpose code; must match the agreements.")],
+    bucket: Annotated[str, typer.Option(help="hour, day, week, month, year or window.")] = "window",
+    group_by: Annotated[str, typer.Option(help="municipality or region.")] = "region",
+    quantile: Annotated[float, typer.Option(help="For --aggregate quantile: in (0, 1).")] = 0.0,
+    municipality: Annotated[list[str], typer.Option(help="Only these municipalities (repeatable).")] = [],
+    hub: Annotated[list[str], typer.Option("--ask-hub", help="Only these hub ids (repeatable).")] = [],
+    deadline_ms: Annotated[int, typer.Option(min=0, max=60000, help="Per-hub deadline in ms (0: 10 s).")] = 0,
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", "-d", help="Ask as this hub (its admin credential).")] = None,
+    key: Annotated[Optional[Path], typer.Option(help="Ask as a partner with this private key file.")] = None,
+    entry: Annotated[Optional[str], typer.Option("--hub", help="(Partner) HOST:PORT of the hub to ask.")] = None,
+    entry_id: Annotated[Optional[str], typer.Option("--hub-id", help="(Partner) that hub's id (the pin).")] = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="table, json or csv.")] = "table",
+) -> None:
+    """Ask every hub of the region (or some) for one aggregate; print the merged answer."""
+    if output not in ("table", "json", "csv"):
+        raise typer.BadParameter("--output is table, json or csv")
+    spec = query_pb2.QuerySpec(
+        dataset=dataset, metric=metric, aggregate=aggregate, quantile=quantile, start_ms=_date_ms(start, "--from"),
+        end_ms=_date_ms(end, "--to"), bucket=bucket, group_by=group_by, municipalities=municipality, hub_ids=hub,
+        purpose_code=purpose, deadline_ms=deadline_ms,
+    )
+    with user_errors():
+        if data_dir is not None:
+            with AdminClient(data_dir, timeout=(deadline_ms or 10_000) / 1000 + 5) as client:
+                answer = client.call("RunQuery", spec)
+        elif key is not None and entry and entry_id:
+            try:
+                answer = asyncio.run(_run_as_partner(key, entry, entry_id.strip(), spec))
+            except PeerError as exc:
+                raise fail(str(exc)) from None
+        else:
+            raise fail("ask as a hub (--data-dir DIR) or as a partner (--key FILE --hub HOST:PORT --hub-id ID)", code=2)
+    if output == "json":
+        sys.stdout.write(answers.to_json(answer).decode())
+    elif output == "csv":
+        sys.stdout.write(write_csv(answer))
+    else:
+        print_answer(answer)
+    if answer.partial and output != "table":
+        err_console.print(f"warning: partial answer, missing {', '.join(answer.missing_hubs)}")
+
+
+@app.command("verify")
+def verify(file: Annotated[Path, typer.Argument(help="An answer saved with `query run --output json`.", exists=True, dir_okay=False)]) -> None:
+    """Verify an answer offline: which hub signed which partial, and that the rows follow from them."""
+    try:
+        verified = answers.verify(file.read_bytes())
+    except answers.AnswerError as exc:
+        raise fail(f"{file} does NOT verify: {exc}") from None
+    for p in verified.answer.provenance:
+        mark = "signature verified ✓" if p.hub_id in verified.verified_hubs else f"{p.status}: {p.reason}"
+        console.print(f"hub {p.hub_id} ({p.municipality}): {mark}")
+    console.print(f"[bold green]{file} verifies[/]: {len(verified.answer.rows)} rows follow from {len(verified.verified_hubs)} signed partial results")

@@ -1,0 +1,108 @@
+"""SQL for federated queries: partial aggregates per time bucket, consent, and quotas.
+Mixed into SqliteStore. Aggregation runs inside SQLite; no raw reading is returned."""
+
+from __future__ import annotations
+
+from dataclasses import astuple
+
+from federation.sketch import bin_sql
+from node.storage.base import AggregateRequest, CellRow, ConsentRow
+
+_WEEK_SHIFT_MS = 3 * 86_400_000  # 1970-01-01 was a Thursday; ISO weeks start on Monday
+_BUCKET_SQL = {
+    "hour": "(r.time_ms - r.time_ms % 3600000)",
+    "day": "(r.time_ms - r.time_ms % 86400000)",
+    "week": f"(r.time_ms - (r.time_ms + {_WEEK_SHIFT_MS}) % 604800000)",
+    "month": "(CAST(strftime('%s', r.time_ms / 1000, 'unixepoch', 'start of month') AS INTEGER) * 1000)",
+    "year": "(CAST(strftime('%s', r.time_ms / 1000, 'unixepoch', 'start of year') AS INTEGER) * 1000)",
+}
+
+
+class QueryTables:
+    conn = None  # provided by SqliteStore
+
+    def _where(self, req: AggregateRequest) -> tuple[str, list]:
+        sql = "s.dataset = ? AND r.metric = ? AND r.time_ms >= ? AND r.time_ms < ?"
+        params: list = [req.dataset, req.metric, req.start_ms, req.end_ms]
+        if req.consent_purpose is not None:
+            sql += (" AND s.subject_id IN (SELECT subject_id FROM consents"
+                    " WHERE purpose_code = ? AND withdrawn_at_ms IS NULL)")
+            params.append(req.consent_purpose)
+        return sql, params
+
+    def aggregate(self, req: AggregateRequest) -> list[CellRow]:
+        bucket = _BUCKET_SQL.get(req.bucket, str(int(req.start_ms)))
+        contributor = "s.subject_id" if req.consent_purpose is not None else "s.ref"
+        where, params = self._where(req)
+        rows = self.conn.execute(
+            f"SELECT {bucket} AS b, count(*), sum(r.value), sum(r.value * r.value), min(r.value), max(r.value), "
+            f"count(DISTINCT {contributor}) FROM readings r JOIN sensors s ON s.ref = r.sensor_ref "
+            f"WHERE {where} GROUP BY b ORDER BY b",
+            params,
+        ).fetchall()
+        cells = {row[0]: CellRow(*row) for row in rows}
+        if req.with_sketch and cells:
+            sign, key = bin_sql("r.value")
+            for b, sg, k, n in self.conn.execute(
+                f"SELECT {bucket} AS b, {sign} AS sg, {key} AS k, count(*) FROM readings r "
+                f"JOIN sensors s ON s.ref = r.sensor_ref WHERE {where} GROUP BY b, sg, k",
+                params,
+            ):
+                cells[b].sketch_bins.append((sg, k, n))
+        return list(cells.values())
+
+    # -- consent -----------------------------------------------------------------------
+    def grant_consent(self, subject_id: str, purpose_code: str, at_ms: int) -> bool:
+        """False if consent for this purpose is already active."""
+
+        def work():
+            active = self.conn.execute(
+                "SELECT 1 FROM consents WHERE subject_id = ? AND purpose_code = ? AND withdrawn_at_ms IS NULL",
+                (subject_id, purpose_code),
+            ).fetchone()
+            if active:
+                return False
+            self.conn.execute("INSERT INTO consents (subject_id, purpose_code, granted_at_ms) VALUES (?, ?, ?)",
+                              (subject_id, purpose_code, at_ms))
+            return True
+
+        return self._transaction(work)
+
+    def withdraw_consent(self, subject_id: str, purpose_code: str, at_ms: int) -> bool:
+        """False if there was no active consent to withdraw."""
+        cursor = self._transaction(lambda: self.conn.execute(
+            "UPDATE consents SET withdrawn_at_ms = ? WHERE subject_id = ? AND purpose_code = ? AND withdrawn_at_ms IS NULL",
+            (at_ms, subject_id, purpose_code),
+        ))
+        return cursor.rowcount > 0
+
+    def list_consents(self, subject_id: str | None = None) -> list[ConsentRow]:
+        sql = "SELECT subject_id, purpose_code, granted_at_ms, withdrawn_at_ms FROM consents"
+        params: tuple = ()
+        if subject_id:
+            sql += " WHERE subject_id = ?"
+            params = (subject_id,)
+        return [ConsentRow(*r) for r in self.conn.execute(sql + " ORDER BY subject_id, purpose_code, granted_at_ms", params)]
+
+    # -- quota -------------------------------------------------------------------------
+    def use_quota(self, agreement_id: str, day: str, limit: int) -> bool:
+        """Count one query against the day's quota; False (and nothing counted) if used up."""
+
+        def work():
+            row = self.conn.execute("SELECT queries FROM agreement_usage WHERE agreement_id = ? AND day = ?",
+                                    (agreement_id, day)).fetchone()
+            used = row[0] if row else 0
+            if used >= limit:
+                return False
+            self.conn.execute(
+                "INSERT INTO agreement_usage (agreement_id, day, queries) VALUES (?, ?, 1) "
+                "ON CONFLICT(agreement_id, day) DO UPDATE SET queries = queries + 1",
+                (agreement_id, day),
+            )
+            return True
+
+        return self._transaction(work)
+
+    def quota_used(self, agreement_id: str, day: str) -> int:
+        row = self.conn.execute("SELECT queries FROM agreement_usage WHERE agreement_id = ? AND day = ?", (agreement_id, day)).fetchone()
+        return row[0] if row else 0
