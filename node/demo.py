@@ -1,32 +1,33 @@
-"""`smartregion demo`: a hub for Stavanger, the Valand station enrolled as a sensor with its
-own key, and a month of its real readings sealed and ingested. Later issues grow this into
-a region of five federated hubs."""
+"""`smartregion demo`: a region of five municipalities on this machine, one command.
+
+Five hubs (separate processes, TLS) each enrol their air-quality station as a sensor with its
+own key and ingest a year of its real readings, sealed. The hubs peer, every hub offers its
+aggregates to the others and to a research partner, and the partner asks the region for
+monthly mean PM2.5 per municipality — then for something no agreement allows."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import time
-from importlib import resources
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from node import hubdir
-from node.api.v1 import admin_pb2
-from node.client import AdminClient
-from node.fileio import write_private_file
+from federation import answers, partners
+from node import hubdir, region
 from node.launcher import HubProcess
-from node.sensor_client import Sensor, SensorCredential, read_station_csv, replay
+from node.register import lookup
 
 DEMO_MARKER = ".smartregion-demo"
 # Demo hubs only: a real hub's passphrase comes from its operator (docs/operations.md).
 DEMO_PASSPHRASE = "demo-passphrase-not-for-production"
+PARTNER = ("Universitetet i Stavanger", "971564679")
 console = Console()
-
-
-def station_csv(name: str) -> Path:
-    return Path(str(resources.files("node.data").joinpath("air-quality-norway", name)))
 
 
 def _fresh_directory(directory: Path) -> None:
@@ -38,46 +39,105 @@ def _fresh_directory(directory: Path) -> None:
     (directory / DEMO_MARKER).write_text("made by `smartregion demo`; deleted and re-made by the next run\n")
 
 
-def run_demo(directory: Path, keep_running: bool) -> None:
-    import datetime as dt
+def _progress() -> Progress:
+    return Progress(TextColumn("   {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
 
+
+def _step(number: int, text: str) -> None:
+    console.print(f"[bold cyan]{number}.[/] {text}")
+
+
+def start_hubs(directory: Path) -> tuple[list[region.RegionHub], list[HubProcess]]:
+    hubs = [region.RegionHub(station, directory / station.slug) for station in region.STATIONS]
+    for hub in hubs:
+        config, _ = hubdir.init_hub(hub.data_dir, hub.station.municipality, DEMO_PASSPHRASE.encode())
+        hub.hub_id = config.hub_id
+    processes = [HubProcess(hub.data_dir, DEMO_PASSPHRASE) for hub in hubs]
+    with ThreadPoolExecutor(len(processes)) as pool:
+        list(pool.map(lambda p: p.start(timeout=60), processes))
+    for hub, process in zip(hubs, processes):
+        hub.address = process.endpoint["grpc_address"]
+        hub.extra["http_url"] = process.endpoint["http_url"]
+    return hubs, processes
+
+
+def print_monthly_table(answer) -> None:
+    by_month: dict[str, dict[str, float]] = {}
+    for row in answer.rows:
+        by_month.setdefault(row.bucket_label, {})[row.group] = row
+    groups = [s.municipality for s in region.STATIONS]
+    table = Table("month", *(lookup(g).name for g in groups), title="Mean PM2.5 (µg/m³) per municipality, 2019")
+    for month, cells in sorted(by_month.items()):
+        table.add_row(month, *(("suppressed" if cells[g].suppressed else f"{cells[g].value:.3f}") if g in cells else "-" for g in groups))
+    console.print(table)
+    answered = sum(1 for p in answer.provenance if p.status == "answered")
+    console.print(f"   {answered} of {len(answer.provenance)} hubs answered, each under its own signed agreement with the partner;"
+                  f" each partial result is signed by its hub{' [yellow](partial answer)[/]' if answer.partial else ''}.")
+
+
+def run_demo(directory: Path, keep_running: bool) -> None:
+    directory = directory.resolve()
     _fresh_directory(directory)
-    data_dir = directory / "stavanger"
-    config, _ = hubdir.init_hub(data_dir, "1103", DEMO_PASSPHRASE.encode())
-    console.print(f"[bold]1.[/] Created hub {config.hub_id} for Stavanger (1103) in {data_dir}")
-    hub = HubProcess(data_dir, DEMO_PASSPHRASE).start()
+    started = time.monotonic()
+    _step(1, "Creating five hubs (own keys, TLS certificate, storage) and starting them as separate processes")
+    hubs, processes = start_hubs(directory)
     try:
-        console.print(f"[bold]2.[/] Hub serving gRPC on {hub.endpoint['grpc_address']}, HTTP on {hub.endpoint['http_url']} (TLS)")
-        credential_path = directory / "valand.credential.json"
-        with AdminClient(data_dir) as admin:
-            response = admin.call(
-                "AddSensor",
-                admin_pb2.AddSensorRequest(
-                    dataset="air_quality", metrics=["pm25", "temperature", "wind_speed", "rain"],
-                    latitude=58.9700, longitude=5.7331, label="Valand",
-                ),
-            )
-        write_private_file(credential_path, response.credential_json)
-        console.print(f"[bold]3.[/] Enrolled the Valand station as sensor {response.sensor.sensor_id}; credential in {credential_path}")
-        credential = SensorCredential.load(credential_path)
-        readings = list(read_station_csv(station_csv("Valand.csv"), credential.metrics, since=dt.date(2019, 1, 1), until=dt.date(2019, 2, 1)))
-        with Progress(TextColumn("[bold]4.[/] Replaying Valand.csv, January 2019"), BarColumn(), MofNCompleteColumn(), console=console) as progress:
-            task = progress.add_task("replay", total=len(readings))
-            summary = replay(Sensor(credential), readings, progress=lambda n: progress.advance(task, n))
-        console.print(f"   {summary.readings_stored} readings sealed with the sensor's own key and stored ({summary.frames} frames)")
-        with AdminClient(data_dir) as admin:
-            status = admin.call("GetStatus", admin_pb2.GetStatusRequest())
-        console.print("[bold]5.[/] Hub status:")
-        for c in status.counts:
-            console.print(f"   {c.dataset}/{c.metric}: {c.readings} readings")
-        console.print(f"\nTry: smartregion status --data-dir {data_dir}   (the hub keeps its data in {data_dir})")
+        for hub in hubs:
+            console.print(f"   {lookup(hub.station.municipality).name:12} hub {hub.hub_id}  gRPC {hub.address}")
+
+        _step(2, "Enrolling each station as a sensor with its own 256-bit key, replaying 2019 sealed per sensor")
+        credentials = directory / "credentials"
+        credentials.mkdir()
+        with _progress() as progress:
+            task = progress.add_task("readings", total=sum(region.count_readings(h.station) for h in hubs))
+            for hub in hubs:
+                credential = region.enrol(hub, credentials)
+                region.replay_year(credential, hub.station, lambda n: progress.advance(task, n))
+
+        _step(3, "Peering every pair of hubs (each pins the others' hub ids)")
+        region.peer_all(hubs)
+
+        _step(4, "Signing agreements: every hub shares air-quality aggregates with the others")
+        with _progress() as progress:
+            task = progress.add_task("agreements", total=len(hubs) * (len(hubs) - 1))
+            region.share_between_hubs(hubs, on_signed=lambda: progress.advance(task))
+
+        _step(5, f"A research partner ({PARTNER[0]}) makes its own key; every hub offers it an agreement; it countersigns")
+        partner_dir = directory / "partner"
+        partner_dir.mkdir()
+        key_file = partner_dir / "uis.key"
+        partner = partners.keygen(key_file, PARTNER[0], DEMO_PASSPHRASE.encode())
+        region.share_with_partner(hubs, partner, key_file, *PARTNER)
+
+        entry = hubs[0]
+        _step(6, f"The partner asks the region, through the {lookup(entry.station.municipality).name} hub: monthly mean PM2.5 per municipality in 2019")
+        answer = asyncio.run(region.ask_as_partner(partner, entry, region.monthly_pm25_spec()))
+        answer_file = directory / "answer-monthly-pm25.json"
+        answer_file.write_bytes(answers.to_json(answer))
+        print_monthly_table(answer)
+        console.print(f"   Saved with its signatures to {answer_file}; check it offline: smartregion query verify {answer_file}")
+
+        _step(7, "The partner asks for hourly values of one sensor (Valand, Stavanger) — no agreement allows that")
+        refused = region.monthly_pm25_spec(bucket="hour", municipalities=[entry.station.municipality],
+                                           end_ms=region.day_ms(region.YEAR_START) + 86_400_000)
+        try:
+            asyncio.run(region.ask_as_partner(partner, entry, refused))
+            console.print("   [red]unexpectedly answered[/]")
+        except grpc.RpcError as exc:
+            console.print(f"   [bold]Refused[/] ({exc.code().name}): {exc.details()}")
+
+        console.print(f"\nThe region is up ({time.monotonic() - started:.0f} s). Dashboards (log in with the token in DATA_DIR/admin.token):")
+        for hub in hubs:
+            console.print(f"   {lookup(hub.station.municipality).name:12} {hub.extra['http_url']}/   data dir {hub.data_dir}")
+        console.print(f"Try: smartregion agreement list --data-dir {hubs[0].data_dir}")
         if keep_running:
-            console.print("The hub keeps running; press Ctrl-C to stop it.")
+            console.print("The region keeps running; press Ctrl-C to stop it.")
             try:
-                while hub.process.poll() is None:
+                while all(p.process.poll() is None for p in processes):
                     time.sleep(0.5)
             except KeyboardInterrupt:
                 pass
     finally:
-        hub.stop()
-        console.print("Hub stopped.")
+        for process in processes:
+            process.stop()
+        console.print("Hubs stopped. Their data directories are kept in " + str(directory))

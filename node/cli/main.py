@@ -123,7 +123,7 @@ def demo(
     directory: Annotated[Path, typer.Option("--dir", help="Where the demo keeps its hubs' data directories.")] = Path("demo-region"),
     exit_after: Annotated[bool, typer.Option("--exit", help="Stop after the walk-through instead of running until Ctrl-C.")] = False,
 ) -> None:
-    """Run the demo: a hub, a sensor with its own key, real readings from Valand (Stavanger)."""
+    """Run a region of five municipalities' hubs with real data, agreements and a federated query."""
     from node.demo import run_demo
 
     with user_errors():
