@@ -120,14 +120,13 @@ class QueryService:
         except grpc.aio.AioRpcError as exc:
             base.latency_ms = (time.monotonic() - started) * 1000
             base.reason = exc.details() or exc.code().name
+            denial = _DENIED_CODES.get(exc.code())
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 base.status = "timed_out"
-            elif exc.code() in _DENIED_CODES:
-                base.status = "denied"
-                return Asked(base, denial=_DENIED_CODES[exc.code()])
             else:
-                base.status = "unavailable"
-            return Asked(base)
+                base.status = "denied" if denial else "unavailable"
+            self._observe(peer, base)
+            return Asked(base, denial=denial)
         base.latency_ms = (time.monotonic() - started) * 1000
         try:
             result = partials.verify_partial(response, digest, peer.hub_id, peer.public_key)
@@ -136,7 +135,12 @@ class QueryService:
             return Asked(base)
         base.status, base.agreement_id = "answered", result.agreement_id
         base.partial.CopyFrom(response)
+        self._observe(peer, base)
         return Asked(base, result)
+
+    def _observe(self, peer: PeerRecord, provenance: query_pb2.Provenance) -> None:
+        status = provenance.status or "denied"
+        self.hub.metrics.query_peer_seconds.labels(peer.hub_id, status).observe(provenance.latency_ms / 1000)
 
     # -- provider: Query.Partial ------------------------------------------------------------
     async def partial(self, outer: envelope_pb2.SignedRequest) -> query_pb2.SignedPartial:

@@ -198,7 +198,24 @@ class Federation:
             name = lookup(peer.municipality).name
         return agreement_pb2.Party(kind=kind, id=caller.id, public_key=caller.public_key, name=name)
 
+    async def _refusal_audited(self, action: str, subject: str, work):
+        """Run an admin action; a refusal is written to the audit log like every other refusal."""
+        try:
+            return await work
+        except Rejected as rejected:
+            await self.audit("admin", action, subject, rejected.reason.label, rejected.message)
+            raise
+
     async def propose(self, terms_toml: str, to: str) -> AgreementInfo:
+        return await self._refusal_audited("agreement.propose", to.strip(), self._propose(terms_toml, to))
+
+    async def accept(self, agreement_id: str) -> AgreementInfo:
+        return await self._refusal_audited("agreement.accept", agreement_id.strip(), self._accept(agreement_id))
+
+    async def revoke(self, agreement_id: str, reason: str) -> AgreementInfo:
+        return await self._refusal_audited("agreement.revoke", agreement_id.strip(), self._revoke(agreement_id, reason))
+
+    async def _propose(self, terms_toml: str, to: str) -> AgreementInfo:
         counterparty = await self._party(to)
         try:
             doc = terms_mod.parse_toml(terms_toml)
@@ -218,7 +235,7 @@ class Federation:
         await self.audit("admin", "agreement.propose", evidence.agreement_id, "ok", f"to {counterparty.id}")
         return await self.info(evidence.agreement_id)
 
-    async def accept(self, agreement_id: str) -> AgreementInfo:
+    async def _accept(self, agreement_id: str) -> AgreementInfo:
         evidence = await self.ledger.require(agreement_id)
         info = await self.info(evidence.agreement_id)
         if not info.awaiting_my_signature:
@@ -230,7 +247,7 @@ class Federation:
         await self.audit("admin", "agreement.accept", evidence.agreement_id)
         return await self.info(evidence.agreement_id)
 
-    async def revoke(self, agreement_id: str, reason: str) -> AgreementInfo:
+    async def _revoke(self, agreement_id: str, reason: str) -> AgreementInfo:
         if not reason.strip():
             raise Rejected(Reason.INVALID_REQUEST, "give a reason for the revocation")
         evidence = await self.ledger.require(agreement_id)
@@ -268,7 +285,7 @@ class Federation:
 
     async def export(self, agreement_id: str) -> bytes:
         info = await self.info(agreement_id)
-        return export.export(info.evidence, info.state, self.own_id, now_ms())
+        return export.export(info.evidence, info.state, self.own_id, now_ms(), self.hub.identity.identity_key)
 
     # -- outbound: keeping peers in step ------------------------------------------------
     def channel(self, peer: PeerRecord) -> grpc.aio.Channel:
@@ -350,6 +367,19 @@ class Federation:
                 await asyncio.wait_for(self._wake.wait(), timeout=min(1.0, self.refresh_seconds))
             except asyncio.TimeoutError:
                 pass
+
+    async def refresh_metrics(self) -> None:
+        """Agreement and peer states as Prometheus gauges (called when /metrics is scraped)."""
+        metrics = self.hub.metrics
+        states = await self.ledger.states()
+        counts: dict[str, int] = {}
+        for state in states.values():
+            counts[ag.STATE_NAMES[state]] = counts.get(ag.STATE_NAMES[state], 0) + 1
+        metrics.set_states(metrics.agreements, counts, tuple(ag.STATE_NAMES[s] for s in ag.STATE_NAMES if s))
+        peer_counts: dict[str, int] = {}
+        for _, state, _ in await self.list_peers(include_removed=False):
+            peer_counts[state] = peer_counts.get(state, 0) + 1
+        metrics.set_states(metrics.peers, peer_counts, ("reachable", "unreachable", "descriptor-expired"))
 
     def wake(self) -> None:
         """Run the background round now (new work, or shutting down)."""

@@ -39,12 +39,31 @@ def _fresh_directory(directory: Path) -> None:
     (directory / DEMO_MARKER).write_text("made by `smartregion demo`; deleted and re-made by the next run\n")
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("   {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
-
-
 def _step(number: int, text: str) -> None:
     console.print(f"[bold cyan]{number}.[/] {text}")
+
+
+class RichSteps(region.Steps):
+    """Numbered steps and progress bars on the terminal."""
+
+    def __init__(self, first: int) -> None:
+        self.number = first
+        self._progress: Progress | None = None
+
+    def step(self, text: str) -> None:
+        _step(self.number, text)
+        self.number += 1
+
+    def progress(self, description: str, total: int):
+        self._progress = Progress(TextColumn("   {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+        self._progress.start()
+        task = self._progress.add_task(description, total=total)
+        return lambda n: self._progress.advance(task, n)
+
+    def done(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
 
 
 def start_hubs(directory: Path) -> tuple[list[region.RegionHub], list[HubProcess]]:
@@ -85,39 +104,22 @@ def run_demo(directory: Path, keep_running: bool) -> None:
         for hub in hubs:
             console.print(f"   {lookup(hub.station.municipality).name:12} hub {hub.hub_id}  gRPC {hub.address}")
 
-        _step(2, "Enrolling each station as a sensor with its own 256-bit key, replaying 2019 sealed per sensor")
-        credentials = directory / "credentials"
-        credentials.mkdir()
-        with _progress() as progress:
-            task = progress.add_task("readings", total=sum(region.count_readings(h.station) for h in hubs))
-            for hub in hubs:
-                credential = region.enrol(hub, credentials)
-                region.replay_year(credential, hub.station, lambda n: progress.advance(task, n))
-
-        _step(3, "Peering every pair of hubs (each pins the others' hub ids)")
-        region.peer_all(hubs)
-
-        _step(4, "Signing agreements: every hub shares air-quality aggregates with the others")
-        with _progress() as progress:
-            task = progress.add_task("agreements", total=len(hubs) * (len(hubs) - 1))
-            region.share_between_hubs(hubs, on_signed=lambda: progress.advance(task))
-
-        _step(5, f"A research partner ({PARTNER[0]}) makes its own key; every hub offers it an agreement; it countersigns")
         partner_dir = directory / "partner"
         partner_dir.mkdir()
         key_file = partner_dir / "uis.key"
         partner = partners.keygen(key_file, PARTNER[0], DEMO_PASSPHRASE.encode())
-        region.share_with_partner(hubs, partner, key_file, *PARTNER)
+        steps = RichSteps(first=2)
+        region.setup_region(hubs, directory, region.Partner(partner, key_file, *PARTNER), steps)
 
         entry = hubs[0]
-        _step(6, f"The partner asks the region, through the {lookup(entry.station.municipality).name} hub: monthly mean PM2.5 per municipality in 2019")
+        steps.step(f"The partner asks the region, through the {lookup(entry.station.municipality).name} hub: monthly mean PM2.5 per municipality in 2019")
         answer = asyncio.run(region.ask_as_partner(partner, entry, region.monthly_pm25_spec()))
         answer_file = directory / "answer-monthly-pm25.json"
         answer_file.write_bytes(answers.to_json(answer))
         print_monthly_table(answer)
         console.print(f"   Saved with its signatures to {answer_file}; check it offline: smartregion query verify {answer_file}")
 
-        _step(7, "The partner asks for hourly values of one sensor (Valand, Stavanger) — no agreement allows that")
+        steps.step("The partner asks for hourly values of one sensor (Valand, Stavanger) — no agreement allows that")
         refused = region.monthly_pm25_spec(bucket="hour", municipalities=[entry.station.municipality],
                                            end_ms=region.day_ms(region.YEAR_START) + 86_400_000)
         try:

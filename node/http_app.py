@@ -3,13 +3,21 @@ health and Prometheus metrics. Later issues add the dashboard and open data here
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
+from node import open_data
 from node.errors import Reason, Rejected
 from node.frames import MAX_FRAME
 from node.hub import Hub
 
+if TYPE_CHECKING:
+    from federation.service import Federation
+    from node.dashboard.routes import Dashboard
+
 HUB_KEY = web.AppKey("hub", Hub)
+FEDERATION_KEY = web.AppKey("federation", object)
 FRAME_CONTENT_TYPE = "application/vnd.smartregion.frame"
 
 
@@ -55,13 +63,36 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    federation = request.app.get(FEDERATION_KEY)
+    if federation is not None:
+        await federation.refresh_metrics()
     body = request.app[HUB_KEY].metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
-def build_app(hub: Hub) -> web.Application:
+async def open_datasets(request: web.Request) -> web.Response:
+    return web.json_response(await open_data.datasets(request.app[HUB_KEY]))
+
+
+async def open_aggregate(request: web.Request) -> web.Response:
+    try:
+        rows = await open_data.aggregate(request.app[HUB_KEY], request.match_info["dataset"], request.match_info["metric"], request.query)
+    except Rejected as rejected:
+        return error_response(rejected)
+    if request.query.get("format") == "csv":
+        return web.Response(text=open_data.to_csv(rows), content_type="text/csv")
+    return web.json_response({"rows": rows})
+
+
+def build_app(hub: Hub, dashboard: "Dashboard | None" = None, federation: "Federation | None" = None) -> web.Application:
     app = web.Application(client_max_size=MAX_FRAME + 1)
     app[HUB_KEY] = hub
+    if federation is not None:
+        app[FEDERATION_KEY] = federation
+    if dashboard is not None:
+        dashboard.add_routes(app)
+    app.router.add_get("/open/v1/datasets", open_datasets)
+    app.router.add_get("/open/v1/{dataset}/{metric}", open_aggregate)
     app.router.add_post("/v1/frames", post_frame)
     app.router.add_get("/healthz", health)
     app.router.add_get("/metrics", metrics)

@@ -18,6 +18,7 @@ import hmac
 import json
 import os
 import secrets
+import socket
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -160,7 +161,8 @@ class HubDir:
                 f"the hub in {self.path} is not running (no {ENDPOINT_FILE}); start it with `smartregion serve --data-dir {self.path}`"
             ) from None
         pid = info.get("pid")
-        if pid and not _process_alive(pid):
+        # A process id means something only on the host that wrote it (not across containers).
+        if pid and info.get("host") == socket.gethostname() and not _process_alive(pid):
             raise HubDirError(f"the hub in {self.path} is not running (process {pid} is gone); start it with `smartregion serve`")
         return info
 

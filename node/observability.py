@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from node.errors import Reason
 
@@ -17,6 +17,17 @@ class HubMetrics:
         self.frames_rejected = Counter(
             "smartregion_frames_rejected", "Requests refused, by reason", ["reason"], registry=self.registry
         )
+
+        self.query_peer_seconds = Histogram(
+            "smartregion_query_peer_seconds", "Time for a peer hub to answer a relayed query, by peer and outcome",
+            ["peer", "status"], registry=self.registry, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.agreements = Gauge("smartregion_agreements", "Agreements this hub is party to, by state", ["state"], registry=self.registry)
+        self.peers = Gauge("smartregion_peers", "Peer hubs, by state", ["state"], registry=self.registry)
+
+    def set_states(self, gauge: Gauge, counts: dict[str, int], known: tuple[str, ...]) -> None:
+        for state in set(known) | set(counts):
+            gauge.labels(state).set(counts.get(state, 0))
 
     def accepted(self, readings: int) -> None:
         self.frames_accepted.inc()

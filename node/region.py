@@ -194,3 +194,46 @@ async def ask_as_partner(partner: PartnerKey, hub: RegionHub, spec: query_pb2.Qu
     async with channel_to(hub.address, hub.hub_id, cert) as channel:
         signed = envelope.make(partner.key, partner.partner_id, hub.hub_id, RUN_METHOD, query=spec)
         return await query_service_pb2_grpc.QueryStub(channel).Run(signed, timeout=(spec.deadline_ms or 10_000) / 1000 + 5)
+
+
+@dataclass
+class Partner:
+    key: PartnerKey
+    key_file: Path
+    name: str
+    org_number: str
+
+
+def station_for(municipality: str) -> Station:
+    for station in STATIONS:
+        if station.municipality == municipality:
+            return station
+    raise ValueError(f"no demo station in municipality {municipality}; the region demo covers {', '.join(s.municipality for s in STATIONS)}")
+
+
+class Steps:
+    """How a region set-up reports progress: a no-op by default; the demo shows rich output."""
+
+    def step(self, text: str) -> None: ...
+    def progress(self, description: str, total: int) -> Callable[[int], None]:
+        return lambda n: None
+    def done(self) -> None: ...
+
+
+def setup_region(hubs: list[RegionHub], work_dir: Path, partner: Partner, steps: Steps = Steps()) -> None:
+    """Enrol and replay every station, peer all hubs, sign hub-to-hub and partner agreements."""
+    steps.step("Enrolling each station as a sensor with its own 256-bit key, replaying 2019 sealed per sensor")
+    credentials = work_dir / "credentials"
+    credentials.mkdir(parents=True, exist_ok=True)
+    advance = steps.progress("readings", sum(count_readings(h.station) for h in hubs))
+    for hub in hubs:
+        replay_year(enrol(hub, credentials), hub.station, advance)
+    steps.done()
+    steps.step("Peering every pair of hubs (each pins the others' hub ids)")
+    peer_all(hubs)
+    steps.step("Signing agreements: every hub shares air-quality aggregates with the others")
+    signed = steps.progress("agreements", len(hubs) * (len(hubs) - 1))
+    share_between_hubs(hubs, on_signed=lambda: signed(1))
+    steps.done()
+    steps.step(f"A research partner ({partner.name}) has its own key; every hub offers it an agreement; it countersigns")
+    share_with_partner(hubs, partner.key, partner.key_file, partner.name, partner.org_number)

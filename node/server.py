@@ -30,6 +30,8 @@ from node.api.v1 import (
     query_service_pb2,
     query_service_pb2_grpc,
 )
+from node.dashboard.data import DashboardData
+from node.dashboard.routes import Dashboard
 from node.http_app import build_app
 from node.hub import Endpoint, Hub
 from node.servicers.admin import AdminServicer
@@ -82,6 +84,7 @@ async def start(
     grpc_port: int | None = None,
     http_port: int | None = None,
     insecure: bool = False,
+    dashboard_read_only: bool = False,
 ) -> RunningHub:
     net = hub.config.network
     host = host or net.listen_host
@@ -118,7 +121,8 @@ async def start(
         raise OSError(f"cannot listen for gRPC on {address}")
     await server.start()
 
-    runner = web.AppRunner(build_app(hub), access_log=None)
+    dashboard = Dashboard(DashboardData(federation, queries), hub.config.admin_token_sha256, dashboard_read_only)
+    runner = web.AppRunner(build_app(hub, dashboard, federation), access_log=None)
     await runner.setup()
     ssl_context = None if insecure else server_ssl_context(hub.identity.tls_cert_pem, hub.identity.tls_key_pem)
     site = web.TCPSite(runner, host, http_port, ssl_context=ssl_context)
@@ -141,6 +145,7 @@ async def start(
     hub.hub_dir.write_endpoint(
         {
             "pid": os.getpid(),
+            "host": socket.gethostname(),
             "hub_id": hub.config.hub_id,
             "grpc_address": hub.endpoint.grpc_address,
             "http_url": hub.endpoint.http_url,

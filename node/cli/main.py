@@ -13,7 +13,7 @@ from rich.table import Table
 
 from node import __version__, hubdir, logs
 from node.api.v1 import admin_pb2
-from node.cli import agreement, consent, partner, peer, query, sensor
+from node.cli import agreement, consent, partner, peer, query, region, sensor
 from node.cli.common import DataDir, JsonFlag, console, fail, passphrase, print_json, user_errors
 from node.client import AdminClient
 from node.register import lookup
@@ -29,6 +29,7 @@ app.add_typer(partner.app, name="partner")
 app.add_typer(agreement.app, name="agreement")
 app.add_typer(query.app, name="query")
 app.add_typer(consent.app, name="consent")
+app.add_typer(region.app, name="region")
 
 
 def _version(value: bool) -> None:
@@ -53,11 +54,15 @@ def init(
     advertise_host: Annotated[Optional[str], typer.Option(help="Address sensors and peers dial (default: the listen address).")] = None,
     grpc_port: Annotated[int, typer.Option(min=0, max=65535)] = hubdir.DEFAULT_GRPC_PORT,
     http_port: Annotated[int, typer.Option(min=0, max=65535)] = hubdir.DEFAULT_HTTP_PORT,
+    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Succeed without changes if the directory already holds a hub (for containers).")] = False,
 ) -> None:
     """Create a hub for a municipality: keys, TLS certificate, admin credential, storage."""
     with user_errors():
         found = lookup(municipality)
         if hubdir.HubDir(data_dir).exists:
+            if exist_ok:
+                console.print(f"{data_dir} already holds hub {hubdir.HubDir(data_dir).config().hub_id}; leaving it as it is")
+                return
             raise fail(f"{data_dir} already holds a hub; refusing to overwrite it")
         secret = passphrase(confirm=True)
         network = hubdir.NetworkConfig(
@@ -78,6 +83,7 @@ def serve(
     http_port: Annotated[Optional[int], typer.Option(min=0, max=65535, help="HTTP port (default from hub.toml; 0 picks a free one).")] = None,
     host: Annotated[Optional[str], typer.Option(help="Address to listen on (default from hub.toml).")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Serve plaintext, without TLS. For local experiments only.")] = False,
+    dashboard_read_only: Annotated[bool, typer.Option("--dashboard-read-only", help="Show the dashboard without logging in (it is read-only; use on trusted networks).")] = False,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Run the hub (gRPC and HTTP) until SIGTERM or Ctrl-C."""
@@ -88,7 +94,8 @@ def serve(
     with user_errors():
         hub = Hub.open(data_dir, passphrase())
         try:
-            asyncio.run(serve_forever(hub, host=host, grpc_port=grpc_port, http_port=http_port, insecure=insecure))
+            asyncio.run(serve_forever(hub, host=host, grpc_port=grpc_port, http_port=http_port, insecure=insecure,
+                                      dashboard_read_only=dashboard_read_only))
         except KeyboardInterrupt:
             pass
 

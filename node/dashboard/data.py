@@ -1,0 +1,125 @@
+"""What the dashboard shows, gathered from the hub's own domain services (never raw readings
+of other hubs: the chart is a federated query the hub runs under its own agreements)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+
+from federation import agreements as ag
+from federation.query_service import QueryService
+from federation.query_spec import label
+from federation.service import Federation
+from node import admin, register
+from node.api.v1 import query_pb2
+
+CHART_CACHE_SECONDS = 300
+CROSS_BORDER_ACTIONS = ("query.partial", "query.run", "agreement.exchange", "agreement.propose", "agreement.accept",
+                        "agreement.revoke", "peer.add", "peer.remove", "partner.add", "/smartregion.v1.Federation/ExchangeAgreements",
+                        "/smartregion.v1.Query/Run", "/smartregion.v1.Query/Partial")
+
+
+def _year_start_ms(year: int) -> int:
+    return int(dt.datetime(year, 1, 1, tzinfo=dt.timezone.utc).timestamp() * 1000)
+
+
+class DashboardData:
+    def __init__(self, federation: Federation, queries: QueryService) -> None:
+        self.federation = federation
+        self.queries = queries
+        self.hub = federation.hub
+        self._chart: tuple[float, dict] | None = None
+
+    async def overview(self) -> dict:
+        st = await admin.status(self.hub)
+        hub = self.hub
+        municipality = register.lookup(hub.config.municipality)
+        return {
+            "hub_id": hub.config.hub_id, "municipality": municipality.number, "municipality_name": municipality.name,
+            "county": municipality.county_name, "version": hub.version, "started_at_ms": hub.started_at_ms,
+            "grpc_address": hub.endpoint.grpc_address, "http_url": hub.endpoint.http_url, "tls": hub.endpoint.tls,
+            "health": "serving", "sensors_active": st.sensors_active, "sensors_revoked": st.sensors_revoked,
+            "counts": [vars(c) for c in st.counts], "rejections": st.rejections,
+            "identity_public_key": hub.identity.public_key_raw.hex(),
+        }
+
+    async def sensors(self) -> list[dict]:
+        rows = await admin.list_sensors(self.hub, include_revoked=True)
+        return [{"sensor_id": s.sensor_id, "label": s.label, "dataset": s.dataset, "metrics": s.metrics,
+                 "readings": s.readings, "last_seen_ms": s.last_seen_ms, "frames_rejected": s.frames_rejected,
+                 "active": s.active, "latitude": s.latitude, "longitude": s.longitude} for s in rows]
+
+    async def peers(self) -> list[dict]:
+        return [{"hub_id": p.hub_id, "municipality": p.municipality, "municipality_name": register.lookup(p.municipality).name,
+                 "address": p.grpc_address, "state": state, "last_contact_ms": p.last_contact_ms, "latency_ms": p.latency_ms,
+                 "last_error": p.last_error, "pending_deliveries": pending}
+                for p, state, pending in await self.federation.list_peers(include_removed=False)]
+
+    async def agreements(self) -> list[dict]:
+        day = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+        out = []
+        for info in await self.federation.list_agreements():
+            t = info.evidence.terms
+            used = await self.hub.storage.read(lambda s: s.quota_used(t.agreement_id, day))
+            out.append({
+                "agreement_id": t.agreement_id, "version": t.version, "role": info.role,
+                "counterparty": info.counterparty.name or info.counterparty.id, "counterparty_id": info.counterparty.id,
+                "purpose": t.purpose_code, "datasets": list(t.datasets), "metrics": list(t.metrics),
+                "aggregates": list(t.aggregates), "smallest_bucket": t.smallest_bucket, "min_group_size": t.min_group_size,
+                "state": ag.STATE_NAMES[info.state], "signatures_verified": sorted(info.evidence.signatures),
+                "fully_signed": info.evidence.fully_signed(), "valid_until_ms": t.valid_until_ms,
+                "queries_today": used, "queries_per_day": t.queries_per_day,
+            })
+        return out
+
+    async def audit(self, limit: int = 50) -> list[dict]:
+        rows = await self.hub.storage.read(lambda s: s.audit_rows(limit=500, newest_first=True))
+        entries = []
+        for row in rows:
+            entry = json.loads(row.entry)
+            if entry["action"] in CROSS_BORDER_ACTIONS:
+                entries.append({"seq": row.seq, **entry})
+            if len(entries) >= limit:
+                break
+        return entries
+
+    async def regional_chart(self, metric: str = "pm25") -> dict:
+        """Monthly mean per municipality for the latest year this hub holds data for, asked of
+        the region as this hub (so it shows exactly what this hub's agreements entitle it to)."""
+        if self._chart and time.monotonic() - self._chart[0] < CHART_CACHE_SECONDS:
+            return self._chart[1]
+        counts = await self.hub.storage.read(lambda s: s.metric_summaries())
+        latest = max((c.last_time_ms for c in counts if c.dataset == "air_quality" and c.metric == metric), default=None)
+        if latest is None:
+            return {"title": "No air-quality data yet", "buckets": [], "series": [], "provenance": []}
+        year = dt.datetime.fromtimestamp(latest / 1000, dt.timezone.utc).year
+        spec = query_pb2.QuerySpec(dataset="air_quality", metric=metric, aggregate="mean", start_ms=_year_start_ms(year),
+                                   end_ms=_year_start_ms(year + 1), bucket="month", group_by="municipality",
+                                   purpose_code="environmental_monitoring", deadline_ms=5000)
+        answer = await self.queries.run_as_hub(spec)
+        buckets = sorted({r.bucket_start_ms for r in answer.rows})
+        series: dict[str, dict] = {}
+        for r in answer.rows:
+            s = series.setdefault(r.group, {"group": r.group, "name": register.lookup(r.group).name, "values": [None] * len(buckets)})
+            s["values"][buckets.index(r.bucket_start_ms)] = None if r.suppressed else round(r.value, 3)
+        chart = {
+            "title": f"Monthly mean {metric} per municipality, {year}",
+            "buckets": [label("month", b) for b in buckets],
+            "series": sorted(series.values(), key=lambda s: s["name"]),
+            "provenance": [{"hub_id": p.hub_id, "municipality": p.municipality, "status": p.status, "reason": p.reason}
+                           for p in answer.provenance],
+            "partial": answer.partial,
+        }
+        self._chart = (time.monotonic(), chart)
+        return chart
+
+    async def map(self) -> dict:
+        peers = {p["municipality"]: p for p in await self.peers()}
+        own = self.hub.config.municipality
+        points = []
+        for m in register.all_municipalities():
+            role = "self" if m.number == own else ("peer" if m.number in peers else "")
+            points.append({"number": m.number, "name": m.name, "lat": m.lat, "lon": m.lon, "role": role,
+                           "state": peers[m.number]["state"] if m.number in peers else ("serving" if role == "self" else "")})
+        return {"municipalities": points}

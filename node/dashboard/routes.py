@@ -1,0 +1,85 @@
+"""Dashboard HTTP routes (aiohttp): sessions from the admin credential, JSON for the page."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from importlib import resources
+
+from aiohttp import web
+
+from node.dashboard.data import DashboardData
+from node.hubdir import token_matches
+
+SESSION_COOKIE = "sr_session"
+SESSION_SECONDS = 12 * 3600
+STATIC = resources.files("node.dashboard").joinpath("static")
+CONTENT_TYPES = {".html": "text/html", ".js": "application/javascript", ".css": "text/css"}
+
+
+class Dashboard:
+    def __init__(self, data: DashboardData, admin_token_sha256: str, read_only: bool) -> None:
+        self.data = data
+        self._expected = admin_token_sha256
+        self.read_only = read_only
+        self._sessions: dict[str, float] = {}  # SHA-256 of session id -> expiry
+
+    def _session_ok(self, request: web.Request) -> bool:
+        if self.read_only:
+            return True
+        session = request.cookies.get(SESSION_COOKIE, "")
+        expiry = self._sessions.get(hashlib.sha256(session.encode()).hexdigest()) if session else None
+        return expiry is not None and expiry > time.time()
+
+    async def login(self, request: web.Request) -> web.Response:
+        try:
+            token = str((await request.json()).get("token", "")).strip()
+        except ValueError:
+            token = ""
+        if not token or not token_matches(token, self._expected):
+            return web.json_response({"error": "unauthenticated", "message": "that is not this hub's admin credential"}, status=401)
+        session = secrets.token_urlsafe(32)
+        self._sessions[hashlib.sha256(session.encode()).hexdigest()] = time.time() + SESSION_SECONDS
+        response = web.json_response({"ok": True})
+        response.set_cookie(SESSION_COOKIE, session, max_age=SESSION_SECONDS, httponly=True, samesite="Strict",
+                            secure=request.secure, path="/")
+        return response
+
+    async def logout(self, request: web.Request) -> web.Response:
+        session = request.cookies.get(SESSION_COOKIE, "")
+        self._sessions.pop(hashlib.sha256(session.encode()).hexdigest(), None)
+        response = web.json_response({"ok": True})
+        response.del_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    def api(self, gather):
+        async def handler(request: web.Request) -> web.Response:
+            if not self._session_ok(request):
+                return web.json_response({"error": "unauthenticated", "message": "log in with the admin credential"}, status=401)
+            return web.json_response(await gather())
+        return handler
+
+    async def static(self, request: web.Request) -> web.Response:
+        name = request.match_info.get("name") or "index.html"
+        path = STATIC.joinpath(name)
+        if "/" in name or not path.is_file():
+            raise web.HTTPNotFound()
+        suffix = name[name.rfind("."):]
+        return web.Response(body=path.read_bytes(), content_type=CONTENT_TYPES.get(suffix, "application/octet-stream"),
+                            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+                                     "Content-Security-Policy": "default-src 'self'; style-src 'self'; img-src 'self' data:"})
+
+    async def session(self, request: web.Request) -> web.Response:
+        return web.json_response({"authenticated": self._session_ok(request), "read_only": self.read_only})
+
+    def add_routes(self, app: web.Application) -> None:
+        d = self.data
+        app.router.add_get("/", self.static)
+        app.router.add_get("/static/{name}", self.static)
+        app.router.add_get("/api/session", self.session)
+        app.router.add_post("/api/login", self.login)
+        app.router.add_post("/api/logout", self.logout)
+        for path, gather in (("overview", d.overview), ("sensors", d.sensors), ("peers", d.peers), ("agreements", d.agreements),
+                             ("audit", d.audit), ("chart", d.regional_chart), ("map", d.map)):
+            app.router.add_get(f"/api/{path}", self.api(gather))
