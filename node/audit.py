@@ -6,10 +6,12 @@ bytes, so removing or altering any entry breaks every hash after it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
 
+from federation.signing import Domain, hub_id_from_public_key, verify
 from node.storage import Storage
 
 
@@ -31,3 +33,58 @@ class AuditEntry:
 async def record(storage: Storage, *entries: AuditEntry) -> None:
     payloads = [e.canonical() for e in entries]
     await storage.write(lambda s: s.append_audit(payloads))
+
+
+# -- offline verification ---------------------------------------------------------------
+# An export is JSON lines: a header naming the hub and its public key, one line per entry
+# with the entry's exact bytes and both hashes, and a head signed by the hub's identity key
+# (domain "smartregion/v1/audit-head"). Anyone can then check, offline, that no entry was
+# altered, removed or reordered up to the signed head, and who signed it.
+EXPORT_FORMAT = "smartregion-audit-log"
+
+
+class AuditError(ValueError):
+    pass
+
+
+def export_lines(rows, hub_id: str, public_key: bytes, sign_head, now_ms: int) -> bytes:
+    lines = [{"format": EXPORT_FORMAT, "version": 1, "hub_id": hub_id, "public_key": public_key.hex()}]
+    for row in rows:
+        lines.append({"seq": row.seq, "entry": row.entry.decode(), "prev_hash": row.prev_hash.hex(), "hash": row.hash.hex()})
+    head = json.dumps({"hub_id": hub_id, "seq": rows[-1].seq if rows else 0,
+                       "hash": rows[-1].hash.hex() if rows else bytes(32).hex(), "signed_at_ms": now_ms},
+                      sort_keys=True, separators=(",", ":"))
+    lines.append({"head": head, "signature": sign_head(head.encode()).hex()})
+    return ("\n".join(json.dumps(line, ensure_ascii=False) for line in lines) + "\n").encode()
+
+
+def verify_export(data: bytes) -> dict:
+    """Check an export; return its signed head. Raises AuditError naming the first problem."""
+    try:
+        lines = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+        header, entries, trailer = lines[0], lines[1:-1], lines[-1]
+        public_key = bytes.fromhex(header["public_key"])
+    except (ValueError, IndexError, KeyError, UnicodeDecodeError) as exc:
+        raise AuditError(f"not an audit export: {exc}") from None
+    if header.get("format") != EXPORT_FORMAT or header.get("version") != 1:
+        raise AuditError("not a smartregion audit export (version 1)")
+    if hub_id_from_public_key(public_key) != header.get("hub_id"):
+        raise AuditError("the hub id is not derived from the public key in the export")
+    previous = bytes(32)
+    for expected_seq, line in enumerate(entries, start=1):
+        try:
+            entry, prev_hash, digest = line["entry"].encode(), bytes.fromhex(line["prev_hash"]), bytes.fromhex(line["hash"])
+        except (KeyError, ValueError, AttributeError) as exc:
+            raise AuditError(f"entry {expected_seq} is damaged: {exc}") from None
+        if line.get("seq") != expected_seq:
+            raise AuditError(f"entry {expected_seq} is missing or out of order (found seq {line.get('seq')})")
+        if prev_hash != previous or hashlib.sha256(previous + entry).digest() != digest:
+            raise AuditError(f"entry {expected_seq} was altered, or an entry before it was removed")
+        previous = digest
+    head_bytes = str(trailer.get("head", "")).encode()
+    if not verify(public_key, Domain.AUDIT_HEAD, head_bytes, bytes.fromhex(trailer.get("signature", ""))):
+        raise AuditError("the signature over the head does not verify under the hub's key")
+    head = json.loads(head_bytes)
+    if head.get("seq") != len(entries) or head.get("hash") != previous.hex() or head.get("hub_id") != header["hub_id"]:
+        raise AuditError("the signed head does not match the entries (entries were removed from the end, or added)")
+    return head

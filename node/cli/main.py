@@ -13,7 +13,7 @@ from rich.table import Table
 
 from node import __version__, hubdir, logs
 from node.api.v1 import admin_pb2
-from node.cli import agreement, consent, partner, peer, query, region, sensor
+from node.cli import agreement, audit, consent, partner, peer, query, region, sensor
 from node.cli.common import DataDir, JsonFlag, console, fail, passphrase, print_json, user_errors
 from node.client import AdminClient
 from node.register import lookup
@@ -30,6 +30,7 @@ app.add_typer(agreement.app, name="agreement")
 app.add_typer(query.app, name="query")
 app.add_typer(consent.app, name="consent")
 app.add_typer(region.app, name="region")
+app.add_typer(audit.app, name="audit")
 
 
 def _version(value: bool) -> None:

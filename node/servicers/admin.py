@@ -6,7 +6,7 @@ from node import admin
 from node.api.v1 import admin_pb2, admin_pb2_grpc
 from node.hub import Hub
 from node.sensors import Enrolment
-from node.servicers.admin_federation import FederationAdmin, QueryAdmin
+from node.servicers.admin_federation import AuditAdmin, FederationAdmin, QueryAdmin
 from node.servicers.common import translate_rejections
 from node.storage.base import SensorRecord
 
@@ -30,7 +30,7 @@ def sensor_message(s: SensorRecord) -> admin_pb2.Sensor:
     )
 
 
-class AdminServicer(FederationAdmin, QueryAdmin, admin_pb2_grpc.AdminServicer):
+class AdminServicer(FederationAdmin, QueryAdmin, AuditAdmin, admin_pb2_grpc.AdminServicer):
     def __init__(self, hub: Hub, federation, queries) -> None:
         self.hub = hub
         self.federation = federation

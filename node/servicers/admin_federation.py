@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from federation.query_service import QueryService
 from federation.service import AgreementInfo, Federation
-from node import consent
+import time
+
+from federation.signing import Domain, sign
+from node import audit, consent
 from node.api.v1 import admin_pb2
 from node.register import lookup
 from node.servicers.common import translate_rejections
@@ -118,3 +121,14 @@ class QueryAdmin:
     async def ListConsents(self, request, context):
         rows = await self.hub.storage.read(lambda s: s.list_consents(request.subject_id.strip() or None))
         return admin_pb2.ListConsentsResponse(consents=[consent_message(r) for r in rows])
+
+
+class AuditAdmin:
+    """Admin RPC for the audit log (mixed into AdminServicer)."""
+
+    @translate_rejections
+    async def ExportAudit(self, request, context):
+        rows = await self.hub.storage.read(lambda s: s.audit_rows())
+        data = audit.export_lines(rows, self.hub.config.hub_id, self.hub.identity.public_key_raw,
+                                  lambda head: sign(self.hub.identity.identity_key, Domain.AUDIT_HEAD, head), int(time.time() * 1000))
+        return admin_pb2.AuditExport(jsonl=data)

@@ -349,3 +349,13 @@ class ListConsentsResponse(_message.Message):
     CONSENTS_FIELD_NUMBER: _ClassVar[int]
     consents: _containers.RepeatedCompositeFieldContainer[Consent]
     def __init__(self, consents: _Optional[_Iterable[_Union[Consent, _Mapping]]] = ...) -> None: ...
+
+class ExportAuditRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AuditExport(_message.Message):
+    __slots__ = ("jsonl",)
+    JSONL_FIELD_NUMBER: _ClassVar[int]
+    jsonl: bytes
+    def __init__(self, jsonl: _Optional[bytes] = ...) -> None: ...

@@ -131,6 +131,11 @@ class AdminStub:
                 request_serializer=smartregion_dot_v1_dot_admin__pb2.ListConsentsRequest.SerializeToString,
                 response_deserializer=smartregion_dot_v1_dot_admin__pb2.ListConsentsResponse.FromString,
                 _registered_method=True)
+        self.ExportAudit = channel.unary_unary(
+                '/smartregion.v1.Admin/ExportAudit',
+                request_serializer=smartregion_dot_v1_dot_admin__pb2.ExportAuditRequest.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_admin__pb2.AuditExport.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -255,6 +260,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportAudit(self, request, context):
+        """The hash-chained audit log with a head signed by the hub (verify offline:
+        `smartregion audit verify FILE`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -352,6 +365,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListConsents,
                     request_deserializer=smartregion_dot_v1_dot_admin__pb2.ListConsentsRequest.FromString,
                     response_serializer=smartregion_dot_v1_dot_admin__pb2.ListConsentsResponse.SerializeToString,
+            ),
+            'ExportAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportAudit,
+                    request_deserializer=smartregion_dot_v1_dot_admin__pb2.ExportAuditRequest.FromString,
+                    response_serializer=smartregion_dot_v1_dot_admin__pb2.AuditExport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -867,6 +885,33 @@ class Admin:
             '/smartregion.v1.Admin/ListConsents',
             smartregion_dot_v1_dot_admin__pb2.ListConsentsRequest.SerializeToString,
             smartregion_dot_v1_dot_admin__pb2.ListConsentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/ExportAudit',
+            smartregion_dot_v1_dot_admin__pb2.ExportAuditRequest.SerializeToString,
+            smartregion_dot_v1_dot_admin__pb2.AuditExport.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,47 @@
+"""`smartregion audit ...`: export the hub's audit log, and verify an export offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from node import audit
+from node.api.v1 import admin_pb2
+from node.cli.common import DataDir, console, fail, user_errors
+from node.cli.views import when
+from node.client import AdminClient
+from node.fileio import write_private_file
+
+app = typer.Typer(help="The hash-chained audit log: export it, verify it offline.", no_args_is_help=True)
+
+
+@app.command("export")
+def export(data_dir: DataDir, out: Annotated[Optional[Path], typer.Option(help="Write to this file instead of standard output.")] = None) -> None:
+    """Every audit entry with its hashes, and a head signed by the hub."""
+    with user_errors(), AdminClient(data_dir) as client:
+        data = client.call("ExportAudit", admin_pb2.ExportAuditRequest()).jsonl
+    if out is None:
+        typer.echo(data.decode(), nl=False)
+    else:
+        write_private_file(out, data)
+        console.print(f"Wrote {out}")
+
+
+@app.command("verify")
+def verify(
+    file: Annotated[Path, typer.Argument(help="An export from `smartregion audit export`.", exists=True, dir_okay=False)],
+    hub_id: Annotated[str, typer.Option(help="The hub id you expect (from the municipality, out of band).")] = "",
+) -> None:
+    """Verify an export offline: every hash links, nothing removed or altered, head signed by the hub."""
+    try:
+        head = audit.verify_export(file.read_bytes())
+    except audit.AuditError as exc:
+        raise fail(f"{file} does NOT verify: {exc}") from None
+    if hub_id and head["hub_id"] != hub_id.strip():
+        raise fail(f"{file} verifies, but it was signed by hub {head['hub_id']}, not {hub_id}")
+    console.print(f"[bold green]{file} verifies[/]: {head['seq']} entries, chained and signed by hub {head['hub_id']} at {when(head['signed_at_ms'])}")
+    if not hub_id:
+        console.print("Check that hub id with the municipality (or pass --hub-id) to know whose log this is.")
