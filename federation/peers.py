@@ -20,7 +20,11 @@ CALL_TIMEOUT_S = 10.0
 
 
 class PeerError(Exception):
-    pass
+    """`impostor`: the hub at the address is not the pinned one (as opposed to unreachable)."""
+
+    def __init__(self, message: str, impostor: bool = False) -> None:
+        super().__init__(message)
+        self.impostor = impostor
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -47,7 +51,7 @@ def hub_id_of_certificate(cert_pem: bytes) -> str:
     try:
         key = identity_mod.verify_tls_binding(x509.load_pem_x509_certificate(cert_pem))
     except (identity_mod.IdentityError, ValueError) as exc:
-        raise PeerError(f"the server's certificate is not a smartregion hub's: {exc}") from None
+        raise PeerError(f"the server's certificate is not a smartregion hub's: {exc}", impostor=True) from None
     return hub_id_from_public_key(key)
 
 
@@ -61,7 +65,7 @@ async def fetch_descriptor(address: str, expected_hub_id: str) -> tuple[descript
     cert_pem = await fetch_certificate(address)
     actual = hub_id_of_certificate(cert_pem)
     if actual != expected_hub_id:
-        raise PeerError(f"the server at {address} is hub {actual}, not hub {expected_hub_id}")
+        raise PeerError(f"the server at {address} is hub {actual}, not hub {expected_hub_id}", impostor=True)
     async with channel_to(address, expected_hub_id, cert_pem) as channel:
         try:
             signed = await federation_pb2_grpc.FederationStub(channel).GetDescriptor(
@@ -72,7 +76,7 @@ async def fetch_descriptor(address: str, expected_hub_id: str) -> tuple[descript
     try:
         return descriptors.verify_descriptor(signed, expected_hub_id, cert_pem), cert_pem
     except descriptors.DescriptorError as exc:
-        raise PeerError(f"hub {expected_hub_id} at {address}: {exc}") from None
+        raise PeerError(f"hub {expected_hub_id} at {address}: {exc}", impostor=True) from None
 
 
 def peer_record(verified: descriptors.VerifiedDescriptor, address: str, cert_pem: bytes, added_at_ms: int) -> PeerRecord:

@@ -144,7 +144,7 @@ class Federation:
             verified, cert_pem = await peers.fetch_descriptor(address, hub_id)
         except peers.PeerError as exc:
             await self.audit("admin", "peer.add", hub_id, "refused", str(exc))
-            raise Rejected(Reason.PERMISSION_DENIED if "not hub" in str(exc) or "impostor" in str(exc) else Reason.INVALID_REQUEST, str(exc)) from None
+            raise Rejected(Reason.PERMISSION_DENIED if exc.impostor else Reason.UNAVAILABLE, str(exc)) from None
         existing = await self.hub.storage.read(lambda s: s.get_peer(hub_id))
         record = peers.peer_record(verified, address, cert_pem, existing.added_at_ms if existing else now_ms())
         await self.hub.storage.write(lambda s: s.upsert_peer(record))
@@ -297,19 +297,40 @@ class Federation:
         return channel
 
     async def sync_with(self, peer: PeerRecord) -> None:
-        """Send everything held of agreements with `peer`, merge what it answers."""
+        """Send everything held of agreements with `peer`, one document per exchange so that a
+        document the peer refuses cannot hold back the others; merge what it answers. Raises
+        only when the peer cannot be reached (the caller retries later)."""
         documents = [e.to_document() for e in await self.ledger.all(peer.hub_id)]
+        held: list = []
+        for batch in [[d] for d in documents] or [[]]:
+            try:
+                response = await self._exchange(peer, batch)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAUTHENTICATED):
+                    raise
+                # The peer refuses this document for good (expired, overlapping, ...): record it, go on.
+                await self.audit(peer.hub_id, "agreement.deliver", _agreement_id(batch[0]) if batch else "",
+                                 exc.code().name.lower(), exc.details() or "")
+                continue
+            held = list(response.documents.documents)
+        for doc in held:
+            try:
+                merged = await self.ledger.merge_from(peer.hub_id, peer.public_key, [doc])
+            except Rejected as rejected:
+                await self.audit(peer.hub_id, "agreement.exchange", _agreement_id(doc), rejected.reason.label, rejected.message)
+                continue
+            for m in merged:
+                if m.changed:
+                    await self.audit(peer.hub_id, "agreement.exchange", m.evidence.agreement_id, "ok", ag.STATE_NAMES[m.state])
+
+    async def _exchange(self, peer: PeerRecord, documents: list) -> federation_pb2.ExchangeAgreementsResponse:
         signed = envelope.make(self.hub.identity.identity_key, self.own_id, peer.hub_id, EXCHANGE_METHOD,
                                agreement_exchange=agreement_pb2.AgreementExchange(documents=documents))
         started = time.monotonic()
         response = await federation_pb2_grpc.FederationStub(self.channel(peer)).ExchangeAgreements(signed, timeout=peers.CALL_TIMEOUT_S)
         latency = (time.monotonic() - started) * 1000
         await self.hub.storage.write(lambda s: s.record_peer_contact(peer.hub_id, now_ms(), latency, ""))
-        for doc in response.documents.documents:
-            try:
-                await self.ledger.merge_from(peer.hub_id, peer.public_key, [doc])
-            except Rejected as rejected:
-                log.warning("peer sent evidence this hub refuses", extra={"peer": peer.hub_id, "reason": rejected.message})
+        return response
 
     async def deliver_due(self) -> None:
         for delivery in await self.hub.storage.read(lambda s: s.due_deliveries(now_ms())):
@@ -341,11 +362,8 @@ class Federation:
                 await self.hub.storage.write(lambda s: s.record_peer_contact(peer.hub_id, now_ms(), None, error))
                 continue
             latency = (time.monotonic() - started) * 1000
-            peer.descriptor = signed.SerializeToString()
-            peer.descriptor_valid_until_ms = verified.descriptor.valid_until_ms
-            peer.http_url = verified.descriptor.http_url
-            peer.last_contact_ms, peer.latency_ms, peer.last_error = now_ms(), latency, ""
-            await self.hub.storage.write(lambda s: s.upsert_peer(peer))
+            descriptor, valid_until, http_url = signed.SerializeToString(), verified.descriptor.valid_until_ms, verified.descriptor.http_url
+            await self.hub.storage.write(lambda s: s.refresh_peer(peer.hub_id, descriptor, valid_until, http_url, now_ms(), latency))
             if await self.hub.storage.write(lambda s: s.reset_backoff(peer.hub_id, now_ms())):
                 self._wake.set()
 
@@ -355,6 +373,8 @@ class Federation:
             await self.hub.storage.write(lambda s: s.schedule_delivery(peer.hub_id, now_ms()))  # catch up after downtime
         next_refresh = time.monotonic() + self.refresh_seconds
         while not stop.is_set():
+            # Cleared before the round, not after: an update saved during a delivery keeps its wake-up.
+            self._wake.clear()
             try:
                 await self.deliver_due()
                 if time.monotonic() >= next_refresh:
@@ -362,7 +382,6 @@ class Federation:
                     next_refresh = time.monotonic() + self.refresh_seconds
             except Exception:  # keep the loop alive; the next round retries
                 log.exception("federation background round failed")
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=min(1.0, self.refresh_seconds))
             except asyncio.TimeoutError:

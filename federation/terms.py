@@ -32,6 +32,12 @@ GROUPINGS = ("municipality", "time_bucket")
 # Coarsest last; an agreement's smallest bucket allows it and every coarser one.
 BUCKETS = ("hour", "day", "week", "month", "year", "window")
 MAX_WINDOW_DAYS = 3660
+SECTION_KEYS = {
+    "purpose": {"code", "description"},
+    "data": {"datasets", "metrics", "aggregates", "group_by", "smallest_bucket", "longest_window_days", "min_group_size",
+             "consent_required", "queries_per_day", "dp_epsilon"},
+    "validity": {"from", "until"},
+}
 _URN_UUID = re.compile(r"^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -90,6 +96,9 @@ def from_toml(doc: dict, provider: agreement_pb2.Party, consumer: agreement_pb2.
     for name, section in (("purpose", purpose), ("data", data), ("validity", validity)):
         if not isinstance(section, dict) or not section:
             raise TermsError(f"the terms need a [{name}] table")
+        misspelt = set(section) - SECTION_KEYS[name]
+        if misspelt:
+            raise TermsError(f"unknown keys in [{name}]: {', '.join(sorted(misspelt))}; known: {', '.join(sorted(SECTION_KEYS[name]))}")
     epsilon = data.get("dp_epsilon", 0.0)
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
         raise TermsError("data.dp_epsilon must be a number")

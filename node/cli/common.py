@@ -53,14 +53,14 @@ def user_errors() -> Iterator[None]:
         raise fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
 
 
-def passphrase(confirm: bool = False) -> bytes:
+def passphrase(confirm: bool = False, prompt: str = "Hub passphrase") -> bytes:
     """From the environment, or asked for when a person is at the terminal."""
     try:
         return keystore.passphrase_from_environment()
     except keystore.KeystoreError:
         if not sys.stdin.isatty():
             raise
-    value = typer.prompt("Hub passphrase", hide_input=True, confirmation_prompt=confirm)
+    value = typer.prompt(prompt, hide_input=True, confirmation_prompt=confirm)
     return value.encode()
 
 

@@ -33,7 +33,7 @@ def keygen(
     """Create a partner key pair. Send only OUT.pub.json to the hubs' admins."""
     with user_errors():
         try:
-            partner = partners_mod.keygen(out, name, passphrase(confirm=True))
+            partner = partners_mod.keygen(out, name, passphrase(confirm=True, prompt="Passphrase for the partner key"))
         except partners_mod.PartnerKeyError as exc:
             raise fail(str(exc)) from None
     console.print(f"Partner id [bold]{partner.partner_id}[/]")
@@ -74,7 +74,7 @@ def list_partners(data_dir: DataDir, json_output: JsonFlag = False) -> None:
 
 def _session(key: Path, hub: str, hub_id: str) -> PartnerSession:
     try:
-        partner = partners_mod.load_private(key, passphrase())
+        partner = partners_mod.load_private(key, passphrase(prompt="Passphrase for the partner key"))
     except partners_mod.PartnerKeyError as exc:
         raise fail(str(exc)) from None
     return PartnerSession(partner, hub, hub_id.strip())

@@ -44,6 +44,14 @@ class FederationTables:
 
         self._transaction(work)
 
+    def refresh_peer(self, hub_id: str, descriptor: bytes, valid_until_ms: int, http_url: str, at_ms: int, latency_ms: float) -> None:
+        """A fresh descriptor from a peer (never touches a removed peer)."""
+        self._transaction(lambda: self.conn.execute(
+            "UPDATE peers SET descriptor = ?, descriptor_valid_until_ms = ?, http_url = ?, last_contact_ms = ?, latency_ms = ?, "
+            "last_error = '' WHERE hub_id = ? AND removed_at_ms IS NULL",
+            (descriptor, valid_until_ms, http_url, at_ms, latency_ms, hub_id),
+        ))
+
     def record_peer_contact(self, hub_id: str, at_ms: int, latency_ms: float | None, error: str) -> None:
         if error:
             sql, params = "UPDATE peers SET last_error = ? WHERE hub_id = ?", (error, hub_id)
