@@ -4,9 +4,7 @@ it after a restart; impostors are refused."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 
 import grpc
 import pytest
@@ -14,11 +12,11 @@ import pytest
 from federation import envelope, partners
 from federation.partner_client import PartnerSession
 from federation.service import EXCHANGE_METHOD
-from node import identity, hubdir
-from node.api.v1 import admin_pb2, admin_pb2_grpc, agreement_pb2, federation_pb2, federation_pb2_grpc
+from node import identity
+from node.api.v1 import admin_pb2, agreement_pb2, federation_pb2, federation_pb2_grpc
 from node.client import open_channel
-from node.launcher import HubProcess
-from tests.conftest import PASSPHRASE, make_hub_dir
+from tests.conftest import PASSPHRASE
+from tests.region_helpers import ProcessHub, eventually
 
 State = agreement_pb2.AgreementState
 TERMS = """
@@ -38,61 +36,6 @@ queries_per_day = 100
 from = "now"
 until = 2030-01-01T00:00:00Z
 """
-
-
-class ProcessHub:
-    """A hub process plus an async admin stub on it."""
-
-    def __init__(self, path, municipality: str) -> None:
-        make_hub_dir(path, municipality)
-        hub_dir = hubdir.HubDir(path)
-        config = hub_dir.config()
-        config.federation = hubdir.FederationConfig(refresh_seconds=1.0, retry_base_seconds=0.2, retry_max_seconds=1.0)
-        hub_dir.write_config(config)
-        self.hub_dir = hub_dir
-        self.hub_id = config.hub_id
-        self.process = HubProcess(path, PASSPHRASE)
-        self.channel = None
-
-    def start(self) -> "ProcessHub":
-        self.process.start()
-        self.process.grpc_port = int(self.address.rsplit(":", 1)[1])  # a restart keeps the address peers know
-        self.channel = open_channel(self.address, hub_id=self.hub_id, cert_pem=self.hub_dir.tls_cert_pem(), aio=True)
-        return self
-
-    @property
-    def address(self) -> str:
-        return self.process.endpoint["grpc_address"]
-
-    async def admin(self, method: str, request):
-        stub = admin_pb2_grpc.AdminStub(self.channel)
-        metadata = (("authorization", f"Bearer {self.hub_dir.admin_token()}"),)
-        return await getattr(stub, method)(request, metadata=metadata, timeout=20)
-
-    async def state_of(self, agreement_id: str) -> int:
-        return (await self.admin("GetAgreement", admin_pb2.AgreementRef(agreement_id=agreement_id))).state
-
-    async def stop(self) -> None:
-        if self.channel is not None:
-            await self.channel.close()
-            self.channel = None
-        assert self.process.stop() in (0, None)
-
-
-async def eventually(check, timeout: float = 20.0):
-    """Poll an async condition until it holds (delivery is asynchronous by design)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = await check()
-            if result:
-                return result
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.NOT_FOUND:
-                raise
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.2)
 
 
 @pytest.fixture
