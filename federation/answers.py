@@ -3,8 +3,10 @@
 The file holds the whole QueryAnswer (base64 protobuf) — the asker's signed query and every
 provider's signed partial — plus the same rows in readable form. Verification needs no
 network: each partial's signature is checked against the key it names, the hub id must
-derive from that key, every partial must answer this exact query, and merging the verified
-partials again must give exactly the rows shown.
+derive from that key, every partial must answer this exact query, merging the verified
+partials again must give exactly the rows shown, and the merging hub's signature must cover
+the rows, every hub asked with its status, and the partial flag (so no refusal or missing
+hub can be dropped from the file unnoticed).
 """
 
 from __future__ import annotations
@@ -91,6 +93,10 @@ def verify(data: bytes) -> VerifiedAnswer:
             raise AnswerError(f"hub {p.hub_id}: {exc}") from None
         verified.append(p.hub_id)
         results.append(result)
+    try:
+        partials.verify_answer_summary(answer, digest)
+    except (partials.PartialError, DecodeError) as exc:
+        raise AnswerError(f"hub {answer.answered_by}: {exc}") from None
     merged = partials.merge(results, spec)
     if [MessageToDict(r) for r in merged] != [MessageToDict(r) for r in answer.rows]:
         raise AnswerError("the rows are not what the signed partial results merge to")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from federation.query_spec import label
 from federation.signing import Domain, hub_id_from_public_key, sign, verify
 from federation.sketch import Sketch
-from node.api.v1 import query_pb2
+from node.api.v1 import query_pb2, query_service_pb2
 from node.identity import HubIdentity
 from node.storage.base import CellRow
 
@@ -124,3 +124,37 @@ def merge(partials: list[query_pb2.PartialResult], spec: query_pb2.QuerySpec) ->
             suppressed=m.suppressed,
         ))
     return rows
+
+
+def summarize(answer: query_service_pb2.QueryAnswer, digest: bytes, merged_at_ms: int) -> query_pb2.AnswerSummary:
+    """What the merging hub signs: rows, each hub's status and partial digest, the partial flag."""
+    return query_pb2.AnswerSummary(
+        query_digest=digest, answered_by=answer.answered_by, rows=answer.rows, partial=answer.partial,
+        missing_hubs=answer.missing_hubs, merged_at_ms=merged_at_ms,
+        provenance=[query_pb2.ProvenanceSummary(
+            hub_id=p.hub_id, status=p.status, reason=p.reason, agreement_id=p.agreement_id,
+            partial_digest=hashlib.sha256(p.partial.partial).digest() if p.partial.partial else b"",
+        ) for p in answer.provenance],
+    )
+
+
+def sign_answer(identity: HubIdentity, answer: query_service_pb2.QueryAnswer, digest: bytes, merged_at_ms: int) -> None:
+    summary = summarize(answer, digest, merged_at_ms).SerializeToString()
+    answer.summary = summary
+    answer.summary_signature = sign(identity.identity_key, Domain.QUERY_ANSWER, summary)
+    answer.answered_by_public_key = identity.public_key_raw
+
+
+def verify_answer_summary(answer: query_service_pb2.QueryAnswer, digest: bytes) -> None:
+    """The merging hub signed exactly this answer (rows, statuses, partials, partial flag)."""
+    key = answer.answered_by_public_key
+    if len(key) != 32 or hub_id_from_public_key(key) != answer.answered_by:
+        raise PartialError("the answer names a merging hub whose key it does not carry")
+    if not verify(key, Domain.QUERY_ANSWER, answer.summary, answer.summary_signature):
+        raise PartialError("the merging hub's signature over the answer does not verify")
+    signed = query_pb2.AnswerSummary.FromString(answer.summary)
+    if signed.merged_at_ms <= 0:
+        raise PartialError("the answer summary has no merge time")
+    expected = summarize(answer, digest, signed.merged_at_ms)
+    if signed != expected:
+        raise PartialError("the answer differs from what the merging hub signed (rows, hubs asked, statuses or partial flag)")

@@ -94,8 +94,10 @@ class QueryService:
         rows = partials.merge([a.partial for a in answered], spec)
         await self.federation.audit(asker_id, "query.run", "", "ok",
                                     f"{describe(spec)}: {len(answered)}/{len(asked)} hubs answered, {len(rows)} rows")
-        return query_service_pb2.QueryAnswer(query=signed, rows=rows, provenance=[a.provenance for a in asked],
-                                             partial=bool(missing), missing_hubs=missing, answered_by=self.own_id)
+        answer = query_service_pb2.QueryAnswer(query=signed, rows=rows, provenance=[a.provenance for a in asked],
+                                               partial=bool(missing), missing_hubs=missing, answered_by=self.own_id)
+        partials.sign_answer(self.hub.identity, answer, digest, _now_ms())
+        return answer
 
     async def _ask_self(self, signed, spec, asker_id, digest) -> Asked:
         started = time.monotonic()

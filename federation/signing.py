@@ -26,6 +26,8 @@ class Domain(bytes, Enum):
     KEY_ROTATION = b"smartregion/v1/key-rotation\x00"
     PARTIAL_RESULT = b"smartregion/v1/partial-result\x00"
     AUDIT_HEAD = b"smartregion/v1/audit-head\x00"
+    QUERY_ANSWER = b"smartregion/v1/query-answer\x00"
+    EXPORT = b"smartregion/v1/agreement-export\x00"
 
 
 def sign(key: Ed25519PrivateKey, domain: Domain, message: bytes) -> bytes:

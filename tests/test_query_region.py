@@ -17,9 +17,11 @@ Timing on 2 shared cores: region setup (5 hub processes, 20 peerings, 169,227 re
 from __future__ import annotations
 
 import asyncio
+import base64
 import calendar
 import csv
 import datetime as dt
+import json
 import math
 import os
 import random
@@ -35,7 +37,7 @@ from federation import answers, envelope, partners, peers
 from federation.partner_client import PartnerSession
 from federation.query_service import RUN_METHOD
 from node import senml
-from node.api.v1 import admin_pb2, agreement_pb2, query_pb2, query_service_pb2_grpc
+from node.api.v1 import admin_pb2, agreement_pb2, query_pb2, query_service_pb2, query_service_pb2_grpc
 from node.sensor_client import Sensor, SensorCredential, read_station_csv, replay
 from tests.conftest import AIR_METRICS, PASSPHRASE, STATION_DATA
 from tests.region_helpers import ProcessHub, eventually, start_all
@@ -511,3 +513,19 @@ async def test_a_revoked_agreement_makes_that_hub_deny(region):
     assert (row.readings, row.contributors) == (sum(len(REFERENCE[n]["pm25"]) for n in others), 4)
     assert {p.hub_id: p.status for p in answer.provenance if p.hub_id != fredrikstad.hub_id} == {
         region.by_number[n].hub_id: "answered" for n in others}
+
+
+
+async def test_dropping_a_hub_from_an_answer_file_is_caught(region):
+    """The merging hub signs which hubs it asked and what each answered (runs after the
+    revocation test, so one hub's entry is a denial, the one a forger would like to hide)."""
+    _, answer = await region.ask(metric="pm25", aggregate="mean", start_ms=Y2019, end_ms=Y2020, bucket="year", group_by="region")
+    data = answers.to_json(answer)
+    answers.verify(data)
+    doc = json.loads(data)
+    tampered = query_service_pb2.QueryAnswer.FromString(base64.b64decode(doc["answer"]))
+    index = next((i for i, p in enumerate(tampered.provenance) if p.status != "answered"), 1)
+    del tampered.provenance[index]
+    doc["answer"] = base64.b64encode(tampered.SerializeToString()).decode()
+    with pytest.raises(answers.AnswerError, match="differs from what the merging hub signed"):
+        answers.verify(json.dumps(doc).encode())

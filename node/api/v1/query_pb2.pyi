@@ -147,3 +147,35 @@ class Provenance(_message.Message):
     partial: SignedPartial
     latency_ms: float
     def __init__(self, hub_id: _Optional[str] = ..., municipality: _Optional[str] = ..., agreement_id: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., partial: _Optional[_Union[SignedPartial, _Mapping]] = ..., latency_ms: _Optional[float] = ...) -> None: ...
+
+class AnswerSummary(_message.Message):
+    __slots__ = ("query_digest", "answered_by", "rows", "provenance", "partial", "missing_hubs", "merged_at_ms")
+    QUERY_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    MISSING_HUBS_FIELD_NUMBER: _ClassVar[int]
+    MERGED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    query_digest: bytes
+    answered_by: str
+    rows: _containers.RepeatedCompositeFieldContainer[Row]
+    provenance: _containers.RepeatedCompositeFieldContainer[ProvenanceSummary]
+    partial: bool
+    missing_hubs: _containers.RepeatedScalarFieldContainer[str]
+    merged_at_ms: int
+    def __init__(self, query_digest: _Optional[bytes] = ..., answered_by: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., provenance: _Optional[_Iterable[_Union[ProvenanceSummary, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_hubs: _Optional[_Iterable[str]] = ..., merged_at_ms: _Optional[int] = ...) -> None: ...
+
+class ProvenanceSummary(_message.Message):
+    __slots__ = ("hub_id", "status", "reason", "agreement_id", "partial_digest")
+    HUB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    hub_id: str
+    status: str
+    reason: str
+    agreement_id: str
+    partial_digest: bytes
+    def __init__(self, hub_id: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., agreement_id: _Optional[str] = ..., partial_digest: _Optional[bytes] = ...) -> None: ...

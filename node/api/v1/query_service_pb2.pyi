@@ -9,17 +9,23 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class QueryAnswer(_message.Message):
-    __slots__ = ("query", "rows", "provenance", "partial", "missing_hubs", "answered_by")
+    __slots__ = ("query", "rows", "provenance", "partial", "missing_hubs", "answered_by", "summary", "summary_signature", "answered_by_public_key")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     PROVENANCE_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
     MISSING_HUBS_FIELD_NUMBER: _ClassVar[int]
     ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_BY_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     query: _envelope_pb2.SignedRequest
     rows: _containers.RepeatedCompositeFieldContainer[_query_pb2.Row]
     provenance: _containers.RepeatedCompositeFieldContainer[_query_pb2.Provenance]
     partial: bool
     missing_hubs: _containers.RepeatedScalarFieldContainer[str]
     answered_by: str
-    def __init__(self, query: _Optional[_Union[_envelope_pb2.SignedRequest, _Mapping]] = ..., rows: _Optional[_Iterable[_Union[_query_pb2.Row, _Mapping]]] = ..., provenance: _Optional[_Iterable[_Union[_query_pb2.Provenance, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_hubs: _Optional[_Iterable[str]] = ..., answered_by: _Optional[str] = ...) -> None: ...
+    summary: bytes
+    summary_signature: bytes
+    answered_by_public_key: bytes
+    def __init__(self, query: _Optional[_Union[_envelope_pb2.SignedRequest, _Mapping]] = ..., rows: _Optional[_Iterable[_Union[_query_pb2.Row, _Mapping]]] = ..., provenance: _Optional[_Iterable[_Union[_query_pb2.Provenance, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_hubs: _Optional[_Iterable[str]] = ..., answered_by: _Optional[str] = ..., summary: _Optional[bytes] = ..., summary_signature: _Optional[bytes] = ..., answered_by_public_key: _Optional[bytes] = ...) -> None: ...
