@@ -3,8 +3,9 @@
 The file is canonical JSON (sorted keys, two-space indent, trailing newline). It carries the
 agreement document (exact signed bytes, base64) and, for people, the decoded terms. Verifying
 checks the signatures against the keys named in the terms (from which the party ids derive),
-that the readable terms are exactly the signed ones, and that the file is in canonical form,
-so changing any byte makes verification fail.
+that the readable terms are exactly the signed ones, that the file is in canonical form, and
+the exporting party's signature over the rest of the file (which covers who exported it, when,
+and the state it reported), so changing any byte makes verification fail.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import base64
 import json
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError
 
 from federation import agreements as ag
+from federation.signing import Domain, sign
+from federation.signing import verify as verify_signature
 from node.api.v1 import agreement_pb2
 
 FORMAT = "smartregion-agreement"
@@ -34,8 +38,9 @@ def canonical(doc: dict) -> bytes:
     return (json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
 
 
-def export(evidence: ag.Evidence, state: int, exported_by: str, exported_at_ms: int) -> bytes:
-    return canonical({
+def export(evidence: ag.Evidence, state: int, exported_by: str, exported_at_ms: int, key: Ed25519PrivateKey) -> bytes:
+    """`key`: the exporting party's, so the export metadata cannot be altered unnoticed."""
+    doc = {
         "format": FORMAT,
         "version": 1,
         "agreement_id": evidence.agreement_id,
@@ -46,7 +51,9 @@ def export(evidence: ag.Evidence, state: int, exported_by: str, exported_at_ms: 
         "state_at_export": ag.STATE_NAMES[state],
         "exported_by": exported_by,
         "exported_at_ms": exported_at_ms,
-    })
+    }
+    doc["exporter_signature"] = base64.b64encode(sign(key, Domain.EXPORT, canonical(doc))).decode()
+    return canonical(doc)
 
 
 @dataclass
@@ -76,4 +83,15 @@ def verify(data: bytes, now_ms: int) -> Verified:
         raise ExportError("the readable terms differ from the signed terms")
     if doc.get("signatures") != sorted(evidence.signatures) or doc.get("revoked_by") != sorted(evidence.revocations):
         raise ExportError("the listed signatures or revocations differ from the signed document")
+    exported_by = doc.get("exported_by")
+    exporter = evidence.parties().get(exported_by) if isinstance(exported_by, str) else None
+    if exporter is None:
+        raise ExportError("the file was not exported by a party to the agreement")
+    unsigned = {k: v for k, v in doc.items() if k != "exporter_signature"}
+    try:
+        signature = base64.b64decode(doc.get("exporter_signature", ""), validate=True)
+    except (TypeError, ValueError):
+        signature = b""
+    if not verify_signature(exporter.public_key, Domain.EXPORT, canonical(unsigned), signature):
+        raise ExportError("the exporter's signature does not verify (the export details were altered)")
     return Verified(evidence, ag.state(evidence, now_ms))

@@ -162,7 +162,7 @@ class HubDir:
             ) from None
         pid = info.get("pid")
         # A process id means something only on the host that wrote it (not across containers).
-        if pid and info.get("host") == socket.gethostname() and not _process_alive(pid):
+        if pid and info.get("host", socket.gethostname()) == socket.gethostname() and not _process_alive(pid):
             raise HubDirError(f"the hub in {self.path} is not running (process {pid} is gone); start it with `smartregion serve`")
         return info
 
