@@ -33,5 +33,10 @@ proto: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.ingest
 
+# Install the Node.js partner client's dependencies exactly as locked (docs/querying.md).
+.PHONY: examples
+examples:
+	npm ci --prefix examples/node-partner --ignore-scripts --no-audit --no-fund --loglevel=error
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -14,7 +14,6 @@ import csv
 import datetime as dt
 import json
 import math
-import os
 import ssl
 import time
 from dataclasses import dataclass

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import pytest_asyncio
 
 from node import hubdir
 from node.api.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2_grpc
@@ -90,3 +91,12 @@ async def live_hub(tmp_path):
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_hub(tmp_path_factory):
+    """One hub shared by a module's tests (each enrols its own sensors): for modules with many
+    small tests, where a hub per test would dominate the run time."""
+    live = await start_live_hub(make_hub_dir(tmp_path_factory.mktemp("shared") / "hub"))
+    yield live
+    await live.stop()

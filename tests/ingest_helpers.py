@@ -220,3 +220,4 @@ async def assert_still_serving(live, sensor: Sensor, transport: str) -> None:
     after = await snapshot(live)
     assert after.readings(sensor) == before.readings(sensor) + 2
     assert after.last_counter(sensor) > before.last_counter(sensor)
+

@@ -41,17 +41,16 @@ from node.storage.base import SensorRecord
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def live_hub(tmp_path_factory):
-    """One real hub (gRPC with TLS, HTTPS, SQLite) for this module's single-hub tests."""
-    live = await start_live_hub(make_hub_dir(tmp_path_factory.mktemp("shared") / "hub"))
-    yield live
-    await live.stop()
+@pytest.fixture
+def live_hub(module_hub):
+    return module_hub
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def sensor(live_hub, tmp_path) -> Sensor:
+async def sensor(live_hub, tmp_path):
     return await live_hub.add_sensor(tmp_path, "station")
+
+
 
 
 @pytest_asyncio.fixture(loop_scope="module")

@@ -14,7 +14,6 @@ import os
 import pytest
 import pytest_asyncio
 
-from conftest import make_hub_dir, start_live_hub
 from ingest_helpers import (
     TRANSPORTS,
     assert_nothing_stored,
@@ -30,16 +29,16 @@ from node import frames, ingest
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def live_hub(tmp_path_factory):
-    live = await start_live_hub(make_hub_dir(tmp_path_factory.mktemp("shared") / "hub"))
-    yield live
-    await live.stop()
+@pytest.fixture
+def live_hub(module_hub):
+    return module_hub
 
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def sensor(live_hub, tmp_path):
     return await live_hub.add_sensor(tmp_path, "station")
+
+
 
 
 def counter_of(sealed: bytes) -> int:

@@ -10,10 +10,9 @@ import typer
 
 from federation import export as export_mod
 from node.api.v1 import admin_pb2
-from node.cli.common import DataDir, JsonFlag, console, fail, print_json, user_errors
+from node.cli.common import DataDir, JsonFlag, console, emit, fail, print_json, user_errors
 from node.cli.views import agreements_table, as_dict, print_agreement, state_name, terms_table, when
 from node.client import AdminClient
-from node.fileio import write_private_file
 
 app = typer.Typer(help="Data-sharing agreements: the only thing that lets data cross a border.", no_args_is_help=True)
 AgreementId = Annotated[str, typer.Argument(help="The agreement id (urn:uuid:...).")]
@@ -93,11 +92,7 @@ def export(
     """The signed agreement document, verifiable offline with `smartregion agreement verify`."""
     with user_errors(), AdminClient(data_dir) as client:
         document = client.call("ExportAgreement", admin_pb2.AgreementRef(agreement_id=agreement_id)).document_json
-    if out is None:
-        typer.echo(document.decode(), nl=False)
-    else:
-        write_private_file(out, document)
-        console.print(f"Wrote {out}")
+    emit(document, out)
 
 
 @app.command("verify")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,10 +9,9 @@ import typer
 
 from node import audit
 from node.api.v1 import admin_pb2
-from node.cli.common import DataDir, console, fail, user_errors
+from node.cli.common import DataDir, console, emit, fail, user_errors
 from node.cli.views import when
 from node.client import AdminClient
-from node.fileio import write_private_file
 
 app = typer.Typer(help="The hash-chained audit log: export it, verify it offline.", no_args_is_help=True)
 
@@ -23,11 +21,7 @@ def export(data_dir: DataDir, out: Annotated[Optional[Path], typer.Option(help="
     """Every audit entry with its hashes, and a head signed by the hub."""
     with user_errors(), AdminClient(data_dir) as client:
         data = client.call("ExportAudit", admin_pb2.ExportAuditRequest()).jsonl
-    if out is None:
-        typer.echo(data.decode(), nl=False)
-    else:
-        write_private_file(out, data)
-        console.print(f"Wrote {out}")
+    emit(data, out)
 
 
 @app.command("verify")

@@ -70,3 +70,14 @@ def print_json(value) -> None:
 
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+def emit(data: bytes, out: Path | None) -> None:
+    """Write a document to standard output, or to a private (0600) file."""
+    from node.fileio import write_private_file
+
+    if out is None:
+        typer.echo(data.decode(), nl=False)
+    else:
+        write_private_file(out, data)
+        console.print(f"Wrote {out}")

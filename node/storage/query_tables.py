@@ -3,8 +3,6 @@ Mixed into SqliteStore. Aggregation runs inside SQLite; no raw reading is return
 
 from __future__ import annotations
 
-from dataclasses import astuple
-
 from federation.sketch import bin_sql
 from node.storage.base import AggregateRequest, CellRow, ConsentRow
 

@@ -1,0 +1,266 @@
+"""Ask a smartregion hub one federated query as a partner, and print the answer as JSON.
+
+Uses only the code generated from proto/ (grpcio-tools), grpcio and `cryptography` — none of
+the hub's own modules — so it shows everything a partner's client has to do
+(docs/querying.md, "A client in Python"):
+
+    SMARTREGION_PASSPHRASE=... python examples/python_partner.py --key uis.key \
+        --hub hub.example:7443 --hub-id 3f2a... --dataset air_quality --metric pm25 \
+        --aggregate mean --from 2019-01-01 --to 2020-01-01 --bucket month \
+        --group-by municipality --purpose research
+
+Prints {"rows": [...], "partial", "missing_hubs", "provenance": [...], "answered_by"}, after
+checking the merging hub's signature over the answer and every answered hub's signed partial.
+Exit 1 on a refusal or an answer that does not verify, 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import hashlib
+import json
+import os
+import secrets
+import ssl
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from cryptography.x509.oid import NameOID
+
+try:  # modules generated from proto/:  python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. proto/smartregion/v1/*.proto
+    from smartregion.v1 import envelope_pb2, query_pb2, query_service_pb2_grpc
+except ImportError:  # the same modules, as shipped in the smartregion package
+    from node.api.v1 import envelope_pb2, query_pb2, query_service_pb2_grpc
+
+RUN_METHOD = "/smartregion.v1.Query/Run"
+REQUEST_DOMAIN = b"smartregion/v1/request\x00"
+PARTIAL_DOMAIN = b"smartregion/v1/partial-result\x00"
+ANSWER_DOMAIN = b"smartregion/v1/query-answer\x00"
+HUB_ID_DOMAIN = b"smartregion/v1/hub-id\x00"
+PARTNER_ID_DOMAIN = b"smartregion/v1/partner-id\x00"
+TLS_BINDING_DOMAIN = b"smartregion/v1/tls-binding\x00"
+TLS_BINDING_OID = x509.ObjectIdentifier("2.25.203920180945178712633153802452796473511")
+
+
+class ClientError(Exception):
+    pass
+
+
+def raw(public_key: Ed25519PublicKey) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def hub_id_of(public_key: bytes) -> str:
+    return hashlib.sha256(HUB_ID_DOMAIN + public_key).digest()[:16].hex()
+
+
+# -- 1. the partner key: a keystore file, scrypt + AES-256-GCM ---------------------------------
+
+def passphrase() -> bytes:
+    if os.environ.get("SMARTREGION_PASSPHRASE"):
+        return os.environ["SMARTREGION_PASSPHRASE"].encode()
+    if os.environ.get("SMARTREGION_PASSPHRASE_FILE"):
+        lines = Path(os.environ["SMARTREGION_PASSPHRASE_FILE"]).read_text(encoding="utf-8").splitlines()
+        if lines and lines[0]:
+            return lines[0].encode()
+    raise ClientError("no passphrase: set SMARTREGION_PASSPHRASE, or SMARTREGION_PASSPHRASE_FILE to a file holding it")
+
+
+def load_partner_key(path: Path, secret: bytes) -> Ed25519PrivateKey:
+    doc = json.loads(path.read_bytes())
+    if doc.get("format") != "smartregion-keystore" or doc.get("version") != 1 or doc["kdf"].get("name") != "scrypt":
+        raise ClientError(f"{path} is not a smartregion keystore (version 1, scrypt)")
+    kdf = doc["kdf"]
+    key = Scrypt(salt=base64.b64decode(kdf["salt"]), length=32, n=int(kdf["n"]), r=int(kdf["r"]), p=int(kdf["p"])).derive(secret)
+    # The associated data binds the format and the KDF parameters exactly as they stand in the file.
+    aad = json.dumps({"format": "smartregion-keystore", "version": 1, "kdf": kdf}, sort_keys=True).encode()
+    try:
+        plaintext = AESGCM(key).decrypt(base64.b64decode(doc["nonce"]), base64.b64decode(doc["ciphertext"]), aad)
+    except InvalidTag:
+        raise ClientError("wrong passphrase, or the keystore was altered") from None
+    values = json.loads(plaintext)
+    if "partner_key" not in values:
+        raise ClientError(f"{path} is a keystore, but not a partner key")
+    return Ed25519PrivateKey.from_private_bytes(base64.b64decode(values["partner_key"]))
+
+
+# -- 2. pinning the hub: its certificate must be bound to the hub id you were given ---------------
+
+def pinned_certificate(address: str, hub_id: str) -> bytes:
+    host, _, port = address.rpartition(":")
+    try:
+        pem = ssl.get_server_certificate((host.strip("[]"), int(port)), timeout=10).encode()
+    except (OSError, ValueError) as exc:
+        raise ClientError(f"cannot reach {address} over TLS: {exc}") from None
+    cert = x509.load_pem_x509_certificate(pem)
+    try:
+        binding = cert.extensions.get_extension_for_oid(TLS_BINDING_OID).value.value
+    except x509.ExtensionNotFound:
+        raise ClientError("the server's certificate carries no smartregion identity binding") from None
+    if len(binding) != 98 or binding[:2] != b"\x04\x60":
+        raise ClientError("malformed identity binding in the certificate")
+    identity_key, signature = binding[2:34], binding[34:]
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    try:
+        Ed25519PublicKey.from_public_bytes(identity_key).verify(signature, TLS_BINDING_DOMAIN + spki)
+    except InvalidSignature:
+        raise ClientError("the certificate's identity binding signature is invalid") from None
+    actual = hub_id_of(identity_key)
+    common_names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not common_names or common_names[0].value != actual:
+        raise ClientError("the certificate's common name is not the hub id of its identity key")
+    if actual != hub_id:
+        raise ClientError(f"the server at {address} is hub {actual}, not hub {hub_id}")
+    return pem
+
+
+def open_channel(address: str, hub_id: str, cert_pem: bytes) -> grpc.Channel:
+    credentials = grpc.ssl_channel_credentials(root_certificates=cert_pem)  # trust exactly this certificate
+    return grpc.secure_channel(address, credentials, options=[
+        ("grpc.ssl_target_name_override", hub_id),  # ... under the name it carries: the hub id
+        ("grpc.default_authority", hub_id),
+        ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ])
+
+
+# -- 3. the signed request ----------------------------------------------------------------------
+
+def sign_query(key: Ed25519PrivateKey, hub_id: str, spec: query_pb2.QuerySpec) -> envelope_pb2.SignedRequest:
+    partner_id = hashlib.sha256(PARTNER_ID_DOMAIN + raw(key.public_key())).digest()[:16].hex()
+    request = envelope_pb2.Request(caller_id=partner_id, audience_hub_id=hub_id, method=RUN_METHOD,
+                                   issued_at_ms=int(time.time() * 1000), nonce=secrets.token_bytes(16), query=spec)
+    payload = request.SerializeToString()  # serialize ONCE; these exact bytes are signed and sent
+    return envelope_pb2.SignedRequest(payload=payload, signature=key.sign(REQUEST_DOMAIN + payload))
+
+
+# -- 4. the answer: merged and signed by the hub you asked; each hub's partial signed by it ------
+
+def verify_answer(answer, sent: envelope_pb2.SignedRequest, entry_hub_id: str) -> list[str]:
+    """Raise ClientError unless the answer answers `sent`, the hub you asked signed what it says,
+    and every answered hub signed its partial for this query; return those hubs' ids."""
+    if answer.query.payload != sent.payload:
+        raise ClientError("the hub answered a different query than the one signed")
+    digest = hashlib.sha256(sent.payload).digest()
+    verify_summary(answer, digest, entry_hub_id)
+    return verify_partials(answer, digest)
+
+
+def verify_summary(answer, digest: bytes, entry_hub_id: str) -> None:
+    key = answer.answered_by_public_key
+    if len(key) != 32 or hub_id_of(key) != answer.answered_by:
+        raise ClientError("the answer names a merging hub whose key it does not carry")
+    if answer.answered_by != entry_hub_id:
+        raise ClientError(f"the answer was merged by hub {answer.answered_by}, not by hub {entry_hub_id}")
+    try:
+        Ed25519PublicKey.from_public_bytes(key).verify(answer.summary_signature, ANSWER_DOMAIN + answer.summary)
+    except InvalidSignature:
+        raise ClientError("the merging hub's signature over the answer does not verify") from None
+    signed = query_pb2.AnswerSummary.FromString(answer.summary)
+    expected = query_pb2.AnswerSummary(
+        query_digest=digest, answered_by=answer.answered_by, rows=answer.rows, partial=answer.partial,
+        missing_hubs=answer.missing_hubs, merged_at_ms=signed.merged_at_ms,
+        provenance=[query_pb2.ProvenanceSummary(
+            hub_id=p.hub_id, status=p.status, reason=p.reason, agreement_id=p.agreement_id,
+            partial_digest=hashlib.sha256(p.partial.partial).digest() if p.partial.partial else b"",
+        ) for p in answer.provenance])
+    if signed.merged_at_ms <= 0 or signed != expected:
+        raise ClientError("the answer differs from what the merging hub signed (rows, hubs asked, statuses or partial flag)")
+
+
+def verify_partials(answer, digest: bytes) -> list[str]:
+    verified, seen = [], set()
+    for p in answer.provenance:
+        if p.hub_id in seen:  # its figures would be counted twice
+            raise ClientError(f"hub {p.hub_id} is listed twice in the answer")
+        seen.add(p.hub_id)
+        if p.status != "answered":
+            continue
+        signed = p.partial
+        try:
+            Ed25519PublicKey.from_public_bytes(signed.provider_public_key).verify(signed.signature, PARTIAL_DOMAIN + signed.partial)
+        except (InvalidSignature, ValueError):
+            raise ClientError(f"hub {p.hub_id}: the partial result's signature does not verify") from None
+        partial = query_pb2.PartialResult.FromString(signed.partial)
+        if not partial.provider_hub_id == p.hub_id == hub_id_of(signed.provider_public_key):
+            raise ClientError(f"hub {p.hub_id}: the partial result names another provider than its signer")
+        if partial.query_digest != digest:
+            raise ClientError(f"hub {p.hub_id}: the partial result answers another query")
+        verified.append(p.hub_id)
+    return verified
+
+
+def readable(answer, verified: list[str]) -> dict:
+    return {
+        "rows": [{"group": r.group, "bucket": r.bucket_label, "bucket_start_ms": r.bucket_start_ms,
+                  "value": None if r.suppressed else r.value, "readings": r.readings,
+                  "contributors": r.contributors, "suppressed": r.suppressed} for r in answer.rows],
+        "partial": answer.partial,
+        "missing_hubs": list(answer.missing_hubs),
+        "provenance": [{"hub_id": p.hub_id, "municipality": p.municipality, "status": p.status, "reason": p.reason,
+                        "agreement_id": p.agreement_id, "signature_verified": p.hub_id in verified} for p in answer.provenance],
+        "answered_by": answer.answered_by,
+    }
+
+
+def utc_ms(day: str) -> int:
+    d = dt.date.fromisoformat(day)
+    return int(dt.datetime(d.year, d.month, d.day, tzinfo=dt.timezone.utc).timestamp() * 1000)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--key", type=Path, required=True, help="the partner's private key file (smartregion partner keygen)")
+    parser.add_argument("--hub", required=True, help="HOST:PORT of the hub to ask")
+    parser.add_argument("--hub-id", required=True, help="that hub's id, obtained from its admin (the pin)")
+    for name in ("dataset", "metric", "aggregate", "purpose"):
+        parser.add_argument(f"--{name}", required=True)
+    parser.add_argument("--from", dest="start", required=True, help="first day of the window (UTC)")
+    parser.add_argument("--to", dest="end", required=True, help="day after the window (UTC)")
+    parser.add_argument("--quantile", type=float, default=0.0)
+    parser.add_argument("--bucket", default="window")
+    parser.add_argument("--group-by", default="region")
+    parser.add_argument("--municipality", action="append", default=[])
+    parser.add_argument("--ask-hub", action="append", default=[])
+    parser.add_argument("--deadline-ms", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    hub_id = args.hub_id.strip().lower()
+    spec = query_pb2.QuerySpec(
+        dataset=args.dataset, metric=args.metric, aggregate=args.aggregate, quantile=args.quantile,
+        start_ms=utc_ms(args.start), end_ms=utc_ms(args.end), bucket=args.bucket, group_by=args.group_by,
+        municipalities=args.municipality, hub_ids=args.ask_hub, purpose_code=args.purpose, deadline_ms=args.deadline_ms,
+    )
+    try:
+        key = load_partner_key(args.key, passphrase())
+        cert_pem = pinned_certificate(args.hub, hub_id)
+        signed = sign_query(key, hub_id, spec)
+        with open_channel(args.hub, hub_id, cert_pem) as channel:
+            timeout_s = (args.deadline_ms or 10_000) / 1000 + 5  # the hubs' deadline, plus merging
+            answer = query_service_pb2_grpc.QueryStub(channel).Run(signed, timeout=timeout_s)
+        verified = verify_answer(answer, signed, hub_id)
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except grpc.RpcError as exc:
+        reason = dict(exc.trailing_metadata() or ()).get("smartregion-reason")
+        print(f"error: the hub answered {exc.code().name}{f' ({reason})' if reason else ''}: {exc.details()}", file=sys.stderr)
+        return 1
+    json.dump(readable(answer, verified), sys.stdout, indent=2)
+    print()
+    if answer.partial:
+        print(f"warning: partial answer, missing {', '.join(answer.missing_hubs)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,367 @@
+"""Partner clients outside the hub's code base, against a live hub: the Node.js client in
+examples/node-partner/ and the Python example of docs/querying.md (examples/python_partner.py)
+must get exactly the rows the hub's own Python client gets for the same query.
+
+The hub runs in this process (grpc.aio), so the clients run as asyncio subprocesses while the
+event loop keeps serving. The Node tests skip only when `node` is not installed; their npm
+dependencies are installed from examples/node-partner/package-lock.json (`make examples`)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from federation import answers, envelope, partials, partners
+from federation.partner_client import PartnerSession
+from federation.query_service import RUN_METHOD
+from node.api.v1 import admin_pb2, agreement_pb2, ingest_pb2, query_pb2, query_service_pb2_grpc
+from node.senml import Reading
+from tests.conftest import PASSPHRASE, REPO_ROOT, LiveHub, make_hub_dir, start_live_hub
+
+NODE = shutil.which("node")
+NODE_CLIENT = REPO_ROOT / "examples" / "node-partner"
+PYTHON_EXAMPLE = REPO_ROOT / "examples" / "python_partner.py"
+CLIENT_TIMEOUT_S = 60
+
+
+def utc_ms(year: int, month: int, day: int = 1, hour: int = 0) -> int:
+    return int(dt.datetime(year, month, day, hour, tzinfo=dt.timezone.utc).timestamp() * 1000)
+
+
+def research_terms(min_group_size: int) -> str:
+    until = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=365)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"""
+[purpose]
+code = "research"
+description = "Fine particulate matter and health, a university study"
+[data]
+datasets = ["air_quality"]
+metrics = ["pm25"]
+aggregates = ["mean", "count", "min", "max", "stddev", "quantile"]
+group_by = ["municipality", "time_bucket"]
+smallest_bucket = "month"
+longest_window_days = 366
+min_group_size = {min_group_size}
+queries_per_day = 100
+[validity]
+from = "now"
+until = {until}
+"""
+
+
+# Three stations in January 2019 (released), one in February (fewer than min_group_size = 2
+# contributors: suppressed).
+READINGS = {
+    "station-a": [(utc_ms(2019, 1, 3, 10), 7.5), (utc_ms(2019, 1, 17, 4), 12.25), (utc_ms(2019, 2, 9, 8), 30.0)],
+    "station-b": [(utc_ms(2019, 1, 5, 12), 3.0), (utc_ms(2019, 1, 21), 9.75)],
+    "station-c": [(utc_ms(2019, 1, 30, 23), 21.5)],
+}
+
+
+@dataclass
+class World:
+    live: LiveHub
+    key_file: Path
+    partner: partners.PartnerKey
+    agreement_id: str
+
+    @property
+    def address(self) -> str:
+        return self.live.hub.endpoint.grpc_address
+
+    @property
+    def hub_id(self) -> str:
+        return self.live.hub.config.hub_id
+
+    def client_args(self, *query: str) -> list[str]:
+        return ["--key", str(self.key_file), "--hub", self.address, "--hub-id", self.hub_id, *query]
+
+
+@pytest.fixture
+async def world(tmp_path) -> World:
+    """A live hub with readings, a registered partner, and an active research agreement."""
+    live = await start_live_hub(make_hub_dir(tmp_path / "hub", "1103"))
+    try:
+        for name, points in READINGS.items():
+            sensor = await live.add_sensor(tmp_path, name, metrics=["pm25"])
+            sealed = sensor.seal([[Reading("pm25", t, v) for t, v in points]])
+            response = await live.ingest.SubmitBatch(
+                ingest_pb2.SubmitBatchRequest(frames=[ingest_pb2.SealedFrame(frame=f) for f in sealed]), timeout=20)
+            assert sum(r.readings_stored for r in response.receipts) == len(points)
+
+        key_file = tmp_path / "partner" / "uis.key"
+        key_file.parent.mkdir()
+        partner = partners.keygen(key_file, "Universitetet i Stavanger", PASSPHRASE.encode())
+        await live.admin.AddPartner(admin_pb2.AddPartnerRequest(
+            name="Universitetet i Stavanger", org_number="971564679",
+            public_key_file=partners.public_file_path(key_file).read_bytes()), metadata=live.admin_metadata)
+        offered = await live.admin.ProposeAgreement(admin_pb2.ProposeAgreementRequest(
+            terms_toml=research_terms(min_group_size=2), to=partner.partner_id), metadata=live.admin_metadata)
+        async with PartnerSession(partner, live.hub.endpoint.grpc_address, live.hub.config.hub_id) as session:
+            outcome = await session.accept(offered.terms.agreement_id)
+        assert outcome.state == agreement_pb2.AGREEMENT_STATE_ACTIVE
+        yield World(live, key_file, partner, offered.terms.agreement_id)
+    finally:
+        await live.stop()
+
+
+async def python_answer(world: World, spec: query_pb2.QuerySpec):
+    """The same query asked through the hub's own partner code (what `smartregion query run` does)."""
+    async with PartnerSession(world.partner, world.address, world.hub_id) as session:
+        signed = envelope.make(world.partner.key, world.partner.partner_id, world.hub_id, RUN_METHOD, query=spec)
+        return await query_service_pb2_grpc.QueryStub(session.channel).Run(signed, timeout=15)
+
+
+def client_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTREGION_")}
+    env["SMARTREGION_PASSPHRASE"] = PASSPHRASE
+    return env
+
+
+async def run_client(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run a client without blocking the event loop the hub is served from."""
+    process = await asyncio.create_subprocess_exec(
+        *argv, cwd=REPO_ROOT, env=env or client_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), CLIENT_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"{argv[:2]} did not finish within {CLIENT_TIMEOUT_S}s")
+    return process.returncode, out.decode(), err.decode()
+
+
+def ok_output(rc: int, out: str, err: str) -> dict:
+    assert rc == 0, f"the client failed (exit {rc}):\n{err}"
+    return json.loads(out)
+
+
+@pytest.fixture(scope="session")
+def node_client() -> list[str]:
+    """`node query.mjs`, with the npm dependencies installed from the lock file if they are
+    missing or older than it (what `make examples` does)."""
+    if NODE is None:
+        pytest.skip("node is not installed: the Node.js partner client (examples/node-partner) cannot run")
+    installed = NODE_CLIENT / "node_modules" / ".package-lock.json"  # written by npm ci
+    if not installed.is_file() or installed.stat().st_mtime < (NODE_CLIENT / "package-lock.json").stat().st_mtime:
+        npm = shutil.which("npm")
+        assert npm, "node is installed but npm is not: cannot install examples/node-partner's dependencies"
+        done = subprocess.run(
+            [npm, "ci", "--prefix", str(NODE_CLIENT), "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
+            capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, f"`npm ci --prefix {NODE_CLIENT}` failed:\n{done.stdout}\n{done.stderr}"
+    return [NODE, str(NODE_CLIENT / "query.mjs")]
+
+
+QUERIES = {
+    # Monthly means per municipality: January released, February suppressed (one station).
+    "mean-by-month": (["--aggregate", "mean", "--from", "2019-01-01", "--to", "2019-03-01", "--bucket", "month",
+                       "--group-by", "municipality"],
+                      dict(aggregate="mean", start_ms=utc_ms(2019, 1), end_ms=utc_ms(2019, 3), bucket="month",
+                           group_by="municipality")),
+    "median-window": (["--aggregate", "quantile", "--quantile", "0.5", "--from", "2019-01-01", "--to", "2019-02-01"],
+                      dict(aggregate="quantile", quantile=0.5, start_ms=utc_ms(2019, 1), end_ms=utc_ms(2019, 2),
+                           bucket="window", group_by="region")),
+    "stddev-filtered": (["--aggregate", "stddev", "--from", "2019-01-01", "--to", "2019-02-01", "--bucket", "month",
+                         "--municipality", "1103", "--deadline-ms", "5000"],
+                        dict(aggregate="stddev", start_ms=utc_ms(2019, 1), end_ms=utc_ms(2019, 2), bucket="month",
+                             group_by="region", municipalities=["1103"], deadline_ms=5000)),
+}
+COMMON_ARGS = ["--dataset", "air_quality", "--metric", "pm25", "--purpose", "research"]
+
+
+def spec_of(fields: dict) -> query_pb2.QuerySpec:
+    return query_pb2.QuerySpec(dataset="air_quality", metric="pm25", purpose_code="research", **fields)
+
+
+async def assert_same_rows_as_python(world: World, client: list[str], tmp_path: Path, *, save: bool,
+                                     env: dict[str, str] | None = None) -> dict[str, dict]:
+    """Each query of QUERIES through `client` and through the hub's own code: the same rows.
+    Returns the client's outputs by query name."""
+    outputs = {}
+    for name, (args, fields) in QUERIES.items():
+        extra = ["--save", str(tmp_path / f"{name}.json")] if save else []
+        got = ok_output(*await run_client(*client, *world.client_args(*COMMON_ARGS, *args, *extra), env=env))
+        expected = await python_answer(world, spec_of(fields))
+        assert expected.rows, f"{name}: the reference answer is empty; the test data is wrong"
+        assert got["rows"] == answers.readable_rows(expected), name
+        assert got["partial"] is False and got["missing_hubs"] == []
+        assert got["answered_by"] == world.hub_id
+        [source] = got["provenance"]
+        assert source == {"hub_id": world.hub_id, "municipality": "1103", "status": "answered", "reason": "",
+                          "agreement_id": world.agreement_id, "signature_verified": True}, name
+        if save:  # the Node client's answer file verifies offline, like `smartregion query verify`
+            verified = answers.verify((tmp_path / f"{name}.json").read_bytes())
+            assert verified.verified_hubs == [world.hub_id]
+        outputs[name] = got
+    return outputs
+
+
+async def assert_refuses_the_wrong_purpose(world: World, client: list[str], env: dict[str, str] | None = None) -> None:
+    """The agreement is for research, not commercial development: the hub refuses, the client
+    prints the status and reason label and exits 1."""
+    args = [a if a != "research" else "commercial_development" for a in world.client_args(*COMMON_ARGS, *QUERIES["mean-by-month"][0])]
+    rc, out, err = await run_client(*client, *args, env=env)
+    assert (rc, out) == (1, ""), err
+    assert "PERMISSION_DENIED (permission_denied)" in err and "purpose 'commercial_development'" in err, err
+
+
+async def test_node_client_gets_the_rows_python_gets(node_client, world, tmp_path):
+    outputs = await assert_same_rows_as_python(world, node_client, tmp_path, save=True)
+    january, february = outputs["mean-by-month"]["rows"]
+    assert (january["bucket"], january["readings"], january["contributors"]) == ("2019-01", 5, 3)
+    assert january["value"] == pytest.approx((7.5 + 12.25 + 3.0 + 9.75 + 21.5) / 5)
+    assert february == {"group": "1103", "bucket": "2019-02", "bucket_start_ms": utc_ms(2019, 2), "value": None,
+                        "readings": 0, "contributors": 0, "suppressed": True}
+
+
+# Runs the example with the hub's own packages made unimportable, so it must use the modules
+# generated from proto/ exactly as docs/querying.md tells a partner to.
+WITHOUT_HUB_CODE = ("import runpy, sys; sys.modules['node'] = sys.modules['federation'] = None; "
+                    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+@pytest.mark.parametrize("modules", ["shipped", "generated"])
+async def test_python_example_gets_the_rows_python_gets(world, tmp_path, modules):
+    client = [sys.executable, str(PYTHON_EXAMPLE)]
+    if modules == "generated":
+        generated = tmp_path / "generated"
+        generated.mkdir()
+        protos = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "proto" / "smartregion" / "v1").glob("*.proto"))
+        rc, _, err = await run_client(sys.executable, "-m", "grpc_tools.protoc", "-Iproto", f"--python_out={generated}",
+                                      f"--grpc_python_out={generated}", *protos)
+        assert rc == 0, err
+        client = [sys.executable, "-c", WITHOUT_HUB_CODE, str(PYTHON_EXAMPLE)]
+        env = {**client_env(), "PYTHONPATH": str(generated)}
+    else:
+        env = client_env()
+    await assert_same_rows_as_python(world, client, tmp_path, save=False, env=env)
+    await assert_refuses_the_wrong_purpose(world, client, env=env)
+
+
+async def test_node_client_reports_refusals(node_client, world, tmp_path):
+    query = [*COMMON_ARGS, *QUERIES["mean-by-month"][0]]
+    await assert_refuses_the_wrong_purpose(world, node_client)
+
+    # A window not on month boundaries (UTC): refused before any agreement is consulted.
+    misaligned = [a if a != "2019-03-01" else "2019-03-02" for a in world.client_args(*query)]
+    rc, out, err = await run_client(*node_client, *misaligned)
+    assert rc == 1 and "INVALID_ARGUMENT (invalid_request)" in err and "month boundaries" in err, err
+
+    # Pinning another hub id: the client refuses to talk before sending anything.
+    other = "0" * 32
+    pinned_wrong = [a if a != world.hub_id else other for a in world.client_args(*query)]
+    rc, out, err = await run_client(*node_client, *pinned_wrong)
+    assert rc == 1 and f"is hub {world.hub_id}, not hub {other}" in err, err
+
+    # The wrong passphrase: the keystore does not open.
+    rc, out, err = await run_client(*node_client, *world.client_args(*query),
+                                    env={**client_env(), "SMARTREGION_PASSPHRASE": "not-the-passphrase-at-all"})
+    assert rc == 1 and "wrong passphrase" in err, err
+
+    # A partner the hub does not know: unauthenticated.
+    stranger = tmp_path / "stranger.key"
+    partners.keygen(stranger, "Stranger AS", PASSPHRASE.encode())
+    as_stranger = [a if a != str(world.key_file) else str(stranger) for a in world.client_args(*query)]
+    rc, out, err = await run_client(*node_client, *as_stranger)
+    assert rc == 1 and "UNAUTHENTICATED (unauthenticated)" in err, err
+
+
+class DishonestEntryHub(query_service_pb2_grpc.QueryServicer):
+    """Serves Query.Run with the real hub's identity and certificate (so it passes the pin), asks
+    the real hub, and alters the answer before returning it."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.tamper = None
+
+    async def Run(self, request, context):
+        answer = await query_service_pb2_grpc.QueryStub(self.world.live.channel).Run(request, timeout=15)
+        self.tamper(answer)
+        return answer
+
+
+def drop_last_row(world: World, answer) -> None:
+    del answer.rows[-1]
+
+
+def count_a_hub_twice(world: World, answer) -> None:
+    """List one hub's genuine signed partial twice, re-merge, and sign it all as the merging hub."""
+    answer.provenance.add().CopyFrom(answer.provenance[0])
+    digest = partials.query_digest(answer.query.payload)
+    results = [partials.verify_partial(p.partial, digest) for p in answer.provenance]
+    del answer.rows[:]
+    answer.rows.extend(partials.merge(results, envelope.parse(answer.query).query))
+    partials.sign_answer(world.live.hub.identity, answer, digest, int(time.time() * 1000))
+
+
+def alter_a_partial(world: World, answer) -> None:
+    partial = query_pb2.PartialResult.FromString(answer.provenance[0].partial.partial)
+    partial.cells[0].count += 1
+    answer.provenance[0].partial.partial = partial.SerializeToString()
+    partials.sign_answer(world.live.hub.identity, answer, partials.query_digest(answer.query.payload), int(time.time() * 1000))
+
+
+TAMPERINGS = {
+    drop_last_row: "the answer differs from what the merging hub signed",
+    count_a_hub_twice: "is listed twice in the answer",
+    alter_a_partial: "the partial result's signature does not verify",
+}
+
+
+@pytest.fixture(params=["node", "python"])
+def any_client(request) -> list[str]:
+    if request.param == "node":
+        return request.getfixturevalue("node_client")
+    return [sys.executable, str(PYTHON_EXAMPLE)]
+
+
+async def test_clients_refuse_an_answer_the_hubs_did_not_sign(any_client, world):
+    dishonest = DishonestEntryHub(world)
+    server = grpc.aio.server()
+    query_service_pb2_grpc.add_QueryServicer_to_server(dishonest, server)
+    identity = world.live.hub.identity
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(identity.tls_key_pem, identity.tls_cert_pem)]))
+    await server.start()
+    try:
+        args = ["--key", str(world.key_file), "--hub", f"127.0.0.1:{port}", "--hub-id", world.hub_id,
+                *COMMON_ARGS, *QUERIES["mean-by-month"][0]]
+        dishonest.tamper = lambda answer: None
+        ok_output(*await run_client(*any_client, *args))  # passed through unchanged: accepted
+        for tamper, message in TAMPERINGS.items():
+            dishonest.tamper = lambda answer, tamper=tamper: tamper(world, answer)
+            rc, out, err = await run_client(*any_client, *args)
+            assert (rc, out) == (1, ""), f"{tamper.__name__}: accepted"
+            assert message in err, f"{tamper.__name__}: {err}"
+    finally:
+        await server.stop(0)
+
+
+GUIDE = REPO_ROOT / "docs" / "querying.md"
+QUOTED_FILES = {
+    "python": [PYTHON_EXAMPLE],
+    "js": [NODE_CLIENT / "smartregion.mjs", NODE_CLIENT / "query.mjs"],
+}
+
+
+def test_the_guide_quotes_the_tested_clients_verbatim():
+    """Every ```python and ```js block of docs/querying.md is a verbatim part of the example
+    clients the tests above run, so the guide cannot drift from working code."""
+    blocks = re.findall(r"^```(python|js)\n(.*?)^```$", GUIDE.read_text(encoding="utf-8"), re.MULTILINE | re.DOTALL)
+    assert {language for language, _ in blocks} == set(QUOTED_FILES)
+    sources = {language: [p.read_text(encoding="utf-8") for p in paths] for language, paths in QUOTED_FILES.items()}
+    for language, block in blocks:
+        assert any(block in source for source in sources[language]), (
+            f"this {language} block of {GUIDE.name} is not in {[p.name for p in QUOTED_FILES[language]]}:\n{block}")
