@@ -83,6 +83,9 @@ def verify(data: bytes) -> VerifiedAnswer:
     except envelope.EnvelopeError as exc:
         raise AnswerError(str(exc)) from None
     digest = partials.query_digest(answer.query.payload)
+    hub_ids = [p.hub_id for p in answer.provenance]
+    if len(hub_ids) != len(set(hub_ids)):
+        raise AnswerError("a hub is listed twice: its partial would be counted twice")
     verified, results = [], []
     for p in answer.provenance:
         if p.status != "answered":

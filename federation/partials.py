@@ -27,10 +27,12 @@ def query_digest(signed_query_payload: bytes) -> bytes:
 
 
 def build(digest: bytes, provider: str, municipality: str, agreement_id: str, min_group_size: int, group: str,
-          rows: list[CellRow], computed_at_ms: int) -> query_pb2.PartialResult:
+          rows: list[CellRow], computed_at_ms: int, withheld: frozenset[int] = frozenset()) -> query_pb2.PartialResult:
+    """`withheld`: bucket starts of cells to suppress although they are large enough themselves
+    (they contain a small sub-cell; see QueryService.compute)."""
     cells = []
     for r in rows:
-        if r.contributors < min_group_size:
+        if r.contributors < min_group_size or r.bucket_start_ms in withheld:
             cells.append(query_pb2.Cell(group=group, bucket_start_ms=r.bucket_start_ms, suppressed=True))
             continue
         sketch = None

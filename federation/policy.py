@@ -22,6 +22,7 @@ class Grant:
     min_group_size: int
     consent_purpose: str | None  # count only subjects with active consent for this purpose
     queries_per_day: int | None  # None: no quota (own data)
+    smallest_bucket: str = "window"  # the finest granularity the agreement releases
 
 
 def own_data_grant() -> Grant:
@@ -87,5 +88,6 @@ def authorize(spec: query_pb2.QuerySpec, asker_id: str, provider_id: str,
             min_group_size=max(1, t.min_group_size),
             consent_purpose=t.purpose_code if (t.consent_required or personal) else None,
             queries_per_day=t.queries_per_day,
+            smallest_bucket=t.smallest_bucket,
         )
     raise first_refusal

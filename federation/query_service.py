@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 
 from federation import envelope, partials, policy
-from federation.query_spec import DEFAULT_DEADLINE_MS, check_shape
+from federation.query_spec import DEFAULT_DEADLINE_MS, bucket_start, check_shape
+from federation.terms import BUCKETS
 from federation.service import Caller, Federation
 from node.api.v1 import envelope_pb2, query_pb2, query_service_pb2, query_service_pb2_grpc
 from node.errors import Reason, Rejected
@@ -30,6 +31,11 @@ _DENIED_CODES = {
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def bucket_finer(a: str, b: str) -> bool:
+    """Bucket `a` is finer than bucket `b`."""
+    return BUCKETS.index(a) < BUCKETS.index(b)
 
 
 def describe(spec: query_pb2.QuerySpec) -> str:
@@ -72,16 +78,23 @@ class QueryService:
         in_filter = lambda municipality: not spec.municipalities or municipality in spec.municipalities  # noqa: E731
         chosen = lambda hub_id: not wanted or hub_id in wanted  # noqa: E731
         include_self = chosen(self.own_id) and in_filter(self.hub.config.municipality)
-        return include_self, [p for p in peers if chosen(p.hub_id) and in_filter(p.municipality)]
+        targets = [p for p in peers if chosen(p.hub_id) and in_filter(p.municipality)]
+        if not include_self and not targets:
+            raise Rejected(Reason.INVALID_REQUEST, "no hub of this region matches the municipality filter and hub ids")
+        return include_self, targets
 
     async def _answer(self, signed: envelope_pb2.SignedRequest, spec: query_pb2.QuerySpec, asker_id: str) -> query_service_pb2.QueryAnswer:
-        check_shape(spec)
+        try:
+            check_shape(spec)
+            include_self, peers = await self._targets(spec)
+        except Rejected as refusal:  # audited like every refused call (no describe(): the window may be absurd)
+            await self.federation.audit(asker_id, "query.run", "", refusal.reason.label, f"{spec.dataset}/{spec.metric}: {refusal.message}")
+            raise
         digest = partials.query_digest(signed.payload)
-        include_self, peers = await self._targets(spec)
         deadline_s = (spec.deadline_ms or DEFAULT_DEADLINE_MS) / 1000
         jobs = [self._ask_peer(p, signed, digest, deadline_s) for p in peers]
         if include_self:
-            jobs.append(self._ask_self(signed, spec, asker_id, digest))
+            jobs.append(self._ask_self(signed, spec, asker_id, deadline_s))
         asked: list[Asked] = list(await asyncio.gather(*jobs))
         answered = [a for a in asked if a.partial is not None]
         missing = [a.provenance.hub_id for a in asked if a.partial is None]
@@ -99,14 +112,18 @@ class QueryService:
         partials.sign_answer(self.hub.identity, answer, digest, _now_ms())
         return answer
 
-    async def _ask_self(self, signed, spec, asker_id, digest) -> Asked:
+    async def _ask_self(self, signed, spec, asker_id, deadline_s: float) -> Asked:
         started = time.monotonic()
         base = query_pb2.Provenance(hub_id=self.own_id, municipality=self.hub.config.municipality)
         try:
-            signed_partial = await self.compute(signed, spec, asker_id)
+            signed_partial = await asyncio.wait_for(self.compute(signed, spec, asker_id), deadline_s)
         except Rejected as refusal:
             base.status, base.reason = "denied", refusal.message
             return Asked(base, denial=refusal.reason)
+        except asyncio.TimeoutError:
+            base.status, base.reason = "timed_out", "this hub's own partial missed the deadline"
+            base.latency_ms = (time.monotonic() - started) * 1000
+            return Asked(base)
         result = query_pb2.PartialResult.FromString(signed_partial.partial)
         base.status, base.agreement_id, base.latency_ms = "answered", result.agreement_id, (time.monotonic() - started) * 1000
         base.partial.CopyFrom(signed_partial)
@@ -148,7 +165,9 @@ class QueryService:
     async def partial(self, outer: envelope_pb2.SignedRequest) -> query_pb2.SignedPartial:
         relay, request = await self.federation.authenticate(outer, PARTIAL_METHOD)
         if relay.kind != "hub":
-            raise Rejected(Reason.PERMISSION_DENIED, "only a peer hub may relay a query; partners call Query.Run")
+            message = "only a peer hub may relay a query; partners call Query.Run"
+            await self.federation.audit(relay.id, "query.partial", "", Reason.PERMISSION_DENIED.label, message)
+            raise Rejected(Reason.PERMISSION_DENIED, message)
         if request.WhichOneof("body") != "relayed":
             raise Rejected(Reason.INVALID_REQUEST, "Query.Partial takes a request whose body is the relayed query")
         original = request.relayed
@@ -163,9 +182,12 @@ class QueryService:
         try:
             asked = envelope.parse(original)
         except envelope.EnvelopeError as exc:
+            await self.federation.audit("unknown", "query.partial", "", "unauthenticated", f"relayed by {relay.id}: {exc}")
             raise Rejected(Reason.UNAUTHENTICATED, str(exc)) from None
         if asked.caller_id == self.own_id:
-            raise Rejected(Reason.PERMISSION_DENIED, "a query asked by this hub came back to it")
+            message = "a query asked by this hub came back to it"
+            await self.federation.audit(relay.id, "query.partial", "", Reason.PERMISSION_DENIED.label, f"relayed by {relay.id}: {message}")
+            raise Rejected(Reason.PERMISSION_DENIED, message)
         asker = await self.federation.known_caller(asked.caller_id)
         if asker is None:
             await self.federation.audit(f"unknown:{asked.caller_id}", "query.partial", "", "unauthenticated", f"relayed by {relay.id}")
@@ -177,8 +199,23 @@ class QueryService:
             raise Rejected(Reason.UNAUTHENTICATED, f"the relayed query: {exc}") from None
         expires = asked.issued_at_ms + 2 * envelope.MAX_CLOCK_SKEW_MS
         if not await self.hub.storage.write(lambda s: s.remember_nonce(asker.id, asked.nonce, expires, _now_ms())):
+            await self.federation.audit(asker.id, "query.partial", "", "replayed", f"relayed by {relay.id}: a query nonce was used again")
             raise Rejected(Reason.ALREADY_EXISTS, "this query was already answered (replayed)")
         return asker
+
+    async def _cells_hiding_small_subcells(self, request: AggregateRequest, grant: policy.Grant) -> frozenset[int]:
+        """Cells that contain a sub-cell, at the agreement's finest granularity, with fewer
+        contributors than the minimum group size. Releasing them would let an asker subtract
+        released cells (a year minus eleven months) and recover the small one, so they are
+        withheld too: any difference of released cells is then a union of safe sub-cells."""
+        if grant.min_group_size <= 1 or not bucket_finer(grant.smallest_bucket, request.bucket):
+            return frozenset()
+        finer = replace(request, bucket=grant.smallest_bucket, with_sketch=False)
+        subcells = await self.hub.storage.read(lambda s: s.aggregate(finer))
+        return frozenset(
+            bucket_start(request.bucket, sub.bucket_start_ms, request.start_ms)
+            for sub in subcells if sub.contributors < grant.min_group_size
+        )
 
     async def compute(self, signed: envelope_pb2.SignedRequest, spec: query_pb2.QuerySpec, asker_id: str) -> query_pb2.SignedPartial:
         """This hub's partial answer, under its own agreement with the asker."""
@@ -198,9 +235,10 @@ class QueryService:
         request = AggregateRequest(spec.dataset, spec.metric, spec.start_ms, spec.end_ms, spec.bucket,
                                    grant.consent_purpose, with_sketch=spec.aggregate == "quantile")
         cells = await self.hub.storage.read(lambda s: s.aggregate(request))
+        withheld = await self._cells_hiding_small_subcells(request, grant)
         group = self.hub.config.municipality if spec.group_by == "municipality" else "region"
         result = partials.build(partials.query_digest(signed.payload), self.own_id, self.hub.config.municipality,
-                                grant.agreement_id, grant.min_group_size, group, cells, _now_ms())
+                                grant.agreement_id, grant.min_group_size, group, cells, _now_ms(), withheld)
         suppressed = sum(1 for c in result.cells if c.suppressed)
         await self.federation.audit(asker_id, "query.partial", grant.agreement_id, "ok",
                                     f"{describe(spec)}: {len(result.cells)} cells, {suppressed} suppressed")

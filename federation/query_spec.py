@@ -102,7 +102,7 @@ def check_shape(spec: query_pb2.QuerySpec) -> None:
     if spec.aggregate not in AGGREGATES:
         raise bad(f"aggregate {spec.aggregate!r} is not one of: {', '.join(AGGREGATES)}")
     if spec.aggregate == "quantile" and not 0 < spec.quantile < 1:
-        raise bad("a quantile query needs --quantile between 0 and 1 (exclusive), e.g. 0.5")
+        raise bad("a quantile query needs a quantile between 0 and 1 (exclusive), e.g. 0.5")
     if spec.bucket not in BUCKETS:
         raise bad(f"bucket {spec.bucket!r} is not one of: {', '.join(BUCKETS)}")
     if spec.group_by not in GROUPS:
@@ -120,5 +120,5 @@ def check_shape(spec: query_pb2.QuerySpec) -> None:
     if spec.deadline_ms > MAX_DEADLINE_MS:
         raise bad(f"the deadline may be at most {MAX_DEADLINE_MS} ms")
     for number in spec.municipalities:
-        if not (len(number) == 4 and number.isdigit()):
+        if not (len(number) == 4 and number.isascii() and number.isdigit()):
             raise bad(f"municipality filter {number!r} is not a four-digit kommunenummer")

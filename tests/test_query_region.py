@@ -529,3 +529,14 @@ async def test_dropping_a_hub_from_an_answer_file_is_caught(region):
     doc["answer"] = base64.b64encode(tampered.SerializeToString()).decode()
     with pytest.raises(answers.AnswerError, match="differs from what the merging hub signed"):
         answers.verify(json.dumps(doc).encode())
+
+
+async def test_a_hub_listed_twice_in_an_answer_file_is_caught(region):
+    """A dishonest merger could count one hub's genuine signed partial twice."""
+    _, answer = await region.ask(metric="pm25", aggregate="count", start_ms=Y2019, end_ms=Y2020, bucket="year", group_by="region")
+    doc = json.loads(answers.to_json(answer))
+    tampered = query_service_pb2.QueryAnswer.FromString(base64.b64decode(doc["answer"]))
+    tampered.provenance.append(tampered.provenance[0])
+    doc["answer"] = base64.b64encode(tampered.SerializeToString()).decode()
+    with pytest.raises(answers.AnswerError, match="listed twice"):
+        answers.verify(json.dumps(doc).encode())
