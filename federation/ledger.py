@@ -4,6 +4,7 @@ history, and says what state each agreement is in."""
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 from dataclasses import dataclass
 
 from federation import agreements as ag
@@ -32,8 +33,15 @@ def to_row(evidence: ag.Evidence, created_at_ms: int, updated_at_ms: int) -> Agr
 
 
 def from_row(row: AgreementRow) -> ag.Evidence:
-    # Our own stored evidence was verified on the way in; re-verifying is cheap and catches a tampered database.
-    return ag.from_document(agreement_pb2.AgreementDocument.FromString(row.document), check_terms=False)
+    return _verified(row.document)
+
+
+@lru_cache(maxsize=4096)
+def _verified(document: bytes) -> ag.Evidence:
+    """Stored evidence, signatures verified once per distinct document (catching a tampered
+    database) rather than on every query and page load. Evidence is never mutated in place:
+    merging makes a new object, so sharing cached ones is safe."""
+    return ag.from_document(agreement_pb2.AgreementDocument.FromString(document), check_terms=False)
 
 
 def changes(before: ag.Evidence | None, after: ag.Evidence) -> list[tuple[str, str, str]]:

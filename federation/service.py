@@ -268,7 +268,9 @@ class Federation:
 
     async def info(self, agreement_id: str) -> AgreementInfo:
         evidence = await self.ledger.require(agreement_id)
-        states = await self.ledger.states()
+        return await self._info(evidence, await self.ledger.states())
+
+    async def _info(self, evidence: ag.Evidence, states: dict[str, int]) -> AgreementInfo:
         history = await self.hub.storage.read(lambda s: s.agreement_events(evidence.agreement_id))
         state = states[evidence.agreement_id]
         return AgreementInfo(
@@ -281,7 +283,9 @@ class Federation:
         )
 
     async def list_agreements(self) -> list[AgreementInfo]:
-        return [await self.info(e.agreement_id) for e in await self.ledger.all()]
+        evidences = await self.ledger.all()
+        states = await self.ledger.states(evidences)
+        return [await self._info(e, states) for e in evidences]
 
     async def export(self, agreement_id: str) -> bytes:
         info = await self.info(agreement_id)
