@@ -23,7 +23,6 @@ class Domain(bytes, Enum):
     AGREEMENT = b"smartregion/v1/agreement\x00"
     REVOCATION = b"smartregion/v1/revocation\x00"
     DESCRIPTOR = b"smartregion/v1/descriptor\x00"
-    KEY_ROTATION = b"smartregion/v1/key-rotation\x00"
     PARTIAL_RESULT = b"smartregion/v1/partial-result\x00"
     AUDIT_HEAD = b"smartregion/v1/audit-head\x00"
     QUERY_ANSWER = b"smartregion/v1/query-answer\x00"

@@ -13,7 +13,7 @@ class GetDescriptorRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeDescriptor(_message.Message):
-    __slots__ = ("hub_id", "municipality_number", "municipality_name", "identity_public_key", "tls_certificate_sha256", "grpc_addresses", "http_url", "issued_at_ms", "valid_until_ms", "rotations")
+    __slots__ = ("hub_id", "municipality_number", "municipality_name", "identity_public_key", "tls_certificate_sha256", "grpc_addresses", "http_url", "issued_at_ms", "valid_until_ms")
     HUB_ID_FIELD_NUMBER: _ClassVar[int]
     MUNICIPALITY_NUMBER_FIELD_NUMBER: _ClassVar[int]
     MUNICIPALITY_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -23,7 +23,6 @@ class NodeDescriptor(_message.Message):
     HTTP_URL_FIELD_NUMBER: _ClassVar[int]
     ISSUED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     VALID_UNTIL_MS_FIELD_NUMBER: _ClassVar[int]
-    ROTATIONS_FIELD_NUMBER: _ClassVar[int]
     hub_id: str
     municipality_number: str
     municipality_name: str
@@ -33,8 +32,7 @@ class NodeDescriptor(_message.Message):
     http_url: str
     issued_at_ms: int
     valid_until_ms: int
-    rotations: _containers.RepeatedCompositeFieldContainer[SignedKeyRotation]
-    def __init__(self, hub_id: _Optional[str] = ..., municipality_number: _Optional[str] = ..., municipality_name: _Optional[str] = ..., identity_public_key: _Optional[bytes] = ..., tls_certificate_sha256: _Optional[bytes] = ..., grpc_addresses: _Optional[_Iterable[str]] = ..., http_url: _Optional[str] = ..., issued_at_ms: _Optional[int] = ..., valid_until_ms: _Optional[int] = ..., rotations: _Optional[_Iterable[_Union[SignedKeyRotation, _Mapping]]] = ...) -> None: ...
+    def __init__(self, hub_id: _Optional[str] = ..., municipality_number: _Optional[str] = ..., municipality_name: _Optional[str] = ..., identity_public_key: _Optional[bytes] = ..., tls_certificate_sha256: _Optional[bytes] = ..., grpc_addresses: _Optional[_Iterable[str]] = ..., http_url: _Optional[str] = ..., issued_at_ms: _Optional[int] = ..., valid_until_ms: _Optional[int] = ...) -> None: ...
 
 class SignedDescriptor(_message.Message):
     __slots__ = ("descriptor", "signature")
@@ -43,28 +41,6 @@ class SignedDescriptor(_message.Message):
     descriptor: bytes
     signature: bytes
     def __init__(self, descriptor: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
-
-class KeyRotation(_message.Message):
-    __slots__ = ("hub_id", "old_public_key", "new_public_key", "rotated_at_ms")
-    HUB_ID_FIELD_NUMBER: _ClassVar[int]
-    OLD_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
-    NEW_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
-    ROTATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
-    hub_id: str
-    old_public_key: bytes
-    new_public_key: bytes
-    rotated_at_ms: int
-    def __init__(self, hub_id: _Optional[str] = ..., old_public_key: _Optional[bytes] = ..., new_public_key: _Optional[bytes] = ..., rotated_at_ms: _Optional[int] = ...) -> None: ...
-
-class SignedKeyRotation(_message.Message):
-    __slots__ = ("rotation", "old_key_signature", "new_key_signature")
-    ROTATION_FIELD_NUMBER: _ClassVar[int]
-    OLD_KEY_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
-    NEW_KEY_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
-    rotation: bytes
-    old_key_signature: bytes
-    new_key_signature: bytes
-    def __init__(self, rotation: _Optional[bytes] = ..., old_key_signature: _Optional[bytes] = ..., new_key_signature: _Optional[bytes] = ...) -> None: ...
 
 class DocumentOutcome(_message.Message):
     __slots__ = ("agreement_id", "changed", "state")
