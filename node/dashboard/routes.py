@@ -40,7 +40,9 @@ class Dashboard:
         if not token or not token_matches(token, self._expected):
             return web.json_response({"error": "unauthenticated", "message": "that is not this hub's admin credential"}, status=401)
         session = secrets.token_urlsafe(32)
-        self._sessions[hashlib.sha256(session.encode()).hexdigest()] = time.time() + SESSION_SECONDS
+        now = time.time()
+        self._sessions = {k: expiry for k, expiry in self._sessions.items() if expiry > now}  # forget expired ones
+        self._sessions[hashlib.sha256(session.encode()).hexdigest()] = now + SESSION_SECONDS
         response = web.json_response({"ok": True})
         response.set_cookie(SESSION_COOKIE, session, max_age=SESSION_SECONDS, httponly=True, samesite="Strict",
                             secure=request.secure, path="/")
