@@ -29,6 +29,12 @@ def own_data_grant() -> Grant:
     return Grant("", 1, None, None)
 
 
+def finest_grain(smallest_bucket: str) -> str:
+    """The finest time unit an agreement lets a window be cut at: its smallest bucket, or a day
+    when it allows only whole windows (windows still start and end on day boundaries)."""
+    return smallest_bucket if smallest_bucket != "window" else "day"
+
+
 def _deny(message: str) -> Rejected:
     return Rejected(Reason.PERMISSION_DENIED, message)
 
@@ -51,7 +57,7 @@ def check_terms(spec: query_pb2.QuerySpec, terms) -> None:
         raise _deny(f"a window of {days:g} days is longer than agreement {aid} allows ({terms.longest_window_days} days)")
     # Windows aligned to the smallest bucket (at least whole days): overlapping queries
     # cannot be subtracted to reveal anything finer than the agreement allows.
-    grain = terms.smallest_bucket if terms.smallest_bucket != "window" else "day"
+    grain = finest_grain(terms.smallest_bucket)
     if not (aligned(grain, spec.start_ms) and aligned(grain, spec.end_ms)):
         raise _deny(f"the window must start and end on {grain} boundaries under agreement {aid}")
     if terms.dp_epsilon > 0:

@@ -208,9 +208,10 @@ class QueryService:
         contributors than the minimum group size. Releasing them would let an asker subtract
         released cells (a year minus eleven months) and recover the small one, so they are
         withheld too: any difference of released cells is then a union of safe sub-cells."""
-        if grant.min_group_size <= 1 or not bucket_finer(grant.smallest_bucket, request.bucket):
+        finest = policy.finest_grain(grant.smallest_bucket)  # two allowed windows differ by whole grains
+        if grant.min_group_size <= 1 or not bucket_finer(finest, request.bucket):
             return frozenset()
-        finer = replace(request, bucket=grant.smallest_bucket, with_sketch=False)
+        finer = replace(request, bucket=finest, with_sketch=False)
         subcells = await self.hub.storage.read(lambda s: s.aggregate(finer))
         return frozenset(
             bucket_start(request.bucket, sub.bucket_start_ms, request.start_ms)

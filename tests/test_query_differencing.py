@@ -10,9 +10,8 @@ import asyncio
 import datetime as dt
 import time
 
-import pytest
 
-from node.api.v1 import admin_pb2, agreement_pb2, query_pb2
+from node.api.v1 import admin_pb2, query_pb2
 from node.senml import Reading
 from tests.conftest import make_hub_dir, start_live_hub
 from tests.test_federation_region import TERMS
