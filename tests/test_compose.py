@@ -7,7 +7,6 @@ import functools
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import yaml
 
