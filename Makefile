@@ -32,6 +32,7 @@ proto: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.query
 
 # Install the Node.js partner client's dependencies exactly as locked (docs/querying.md).
 .PHONY: examples

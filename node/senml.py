@@ -24,7 +24,6 @@ LATEST_TIME = 32503680000.0  # year 3000: anything later is a clock or encoding 
 _BASE_FIELDS = {"bn", "bt", "bu", "bv", "bver"}
 _RECORD_FIELDS = {"n", "v", "t", "u", "ut"}
 _UNSUPPORTED_VALUES = {"vs", "vb", "vd", "s", "bs"}
-_FAST_FIELDS = frozenset({"n", "v", "t", "u"})  # a record of these may take the fast path
 _FLOAT_MAX = sys.float_info.max
 
 
@@ -84,9 +83,9 @@ def decode(plaintext: bytes, metrics: dict[str, Metric], now: float | None = Non
 def decode_rows(plaintext: bytes, metrics: dict[str, Metric], now: float | None = None) -> list[tuple[str, int, float]]:
     """decode(), returning each reading as a (metric, time_ms, value) tuple: what the hub stores.
 
-    Records of the shape sensors send ({"n", "v", "t", "u"} with float values and no base
-    fields) that pass every check are taken by a fast path; any other record, and any record
-    failing a check, goes through the full validation below, which raises the same errors."""
+    Records of the shape sensors send (n, v and optionally u and t, with float values, no
+    other field) that pass every check take a fast path; any other record, and any record
+    failing a check there, goes through the full validation below, which raises the errors."""
     try:
         records = json.loads(plaintext, parse_constant=_reject_constant)
     except Rejected:
@@ -101,6 +100,8 @@ def decode_rows(plaintext: bytes, metrics: dict[str, Metric], now: float | None 
     base_name, base_time, base_unit, base_value = "", 0.0, None, 0.0
     readings: list[tuple[str, int, float]] = []
     append = readings.append
+    last_offset: float | None = None  # the fast path's last time offset, and its time in ms
+    last_ms: int | None = None
     # metric name -> (unit, lowest, highest); an open bound is the largest float, so a range
     # check that passes also proves the value finite (inf and nan fail it).
     limits = {
@@ -109,24 +110,39 @@ def decode_rows(plaintext: bytes, metrics: dict[str, Metric], now: float | None 
     }
     for index, record in enumerate(records):
         # Fast path: no side effect until the reading is appended; any doubt falls through.
-        if type(record) is dict and record.keys() <= _FAST_FIELDS:
-            name = record.get("n", "")
+        if type(record) is dict:
+            name = record.get("n")
             value = record.get("v")
-            if type(name) is str and type(value) is float:
-                limit = limits.get(base_name + name if base_name else name)
+            given_unit = record.get("u")
+            offset = record.get("t")
+            # Exactly the fields n and v, and u and t if given: nothing else to check or refuse.
+            if (
+                type(name) is str
+                and type(value) is float
+                and len(record) == 2 + (given_unit is not None) + (offset is not None)
+            ):
+                if base_name:
+                    name = base_name + name
+                limit = limits.get(name)
                 if limit is not None:
                     unit, lowest, highest = limit
                     value += base_value
-                    given_unit = record.get("u", base_unit)
+                    if given_unit is None:
+                        given_unit = base_unit
                     if lowest <= value <= highest and (given_unit is None or given_unit == unit):
-                        offset = record.get("t")
                         if offset is None or type(offset) is float:
+                            # Records of one instant (several metrics) share their time.
+                            if last_ms is not None and offset == last_offset:
+                                append((name, last_ms, value))
+                                continue
                             when = base_time + (offset or 0.0)
-                            # A time that fails these checks (non-finite, relative, out of range) falls through.
+                            # A time that fails this (non-finite, relative, out of range) falls through.
                             if RELATIVE_TIME_LIMIT <= when <= LATEST_TIME:
-                                append((base_name + name if base_name else name, round(when * 1000), value))
+                                last_offset, last_ms = offset, round(when * 1000)
+                                append((name, last_ms, value))
                                 continue
         # Full validation (the reference behaviour).
+        last_ms = None  # it may change the base time
         if not isinstance(record, dict):
             raise Rejected(Reason.MALFORMED_SENML, f"record {index} is not a JSON object")
         for key in record:
