@@ -1,8 +1,9 @@
 """Federated query benchmark (issue 4): five hub processes vs. one SQLite database.
 
     .venv/bin/python -m bench.query                  # full run: 10M readings, 5 repetitions
-    .venv/bin/python -m bench.query --quick          # 1M readings, 3 repetitions (a smoke run)
+    .venv/bin/python -m bench.query --quick          # --readings 1000000 (1.45M: 2 sensors per hub), 3 repetitions
     .venv/bin/python -m bench.query --profile        # also EXPLAIN QUERY PLAN and the SQL alone per hub
+    taskset -c 0 .venv/bin/python -m bench.query     # everything on one core: the same CPU for both sides
 
 The same query, answered two ways, in the same run, one right after the other for every
 repetition (centralised, federated, centralised, federated, ...), so load from other processes

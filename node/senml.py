@@ -13,7 +13,9 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Union
+
+import msgspec
 
 from node.catalog import Metric
 from node.errors import Reason, Rejected
@@ -80,8 +82,77 @@ def decode(plaintext: bytes, metrics: dict[str, Metric], now: float | None = Non
     return [Reading(metric, time_ms, value) for metric, time_ms, value in decode_rows(plaintext, metrics, now)]
 
 
+class _Record(msgspec.Struct, forbid_unknown_fields=True):
+    """The record shape sensors send. UNSET (not None) marks an absent field, so an explicit
+    null is refused here and left to the general decoder to reject."""
+
+    n: str
+    v: float
+    t: Union[float, msgspec.UnsetType] = msgspec.UNSET
+    u: Union[str, msgspec.UnsetType] = msgspec.UNSET
+    bt: Union[float, msgspec.UnsetType] = msgspec.UNSET
+
+
+_TYPED = msgspec.json.Decoder(list[_Record])
+
+
+def _limits(metrics: dict[str, Metric]) -> dict[str, tuple[str, float, float]]:
+    """metric name -> (unit, lowest, highest); an open bound is the largest float, so a range
+    check that passes also proves the value finite (inf and nan fail it)."""
+    return {
+        name: (m.unit, -_FLOAT_MAX if m.minimum is None else m.minimum, _FLOAT_MAX if m.maximum is None else m.maximum)
+        for name, m in metrics.items()
+    }
+
+
 def decode_rows(plaintext: bytes, metrics: dict[str, Metric], now: float | None = None) -> list[tuple[str, int, float]]:
     """decode(), returning each reading as a (metric, time_ms, value) tuple: what the hub stores.
+
+    The common case is decoded by msgspec straight into typed records (in C); a pack it does
+    not fit, or one failing any check there, is decided by the general decoder below."""
+    rows = _decode_typed(plaintext, metrics)
+    return rows if rows is not None else _decode_rows_json(plaintext, metrics, now)
+
+
+def _decode_typed(plaintext: bytes, metrics: dict[str, Metric]) -> list[tuple[str, int, float]] | None:
+    """Readings of a pack of plain records, or None if anything is unusual (no side effects)."""
+    try:
+        records = _TYPED.decode(plaintext)
+    except (msgspec.DecodeError, UnicodeDecodeError):  # another shape, or not (UTF-8) JSON at all
+        return None
+    if not records or len(records) > MAX_RECORDS:
+        return None
+    limits = _limits(metrics)
+    rows: list[tuple[str, int, float]] = []
+    append = rows.append
+    base_time = 0.0
+    last_offset: object = None  # records of one instant (several metrics) share their time
+    last_ms: int | None = None
+    unset = msgspec.UNSET
+    for record in records:
+        if record.bt is not unset:
+            base_time, last_ms = record.bt, None
+        limit = limits.get(record.n)
+        if limit is None:
+            return None
+        unit, lowest, highest = limit
+        value = record.v + 0.0  # as the general decoder (adding a base value) does: -0.0 becomes 0.0
+        if not lowest <= value <= highest or (record.u is not unset and record.u != unit):
+            return None
+        offset = 0.0 if record.t is unset else record.t
+        if last_ms is not None and offset == last_offset:
+            append((record.n, last_ms, value))
+            continue
+        when = base_time + offset
+        if not RELATIVE_TIME_LIMIT <= when <= LATEST_TIME:  # relative, non-finite or out of range
+            return None
+        last_offset, last_ms = offset, round(when * 1000)
+        append((record.n, last_ms, value))
+    return rows
+
+
+def _decode_rows_json(plaintext: bytes, metrics: dict[str, Metric], now: float | None = None) -> list[tuple[str, int, float]]:
+    """The general decoder: every SenML feature this hub supports, and every rejection.
 
     Records of the shape sensors send (n, v and optionally u and t, with float values, no
     other field) that pass every check take a fast path; any other record, and any record
@@ -102,12 +173,7 @@ def decode_rows(plaintext: bytes, metrics: dict[str, Metric], now: float | None 
     append = readings.append
     last_offset: float | None = None  # the fast path's last time offset, and its time in ms
     last_ms: int | None = None
-    # metric name -> (unit, lowest, highest); an open bound is the largest float, so a range
-    # check that passes also proves the value finite (inf and nan fail it).
-    limits = {
-        name: (m.unit, -_FLOAT_MAX if m.minimum is None else m.minimum, _FLOAT_MAX if m.maximum is None else m.maximum)
-        for name, m in metrics.items()
-    }
+    limits = _limits(metrics)
     for index, record in enumerate(records):
         # Fast path: no side effect until the reading is appended; any doubt falls through.
         if type(record) is dict:
