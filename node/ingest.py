@@ -9,6 +9,7 @@ but a rejection count.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -165,22 +166,31 @@ class IngestService:
 
 class StreamSession:
     """Frames of one stream, committed in chunks; a bad frame ends the stream after
-    committing every good frame before it."""
+    committing every good frame before it.
+
+    One chunk's commit runs while the next chunk is being authenticated and decoded (at most
+    one commit in flight), so SQLite's work overlaps the hub's Python work. The stream is
+    acknowledged only after every commit, so an acknowledgement still means durable."""
 
     def __init__(self, service: IngestService) -> None:
         self._service = service
         self._pending: list[FrameToCommit] = []
-        self._pending_counters: dict[str, int] = {}
+        # Highest counter accepted per sensor in this stream, committed or not. Kept for the
+        # whole stream: counters only grow, and an in-flight chunk must still count.
+        self._stream_counters: dict[str, int] = {}
         self._pending_readings = 0
+        self._frames_seen = 0
+        self._in_flight: asyncio.Task | None = None
         self.frames_accepted = 0
         self.readings_stored = 0
         self.readings_duplicate = 0
         self.last_counter: dict[str, int] = {}
 
     async def add(self, frame: bytes) -> None:
-        index = self.frames_accepted + len(self._pending)
+        index = self._frames_seen
+        self._frames_seen += 1
         try:
-            opened = await self._service.open(frame, self._pending_counters)
+            opened = await self._service.open(frame, self._stream_counters)
         except Rejected as exc:
             await self.flush()
             raise Rejected(
@@ -189,15 +199,33 @@ class StreamSession:
         self._pending.append(opened)
         self._pending_readings += len(opened.readings)
         if self._pending_readings >= STREAM_COMMIT_READINGS or len(self._pending) >= STREAM_COMMIT_FRAMES:
-            await self.flush()
+            await self._drain()
+            self._in_flight = asyncio.ensure_future(self._commit(self._take()))
+            self._in_flight.add_done_callback(_retrieve)  # a cancelled stream's error is still retrieved
 
     async def flush(self) -> None:
-        if not self._pending:
-            return
+        """Wait for the commit in flight, then commit what is pending."""
+        await self._drain()
+        if self._pending:
+            await self._commit(self._take())
+
+    def _take(self) -> list[FrameToCommit]:
         batch, self._pending, self._pending_readings = self._pending, [], 0
-        self._pending_counters.clear()
+        return batch
+
+    async def _drain(self) -> None:
+        task, self._in_flight = self._in_flight, None
+        if task is not None:
+            await task  # raises the commit's rejection, if any
+
+    async def _commit(self, batch: list[FrameToCommit]) -> None:
         for receipt in await self._service.commit(batch):
             self.frames_accepted += 1
             self.readings_stored += receipt.stored
             self.readings_duplicate += receipt.duplicate
             self.last_counter[receipt.sensor_id] = receipt.counter
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()
