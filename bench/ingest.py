@@ -37,12 +37,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import pstats
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +50,7 @@ from pathlib import Path
 
 import grpc
 
+from bench.machine import machine_facts
 from node import catalog, frames, hubdir, launcher
 from node.api.v1 import admin_pb2, ingest_pb2_grpc
 from node.client import AdminClient
@@ -348,56 +347,6 @@ def run_end_to_end(
 
 
 # -- reporting -----------------------------------------------------------------------------------
-def machine_facts(workdir: Path) -> list[tuple[str, str]]:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        nproc = str(len(os.sched_getaffinity(0)))
-    import cryptography
-
-    return [
-        ("nproc", f"{nproc} ({cpu})" if cpu else nproc),
-        ("memory", _mem_total()),
-        ("os", f"{platform.system()} {platform.release()} {platform.machine()}"),
-        ("python", f"{platform.python_implementation()} {platform.python_version()}"),
-        ("sqlite", sqlite3.sqlite_version),
-        ("grpcio / cryptography", f"{grpc.__version__} / {cryptography.__version__}"),
-        ("work directory", f"{workdir} ({_filesystem(workdir)})"),
-        ("load average at start", " ".join(f"{x:.2f}" for x in os.getloadavg())),
-    ]
-
-
-def _mem_total() -> str:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return f"{int(line.split()[1]) // 1024} MiB"
-    except OSError:
-        pass
-    return "?"
-
-
-def _filesystem(path: Path) -> str:
-    best, fstype = "", "?"
-    try:
-        for line in Path("/proc/mounts").read_text().splitlines():
-            parts = line.split()
-            mount, kind = parts[1], parts[2]
-            if str(path.resolve()).startswith(mount) and len(mount) > len(best):
-                best, fstype = mount, kind
-    except OSError:
-        pass
-    return fstype
-
-
 def _median_rate(results: list[Measurement], size: int, kind: str) -> float | None:
     rates = [r.rate for r in results if r.frame_size == size and r.kind == kind]
     return statistics.median(rates) if rates else None

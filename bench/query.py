@@ -56,11 +56,8 @@ import hashlib
 import json
 import math
 import os
-import platform
 import shutil
-import sqlite3
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -73,6 +70,7 @@ from federation import answers, envelope, partials, partners, peers
 from federation.partner_client import PartnerSession
 from federation.query_service import RUN_METHOD
 from federation.query_spec import buckets
+from bench.machine import machine_facts
 from node import hubdir
 from node.api.v1 import admin_pb2, agreement_pb2, query_pb2, query_service_pb2_grpc
 from node.client import AdminClient, open_channel
@@ -623,38 +621,6 @@ def print_profile(cache: Cache, results) -> None:
 
 
 # -- reporting ---------------------------------------------------------------------------------------
-def machine_facts(workdir: Path) -> list[tuple[str, str]]:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        nproc = str(len(os.sched_getaffinity(0)))
-    mem = "?"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem = f"{int(line.split()[1]) // 1024} MiB"
-    except OSError:
-        pass
-    return [
-        ("nproc", f"{nproc} ({cpu})" if cpu else nproc),
-        ("memory", mem),
-        ("os", f"{platform.system()} {platform.release()} {platform.machine()}"),
-        ("python", f"{platform.python_implementation()} {platform.python_version()}"),
-        ("sqlite", f"{sqlite3.sqlite_version} (library used by Python's sqlite3)"),
-        ("grpcio", grpc.__version__),
-        ("work directory", str(workdir)),
-        ("load average at start", " ".join(f"{x:.2f}" for x in os.getloadavg())),
-    ]
-
-
 def print_table(results) -> float:
     print()
     print("Seconds per query, wall clock in this process. first = repetition 1 (cold-ish: first time this query "

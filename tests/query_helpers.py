@@ -21,7 +21,7 @@ from conftest import LiveHub, make_hub_dir, start_live_hub
 from federation import envelope, peers
 from federation.query_service import PARTIAL_METHOD, RUN_METHOD
 from node import senml
-from node.api.v1 import (admin_pb2, agreement_pb2, envelope_pb2, ingest_pb2, query_pb2, query_service_pb2,
+from node.api.v1 import (admin_pb2, agreement_pb2, envelope_pb2, federation_pb2, federation_pb2_grpc, ingest_pb2, query_pb2, query_service_pb2,
                          query_service_pb2_grpc)
 from node.sensor_client import Sensor
 
@@ -37,7 +37,8 @@ def ms(*args) -> int:
 
 @dataclass
 class Node:
-    """A live hub seen from outside: admin calls, its Query service as a peer dials it, its audit log."""
+    """A live hub seen from outside: admin calls, its Federation and Query services as a peer
+    dials them, its storage and audit log."""
 
     live: LiveHub
     channel: grpc.aio.Channel  # pinned to the hub's certificate, as a peer or partner opens it
@@ -64,6 +65,21 @@ class Node:
 
     async def admin(self, method: str, request, timeout: float = 20):
         return await getattr(self.live.admin, method)(request, metadata=self.live.admin_metadata, timeout=timeout)
+
+    @property
+    def party(self) -> agreement_pb2.Party:
+        return self.live.running.federation.own_party()
+
+    async def exchange(self, signed: envelope_pb2.SignedRequest) -> federation_pb2.ExchangeAgreementsResponse:
+        return await federation_pb2_grpc.FederationStub(self.channel).ExchangeAgreements(signed, timeout=10)
+
+    async def view(self, agreement_id: str) -> admin_pb2.AgreementView:
+        return await self.admin("GetAgreement", admin_pb2.AgreementRef(agreement_id=agreement_id))
+
+    async def stored(self) -> dict[str, bytes]:
+        """Every agreement the hub holds: id -> the stored evidence document."""
+        rows = await self.live.hub.storage.read(lambda s: s.list_agreements())
+        return {r.agreement_id: r.document for r in rows}
 
     async def run_query(self, spec: query_pb2.QuerySpec) -> query_service_pb2.QueryAnswer:
         """The hub's admin asks (RunQuery): the hub signs the query as itself and fans it out."""

@@ -12,10 +12,8 @@ from its peer's own.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import itertools
-import json
 import secrets
 import time
 from dataclasses import dataclass
@@ -27,15 +25,17 @@ import pytest_asyncio
 import tomli_w
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from conftest import PASSPHRASE, LiveHub, make_hub_dir, start_live_hub
+from conftest import PASSPHRASE
+from query_helpers import Node, eventually, settle, stop_nodes
+from query_helpers import start_nodes as start_region
 from federation import agreements as ag
-from federation import envelope, export, partners, peers
+from federation import envelope, export, partners
 from federation import terms as terms_mod
 from federation.partner_client import PartnerSession
 from federation.service import EXCHANGE_METHOD
 from federation.signing import Domain, hub_id_from_public_key, sign
 from node import identity
-from node.api.v1 import admin_pb2, agreement_pb2, envelope_pb2, federation_pb2, federation_pb2_grpc
+from node.api.v1 import admin_pb2, agreement_pb2, envelope_pb2, federation_pb2
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -47,86 +47,8 @@ TOWNS = (("stavanger", "1103"), ("bergen", "4601"), ("porsgrunn", "3806"))
 
 # -- hubs -----------------------------------------------------------------------------------------
 
-@dataclass
-class Node:
-    """A live hub, seen from outside: admin calls, its Federation service, its storage."""
-
-    live: LiveHub
-    channel: grpc.aio.Channel  # pinned to the hub's certificate, as a peer opens it
-
-    @property
-    def id(self) -> str:
-        return self.live.hub.config.hub_id
-
-    @property
-    def key(self) -> Ed25519PrivateKey:
-        return self.live.hub.identity.identity_key
-
-    @property
-    def address(self) -> str:
-        return self.live.hub.endpoint.grpc_address
-
-    @property
-    def party(self) -> agreement_pb2.Party:
-        return self.live.running.federation.own_party()
-
-    async def admin(self, method: str, request):
-        return await getattr(self.live.admin, method)(request, metadata=self.live.admin_metadata, timeout=10)
-
-    async def exchange(self, signed: envelope_pb2.SignedRequest) -> federation_pb2.ExchangeAgreementsResponse:
-        return await federation_pb2_grpc.FederationStub(self.channel).ExchangeAgreements(signed, timeout=10)
-
-    async def view(self, agreement_id: str) -> admin_pb2.AgreementView:
-        return await self.admin("GetAgreement", admin_pb2.AgreementRef(agreement_id=agreement_id))
-
-    async def stored(self) -> dict[str, bytes]:
-        """Every agreement the hub holds: id -> the stored evidence document."""
-        rows = await self.live.hub.storage.read(lambda s: s.list_agreements())
-        return {r.agreement_id: r.document for r in rows}
-
-    async def audit_seq(self) -> int:
-        rows = await self.live.hub.storage.read(lambda s: s.audit_rows(newest_first=True, limit=1))
-        return rows[0].seq if rows else 0
-
-    async def audit_after(self, seq: int) -> list[dict]:
-        return [json.loads(r.entry) for r in await self.live.hub.storage.read(lambda s: s.audit_rows(after_seq=seq))]
-
-    async def pending(self) -> dict:
-        return await self.live.hub.storage.read(lambda s: s.pending_deliveries())
-
-
 async def start_nodes(base, count: int) -> list[Node]:
-    nodes = []
-    for name, number in TOWNS[:count]:
-        live = await start_live_hub(make_hub_dir(base / name, number))
-        hub = live.hub
-        nodes.append(Node(live, peers.channel_to(hub.endpoint.grpc_address, hub.config.hub_id, hub.identity.tls_cert_pem)))
-    for a, b in itertools.permutations(nodes, 2):  # both sides pin each other
-        await a.admin("AddPeer", admin_pb2.AddPeerRequest(address=b.address, hub_id=b.id))
-    await settle(nodes)
-    return nodes
-
-
-async def stop_nodes(nodes: list[Node]) -> None:
-    for node in nodes:
-        await node.channel.close()
-        await node.live.stop()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {check}")
-        await asyncio.sleep(0.05)
-
-
-async def settle(nodes: list[Node]) -> None:
-    """Wait until no hub has an agreement delivery outstanding (so nothing changes behind a test)."""
-    async def quiet() -> bool:
-        return not any([await n.pending() for n in nodes])
-
-    await eventually(quiet)
+    return await start_region(base, TOWNS[:count])
 
 
 async def state_is(node: Node, agreement_id: str, state: int) -> bool:
