@@ -27,7 +27,8 @@ def query_digest(signed_query_payload: bytes) -> bytes:
 
 
 def build(digest: bytes, provider: str, municipality: str, agreement_id: str, min_group_size: int, group: str,
-          rows: list[CellRow], computed_at_ms: int, withheld: frozenset[int] = frozenset()) -> query_pb2.PartialResult:
+          rows: list[CellRow], computed_at_ms: int, withheld: frozenset[int] = frozenset(),
+          noisy: bool = False) -> query_pb2.PartialResult:
     """`withheld`: bucket starts of cells to suppress although they are large enough themselves
     (they contain a small sub-cell; see QueryService.compute)."""
     cells = []
@@ -42,7 +43,9 @@ def build(digest: bytes, provider: str, municipality: str, agreement_id: str, mi
                 s.add_bin(sg, key, n)
             sketch = s.to_proto()
         cells.append(query_pb2.Cell(group=group, bucket_start_ms=r.bucket_start_ms, count=r.count, sum=r.sum,
-                                    sum_squares=r.sum_squares, min=r.min, max=r.max, contributors=r.contributors, sketch=sketch))
+                                    sum_squares=r.sum_squares, min=r.min, max=r.max, sketch=sketch, noisy=noisy,
+                                    # an exact count of contributors would leak past the noise
+                                    contributors=0 if noisy else r.contributors))
     return query_pb2.PartialResult(query_digest=digest, provider_hub_id=provider, municipality=municipality,
                                    agreement_id=agreement_id, computed_at_ms=computed_at_ms,
                                    min_group_size=min_group_size, cells=cells)
@@ -78,12 +81,14 @@ class Merged:
     max: float = -math.inf
     contributors: int = 0
     suppressed: bool = False
+    noisy: bool = False
     sketch: Sketch = field(default_factory=Sketch)
 
     def add(self, cell: query_pb2.Cell) -> None:
         if cell.suppressed:
             self.suppressed = True
             return
+        self.noisy = self.noisy or cell.noisy
         self.count += cell.count
         self.sum += cell.sum
         self.sum_squares += cell.sum_squares
@@ -100,7 +105,7 @@ class Merged:
         if aggregate == "sum":
             return self.sum
         if aggregate == "mean":
-            return self.sum / n
+            return self.sum / n if n else 0.0
         if aggregate == "min":
             return self.min
         if aggregate == "max":
@@ -123,7 +128,7 @@ def merge(partials: list[query_pb2.PartialResult], spec: query_pb2.QuerySpec) ->
             group=group, bucket_start_ms=start, bucket_label=label(spec.bucket, start),
             value=0.0 if m.suppressed else m.value(spec.aggregate, spec.quantile),
             readings=0 if m.suppressed else m.count, contributors=0 if m.suppressed else m.contributors,
-            suppressed=m.suppressed,
+            suppressed=m.suppressed, noisy=m.noisy and not m.suppressed,
         ))
     return rows
 

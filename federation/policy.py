@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from federation import agreements as ag
+from federation.dp import DP_AGGREGATES
 from federation.query_spec import DAY_MS, aligned
 from federation.terms import bucket_allowed
 from node import catalog
@@ -23,6 +24,7 @@ class Grant:
     consent_purpose: str | None  # count only subjects with active consent for this purpose
     queries_per_day: int | None  # None: no quota (own data)
     smallest_bucket: str = "window"  # the finest granularity the agreement releases
+    dp_budget: float = 0.0           # differential-privacy epsilon per UTC day; 0 = none
 
 
 def own_data_grant() -> Grant:
@@ -61,8 +63,12 @@ def check_terms(spec: query_pb2.QuerySpec, terms) -> None:
     if not (aligned(grain, spec.start_ms) and aligned(grain, spec.end_ms)):
         raise _deny(f"the window must start and end on {grain} boundaries under agreement {aid}")
     if terms.dp_epsilon > 0:
-        raise Rejected(Reason.INVALID_REQUEST,
-                       f"agreement {aid} sets a differential-privacy budget, which this hub cannot honour yet; it answers no query under it")
+        if spec.aggregate not in DP_AGGREGATES:
+            raise _deny(f"agreement {aid} has a differential-privacy budget: only {', '.join(DP_AGGREGATES)} are released under it")
+        if spec.epsilon < 0 or spec.epsilon > terms.dp_epsilon:
+            raise _deny(f"epsilon {spec.epsilon:g} is not within agreement {aid}'s daily budget of {terms.dp_epsilon:g}")
+    elif spec.epsilon:
+        raise Rejected(Reason.INVALID_REQUEST, f"agreement {aid} has no differential-privacy budget; the query must not set epsilon")
 
 
 def authorize(spec: query_pb2.QuerySpec, asker_id: str, provider_id: str,
@@ -95,5 +101,6 @@ def authorize(spec: query_pb2.QuerySpec, asker_id: str, provider_id: str,
             consent_purpose=t.purpose_code if (t.consent_required or personal) else None,
             queries_per_day=t.queries_per_day,
             smallest_bucket=t.smallest_bucket,
+            dp_budget=t.dp_epsilon,
         )
     raise first_refusal

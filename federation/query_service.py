@@ -10,10 +10,11 @@ from dataclasses import dataclass, replace
 
 import grpc
 
-from federation import envelope, partials, policy
+from federation import dp, envelope, partials, policy
 from federation.query_spec import DEFAULT_DEADLINE_MS, bucket_start, check_shape
 from federation.terms import BUCKETS
 from federation.service import Caller, Federation
+from node import catalog
 from node.api.v1 import envelope_pb2, query_pb2, query_service_pb2, query_service_pb2_grpc
 from node.errors import Reason, Rejected
 from node.storage.base import AggregateRequest, PeerRecord
@@ -218,6 +219,21 @@ class QueryService:
             for sub in subcells if sub.contributors < grant.min_group_size
         )
 
+    async def _spend(self, grant: policy.Grant, epsilon: float) -> None:
+        """Count the query against the agreement's daily quota and privacy budget."""
+        if grant.queries_per_day is None:
+            return
+        day = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+        outcome = await self.hub.storage.write(
+            lambda s: s.use_quota(grant.agreement_id, day, grant.queries_per_day, epsilon, grant.dp_budget))
+        if outcome == "quota":
+            raise Rejected(Reason.QUOTA_EXHAUSTED,
+                           f"agreement {grant.agreement_id} allows {grant.queries_per_day} queries a day; today's are used up")
+        if outcome == "budget":
+            raise Rejected(Reason.QUOTA_EXHAUSTED,
+                           f"agreement {grant.agreement_id}'s differential-privacy budget of {grant.dp_budget:g} a day "
+                           f"cannot pay for epsilon {epsilon:g} today")
+
     async def compute(self, signed: envelope_pb2.SignedRequest, spec: query_pb2.QuerySpec, asker_id: str) -> query_pb2.SignedPartial:
         """This hub's partial answer, under its own agreement with the asker."""
         check_shape(spec)
@@ -225,21 +241,21 @@ class QueryService:
         states = await self.federation.ledger.states()
         try:
             grant = policy.authorize(spec, asker_id, self.own_id, [(e, states[e.agreement_id]) for e in evidences])
-            if grant.queries_per_day is not None:
-                day = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
-                if not await self.hub.storage.write(lambda s: s.use_quota(grant.agreement_id, day, grant.queries_per_day)):
-                    raise Rejected(Reason.QUOTA_EXHAUSTED,
-                                   f"agreement {grant.agreement_id} allows {grant.queries_per_day} queries a day; today's are used up")
+            epsilon = (spec.epsilon or grant.dp_budget / dp.DEFAULT_SHARE) if grant.dp_budget else 0.0
+            await self._spend(grant, epsilon)
         except Rejected as refusal:
             await self.federation.audit(asker_id, "query.partial", "", refusal.reason.label, f"{describe(spec)}: {refusal.message}")
             raise
+        bounds = dp.clamp_bounds(catalog.dataset(spec.dataset).metrics[spec.metric]) if epsilon else None
         request = AggregateRequest(spec.dataset, spec.metric, spec.start_ms, spec.end_ms, spec.bucket,
-                                   grant.consent_purpose, with_sketch=spec.aggregate == "quantile")
+                                   grant.consent_purpose, with_sketch=spec.aggregate == "quantile", clamp=bounds)
         cells = await self.hub.storage.read(lambda s: s.aggregate(request))
         withheld = await self._cells_hiding_small_subcells(request, grant)
+        if epsilon:
+            cells = dp.noisy_cells(cells, spec.aggregate, epsilon, bounds)
         group = self.hub.config.municipality if spec.group_by == "municipality" else "region"
         result = partials.build(partials.query_digest(signed.payload), self.own_id, self.hub.config.municipality,
-                                grant.agreement_id, grant.min_group_size, group, cells, _now_ms(), withheld)
+                                grant.agreement_id, grant.min_group_size, group, cells, _now_ms(), withheld, noisy=bool(epsilon))
         suppressed = sum(1 for c in result.cells if c.suppressed)
         await self.federation.audit(asker_id, "query.partial", grant.agreement_id, "ok",
                                     f"{describe(spec)}: {len(result.cells)} cells, {suppressed} suppressed")

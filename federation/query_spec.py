@@ -8,6 +8,7 @@ subtracted to reveal anything finer than the bucket the agreement allows.
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 from federation.terms import AGGREGATES, BUCKETS
 from node import catalog
@@ -117,6 +118,8 @@ def check_shape(spec: query_pb2.QuerySpec) -> None:
         raise bad(f"the window must start and end on {spec.bucket} boundaries (UTC)")
     if not spec.purpose_code:
         raise bad("a query states its purpose (a purpose code)")
+    if not (math.isfinite(spec.epsilon) and spec.epsilon >= 0):
+        raise bad("epsilon must be a finite number >= 0")
     if spec.deadline_ms > MAX_DEADLINE_MS:
         raise bad(f"the deadline may be at most {MAX_DEADLINE_MS} ms")
     for number in spec.municipalities:

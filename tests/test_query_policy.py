@@ -110,7 +110,7 @@ def on_boundary(grain: str, ms: int) -> bool:
 RULE_WORDS = {
     "purpose": "purpose", "aggregate": "aggregate", "grouping": "grouping", "time grouping": "grouping by time",
     "bucket": "finer than", "window length": "longer than", "alignment": "boundaries",
-    "dp": "differential-privacy",
+    "dp": "differential-privacy", "epsilon without a budget": "no differential-privacy budget",
 }
 
 
@@ -132,8 +132,10 @@ def broken_rules(spec: query_pb2.QuerySpec, t: agreement_pb2.AgreementTerms) -> 
     grain = "day" if t.smallest_bucket == "window" else t.smallest_bucket
     if not (on_boundary(grain, spec.start_ms) and on_boundary(grain, spec.end_ms)):
         broken.add("alignment")
-    if t.dp_epsilon > 0:
+    if t.dp_epsilon > 0 and (spec.aggregate not in ("count", "sum", "mean") or not 0 <= spec.epsilon <= t.dp_epsilon):
         broken.add("dp")
+    if t.dp_epsilon == 0 and spec.epsilon:
+        broken.add("epsilon without a budget")
     return broken
 
 
@@ -374,8 +376,9 @@ def specs_for(terms: agreement_pb2.AgreementTerms):
 def assert_refusal(refusal: Rejected, terms: agreement_pb2.AgreementTerms, rules: set[str]) -> None:
     assert isinstance(refusal, Rejected)
     assert terms.agreement_id in refusal.message, refusal.message
-    # A differential-privacy budget is checked last, and is not a permission but a limitation.
-    assert refusal.reason is (Reason.INVALID_REQUEST if rules == {"dp"} else Reason.PERMISSION_DENIED), refusal
+    # Asking for epsilon where there is no budget is a malformed query, not a permission.
+    invalid = rules == {"epsilon without a budget"}
+    assert refusal.reason is (Reason.INVALID_REQUEST if invalid else Reason.PERMISSION_DENIED), refusal
     assert any(RULE_WORDS[r] in refusal.message for r in rules), (rules, refusal.message)
 
 
@@ -384,7 +387,7 @@ def assert_grant(grant: policy.Grant, spec: query_pb2.QuerySpec, terms: agreemen
     assert grant == policy.Grant(
         agreement_id=terms.agreement_id, min_group_size=terms.min_group_size,
         consent_purpose=terms.purpose_code if (terms.consent_required or personal) else None,
-        queries_per_day=terms.queries_per_day, smallest_bucket=terms.smallest_bucket,
+        queries_per_day=terms.queries_per_day, smallest_bucket=terms.smallest_bucket, dp_budget=terms.dp_epsilon,
     )
 
 

@@ -82,6 +82,7 @@ def run(
     municipality: Annotated[list[str], typer.Option(help="Only these municipalities (repeatable).")] = [],
     hub: Annotated[list[str], typer.Option("--ask-hub", help="Only these hub ids (repeatable).")] = [],
     deadline_ms: Annotated[int, typer.Option(min=0, max=60000, help="Per-hub deadline in ms (0: 10 s).")] = 0,
+    epsilon: Annotated[float, typer.Option(min=0.0, help="Privacy budget to spend under agreements with one (0: a tenth of it).")] = 0.0,
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", "-d", help="Ask as this hub (its admin credential).")] = None,
     key: Annotated[Optional[Path], typer.Option(help="Ask as a partner with this private key file.")] = None,
     entry: Annotated[Optional[str], typer.Option("--hub", help="(Partner) HOST:PORT of the hub to ask.")] = None,
@@ -94,7 +95,7 @@ def run(
     spec = query_pb2.QuerySpec(
         dataset=dataset, metric=metric, aggregate=aggregate, quantile=quantile, start_ms=_date_ms(start, "--from"),
         end_ms=_date_ms(end, "--to"), bucket=bucket, group_by=group_by, municipalities=municipality, hub_ids=hub,
-        purpose_code=purpose, deadline_ms=deadline_ms,
+        purpose_code=purpose, deadline_ms=deadline_ms, epsilon=epsilon,
     )
     with user_errors():
         if data_dir is not None:

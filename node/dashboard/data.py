@@ -61,7 +61,7 @@ class DashboardData:
         out = []
         for info in await self.federation.list_agreements():
             t = info.evidence.terms
-            used = await self.hub.storage.read(lambda s: s.quota_used(t.agreement_id, day))
+            used, epsilon_spent = await self.hub.storage.read(lambda s: s.quota_used(t.agreement_id, day))
             out.append({
                 "agreement_id": t.agreement_id, "version": t.version, "role": info.role,
                 "counterparty": info.counterparty.name or info.counterparty.id, "counterparty_id": info.counterparty.id,
@@ -70,6 +70,7 @@ class DashboardData:
                 "state": ag.STATE_NAMES[info.state], "signatures_verified": sorted(info.evidence.signatures),
                 "fully_signed": info.evidence.fully_signed(), "valid_until_ms": t.valid_until_ms,
                 "queries_today": used, "queries_per_day": t.queries_per_day,
+                "dp_budget": t.dp_epsilon, "dp_spent_today": round(epsilon_spent, 6),
             })
         return out
 

@@ -190,6 +190,7 @@ class AggregateRequest:
     bucket: str                   # hour, day, week, month, year, window
     consent_purpose: str | None   # only subjects with active consent for this purpose count
     with_sketch: bool = False
+    clamp: tuple[float, float] | None = None  # values clamped to [low, high] before summing (DP)
 
 
 @dataclass

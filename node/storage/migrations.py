@@ -138,6 +138,13 @@ MIGRATIONS: list[tuple[int, str]] = [
         )
         """,
     ),
+    (
+        4,
+        """
+        -- The differential-privacy budget spent per agreement per UTC day (federation/dp.py).
+        ALTER TABLE agreement_usage ADD COLUMN epsilon_spent REAL NOT NULL DEFAULT 0
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -32,8 +32,9 @@ class QueryTables:
         bucket = _BUCKET_SQL.get(req.bucket, str(int(req.start_ms)))
         contributor = "s.subject_id" if req.consent_purpose is not None else "s.ref"
         where, params = self._where(req)
+        value = "r.value" if req.clamp is None else f"max(min(r.value, {float(req.clamp[1])!r}), {float(req.clamp[0])!r})"
         rows = self.conn.execute(
-            f"SELECT {bucket} AS b, count(*), sum(r.value), sum(r.value * r.value), min(r.value), max(r.value), "
+            f"SELECT {bucket} AS b, count(*), sum({value}), sum({value} * {value}), min({value}), max({value}), "
             f"count(DISTINCT {contributor}) FROM readings r JOIN sensors s ON s.ref = r.sensor_ref "
             f"WHERE {where} GROUP BY b ORDER BY b",
             params,
@@ -83,24 +84,29 @@ class QueryTables:
         return [ConsentRow(*r) for r in self.conn.execute(sql + " ORDER BY subject_id, purpose_code, granted_at_ms", params)]
 
     # -- quota -------------------------------------------------------------------------
-    def use_quota(self, agreement_id: str, day: str, limit: int) -> bool:
-        """Count one query against the day's quota; False (and nothing counted) if used up."""
+    def use_quota(self, agreement_id: str, day: str, limit: int, epsilon: float = 0.0, budget: float = 0.0) -> str:
+        """Count one query (and the epsilon it spends) against the day's quota and privacy
+        budget, atomically. Returns "ok", or "quota" / "budget" (and counts nothing)."""
 
         def work():
-            row = self.conn.execute("SELECT queries FROM agreement_usage WHERE agreement_id = ? AND day = ?",
+            row = self.conn.execute("SELECT queries, epsilon_spent FROM agreement_usage WHERE agreement_id = ? AND day = ?",
                                     (agreement_id, day)).fetchone()
-            used = row[0] if row else 0
+            used, spent = row if row else (0, 0.0)
             if used >= limit:
-                return False
+                return "quota"
+            if epsilon and spent + epsilon > budget * (1 + 1e-9):
+                return "budget"
             self.conn.execute(
-                "INSERT INTO agreement_usage (agreement_id, day, queries) VALUES (?, ?, 1) "
-                "ON CONFLICT(agreement_id, day) DO UPDATE SET queries = queries + 1",
-                (agreement_id, day),
+                "INSERT INTO agreement_usage (agreement_id, day, queries, epsilon_spent) VALUES (?, ?, 1, ?) "
+                "ON CONFLICT(agreement_id, day) DO UPDATE SET queries = queries + 1, epsilon_spent = epsilon_spent + ?",
+                (agreement_id, day, epsilon, epsilon),
             )
-            return True
+            return "ok"
 
         return self._transaction(work)
 
-    def quota_used(self, agreement_id: str, day: str) -> int:
-        row = self.conn.execute("SELECT queries FROM agreement_usage WHERE agreement_id = ? AND day = ?", (agreement_id, day)).fetchone()
-        return row[0] if row else 0
+    def quota_used(self, agreement_id: str, day: str) -> tuple[int, float]:
+        """(queries answered, epsilon spent) today under an agreement."""
+        row = self.conn.execute("SELECT queries, epsilon_spent FROM agreement_usage WHERE agreement_id = ? AND day = ?",
+                                (agreement_id, day)).fetchone()
+        return (row[0], row[1]) if row else (0, 0.0)

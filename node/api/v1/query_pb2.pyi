@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class QuerySpec(_message.Message):
-    __slots__ = ("dataset", "metric", "aggregate", "quantile", "start_ms", "end_ms", "bucket", "group_by", "municipalities", "hub_ids", "purpose_code", "deadline_ms")
+    __slots__ = ("dataset", "metric", "aggregate", "quantile", "start_ms", "end_ms", "bucket", "group_by", "municipalities", "hub_ids", "purpose_code", "deadline_ms", "epsilon")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
     AGGREGATE_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,7 @@ class QuerySpec(_message.Message):
     HUB_IDS_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_CODE_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     metric: str
     aggregate: str
@@ -32,10 +33,11 @@ class QuerySpec(_message.Message):
     hub_ids: _containers.RepeatedScalarFieldContainer[str]
     purpose_code: str
     deadline_ms: int
-    def __init__(self, dataset: _Optional[str] = ..., metric: _Optional[str] = ..., aggregate: _Optional[str] = ..., quantile: _Optional[float] = ..., start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ..., bucket: _Optional[str] = ..., group_by: _Optional[str] = ..., municipalities: _Optional[_Iterable[str]] = ..., hub_ids: _Optional[_Iterable[str]] = ..., purpose_code: _Optional[str] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
+    epsilon: float
+    def __init__(self, dataset: _Optional[str] = ..., metric: _Optional[str] = ..., aggregate: _Optional[str] = ..., quantile: _Optional[float] = ..., start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ..., bucket: _Optional[str] = ..., group_by: _Optional[str] = ..., municipalities: _Optional[_Iterable[str]] = ..., hub_ids: _Optional[_Iterable[str]] = ..., purpose_code: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., epsilon: _Optional[float] = ...) -> None: ...
 
 class Cell(_message.Message):
-    __slots__ = ("group", "bucket_start_ms", "count", "sum", "sum_squares", "min", "max", "contributors", "sketch", "suppressed")
+    __slots__ = ("group", "bucket_start_ms", "count", "sum", "sum_squares", "min", "max", "contributors", "sketch", "suppressed", "noisy")
     GROUP_FIELD_NUMBER: _ClassVar[int]
     BUCKET_START_MS_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +48,7 @@ class Cell(_message.Message):
     CONTRIBUTORS_FIELD_NUMBER: _ClassVar[int]
     SKETCH_FIELD_NUMBER: _ClassVar[int]
     SUPPRESSED_FIELD_NUMBER: _ClassVar[int]
+    NOISY_FIELD_NUMBER: _ClassVar[int]
     group: str
     bucket_start_ms: int
     count: int
@@ -56,7 +59,8 @@ class Cell(_message.Message):
     contributors: int
     sketch: QuantileSketch
     suppressed: bool
-    def __init__(self, group: _Optional[str] = ..., bucket_start_ms: _Optional[int] = ..., count: _Optional[int] = ..., sum: _Optional[float] = ..., sum_squares: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., contributors: _Optional[int] = ..., sketch: _Optional[_Union[QuantileSketch, _Mapping]] = ..., suppressed: _Optional[bool] = ...) -> None: ...
+    noisy: bool
+    def __init__(self, group: _Optional[str] = ..., bucket_start_ms: _Optional[int] = ..., count: _Optional[int] = ..., sum: _Optional[float] = ..., sum_squares: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., contributors: _Optional[int] = ..., sketch: _Optional[_Union[QuantileSketch, _Mapping]] = ..., suppressed: _Optional[bool] = ..., noisy: _Optional[bool] = ...) -> None: ...
 
 class QuantileSketch(_message.Message):
     __slots__ = ("alpha", "positive", "negative", "zeros")
@@ -113,7 +117,7 @@ class SignedPartial(_message.Message):
     def __init__(self, partial: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., provider_public_key: _Optional[bytes] = ...) -> None: ...
 
 class Row(_message.Message):
-    __slots__ = ("group", "bucket_start_ms", "bucket_label", "value", "readings", "contributors", "suppressed")
+    __slots__ = ("group", "bucket_start_ms", "bucket_label", "value", "readings", "contributors", "suppressed", "noisy")
     GROUP_FIELD_NUMBER: _ClassVar[int]
     BUCKET_START_MS_FIELD_NUMBER: _ClassVar[int]
     BUCKET_LABEL_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +125,7 @@ class Row(_message.Message):
     READINGS_FIELD_NUMBER: _ClassVar[int]
     CONTRIBUTORS_FIELD_NUMBER: _ClassVar[int]
     SUPPRESSED_FIELD_NUMBER: _ClassVar[int]
+    NOISY_FIELD_NUMBER: _ClassVar[int]
     group: str
     bucket_start_ms: int
     bucket_label: str
@@ -128,7 +133,8 @@ class Row(_message.Message):
     readings: int
     contributors: int
     suppressed: bool
-    def __init__(self, group: _Optional[str] = ..., bucket_start_ms: _Optional[int] = ..., bucket_label: _Optional[str] = ..., value: _Optional[float] = ..., readings: _Optional[int] = ..., contributors: _Optional[int] = ..., suppressed: _Optional[bool] = ...) -> None: ...
+    noisy: bool
+    def __init__(self, group: _Optional[str] = ..., bucket_start_ms: _Optional[int] = ..., bucket_label: _Optional[str] = ..., value: _Optional[float] = ..., readings: _Optional[int] = ..., contributors: _Optional[int] = ..., suppressed: _Optional[bool] = ..., noisy: _Optional[bool] = ...) -> None: ...
 
 class Provenance(_message.Message):
     __slots__ = ("hub_id", "municipality", "agreement_id", "status", "reason", "partial", "latency_ms")

@@ -121,10 +121,11 @@ async function load() {
   table("peers", ["municipality", "hub id", "state", "last contact", "latency", "pending", "last error"], peers.map((p) => [
     `${p.municipality_name} (${p.municipality})`, { text: p.hub_id, cls: "mono" }, { text: p.state, cls: `state-${p.state}` },
     when(p.last_contact_ms), p.latency_ms ? `${p.latency_ms.toFixed(1)} ms` : "–", p.pending_deliveries, p.last_error || ""]));
-  table("agreements", ["agreement", "role", "counterparty", "purpose", "data", "state", "signatures verified", "queries today", "valid until"],
+  table("agreements", ["agreement", "role", "counterparty", "purpose", "data", "state", "signatures verified", "queries today", "privacy budget today", "valid until"],
     agreements.map((a) => [{ text: a.agreement_id.replace("urn:uuid:", "").slice(0, 8) + "…", cls: "mono" }, a.role, a.counterparty,
       a.purpose, `${a.datasets.join(",")}: ${a.metrics.join(",")}`, { text: a.state, cls: `state-${a.state}` },
-      a.fully_signed ? "both ✓" : `${a.signatures_verified.length} of 2`, `${a.queries_today} / ${a.queries_per_day}`, when(a.valid_until_ms)]));
+      a.fully_signed ? "both ✓" : `${a.signatures_verified.length} of 2`, `${a.queries_today} / ${a.queries_per_day}`,
+      a.dp_budget ? `ε ${a.dp_spent_today} / ${a.dp_budget}` : "–", when(a.valid_until_ms)]));
   table("sensors", ["sensor", "label", "dataset", "readings", "last seen", "rejected", "state"], sensors.map((s) => [
     { text: s.sensor_id, cls: "mono" }, s.label, s.dataset, s.readings.toLocaleString("en"), when(s.last_seen_ms), s.frames_rejected,
     { text: s.active ? "active" : "revoked", cls: s.active ? "state-active" : "state-revoked" }]));
