@@ -15,10 +15,12 @@ from functools import lru_cache
 
 import opendp.prelude as dp
 
+from federation.query_spec import buckets
 from node.catalog import Metric
 from node.storage.base import CellRow
 
 DP_AGGREGATES = ("count", "sum", "mean")
+MIN_EPSILON = 1e-3  # below this the noise is astronomically large: refuse rather than release noise
 DEFAULT_SHARE = 10  # a query that names no epsilon spends a tenth of the daily budget
 
 dp.enable_features("contrib")
@@ -44,12 +46,23 @@ def _laplace(sensitivity: float, epsilon: float):
     return measurement
 
 
+def every_bucket(cells: list[CellRow], spec) -> list[CellRow]:
+    """The cells of every bucket of the window, empty ones included (zero count and sum)."""
+    present = {c.bucket_start_ms: c for c in cells}
+    return [present.get(start) or CellRow(start, 0, 0.0, 0.0, 0.0, 0.0, 0) for start, _ in buckets(spec.bucket, spec.start_ms, spec.end_ms)]
+
+
+def default_epsilon(budget: float) -> float:
+    """What a query that names no epsilon spends: a tenth of the daily budget (at least MIN_EPSILON)."""
+    return min(budget, max(MIN_EPSILON, budget / DEFAULT_SHARE))
+
+
 def noisy_cells(cells: list[CellRow], aggregate: str, epsilon: float, bounds: tuple[float, float]) -> list[CellRow]:
     """Cells with a noisy count and sum; every other figure cleared."""
     if aggregate not in DP_AGGREGATES:
         raise PrivacyError(f"under a differential-privacy budget only {', '.join(DP_AGGREGATES)} are released")
-    if not epsilon > 0:
-        raise PrivacyError("epsilon must be positive")
+    if not epsilon >= MIN_EPSILON:
+        raise PrivacyError(f"epsilon must be at least {MIN_EPSILON}")
     count_eps = epsilon if aggregate == "count" else epsilon / 2
     sum_eps = epsilon if aggregate == "sum" else epsilon / 2
     sum_sensitivity = max(abs(bounds[0]), abs(bounds[1]))

@@ -3,6 +3,7 @@ history, and says what state each agreement is in."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from functools import lru_cache
 from dataclasses import dataclass
@@ -68,6 +69,9 @@ class Merged:
 class Ledger:
     def __init__(self, storage: Storage, own_id: str, own_public_key: bytes) -> None:
         self.storage = storage
+        # Every read-merge-write of agreement evidence holds this lock: the hub is the only
+        # writer, so serialising its changes makes each merge see the latest stored evidence.
+        self.lock = asyncio.Lock()
         self.own_id = own_id
         self.own_public_key = own_public_key
 
@@ -148,6 +152,11 @@ class Ledger:
     async def merge_from(self, counterparty_id: str, counterparty_key: bytes,
                          documents: list[agreement_pb2.AgreementDocument]) -> list[Merged]:
         """Check every document first (all or nothing), then store the merged evidence."""
+        async with self.lock:
+            return await self._merge_from(counterparty_id, counterparty_key, documents)
+
+    async def _merge_from(self, counterparty_id: str, counterparty_key: bytes,
+                          documents: list[agreement_pb2.AgreementDocument]) -> list[Merged]:
         incoming: list[tuple[ag.Evidence | None, ag.Evidence]] = []
         for doc in documents:
             try:

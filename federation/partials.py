@@ -26,24 +26,41 @@ def query_digest(signed_query_payload: bytes) -> bytes:
     return hashlib.sha256(signed_query_payload).digest()
 
 
+# What each aggregate needs to be merged exactly; nothing else leaves the provider. (The count
+# of readings always does: it is how an answer says how much data stands behind a value.)
+RELEASED_FIELDS = {
+    "count": set(),
+    "sum": {"sum"},
+    "mean": {"sum"},
+    "stddev": {"sum", "sum_squares"},
+    "min": {"min"},
+    "max": {"max"},
+    "quantile": {"sketch"},
+}
+
+
 def build(digest: bytes, provider: str, municipality: str, agreement_id: str, min_group_size: int, group: str,
-          rows: list[CellRow], computed_at_ms: int, withheld: frozenset[int] = frozenset(),
+          rows: list[CellRow], computed_at_ms: int, aggregate: str, withheld: frozenset[int] = frozenset(),
           noisy: bool = False) -> query_pb2.PartialResult:
     """`withheld`: bucket starts of cells to suppress although they are large enough themselves
     (they contain a small sub-cell; see QueryService.compute)."""
+    released = RELEASED_FIELDS[aggregate]
     cells = []
     for r in rows:
         if r.contributors < min_group_size or r.bucket_start_ms in withheld:
             cells.append(query_pb2.Cell(group=group, bucket_start_ms=r.bucket_start_ms, suppressed=True))
             continue
         sketch = None
-        if r.sketch_bins:
+        if r.sketch_bins and "sketch" in released:
             s = Sketch()
             for sg, key, n in r.sketch_bins:
                 s.add_bin(sg, key, n)
             sketch = s.to_proto()
-        cells.append(query_pb2.Cell(group=group, bucket_start_ms=r.bucket_start_ms, count=r.count, sum=r.sum,
-                                    sum_squares=r.sum_squares, min=r.min, max=r.max, sketch=sketch, noisy=noisy,
+        cells.append(query_pb2.Cell(group=group, bucket_start_ms=r.bucket_start_ms, count=r.count,
+                                    sum=r.sum if "sum" in released else 0.0,
+                                    sum_squares=r.sum_squares if "sum_squares" in released else 0.0,
+                                    min=r.min if "min" in released else 0.0, max=r.max if "max" in released else 0.0,
+                                    sketch=sketch, noisy=noisy,
                                     # an exact count of contributors would leak past the noise
                                     contributors=0 if noisy else r.contributors))
     return query_pb2.PartialResult(query_digest=digest, provider_hub_id=provider, municipality=municipality,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from federation import agreements as ag
-from federation.dp import DP_AGGREGATES
+from federation.dp import DP_AGGREGATES, MIN_EPSILON
 from federation.query_spec import DAY_MS, aligned
 from federation.terms import bucket_allowed
 from node import catalog
@@ -62,10 +62,13 @@ def check_terms(spec: query_pb2.QuerySpec, terms) -> None:
     grain = finest_grain(terms.smallest_bucket)
     if not (aligned(grain, spec.start_ms) and aligned(grain, spec.end_ms)):
         raise _deny(f"the window must start and end on {grain} boundaries under agreement {aid}")
+    if terms.smallest_bucket == "week" and spec.bucket in ("month", "year"):
+        raise _deny(f"agreement {aid} releases weeks, and months and years are not made of whole weeks: "
+                    "ask by week, or for a whole window")
     if terms.dp_epsilon > 0:
         if spec.aggregate not in DP_AGGREGATES:
             raise _deny(f"agreement {aid} has a differential-privacy budget: only {', '.join(DP_AGGREGATES)} are released under it")
-        if spec.epsilon < 0 or spec.epsilon > terms.dp_epsilon:
+        if spec.epsilon > terms.dp_epsilon or 0 < spec.epsilon < MIN_EPSILON:
             raise _deny(f"epsilon {spec.epsilon:g} is not within agreement {aid}'s daily budget of {terms.dp_epsilon:g}")
     elif spec.epsilon:
         raise Rejected(Reason.INVALID_REQUEST, f"agreement {aid} has no differential-privacy budget; the query must not set epsilon")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 import grpc
 
 from federation import dp, envelope, partials, policy
-from federation.query_spec import DEFAULT_DEADLINE_MS, bucket_start, check_shape
+from federation.query_spec import DEFAULT_DEADLINE_MS, bucket_start, check_shape, next_bucket
 from federation.terms import BUCKETS
 from federation.service import Caller, Federation
 from node import catalog
@@ -214,10 +214,21 @@ class QueryService:
             return frozenset()
         finer = replace(request, bucket=finest, with_sketch=False)
         subcells = await self.hub.storage.read(lambda s: s.aggregate(finer))
-        return frozenset(
-            bucket_start(request.bucket, sub.bucket_start_ms, request.start_ms)
-            for sub in subcells if sub.contributors < grant.min_group_size
-        )
+        withheld = set()
+        for sub in subcells:
+            if sub.contributors < grant.min_group_size:
+                last_ms = min(next_bucket(finest, sub.bucket_start_ms), request.end_ms) - 1
+                # A sub-cell may straddle two request cells (a week across a month's end): both.
+                withheld.add(bucket_start(request.bucket, max(sub.bucket_start_ms, request.start_ms), request.start_ms))
+                withheld.add(bucket_start(request.bucket, last_ms, request.start_ms))
+        return frozenset(withheld)
+
+    @staticmethod
+    def _dp_bounds(spec: query_pb2.QuerySpec) -> tuple[float, float]:
+        try:
+            return dp.clamp_bounds(catalog.dataset(spec.dataset).metrics[spec.metric])
+        except dp.PrivacyError as exc:
+            raise Rejected(Reason.INVALID_REQUEST, str(exc)) from None
 
     async def _spend(self, grant: policy.Grant, epsilon: float) -> None:
         """Count the query against the agreement's daily quota and privacy budget."""
@@ -241,21 +252,26 @@ class QueryService:
         states = await self.federation.ledger.states()
         try:
             grant = policy.authorize(spec, asker_id, self.own_id, [(e, states[e.agreement_id]) for e in evidences])
-            epsilon = (spec.epsilon or grant.dp_budget / dp.DEFAULT_SHARE) if grant.dp_budget else 0.0
+            epsilon = (spec.epsilon or dp.default_epsilon(grant.dp_budget)) if grant.dp_budget else 0.0
+            bounds = self._dp_bounds(spec) if epsilon else None
             await self._spend(grant, epsilon)
         except Rejected as refusal:
             await self.federation.audit(asker_id, "query.partial", "", refusal.reason.label, f"{describe(spec)}: {refusal.message}")
             raise
-        bounds = dp.clamp_bounds(catalog.dataset(spec.dataset).metrics[spec.metric]) if epsilon else None
         request = AggregateRequest(spec.dataset, spec.metric, spec.start_ms, spec.end_ms, spec.bucket,
                                    grant.consent_purpose, with_sketch=spec.aggregate == "quantile", clamp=bounds)
         cells = await self.hub.storage.read(lambda s: s.aggregate(request))
-        withheld = await self._cells_hiding_small_subcells(request, grant)
         if epsilon:
-            cells = dp.noisy_cells(cells, spec.aggregate, epsilon, bounds)
+            # Every bucket of the window is released (an absent one would tell it is empty), and
+            # none is withheld on exact counts: the noise protects them instead (querying.md 3.7).
+            cells, withheld = dp.noisy_cells(dp.every_bucket(cells, spec), spec.aggregate, epsilon, bounds), frozenset()
+            grant = replace(grant, min_group_size=0)
+        else:
+            withheld = await self._cells_hiding_small_subcells(request, grant)
         group = self.hub.config.municipality if spec.group_by == "municipality" else "region"
         result = partials.build(partials.query_digest(signed.payload), self.own_id, self.hub.config.municipality,
-                                grant.agreement_id, grant.min_group_size, group, cells, _now_ms(), withheld, noisy=bool(epsilon))
+                                grant.agreement_id, grant.min_group_size, group, cells, _now_ms(), spec.aggregate,
+                                withheld, noisy=bool(epsilon))
         suppressed = sum(1 for c in result.cells if c.suppressed)
         await self.federation.audit(asker_id, "query.partial", grant.agreement_id, "ok",
                                     f"{describe(spec)}: {len(result.cells)} cells, {suppressed} suppressed")

@@ -88,9 +88,11 @@ class Federation:
         """Deny by default: only a pinned caller's fresh, correctly signed request passes."""
         try:
             request = envelope.parse(signed)
-        except envelope.EnvelopeError as exc:
-            await self.audit("unknown", method, "", "unauthenticated", str(exc))
-            raise Rejected(Reason.UNAUTHENTICATED, str(exc)) from None
+            ids.from_text(request.caller_id, "caller id")
+        except (envelope.EnvelopeError, ValueError) as exc:
+            message = str(exc)[:200]
+            await self.audit("unknown", method, "", "unauthenticated", message)
+            raise Rejected(Reason.UNAUTHENTICATED, message) from None
         caller = await self.known_caller(request.caller_id)
         if caller is None:
             await self.audit(f"unknown:{request.caller_id}", method, "", "unauthenticated", "not a pinned peer or partner")
@@ -199,9 +201,12 @@ class Federation:
         return agreement_pb2.Party(kind=kind, id=caller.id, public_key=caller.public_key, name=name)
 
     async def _refusal_audited(self, action: str, subject: str, work):
-        """Run an admin action; a refusal is written to the audit log like every other refusal."""
+        """Run an admin action on agreements, one at a time with every other change to the book
+        (read, merge and write must not interleave, or evidence such as a revocation could be
+        overwritten); a refusal is written to the audit log like every other refusal."""
         try:
-            return await work
+            async with self.ledger.lock:
+                return await work
         except Rejected as rejected:
             await self.audit("admin", action, subject, rejected.reason.label, rejected.message)
             raise

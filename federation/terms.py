@@ -188,8 +188,8 @@ def validate(terms: agreement_pb2.AgreementTerms, now_ms: int, *, new: bool) -> 
         raise TermsError("the minimum group size must be at least 1")
     if terms.queries_per_day < 1:
         raise TermsError("the query quota must be at least 1 a day")
-    if not math.isfinite(terms.dp_epsilon) or terms.dp_epsilon < 0:
-        raise TermsError("the differential-privacy budget must be a finite number >= 0")
+    if not math.isfinite(terms.dp_epsilon) or terms.dp_epsilon < 0 or 0 < terms.dp_epsilon < 0.001:
+        raise TermsError("the differential-privacy budget must be 0 (none) or a finite number >= 0.001")
     if terms.valid_until_ms <= terms.valid_from_ms:
         raise TermsError("valid-until must be after valid-from")
     if new and terms.valid_until_ms <= now_ms:

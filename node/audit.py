@@ -25,8 +25,10 @@ class AuditEntry:
     at_ms: int = 0
 
     def canonical(self) -> bytes:
-        doc = {"at_ms": self.at_ms or int(time.time() * 1000), "actor": self.actor, "action": self.action,
-               "subject": self.subject, "outcome": self.outcome, "detail": self.detail}
+        # Fields are bounded: parts of them come from callers, who must not be able to fill the disk.
+        cap = lambda text, n: text if len(text) <= n else text[: n - 1] + "…"  # noqa: E731
+        doc = {"at_ms": self.at_ms or int(time.time() * 1000), "actor": cap(self.actor, 100), "action": cap(self.action, 100),
+               "subject": cap(self.subject, 300), "outcome": cap(self.outcome, 50), "detail": cap(self.detail, 1000)}
         return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 

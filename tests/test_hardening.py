@@ -1,0 +1,117 @@
+"""Regressions for defects found in review: concurrent agreement changes, unbounded caller
+input, partials releasing more than the aggregate needs, weeks that months cut through."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from federation import agreements as ag
+from federation import partners
+from federation.partner_client import PartnerSession
+from node.api.v1 import admin_pb2, envelope_pb2, federation_pb2_grpc, query_pb2
+from node.senml import Reading
+from node.sensor_client import replay
+from tests.conftest import make_hub_dir, start_live_hub
+from tests.test_federation_region import TERMS
+
+
+def ms(year: int, month: int, day: int = 1) -> int:
+    return int(dt.datetime(year, month, day, tzinfo=dt.timezone.utc).timestamp() * 1000)
+
+
+async def test_a_revocation_racing_a_countersignature_is_never_lost(live_hub):
+    """The admin revokes while the partner's countersignature arrives: both must be kept."""
+    for i in range(12):
+        key = partners.PartnerKey(Ed25519PrivateKey.generate(), f"p{i}")
+        await live_hub.admin.AddPartner(admin_pb2.AddPartnerRequest(name=f"p{i}", org_number="971564679",
+                                        public_key_file=partners.public_document(key)), metadata=live_hub.admin_metadata)
+        view = await live_hub.admin.ProposeAgreement(admin_pb2.ProposeAgreementRequest(terms_toml=TERMS, to=key.partner_id),
+                                                     metadata=live_hub.admin_metadata)
+        agreement_id = view.terms.agreement_id
+        async with PartnerSession(key, live_hub.hub.endpoint.grpc_address, live_hub.hub.config.hub_id) as session:
+            signed = ag.countersign((await session.agreements())[0].evidence, key.partner_id, key.key)
+            revoke = live_hub.admin.RevokeAgreement(admin_pb2.RevokeAgreementRequest(agreement_id=agreement_id, reason="stop"),
+                                                    metadata=live_hub.admin_metadata)
+            await asyncio.gather(revoke, session.exchange([signed.to_document()]))
+        final = await live_hub.admin.GetAgreement(admin_pb2.AgreementRef(agreement_id=agreement_id), metadata=live_hub.admin_metadata)
+        assert final.state == ag.State.AGREEMENT_STATE_REVOKED and len(final.revocations) == 1
+        assert len(final.signatures) == 2
+
+
+async def test_an_oversized_caller_id_is_refused_without_filling_the_audit_log(live_hub):
+    stub = federation_pb2_grpc.FederationStub(live_hub.channel)
+    payload = envelope_pb2.Request(caller_id="x" * 2_000_000).SerializeToString()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ExchangeAgreements(envelope_pb2.SignedRequest(payload=payload), timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and len(err.value.details()) < 1000
+    rows = await live_hub.hub.storage.read(lambda s: s.audit_rows())
+    assert rows and max(len(r.entry) for r in rows) < 2000
+
+
+ONLY = TERMS.replace('aggregates = ["mean", "count", "min", "max"]', 'aggregates = ["mean", "count", "min", "max", "stddev"]')
+
+
+@pytest.fixture
+async def provider_and_consumer(tmp_path):
+    consumer = await start_live_hub(make_hub_dir(tmp_path / "a", "1103"))
+    provider = await start_live_hub(make_hub_dir(tmp_path / "b", "4601"))
+    try:
+        for x, y in ((consumer, provider), (provider, consumer)):
+            await x.admin.AddPeer(admin_pb2.AddPeerRequest(address=y.hub.endpoint.grpc_address, hub_id=y.hub.config.hub_id),
+                                  metadata=x.admin_metadata)
+        sensor = await provider.add_sensor(tmp_path, "station", metrics=["pm25"])
+        outlier = [Reading("pm25", ms(2019, 1) + h * 3_600_000, 5.0 + 400.0 * (h == 77)) for h in range(24 * 31)]
+        await asyncio.to_thread(replay, sensor, outlier)
+        yield consumer, provider
+    finally:
+        await consumer.stop()
+        await provider.stop()
+
+
+async def agree(consumer, provider, terms: str) -> None:
+    view = await provider.admin.ProposeAgreement(admin_pb2.ProposeAgreementRequest(terms_toml=terms, to=consumer.hub.config.hub_id),
+                                                 metadata=provider.admin_metadata)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            await consumer.admin.AcceptAgreement(admin_pb2.AgreementRef(agreement_id=view.terms.agreement_id), metadata=consumer.admin_metadata)
+            break
+        except grpc.aio.AioRpcError:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
+
+
+def month_spec(aggregate: str, provider) -> query_pb2.QuerySpec:
+    return query_pb2.QuerySpec(dataset="air_quality", metric="pm25", aggregate=aggregate, start_ms=ms(2019, 1), end_ms=ms(2019, 2),
+                               bucket="month", group_by="municipality", purpose_code="environmental_monitoring",
+                               hub_ids=[provider.hub.config.hub_id])
+
+
+@pytest.mark.parametrize("aggregate, released", [
+    ("mean", {"sum"}), ("count", set()), ("min", {"min"}), ("max", {"max"}), ("stddev", {"sum", "sum_squares"})])
+async def test_a_partial_releases_only_what_the_aggregate_needs(provider_and_consumer, aggregate, released):
+    consumer, provider = provider_and_consumer
+    await agree(consumer, provider, ONLY)
+    answer = await consumer.admin.RunQuery(month_spec(aggregate, provider), metadata=consumer.admin_metadata)
+    [cell] = query_pb2.PartialResult.FromString(answer.provenance[0].partial.partial).cells
+    figures = {"sum": cell.sum, "sum_squares": cell.sum_squares, "min": cell.min, "max": cell.max}
+    assert {name for name, value in figures.items() if value} == released
+    assert cell.count == 24 * 31 and not cell.HasField("sketch")
+
+
+async def test_months_are_refused_under_a_weekly_agreement(provider_and_consumer):
+    """Months are not made of whole weeks: a month minus its released weeks would give days."""
+    consumer, provider = provider_and_consumer
+    await agree(consumer, provider, TERMS.replace('smallest_bucket = "month"', 'smallest_bucket = "week"'))
+    spec = month_spec("mean", provider)
+    spec.start_ms, spec.end_ms = ms(2019, 4), ms(2019, 7)  # both Mondays: aligned to weeks and to months
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await consumer.admin.RunQuery(spec, metadata=consumer.admin_metadata)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "whole weeks" in err.value.details()
