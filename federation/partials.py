@@ -10,7 +10,7 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 
-from federation.query_spec import label
+from federation.query_spec import buckets, label
 from federation.signing import Domain, hub_id_from_public_key, sign, verify
 from federation.sketch import Sketch
 from node.api.v1 import query_pb2, query_service_pb2
@@ -87,6 +87,20 @@ def verify_partial(signed: query_pb2.SignedPartial, digest: bytes, expected_hub_
     if partial.query_digest != digest:
         raise PartialError("the partial result answers another query")
     return partial
+
+
+def check_cells(partial: query_pb2.PartialResult, spec: query_pb2.QuerySpec, municipality: str) -> None:
+    """A provider may only speak for its own municipality, about buckets of this query's
+    window, once each: otherwise it could put figures under another municipality's name."""
+    if partial.municipality != municipality:
+        raise PartialError(f"the partial speaks for municipality {partial.municipality}, not {municipality}")
+    allowed_group = municipality if spec.group_by == "municipality" else "region"
+    starts = {start for start, _ in buckets(spec.bucket, spec.start_ms, spec.end_ms)}
+    seen = set()
+    for cell in partial.cells:
+        if cell.group != allowed_group or cell.bucket_start_ms not in starts or cell.bucket_start_ms in seen:
+            raise PartialError("the partial holds a cell outside the query (group, bucket or a repeat)")
+        seen.add(cell.bucket_start_ms)
 
 
 @dataclass

@@ -4,11 +4,13 @@ provides data decides for itself, under its own agreement with the asker."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import datetime as dt
 import time
 from dataclasses import dataclass, replace
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from federation import dp, envelope, partials, policy
 from federation.query_spec import DEFAULT_DEADLINE_MS, bucket_start, check_shape, next_bucket
@@ -19,6 +21,7 @@ from node.api.v1 import envelope_pb2, query_pb2, query_service_pb2, query_servic
 from node.errors import Reason, Rejected
 from node.storage.base import AggregateRequest, PeerRecord
 
+log = logging.getLogger("smartregion.query")
 RUN_METHOD = "/smartregion.v1.Query/Run"
 PARTIAL_METHOD = "/smartregion.v1.Query/Partial"
 _DENIED_CODES = {
@@ -93,10 +96,10 @@ class QueryService:
             raise
         digest = partials.query_digest(signed.payload)
         deadline_s = (spec.deadline_ms or DEFAULT_DEADLINE_MS) / 1000
-        jobs = [self._ask_peer(p, signed, digest, deadline_s) for p in peers]
+        jobs = [self._ask_peer(p, signed, spec, digest, deadline_s) for p in peers]
         if include_self:
             jobs.append(self._ask_self(signed, spec, asker_id, deadline_s))
-        asked: list[Asked] = list(await asyncio.gather(*jobs))
+        asked: list[Asked] = list(await asyncio.gather(*jobs))  # each job turns its own failures into a status
         answered = [a for a in asked if a.partial is not None]
         missing = [a.provenance.hub_id for a in asked if a.partial is None]
         if asked and not answered and all(a.denial for a in asked):
@@ -125,12 +128,16 @@ class QueryService:
             base.status, base.reason = "timed_out", "this hub's own partial missed the deadline"
             base.latency_ms = (time.monotonic() - started) * 1000
             return Asked(base)
+        except Exception:  # a fault here must not fail the other hubs' answers
+            log.exception("computing this hub's own partial failed")
+            base.status, base.reason = "unavailable", "this hub could not compute its partial (see its log)"
+            return Asked(base)
         result = query_pb2.PartialResult.FromString(signed_partial.partial)
         base.status, base.agreement_id, base.latency_ms = "answered", result.agreement_id, (time.monotonic() - started) * 1000
         base.partial.CopyFrom(signed_partial)
         return Asked(base, result)
 
-    async def _ask_peer(self, peer: PeerRecord, signed, digest: bytes, deadline_s: float) -> Asked:
+    async def _ask_peer(self, peer: PeerRecord, signed, spec: query_pb2.QuerySpec, digest: bytes, deadline_s: float) -> Asked:
         base = query_pb2.Provenance(hub_id=peer.hub_id, municipality=peer.municipality)
         outer = envelope.make(self.hub.identity.identity_key, self.own_id, peer.hub_id, PARTIAL_METHOD, relayed=signed)
         stub = query_service_pb2_grpc.QueryStub(self.federation.channel(peer))
@@ -150,7 +157,8 @@ class QueryService:
         base.latency_ms = (time.monotonic() - started) * 1000
         try:
             result = partials.verify_partial(response, digest, peer.hub_id, peer.public_key)
-        except (partials.PartialError, ValueError) as exc:
+            partials.check_cells(result, spec, peer.municipality)
+        except (partials.PartialError, ValueError, DecodeError) as exc:
             base.status, base.reason = "unavailable", f"its answer was refused: {exc}"
             return Asked(base)
         base.status, base.agreement_id = "answered", result.agreement_id

@@ -143,6 +143,10 @@ class Federation:
         if hub_id == self.own_id:
             raise Rejected(Reason.INVALID_REQUEST, "a hub cannot be its own peer")
         try:
+            peers.split_address(address)
+        except peers.PeerError as exc:
+            raise Rejected(Reason.INVALID_REQUEST, str(exc)) from None
+        try:
             verified, cert_pem = await peers.fetch_descriptor(address, hub_id)
         except peers.PeerError as exc:
             await self.audit("admin", "peer.add", hub_id, "refused", str(exc))
@@ -160,6 +164,9 @@ class Federation:
         if peer is None:
             raise Rejected(Reason.NOT_FOUND, f"hub {hub_id} is not a peer")
         await self.hub.storage.write(lambda s: s.remove_peer(peer.hub_id, now_ms()))
+        cached = self._channels.pop(peer.hub_id, None)
+        if cached:
+            self._retire(cached[2])
         await self.audit("admin", "peer.remove", peer.hub_id)
         return await self.hub.storage.read(lambda s: s.get_peer(peer.hub_id))
 
@@ -301,9 +308,15 @@ class Federation:
         cached = self._channels.get(peer.hub_id)
         if cached and cached[:2] == (peer.grpc_address, peer.tls_cert_pem):
             return cached[2]
+        if cached:
+            self._retire(cached[2])
         channel = peers.channel_to(peer.grpc_address, peer.hub_id, peer.tls_cert_pem.encode())
         self._channels[peer.hub_id] = (peer.grpc_address, peer.tls_cert_pem, channel)
         return channel
+
+    def _retire(self, channel: grpc.aio.Channel) -> None:
+        """Close a channel no longer used, after a grace period for calls still under way."""
+        asyncio.get_running_loop().create_task(channel.close(grace=peers.CALL_TIMEOUT_S))
 
     async def sync_with(self, peer: PeerRecord) -> None:
         """Send everything held of agreements with `peer`, one document per exchange so that a

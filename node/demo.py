@@ -17,6 +17,7 @@ import grpc
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from federation import answers, partners
 from node import hubdir, region
@@ -27,7 +28,7 @@ DEMO_MARKER = ".smartregion-demo"
 # Demo hubs only: a real hub's passphrase comes from its operator (docs/operations.md).
 DEMO_PASSPHRASE = "demo-passphrase-not-for-production"
 PARTNER = ("Universitetet i Stavanger", "971564679")
-console = Console()
+console = Console(markup=False)  # station and hub names are printed as written
 
 
 def _fresh_directory(directory: Path) -> None:
@@ -40,7 +41,7 @@ def _fresh_directory(directory: Path) -> None:
 
 
 def _step(number: int, text: str) -> None:
-    console.print(f"[bold cyan]{number}.[/] {text}")
+    console.print(Text.assemble((f"{number}.", "bold cyan"), " ", text))
 
 
 class RichSteps(region.Steps):
@@ -55,7 +56,7 @@ class RichSteps(region.Steps):
         self.number += 1
 
     def progress(self, description: str, total: int):
-        self._progress = Progress(TextColumn("   {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+        self._progress = Progress(TextColumn("   {task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
         self._progress.start()
         task = self._progress.add_task(description, total=total)
         return lambda n: self._progress.advance(task, n)
@@ -91,7 +92,7 @@ def print_monthly_table(answer) -> None:
     console.print(table)
     answered = sum(1 for p in answer.provenance if p.status == "answered")
     console.print(f"   {answered} of {len(answer.provenance)} hubs answered, each under its own signed agreement with the partner;"
-                  f" each partial result is signed by its hub{' [yellow](partial answer)[/]' if answer.partial else ''}.")
+                  f" each partial result is signed by its hub{' (partial answer)' if answer.partial else ''}.")
 
 
 def run_demo(directory: Path, keep_running: bool) -> None:
@@ -124,14 +125,19 @@ def run_demo(directory: Path, keep_running: bool) -> None:
                                            end_ms=region.day_ms(region.YEAR_START) + 86_400_000)
         try:
             asyncio.run(region.ask_as_partner(partner, entry, refused))
-            console.print("   [red]unexpectedly answered[/]")
+            console.print("   unexpectedly answered")
         except grpc.RpcError as exc:
-            console.print(f"   [bold]Refused[/] ({exc.code().name}): {exc.details()}")
+            console.print(f"   Refused ({exc.code().name}): {exc.details()}")
 
-        console.print(f"\nThe region is up ({time.monotonic() - started:.0f} s). Dashboards (log in with the token in DATA_DIR/admin.token):")
-        for hub in hubs:
-            console.print(f"   {lookup(hub.station.municipality).name:12} {hub.extra['http_url']}/   data dir {hub.data_dir}")
-        console.print(f"Try: smartregion agreement list --data-dir {hubs[0].data_dir}")
+        console.print(f"\nThe region is up ({time.monotonic() - started:.0f} s).")
+        if keep_running:
+            console.print("Dashboards (log in with the token in DATA_DIR/admin.token):")
+            for hub in hubs:
+                console.print(f"   {lookup(hub.station.municipality).name:12} {hub.extra['http_url']}/   data dir {hub.data_dir}")
+            console.print(f"Try: smartregion agreement list --data-dir {hubs[0].data_dir}")
+        else:
+            console.print(f"The data directories stay in {directory}. To serve one again: SMARTREGION_PASSPHRASE="
+                          f"{DEMO_PASSPHRASE} smartregion serve --data-dir {hubs[0].data_dir} --grpc-port 0 --http-port 0")
         if keep_running:
             console.print("The region keeps running; press Ctrl-C to stop it.")
             try:

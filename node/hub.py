@@ -32,11 +32,13 @@ class Hub:
     endpoint: Endpoint = field(default_factory=Endpoint)
     started_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     version: str = __version__
+    serve_lock: object = field(default=None, repr=False)  # held while serving (HubDir.lock_for_serving)
 
     @classmethod
     def open(cls, path: Path, passphrase: bytes) -> "Hub":
         hub_dir = HubDir(Path(path))
         config = hub_dir.config()
+        serve_lock = hub_dir.lock_for_serving()
         identity = hub_dir.identity(passphrase)
         storage = Storage(hub_dir.file(DB_FILE))
         metrics = HubMetrics()
@@ -47,7 +49,10 @@ class Hub:
             on_rejection=metrics.rejected,
             on_accepted=metrics.accepted,
         )
-        return cls(hub_dir, config, identity, storage, ingest, metrics)
+        return cls(hub_dir, config, identity, storage, ingest, metrics, serve_lock=serve_lock)
 
     def close(self) -> None:
         self.storage.close()
+        if self.serve_lock is not None:
+            self.serve_lock.close()  # releases the lock
+            self.serve_lock = None

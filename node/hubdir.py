@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import base64
+import fcntl
 import datetime as dt
 import hashlib
 import hmac
@@ -154,6 +155,8 @@ class HubDir:
     def endpoint(self) -> dict:
         """Where the running hub listens, as written by `serve`; raise if it is not running."""
         path = self.file(ENDPOINT_FILE)
+        if not self.file(CONFIG_FILE).exists():
+            raise HubDirError(f"{self.path} holds no hub (no {CONFIG_FILE}); check the path, or create one with `smartregion init`")
         try:
             info = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -171,7 +174,26 @@ class HubDir:
         write_private_file(self.file(ENDPOINT_FILE), json.dumps(info, indent=2).encode())
 
     def clear_endpoint(self) -> None:
-        self.file(ENDPOINT_FILE).unlink(missing_ok=True)
+        """Remove the endpoint file if this process wrote it (never another hub's)."""
+        try:
+            info = json.loads(self.file(ENDPOINT_FILE).read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return
+        if info.get("pid") in (None, os.getpid()):
+            self.file(ENDPOINT_FILE).unlink(missing_ok=True)
+
+    def lock_for_serving(self):
+        """Hold an exclusive lock on the data directory while serving: two hubs with one
+        identity and one database would fork the agreement state. Returns the open lock file
+        (keep it open); raises HubDirError if another process holds it."""
+        make_private_dir(self.file("run"))
+        handle = open(self.file(Path("run") / "serve.lock"), "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise HubDirError(f"the hub in {self.path} is already being served by another process") from None
+        return handle
 
 
 def _process_alive(pid: int) -> bool:

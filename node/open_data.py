@@ -17,6 +17,9 @@ from node.hub import Hub
 from node.storage.base import AggregateRequest
 
 OPEN_AGGREGATES = ("count", "sum", "mean", "min", "max", "stddev")
+# Open data is published per day at the finest: hourly values of a municipality with one
+# station would be that station's readings.
+OPEN_BUCKETS = ("day", "week", "month", "year", "window")
 
 
 async def datasets(hub: Hub) -> dict:
@@ -55,6 +58,8 @@ async def aggregate(hub: Hub, dataset: str, metric: str, params) -> list[dict]:
     aggregate_name = params.get("aggregate", "mean")
     if aggregate_name not in OPEN_AGGREGATES:
         raise Rejected(Reason.INVALID_REQUEST, f"aggregate must be one of: {', '.join(OPEN_AGGREGATES)}")
+    if params.get("bucket", "month") not in OPEN_BUCKETS:
+        raise Rejected(Reason.INVALID_REQUEST, f"open data is published by {', '.join(OPEN_BUCKETS)}; not finer")
     spec = query_pb2.QuerySpec(dataset=dataset, metric=metric, aggregate=aggregate_name, bucket=params.get("bucket", "month"),
                                group_by="municipality", purpose_code="open_data",
                                start_ms=_day_ms(params.get("from"), "from"), end_ms=_day_ms(params.get("to"), "to"))

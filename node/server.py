@@ -112,13 +112,16 @@ async def start(
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
     address = f"{_url_host(host)}:{grpc_port}"
-    if insecure:
-        bound = server.add_insecure_port(address)
-    else:
-        credentials = grpc.ssl_server_credentials([(hub.identity.tls_key_pem, hub.identity.tls_cert_pem)])
-        bound = server.add_secure_port(address, credentials)
+    try:
+        if insecure:
+            bound = server.add_insecure_port(address)
+        else:
+            credentials = grpc.ssl_server_credentials([(hub.identity.tls_key_pem, hub.identity.tls_cert_pem)])
+            bound = server.add_secure_port(address, credentials)
+    except RuntimeError:  # grpcio's way of saying the address is taken
+        bound = 0
     if bound == 0:
-        raise OSError(f"cannot listen for gRPC on {address}")
+        raise OSError(f"cannot listen for gRPC on {address} (in use?); choose another with --grpc-port")
     await server.start()
 
     dashboard = Dashboard(DashboardData(federation, queries), hub.config.admin_token_sha256, dashboard_read_only)

@@ -6,6 +6,7 @@ import csv
 import datetime as dt
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from node import hubdir
-from node.launcher import HubProcess
+from node.launcher import HubProcess, LaunchError
 
 PASSPHRASE = "cli-test-passphrase-0123456"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -334,7 +335,7 @@ def test_a_stale_endpoint_file_is_recognised(stopped_hub):
 
 
 def test_a_directory_that_is_not_a_hub(tmp_path):
-    user_error(cli("status", "--data-dir", tmp_path / "nothing-here"), "not running")
+    user_error(cli("status", "--data-dir", tmp_path / "nothing-here"), "holds no hub", "smartregion init")
     user_error(cli("serve", "--data-dir", tmp_path / "nothing-here"), "not a hub data directory", "smartregion init")
 
 
@@ -362,3 +363,36 @@ def test_a_credential_path_in_a_missing_directory_enrols_nothing(running_hub, tm
     ), str(out.parent), code=1)
     assert not out.exists()
     assert sensors_by_id(running_hub, "--all").keys() == before.keys()
+
+
+# -- what other people write, and a new admin's mistakes ------------------------------------
+
+def test_text_that_looks_like_markup_is_printed_as_written(running_hub, tmp_path):
+    """A label is someone else's text: '[/]' must neither crash the CLI nor restyle output."""
+    label = "[/] Tananger [red]havn"
+    add_sensor(running_hub, tmp_path / "odd.json", label=label)
+    listing = ok(cli("sensor", "list", "--data-dir", str(running_hub)))
+    assert label in one_line(listing.stdout)
+
+
+def test_a_second_serve_of_the_same_hub_is_refused(running_hub):
+    second = HubProcess(running_hub, PASSPHRASE)
+    with pytest.raises(LaunchError, match=r"already being\s+served"):
+        second.start(timeout=30)
+    ok(cli("status", "--data-dir", str(running_hub)))  # the first one's endpoint is intact
+
+
+def test_a_taken_grpc_port_is_a_clear_error(tmp_path):
+    data_dir = tmp_path / "hub"
+    ok(cli("init", "--data-dir", str(data_dir), "--municipality", "1103"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = cli("serve", "--data-dir", str(data_dir), "--grpc-port", str(taken.getsockname()[1]), "--http-port", "0")
+    user_error(result, "--grpc-port")
+
+
+def test_query_as_hub_and_partner_at_once_is_refused(tmp_path):
+    result = cli("query", "run", "--data-dir", str(tmp_path), "--key", str(tmp_path / "k"), "--dataset", "air_quality",
+                 "--metric", "pm25", "--aggregate", "mean", "--from", "2019-01-01", "--to", "2019-02-01", "--purpose", "research")
+    user_error(result, "not both", code=2)

@@ -36,7 +36,7 @@ def propose(
     with user_errors(), AdminClient(data_dir) as client:
         view = client.call("ProposeAgreement", admin_pb2.ProposeAgreementRequest(terms_toml=terms.read_text(encoding="utf-8"), to=to))
     if not json_output:
-        console.print(f"Proposed agreement [bold]{view.terms.agreement_id}[/]; it becomes active when {view.counterparty_name or to} countersigns.")
+        console.print(f"Proposed agreement {view.terms.agreement_id}; it becomes active when {view.counterparty_name or to} countersigns.")
     _show(view, json_output)
 
 
@@ -113,4 +113,4 @@ def verify(file: Annotated[Path, typer.Argument(help="An exported agreement.", e
         console.print(f"{e.role_of(party_id)} {party_id}: {mark}")
     for revoker, r in sorted(e.revocations.items()):
         console.print(f"revoked by {revoker} at {when(r.revocation.revoked_at_ms)}: {r.revocation.reason} (signature verified ✓)")
-    console.print(f"[bold green]{file} verifies[/]; state now: {state_name(verified.state_now)}")
+    console.print(f"{file} verifies; state now: {state_name(verified.state_now)}")

@@ -36,6 +36,6 @@ def verify(
         raise fail(f"{file} does NOT verify: {exc}") from None
     if hub_id and head["hub_id"] != hub_id.strip():
         raise fail(f"{file} verifies, but it was signed by hub {head['hub_id']}, not {hub_id}")
-    console.print(f"[bold green]{file} verifies[/]: {head['seq']} entries, chained and signed by hub {head['hub_id']} at {when(head['signed_at_ms'])}")
+    console.print(f"{file} verifies: {head['seq']} entries, chained and signed by hub {head['hub_id']} at {when(head['signed_at_ms'])}")
     if not hub_id:
         console.print("Check that hub id with the municipality (or pass --hub-id) to know whose log this is.")

@@ -12,6 +12,7 @@ from typing import Annotated, Iterator
 import grpc
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from node import keystore
 from node.hubdir import HubDirError
@@ -19,8 +20,10 @@ from node.identity import IdentityError
 from node.register import UnknownMunicipality
 from node.sensor_client import CredentialError
 
-console = Console()
-err_console = Console(stderr=True)
+# Markup is off: labels, terms and messages come from other people and are printed as written
+# (a "[/]" in a sensor's label must neither crash the CLI nor restyle what an admin reads).
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 
 DataDir = Annotated[
     Path,
@@ -36,7 +39,7 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a 
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
     return typer.Exit(code)
 
 

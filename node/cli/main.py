@@ -73,7 +73,7 @@ def init(
             http_port=http_port,
         )
         config, _ = hubdir.init_hub(data_dir, found.number, secret, hostnames=tuple(host), network=network)
-    console.print(f"Created hub [bold]{config.hub_id}[/] for {found.name} ({found.number}) in {data_dir}")
+    console.print(f"Created hub {config.hub_id} for {found.name} ({found.number}) in {data_dir}")
     console.print(f"Start it with: smartregion serve --data-dir {data_dir}")
 
 
@@ -115,7 +115,7 @@ def status(data_dir: DataDir, json_output: JsonFlag = False) -> None:
         doc.pop("tls_certificate_pem", None)
         print_json(doc)
         return
-    console.print(f"[bold]Hub {st.hub_id}[/] — {st.municipality_name} ({st.municipality_number}), smartregion {st.version}")
+    console.print(f"Hub {st.hub_id} — {st.municipality_name} ({st.municipality_number}), smartregion {st.version}")
     console.print(f"gRPC {st.endpoint.grpc_address}   HTTP {st.endpoint.http_url}   TLS {'on' if st.endpoint.tls else 'OFF'}")
     console.print(f"Sensors: {st.sensors_active} active, {st.sensors_revoked} revoked")
     table = Table("dataset", "metric", "readings", "first", "last")

@@ -36,7 +36,7 @@ def keygen(
             partner = partners_mod.keygen(out, name, passphrase(confirm=True, prompt="Passphrase for the partner key"))
         except partners_mod.PartnerKeyError as exc:
             raise fail(str(exc)) from None
-    console.print(f"Partner id [bold]{partner.partner_id}[/]")
+    console.print(f"Partner id {partner.partner_id}")
     console.print(f"Private key: {out} (encrypted with your passphrase; keep it)")
     console.print(f"Public key:  {partners_mod.public_file_path(out)} (give this to hub admins)")
 
@@ -55,7 +55,7 @@ def add(
     if json_output:
         print_json(as_dict(partner))
     else:
-        console.print(f"Registered partner [bold]{partner.partner_id}[/] — {partner.name} ({partner.org_number})")
+        console.print(f"Registered partner {partner.partner_id} — {partner.name} ({partner.org_number})")
 
 
 @app.command("list")
@@ -105,7 +105,7 @@ def agreements(key: KeyFile, hub: HubAddress, hub_id: HubId, json_output: JsonFl
         console.print(f"Hub {hub_id} holds no agreement with you.")
     for h in held:
         console.print(terms_table(h.evidence.terms))
-        console.print(f"[bold]state[/] {state_name(h.state)}" + ("  — awaiting your signature: smartregion partner accept ID" if h.awaiting_partner else "") + "\n")
+        console.print(f"state {state_name(h.state)}" + ("  — awaiting your signature: smartregion partner accept ID" if h.awaiting_partner else "") + "\n")
 
 
 @app.command("accept")

@@ -28,7 +28,7 @@ def add(
     if json_output:
         print_json(as_dict(peer))
     else:
-        console.print(f"Peered with hub [bold]{peer.hub_id}[/] — {peer.municipality_name} ({peer.municipality_number}) at {peer.grpc_address}")
+        console.print(f"Peered with hub {peer.hub_id} — {peer.municipality_name} ({peer.municipality_number}) at {peer.grpc_address}")
 
 
 @app.command("list")

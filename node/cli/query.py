@@ -47,7 +47,7 @@ async def _run_as_partner(key_file: Path, hub: str, hub_id: str, spec: query_pb2
 def print_answer(answer) -> None:
     table = Table("group", "bucket", "value", "readings", "contributors")
     for r in answer.rows:
-        value = "[dim]suppressed[/]" if r.suppressed else f"{r.value:.3f}"
+        value = "suppressed" if r.suppressed else f"{r.value:.3f}"
         table.add_row(r.group, r.bucket_label, value, str(r.readings) if not r.suppressed else "-", str(r.contributors) if not r.suppressed else "-")
     console.print(table)
     sources = Table("hub", "municipality", "status", "agreement", "latency", "reason", title="provenance")
@@ -55,7 +55,7 @@ def print_answer(answer) -> None:
         sources.add_row(p.hub_id[:12] + "…", p.municipality, p.status, p.agreement_id or "-", f"{p.latency_ms:.0f} ms", p.reason)
     console.print(sources)
     if answer.partial:
-        console.print(f"[bold yellow]PARTIAL answer[/]: no data from {', '.join(answer.missing_hubs)}")
+        console.print(f"PARTIAL answer: no data from {', '.join(answer.missing_hubs)}")
 
 
 def write_csv(answer) -> str:
@@ -97,6 +97,8 @@ def run(
         end_ms=_date_ms(end, "--to"), bucket=bucket, group_by=group_by, municipalities=municipality, hub_ids=hub,
         purpose_code=purpose, deadline_ms=deadline_ms, epsilon=epsilon,
     )
+    if data_dir is not None and key is not None:
+        raise fail("ask either as a hub (--data-dir) or as a partner (--key ...), not both", code=2)
     with user_errors():
         if data_dir is not None:
             with AdminClient(data_dir, timeout=(deadline_ms or 10_000) / 1000 + 5) as client:
@@ -128,4 +130,4 @@ def verify(file: Annotated[Path, typer.Argument(help="An answer saved with `quer
     for p in verified.answer.provenance:
         mark = "signature verified ✓" if p.hub_id in verified.verified_hubs else f"{p.status}: {p.reason}"
         console.print(f"hub {p.hub_id} ({p.municipality}): {mark}")
-    console.print(f"[bold green]{file} verifies[/]: {len(verified.answer.rows)} rows follow from {len(verified.verified_hubs)} signed partial results")
+    console.print(f"{file} verifies: {len(verified.answer.rows)} rows follow from {len(verified.verified_hubs)} signed partial results")

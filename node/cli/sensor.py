@@ -63,7 +63,7 @@ def add(
     if json_output:
         print_json({"sensor": MessageToDict(response.sensor, preserving_proto_field_name=True), "credential": str(out)})
     else:
-        console.print(f"Enrolled sensor [bold]{response.sensor.sensor_id}[/] ({dataset}: {', '.join(response.sensor.metrics)})")
+        console.print(f"Enrolled sensor {response.sensor.sensor_id} ({dataset}: {', '.join(response.sensor.metrics)})")
         console.print(f"Credential written to {out} (keep it secret: it holds the sensor's key)")
 
 
@@ -119,7 +119,7 @@ def replay_csv(
         if not readings:
             raise fail(f"{csv} holds no readings of {', '.join(cred.metrics)} in the chosen dates")
         with Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
             console=console, disable=json_output, transient=False,
         ) as progress:
             task = progress.add_task(f"replaying {csv.name}", total=len(readings))

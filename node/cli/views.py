@@ -46,7 +46,7 @@ def terms_table(t: agreement_pb2.AgreementTerms) -> Table:
         ("valid", f"{when(t.valid_from_ms)} to {when(t.valid_until_ms)}"),
     ]
     for key, value in rows:
-        table.add_row(f"[bold]{key}[/]", value)
+        table.add_row(f"{key}", value)
     return table
 
 
@@ -61,13 +61,13 @@ def agreements_table(views: list[admin_pb2.AgreementView]) -> Table:
 
 def print_agreement(console: Console, v: admin_pb2.AgreementView) -> None:
     console.print(terms_table(v.terms))
-    console.print(f"[bold]state[/]  {state_name(v.state)}" + ("  — awaiting this hub's signature" if v.awaiting_my_signature else ""))
+    console.print(f"state  {state_name(v.state)}" + ("  — awaiting this hub's signature" if v.awaiting_my_signature else ""))
     signed = {s.role: s for s in v.signatures}
     for role in ("provider", "consumer"):
         s = signed.get(role)
-        console.print(f"[bold]{role} signature[/]  " + ("verified ✓" if s and s.valid else "not signed yet"))
+        console.print(f"{role} signature  " + ("verified ✓" if s and s.valid else "not signed yet"))
     for r in v.revocations:
-        console.print(f"[bold]revoked[/] by {r.revoked_by} at {when(r.revoked_at_ms)}: {r.reason}")
+        console.print(f"revoked by {r.revoked_by} at {when(r.revoked_at_ms)}: {r.reason}")
     if v.history:
         history = Table("when", "event", "by", "detail", title="history")
         for h in v.history:
