@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from federation.query_spec import buckets, label
 from federation.signing import Domain, hub_id_from_public_key, sign, verify
-from federation.sketch import Sketch
+from node.sketch import Sketch
 from node.api.v1 import query_pb2, query_service_pb2
 from node.identity import HubIdentity
 from node.storage.base import CellRow

@@ -355,39 +355,45 @@ class Federation:
         return response
 
     async def deliver_due(self) -> None:
-        for delivery in await self.hub.storage.read(lambda s: s.due_deliveries(now_ms())):
-            peer = await self.hub.storage.read(lambda s: s.get_peer(delivery.peer_id))
-            if peer is None or peer.removed_at_ms:
-                await self.hub.storage.write(lambda s: s.delivery_done(delivery.peer_id, delivery.generation))
-                continue
-            try:
-                await self.sync_with(peer)
-            except (grpc.aio.AioRpcError, Rejected, OSError) as exc:
-                error = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
-                delay_s = min(self.retry_base_seconds * 2**delivery.attempts, self.retry_max_seconds)
-                await self.hub.storage.write(lambda s: s.delivery_failed(peer.hub_id, error, now_ms() + int(delay_s * 1000)))
-                await self.hub.storage.write(lambda s: s.record_peer_contact(peer.hub_id, now_ms(), None, error))
-                continue
-            await self.hub.storage.write(lambda s: s.delivery_done(peer.hub_id, delivery.generation))
+        """Every delivery that is due, to all peers at once: a slow peer holds up only itself."""
+        due = await self.hub.storage.read(lambda s: s.due_deliveries(now_ms()))
+        await asyncio.gather(*(self._deliver(d) for d in due))
+
+    async def _deliver(self, delivery) -> None:
+        peer = await self.hub.storage.read(lambda s: s.get_peer(delivery.peer_id))
+        if peer is None or peer.removed_at_ms:
+            await self.hub.storage.write(lambda s: s.delivery_done(delivery.peer_id, delivery.generation))
+            return
+        try:
+            await self.sync_with(peer)
+        except (grpc.aio.AioRpcError, Rejected, OSError) as exc:
+            error = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+            delay_s = min(self.retry_base_seconds * 2**delivery.attempts, self.retry_max_seconds)
+            await self.hub.storage.write(lambda s: s.delivery_failed(peer.hub_id, error, now_ms() + int(delay_s * 1000)))
+            await self.hub.storage.write(lambda s: s.record_peer_contact(peer.hub_id, now_ms(), None, error))
+            return
+        await self.hub.storage.write(lambda s: s.delivery_done(peer.hub_id, delivery.generation))
 
     async def refresh_peers(self) -> None:
-        """Fetch each peer's current descriptor through its pinned channel."""
-        for peer in await self.hub.storage.read(lambda s: s.list_peers()):
-            started = time.monotonic()
-            try:
-                signed = await federation_pb2_grpc.FederationStub(self.channel(peer)).GetDescriptor(
-                    federation_pb2.GetDescriptorRequest(), timeout=peers.CALL_TIMEOUT_S
-                )
-                verified = descriptors.verify_descriptor(signed, peer.hub_id, peer.tls_cert_pem.encode())
-            except (grpc.aio.AioRpcError, descriptors.DescriptorError) as exc:
-                error = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
-                await self.hub.storage.write(lambda s: s.record_peer_contact(peer.hub_id, now_ms(), None, error))
-                continue
-            latency = (time.monotonic() - started) * 1000
-            descriptor, valid_until, http_url = signed.SerializeToString(), verified.descriptor.valid_until_ms, verified.descriptor.http_url
-            await self.hub.storage.write(lambda s: s.refresh_peer(peer.hub_id, descriptor, valid_until, http_url, now_ms(), latency))
-            if await self.hub.storage.write(lambda s: s.reset_backoff(peer.hub_id, now_ms())):
-                self._wake.set()
+        """Fetch each peer's current descriptor through its pinned channel, all at once."""
+        await asyncio.gather(*(self._refresh(peer) for peer in await self.hub.storage.read(lambda s: s.list_peers())))
+
+    async def _refresh(self, peer: PeerRecord) -> None:
+        started = time.monotonic()
+        try:
+            signed = await federation_pb2_grpc.FederationStub(self.channel(peer)).GetDescriptor(
+                federation_pb2.GetDescriptorRequest(), timeout=peers.CALL_TIMEOUT_S
+            )
+            verified = descriptors.verify_descriptor(signed, peer.hub_id, peer.tls_cert_pem.encode())
+        except (grpc.aio.AioRpcError, descriptors.DescriptorError) as exc:
+            error = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+            await self.hub.storage.write(lambda s: s.record_peer_contact(peer.hub_id, now_ms(), None, error))
+            return
+        latency = (time.monotonic() - started) * 1000
+        descriptor, valid_until, http_url = signed.SerializeToString(), verified.descriptor.valid_until_ms, verified.descriptor.http_url
+        await self.hub.storage.write(lambda s: s.refresh_peer(peer.hub_id, descriptor, valid_until, http_url, now_ms(), latency))
+        if await self.hub.storage.write(lambda s: s.reset_backoff(peer.hub_id, now_ms())):
+            self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Background work until `stop`: deliveries as they fall due, descriptor refreshes."""

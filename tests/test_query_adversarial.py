@@ -36,7 +36,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from federation import partners, sketch
+from federation import partners
+from node import sketch
 from federation.partner_client import PartnerSession
 from node import senml
 from node.api.v1 import admin_pb2, query_pb2, query_service_pb2

@@ -10,7 +10,7 @@
 * federation.query_spec.check_shape: refuses exactly the malformed queries (oracle below).
 * federation.partials.merge: merging per-hub partials equals computing on the union of the
   readings; a cell any hub withheld is withheld in the answer.
-* federation.sketch: quantiles within relative error alpha of the true value at that rank,
+* node.sketch: quantiles within relative error alpha of the true value at that rank,
   merging is exact, and the SQL binning equals the Python binning.
 
 The oracles here use datetime arithmetic and the documented rules, not the code under test.
@@ -32,7 +32,8 @@ from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 
 from federation import agreements as ag
-from federation import partials, policy, sketch
+from federation import partials, policy
+from node import sketch
 from federation import terms as terms_mod
 from federation.partners import PartnerKey
 from federation.query_spec import check_shape
@@ -594,7 +595,7 @@ def test_merged_partials_equal_the_aggregate_of_all_readings(readings, aggregate
         mine = [r for r in readings if r.hub == hub]
         group = MUNICIPALITIES[hub] if group_by == "municipality" else "region"
         built.append(partials.build(b"d" * 32, f"hub{hub}", MUNICIPALITIES[hub], "", k, group,
-                                    cell_rows(mine, aggregate == "quantile"), 0))
+                                    cell_rows(mine, aggregate == "quantile"), 0, aggregate))
     rows = partials.merge(built, spec)
 
     def group_of(r: R) -> str:
@@ -626,7 +627,7 @@ def test_one_withheld_part_withholds_the_merged_cell():
     spec = query_pb2.QuerySpec(aggregate="sum", group_by="region", bucket="day", start_ms=T0)
     big = CellRow(T0, count=100, sum=5000.0, sum_squares=1e6, min=1.0, max=99.0, contributors=50)
     small = CellRow(T0, count=3, sum=12.0, sum_squares=50.0, min=3.0, max=5.0, contributors=1)
-    parts = [partials.build(b"d" * 32, f"hub{i}", m, "", 2, "region", [row], 0)
+    parts = [partials.build(b"d" * 32, f"hub{i}", m, "", 2, "region", [row], 0, "mean")
              for i, (m, row) in enumerate([("1103", big), ("4601", small), ("3806", big)])]
     assert [c.suppressed for c in parts[1].cells] == [True]
     assert parts[1].cells[0] == query_pb2.Cell(group="region", bucket_start_ms=T0, suppressed=True), "a withheld cell carries no values"
