@@ -442,7 +442,7 @@ def central_answer(store: SqliteStore, spec: query_pb2.QuerySpec) -> list[query_
         groups = {"region": store.aggregate(req)}
     else:
         groups = {m: aggregate_in(store, req, m) for m in municipalities(store, spec.dataset)}
-    built = [partials.build(b"", "", g, "", 1, g, cells, 0) for g, cells in groups.items()]
+    built = [partials.build(b"", "", g, "", 1, g, cells, 0, spec.aggregate) for g, cells in groups.items()]
     return partials.merge(built, spec)
 
 
