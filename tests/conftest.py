@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 import pytest_asyncio
 
 from node import hubdir
-from node.api.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2_grpc
+from node.api.v1 import admin_pb2, admin_pb2_grpc, agreement_pb2, ingest_pb2_grpc
 from node.client import open_channel
 from node.hub import Hub
 from node.server import RunningHub, start
@@ -100,3 +102,34 @@ async def module_hub(tmp_path_factory):
     live = await start_live_hub(make_hub_dir(tmp_path_factory.mktemp("shared") / "hub"))
     yield live
     await live.stop()
+
+
+async def start_peered(base: Path, *municipalities: str) -> list[LiveHub]:
+    """Live hubs for these municipalities, each pinned as a peer by every other."""
+    hubs = [await start_live_hub(make_hub_dir(base / f"hub{i}", number)) for i, number in enumerate(municipalities)]
+    for a in hubs:
+        for b in hubs:
+            if a is not b:
+                await a.admin.AddPeer(admin_pb2.AddPeerRequest(address=b.hub.endpoint.grpc_address, hub_id=b.hub.config.hub_id),
+                                      metadata=a.admin_metadata)
+    return hubs
+
+
+async def sign_agreement(provider: LiveHub, consumer: LiveHub, terms_toml: str) -> str:
+    """The provider proposes, the consumer countersigns once the proposal reaches it, and the
+    countersignature is given time to reach the provider. Returns the agreement id."""
+    view = await provider.admin.ProposeAgreement(admin_pb2.ProposeAgreementRequest(terms_toml=terms_toml, to=consumer.hub.config.hub_id),
+                                                 metadata=provider.admin_metadata)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            await consumer.admin.AcceptAgreement(admin_pb2.AgreementRef(agreement_id=view.terms.agreement_id), metadata=consumer.admin_metadata)
+            break
+        except grpc.aio.AioRpcError:
+            assert time.monotonic() < deadline, "the proposal did not reach the consumer"
+            await asyncio.sleep(0.1)
+    while (await provider.admin.GetAgreement(admin_pb2.AgreementRef(agreement_id=view.terms.agreement_id),
+                                             metadata=provider.admin_metadata)).state != agreement_pb2.AGREEMENT_STATE_ACTIVE:
+        assert time.monotonic() < deadline + 10, "the countersignature did not reach the provider"
+        await asyncio.sleep(0.05)
+    return view.terms.agreement_id

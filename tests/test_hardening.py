@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import time
 
 import grpc
 import pytest
@@ -17,7 +16,7 @@ from federation.partner_client import PartnerSession
 from node.api.v1 import admin_pb2, envelope_pb2, federation_pb2_grpc, query_pb2
 from node.senml import Reading
 from node.sensor_client import replay
-from tests.conftest import make_hub_dir, start_live_hub
+from tests.conftest import sign_agreement, start_peered
 from tests.test_federation_region import TERMS
 
 
@@ -59,12 +58,8 @@ ONLY = TERMS.replace('aggregates = ["mean", "count", "min", "max"]', 'aggregates
 
 @pytest.fixture
 async def provider_and_consumer(tmp_path):
-    consumer = await start_live_hub(make_hub_dir(tmp_path / "a", "1103"))
-    provider = await start_live_hub(make_hub_dir(tmp_path / "b", "4601"))
+    consumer, provider = await start_peered(tmp_path, "1103", "4601")
     try:
-        for x, y in ((consumer, provider), (provider, consumer)):
-            await x.admin.AddPeer(admin_pb2.AddPeerRequest(address=y.hub.endpoint.grpc_address, hub_id=y.hub.config.hub_id),
-                                  metadata=x.admin_metadata)
         sensor = await provider.add_sensor(tmp_path, "station", metrics=["pm25"])
         outlier = [Reading("pm25", ms(2019, 1) + h * 3_600_000, 5.0 + 400.0 * (h == 77)) for h in range(24 * 31)]
         await asyncio.to_thread(replay, sensor, outlier)
@@ -72,20 +67,6 @@ async def provider_and_consumer(tmp_path):
     finally:
         await consumer.stop()
         await provider.stop()
-
-
-async def agree(consumer, provider, terms: str) -> None:
-    view = await provider.admin.ProposeAgreement(admin_pb2.ProposeAgreementRequest(terms_toml=terms, to=consumer.hub.config.hub_id),
-                                                 metadata=provider.admin_metadata)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            await consumer.admin.AcceptAgreement(admin_pb2.AgreementRef(agreement_id=view.terms.agreement_id), metadata=consumer.admin_metadata)
-            break
-        except grpc.aio.AioRpcError:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.1)
-    await asyncio.sleep(0.5)
 
 
 def month_spec(aggregate: str, provider) -> query_pb2.QuerySpec:
@@ -98,7 +79,7 @@ def month_spec(aggregate: str, provider) -> query_pb2.QuerySpec:
     ("mean", {"sum"}), ("count", set()), ("min", {"min"}), ("max", {"max"}), ("stddev", {"sum", "sum_squares"})])
 async def test_a_partial_releases_only_what_the_aggregate_needs(provider_and_consumer, aggregate, released):
     consumer, provider = provider_and_consumer
-    await agree(consumer, provider, ONLY)
+    await sign_agreement(provider, consumer, ONLY)
     answer = await consumer.admin.RunQuery(month_spec(aggregate, provider), metadata=consumer.admin_metadata)
     [cell] = query_pb2.PartialResult.FromString(answer.provenance[0].partial.partial).cells
     figures = {"sum": cell.sum, "sum_squares": cell.sum_squares, "min": cell.min, "max": cell.max}
@@ -109,7 +90,7 @@ async def test_a_partial_releases_only_what_the_aggregate_needs(provider_and_con
 async def test_months_are_refused_under_a_weekly_agreement(provider_and_consumer):
     """Months are not made of whole weeks: a month minus its released weeks would give days."""
     consumer, provider = provider_and_consumer
-    await agree(consumer, provider, TERMS.replace('smallest_bucket = "month"', 'smallest_bucket = "week"'))
+    await sign_agreement(provider, consumer, TERMS.replace('smallest_bucket = "month"', 'smallest_bucket = "week"'))
     spec = month_spec("mean", provider)
     spec.start_ms, spec.end_ms = ms(2019, 4), ms(2019, 7)  # both Mondays: aligned to weeks and to months
     with pytest.raises(grpc.aio.AioRpcError) as err:

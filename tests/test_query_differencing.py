@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import time
 
 
-from node.api.v1 import admin_pb2, query_pb2
+from node.api.v1 import query_pb2
 from node.senml import Reading
-from tests.conftest import make_hub_dir, start_live_hub
+from tests.conftest import sign_agreement, start_peered
 from tests.test_federation_region import TERMS
 
 
@@ -25,29 +24,15 @@ TWO_PER_CELL = TERMS.replace("min_group_size = 1", "min_group_size = 2").replace
 
 
 async def test_a_cell_containing_a_small_subcell_is_withheld(tmp_path):
-    consumer = await start_live_hub(make_hub_dir(tmp_path / "a", "1103"))
-    provider = await start_live_hub(make_hub_dir(tmp_path / "b", "4601"))
+    consumer, provider = await start_peered(tmp_path, "1103", "4601")
     try:
-        for x, y in ((consumer, provider), (provider, consumer)):
-            await x.admin.AddPeer(admin_pb2.AddPeerRequest(address=y.hub.endpoint.grpc_address, hub_id=y.hub.config.hub_id),
-                                  metadata=x.admin_metadata)
         for n, skip_february in ((1, False), (2, True)):
             sensor = await provider.add_sensor(tmp_path, f"station{n}", metrics=["pm25"])
             days = [ms(2019, 1) + d * 86_400_000 for d in range(365)]
             readings = [Reading("pm25", t, 10.0 * n + d % 7) for d, t in enumerate(days)
                         if not (skip_february and ms(2019, 2) <= t < ms(2019, 3))]
             await asyncio.to_thread(_send, sensor, readings)
-        view = await provider.admin.ProposeAgreement(admin_pb2.ProposeAgreementRequest(terms_toml=TWO_PER_CELL, to=consumer.hub.config.hub_id),
-                                                     metadata=provider.admin_metadata)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                await consumer.admin.AcceptAgreement(admin_pb2.AgreementRef(agreement_id=view.terms.agreement_id), metadata=consumer.admin_metadata)
-                break
-            except Exception:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.1)
-        await asyncio.sleep(0.5)  # the countersignature reaches the provider
+        await sign_agreement(provider, consumer, TWO_PER_CELL)
 
         async def ask(bucket: str, start: int, end: int):
             spec = query_pb2.QuerySpec(dataset="air_quality", metric="pm25", aggregate="mean", start_ms=start, end_ms=end, bucket=bucket,

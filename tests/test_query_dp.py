@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import time
 
 import grpc
 import pytest
 
-from node.api.v1 import admin_pb2, query_pb2
+from node.api.v1 import query_pb2
 from node.senml import Reading
 from node.sensor_client import replay
-from tests.conftest import make_hub_dir, start_live_hub
+from tests.conftest import sign_agreement, start_peered
 from tests.test_federation_region import TERMS
 
 DP_TERMS = (TERMS.replace('metrics = ["pm25"]', 'metrics = ["temperature"]')
@@ -26,28 +25,13 @@ TRUE_VALUE = lambda sensor, hour: -5.0 + sensor + (hour % 24) / 4  # noqa: E731 
 
 @pytest.fixture
 async def pair(tmp_path):
-    consumer = await start_live_hub(make_hub_dir(tmp_path / "a", "1103"))
-    provider = await start_live_hub(make_hub_dir(tmp_path / "b", "4601"))
+    consumer, provider = await start_peered(tmp_path, "1103", "4601")
     try:
-        for x, y in ((consumer, provider), (provider, consumer)):
-            await x.admin.AddPeer(admin_pb2.AddPeerRequest(address=y.hub.endpoint.grpc_address, hub_id=y.hub.config.hub_id),
-                                  metadata=x.admin_metadata)
         for n in range(3):
             sensor = await provider.add_sensor(tmp_path, f"thermometer{n}", metrics=["temperature"])
             readings = [Reading("temperature", JAN + h * 3_600_000, TRUE_VALUE(n, h)) for h in HOURS]
             await asyncio.to_thread(replay, sensor, readings)
-        view = await provider.admin.ProposeAgreement(admin_pb2.ProposeAgreementRequest(terms_toml=DP_TERMS, to=consumer.hub.config.hub_id),
-                                                     metadata=provider.admin_metadata)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                await consumer.admin.AcceptAgreement(admin_pb2.AgreementRef(agreement_id=view.terms.agreement_id),
-                                                     metadata=consumer.admin_metadata)
-                break
-            except grpc.aio.AioRpcError:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.1)
-        await asyncio.sleep(0.5)  # the countersignature reaches the provider
+        await sign_agreement(provider, consumer, DP_TERMS)
         yield consumer, provider
     finally:
         await consumer.stop()
