@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -95,6 +96,10 @@ def print_monthly_table(answer) -> None:
                   f" each partial result is signed by its hub{' (partial answer)' if answer.partial else ''}.")
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def run_demo(directory: Path, keep_running: bool) -> None:
     directory = directory.resolve()
     _fresh_directory(directory)
@@ -140,12 +145,15 @@ def run_demo(directory: Path, keep_running: bool) -> None:
                           f"{DEMO_PASSPHRASE} smartregion serve --data-dir {hubs[0].data_dir} --grpc-port 0 --http-port 0")
         if keep_running:
             console.print("The region keeps running; press Ctrl-C to stop it.")
+            # Installed explicitly: a process started in the background of a script inherits
+            # SIGINT as ignored, and SIGTERM would otherwise end it without stopping its hubs.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, _interrupt)
             try:
                 while all(p.process.poll() is None for p in processes):
                     time.sleep(0.5)
             except KeyboardInterrupt:
                 pass
     finally:
-        for process in processes:
-            process.stop()
+        HubProcess.stop_all(processes)
         console.print("Hubs stopped. Their data directories are kept in " + str(directory))

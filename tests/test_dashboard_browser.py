@@ -3,6 +3,7 @@ dashboard and sees its peers, agreements, chart and map. Saves test-artifacts/da
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -37,11 +38,17 @@ def demo_region(tmp_path_factory):
         urls = re.findall(r"Stavanger\s+(https://127\.0\.0\.1:\d+)/", log.read_text())
         yield {"url": urls[0], "token": (directory / "stavanger" / "admin.token").read_text().strip(), "log": log}
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)  # the demo stops its hubs on SIGTERM as on Ctrl-C
         try:
-            process.wait(30)
+            process.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+        # The hubs run in sessions of their own: never leave one behind, whatever the demo did.
+        for endpoint in directory.glob("*/run/endpoint.json"):
+            try:
+                os.kill(json.loads(endpoint.read_text())["pid"], signal.SIGKILL)
+            except (ProcessLookupError, ValueError, KeyError):
+                pass
 
 
 def test_dashboard_shows_the_region(demo_region):
