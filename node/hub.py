@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from node import __version__
+from node.clock import SYSTEM_CLOCK, Clock
 from node.hubdir import DB_FILE, HubConfig, HubDir
 from node.identity import HubIdentity
 from node.ingest import IngestService
@@ -30,12 +30,13 @@ class Hub:
     ingest: IngestService
     metrics: HubMetrics
     endpoint: Endpoint = field(default_factory=Endpoint)
-    started_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    clock: Clock = field(default=SYSTEM_CLOCK)
+    started_at_ms: int = 0
     version: str = __version__
     serve_lock: object = field(default=None, repr=False)  # held while serving (HubDir.lock_for_serving)
 
     @classmethod
-    def open(cls, path: Path, passphrase: bytes) -> "Hub":
+    def open(cls, path: Path, passphrase: bytes, clock: Clock = SYSTEM_CLOCK) -> "Hub":
         hub_dir = HubDir(Path(path))
         config = hub_dir.config()
         serve_lock = hub_dir.lock_for_serving()
@@ -49,7 +50,8 @@ class Hub:
             on_rejection=metrics.rejected,
             on_accepted=metrics.accepted,
         )
-        return cls(hub_dir, config, identity, storage, ingest, metrics, serve_lock=serve_lock)
+        return cls(hub_dir, config, identity, storage, ingest, metrics, clock=clock,
+                   started_at_ms=clock.now_ms(), serve_lock=serve_lock)
 
     def close(self) -> None:
         self.storage.close()
