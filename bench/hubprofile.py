@@ -28,7 +28,7 @@ def main() -> None:
             writer.disable()
 
     sqlite.SqliteStore.commit_frames = commit_frames
-    from node.cli.main import app
+    from node.app.cli.main import app
 
     profile = cProfile.Profile()
     profile.enable()

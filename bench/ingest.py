@@ -20,7 +20,7 @@ with real values and real timestamps.
     transaction for each commit the hub makes (node.ingest's STREAM_COMMIT_READINGS and
     STREAM_COMMIT_FRAMES applied to the same frames), row tuples built before the clock.
 (b) e2e: a fresh hub (`smartregion serve`, TLS on) started as a separate process by
-    node.launcher.HubProcess; one sensor enrolled per station replica over the admin API;
+    node.app.launcher.HubProcess; one sensor enrolled per station replica over the admin API;
     every sensor's readings sealed into frames *before* the clock starts (sealing is the
     sensor's cost; its rate is reported apart); then each sensor sends all of its frames in
     one gRPC client stream (StreamFrames), `--streams` sensors at once, from this process.
@@ -51,14 +51,15 @@ from pathlib import Path
 import grpc
 
 from bench.machine import machine_facts
-from node import catalog, frames, hubdir, launcher
+from node import catalog, frames, hubdir
+from node.app import launcher
 from node.api.v1 import admin_pb2, ingest_pb2_grpc
 from node.client import AdminClient
 from node.fileio import write_private_file
 from node.ingest import STREAM_COMMIT_FRAMES, STREAM_COMMIT_READINGS
-from node.launcher import HubProcess
+from node.app.launcher import HubProcess
 from node.senml import Reading
-from node.sensor_client import Sensor, SensorCredential, chunked, read_station_csv
+from node.app.sensor_client import Sensor, SensorCredential, chunked, read_station_csv
 from node.storage.base import FrameToCommit, SensorRecord
 from node.storage.sqlite import SqliteStore
 
@@ -241,7 +242,7 @@ def _thread_cpu(pid: int) -> dict[str, float]:
 
 class WrappedHubProcess(HubProcess):
     """A HubProcess whose `serve` runs as `python -m <module> <args...> serve ...` instead of
-    `python -m node.cli.main serve ...` (bench.hubprofile: the hub under cProfile)."""
+    `python -m node.app.cli.main serve ...` (bench.hubprofile: the hub under cProfile)."""
 
     wrapper: list[str] = []
 
@@ -251,7 +252,7 @@ class WrappedHubProcess(HubProcess):
 
         def popen(args, **kwargs):
             args = list(args)
-            i = args.index("node.cli.main")
+            i = args.index("node.app.cli.main")
             args[i : i + 1] = wrapper
             env = dict(kwargs.pop("env", os.environ))
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))

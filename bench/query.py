@@ -11,7 +11,7 @@ falls on both. What counts is the ratio federated seconds / centralised seconds 
 see docs/benchmarks.md, section "Federated query vs centralised (issue 4)".
 
 (a) federated: five hubs (`smartregion serve`, TLS on), separate processes started by
-    node.launcher.HubProcess, one per municipality of the demo region (node.region.STATIONS),
+    node.app.launcher.HubProcess, one per municipality of the demo region (node.app.region.STATIONS),
     every pair peered over the admin API. A research partner with its own key holds an
     agreement with every hub (proposed by the hub over the admin API, countersigned by the
     partner over Federation.ExchangeAgreements). The clock runs from the partner signing a
@@ -74,9 +74,9 @@ from bench.machine import machine_facts
 from node import hubdir
 from node.api.v1 import admin_pb2, agreement_pb2, query_pb2, query_service_pb2_grpc
 from node.client import AdminClient, open_channel
-from node.launcher import HubProcess
-from node.region import STATIONS, Station
-from node.sensor_client import read_station_csv
+from node.app.launcher import HubProcess
+from node.app.region import STATIONS, Station
+from node.app.sensor_client import read_station_csv
 from node.sensors import Enrolment, new_sensor
 from node.storage import query_tables
 from node.storage.base import AggregateRequest, CellRow, FrameToCommit, SensorRecord

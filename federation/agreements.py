@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.message import DecodeError
 
 from federation import terms as terms_mod
-from federation.signing import Domain, sign, verify
+from node.signing import Domain, sign, verify
 from node.api.v1 import agreement_pb2
 
 State = agreement_pb2.AgreementState

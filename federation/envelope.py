@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.message import DecodeError
 
-from federation.signing import Domain, sign, verify
+from node.signing import Domain, sign, verify
 from node.api.v1 import envelope_pb2
 
 MAX_CLOCK_SKEW_MS = 5 * 60 * 1000

@@ -14,7 +14,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from federation.signing import partner_id_from_public_key
+from node.signing import partner_id_from_public_key
 from node import keystore
 from node.fileio import write_private_file
 

@@ -46,7 +46,7 @@ async def fetch_certificate(address: str) -> bytes:
 
 
 def hub_id_of_certificate(cert_pem: bytes) -> str:
-    from federation.signing import hub_id_from_public_key
+    from node.signing import hub_id_from_public_key
 
     try:
         key = identity_mod.verify_tls_binding(x509.load_pem_x509_certificate(cert_pem))

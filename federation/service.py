@@ -1,6 +1,6 @@
 """A hub's federation: who may call it, its peers and partners, and its agreements.
 
-Domain logic only; federation/servicer.py and node/servicers/admin.py translate to gRPC.
+Domain logic only; node/app/servicers/federation.py and node/app/servicers/admin.py translate to gRPC.
 """
 
 from __future__ import annotations

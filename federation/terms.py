@@ -13,20 +13,11 @@ import time
 import tomllib
 import uuid
 
-from federation.signing import hub_id_from_public_key, partner_id_from_public_key
+from node.purposes import PURPOSES
+from node.signing import hub_id_from_public_key, partner_id_from_public_key
 from node import catalog
 from node.api.v1 import agreement_pb2
 
-PURPOSES: dict[str, str] = {
-    "research": "Research and higher education",
-    "public_health": "Public health monitoring and prevention",
-    "environmental_monitoring": "Monitoring of the environment and climate",
-    "urban_planning": "Land-use, transport and urban planning",
-    "emergency_preparedness": "Civil protection and emergency preparedness",
-    "service_operations": "Operating and improving municipal services",
-    "official_statistics": "Official statistics",
-    "commercial_development": "Development of commercial products and services",
-}
 AGGREGATES = ("count", "sum", "mean", "min", "max", "stddev", "quantile")
 GROUPINGS = ("municipality", "time_bucket")
 # Coarsest last; an agreement's smallest bucket allows it and every coarser one.

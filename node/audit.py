@@ -11,7 +11,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from federation.signing import Domain, hub_id_from_public_key, verify
+from node.signing import Domain, hub_id_from_public_key, verify
 from node.storage import Storage
 
 

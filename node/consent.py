@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from federation.terms import PURPOSES
+from node.purposes import PURPOSES
 from node.errors import Reason, Rejected
 from node.storage import Storage
 from node.storage.base import ConsentRow

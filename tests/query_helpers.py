@@ -23,7 +23,7 @@ from federation.query_service import PARTIAL_METHOD, RUN_METHOD
 from node import senml
 from node.api.v1 import (admin_pb2, agreement_pb2, envelope_pb2, federation_pb2, federation_pb2_grpc, ingest_pb2, query_pb2, query_service_pb2,
                          query_service_pb2_grpc)
-from node.sensor_client import Sensor
+from node.app.sensor_client import Sensor
 
 State = agreement_pb2.AgreementState
 UTC = dt.timezone.utc

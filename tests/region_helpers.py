@@ -11,7 +11,7 @@ import grpc
 from node import hubdir
 from node.api.v1 import admin_pb2, admin_pb2_grpc
 from node.client import open_channel
-from node.launcher import HubProcess
+from node.app.launcher import HubProcess
 from tests.conftest import PASSPHRASE, make_hub_dir
 
 

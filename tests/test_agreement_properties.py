@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from federation import agreements as ag
 from federation import terms as terms_mod
 from federation.partners import PartnerKey
-from federation.signing import Domain, sign
+from node.signing import Domain, sign
 from node import identity
 from node.api.v1 import agreement_pb2
 

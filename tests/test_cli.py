@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from node import hubdir
-from node.launcher import HubProcess, LaunchError
+from node.app.launcher import HubProcess, LaunchError
 
 PASSPHRASE = "cli-test-passphrase-0123456"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def cli(*args, passphrase: str | None = PASSPHRASE, timeout: float = 60) -> subp
     if passphrase is not None:
         env["SMARTREGION_PASSPHRASE"] = passphrase
     return subprocess.run(
-        [sys.executable, "-m", "node.cli.main", *map(str, args)],
+        [sys.executable, "-m", "node.app.cli.main", *map(str, args)],
         env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
     )
 

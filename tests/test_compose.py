@@ -48,7 +48,7 @@ def help_text(words: list[str]) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _help(path: tuple[str, ...]) -> str:
-    result = subprocess.run([sys.executable, "-m", "node.cli.main", *path, "--help"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "node.app.cli.main", *path, "--help"], capture_output=True, text=True,
                             env={"COLUMNS": "300", "PATH": "/usr/bin:/bin"}, cwd=REPO_ROOT)
     assert result.returncode == 0, f"`smartregion {' '.join(path)}` does not exist:\n{result.stderr}"
     return result.stdout

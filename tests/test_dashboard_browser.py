@@ -27,7 +27,7 @@ def demo_region(tmp_path_factory):
     log = directory.parent / "demo.log"
     env = dict(os.environ, COLUMNS="200", TERM="dumb")
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "node.cli.main", "demo", "--dir", str(directory)],
+        process = subprocess.Popen([sys.executable, "-m", "node.app.cli.main", "demo", "--dir", str(directory)],
                                    stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + 180

@@ -11,7 +11,7 @@ import sys
 from collections import defaultdict
 
 from federation import answers
-from node import region
+from node.app import region
 from node.register import lookup
 
 
@@ -27,7 +27,7 @@ def csv_monthly_means() -> dict[tuple[str, str], float]:
 
 def test_demo_walkthrough_prints_the_csv_means(tmp_path):
     directory = tmp_path / "region"
-    result = subprocess.run([sys.executable, "-m", "node.cli.main", "demo", "--exit", "--dir", str(directory)],
+    result = subprocess.run([sys.executable, "-m", "node.app.cli.main", "demo", "--exit", "--dir", str(directory)],
                             capture_output=True, text=True, timeout=300, env=dict(os.environ, COLUMNS="200"))
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout

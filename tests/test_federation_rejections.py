@@ -33,7 +33,7 @@ from federation import envelope, export, partners
 from federation import terms as terms_mod
 from federation.partner_client import PartnerSession
 from federation.service import EXCHANGE_METHOD
-from federation.signing import Domain, hub_id_from_public_key, sign
+from node.signing import Domain, hub_id_from_public_key, sign
 from node import identity
 from node.api.v1 import admin_pb2, agreement_pb2, envelope_pb2, federation_pb2
 

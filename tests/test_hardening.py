@@ -15,7 +15,7 @@ from federation import partners
 from federation.partner_client import PartnerSession
 from node.api.v1 import admin_pb2, envelope_pb2, federation_pb2_grpc, query_pb2
 from node.senml import Reading
-from node.sensor_client import replay
+from node.app.sensor_client import replay
 from tests.conftest import sign_agreement, start_peered
 from tests.test_federation_region import TERMS
 

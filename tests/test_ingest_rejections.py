@@ -33,7 +33,7 @@ from ingest_helpers import (
 )
 from node import frames, ingest, senml
 from node.api.v1 import admin_pb2
-from node.sensor_client import Sensor
+from node.app.sensor_client import Sensor
 from node.sensors import wrap_key
 from node.storage.base import SensorRecord
 

@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from node import admin, hubdir, identity, ids, keystore, register, sensors
 from node.hub import Hub
-from node.sensor_client import SensorCredential
+from node.app.sensor_client import SensorCredential
 
 PASSPHRASE = b"keys-at-rest-passphrase-42"
 PRIVATE_FILES = (hubdir.KEYS_FILE, hubdir.ADMIN_TOKEN_FILE, hubdir.CERT_FILE, hubdir.CONFIG_FILE, hubdir.DB_FILE)

@@ -10,7 +10,7 @@ import json
 import aiohttp
 
 from node.senml import Reading
-from node.sensor_client import replay
+from node.app.sensor_client import replay
 from node.tlsfiles import pinned_client_ssl_context
 
 JAN = 1546300800000  # 2019-01-01T00:00Z

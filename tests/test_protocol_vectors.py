@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from node import catalog, frames, http_app, ingest, senml, sensors
+from node import catalog, frames, ingest, senml, sensors
+from node.app import http_app
 from node.errors import Reason, Rejected
-from node.servicers import common as servicer_common
+from node.app.servicers import common as servicer_common
 from node.storage import Storage
 from node.storage.base import SensorRecord
 
@@ -25,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DOC = REPO_ROOT / "docs" / "protocol.md"
 INGEST_PROTO = REPO_ROOT / "proto" / "smartregion" / "v1" / "ingest.proto"
 # Modules on the ingest path; every Reason they name must be in the doc's ingest table.
-INGEST_MODULES = ["node/frames.py", "node/senml.py", "node/ingest.py", "node/http_app.py", "node/servicers/ingest.py"]
+INGEST_MODULES = ["node/frames.py", "node/senml.py", "node/ingest.py", "node/app/http_app.py", "node/app/servicers/ingest.py"]
 
 
 # -- parsing -------------------------------------------------------------------------------
@@ -324,7 +325,7 @@ def test_credential_field_table_matches_the_credential_file():
 def test_constants_match_the_code():
     (block,) = fenced_blocks(doc_text(), "constants")
     c = parse_fields(block)
-    from node import server
+    from node.app import server
 
     expected = {
         "frame_version": str(frames.VERSION),

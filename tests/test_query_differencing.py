@@ -56,7 +56,7 @@ async def test_a_cell_containing_a_small_subcell_is_withheld(tmp_path):
 
 
 def _send(sensor, readings):
-    from node.sensor_client import replay
+    from node.app.sensor_client import replay
 
     replay(sensor, readings)
 

@@ -11,7 +11,7 @@ import pytest
 
 from node.api.v1 import query_pb2
 from node.senml import Reading
-from node.sensor_client import replay
+from node.app.sensor_client import replay
 from tests.conftest import sign_agreement, start_peered
 from tests.test_federation_region import TERMS
 

@@ -38,7 +38,7 @@ from federation.partner_client import PartnerSession
 from federation.query_service import RUN_METHOD
 from node import senml
 from node.api.v1 import admin_pb2, agreement_pb2, query_pb2, query_service_pb2, query_service_pb2_grpc
-from node.sensor_client import Sensor, SensorCredential, read_station_csv, replay
+from node.app.sensor_client import Sensor, SensorCredential, read_station_csv, replay
 from tests.conftest import AIR_METRICS, PASSPHRASE, STATION_DATA
 from tests.region_helpers import ProcessHub, eventually, start_all
 

@@ -14,9 +14,9 @@ import pytest
 from node import hubdir
 from node.api.v1 import admin_pb2, ingest_pb2, ingest_pb2_grpc
 from node.client import AdminClient, open_channel
-from node.launcher import HubProcess
+from node.app.launcher import HubProcess
 from node.senml import Reading
-from node.sensor_client import Sensor, SensorCredential, counter_store_for, replay
+from node.app.sensor_client import Sensor, SensorCredential, counter_store_for, replay
 
 PASSPHRASE = "restart-test-passphrase-0123"
 T0 = 1546300800000  # 2019-01-01T00:00:00Z

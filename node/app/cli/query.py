@@ -17,7 +17,7 @@ from federation import answers, envelope, partners
 from federation.peers import PeerError
 from federation.query_service import RUN_METHOD
 from node.api.v1 import query_pb2, query_service_pb2_grpc
-from node.cli.common import console, err_console, fail, passphrase, user_errors
+from node.app.cli.common import console, err_console, fail, passphrase, user_errors
 from node.client import AdminClient
 
 app = typer.Typer(help="Federated aggregate queries.", no_args_is_help=True)

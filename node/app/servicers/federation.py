@@ -7,7 +7,7 @@ import grpc
 from federation.service import EXCHANGE_METHOD, Federation
 from node.api.v1 import agreement_pb2, federation_pb2, federation_pb2_grpc
 from node.errors import Reason, Rejected
-from node.servicers.common import translate_rejections
+from node.app.servicers.common import translate_rejections
 
 
 class FederationServicer(federation_pb2_grpc.FederationServicer):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from federation.query_service import QueryService
 from node.api.v1 import query_service_pb2_grpc
-from node.servicers.common import translate_rejections
+from node.app.servicers.common import translate_rejections
 
 
 class QueryServicer(query_service_pb2_grpc.QueryServicer):

@@ -8,8 +8,8 @@ import typer
 from rich.table import Table
 
 from node.api.v1 import admin_pb2
-from node.cli.common import DataDir, JsonFlag, console, print_json, user_errors
-from node.cli.views import as_dict, when
+from node.app.cli.common import DataDir, JsonFlag, console, print_json, user_errors
+from node.app.cli.views import as_dict, when
 from node.client import AdminClient
 
 app = typer.Typer(help="Peer hubs: add (pinned by hub id), list, remove.", no_args_is_help=True)

@@ -18,7 +18,7 @@ from node import keystore
 from node.hubdir import HubDirError
 from node.identity import IdentityError
 from node.register import UnknownMunicipality
-from node.sensor_client import CredentialError
+from node.app.sensor_client import CredentialError
 
 # Markup is off: labels, terms and messages come from other people and are printed as written
 # (a "[/]" in a sensor's label must neither crash the CLI nor restyle what an admin reads).

@@ -9,12 +9,12 @@ from importlib import resources
 
 from aiohttp import web
 
-from node.dashboard.data import DashboardData
+from node.app.dashboard.data import DashboardData
 from node.hubdir import token_matches
 
 SESSION_COOKIE = "sr_session"
 SESSION_SECONDS = 12 * 3600
-STATIC = resources.files("node.dashboard").joinpath("static")
+STATIC = resources.files("node.app.dashboard").joinpath("static")
 CONTENT_TYPES = {".html": "text/html", ".js": "application/javascript", ".css": "text/css"}
 
 

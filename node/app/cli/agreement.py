@@ -10,8 +10,8 @@ import typer
 
 from federation import export as export_mod
 from node.api.v1 import admin_pb2
-from node.cli.common import DataDir, JsonFlag, console, emit, fail, print_json, user_errors
-from node.cli.views import agreements_table, as_dict, print_agreement, state_name, terms_table, when
+from node.app.cli.common import DataDir, JsonFlag, console, emit, fail, print_json, user_errors
+from node.app.cli.views import agreements_table, as_dict, print_agreement, state_name, terms_table, when
 from node.client import AdminClient
 
 app = typer.Typer(help="Data-sharing agreements: the only thing that lets data cross a border.", no_args_is_help=True)

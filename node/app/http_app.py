@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from node import open_data
+from node.app import open_data
 from node.errors import Reason, Rejected
 from node.frames import MAX_FRAME
 from node.hub import Hub
 
 if TYPE_CHECKING:
     from federation.service import Federation
-    from node.dashboard.routes import Dashboard
+    from node.app.dashboard.routes import Dashboard
 
 HUB_KEY = web.AppKey("hub", Hub)
 FEDERATION_KEY = web.AppKey("federation", object)

@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 
 from federation import partners
-from node import region
-from node.cli.common import console, fail, passphrase, user_errors
+from node.app import region
+from node.app.cli.common import console, fail, passphrase, user_errors
 from node.hubdir import HubDir
 
 app = typer.Typer(help="Set up a demo region of running hubs.", no_args_is_help=True)

@@ -13,8 +13,8 @@ from rich.table import Table
 
 from node import __version__, hubdir, logs
 from node.api.v1 import admin_pb2
-from node.cli import agreement, audit, consent, partner, peer, query, region, sensor
-from node.cli.common import DataDir, JsonFlag, console, fail, passphrase, print_json, user_errors
+from node.app.cli import agreement, audit, consent, partner, peer, query, region, sensor
+from node.app.cli.common import DataDir, JsonFlag, console, fail, passphrase, print_json, user_errors
 from node.client import AdminClient
 from node.register import lookup
 
@@ -89,7 +89,7 @@ def serve(
 ) -> None:
     """Run the hub (gRPC and HTTP) until SIGTERM or Ctrl-C."""
     from node.hub import Hub
-    from node.server import serve_forever
+    from node.app.server import serve_forever
 
     logs.configure(log_level.upper())
     with user_errors():
@@ -132,7 +132,7 @@ def demo(
     exit_after: Annotated[bool, typer.Option("--exit", help="Stop after the walk-through instead of running until Ctrl-C.")] = False,
 ) -> None:
     """Run a region of five municipalities' hubs with real data, agreements and a federated query."""
-    from node.demo import run_demo
+    from node.app.demo import run_demo
 
     with user_errors():
         run_demo(directory, keep_running=not exit_after)

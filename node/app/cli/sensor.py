@@ -12,10 +12,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from node.api.v1 import admin_pb2
-from node.cli.common import DataDir, JsonFlag, console, fail, print_json, user_errors
+from node.app.cli.common import DataDir, JsonFlag, console, fail, print_json, user_errors
 from node.client import AdminClient
 from node.fileio import write_private_file
-from node.sensor_client import Sensor, SensorCredential, read_station_csv, replay
+from node.app.sensor_client import Sensor, SensorCredential, read_station_csv, replay
 
 app = typer.Typer(help="Enrol, list, revoke and replay sensors (collection points).", no_args_is_help=True)
 

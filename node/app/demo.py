@@ -21,8 +21,9 @@ from rich.table import Table
 from rich.text import Text
 
 from federation import answers, partners
-from node import hubdir, region
-from node.launcher import HubProcess
+from node import hubdir
+from node.app import region
+from node.app.launcher import HubProcess
 from node.register import lookup
 
 DEMO_MARKER = ".smartregion-demo"

@@ -14,8 +14,8 @@ from federation import partners as partners_mod
 from federation.partner_client import PartnerSession
 from federation.peers import PeerError
 from node.api.v1 import admin_pb2
-from node.cli.common import DataDir, JsonFlag, console, fail, passphrase, print_json, user_errors
-from node.cli.views import as_dict, state_name, terms_table, when
+from node.app.cli.common import DataDir, JsonFlag, console, fail, passphrase, print_json, user_errors
+from node.app.cli.views import as_dict, state_name, terms_table, when
 from node.client import AdminClient
 
 app = typer.Typer(help="Partners (businesses, academia): keys, registration, agreements.", no_args_is_help=True)

@@ -33,7 +33,7 @@ class HubProcess:
         hub_dir = HubDir(self.data_dir)
         hub_dir.clear_endpoint()
         env = dict(os.environ, SMARTREGION_PASSPHRASE=self.passphrase)
-        args = [sys.executable, "-m", "node.cli.main", "serve", "--data-dir", str(self.data_dir),
+        args = [sys.executable, "-m", "node.app.cli.main", "serve", "--data-dir", str(self.data_dir),
                 "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port)]
         if self.insecure:
             args.append("--insecure")

@@ -6,11 +6,11 @@ from federation.query_service import QueryService
 from federation.service import AgreementInfo, Federation
 import time
 
-from federation.signing import Domain, sign
+from node.signing import Domain, sign
 from node import audit, consent
 from node.api.v1 import admin_pb2
 from node.register import lookup
-from node.servicers.common import translate_rejections
+from node.app.servicers.common import translate_rejections
 from node.storage.base import PartnerRecord, PeerRecord
 
 

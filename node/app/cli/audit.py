@@ -9,8 +9,8 @@ import typer
 
 from node import audit
 from node.api.v1 import admin_pb2
-from node.cli.common import DataDir, console, emit, fail, user_errors
-from node.cli.views import when
+from node.app.cli.common import DataDir, console, emit, fail, user_errors
+from node.app.cli.views import when
 from node.client import AdminClient
 
 app = typer.Typer(help="The hash-chained audit log: export it, verify it offline.", no_args_is_help=True)

@@ -22,7 +22,7 @@ from federation.query_service import RUN_METHOD
 from node.api.v1 import admin_pb2, query_pb2, query_service_pb2_grpc
 from node.client import AdminClient
 from node.fileio import write_private_file
-from node.sensor_client import Sensor, SensorCredential, read_station_csv, replay
+from node.app.sensor_client import Sensor, SensorCredential, read_station_csv, replay
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ from node import admin
 from node.api.v1 import admin_pb2, admin_pb2_grpc
 from node.hub import Hub
 from node.sensors import Enrolment
-from node.servicers.admin_federation import AuditAdmin, FederationAdmin, QueryAdmin
-from node.servicers.common import translate_rejections
+from node.app.servicers.admin_federation import AuditAdmin, FederationAdmin, QueryAdmin
+from node.app.servicers.common import translate_rejections
 from node.storage.base import SensorRecord
 
 
