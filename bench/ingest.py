@@ -52,14 +52,14 @@ import grpc
 
 from bench.machine import machine_facts
 from node import catalog, frames, hubdir
-from node.app import launcher
 from node.api.v1 import admin_pb2, ingest_pb2_grpc
+from node.app import launcher
+from node.app.launcher import HubProcess
+from node.app.sensor_client import Sensor, SensorCredential, chunked, read_station_csv
 from node.client import AdminClient
 from node.fileio import write_private_file
 from node.ingest import STREAM_COMMIT_FRAMES, STREAM_COMMIT_READINGS
-from node.app.launcher import HubProcess
 from node.senml import Reading
-from node.app.sensor_client import Sensor, SensorCredential, chunked, read_station_csv
 from node.storage.base import FrameToCommit, SensorRecord
 from node.storage.sqlite import SqliteStore
 
@@ -246,7 +246,7 @@ class WrappedHubProcess(HubProcess):
 
     wrapper: list[str] = []
 
-    def start(self, timeout: float = 30.0) -> "HubProcess":
+    def start(self, timeout: float = 30.0) -> HubProcess:
         real_popen = launcher.subprocess.Popen
         wrapper = list(self.wrapper)
 

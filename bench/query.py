@@ -66,17 +66,17 @@ from pathlib import Path
 
 import grpc
 
+from bench.machine import machine_facts
 from federation import answers, envelope, partials, partners, peers
 from federation.partner_client import PartnerSession
 from federation.query_service import RUN_METHOD
 from federation.query_spec import buckets
-from bench.machine import machine_facts
 from node import hubdir
 from node.api.v1 import admin_pb2, agreement_pb2, query_pb2, query_service_pb2_grpc
-from node.client import AdminClient, open_channel
 from node.app.launcher import HubProcess
 from node.app.region import STATIONS, Station
 from node.app.sensor_client import read_station_csv
+from node.client import AdminClient, open_channel
 from node.sensors import Enrolment, new_sensor
 from node.storage import query_tables
 from node.storage.base import AggregateRequest, CellRow, FrameToCommit, SensorRecord
@@ -124,7 +124,7 @@ def data_source() -> DataSource:
 
 
 def day_ms(day: dt.date) -> int:
-    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
 
 
 def station_series(source: DataSource, station: Station) -> list[tuple[str, int, float]]:
@@ -242,7 +242,7 @@ def prepare(workdir: Path, plan: Plan) -> Cache:
         raise RuntimeError(f"stored {central_stored:,} (centralised) and {sum(n for n, _ in hubs):,} (hubs) "
                            f"of {plan.total:,} readings")
     cache.manifest = {
-        "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "source": str(plan.source.directory), "start": plan.source.start.isoformat(), "end": plan.source.end.isoformat(),
         "sensors_per_hub": plan.sensors_per_hub, "readings": plan.total,
         "readings_per_hub": {s.municipality: n for s, (n, _) in zip(STATIONS, hubs)},

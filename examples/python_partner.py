@@ -214,7 +214,7 @@ def readable(answer, verified: list[str]) -> dict:
 
 def utc_ms(day: str) -> int:
     d = dt.date.fromisoformat(day)
-    return int(dt.datetime(d.year, d.month, d.day, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    return int(dt.datetime(d.year, d.month, d.day, tzinfo=dt.UTC).timestamp() * 1000)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.message import DecodeError
 
 from federation import terms as terms_mod
-from node.signing import Domain, sign, verify
 from node.api.v1 import agreement_pb2
+from node.signing import Domain, sign, verify
 
 State = agreement_pb2.AgreementState
 STATE_NAMES = {v: k.removeprefix("AGREEMENT_STATE_").lower() for k, v in agreement_pb2.AgreementState.items()}

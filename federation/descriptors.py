@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from node.signing import Domain, hub_id_from_public_key, sign, verify
 from node import identity as identity_mod
 from node import register
 from node.api.v1 import federation_pb2
+from node.signing import Domain, hub_id_from_public_key, sign, verify
 
 DESCRIPTOR_LIFETIME_MS = 7 * 24 * 3600 * 1000
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.message import DecodeError
 
-from node.signing import Domain, sign, verify
 from node.api.v1 import envelope_pb2
+from node.signing import Domain, sign, verify
 
 MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
 NONCE_BYTES = 16

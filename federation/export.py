@@ -19,9 +19,9 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError
 
 from federation import agreements as ag
+from node.api.v1 import agreement_pb2
 from node.signing import Domain, sign
 from node.signing import verify as verify_signature
-from node.api.v1 import agreement_pb2
 
 FORMAT = "smartregion-agreement"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 
 from federation import agreements as ag
 from federation import terms as terms_mod

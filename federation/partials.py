@@ -11,10 +11,10 @@ import math
 from dataclasses import dataclass, field
 
 from federation.query_spec import buckets, label
-from node.signing import Domain, hub_id_from_public_key, sign, verify
-from node.sketch import Sketch
 from node.api.v1 import query_pb2, query_service_pb2
 from node.identity import HubIdentity
+from node.signing import Domain, hub_id_from_public_key, sign, verify
+from node.sketch import Sketch
 from node.storage.base import CellRow
 
 

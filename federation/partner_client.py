@@ -31,7 +31,7 @@ class PartnerSession:
         self.hub_id = hub_id
         self.channel = None
 
-    async def __aenter__(self) -> "PartnerSession":
+    async def __aenter__(self) -> PartnerSession:
         cert_pem = await peers.fetch_certificate(self.hub_address)
         actual = peers.hub_id_of_certificate(cert_pem)
         if actual != self.hub_id:

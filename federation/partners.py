@@ -14,9 +14,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from node.signing import partner_id_from_public_key
 from node import keystore
 from node.fileio import write_private_file
+from node.signing import partner_id_from_public_key
 
 PUBLIC_FORMAT = "smartregion-partner-public-key"
 ORG_NUMBER = re.compile(r"^\d{9}$")

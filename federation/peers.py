@@ -40,7 +40,7 @@ async def fetch_certificate(address: str) -> bytes:
     host, port = split_address(address)
     try:
         pem = await asyncio.wait_for(asyncio.to_thread(ssl.get_server_certificate, (host, port)), CALL_TIMEOUT_S)
-    except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+    except (TimeoutError, OSError, ssl.SSLError) as exc:
         raise PeerError(f"cannot reach {address} over TLS: {exc or type(exc).__name__}") from None
     return pem.encode()
 

@@ -4,8 +4,8 @@ provides data decides for itself, under its own agreement with the asker."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import datetime as dt
+import logging
 import time
 from dataclasses import dataclass, replace
 
@@ -13,9 +13,10 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from federation import dp, envelope, partials, policy
+from federation.auth import Caller
 from federation.query_spec import DEFAULT_DEADLINE_MS, bucket_start, check_shape, next_bucket
+from federation.service import Federation
 from federation.terms import BUCKETS
-from federation.service import Caller, Federation
 from node import catalog
 from node.api.v1 import envelope_pb2, query_pb2, query_service_pb2, query_service_pb2_grpc
 from node.errors import Reason, Rejected
@@ -43,7 +44,7 @@ def bucket_finer(a: str, b: str) -> bool:
 
 
 def describe(spec: query_pb2.QuerySpec) -> str:
-    day = lambda ms: dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d")  # noqa: E731
+    day = lambda ms: dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d")  # noqa: E731
     what = f"{spec.aggregate}{f'({spec.quantile:g})' if spec.aggregate == 'quantile' else ''}"
     return f"{what} {spec.dataset}/{spec.metric} by {spec.group_by}/{spec.bucket} {day(spec.start_ms)}..{day(spec.end_ms)} for {spec.purpose_code}"
 
@@ -124,7 +125,7 @@ class QueryService:
         except Rejected as refusal:
             base.status, base.reason = "denied", refusal.message
             return Asked(base, denial=refusal.reason)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             base.status, base.reason = "timed_out", "this hub's own partial missed the deadline"
             base.latency_ms = (time.monotonic() - started) * 1000
             return Asked(base)
@@ -242,7 +243,7 @@ class QueryService:
         """Count the query against the agreement's daily quota and privacy budget."""
         if grant.queries_per_day is None:
             return
-        day = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+        day = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
         outcome = await self.hub.storage.write(
             lambda s: s.use_quota(grant.agreement_id, day, grant.queries_per_day, epsilon, grant.dp_budget))
         if outcome == "quota":

@@ -20,14 +20,14 @@ DAY_MS = 24 * HOUR_MS
 WEEK_MS = 7 * DAY_MS
 MAX_WINDOW_MS = 10 * 366 * DAY_MS
 EARLIEST_MS = 0
-LATEST_MS = int(dt.datetime(2200, 1, 1, tzinfo=dt.timezone.utc).timestamp() * 1000)
+LATEST_MS = int(dt.datetime(2200, 1, 1, tzinfo=dt.UTC).timestamp() * 1000)
 GROUPS = ("municipality", "region")
 DEFAULT_DEADLINE_MS = 10_000
 MAX_DEADLINE_MS = 60_000
 
 
 def _utc(ms: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc)
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
 
 
 def _ms(when: dt.datetime) -> int:
@@ -43,9 +43,9 @@ def bucket_start(bucket: str, time_ms: int, window_start_ms: int) -> int:
         return time_ms - (time_ms + 3 * DAY_MS) % WEEK_MS
     when = _utc(time_ms)
     if bucket == "month":
-        return _ms(dt.datetime(when.year, when.month, 1, tzinfo=dt.timezone.utc))
+        return _ms(dt.datetime(when.year, when.month, 1, tzinfo=dt.UTC))
     if bucket == "year":
-        return _ms(dt.datetime(when.year, 1, 1, tzinfo=dt.timezone.utc))
+        return _ms(dt.datetime(when.year, 1, 1, tzinfo=dt.UTC))
     return window_start_ms
 
 
@@ -56,9 +56,9 @@ def next_bucket(bucket: str, start_ms: int) -> int:
     when = _utc(start_ms)
     if bucket == "month":
         year, month = (when.year + 1, 1) if when.month == 12 else (when.year, when.month + 1)
-        return _ms(dt.datetime(year, month, 1, tzinfo=dt.timezone.utc))
+        return _ms(dt.datetime(year, month, 1, tzinfo=dt.UTC))
     if bucket == "year":
-        return _ms(dt.datetime(when.year + 1, 1, 1, tzinfo=dt.timezone.utc))
+        return _ms(dt.datetime(when.year + 1, 1, 1, tzinfo=dt.UTC))
     raise ValueError("a whole-window bucket has no successor")
 
 

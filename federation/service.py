@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import grpc
 
 from federation import agreements as ag
-from federation import descriptors, envelope, export, peers, partners
+from federation import descriptors, envelope, export, partners, peers
 from federation import terms as terms_mod
+from federation.auth import Caller
 from federation.ledger import Ledger, Merged, now_ms
 from node import audit, ids
 from node.api.v1 import agreement_pb2, envelope_pb2, federation_pb2, federation_pb2_grpc
@@ -26,14 +27,6 @@ from node.storage.base import PartnerRecord, PeerRecord
 
 log = logging.getLogger("smartregion.federation")
 EXCHANGE_METHOD = "/smartregion.v1.Federation/ExchangeAgreements"
-
-
-@dataclass(frozen=True)
-class Caller:
-    kind: str  # "hub" or "partner"
-    id: str
-    public_key: bytes
-    name: str
 
 
 @dataclass
@@ -412,7 +405,7 @@ class Federation:
                 log.exception("federation background round failed")
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=min(1.0, self.refresh_seconds))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def refresh_metrics(self) -> None:

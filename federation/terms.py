@@ -13,10 +13,10 @@ import time
 import tomllib
 import uuid
 
-from node.purposes import PURPOSES
-from node.signing import hub_id_from_public_key, partner_id_from_public_key
 from node import catalog
 from node.api.v1 import agreement_pb2
+from node.purposes import PURPOSES
+from node.signing import hub_id_from_public_key, partner_id_from_public_key
 
 AGGREGATES = ("count", "sum", "mean", "min", "max", "stddev", "quantile")
 GROUPINGS = ("municipality", "time_bucket")
@@ -48,7 +48,7 @@ def _millis(value, field: str, now_ms: int) -> int:
             raise TermsError(f"{field} needs a time zone, e.g. 2027-01-01T00:00:00Z")
         return int(value.timestamp() * 1000)
     if isinstance(value, dt.date):
-        return int(dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc).timestamp() * 1000)
+        return int(dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC).timestamp() * 1000)
     raise TermsError(f"{field} must be a date, a date-time with time zone, or \"now\"")
 
 

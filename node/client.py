@@ -51,7 +51,7 @@ class AdminClient:
     def close(self) -> None:
         self.channel.close()
 
-    def __enter__(self) -> "AdminClient":
+    def __enter__(self) -> AdminClient:
         return self
 
     def __exit__(self, *exc) -> None:

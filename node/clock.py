@@ -30,7 +30,7 @@ class Clock(Protocol):
 
 def utc_day(now_ms: int) -> str:
     """The UTC calendar day of a wall-clock reading, as YYYY-MM-DD."""
-    return dt.datetime.fromtimestamp(now_ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d")
+    return dt.datetime.fromtimestamp(now_ms / 1000, dt.UTC).strftime("%Y-%m-%d")
 
 
 class SystemClock:

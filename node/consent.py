@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from node.purposes import PURPOSES
 from node.errors import Reason, Rejected
+from node.purposes import PURPOSES
 from node.storage import Storage
 from node.storage.base import ConsentRow
 

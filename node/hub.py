@@ -36,7 +36,7 @@ class Hub:
     serve_lock: object = field(default=None, repr=False)  # held while serving (HubDir.lock_for_serving)
 
     @classmethod
-    def open(cls, path: Path, passphrase: bytes, clock: Clock = SYSTEM_CLOCK) -> "Hub":
+    def open(cls, path: Path, passphrase: bytes, clock: Clock = SYSTEM_CLOCK) -> Hub:
         hub_dir = HubDir(Path(path))
         config = hub_dir.config()
         serve_lock = hub_dir.lock_for_serving()

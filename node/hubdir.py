@@ -12,8 +12,8 @@
 from __future__ import annotations
 
 import base64
-import fcntl
 import datetime as dt
+import fcntl
 import hashlib
 import hmac
 import json
@@ -87,7 +87,7 @@ class HubConfig:
         return tomli_w.dumps(doc).encode()
 
     @classmethod
-    def from_toml(cls, text: str) -> "HubConfig":
+    def from_toml(cls, text: str) -> HubConfig:
         doc = tomllib.loads(text)
         hub = doc["hub"]
         return cls(
@@ -227,7 +227,7 @@ def init_hub(
     config = HubConfig(
         hub_id=ident.hub_id_text,
         municipality=found.number,
-        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         admin_token_sha256=hash_token(token),
         network=network or NetworkConfig(),
     )

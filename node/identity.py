@@ -92,7 +92,7 @@ class HubIdentity:
         }
 
     @classmethod
-    def from_secrets(cls, values: dict[str, bytes]) -> "HubIdentity":
+    def from_secrets(cls, values: dict[str, bytes]) -> HubIdentity:
         try:
             identity = cls(
                 identity_key=Ed25519PrivateKey.from_private_bytes(values["identity_key"]),
@@ -131,7 +131,7 @@ def issue_tls_certificate(
         x509.NameAttribute(NameOID.COMMON_NAME, hub_id_text),
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "smartregion hub"),
     ])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     return (
         x509.CertificateBuilder()
         .subject_name(subject)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -160,7 +160,7 @@ class IngestService:
                 raise Rejected(exc.reason, f"frame {index}: {exc.message}; nothing of this batch was stored") from None
         return await self.commit(opened)
 
-    def stream(self) -> "StreamSession":
+    def stream(self) -> StreamSession:
         return StreamSession(self)
 
 

@@ -12,8 +12,8 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Union
 
 import msgspec
 
@@ -88,9 +88,9 @@ class _Record(msgspec.Struct, forbid_unknown_fields=True):
 
     n: str
     v: float
-    t: Union[float, msgspec.UnsetType] = msgspec.UNSET
-    u: Union[str, msgspec.UnsetType] = msgspec.UNSET
-    bt: Union[float, msgspec.UnsetType] = msgspec.UNSET
+    t: float | msgspec.UnsetType = msgspec.UNSET
+    u: str | msgspec.UnsetType = msgspec.UNSET
+    bt: float | msgspec.UnsetType = msgspec.UNSET
 
 
 _TYPED = msgspec.json.Decoder(list[_Record])

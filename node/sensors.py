@@ -49,7 +49,7 @@ class Enrolment:
     subject_id: str = ""
     label: str = ""
 
-    def validated(self) -> "Enrolment":
+    def validated(self) -> Enrolment:
         try:
             metrics = catalog.check_metrics(self.dataset, [m.strip() for m in self.metrics if m.strip()])
         except catalog.CatalogError as exc:

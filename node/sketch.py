@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from node.api.v1 import query_pb2
 
@@ -67,7 +67,7 @@ class Sketch:
     def count(self) -> int:
         return sum(self.positive.values()) + sum(self.negative.values()) + self.zeros
 
-    def merge(self, other: "Sketch") -> "Sketch":
+    def merge(self, other: Sketch) -> Sketch:
         if other.alpha != self.alpha:
             raise ValueError("sketches with different accuracy cannot be merged")
         return Sketch(self.alpha, self.positive + other.positive, self.negative + other.negative, self.zeros + other.zeros)
@@ -94,5 +94,5 @@ class Sketch:
         return query_pb2.QuantileSketch(alpha=self.alpha, positive=dict(self.positive), negative=dict(self.negative), zeros=self.zeros)
 
     @classmethod
-    def from_proto(cls, message: query_pb2.QuantileSketch) -> "Sketch":
+    def from_proto(cls, message: query_pb2.QuantileSketch) -> Sketch:
         return cls(message.alpha or ALPHA, Counter(dict(message.positive)), Counter(dict(message.negative)), message.zeros)

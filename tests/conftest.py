@@ -14,10 +14,10 @@ import pytest_asyncio
 
 from node import hubdir
 from node.api.v1 import admin_pb2, admin_pb2_grpc, agreement_pb2, ingest_pb2_grpc
+from node.app.sensor_client import Sensor, SensorCredential
+from node.app.server import RunningHub, start
 from node.client import open_channel
 from node.hub import Hub
-from node.app.server import RunningHub, start
-from node.app.sensor_client import Sensor, SensorCredential
 
 PASSPHRASE = "test-passphrase-0123456789"
 REPO_ROOT = Path(__file__).resolve().parents[1]

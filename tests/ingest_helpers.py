@@ -14,8 +14,8 @@ import grpc
 
 from node import frames
 from node.api.v1 import admin_pb2, ingest_pb2
-from node.senml import Reading
 from node.app.sensor_client import Sensor
+from node.senml import Reading
 from node.storage.base import ReadingFilter
 
 # Expected outcome of each rejection reason, written out here (not derived from node.errors)

@@ -10,23 +10,32 @@ import datetime as dt
 import itertools
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 import grpc
 import tomli_w
+from conftest import LiveHub, make_hub_dir, start_live_hub
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from conftest import LiveHub, make_hub_dir, start_live_hub
 from federation import envelope, peers
 from federation.query_service import PARTIAL_METHOD, RUN_METHOD
 from node import senml
-from node.api.v1 import (admin_pb2, agreement_pb2, envelope_pb2, federation_pb2, federation_pb2_grpc, ingest_pb2, query_pb2, query_service_pb2,
-                         query_service_pb2_grpc)
+from node.api.v1 import (
+    admin_pb2,
+    agreement_pb2,
+    envelope_pb2,
+    federation_pb2,
+    federation_pb2_grpc,
+    ingest_pb2,
+    query_pb2,
+    query_service_pb2,
+    query_service_pb2_grpc,
+)
 from node.app.sensor_client import Sensor
 
 State = agreement_pb2.AgreementState
-UTC = dt.timezone.utc
+UTC = dt.UTC
 HOUR_MS, DAY_MS = 3_600_000, 86_400_000
 
 

@@ -10,8 +10,8 @@ import grpc
 
 from node import hubdir
 from node.api.v1 import admin_pb2, admin_pb2_grpc
-from node.client import open_channel
 from node.app.launcher import HubProcess
+from node.client import open_channel
 from tests.conftest import PASSPHRASE, make_hub_dir
 
 
@@ -29,7 +29,7 @@ class ProcessHub:
         self.process = HubProcess(path, PASSPHRASE)
         self.channel = None
 
-    def start(self) -> "ProcessHub":
+    def start(self) -> ProcessHub:
         self.launch()
         return self.connect()
 
@@ -38,7 +38,7 @@ class ProcessHub:
         self.process.start()
         self.process.grpc_port = int(self.address.rsplit(":", 1)[1])  # a restart keeps the address peers know
 
-    def connect(self) -> "ProcessHub":
+    def connect(self) -> ProcessHub:
         """Open the admin channel (in the event loop's thread)."""
         self.channel = open_channel(self.address, hub_id=self.hub_id, cert_pem=self.hub_dir.tls_cert_pem(), aio=True)
         return self

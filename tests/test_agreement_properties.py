@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from federation import agreements as ag
 from federation import terms as terms_mod
 from federation.partners import PartnerKey
-from node.signing import Domain, sign
 from node import identity
 from node.api.v1 import agreement_pb2
+from node.signing import Domain, sign
 
 State = agreement_pb2.AgreementState
 CREATED_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z

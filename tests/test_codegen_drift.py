@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("grpc_tools", reason="grpcio-tools (a dev dependency) regenerates the code")
 
-from node.api import codegen  # noqa: E402
+from node.api import codegen
 
 COMMITTED = codegen.OUTPUT_DIR
 

@@ -46,7 +46,7 @@ def help_text(words: list[str]) -> str:
     return _help(tuple(path))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _help(path: tuple[str, ...]) -> str:
     result = subprocess.run([sys.executable, "-m", "node.app.cli.main", *path, "--help"], capture_output=True, text=True,
                             env={"COLUMNS": "300", "PATH": "/usr/bin:/bin"}, cwd=REPO_ROOT)

@@ -16,31 +16,31 @@ import datetime as dt
 import itertools
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 import grpc
 import pytest
 import pytest_asyncio
 import tomli_w
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from conftest import PASSPHRASE
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from query_helpers import Node, eventually, settle, stop_nodes
 from query_helpers import start_nodes as start_region
+
 from federation import agreements as ag
 from federation import envelope, export, partners
 from federation import terms as terms_mod
 from federation.partner_client import PartnerSession
 from federation.service import EXCHANGE_METHOD
-from node.signing import Domain, hub_id_from_public_key, sign
 from node import identity
 from node.api.v1 import admin_pb2, agreement_pb2, envelope_pb2, federation_pb2
+from node.signing import Domain, hub_id_from_public_key, sign
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 State = agreement_pb2.AgreementState
-UTC = dt.timezone.utc
+UTC = dt.UTC
 INVALID, DENIED, UNAUTH = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED
 TOWNS = (("stavanger", "1103"), ("bergen", "4601"), ("porsgrunn", "3806"))
 

@@ -14,14 +14,14 @@ from federation import agreements as ag
 from federation import partners
 from federation.partner_client import PartnerSession
 from node.api.v1 import admin_pb2, envelope_pb2, federation_pb2_grpc, query_pb2
-from node.senml import Reading
 from node.app.sensor_client import replay
+from node.senml import Reading
 from tests.conftest import sign_agreement, start_peered
 from tests.test_federation_region import TERMS
 
 
 def ms(year: int, month: int, day: int = 1) -> int:
-    return int(dt.datetime(year, month, day, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    return int(dt.datetime(year, month, day, tzinfo=dt.UTC).timestamp() * 1000)
 
 
 async def test_a_revocation_racing_a_countersignature_is_never_lost(live_hub):

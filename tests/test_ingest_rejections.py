@@ -16,9 +16,8 @@ from dataclasses import dataclass
 
 import pytest
 import pytest_asyncio
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from conftest import make_hub_dir, start_live_hub
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from ingest_helpers import (
     TRANSPORTS,
     assert_nothing_stored,
@@ -31,12 +30,12 @@ from ingest_helpers import (
     senml_json,
     snapshot,
 )
+
 from node import frames, ingest, senml
 from node.api.v1 import admin_pb2
 from node.app.sensor_client import Sensor
 from node.sensors import wrap_key
 from node.storage.base import SensorRecord
-
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

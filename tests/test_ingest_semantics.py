@@ -13,7 +13,6 @@ import os
 
 import pytest
 import pytest_asyncio
-
 from ingest_helpers import (
     TRANSPORTS,
     assert_nothing_stored,
@@ -23,8 +22,8 @@ from ingest_helpers import (
     seal_raw,
     snapshot,
 )
-from node import frames, ingest
 
+from node import frames, ingest
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 from node import admin, hubdir, identity, ids, keystore, register, sensors
-from node.hub import Hub
 from node.app.sensor_client import SensorCredential
+from node.hub import Hub
 
 PASSPHRASE = b"keys-at-rest-passphrase-42"
 PRIVATE_FILES = (hubdir.KEYS_FILE, hubdir.ADMIN_TOKEN_FILE, hubdir.CERT_FILE, hubdir.CONFIG_FILE, hubdir.DB_FILE)
@@ -378,7 +378,7 @@ def certificate(
     binding_signature: bytes,
 ) -> x509.Certificate:
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -453,7 +453,7 @@ def test_our_binding_moved_onto_another_tls_key_fails(hub):
 def test_a_certificate_without_a_binding_fails():
     tls_key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "plain")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     plain = (
         x509.CertificateBuilder()
         .subject_name(subject)

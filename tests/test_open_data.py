@@ -9,8 +9,8 @@ import json
 
 import aiohttp
 
-from node.senml import Reading
 from node.app.sensor_client import replay
+from node.senml import Reading
 from node.tlsfiles import pinned_client_ssl_context
 
 JAN = 1546300800000  # 2019-01-01T00:00Z

@@ -37,11 +37,11 @@ CLIENT_TIMEOUT_S = 60
 
 
 def utc_ms(year: int, month: int, day: int = 1, hour: int = 0) -> int:
-    return int(dt.datetime(year, month, day, hour, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    return int(dt.datetime(year, month, day, hour, tzinfo=dt.UTC).timestamp() * 1000)
 
 
 def research_terms(min_group_size: int) -> str:
-    until = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=365)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    until = (dt.datetime.now(dt.UTC) + dt.timedelta(days=365)).strftime("%Y-%m-%dT%H:%M:%SZ")
     return f"""
 [purpose]
 code = "research"
@@ -136,7 +136,7 @@ async def run_client(*argv: str, env: dict[str, str] | None = None) -> tuple[int
         *argv, cwd=REPO_ROOT, env=env or client_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         out, err = await asyncio.wait_for(process.communicate(), CLIENT_TIMEOUT_S)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         process.kill()
         await process.wait()
         raise AssertionError(f"{argv[:2]} did not finish within {CLIENT_TIMEOUT_S}s")

@@ -17,8 +17,8 @@ import pytest
 
 from node import catalog, frames, ingest, senml, sensors
 from node.app import http_app
-from node.errors import Reason, Rejected
 from node.app.servicers import common as servicer_common
+from node.errors import Reason, Rejected
 from node.storage import Storage
 from node.storage.base import SensorRecord
 

@@ -35,14 +35,28 @@ import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from query_helpers import (
+    DAY_MS,
+    HOUR_MS,
+    UTC,
+    Node,
+    add_sensor,
+    agree,
+    asked,
+    deliver,
+    ms,
+    refused,
+    relay,
+    spec,
+    start_nodes,
+    stop_nodes,
+    terms_toml,
+)
 
 from federation import partners
-from node import sketch
 from federation.partner_client import PartnerSession
-from node import senml
+from node import senml, sketch
 from node.api.v1 import admin_pb2, query_pb2, query_service_pb2
-from query_helpers import (DAY_MS, HOUR_MS, UTC, Node, add_sensor, agree, asked, deliver, ms, refused, relay, spec, start_nodes,
-                           stop_nodes, terms_toml)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
-
 from node.api.v1 import query_pb2
 from node.senml import Reading
 from tests.conftest import sign_agreement, start_peered
@@ -17,7 +16,7 @@ from tests.test_federation_region import TERMS
 
 
 def ms(year: int, month: int) -> int:
-    return int(dt.datetime(year, month, 1, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    return int(dt.datetime(year, month, 1, tzinfo=dt.UTC).timestamp() * 1000)
 
 
 TWO_PER_CELL = TERMS.replace("min_group_size = 1", "min_group_size = 2").replace("longest_window_days = 366", "longest_window_days = 800")

@@ -10,15 +10,15 @@ import grpc
 import pytest
 
 from node.api.v1 import query_pb2
-from node.senml import Reading
 from node.app.sensor_client import replay
+from node.senml import Reading
 from tests.conftest import sign_agreement, start_peered
 from tests.test_federation_region import TERMS
 
 DP_TERMS = (TERMS.replace('metrics = ["pm25"]', 'metrics = ["temperature"]')
             .replace('aggregates = ["mean", "count", "min", "max"]', 'aggregates = ["count", "sum", "mean", "stddev"]')
             .replace("queries_per_day = 100", "queries_per_day = 100\ndp_epsilon = 2.0"))
-JAN, FEB = (int(dt.datetime(2019, m, 1, tzinfo=dt.timezone.utc).timestamp() * 1000) for m in (1, 2))
+JAN, FEB = (int(dt.datetime(2019, m, 1, tzinfo=dt.UTC).timestamp() * 1000) for m in (1, 2))
 HOURS = range(31 * 24)
 TRUE_VALUE = lambda sensor, hour: -5.0 + sensor + (hour % 24) / 4  # noqa: E731  (°C)
 

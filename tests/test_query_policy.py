@@ -33,17 +33,16 @@ from hypothesis import strategies as st
 
 from federation import agreements as ag
 from federation import partials, policy
-from node import sketch
 from federation import terms as terms_mod
 from federation.partners import PartnerKey
 from federation.query_spec import check_shape
-from node import catalog, identity
+from node import catalog, identity, sketch
 from node.api.v1 import agreement_pb2, query_pb2
 from node.errors import Reason, Rejected
 from node.storage.base import CellRow
 
 State = agreement_pb2.AgreementState
-UTC = dt.timezone.utc
+UTC = dt.UTC
 HOUR_MS, DAY_MS = 3_600_000, 86_400_000
 VALID_FROM = dt.datetime(2026, 1, 1, tzinfo=UTC)
 VALID_UNTIL = dt.datetime(2027, 1, 1, tzinfo=UTC)

@@ -26,13 +26,33 @@ import grpc
 import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from query_helpers import (
+    DAY_MS,
+    HOUR_MS,
+    UTC,
+    Node,
+    State,
+    add_sensor,
+    agree,
+    asked,
+    audited,
+    deliver,
+    eventually,
+    ms,
+    refused,
+    relay,
+    signed,
+    spec,
+    start_nodes,
+    state_is,
+    stop_nodes,
+    terms_toml,
+)
 
 from federation import partners
 from federation.query_service import PARTIAL_METHOD, RUN_METHOD
 from node import senml
 from node.api.v1 import admin_pb2, agreement_pb2, envelope_pb2, query_pb2
-from query_helpers import (DAY_MS, HOUR_MS, State, UTC, Node, add_sensor, agree, asked, audited, deliver, eventually, ms, refused,
-                           relay, signed, spec, start_nodes, state_is, stop_nodes, terms_toml)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

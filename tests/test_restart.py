@@ -13,10 +13,10 @@ import pytest
 
 from node import hubdir
 from node.api.v1 import admin_pb2, ingest_pb2, ingest_pb2_grpc
-from node.client import AdminClient, open_channel
 from node.app.launcher import HubProcess
-from node.senml import Reading
 from node.app.sensor_client import Sensor, SensorCredential, counter_store_for, replay
+from node.client import AdminClient, open_channel
+from node.senml import Reading
 
 PASSPHRASE = "restart-test-passphrase-0123"
 T0 = 1546300800000  # 2019-01-01T00:00:00Z

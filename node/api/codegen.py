@@ -27,9 +27,8 @@ def proto_files(proto_root: Path = PROTO_ROOT) -> list[Path]:
 def generate(out_dir: Path, proto_root: Path | None = None) -> list[Path]:
     """Write the generated modules for every file in proto_root (default: proto/) into
     out_dir; return their paths."""
-    from grpc_tools import protoc  # dev dependency, only needed to regenerate
-
     import grpc_tools
+    from grpc_tools import protoc  # dev dependency, only needed to regenerate
 
     proto_root = Path(proto_root) if proto_root is not None else PROTO_ROOT
     include = Path(grpc_tools.__file__).parent / "_proto"

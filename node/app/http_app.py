@@ -84,7 +84,7 @@ async def open_aggregate(request: web.Request) -> web.Response:
     return web.json_response({"rows": rows})
 
 
-def build_app(hub: Hub, dashboard: "Dashboard | None" = None, federation: "Federation | None" = None) -> web.Application:
+def build_app(hub: Hub, dashboard: Dashboard | None = None, federation: Federation | None = None) -> web.Application:
     app = web.Application(client_max_size=MAX_FRAME + 1)
     app[HUB_KEY] = hub
     if federation is not None:

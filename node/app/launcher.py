@@ -29,7 +29,7 @@ class HubProcess:
     process: subprocess.Popen | None = None
     endpoint: dict = field(default_factory=dict)
 
-    def start(self, timeout: float = 30.0) -> "HubProcess":
+    def start(self, timeout: float = 30.0) -> HubProcess:
         hub_dir = HubDir(self.data_dir)
         hub_dir.clear_endpoint()
         env = dict(os.environ, SMARTREGION_PASSPHRASE=self.passphrase)
@@ -65,7 +65,7 @@ class HubProcess:
             return ""
 
     @staticmethod
-    def stop_all(processes: list["HubProcess"], timeout: float = 15.0) -> None:
+    def stop_all(processes: list[HubProcess], timeout: float = 15.0) -> None:
         """SIGTERM every hub first, then wait for each: shutting down a region takes as long as
         its slowest hub, not the sum of all."""
         for process in processes:

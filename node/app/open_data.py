@@ -45,7 +45,7 @@ def _day_ms(text: str, name: str) -> int:
         day = dt.date.fromisoformat(text)
     except (TypeError, ValueError):
         raise Rejected(Reason.INVALID_REQUEST, f"{name} must be a date like 2019-01-01") from None
-    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
 
 
 async def aggregate(hub: Hub, dataset: str, metric: str, params) -> list[dict]:

@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable
 
 import grpc
 
@@ -20,9 +20,9 @@ from federation.partners import PartnerKey, public_file_path
 from federation.peers import channel_to, fetch_certificate
 from federation.query_service import RUN_METHOD
 from node.api.v1 import admin_pb2, query_pb2, query_service_pb2_grpc
+from node.app.sensor_client import Sensor, SensorCredential, read_station_csv, replay
 from node.client import AdminClient
 from node.fileio import write_private_file
-from node.app.sensor_client import Sensor, SensorCredential, read_station_csv, replay
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def station_csv(station: Station) -> Path:
 
 
 def day_ms(day: dt.date) -> int:
-    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
 
 
 @dataclass

@@ -8,18 +8,19 @@ lost counter file cannot make the sensor reuse a nonce.
 from __future__ import annotations
 
 import base64
-import http.client
-import socket
 import csv
 import datetime as dt
+import http.client
 import json
 import math
+import socket
 import ssl
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
-from typing import Callable, Iterable, Iterator, TypeVar
 
 import grpc
 
@@ -55,7 +56,7 @@ class SensorCredential:
     label: str = ""
 
     @classmethod
-    def load(cls, path: Path) -> "SensorCredential":
+    def load(cls, path: Path) -> SensorCredential:
         path = Path(path)
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
@@ -131,7 +132,7 @@ def read_station_csv(path: Path, metrics: Iterable[str], since: dt.date | None =
             raise CredentialError(f"{path} has none of the sensor's metrics ({', '.join(columns.values())})")
         for line, row in enumerate(reader, start=2):
             try:
-                when = dt.datetime.fromisoformat(f"{row['date']}T{row['time']}").replace(tzinfo=dt.timezone.utc)
+                when = dt.datetime.fromisoformat(f"{row['date']}T{row['time']}").replace(tzinfo=dt.UTC)
             except (ValueError, TypeError):
                 raise CredentialError(f"{path}:{line}: cannot read the date and time {row.get('date')!r} {row.get('time')!r}") from None
             if (since and when.date() < since) or (until and when.date() >= until):

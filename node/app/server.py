@@ -17,9 +17,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from federation.query_service import QueryService
-from node.app.servicers.query import QueryServicer
 from federation.service import Federation
-from node.app.servicers.federation import FederationServicer
 from node.api.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -33,10 +31,12 @@ from node.api.v1 import (
 from node.app.dashboard.data import DashboardData
 from node.app.dashboard.routes import Dashboard
 from node.app.http_app import build_app
-from node.hub import Endpoint, Hub
 from node.app.servicers.admin import AdminServicer
 from node.app.servicers.auth import AdminAuthInterceptor
+from node.app.servicers.federation import FederationServicer
 from node.app.servicers.ingest import IngestServicer
+from node.app.servicers.query import QueryServicer
+from node.hub import Endpoint, Hub
 from node.tlsfiles import server_ssl_context
 
 log = logging.getLogger("smartregion.server")

@@ -4,8 +4,8 @@ log and seen request nonces. Mixed into SqliteStore, which provides `conn` and `
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import astuple, fields
-from typing import Sequence
 
 from node.storage.base import AgreementEventRow, AgreementRow, AuditRow, Delivery, PartnerRecord, PeerRecord
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
+from collections.abc import Sequence
 from itertools import chain
 from pathlib import Path
-from typing import Sequence
 
 import sqlite_utils
 
@@ -38,7 +38,7 @@ _SENSOR_COLUMNS = (
 _INSERT_CHUNK = 32
 
 
-@functools.lru_cache(maxsize=None)  # called only with powers of two up to _INSERT_CHUNK
+@functools.cache  # called only with powers of two up to _INSERT_CHUNK
 def _insert_readings_sql(rows: int) -> str:
     values = ",".join(f"(?1,?{3 * i + 2},?{3 * i + 3},?{3 * i + 4})" for i in range(rows))
     return f"INSERT OR IGNORE INTO readings (sensor_ref, metric, time_ms, value) VALUES {values}"

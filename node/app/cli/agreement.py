@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -87,7 +87,7 @@ def revoke(
 def export(
     data_dir: DataDir,
     agreement_id: AgreementId,
-    out: Annotated[Optional[Path], typer.Option(help="Write to this file instead of standard output.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of standard output.")] = None,
 ) -> None:
     """The signed agreement document, verifiable offline with `smartregion agreement verify`."""
     with user_errors(), AdminClient(data_dir) as client:

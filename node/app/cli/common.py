@@ -6,8 +6,9 @@ import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Iterator
+from typing import Annotated
 
 import grpc
 import typer
@@ -15,10 +16,10 @@ from rich.console import Console
 from rich.text import Text
 
 from node import keystore
+from node.app.sensor_client import CredentialError
 from node.hubdir import HubDirError
 from node.identity import IdentityError
 from node.register import UnknownMunicipality
-from node.app.sensor_client import CredentialError
 
 # Markup is off: labels, terms and messages come from other people and are printed as written
 # (a "[/]" in a sensor's label must neither crash the CLI nor restyle what an admin reads).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from google.protobuf.json_format import MessageToDict
@@ -41,7 +41,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = None,
+    version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = None,
 ) -> None:
     pass
 
@@ -52,7 +52,7 @@ def init(
     municipality: Annotated[str, typer.Option(help="Kommunenummer (1103) or name (Stavanger).")],
     host: Annotated[list[str], typer.Option(help="Extra DNS name or IP for the TLS certificate (repeatable).")] = [],
     listen_host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    advertise_host: Annotated[Optional[str], typer.Option(help="Address sensors and peers dial (default: the listen address).")] = None,
+    advertise_host: Annotated[str | None, typer.Option(help="Address sensors and peers dial (default: the listen address).")] = None,
     grpc_port: Annotated[int, typer.Option(min=0, max=65535)] = hubdir.DEFAULT_GRPC_PORT,
     http_port: Annotated[int, typer.Option(min=0, max=65535)] = hubdir.DEFAULT_HTTP_PORT,
     exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Succeed without changes if the directory already holds a hub (for containers).")] = False,
@@ -80,16 +80,16 @@ def init(
 @app.command()
 def serve(
     data_dir: DataDir,
-    grpc_port: Annotated[Optional[int], typer.Option(min=0, max=65535, help="gRPC port (default from hub.toml; 0 picks a free one).")] = None,
-    http_port: Annotated[Optional[int], typer.Option(min=0, max=65535, help="HTTP port (default from hub.toml; 0 picks a free one).")] = None,
-    host: Annotated[Optional[str], typer.Option(help="Address to listen on (default from hub.toml).")] = None,
+    grpc_port: Annotated[int | None, typer.Option(min=0, max=65535, help="gRPC port (default from hub.toml; 0 picks a free one).")] = None,
+    http_port: Annotated[int | None, typer.Option(min=0, max=65535, help="HTTP port (default from hub.toml; 0 picks a free one).")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default from hub.toml).")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Serve plaintext, without TLS. For local experiments only.")] = False,
     dashboard_read_only: Annotated[bool, typer.Option("--dashboard-read-only", help="Show the dashboard without logging in (it is read-only; use on trusted networks).")] = False,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Run the hub (gRPC and HTTP) until SIGTERM or Ctrl-C."""
-    from node.hub import Hub
     from node.app.server import serve_forever
+    from node.hub import Hub
 
     logs.configure(log_level.upper())
     with user_errors():
@@ -102,7 +102,7 @@ def serve(
 
 
 def _when(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M") if ms else "-"
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M") if ms else "-"
 
 
 @app.command()

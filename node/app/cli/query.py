@@ -8,7 +8,7 @@ import datetime as dt
 import io
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -28,7 +28,7 @@ def _date_ms(text: str, option: str) -> int:
         day = dt.date.fromisoformat(text)
     except ValueError:
         raise typer.BadParameter(f"{option} must be a date like 2019-01-01, got {text!r}") from None
-    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
 
 
 async def _run_as_partner(key_file: Path, hub: str, hub_id: str, spec: query_pb2.QuerySpec):
@@ -83,10 +83,10 @@ def run(
     hub: Annotated[list[str], typer.Option("--ask-hub", help="Only these hub ids (repeatable).")] = [],
     deadline_ms: Annotated[int, typer.Option(min=0, max=60000, help="Per-hub deadline in ms (0: 10 s).")] = 0,
     epsilon: Annotated[float, typer.Option(min=0.0, help="Privacy budget to spend under agreements with one (0: a tenth of it).")] = 0.0,
-    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", "-d", help="Ask as this hub (its admin credential).")] = None,
-    key: Annotated[Optional[Path], typer.Option(help="Ask as a partner with this private key file.")] = None,
-    entry: Annotated[Optional[str], typer.Option("--hub", help="(Partner) HOST:PORT of the hub to ask.")] = None,
-    entry_id: Annotated[Optional[str], typer.Option("--hub-id", help="(Partner) that hub's id (the pin).")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", "-d", help="Ask as this hub (its admin credential).")] = None,
+    key: Annotated[Path | None, typer.Option(help="Ask as a partner with this private key file.")] = None,
+    entry: Annotated[str | None, typer.Option("--hub", help="(Partner) HOST:PORT of the hub to ask.")] = None,
+    entry_id: Annotated[str | None, typer.Option("--hub-id", help="(Partner) that hub's id (the pin).")] = None,
     output: Annotated[str, typer.Option("--output", "-o", help="table, json or csv.")] = "table",
 ) -> None:
     """Ask every hub of the region (or some) for one aggregate; print the merged answer."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from google.protobuf.json_format import MessageToDict
@@ -13,9 +13,9 @@ from rich.table import Table
 
 from node.api.v1 import admin_pb2
 from node.app.cli.common import DataDir, JsonFlag, console, fail, print_json, user_errors
+from node.app.sensor_client import Sensor, SensorCredential, read_station_csv, replay
 from node.client import AdminClient
 from node.fileio import write_private_file
-from node.app.sensor_client import Sensor, SensorCredential, read_station_csv, replay
 
 app = typer.Typer(help="Enrol, list, revoke and replay sensors (collection points).", no_args_is_help=True)
 
@@ -23,7 +23,7 @@ app = typer.Typer(help="Enrol, list, revoke and replay sensors (collection point
 def _ms(value: int) -> str:
     if not value:
         return "-"
-    return dt.datetime.fromtimestamp(value / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return dt.datetime.fromtimestamp(value / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def parse_location(text: str) -> tuple[float, float]:
@@ -94,7 +94,7 @@ def revoke(data_dir: DataDir, sensor_id: Annotated[str, typer.Argument(help="The
     console.print(f"Revoked sensor {sensor.sensor_id} at {_ms(sensor.revoked_at_ms)}")
 
 
-def _date(value: Optional[str], name: str) -> Optional[dt.date]:
+def _date(value: str | None, name: str) -> dt.date | None:
     if value is None:
         return None
     try:
@@ -107,8 +107,8 @@ def _date(value: Optional[str], name: str) -> Optional[dt.date]:
 def replay_csv(
     credential: Annotated[Path, typer.Option(help="The sensor's credential file.")],
     csv: Annotated[Path, typer.Option(help="A station CSV (date,time,pm25,temperature,windSpeed,rain,...).")],
-    since: Annotated[Optional[str], typer.Option(help="First date to send (YYYY-MM-DD, UTC).")] = None,
-    until: Annotated[Optional[str], typer.Option(help="Send dates before this one (YYYY-MM-DD).")] = None,
+    since: Annotated[str | None, typer.Option(help="First date to send (YYYY-MM-DD, UTC).")] = None,
+    until: Annotated[str | None, typer.Option(help="Send dates before this one (YYYY-MM-DD).")] = None,
     frame_size: Annotated[int, typer.Option(min=1, max=5000, help="Readings per sealed frame.")] = 500,
     json_output: JsonFlag = False,
 ) -> None:

@@ -15,7 +15,7 @@ from node.api.v1 import admin_pb2, agreement_pb2
 def when(ms: int) -> str:
     if not ms:
         return "-"
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def state_name(state: int) -> str:

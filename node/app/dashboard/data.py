@@ -11,8 +11,8 @@ import time
 from federation import agreements as ag
 from federation.query_service import QueryService
 from federation.query_spec import label
-from federation.terms import bucket_allowed
 from federation.service import Federation
+from federation.terms import bucket_allowed
 from node import admin, register
 from node.api.v1 import query_pb2
 
@@ -24,7 +24,7 @@ CROSS_BORDER_ACTIONS = ("query.partial", "query.run", "agreement.exchange", "agr
 
 
 def _year_start_ms(year: int) -> int:
-    return int(dt.datetime(year, 1, 1, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    return int(dt.datetime(year, 1, 1, tzinfo=dt.UTC).timestamp() * 1000)
 
 
 class DashboardData:
@@ -61,7 +61,7 @@ class DashboardData:
                 for p, state, pending in await self.federation.list_peers(include_removed=False)]
 
     async def agreements(self) -> list[dict]:
-        day = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+        day = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
         out = []
         for info in await self.federation.list_agreements():
             t = info.evidence.terms
@@ -118,7 +118,7 @@ class DashboardData:
         latest = max((c.last_time_ms for c in counts if c.dataset == "air_quality" and c.metric == metric), default=None)
         if latest is None:
             return {"title": "No air-quality data yet", "buckets": [], "series": [], "provenance": []}
-        year = dt.datetime.fromtimestamp(latest / 1000, dt.timezone.utc).year
+        year = dt.datetime.fromtimestamp(latest / 1000, dt.UTC).year
         spec = query_pb2.QuerySpec(dataset="air_quality", metric=metric, aggregate="mean", start_ms=_year_start_ms(year),
                                    end_ms=_year_start_ms(year + 1), bucket="month", group_by="municipality",
                                    purpose_code=CHART_PURPOSE, deadline_ms=5000,

@@ -4,10 +4,10 @@ import grpc
 
 from node import admin
 from node.api.v1 import admin_pb2, admin_pb2_grpc
-from node.hub import Hub
-from node.sensors import Enrolment
 from node.app.servicers.admin_federation import AuditAdmin, FederationAdmin, QueryAdmin
 from node.app.servicers.common import translate_rejections
+from node.hub import Hub
+from node.sensors import Enrolment
 from node.storage.base import SensorRecord
 
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from federation.query_service import QueryService
-from federation.service import AgreementInfo, Federation
 import time
 
-from node.signing import Domain, sign
+from federation.query_service import QueryService
+from federation.service import AgreementInfo, Federation
 from node import audit, consent
 from node.api.v1 import admin_pb2
-from node.register import lookup
 from node.app.servicers.common import translate_rejections
+from node.register import lookup
+from node.signing import Domain, sign
 from node.storage.base import PartnerRecord, PeerRecord
 
 

@@ -6,8 +6,8 @@ import grpc
 
 from federation.service import EXCHANGE_METHOD, Federation
 from node.api.v1 import agreement_pb2, federation_pb2, federation_pb2_grpc
-from node.errors import Reason, Rejected
 from node.app.servicers.common import translate_rejections
+from node.errors import Reason, Rejected
 
 
 class FederationServicer(federation_pb2_grpc.FederationServicer):

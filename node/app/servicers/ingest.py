@@ -3,9 +3,9 @@ from __future__ import annotations
 import grpc
 
 from node.api.v1 import ingest_pb2, ingest_pb2_grpc
+from node.app.servicers.common import translate_rejections
 from node.hub import Hub
 from node.ingest import Receipt
-from node.app.servicers.common import translate_rejections
 
 
 def _receipt(r: Receipt) -> ingest_pb2.FrameReceipt:
