@@ -78,7 +78,7 @@ class Outbox:
     # -- the background loop -------------------------------------------------------------
     async def run(self, stop: asyncio.Event, every_round: Callable[[], Awaitable[None]] | None = None) -> None:
         """Start due deliveries and refreshes until `stop` (and `every_round`, e.g. writing the
-        refusal counts of a minute that ended); then wait for the work in flight."""
+        refusal counts of a minute that ended); then stop the work in flight."""
         for peer in await self._storage.read(lambda s: s.list_peers()):
             await self.schedule(peer.hub_id)  # catch up after downtime
         next_refresh = self._clock.monotonic() + self.refresh_seconds
@@ -124,9 +124,13 @@ class Outbox:
             self._spawn("refresh", peer.hub_id, self.refresh(peer))
 
     async def drain(self) -> None:
-        """Wait for the work in flight (shutting down; each call has a timeout)."""
-        if self._in_flight:
-            await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+        """Stop the work in flight (shutting down): a frozen peer must not hold up the stop.
+        Nothing is lost: a delivery leaves the outbox only once it succeeded, and every stored
+        change is its own transaction, so the next start catches up."""
+        tasks = list(self._in_flight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- deliveries ----------------------------------------------------------------------
     async def deliver(self, delivery: Delivery) -> None:

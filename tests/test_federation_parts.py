@@ -202,3 +202,42 @@ async def test_accepting_an_accepted_agreement_again_reports_success(live_hub):
 
 
 
+
+
+# -- delivery backoff -----------------------------------------------------------------------
+
+async def test_delivery_backoff_doubles_to_its_cap_and_resets_when_the_peer_is_heard_from(tmp_path):
+    clock = ManualClock(SYSTEM_CLOCK.now_ms())
+    a = await start_live_hub(make_hub_dir(tmp_path / "a", "1103"), clock=clock)
+    b = await start_live_hub(make_hub_dir(tmp_path / "b", "4601"), clock=clock)
+    try:
+        await a.admin.AddPeer(admin_pb2.AddPeerRequest(address=b.hub.endpoint.grpc_address, hub_id=b.hub.config.hub_id),
+                              metadata=a.admin_metadata)
+        b_id = b.hub.config.hub_id
+        await b.stop()  # the peer is gone: every delivery to it fails
+        outbox = a.running.federation.outbox
+        outbox.retry_base_seconds, outbox.retry_max_seconds = 1.0, 8.0
+
+        async def pending():
+            return (await a.hub.storage.read(lambda s: s.pending_deliveries())).get(b_id)
+
+        async def attempts_reach(n: int):
+            async with asyncio.timeout(20):
+                while (delivery := await pending()) is None or delivery.attempts < n:
+                    await asyncio.sleep(0.05)  # polling the other task's progress; the hub's time stands still
+            return delivery
+
+        await outbox.schedule(b_id)
+        for attempt, delay_s in enumerate([1, 2, 4, 8, 8], start=1):
+            delivery = await attempts_reach(attempt)
+            assert delivery.attempts == attempt and delivery.next_attempt_ms - clock.now_ms() == delay_s * 1000
+            clock.advance(delay_s - 0.001)
+            assert not await a.hub.storage.read(lambda s: s.due_deliveries(clock.now_ms())), "not due before its time"
+            clock.advance(0.001)
+            outbox.wake()
+        delivery = await attempts_reach(6)
+        await a.running.federation.outbox.heard_from(b_id)  # as when the peer calls or its refresh succeeds
+        delivery = await pending()
+        assert delivery.attempts == 0 and delivery.next_attempt_ms == clock.now_ms()
+    finally:
+        await a.stop()
