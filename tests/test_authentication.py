@@ -17,6 +17,8 @@ from google.protobuf.descriptor import MethodDescriptor
 from federation import envelope, partners
 from node import frames, identity
 from node.api.v1 import admin_pb2, envelope_pb2, federation_pb2, ingest_pb2, query_service_pb2
+from node.app.servicers.authenticated import add_service
+from node.app.servicers.federation import FederationServicer
 from node.audit import REFUSAL_SOURCES_PER_MINUTE
 from node.clock import SYSTEM_CLOCK, ManualClock
 from node.signing import hub_id_from_public_key
@@ -158,3 +160,25 @@ async def test_many_sources_share_one_entry_beyond_the_bound(hub):
     added = (await audit_entries(hub))[before:]
     assert len(added) == REFUSAL_SOURCES_PER_MINUTE + 1
     assert added[-1]["actor"] == "source:other" and added[-1]["detail"].startswith("50 refused")
+
+
+class _OnlyRun:
+    async def Run(self, call, context):  # Query/Partial is missing
+        raise AssertionError("never called")
+
+
+async def test_registration_refuses_a_servicer_that_misses_a_method_or_a_public_method_that_is_not_one(hub):
+    """A method added to the .proto without a handler stops the hub from starting, and a method
+    can only be served without authentication when it is explicitly named public."""
+    server = grpc.aio.server()
+    authenticator = hub.running.federation.authenticator
+    query = query_service_pb2.DESCRIPTOR.services_by_name["Query"]
+    federation = federation_pb2.DESCRIPTOR.services_by_name["Federation"]
+    with pytest.raises(TypeError, match=r"no handler for /smartregion\.v1\.Query/Partial"):
+        add_service(server, query, _OnlyRun(), authenticator)
+    with pytest.raises(ValueError, match="has no methods"):
+        add_service(server, query, _OnlyRun(), authenticator, public=frozenset({"Runn"}))
+    servicer = FederationServicer(hub.running.federation)
+    with pytest.raises(TypeError, match="GetDescriptor must take a SignedRequest"):
+        add_service(server, federation, servicer, authenticator)  # GetDescriptor not listed as public
+    await server.stop(None)
