@@ -113,4 +113,6 @@ class Federation:
         metrics.set_states(metrics.peers, peer_counts, ("reachable", "unreachable", "descriptor-expired"))
 
     async def close(self) -> None:
+        """After the server stopped: write the refusal counts still held, close the channels."""
+        await self.refusals.flush()
         await self.channels.close()
