@@ -61,9 +61,18 @@ async def test_a_frozen_peer_does_not_delay_deliveries_to_the_others(region):
         view = await stavanger.admin("ProposeAgreement", admin_pb2.ProposeAgreementRequest(terms_toml=window(1), to=porsgrunn.hub_id))
         await eventually(lambda: proposal_reached(porsgrunn, view.terms.agreement_id), timeout=peers.CALL_TIMEOUT_S * 2)
         waited = time.monotonic() - started
+        # Descriptor refreshes (every second in these hubs) go on for Porsgrunn meanwhile.
+        refreshed_at = []
+        async with asyncio.timeout(peers.CALL_TIMEOUT_S * 2):
+            while len(set(refreshed_at)) < 3:
+                listed = await stavanger.admin("ListPeers", admin_pb2.ListPeersRequest())
+                refreshed_at.append(next(p.last_contact_ms for p in listed.peers if p.hub_id == porsgrunn.hub_id))
+                await asyncio.sleep(0.1)
+        refreshing = time.monotonic() - started - waited
     finally:
         os.kill(bergen.process.process.pid, signal.SIGCONT)
     assert waited < peers.CALL_TIMEOUT_S / 2, f"Porsgrunn waited {waited:.1f} s: behind the frozen peer's {peers.CALL_TIMEOUT_S} s call"
+    assert refreshing < peers.CALL_TIMEOUT_S / 2, f"two refreshes of Porsgrunn took {refreshing:.1f} s: behind the frozen peer"
 
 
 async def test_a_restarted_peer_is_reached_again_within_seconds(region):
