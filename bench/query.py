@@ -77,6 +77,7 @@ from node.app.launcher import HubProcess
 from node.app.region import STATIONS, Station
 from node.app.sensor_client import read_station_csv
 from node.client import AdminClient, open_channel
+from node.clock import SYSTEM_CLOCK
 from node.sensors import Enrolment, new_sensor
 from node.storage import query_tables
 from node.storage.base import AggregateRequest, CellRow, FrameToCommit, SensorRecord
@@ -227,7 +228,7 @@ def prepare(workdir: Path, plan: Plan) -> Cache:
         identity = hubdir.HubDir(cache.hub_dir(station)).identity(PASSPHRASE.encode())
         records.append([new_sensor(Enrolment(DATASET, METRICS, station.lat, station.lon,
                                              label=f"{station.municipality} {station.name} #{k + 1}"),
-                                   identity.key_encryption_key, identity.hub_id)[0]
+                                   identity.key_encryption_key, identity.hub_id, SYSTEM_CLOCK.now_ms())[0]
                         for k in range(plan.sensors_per_hub)])
     # Two processes (the machine has 2 cores): the centralised database (every sensor) in one,
     # the five hubs' databases (the same sensors, split by municipality) in the other.

@@ -9,9 +9,16 @@ unauthenticated request.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from federation import envelope
+from node import ids
 from node.api.v1 import envelope_pb2
+from node.audit import RefusalTally
+from node.clock import Clock
+from node.errors import Reason, Rejected
+from node.storage import Storage
 
 
 @dataclass(frozen=True)
@@ -29,3 +36,55 @@ class Authenticated:
     caller: Caller
     request: envelope_pb2.Request  # the parsed envelope body
     signed: envelope_pb2.SignedRequest  # the exact bytes the caller signed
+
+
+class Authenticator:
+    """The one authentication path. Deny by default: only a pinned caller's fresh, correctly
+    signed, never-seen request passes. Refusals are counted per source and minute
+    (node/audit.py RefusalTally), not written one by one: anyone can send them."""
+
+    def __init__(self, storage: Storage, own_id: str, clock: Clock,
+                 known_caller: Callable[[str], Awaitable[Caller | None]],
+                 heard_from: Callable[[Caller], Awaitable[None]], refusals: RefusalTally) -> None:
+        self._storage = storage
+        self._own_id = own_id
+        self._clock = clock
+        self._known_caller = known_caller
+        self._heard_from = heard_from
+        self.refusals = refusals
+
+    async def authenticate(self, signed: envelope_pb2.SignedRequest, method: str, source: str = "unknown") -> Authenticated:
+        """`method` is the full gRPC method the request arrived on; `source` the network address
+        it came from (for the refusal counts)."""
+        try:
+            request = envelope.parse(signed)
+            ids.from_text(request.caller_id, "caller id")
+        except (envelope.EnvelopeError, ValueError) as exc:
+            message = str(exc)[:200]
+            raise await self._refuse(source, "unknown", method, Reason.UNAUTHENTICATED, message) from None
+        caller = await self._known_caller(request.caller_id)
+        if caller is None:
+            raise await self._refuse(source, f"unknown:{request.caller_id}", method, Reason.UNAUTHENTICATED,
+                                     f"caller {request.caller_id!r} is not a peer or partner of this hub")
+        at = self._clock.now_ms()
+        try:
+            envelope.check(signed, request, caller.public_key, self._own_id, method, at)
+        except envelope.EnvelopeError as exc:
+            raise await self._refuse(source, caller.id, method, Reason.UNAUTHENTICATED, str(exc)) from None
+        expires = request.issued_at_ms + 2 * envelope.MAX_CLOCK_SKEW_MS
+        if not await self._storage.write(lambda s: s.remember_nonce(caller.id, request.nonce, expires, at)):
+            raise await self._refuse(source, caller.id, method, Reason.ALREADY_EXISTS,
+                                     "this request was already received (replayed nonce)")
+        await self._heard_from(caller)
+        return Authenticated(caller, request, signed)
+
+    async def _refuse(self, source: str, actor: str, method: str, reason: Reason, message: str) -> Rejected:
+        outcome = "replayed" if reason is Reason.ALREADY_EXISTS else "unauthenticated"
+        await self.refusals.count(source, actor, method, outcome, message)
+        return Rejected(reason, message)
+
+
+def source_address(peer: str) -> str:
+    """The address part of a gRPC peer string ("ipv4:127.0.0.1:5123" -> "ipv4:127.0.0.1")."""
+    address, sep, port = peer.rpartition(":")
+    return address if sep and port.isdigit() else peer

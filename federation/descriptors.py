@@ -7,7 +7,6 @@ than half of that left, so peers always fetch a fresh one.
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -31,8 +30,7 @@ def cert_sha256(cert_pem: bytes) -> bytes:
 
 
 def issue(identity: identity_mod.HubIdentity, municipality: str, grpc_address: str, http_url: str,
-          now_ms: int | None = None) -> federation_pb2.SignedDescriptor:
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+          now_ms: int) -> federation_pb2.SignedDescriptor:
     descriptor = federation_pb2.NodeDescriptor(
         hub_id=identity.hub_id_text,
         municipality_number=municipality,
@@ -60,9 +58,8 @@ class VerifiedDescriptor:
 
 
 def verify_descriptor(signed: federation_pb2.SignedDescriptor, expected_hub_id: str, served_cert_pem: bytes,
-                      now_ms: int | None = None) -> VerifiedDescriptor:
+                      now_ms: int) -> VerifiedDescriptor:
     """Check a descriptor against the pinned hub id and the certificate the hub really served."""
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     try:
         d = federation_pb2.NodeDescriptor.FromString(signed.descriptor)
     except Exception as exc:  # protobuf raises DecodeError, a plain Exception subclass

@@ -4,13 +4,13 @@ authentication. The callee's half is TLS pinned to its certificate."""
 from __future__ import annotations
 
 import secrets
-import time
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.message import DecodeError
 
 from node.api.v1 import envelope_pb2
+from node.clock import SYSTEM_CLOCK, Clock
 from node.signing import Domain, sign, verify
 
 MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
@@ -21,13 +21,15 @@ class EnvelopeError(ValueError):
     pass
 
 
-def make(key: Ed25519PrivateKey, caller_id: str, audience_hub_id: str, method: str, **body) -> envelope_pb2.SignedRequest:
-    """Build, serialize once, and sign a request. `body` is one field of Request.body."""
+def make(key: Ed25519PrivateKey, caller_id: str, audience_hub_id: str, method: str, *, clock: Clock = SYSTEM_CLOCK,
+         **body) -> envelope_pb2.SignedRequest:
+    """Build, serialize once, and sign a request issued now by `clock`. `body` is one field
+    of Request.body."""
     request = envelope_pb2.Request(
         caller_id=caller_id,
         audience_hub_id=audience_hub_id,
         method=method,
-        issued_at_ms=int(time.time() * 1000),
+        issued_at_ms=clock.now_ms(),
         nonce=secrets.token_bytes(NONCE_BYTES),
         **body,
     )

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from federation import agreements as ag
 from federation import envelope, peers
+from federation.outbox import EXCHANGE_METHOD
 from federation.partners import PartnerKey
-from federation.service import EXCHANGE_METHOD
 from node.api.v1 import agreement_pb2, federation_pb2, federation_pb2_grpc
+from node.clock import SYSTEM_CLOCK, Clock
 
 
 @dataclass
@@ -25,8 +25,9 @@ class HeldAgreement:
 class PartnerSession:
     """Open with `async with PartnerSession(key, address, hub_id) as session:`."""
 
-    def __init__(self, key: PartnerKey, hub_address: str, hub_id: str) -> None:
+    def __init__(self, key: PartnerKey, hub_address: str, hub_id: str, clock: Clock = SYSTEM_CLOCK) -> None:
         self.key = key
+        self.clock = clock
         self.hub_address = hub_address
         self.hub_id = hub_id
         self.channel = None
@@ -43,13 +44,13 @@ class PartnerSession:
         await self.channel.close()
 
     async def exchange(self, documents: list[agreement_pb2.AgreementDocument]) -> federation_pb2.ExchangeAgreementsResponse:
-        signed = envelope.make(self.key.key, self.key.partner_id, self.hub_id, EXCHANGE_METHOD,
+        signed = envelope.make(self.key.key, self.key.partner_id, self.hub_id, EXCHANGE_METHOD, clock=self.clock,
                                agreement_exchange=agreement_pb2.AgreementExchange(documents=documents))
         return await federation_pb2_grpc.FederationStub(self.channel).ExchangeAgreements(signed, timeout=peers.CALL_TIMEOUT_S)
 
     async def agreements(self) -> list[HeldAgreement]:
         response = await self.exchange([])
-        now_ms = int(time.time() * 1000)
+        now_ms = self.clock.now_ms()
         held = [ag.from_document(d) for d in response.documents.documents]
         return [HeldAgreement(e, ag.state(e, now_ms)) for e in held]
 
@@ -68,5 +69,5 @@ class PartnerSession:
 
     async def revoke(self, agreement_id: str, reason: str) -> federation_pb2.DocumentOutcome:
         evidence = await self._find(agreement_id)
-        revoked = ag.revoke(evidence, self.key.partner_id, self.key.key, reason, int(time.time() * 1000))
+        revoked = ag.revoke(evidence, self.key.partner_id, self.key.key, reason, self.clock.now_ms())
         return (await self.exchange([revoked.to_document()])).outcomes[0]

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import time
 
 import grpc
 from cryptography import x509
 
 from federation import descriptors
+from federation.channels import open_peer_channel
 from node import identity as identity_mod
 from node.api.v1 import federation_pb2, federation_pb2_grpc
-from node.client import open_channel
 from node.storage.base import PeerRecord
 
 CALL_TIMEOUT_S = 10.0
@@ -56,10 +55,10 @@ def hub_id_of_certificate(cert_pem: bytes) -> str:
 
 
 def channel_to(address: str, hub_id: str, cert_pem: bytes) -> grpc.aio.Channel:
-    return open_channel(address, hub_id=hub_id, cert_pem=cert_pem, aio=True)
+    return open_peer_channel(address, hub_id, cert_pem)
 
 
-async def fetch_descriptor(address: str, expected_hub_id: str) -> tuple[descriptors.VerifiedDescriptor, bytes]:
+async def fetch_descriptor(address: str, expected_hub_id: str, now_ms: int) -> tuple[descriptors.VerifiedDescriptor, bytes]:
     """Fetch and verify the descriptor of hub `expected_hub_id` at `address`; return it with
     the certificate to pin. Raises PeerError if anything does not match the pin."""
     cert_pem = await fetch_certificate(address)
@@ -74,12 +73,12 @@ async def fetch_descriptor(address: str, expected_hub_id: str) -> tuple[descript
         except grpc.aio.AioRpcError as exc:
             raise PeerError(f"hub {expected_hub_id} at {address} did not give its descriptor: {exc.code().name} {exc.details()}") from None
     try:
-        return descriptors.verify_descriptor(signed, expected_hub_id, cert_pem), cert_pem
+        return descriptors.verify_descriptor(signed, expected_hub_id, cert_pem, now_ms), cert_pem
     except descriptors.DescriptorError as exc:
         raise PeerError(f"hub {expected_hub_id} at {address}: {exc}", impostor=True) from None
 
 
-def peer_record(verified: descriptors.VerifiedDescriptor, address: str, cert_pem: bytes, added_at_ms: int) -> PeerRecord:
+def peer_record(verified: descriptors.VerifiedDescriptor, address: str, cert_pem: bytes, added_at_ms: int, now_ms: int) -> PeerRecord:
     d = verified.descriptor
     return PeerRecord(
         hub_id=d.hub_id,
@@ -91,7 +90,7 @@ def peer_record(verified: descriptors.VerifiedDescriptor, address: str, cert_pem
         descriptor=verified.signed.SerializeToString(),
         descriptor_valid_until_ms=d.valid_until_ms,
         added_at_ms=added_at_ms,
-        last_contact_ms=int(time.time() * 1000),
+        last_contact_ms=now_ms,
     )
 
 

@@ -13,7 +13,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from federation import dp, envelope, partials, policy
-from federation.auth import Caller
+from federation.auth import Authenticated, Caller
 from federation.query_spec import DEFAULT_DEADLINE_MS, bucket_start, check_shape, next_bucket
 from federation.service import Federation
 from federation.terms import BUCKETS
@@ -63,11 +63,11 @@ class QueryService:
         self.own_id = federation.own_id
 
     # -- entry: Query.Run and the admin's own queries ------------------------------------
-    async def run(self, signed: envelope_pb2.SignedRequest) -> query_service_pb2.QueryAnswer:
-        caller, request = await self.federation.authenticate(signed, RUN_METHOD)
-        if request.WhichOneof("body") != "query":
+    async def run(self, call: Authenticated) -> query_service_pb2.QueryAnswer:
+        """Query.Run from a peer or partner, already authenticated (node/app/servicers/authenticated.py)."""
+        if call.request.WhichOneof("body") != "query":
             raise Rejected(Reason.INVALID_REQUEST, "Query.Run takes a request whose body is a query")
-        return await self._answer(signed, request.query, caller.id)
+        return await self._answer(call.signed, call.request.query, call.caller.id)
 
     async def run_as_hub(self, spec: query_pb2.QuerySpec) -> query_service_pb2.QueryAnswer:
         """The hub's own admin asks: the hub signs the query as itself."""
@@ -172,8 +172,9 @@ class QueryService:
         self.hub.metrics.query_peer_seconds.labels(peer.hub_id, status).observe(provenance.latency_ms / 1000)
 
     # -- provider: Query.Partial ------------------------------------------------------------
-    async def partial(self, outer: envelope_pb2.SignedRequest) -> query_pb2.SignedPartial:
-        relay, request = await self.federation.authenticate(outer, PARTIAL_METHOD)
+    async def partial(self, call: Authenticated) -> query_pb2.SignedPartial:
+        """Query.Partial from a peer hub relaying a query, already authenticated."""
+        relay, request = call.caller, call.request
         if relay.kind != "hub":
             message = "only a peer hub may relay a query; partners call Query.Run"
             await self.federation.audit(relay.id, "query.partial", "", Reason.PERMISSION_DENIED.label, message)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-import time
 import tomllib
 import uuid
 
@@ -76,10 +75,9 @@ def parse_toml(text: str) -> dict:
 
 
 def from_toml(doc: dict, provider: agreement_pb2.Party, consumer: agreement_pb2.Party,
-              now_ms: int | None = None) -> agreement_pb2.AgreementTerms:
+              now_ms: int) -> agreement_pb2.AgreementTerms:
     """Build terms from an admin's parsed TOML file; the hub fills in the parties and the id.
     (A top-level `provider` key names the providing hub; the caller resolves it.)"""
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     unknown = set(doc) - {"version", "supersedes", "purpose", "data", "validity", "provider", "agreement_id"}
     if unknown:
         raise TermsError(f"unknown keys in the terms: {', '.join(sorted(unknown))}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from node import ids
@@ -31,7 +30,7 @@ async def status(hub: Hub) -> Status:
 
 async def add_sensor(hub: Hub, enrolment: Enrolment) -> tuple[SensorRecord, bytes]:
     """Enrol a sensor; return its record and its credential file (the only copy of its key)."""
-    record, key = new_sensor(enrolment, hub.identity.key_encryption_key, hub.identity.hub_id)
+    record, key = new_sensor(enrolment, hub.identity.key_encryption_key, hub.identity.hub_id, hub.clock.now_ms())
     await hub.storage.write(lambda s: s.add_sensor(record))
     credential = credential_json(
         record,
@@ -55,7 +54,7 @@ async def revoke_sensor(hub: Hub, sensor_id: str) -> SensorRecord:
         sensor_id = ids.to_text(ids.from_text(sensor_id, "sensor id"))
     except ValueError as exc:
         raise Rejected(Reason.INVALID_REQUEST, str(exc)) from None
-    now_ms = int(time.time() * 1000)
+    now_ms = hub.clock.now_ms()
     record = await hub.storage.write(lambda s: s.revoke_sensor(sensor_id, now_ms))
     if record is None:
         raise Rejected(Reason.NOT_FOUND, f"no sensor {sensor_id} is enrolled at this hub")

@@ -6,11 +6,12 @@ bytes, so removing or altering any entry breaks every hash after it.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from node.clock import Clock
 from node.signing import Domain, hub_id_from_public_key, verify
 from node.storage import Storage
 
@@ -22,19 +23,87 @@ class AuditEntry:
     subject: str    # on what, e.g. an agreement id
     outcome: str    # "ok" or the refusal reason
     detail: str = ""
-    at_ms: int = 0
+    at_ms: int = 0  # set by `record` from the hub's clock when left 0
 
     def canonical(self) -> bytes:
         # Fields are bounded: parts of them come from callers, who must not be able to fill the disk.
         cap = lambda text, n: text if len(text) <= n else text[: n - 1] + "…"  # noqa: E731
-        doc = {"at_ms": self.at_ms or int(time.time() * 1000), "actor": cap(self.actor, 100), "action": cap(self.action, 100),
+        doc = {"at_ms": self.at_ms, "actor": cap(self.actor, 100), "action": cap(self.action, 100),
                "subject": cap(self.subject, 300), "outcome": cap(self.outcome, 50), "detail": cap(self.detail, 1000)}
         return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-async def record(storage: Storage, *entries: AuditEntry) -> None:
-    payloads = [e.canonical() for e in entries]
+async def record(storage: Storage, clock: Clock, *entries: AuditEntry) -> None:
+    now = clock.now_ms()
+    payloads = [(e if e.at_ms else AuditEntry(e.actor, e.action, e.subject, e.outcome, e.detail, now)).canonical() for e in entries]
     await storage.write(lambda s: s.append_audit(payloads))
+
+
+# -- refusals of unauthenticated callers ------------------------------------------------
+# Anyone can send a request that is refused before the caller is known. Writing one fsynced
+# entry per refusal let a flooder grow the log by ~10 GB a day and bury every other entry, so
+# such refusals are counted in memory and written as ONE entry per source address per minute:
+# actor "source:<address>", action "auth.refused", the count and a breakdown in the detail.
+# Growth bound: at most REFUSAL_SOURCES_PER_MINUTE + 1 entries a minute (further sources share
+# the entry of source "other"), each under 1.6 KB: one flooding address adds 1,440 entries
+# (~2 MB) a day, and no number of addresses more than 47,520 entries (~75 MB) a day.
+# A crash loses at most the current minute's counts (never an authenticated call's entry).
+REFUSAL_SOURCES_PER_MINUTE = 32
+_KINDS_PER_SOURCE = 8  # (action, outcome) pairs itemised per source; more are only counted
+
+
+@dataclass
+class _SourceTally:
+    count: int = 0
+    kinds: dict[tuple[str, str], int] = field(default_factory=dict)
+    first: dict[tuple[str, str], str] = field(default_factory=dict)  # first (actor: detail) per kind
+
+    def add(self, actor: str, action: str, outcome: str, detail: str) -> None:
+        self.count += 1
+        kind = (action, outcome)
+        if kind in self.kinds or len(self.kinds) < _KINDS_PER_SOURCE:
+            self.kinds[kind] = self.kinds.get(kind, 0) + 1
+            self.first.setdefault(kind, f"{actor[:100]}: {detail[:200]}")
+
+    def describe(self, minute_ms: int) -> str:
+        at = dt.datetime.fromtimestamp(minute_ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%MZ")
+        items = "; ".join(f"{n} x {action} {outcome} (first {self.first[(action, outcome)]})"
+                          for (action, outcome), n in self.kinds.items())
+        return f"{self.count} refused in the minute from {at}: {items}"
+
+
+class RefusalTally:
+    """Refusals of callers not yet authenticated, aggregated per source and minute."""
+
+    def __init__(self, storage: Storage, clock: Clock) -> None:
+        self._storage = storage
+        self._clock = clock
+        self._minute_ms: int | None = None
+        self._sources: dict[str, _SourceTally] = {}
+
+    async def count(self, source: str, actor: str, action: str, outcome: str, detail: str) -> None:
+        minute_ms = self._clock.now_ms() // 60_000 * 60_000
+        if self._minute_ms is not None and minute_ms != self._minute_ms:
+            await self.flush()
+        self._minute_ms = minute_ms
+        if source not in self._sources and len(self._sources) >= REFUSAL_SOURCES_PER_MINUTE:
+            source = "other"
+        self._sources.setdefault(source, _SourceTally()).add(actor, action, outcome, detail)
+
+    async def flush_due(self) -> None:
+        """Write the counts of a minute that has ended (called by the hub's background round)."""
+        if self._minute_ms is not None and self._clock.now_ms() // 60_000 * 60_000 != self._minute_ms:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write the counts held so far, one entry per source, in one transaction."""
+        if self._minute_ms is None or not self._sources:
+            return
+        minute_ms, sources = self._minute_ms, self._sources
+        self._minute_ms, self._sources = None, {}
+        entries = [AuditEntry(f"source:{source}", "auth.refused", "", "refused", tally.describe(minute_ms), minute_ms)
+                   for source, tally in sources.items()]
+        await record(self._storage, self._clock, *entries)
 
 
 # -- offline verification ---------------------------------------------------------------

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-
+from node.clock import Clock
 from node.errors import Reason, Rejected
 from node.purposes import PURPOSES
 from node.storage import Storage
@@ -24,17 +23,22 @@ async def _latest(storage: Storage, subject_id: str, purpose_code: str) -> Conse
     return [r for r in rows if r.purpose_code == purpose_code][-1]
 
 
-async def grant(storage: Storage, subject_id: str, purpose_code: str) -> ConsentRow:
+async def grant(storage: Storage, clock: Clock, subject_id: str, purpose_code: str) -> ConsentRow:
     subject_id, purpose_code = _check(subject_id, purpose_code)
-    now = int(time.time() * 1000)
+    now = clock.now_ms()
     if not await storage.write(lambda s: s.grant_consent(subject_id, purpose_code, now)):
         raise Rejected(Reason.ALREADY_EXISTS, f"{subject_id} has already consented to {purpose_code}")
     return await _latest(storage, subject_id, purpose_code)
 
 
-async def withdraw(storage: Storage, subject_id: str, purpose_code: str) -> ConsentRow:
+async def withdraw(storage: Storage, clock: Clock, subject_id: str, purpose_code: str) -> ConsentRow:
     subject_id, purpose_code = _check(subject_id, purpose_code)
-    now = int(time.time() * 1000)
+    now = clock.now_ms()
     if not await storage.write(lambda s: s.withdraw_consent(subject_id, purpose_code, now)):
         raise Rejected(Reason.NOT_FOUND, f"{subject_id} has no active consent to {purpose_code}")
     return await _latest(storage, subject_id, purpose_code)
+
+
+async def list_consents(storage: Storage, subject_id: str = "") -> list[ConsentRow]:
+    """Every consent recorded, or one data subject's (`subject_id`), withdrawn ones included."""
+    return await storage.read(lambda s: s.list_consents(subject_id.strip() or None))

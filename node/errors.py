@@ -30,6 +30,7 @@ class Reason(Enum):
     UNAUTHENTICATED = ("UNAUTHENTICATED", 401, "missing or wrong credentials")
     PERMISSION_DENIED = ("PERMISSION_DENIED", 403, "the caller is not allowed to do this")
     QUOTA_EXHAUSTED = ("RESOURCE_EXHAUSTED", 429, "the agreement's query quota for today is used up")
+    TOO_MANY_PROPOSALS = ("RESOURCE_EXHAUSTED", 429, "the counterparty has the most open agreement proposals allowed")
     UNAVAILABLE = ("UNAVAILABLE", 503, "another hub could not be reached")
     INTERNAL = ("INTERNAL", 500, "the hub cannot process this; its operator must look into it")
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from node import catalog, frames, ids, senml
+from node.clock import SYSTEM_CLOCK, Clock
 from node.errors import Reason, Rejected
 from node.sensors import unwrap_key
 from node.storage import Storage
@@ -45,10 +45,6 @@ class Receipt:
     duplicate: int
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class IngestService:
     def __init__(
         self,
@@ -57,8 +53,10 @@ class IngestService:
         storage: Storage,
         on_rejection: Callable[[Reason], None] | None = None,
         on_accepted: Callable[[int], None] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.hub_id = hub_id
+        self._clock = clock
         self._kek = key_encryption_key
         self._storage = storage
         self._sensors: dict[str, _KnownSensor] = {}
@@ -121,12 +119,13 @@ class IngestService:
                 Reason.REPLAYED, f"counter {header.counter} of sensor {sensor_id} is not above the last accepted ({last})", sensor_id
             )
         try:
-            readings = senml.decode_rows(plaintext, known.metrics)
+            now_ms = self._clock.now_ms()  # relative SenML times are relative to now (RFC 8428)
+            readings = senml.decode_rows(plaintext, known.metrics, now_ms / 1000)
         except Rejected as exc:
             raise await self.reject(exc.reason, f"sensor {sensor_id}: {exc.message}", sensor_id) from None
         if pending is not None:
             pending[sensor_id] = header.counter
-        return FrameToCommit(sensor_id, header.counter, readings, _now_ms())
+        return FrameToCommit(sensor_id, header.counter, readings, now_ms)
 
     async def commit(self, batch: list[FrameToCommit]) -> list[Receipt]:
         try:

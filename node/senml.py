@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -77,7 +76,7 @@ def _number(record: dict, key: str, index: int) -> float | None:
     return value
 
 
-def decode(plaintext: bytes, metrics: dict[str, Metric], now: float | None = None) -> list[Reading]:
+def decode(plaintext: bytes, metrics: dict[str, Metric], now: float) -> list[Reading]:
     """Parse and validate; every problem raises Rejected with the record's index."""
     return [Reading(metric, time_ms, value) for metric, time_ms, value in decode_rows(plaintext, metrics, now)]
 
@@ -105,7 +104,7 @@ def _limits(metrics: dict[str, Metric]) -> dict[str, tuple[str, float, float]]:
     }
 
 
-def decode_rows(plaintext: bytes, metrics: dict[str, Metric], now: float | None = None) -> list[tuple[str, int, float]]:
+def decode_rows(plaintext: bytes, metrics: dict[str, Metric], now: float) -> list[tuple[str, int, float]]:
     """decode(), returning each reading as a (metric, time_ms, value) tuple: what the hub stores.
 
     The common case is decoded by msgspec straight into typed records (in C); a pack it does
@@ -151,7 +150,7 @@ def _decode_typed(plaintext: bytes, metrics: dict[str, Metric]) -> list[tuple[st
     return rows
 
 
-def _decode_rows_json(plaintext: bytes, metrics: dict[str, Metric], now: float | None = None) -> list[tuple[str, int, float]]:
+def _decode_rows_json(plaintext: bytes, metrics: dict[str, Metric], now: float) -> list[tuple[str, int, float]]:
     """The general decoder: every SenML feature this hub supports, and every rejection.
 
     Records of the shape sensors send (n, v and optionally u and t, with float values, no
@@ -167,7 +166,6 @@ def _decode_rows_json(plaintext: bytes, metrics: dict[str, Metric], now: float |
         raise Rejected(Reason.MALFORMED_SENML, "a SenML pack is a non-empty JSON array of records")
     if len(records) > MAX_RECORDS:
         raise Rejected(Reason.FRAME_TOO_LARGE, f"{len(records)} records exceed the limit of {MAX_RECORDS}")
-    now = time.time() if now is None else now
     base_name, base_time, base_unit, base_value = "", 0.0, None, 0.0
     readings: list[tuple[str, int, float]] = []
     append = readings.append

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import time
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -64,7 +63,7 @@ class Enrolment:
         return Enrolment(self.dataset, metrics, self.latitude, self.longitude, self.subject_id, self.label)
 
 
-def new_sensor(enrolment: Enrolment, kek: bytes, hub_id: bytes) -> tuple[SensorRecord, bytes]:
+def new_sensor(enrolment: Enrolment, kek: bytes, hub_id: bytes, now_ms: int) -> tuple[SensorRecord, bytes]:
     """A new sensor record (key wrapped) and its plaintext key, for the credential only."""
     enrolment = enrolment.validated()
     sensor_id = ids.new_sensor_id()
@@ -76,7 +75,7 @@ def new_sensor(enrolment: Enrolment, kek: bytes, hub_id: bytes) -> tuple[SensorR
         latitude=enrolment.latitude,
         longitude=enrolment.longitude,
         wrapped_key=wrap_key(kek, hub_id, sensor_id, key),
-        enrolled_at_ms=int(time.time() * 1000),
+        enrolled_at_ms=now_ms,
         subject_id=enrolment.subject_id,
         label=enrolment.label,
     )

@@ -17,6 +17,7 @@ from node.api.v1 import admin_pb2, admin_pb2_grpc, agreement_pb2, ingest_pb2_grp
 from node.app.sensor_client import Sensor, SensorCredential
 from node.app.server import RunningHub, start
 from node.client import open_channel
+from node.clock import SYSTEM_CLOCK, Clock
 from node.hub import Hub
 
 PASSPHRASE = "test-passphrase-0123456789"
@@ -75,8 +76,8 @@ class LiveHub:
         await self.running.stop(grace=1)
 
 
-async def start_live_hub(data_dir: Path, insecure: bool = False) -> LiveHub:
-    hub = Hub.open(data_dir, PASSPHRASE.encode())
+async def start_live_hub(data_dir: Path, insecure: bool = False, clock: Clock = SYSTEM_CLOCK) -> LiveHub:
+    hub = Hub.open(data_dir, PASSPHRASE.encode(), clock)
     running = await start(hub, host="127.0.0.1", grpc_port=0, http_port=0, insecure=insecure)
     channel = open_channel(
         hub.endpoint.grpc_address, hub_id=hub.config.hub_id, cert_pem=hub.identity.tls_cert_pem, tls=not insecure, aio=True

@@ -107,6 +107,7 @@ class Node:
         return rows[0].seq if rows else 0
 
     async def audit_after(self, seq: int) -> list[dict]:
+        await self.live.running.federation.refusals.flush()  # authentication refusals are counted per minute
         return [json.loads(r.entry) for r in await self.live.hub.storage.read(lambda s: s.audit_rows(after_seq=seq))]
 
     async def requests_from(self, caller_id: str) -> int:
@@ -237,5 +238,8 @@ async def refused(call: Callable[[], Awaitable], code: grpc.StatusCode, *fragmen
 
 
 def audited(entries: list[dict], *, actor: str, action: str, outcome: str, detail: str = "") -> bool:
+    """An entry of its own, or (refused before authentication) a count in an "auth.refused" entry."""
     wanted = {"actor": actor, "action": action, "outcome": outcome}
-    return any(wanted.items() <= e.items() and detail in e["detail"] for e in entries)
+    counted = f" x {action} {outcome} (first {actor}: "
+    return any((wanted.items() <= e.items() or (e["action"] == "auth.refused" and counted in e["detail"])) and detail in e["detail"]
+               for e in entries)

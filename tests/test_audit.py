@@ -17,7 +17,7 @@ async def exported(live_hub):
     for request in (admin_pb2.AddPeerRequest(address="127.0.0.1:1", hub_id="00" * 16),):
         with pytest.raises(grpc.aio.AioRpcError):
             await live_hub.admin.AddPeer(request, metadata=live_hub.admin_metadata)
-    await audit.record(live_hub.hub.storage, audit.AuditEntry("admin", "test.action", "x", "ok", "first"),
+    await audit.record(live_hub.hub.storage, live_hub.hub.clock, audit.AuditEntry("admin", "test.action", "x", "ok", "first"),
                        audit.AuditEntry("admin", "test.action", "y", "ok", "second"))
     response = await live_hub.admin.ExportAudit(admin_pb2.ExportAuditRequest(), metadata=live_hub.admin_metadata)
     return live_hub, response.jsonl

@@ -35,6 +35,7 @@ from federation.partner_client import PartnerSession
 from federation.service import EXCHANGE_METHOD
 from node import identity
 from node.api.v1 import admin_pb2, agreement_pb2, envelope_pb2, federation_pb2
+from node.clock import SYSTEM_CLOCK
 from node.signing import Domain, hub_id_from_public_key, sign
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -120,7 +121,7 @@ def terms_toml(**changes: dict) -> str:
 
 
 def make_terms(provider: agreement_pb2.Party, consumer: agreement_pb2.Party, **changes) -> agreement_pb2.AgreementTerms:
-    return terms_mod.from_toml(terms_doc(**changes), provider, consumer)
+    return terms_mod.from_toml(terms_doc(**changes), provider, consumer, SYSTEM_CLOCK.now_ms())
 
 
 def proposal(proposer: Node, provider: Node, consumer: Node, **changes) -> agreement_pb2.AgreementDocument:
@@ -155,6 +156,7 @@ class Refusal:
     message: str        # part of the status details
     outcome: str        # the audit entry's outcome
     audit_detail: str = ""  # part of the audit entry's detail; defaults to `message`
+    counted: bool = False  # an authentication refusal: in the per-minute count, not an entry of its own
 
 
 async def assert_refused(node: Node, call: Callable[[], Awaitable], refusal: Refusal, *, actor: str, action: str) -> None:
@@ -166,7 +168,15 @@ async def assert_refused(node: Node, call: Callable[[], Awaitable], refusal: Ref
     assert err.value.code() == refusal.code, err.value.details()
     assert refusal.message in err.value.details()
     assert await node.stored() == before
+    if refusal.counted:  # refused before the caller is authenticated: counted per source and minute
+        await node.live.running.federation.refusals.flush()
     entries = await node.audit_after(seq)
+    if refusal.counted:
+        [counted] = [e for e in entries if e["action"] == "auth.refused"]
+        assert counted["actor"].startswith("source:ipv4:127.0.0.1"), counted
+        assert f"1 x {action} {refusal.outcome} (first {actor}: " in counted["detail"], counted
+        assert (refusal.audit_detail or refusal.message) in counted["detail"], counted
+        return
     wanted = {"actor": actor, "action": action, "outcome": refusal.outcome}
     assert any(wanted.items() <= e.items() and (refusal.audit_detail or refusal.message) in e["detail"] for e in entries), (
         f"no audit entry like {wanted} in {entries}"
@@ -386,15 +396,16 @@ def payload_is_not_a_request(a: Node, b: Node, c: Node, docs):
 
 
 AUTH_CASES = {
-    unknown_caller: Refusal(UNAUTH, "is not a peer or partner of this hub", "unauthenticated", "not a pinned peer or partner"),
-    pinned_id_signed_with_another_key: Refusal(UNAUTH, "does not verify under the key pinned for", "unauthenticated"),
-    payload_altered_after_signing: Refusal(UNAUTH, "does not verify under the key pinned for", "unauthenticated"),
-    addressed_to_another_hub: Refusal(UNAUTH, "is addressed to hub", "unauthenticated"),
-    signed_for_another_method: Refusal(UNAUTH, "was signed for /smartregion.v1.Federation/GetDescriptor", "unauthenticated"),
-    issued_ten_minutes_ago: Refusal(UNAUTH, "more than 5 minutes from this hub's clock", "unauthenticated"),
-    issued_ten_minutes_ahead: Refusal(UNAUTH, "more than 5 minutes from this hub's clock", "unauthenticated"),
-    short_nonce: Refusal(UNAUTH, "nonce must be 16 bytes", "unauthenticated"),
-    payload_is_not_a_request: Refusal(UNAUTH, "does not parse", "unauthenticated"),
+    unknown_caller: Refusal(UNAUTH, "is not a peer or partner of this hub", "unauthenticated", counted=True),
+    pinned_id_signed_with_another_key: Refusal(UNAUTH, "does not verify under the key pinned for", "unauthenticated", counted=True),
+    payload_altered_after_signing: Refusal(UNAUTH, "does not verify under the key pinned for", "unauthenticated", counted=True),
+    addressed_to_another_hub: Refusal(UNAUTH, "is addressed to hub", "unauthenticated", counted=True),
+    signed_for_another_method: Refusal(UNAUTH, "was signed for /smartregion.v1.Federation/GetDescriptor", "unauthenticated",
+                                       counted=True),
+    issued_ten_minutes_ago: Refusal(UNAUTH, "more than 5 minutes from this hub's clock", "unauthenticated", counted=True),
+    issued_ten_minutes_ahead: Refusal(UNAUTH, "more than 5 minutes from this hub's clock", "unauthenticated", counted=True),
+    short_nonce: Refusal(UNAUTH, "nonce must be 16 bytes", "unauthenticated", counted=True),
+    payload_is_not_a_request: Refusal(UNAUTH, "does not parse", "unauthenticated", counted=True),
 }
 
 
@@ -416,7 +427,7 @@ async def test_a_replayed_request_is_refused_the_second_time(hubs):
     assert outcome.changed
     replayed = envelope_pb2.SignedRequest.FromString(signed.SerializeToString())  # the same bytes again
     await assert_refused(a, lambda: a.exchange(replayed),
-                         Refusal(grpc.StatusCode.ALREADY_EXISTS, "replayed nonce", "replayed", "a request nonce was used again"),
+                         Refusal(grpc.StatusCode.ALREADY_EXISTS, "replayed nonce", "replayed", counted=True),
                          actor=b.id, action=EXCHANGE_METHOD)
 
 

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from federation import agreements as ag
 from federation import partners
+from federation.ledger import LedgerHooks
 from federation.partner_client import PartnerSession
 from node.api.v1 import admin_pb2, envelope_pb2, federation_pb2_grpc, query_pb2
 from node.app.sensor_client import replay
@@ -24,23 +25,56 @@ def ms(year: int, month: int, day: int = 1) -> int:
     return int(dt.datetime(year, month, day, tzinfo=dt.UTC).timestamp() * 1000)
 
 
-async def test_a_revocation_racing_a_countersignature_is_never_lost(live_hub):
-    """The admin revokes while the partner's countersignature arrives: both must be kept."""
-    for i in range(12):
-        key = partners.PartnerKey(Ed25519PrivateKey.generate(), f"p{i}")
-        await live_hub.admin.AddPartner(admin_pb2.AddPartnerRequest(name=f"p{i}", org_number="971564679",
-                                        public_key_file=partners.public_document(key)), metadata=live_hub.admin_metadata)
-        view = await live_hub.admin.ProposeAgreement(admin_pb2.ProposeAgreementRequest(terms_toml=TERMS, to=key.partner_id),
-                                                     metadata=live_hub.admin_metadata)
-        agreement_id = view.terms.agreement_id
-        async with PartnerSession(key, live_hub.hub.endpoint.grpc_address, live_hub.hub.config.hub_id) as session:
-            signed = ag.countersign((await session.agreements())[0].evidence, key.partner_id, key.key)
-            revoke = live_hub.admin.RevokeAgreement(admin_pb2.RevokeAgreementRequest(agreement_id=agreement_id, reason="stop"),
-                                                    metadata=live_hub.admin_metadata)
-            await asyncio.gather(revoke, session.exchange([signed.to_document()]))
-        final = await live_hub.admin.GetAgreement(admin_pb2.AgreementRef(agreement_id=agreement_id), metadata=live_hub.admin_metadata)
-        assert final.state == ag.State.AGREEMENT_STATE_REVOKED and len(final.revocations) == 1
-        assert len(final.signatures) == 2
+@pytest.mark.parametrize("held", ["revocation", "countersignature"])
+async def test_a_revocation_racing_a_countersignature_is_never_lost(live_hub, held):
+    """The admin revokes while the partner's countersignature arrives. The interleaving is
+    forced: the change that reaches the ledger first is held between its read and its write
+    until the other has either run to its end (were changes not transactions) or is waiting
+    for the first. Both the revocation and the countersignature must be kept."""
+    key = partners.PartnerKey(Ed25519PrivateKey.generate(), "racer")
+    await live_hub.admin.AddPartner(admin_pb2.AddPartnerRequest(name="racer", org_number="971564679",
+                                    public_key_file=partners.public_document(key)), metadata=live_hub.admin_metadata)
+    view = await live_hub.admin.ProposeAgreement(admin_pb2.ProposeAgreementRequest(terms_toml=TERMS, to=key.partner_id),
+                                                 metadata=live_hub.admin_metadata)
+    agreement_id = view.terms.agreement_id
+    ledger = live_hub.running.federation.ledger
+    first_read, release, second_waits = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def between_read_and_write():
+        if not first_read.is_set():
+            first_read.set()
+            await release.wait()
+
+    async def waiting():
+        second_waits.set()
+
+    async with PartnerSession(key, live_hub.hub.endpoint.grpc_address, live_hub.hub.config.hub_id) as session:
+        signed = ag.countersign((await session.agreements())[0].evidence, key.partner_id, key.key)
+
+        async def revoke():
+            return await live_hub.admin.RevokeAgreement(admin_pb2.RevokeAgreementRequest(agreement_id=agreement_id, reason="stop"),
+                                                        metadata=live_hub.admin_metadata)
+
+        async def countersign():
+            return await session.exchange([signed.to_document()])
+
+        first, second = (revoke, countersign) if held == "revocation" else (countersign, revoke)
+        ledger.hooks = LedgerHooks(between_read_and_write=between_read_and_write, waiting=waiting)
+        try:
+            first_task = asyncio.create_task(first())
+            await first_read.wait()
+            second_task = asyncio.create_task(second())
+            waits = asyncio.create_task(second_waits.wait())
+            await asyncio.wait([second_task, waits], return_when=asyncio.FIRST_COMPLETED)
+            waits.cancel()
+            release.set()
+            await asyncio.gather(first_task, second_task)
+        finally:
+            ledger.hooks = LedgerHooks()
+    final = await live_hub.admin.GetAgreement(admin_pb2.AgreementRef(agreement_id=agreement_id), metadata=live_hub.admin_metadata)
+    assert len(final.revocations) == 1, "the revocation was lost"
+    assert len(final.signatures) == 2, "the countersignature was lost"
+    assert final.state == ag.State.AGREEMENT_STATE_REVOKED
 
 
 async def test_an_oversized_caller_id_is_refused_without_filling_the_audit_log(live_hub):
@@ -49,6 +83,7 @@ async def test_an_oversized_caller_id_is_refused_without_filling_the_audit_log(l
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.ExchangeAgreements(envelope_pb2.SignedRequest(payload=payload), timeout=10)
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and len(err.value.details()) < 1000
+    await live_hub.running.federation.refusals.flush()
     rows = await live_hub.hub.storage.read(lambda s: s.audit_rows())
     assert rows and max(len(r.entry) for r in rows) < 2000
 

@@ -9,6 +9,7 @@ from federation import terms as terms_mod
 from federation.ledger import from_row, to_row
 from node import identity
 from node.api.v1 import agreement_pb2
+from node.clock import SYSTEM_CLOCK
 from tests.test_federation_region import TERMS
 
 
@@ -23,12 +24,12 @@ def test_a_misspelt_key_is_refused_not_ignored(section, misspelt):
     _, provider, consumer = parties()
     text = TERMS.replace(f"[{section}]\n", f"[{section}]\n{misspelt}\n")
     with pytest.raises(terms_mod.TermsError, match="unknown keys"):
-        terms_mod.from_toml(terms_mod.parse_toml(text), provider, consumer)
+        terms_mod.from_toml(terms_mod.parse_toml(text), provider, consumer, SYSTEM_CLOCK.now_ms())
 
 
 def test_stored_evidence_stays_readable_under_stricter_rules():
     key, provider, consumer = parties()
-    terms = terms_mod.from_toml(terms_mod.parse_toml(TERMS), provider, consumer)
+    terms = terms_mod.from_toml(terms_mod.parse_toml(TERMS), provider, consumer, SYSTEM_CLOCK.now_ms())
     terms.purpose_code = "a purpose code no longer in the list"  # as if the rules changed after signing
     evidence = ag.propose(terms, provider.id, key.identity_key)
     row = to_row(evidence, 1, 1)

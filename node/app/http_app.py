@@ -1,5 +1,6 @@
 """The hub's HTTP server (aiohttp): sealed-frame ingest for sensors that cannot speak gRPC,
-health and Prometheus metrics. Later issues add the dashboard and open data here."""
+health, Prometheus metrics, open data (node/app/open_data.py) and the dashboard
+(node/app/dashboard/)."""
 
 from __future__ import annotations
 

@@ -22,20 +22,19 @@ from node.api.v1 import (
     admin_pb2,
     admin_pb2_grpc,
     federation_pb2,
-    federation_pb2_grpc,
     ingest_pb2,
     ingest_pb2_grpc,
     query_service_pb2,
-    query_service_pb2_grpc,
 )
 from node.app.dashboard.data import DashboardData
 from node.app.dashboard.routes import Dashboard
 from node.app.http_app import build_app
+from node.app.servicers import federation as federation_servicer
+from node.app.servicers import query as query_servicer
 from node.app.servicers.admin import AdminServicer
 from node.app.servicers.auth import AdminAuthInterceptor
-from node.app.servicers.federation import FederationServicer
+from node.app.servicers.authenticated import add_service
 from node.app.servicers.ingest import IngestServicer
-from node.app.servicers.query import QueryServicer
 from node.hub import Endpoint, Hub
 from node.tlsfiles import server_ssl_context
 
@@ -104,8 +103,11 @@ async def start(
     ingest_pb2_grpc.add_IngestServicer_to_server(IngestServicer(hub), server)
     queries = QueryService(federation)
     admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(hub, federation, queries), server)
-    federation_pb2_grpc.add_FederationServicer_to_server(FederationServicer(federation), server)
-    query_service_pb2_grpc.add_QueryServicer_to_server(QueryServicer(queries), server)
+    # Every Federation and Query method is authenticated before its handler runs (but the public ones).
+    add_service(server, federation_pb2.DESCRIPTOR.services_by_name["Federation"],
+                federation_servicer.FederationServicer(federation), federation.authenticator, federation_servicer.PUBLIC_METHODS)
+    add_service(server, query_service_pb2.DESCRIPTOR.services_by_name["Query"],
+                query_servicer.QueryServicer(queries), federation.authenticator, query_servicer.PUBLIC_METHODS)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -124,7 +126,7 @@ async def start(
         raise OSError(f"cannot listen for gRPC on {address} (in use?); choose another with --grpc-port")
     await server.start()
 
-    dashboard = Dashboard(DashboardData(federation, queries), hub.config.admin_token_sha256, dashboard_read_only)
+    dashboard = Dashboard(DashboardData(federation, queries), hub.config.admin_token_sha256, dashboard_read_only, hub.clock)
     runner = web.AppRunner(build_app(hub, dashboard, federation), access_log=None)
     await runner.setup()
     ssl_context = None if insecure else server_ssl_context(hub.identity.tls_cert_pem, hub.identity.tls_key_pem)

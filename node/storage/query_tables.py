@@ -3,7 +3,7 @@ Mixed into SqliteStore. Aggregation runs inside SQLite; no raw reading is return
 
 from __future__ import annotations
 
-from node.sketch import bin_sql
+from node.sketch.sql import bin_sql
 from node.storage.base import AggregateRequest, CellRow, ConsentRow
 
 _WEEK_SHIFT_MS = 3 * 86_400_000  # 1970-01-01 was a Thursday; ISO weeks start on Monday

@@ -72,9 +72,6 @@ class SqliteStore(FederationTables, QueryTables):
         self.conn = conn
         self.version = migrate(conn)
 
-    def schema_version(self) -> int:
-        return self.conn.execute("PRAGMA user_version").fetchone()[0]
-
     def close(self) -> None:
         self.conn.close()
 

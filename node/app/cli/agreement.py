@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +12,7 @@ from node.api.v1 import admin_pb2
 from node.app.cli.common import DataDir, JsonFlag, console, emit, fail, print_json, user_errors
 from node.app.cli.views import agreements_table, as_dict, print_agreement, state_name, terms_table, when
 from node.client import AdminClient
+from node.clock import SYSTEM_CLOCK
 
 app = typer.Typer(help="Data-sharing agreements: the only thing that lets data cross a border.", no_args_is_help=True)
 AgreementId = Annotated[str, typer.Argument(help="The agreement id (urn:uuid:...).")]
@@ -99,7 +99,7 @@ def export(
 def verify(file: Annotated[Path, typer.Argument(help="An exported agreement.", exists=True, dir_okay=False)], json_output: JsonFlag = False) -> None:
     """Verify an exported agreement offline: signatures, parties, integrity of every byte."""
     try:
-        verified = export_mod.verify(file.read_bytes(), int(time.time() * 1000))
+        verified = export_mod.verify(file.read_bytes(), SYSTEM_CLOCK.now_ms())
     except export_mod.ExportError as exc:
         raise fail(f"{file} does NOT verify: {exc}") from None
     e = verified.evidence

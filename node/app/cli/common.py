@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,10 +69,6 @@ def passphrase(confirm: bool = False, prompt: str = "Hub passphrase") -> bytes:
 
 def print_json(value) -> None:
     sys.stdout.write(json.dumps(value, indent=2, sort_keys=False) + "\n")
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")
 
 
 def emit(data: bytes, out: Path | None) -> None:

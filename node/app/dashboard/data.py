@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import time
 
 from federation import agreements as ag
 from federation.query_service import QueryService
@@ -15,12 +14,13 @@ from federation.service import Federation
 from federation.terms import bucket_allowed
 from node import admin, register
 from node.api.v1 import query_pb2
+from node.clock import utc_day
 
 CHART_CACHE_SECONDS = 3600  # each refresh is a real query, counted against peers' quotas
 CHART_PURPOSE = "environmental_monitoring"
 CROSS_BORDER_ACTIONS = ("query.partial", "query.run", "agreement.exchange", "agreement.propose", "agreement.accept",
                         "agreement.revoke", "peer.add", "peer.remove", "partner.add", "/smartregion.v1.Federation/ExchangeAgreements",
-                        "/smartregion.v1.Query/Run", "/smartregion.v1.Query/Partial")
+                        "/smartregion.v1.Query/Run", "/smartregion.v1.Query/Partial", "auth.refused")
 
 
 def _year_start_ms(year: int) -> int:
@@ -58,12 +58,12 @@ class DashboardData:
         return [{"hub_id": p.hub_id, "municipality": p.municipality, "municipality_name": register.lookup(p.municipality).name,
                  "address": p.grpc_address, "state": state, "last_contact_ms": p.last_contact_ms, "latency_ms": p.latency_ms,
                  "last_error": p.last_error, "pending_deliveries": pending}
-                for p, state, pending in await self.federation.list_peers(include_removed=False)]
+                for p, state, pending in await self.federation.registry.list_peers(include_removed=False)]
 
     async def agreements(self) -> list[dict]:
-        day = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+        day = utc_day(self.federation.clock.now_ms())
         out = []
-        for info in await self.federation.list_agreements():
+        for info in await self.federation.book.list():
             t = info.evidence.terms
             used, epsilon_spent = await self.hub.storage.read(lambda s: s.quota_used(t.agreement_id, day))
             out.append({
@@ -107,10 +107,10 @@ class DashboardData:
         """Monthly mean per municipality for the latest year this hub holds data for, asked of
         this hub and the peers whose agreements allow it (at most once an hour)."""
         async with self._chart_lock:
-            if self._chart and time.monotonic() - self._chart[0] < CHART_CACHE_SECONDS:
+            if self._chart and self.federation.clock.monotonic() - self._chart[0] < CHART_CACHE_SECONDS:
                 return self._chart[1]
             chart = await self._regional_chart(metric)
-            self._chart = (time.monotonic(), chart)
+            self._chart = (self.federation.clock.monotonic(), chart)
             return chart
 
     async def _regional_chart(self, metric: str) -> dict:

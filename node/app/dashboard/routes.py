@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 from importlib import resources
 
 from aiohttp import web
 
 from node.app.dashboard.data import DashboardData
+from node.clock import SYSTEM_CLOCK, Clock
 from node.hubdir import token_matches
 
 SESSION_COOKIE = "sr_session"
@@ -19,18 +19,19 @@ CONTENT_TYPES = {".html": "text/html", ".js": "application/javascript", ".css": 
 
 
 class Dashboard:
-    def __init__(self, data: DashboardData, admin_token_sha256: str, read_only: bool) -> None:
+    def __init__(self, data: DashboardData, admin_token_sha256: str, read_only: bool, clock: Clock = SYSTEM_CLOCK) -> None:
         self.data = data
         self._expected = admin_token_sha256
         self.read_only = read_only
-        self._sessions: dict[str, float] = {}  # SHA-256 of session id -> expiry
+        self._clock = clock
+        self._sessions: dict[str, float] = {}  # SHA-256 of session id -> expiry (monotonic seconds)
 
     def _session_ok(self, request: web.Request) -> bool:
         if self.read_only:
             return True
         session = request.cookies.get(SESSION_COOKIE, "")
         expiry = self._sessions.get(hashlib.sha256(session.encode()).hexdigest()) if session else None
-        return expiry is not None and expiry > time.time()
+        return expiry is not None and expiry > self._clock.monotonic()
 
     async def login(self, request: web.Request) -> web.Response:
         try:
@@ -40,7 +41,7 @@ class Dashboard:
         if not token or not token_matches(token, self._expected):
             return web.json_response({"error": "unauthenticated", "message": "that is not this hub's admin credential"}, status=401)
         session = secrets.token_urlsafe(32)
-        now = time.time()
+        now = self._clock.monotonic()
         self._sessions = {k: expiry for k, expiry in self._sessions.items() if expiry > now}  # forget expired ones
         self._sessions[hashlib.sha256(session.encode()).hexdigest()] = now + SESSION_SECONDS
         response = web.json_response({"ok": True})

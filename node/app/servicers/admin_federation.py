@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
+from federation.agreement_book import AgreementInfo
 from federation.query_service import QueryService
-from federation.service import AgreementInfo, Federation
-from node import audit, consent
+from federation.service import Federation
+from node import consent
 from node.api.v1 import admin_pb2
 from node.app.servicers.common import translate_rejections
 from node.register import lookup
-from node.signing import Domain, sign
 from node.storage.base import PartnerRecord, PeerRecord
 
 
@@ -49,50 +47,50 @@ class FederationAdmin:
 
     @translate_rejections
     async def AddPeer(self, request, context):
-        record = await self.federation.add_peer(request.address.strip(), request.hub_id)
+        record = await self.federation.registry.add_peer(request.address.strip(), request.hub_id)
         return peer_message(record, "reachable", 0)
 
     @translate_rejections
     async def ListPeers(self, request, context):
-        found = await self.federation.list_peers(request.include_removed)
+        found = await self.federation.registry.list_peers(request.include_removed)
         return admin_pb2.ListPeersResponse(peers=[peer_message(*item) for item in found])
 
     @translate_rejections
     async def RemovePeer(self, request, context):
-        return peer_message(await self.federation.remove_peer(request.hub_id), "removed", 0)
+        return peer_message(await self.federation.registry.remove_peer(request.hub_id), "removed", 0)
 
     @translate_rejections
     async def AddPartner(self, request, context):
-        record = await self.federation.add_partner(request.name, request.org_number.strip(), request.public_key_file)
+        record = await self.federation.registry.add_partner(request.name, request.org_number.strip(), request.public_key_file)
         return partner_message(record)
 
     @translate_rejections
     async def ListPartners(self, request, context):
-        return admin_pb2.ListPartnersResponse(partners=[partner_message(p) for p in await self.federation.list_partners()])
+        return admin_pb2.ListPartnersResponse(partners=[partner_message(p) for p in await self.federation.registry.list_partners()])
 
     @translate_rejections
     async def ProposeAgreement(self, request, context):
-        return agreement_view(await self.federation.propose(request.terms_toml, request.to))
+        return agreement_view(await self.federation.book.propose(request.terms_toml, request.to))
 
     @translate_rejections
     async def ListAgreements(self, request, context):
-        return admin_pb2.ListAgreementsResponse(agreements=[agreement_view(i) for i in await self.federation.list_agreements()])
+        return admin_pb2.ListAgreementsResponse(agreements=[agreement_view(i) for i in await self.federation.book.list()])
 
     @translate_rejections
     async def GetAgreement(self, request, context):
-        return agreement_view(await self.federation.info(request.agreement_id))
+        return agreement_view(await self.federation.book.info(request.agreement_id))
 
     @translate_rejections
     async def AcceptAgreement(self, request, context):
-        return agreement_view(await self.federation.accept(request.agreement_id))
+        return agreement_view(await self.federation.book.accept(request.agreement_id))
 
     @translate_rejections
     async def RevokeAgreement(self, request, context):
-        return agreement_view(await self.federation.revoke(request.agreement_id, request.reason))
+        return agreement_view(await self.federation.book.revoke(request.agreement_id, request.reason))
 
     @translate_rejections
     async def ExportAgreement(self, request, context):
-        return admin_pb2.ExportedAgreement(document_json=await self.federation.export(request.agreement_id))
+        return admin_pb2.ExportedAgreement(document_json=await self.federation.book.export(request.agreement_id))
 
 
 def consent_message(row) -> admin_pb2.Consent:
@@ -111,24 +109,23 @@ class QueryAdmin:
 
     @translate_rejections
     async def GrantConsent(self, request, context):
-        return consent_message(await consent.grant(self.hub.storage, request.subject_id, request.purpose_code))
+        return consent_message(await consent.grant(self.hub.storage, self.hub.clock, request.subject_id, request.purpose_code))
 
     @translate_rejections
     async def WithdrawConsent(self, request, context):
-        return consent_message(await consent.withdraw(self.hub.storage, request.subject_id, request.purpose_code))
+        return consent_message(await consent.withdraw(self.hub.storage, self.hub.clock, request.subject_id, request.purpose_code))
 
     @translate_rejections
     async def ListConsents(self, request, context):
-        rows = await self.hub.storage.read(lambda s: s.list_consents(request.subject_id.strip() or None))
+        rows = await consent.list_consents(self.hub.storage, request.subject_id)
         return admin_pb2.ListConsentsResponse(consents=[consent_message(r) for r in rows])
 
 
 class AuditAdmin:
     """Admin RPC for the audit log (mixed into AdminServicer)."""
 
+    federation: Federation
+
     @translate_rejections
     async def ExportAudit(self, request, context):
-        rows = await self.hub.storage.read(lambda s: s.audit_rows())
-        data = audit.export_lines(rows, self.hub.config.hub_id, self.hub.identity.public_key_raw,
-                                  lambda head: sign(self.hub.identity.identity_key, Domain.AUDIT_HEAD, head), int(time.time() * 1000))
-        return admin_pb2.AuditExport(jsonl=data)
+        return admin_pb2.AuditExport(jsonl=await self.federation.export_audit())

@@ -1,31 +1,36 @@
-"""gRPC Federation service: translation only; federation/service.py decides."""
+"""gRPC Federation service: translation only; federation/agreement_book.py decides.
+
+Registered with node/app/servicers/authenticated.py: every method but GetDescriptor receives
+an already authenticated call."""
 
 from __future__ import annotations
 
 import grpc
 
-from federation.service import EXCHANGE_METHOD, Federation
-from node.api.v1 import agreement_pb2, federation_pb2, federation_pb2_grpc
-from node.app.servicers.common import translate_rejections
+from federation.auth import Authenticated
+from federation.service import Federation
+from node.api.v1 import agreement_pb2, federation_pb2
 from node.errors import Reason, Rejected
 
+PUBLIC_METHODS = frozenset({"GetDescriptor"})  # a hub's descriptor is how others check who it is
 
-class FederationServicer(federation_pb2_grpc.FederationServicer):
+
+class FederationServicer:
     def __init__(self, federation: Federation) -> None:
         self.federation = federation
 
-    async def GetDescriptor(self, request, context: grpc.aio.ServicerContext):
+    async def GetDescriptor(self, request: federation_pb2.GetDescriptorRequest,
+                            context: grpc.aio.ServicerContext) -> federation_pb2.SignedDescriptor:
         return self.federation.descriptor()
 
-    @translate_rejections
-    async def ExchangeAgreements(self, request, context: grpc.aio.ServicerContext):
-        caller, signed_request = await self.federation.authenticate(request, EXCHANGE_METHOD)
-        if signed_request.WhichOneof("body") != "agreement_exchange":
+    async def ExchangeAgreements(self, call: Authenticated, context: grpc.aio.ServicerContext) -> federation_pb2.ExchangeAgreementsResponse:
+        if call.request.WhichOneof("body") != "agreement_exchange":
             raise Rejected(Reason.INVALID_REQUEST, "ExchangeAgreements takes a request whose body is agreement_exchange")
-        merged, held = await self.federation.exchange(caller, list(signed_request.agreement_exchange.documents))
+        merged, held = await self.federation.book.receive(call.caller, list(call.request.agreement_exchange.documents))
         return federation_pb2.ExchangeAgreementsResponse(
             outcomes=[
-                federation_pb2.DocumentOutcome(agreement_id=m.evidence.agreement_id, changed=m.changed, state=m.state)
+                federation_pb2.DocumentOutcome(agreement_id=m.evidence.agreement_id, changed=m.changed,
+                                               state=agreement_pb2.AgreementState.Name(m.state))
                 for m in merged
             ],
             documents=agreement_pb2.AgreementExchange(documents=[e.to_document() for e in held]),

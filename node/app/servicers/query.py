@@ -1,20 +1,25 @@
-"""gRPC Query service: translation only; federation/query_service.py decides."""
+"""gRPC Query service: translation only; federation/query_service.py decides.
+
+Registered with node/app/servicers/authenticated.py: both methods receive an already
+authenticated call."""
 
 from __future__ import annotations
 
+import grpc
+
+from federation.auth import Authenticated
 from federation.query_service import QueryService
-from node.api.v1 import query_service_pb2_grpc
-from node.app.servicers.common import translate_rejections
+from node.api.v1 import query_pb2, query_service_pb2
+
+PUBLIC_METHODS: frozenset[str] = frozenset()
 
 
-class QueryServicer(query_service_pb2_grpc.QueryServicer):
+class QueryServicer:
     def __init__(self, queries: QueryService) -> None:
         self.queries = queries
 
-    @translate_rejections
-    async def Run(self, request, context):
-        return await self.queries.run(request)
+    async def Run(self, call: Authenticated, context: grpc.aio.ServicerContext) -> query_service_pb2.QueryAnswer:
+        return await self.queries.run(call)
 
-    @translate_rejections
-    async def Partial(self, request, context):
-        return await self.queries.partial(request)
+    async def Partial(self, call: Authenticated, context: grpc.aio.ServicerContext) -> query_pb2.SignedPartial:
+        return await self.queries.partial(call)

@@ -4,8 +4,9 @@ A value v > 0 is counted in bin ceil(log(v) / log(gamma)), gamma = (1 + alpha) /
 negative values in mirrored bins; |v| below MIN_INDEXABLE in a zero count. Every value in a
 bin is within a factor (1 ± alpha) of the bin's representative, so any quantile read from the
 sketch is within relative error alpha of a true value at that rank. Bins add when merging,
-exactly. The binning is written once here and used both in Python and in SQL (bin_sql), so
-a provider can build its sketch inside SQLite without raw values ever reaching Python.
+exactly. The algorithm only: node/sketch/sql.py bins in SQLite with the same rule, so a
+provider builds its sketch without raw values ever reaching Python; node/sketch/wire.py
+converts to and from the protobuf message.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-
-from node.api.v1 import query_pb2
 
 ALPHA = 0.01
 MIN_INDEXABLE = 1e-9
@@ -32,14 +31,6 @@ def bin_of(value: float, alpha: float = ALPHA) -> tuple[int, int]:
     return (1 if value > 0 else -1), math.ceil(math.log(abs(value)) / math.log(gamma(alpha)))
 
 
-def bin_sql(column: str, alpha: float = ALPHA) -> tuple[str, str]:
-    """SQL expressions for (sign, key) of `column`, the same as bin_of."""
-    ln_gamma = repr(math.log(gamma(alpha)))
-    sign = f"(CASE WHEN abs({column}) < {MIN_INDEXABLE!r} THEN 0 WHEN {column} > 0 THEN 1 ELSE -1 END)"
-    key = f"(CASE WHEN abs({column}) < {MIN_INDEXABLE!r} THEN 0 ELSE CAST(ceil(ln(abs({column})) / {ln_gamma}) AS INTEGER) END)"
-    return sign, key
-
-
 def representative(key: int, alpha: float = ALPHA) -> float:
     g = gamma(alpha)
     return 2 * g**key / (g + 1)
@@ -48,8 +39,8 @@ def representative(key: int, alpha: float = ALPHA) -> float:
 @dataclass
 class Sketch:
     alpha: float = ALPHA
-    positive: Counter = field(default_factory=Counter)
-    negative: Counter = field(default_factory=Counter)
+    positive: Counter[int] = field(default_factory=Counter)
+    negative: Counter[int] = field(default_factory=Counter)
     zeros: int = 0
 
     def add(self, value: float, count: int = 1) -> None:
@@ -70,7 +61,7 @@ class Sketch:
     def merge(self, other: Sketch) -> Sketch:
         if other.alpha != self.alpha:
             raise ValueError("sketches with different accuracy cannot be merged")
-        return Sketch(self.alpha, self.positive + other.positive, self.negative + other.negative, self.zeros + other.zeros)
+        return type(self)(self.alpha, self.positive + other.positive, self.negative + other.negative, self.zeros + other.zeros)
 
     def quantile(self, q: float) -> float:
         """The value at rank q (0..1) in sorted order; nan if empty."""
@@ -89,10 +80,3 @@ class Sketch:
             if count and seen > rank:
                 return value
         return value
-
-    def to_proto(self) -> query_pb2.QuantileSketch:
-        return query_pb2.QuantileSketch(alpha=self.alpha, positive=dict(self.positive), negative=dict(self.negative), zeros=self.zeros)
-
-    @classmethod
-    def from_proto(cls, message: query_pb2.QuantileSketch) -> Sketch:
-        return cls(message.alpha or ALPHA, Counter(dict(message.positive)), Counter(dict(message.negative)), message.zeros)

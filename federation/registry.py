@@ -1,0 +1,123 @@
+"""Who this hub federates with: its pinned peer hubs and its registered partners."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from federation import partners, peers
+from federation.auth import Caller
+from federation.channels import ChannelPool
+from node import ids
+from node.api.v1 import agreement_pb2
+from node.clock import Clock
+from node.errors import Reason, Rejected
+from node.register import lookup
+from node.storage import Storage
+from node.storage.base import PartnerRecord, PeerRecord
+
+AuditFn = Callable[..., Awaitable[None]]
+
+
+class Registry:
+    def __init__(self, storage: Storage, own_id: str, clock: Clock, channels: ChannelPool, audit: AuditFn,
+                 on_new_peer: Callable[[str], Awaitable[None]]) -> None:
+        self._storage = storage
+        self._own_id = own_id
+        self._clock = clock
+        self._channels = channels
+        self._audit = audit
+        self._on_new_peer = on_new_peer  # the outbox schedules a first delivery
+
+    # -- lookups -------------------------------------------------------------------------
+    async def known_caller(self, caller_id: str) -> Caller | None:
+        """The pinned peer or registered partner with this id, unless removed."""
+        peer = await self._storage.read(lambda s: s.get_peer(caller_id))
+        if peer and not peer.removed_at_ms:
+            return Caller("hub", peer.hub_id, peer.public_key, f"hub {peer.municipality}")
+        partner = await self._storage.read(lambda s: s.get_partner(caller_id))
+        if partner and not partner.removed_at_ms:
+            return Caller("partner", partner.partner_id, partner.public_key, partner.name)
+        return None
+
+    async def party(self, party_id: str) -> agreement_pb2.Party:
+        """The counterparty of an agreement this hub proposes, as named in its terms."""
+        caller = await self.known_caller(party_id.strip())
+        if caller is None:
+            raise Rejected(Reason.NOT_FOUND, f"{party_id!r} is neither a peer hub nor a registered partner")
+        if caller.kind == "hub":
+            peer = await self._storage.read(lambda s: s.get_peer(caller.id))
+            assert peer is not None
+            return agreement_pb2.Party(kind=agreement_pb2.PARTY_KIND_HUB, id=caller.id, public_key=caller.public_key,
+                                       name=lookup(peer.municipality).name)
+        return agreement_pb2.Party(kind=agreement_pb2.PARTY_KIND_PARTNER, id=caller.id, public_key=caller.public_key, name=caller.name)
+
+    async def heard_from(self, caller: Caller) -> None:
+        at = self._clock.now_ms()
+        if caller.kind == "hub":
+            await self._storage.write(lambda s: s.record_peer_contact(caller.id, at, None, ""))
+            self._channels.heard_from(caller.id)
+        else:
+            await self._storage.write(lambda s: s.touch_partner(caller.id, at))
+
+    # -- peers ---------------------------------------------------------------------------
+    async def add_peer(self, address: str, hub_id: str) -> PeerRecord:
+        try:
+            hub_id = ids.to_text(ids.from_text(hub_id, "hub id"))
+        except ValueError as exc:
+            raise Rejected(Reason.INVALID_REQUEST, str(exc)) from None
+        if hub_id == self._own_id:
+            raise Rejected(Reason.INVALID_REQUEST, "a hub cannot be its own peer")
+        try:
+            peers.split_address(address)
+        except peers.PeerError as exc:
+            raise Rejected(Reason.INVALID_REQUEST, str(exc)) from None
+        try:
+            verified, cert_pem = await peers.fetch_descriptor(address, hub_id, self._clock.now_ms())
+        except peers.PeerError as exc:
+            await self._audit("admin", "peer.add", hub_id, "refused", str(exc))
+            raise Rejected(Reason.PERMISSION_DENIED if exc.impostor else Reason.UNAVAILABLE, str(exc)) from None
+        existing = await self._storage.read(lambda s: s.get_peer(hub_id))
+        now = self._clock.now_ms()
+        record = peers.peer_record(verified, address, cert_pem, existing.added_at_ms if existing else now, now)
+        await self._storage.write(lambda s: s.upsert_peer(record))
+        await self._on_new_peer(hub_id)
+        await self._audit("admin", "peer.add", hub_id, "ok", f"{record.municipality} at {address}")
+        return record
+
+    async def remove_peer(self, hub_id: str) -> PeerRecord:
+        peer = await self._storage.read(lambda s: s.get_peer(hub_id.strip()))
+        if peer is None:
+            raise Rejected(Reason.NOT_FOUND, f"hub {hub_id} is not a peer")
+        await self._storage.write(lambda s: s.remove_peer(peer.hub_id, self._clock.now_ms()))
+        self._channels.drop(peer.hub_id)
+        await self._audit("admin", "peer.remove", peer.hub_id)
+        removed = await self._storage.read(lambda s: s.get_peer(peer.hub_id))
+        assert removed is not None
+        return removed
+
+    async def list_peers(self, include_removed: bool = False) -> list[tuple[PeerRecord, str, int]]:
+        """Each peer with its state and its number of pending deliveries (0 or 1)."""
+        found = await self._storage.read(lambda s: s.list_peers(include_removed))
+        pending = await self._storage.read(lambda s: s.pending_deliveries())
+        now = self._clock.now_ms()
+        return [(p, peers.peer_state(p, now), 1 if p.hub_id in pending else 0) for p in found]
+
+    # -- partners ------------------------------------------------------------------------
+    async def add_partner(self, name: str, org_number: str, public_key_file: bytes) -> PartnerRecord:
+        if not name.strip():
+            raise Rejected(Reason.INVALID_REQUEST, "a partner needs a name")
+        if not partners.ORG_NUMBER.match(org_number):
+            raise Rejected(Reason.INVALID_REQUEST, f"organisation number {org_number!r} is not 9 digits")
+        try:
+            partner_id, key = partners.parse_public(public_key_file)
+        except partners.PartnerKeyError as exc:
+            raise Rejected(Reason.INVALID_REQUEST, str(exc)) from None
+        if await self._storage.read(lambda s: s.get_partner(partner_id)):
+            raise Rejected(Reason.ALREADY_EXISTS, f"partner {partner_id} is already registered")
+        record = PartnerRecord(partner_id, name.strip(), org_number, key, self._clock.now_ms())
+        await self._storage.write(lambda s: s.add_partner(record))
+        await self._audit("admin", "partner.add", partner_id, "ok", f"{record.name} ({org_number})")
+        return record
+
+    async def list_partners(self) -> list[PartnerRecord]:
+        return await self._storage.read(lambda s: s.list_partners())
