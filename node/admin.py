@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-from node import ids
+from node import audit, ids
 from node.errors import Reason, Rejected
 from node.hub import Hub
 from node.sensors import Enrolment, credential_json, new_sensor
@@ -33,6 +32,9 @@ async def add_sensor(hub: Hub, enrolment: Enrolment) -> tuple[SensorRecord, byte
     """Enrol a sensor; return its record and its credential file (the only copy of its key)."""
     record, key = new_sensor(enrolment, hub.identity.key_encryption_key, hub.identity.hub_id)
     await hub.storage.write(lambda s: s.add_sensor(record))
+    personal = " (has a data subject)" if record.subject_id else ""
+    await audit.admin_action(hub.storage, hub.clock.now_ms(), "sensor.add", record.sensor_id,
+                             f"{record.dataset}: {','.join(record.metrics)}{personal}")
     credential = credential_json(
         record,
         key,
@@ -55,9 +57,10 @@ async def revoke_sensor(hub: Hub, sensor_id: str) -> SensorRecord:
         sensor_id = ids.to_text(ids.from_text(sensor_id, "sensor id"))
     except ValueError as exc:
         raise Rejected(Reason.INVALID_REQUEST, str(exc)) from None
-    now_ms = int(time.time() * 1000)
+    now_ms = hub.clock.now_ms()
     record = await hub.storage.write(lambda s: s.revoke_sensor(sensor_id, now_ms))
     if record is None:
         raise Rejected(Reason.NOT_FOUND, f"no sensor {sensor_id} is enrolled at this hub")
     hub.ingest.forget(sensor_id)
+    await audit.admin_action(hub.storage, now_ms, "sensor.revoke", sensor_id, record.dataset)
     return record

@@ -10,6 +10,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from node.signing import Domain, hub_id_from_public_key, verify
 from node.storage import Storage
@@ -35,6 +36,23 @@ class AuditEntry:
 async def record(storage: Storage, *entries: AuditEntry) -> None:
     payloads = [e.canonical() for e in entries]
     await storage.write(lambda s: s.append_audit(payloads))
+
+
+async def admin_action(storage: Storage, now_ms: int, action: str, subject: str, detail: str = "", outcome: str = "ok") -> None:
+    """Record something the hub's admin did (docs/operations.md lists the actions)."""
+    await record(storage, AuditEntry("admin", action, subject, outcome, detail, at_ms=now_ms))
+
+
+def record_in_database(db_path: Path, entry: AuditEntry) -> None:
+    """Append one entry from a process that is not the hub (a CLI command working on the data
+    directory, such as `backup`): SQLite serialises it with the running hub's writes."""
+    from node.storage.sqlite import SqliteStore
+
+    store = SqliteStore(db_path)
+    try:
+        store.append_audit([entry.canonical()])
+    finally:
+        store.close()
 
 
 # -- offline verification ---------------------------------------------------------------

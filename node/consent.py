@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-
+from node import audit
 from node.errors import Reason, Rejected
 from node.purposes import PURPOSES
 from node.storage import Storage
@@ -24,17 +23,17 @@ async def _latest(storage: Storage, subject_id: str, purpose_code: str) -> Conse
     return [r for r in rows if r.purpose_code == purpose_code][-1]
 
 
-async def grant(storage: Storage, subject_id: str, purpose_code: str) -> ConsentRow:
+async def grant(storage: Storage, subject_id: str, purpose_code: str, now_ms: int) -> ConsentRow:
     subject_id, purpose_code = _check(subject_id, purpose_code)
-    now = int(time.time() * 1000)
-    if not await storage.write(lambda s: s.grant_consent(subject_id, purpose_code, now)):
+    if not await storage.write(lambda s: s.grant_consent(subject_id, purpose_code, now_ms)):
         raise Rejected(Reason.ALREADY_EXISTS, f"{subject_id} has already consented to {purpose_code}")
+    await audit.admin_action(storage, now_ms, "consent.grant", subject_id, purpose_code)
     return await _latest(storage, subject_id, purpose_code)
 
 
-async def withdraw(storage: Storage, subject_id: str, purpose_code: str) -> ConsentRow:
+async def withdraw(storage: Storage, subject_id: str, purpose_code: str, now_ms: int) -> ConsentRow:
     subject_id, purpose_code = _check(subject_id, purpose_code)
-    now = int(time.time() * 1000)
-    if not await storage.write(lambda s: s.withdraw_consent(subject_id, purpose_code, now)):
+    if not await storage.write(lambda s: s.withdraw_consent(subject_id, purpose_code, now_ms)):
         raise Rejected(Reason.NOT_FOUND, f"{subject_id} has no active consent to {purpose_code}")
+    await audit.admin_action(storage, now_ms, "consent.withdraw", subject_id, purpose_code)
     return await _latest(storage, subject_id, purpose_code)

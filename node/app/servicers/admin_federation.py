@@ -111,11 +111,11 @@ class QueryAdmin:
 
     @translate_rejections
     async def GrantConsent(self, request, context):
-        return consent_message(await consent.grant(self.hub.storage, request.subject_id, request.purpose_code))
+        return consent_message(await consent.grant(self.hub.storage, request.subject_id, request.purpose_code, self.hub.clock.now_ms()))
 
     @translate_rejections
     async def WithdrawConsent(self, request, context):
-        return consent_message(await consent.withdraw(self.hub.storage, request.subject_id, request.purpose_code))
+        return consent_message(await consent.withdraw(self.hub.storage, request.subject_id, request.purpose_code, self.hub.clock.now_ms()))
 
     @translate_rejections
     async def ListConsents(self, request, context):

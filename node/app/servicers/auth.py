@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 
 from node.hubdir import token_matches
@@ -17,8 +19,8 @@ def _deny(message: str) -> grpc.RpcMethodHandler:
 
 
 class AdminAuthInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, admin_token_sha256: str) -> None:
-        self._expected = admin_token_sha256
+    def __init__(self, admin_token_sha256: Callable[[], str]) -> None:
+        self._expected = admin_token_sha256  # read at every call: a rotated token takes effect at once
 
     async def intercept_service(self, continuation, handler_call_details):
         if not handler_call_details.method.startswith(ADMIN_SERVICE_PREFIX):
@@ -28,6 +30,6 @@ class AdminAuthInterceptor(grpc.aio.ServerInterceptor):
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             return _deny("admin calls need 'authorization: Bearer <token>' (the token is in DATA_DIR/admin.token)")
-        if not token_matches(token.strip(), self._expected):
+        if not token_matches(token.strip(), self._expected()):
             return _deny("the admin credential is not this hub's")
         return await continuation(handler_call_details)

@@ -1,0 +1,218 @@
+"""Running a hub for years, against real in-process hubs (grpc.aio + TLS, SQLite files):
+admin token rotation, passphrase change, erasure of a data subject, retention and the
+agreements' promise, and the audit entry each of these leaves."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import stat
+
+import grpc
+import pytest
+from conftest import PASSPHRASE, make_hub_dir, start_live_hub
+from query_helpers import DAY_MS, Node, agree, deliver, eventually, ms, spec, start_nodes, stop_nodes, terms_toml
+
+from node import credentials, hubdir, keystore
+from node.api.v1 import admin_pb2
+from node.app.server import start
+from node.clock import ManualClock
+from node.hub import Hub
+from node.senml import Reading
+from node.storage.base import ReadingFilter
+
+
+async def audit_entries(live, action: str) -> list[dict]:
+    rows = await live.hub.storage.read(lambda s: s.audit_rows())
+    return [e for e in (json.loads(r.entry) for r in rows) if e["action"] == action]
+
+
+# -- admin token ------------------------------------------------------------------------------
+
+async def test_rotated_token_refuses_the_old_one_at_once(live_hub):
+    old = live_hub.admin_metadata
+    await live_hub.admin.GetStatus(admin_pb2.GetStatusRequest(), metadata=old)
+    response = await live_hub.admin.RotateAdminToken(admin_pb2.RotateAdminTokenRequest(), metadata=old)
+    token_file = live_hub.data_dir / hubdir.ADMIN_TOKEN_FILE
+    assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
+    new = live_hub.admin_metadata  # reads admin.token again
+    assert new != old and response.token_sha256 == hubdir.hash_token(token_file.read_text().strip())
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await live_hub.admin.GetStatus(admin_pb2.GetStatusRequest(), metadata=old)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    await live_hub.admin.GetStatus(admin_pb2.GetStatusRequest(), metadata=new)
+    # hub.toml holds the new hash, so a restart keeps refusing the old token
+    assert hubdir.HubDir(live_hub.data_dir).config().admin_token_sha256 == response.token_sha256
+    assert not (live_hub.data_dir / credentials.PENDING_TOKEN_FILE).exists()
+    assert [e["actor"] for e in await audit_entries(live_hub, "admin.token-rotate")] == ["admin"]
+
+
+# -- passphrase -------------------------------------------------------------------------------
+
+def test_passphrase_change_reencrypts_and_the_old_one_no_longer_opens(tmp_path):
+    hub_dir = hubdir.HubDir(make_hub_dir(tmp_path / "hub"))
+    before = keystore.read(hub_dir.file(hubdir.KEYS_FILE), PASSPHRASE.encode())
+    new = b"a-new-passphrase-for-years"
+    with pytest.raises(hubdir.HubDirError, match="current passphrase does not open"):
+        credentials.change_passphrase(hub_dir, b"not-the-passphrase-at-all", new)
+    with pytest.raises(hubdir.HubDirError, match="at least 12"):
+        credentials.change_passphrase(hub_dir, PASSPHRASE.encode(), b"short")
+    assert keystore.read(hub_dir.file(hubdir.KEYS_FILE), PASSPHRASE.encode()) == before  # nothing changed
+    credentials.change_passphrase(hub_dir, PASSPHRASE.encode(), new)
+    assert keystore.read(hub_dir.file(hubdir.KEYS_FILE), new) == before
+    with pytest.raises(keystore.KeystoreError, match="wrong passphrase"):
+        keystore.read(hub_dir.file(hubdir.KEYS_FILE), PASSPHRASE.encode())
+    assert stat.S_IMODE(os.stat(hub_dir.file(hubdir.KEYS_FILE)).st_mode) == 0o600
+    assert hub_dir.identity(new).hub_id_text == hub_dir.config().hub_id
+
+
+# -- erasure ----------------------------------------------------------------------------------
+
+async def test_erasing_a_subject_changes_the_next_answer_exactly(tmp_path):
+    live = await start_live_hub(make_hub_dir(tmp_path / "hub"))
+    try:
+        node = Node(live, live.channel)
+        day = [Reading("water_volume", ms(2019, 1, 1) + h * 3_600_000, 0.1 * (h + 1)) for h in range(24)]
+        meters = {}
+        for subject in ("household-a", "household-b"):
+            meters[subject] = await live.add_sensor(tmp_path, name=subject, dataset="water_consumption",
+                                                    metrics=["water_volume"], subject_id=subject)
+            await deliver(node, meters[subject], day[: 24 if subject == "household-a" else 10])
+            await node.admin("GrantConsent", admin_pb2.ConsentRequest(subject_id=subject, purpose_code="research"))
+        ask = spec(dataset="water_consumption", metric="water_volume", aggregate="count", bucket="window",
+                   start_ms=ms(2019, 1, 1), end_ms=ms(2019, 1, 2), purpose_code="research", hub_ids=[node.id])
+
+        async def readings_answered() -> int:
+            answer = await node.run_query(ask)
+            assert [p.status for p in answer.provenance] == ["answered"], answer.provenance
+            return sum(r.readings for r in answer.rows)
+
+        assert await readings_answered() == 34
+        report = await node.admin("EraseSubject", admin_pb2.EraseSubjectRequest(subject_id="household-a"))
+        assert (report.readings_deleted, report.consents_deleted) == (24, 1)
+        assert list(report.sensors_revoked) == [meters["household-a"].credential.sensor_id]
+        assert await readings_answered() == 10  # effective for the very next query, exactly the other subject's
+        consents = await node.admin("ListConsents", admin_pb2.ListConsentsRequest())
+        assert [c.subject_id for c in consents.consents] == ["household-b"]
+        sensors = await node.admin("ListSensors", admin_pb2.ListSensorsRequest(include_revoked=True))
+        erased = next(s for s in sensors.sensors if s.sensor_id == meters["household-a"].credential.sensor_id)
+        assert (erased.subject_id, erased.label, erased.readings) == ("", "", 0) and erased.revoked_at_ms
+        entries = await audit_entries(live, "consent.erase")
+        assert [(e["subject"], e["outcome"]) for e in entries] == [("household-a", "ok")]
+        assert "24 readings" in entries[0]["detail"]
+        # the subject is gone: a second erase, like one of a subject never seen, is refused
+        for unknown in ("household-a", "nobody-here"):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await node.admin("EraseSubject", admin_pb2.EraseSubjectRequest(subject_id=unknown))
+            assert refused.value.code() == grpc.StatusCode.NOT_FOUND and "nothing erased" in refused.value.details()
+        assert await readings_answered() == 10
+        assert {e["action"] for e in (json.loads(r.entry) for r in await live.hub.storage.read(lambda s: s.audit_rows()))} >= {
+            "sensor.add", "consent.grant", "consent.erase"}
+    finally:
+        await live.stop()
+
+
+# -- retention --------------------------------------------------------------------------------
+
+async def test_retention_deletes_old_readings_and_respects_what_agreements_promise(tmp_path):
+    oslo, bergen = await start_nodes(tmp_path, (("oslo", "0301"), ("bergen", "4601")))
+    try:
+        now = oslo.live.hub.clock.now_ms() // DAY_MS * DAY_MS
+        sensor = await oslo.live.add_sensor(tmp_path, name="station", metrics=["pm25"])
+        ages = (1, 20, 40, 100)  # days before today
+        await deliver(oslo, sensor, [Reading("pm25", now - age * DAY_MS, float(age)) for age in ages])
+        await agree(oslo, bergen, terms_toml(longest_window_days=31))  # oslo promises bergen 31 days of air_quality
+
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await oslo.admin("SetRetention", admin_pb2.SetRetentionRequest(dataset="air_quality", retention_days=10))
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "promises 31 days" in refused.value.details() and "nothing changed" in refused.value.details()
+        assert hubdir.HubDir(oslo.live.data_dir).config().retention.days == {}
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await oslo.admin("SetRetention", admin_pb2.SetRetentionRequest(dataset="no_such_data", retention_days=10))
+        assert unknown.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+        report = await oslo.admin("SetRetention", admin_pb2.SetRetentionRequest(dataset="air_quality", retention_days=35))
+        assert hubdir.HubDir(oslo.live.data_dir).config().retention.days == {"air_quality": 35}
+        planned = {d.dataset: d for d in report.datasets}["air_quality"]
+        assert (planned.retention_days, planned.promised_days) == (35, 31)
+        dry = await oslo.admin("RunRetention", admin_pb2.RunRetentionRequest(dry_run=True))
+        assert sum(d.readings_deleted for d in dry.datasets) == 0
+        run = await oslo.admin("RunRetention", admin_pb2.RunRetentionRequest())
+        assert {d.dataset: d.readings_deleted for d in run.datasets}["air_quality"] == 2  # 40 and 100 days old
+        left = await oslo.live.hub.storage.read(lambda s: s.readings(ReadingFilter()))
+        assert sorted(r.value for r in left) == [1.0, 20.0]
+        status = await oslo.admin("GetStatus", admin_pb2.GetStatusRequest())
+        assert [c.readings for c in status.counts] == [2]
+        runs = await audit_entries(oslo.live, "retention.run")
+        assert [(e["subject"], "deleted 2 readings" in e["detail"]) for e in runs] == [("air_quality", True)]
+        assert [e["outcome"] for e in await audit_entries(oslo.live, "retention.set")] == ["promised_by_agreement", "ok"]
+    finally:
+        await stop_nodes([oslo, bergen])
+
+
+async def test_a_run_keeps_what_an_agreement_signed_after_the_setting_promises(tmp_path):
+    """Retention set first, then an agreement with a longer window: the run keeps the longer."""
+    oslo, bergen = await start_nodes(tmp_path, (("oslo", "0301"), ("bergen", "4601")))
+    try:
+        now = oslo.live.hub.clock.now_ms() // DAY_MS * DAY_MS
+        sensor = await oslo.live.add_sensor(tmp_path, name="station", metrics=["pm25"])
+        await deliver(oslo, sensor, [Reading("pm25", now - age * DAY_MS, float(age)) for age in (5, 25, 60)])
+        await oslo.admin("SetRetention", admin_pb2.SetRetentionRequest(dataset="air_quality", retention_days=10))
+        await agree(oslo, bergen, terms_toml(longest_window_days=30))
+        run = await oslo.admin("RunRetention", admin_pb2.RunRetentionRequest())
+        air = {d.dataset: d for d in run.datasets}["air_quality"]
+        assert (air.retention_days, air.promised_days, air.readings_deleted) == (10, 30, 1)  # only the 60-day-old one
+        assert "kept 30 days as an agreement promises" in (await audit_entries(oslo.live, "retention.run"))[0]["detail"]
+    finally:
+        await stop_nodes([oslo, bergen])
+
+
+async def test_the_hub_deletes_expired_readings_by_itself_every_interval(tmp_path):
+    """The background task, driven by a ManualClock: nothing is deleted until the interval has
+    passed, then the expired readings are, and the run is audited."""
+    hub_dir = hubdir.HubDir(make_hub_dir(tmp_path / "hub"))
+    config = hub_dir.config()
+    config.retention.days["air_quality"] = 30
+    config.retention.interval_seconds = 3600
+    hub_dir.write_config(config)
+    clock = ManualClock(now_ms=ms(2024, 6, 1))
+    hub = Hub.open(hub_dir.path, PASSPHRASE.encode(), clock=clock)
+    running = await start(hub, host="127.0.0.1", grpc_port=0, http_port=0)
+    try:
+        from conftest import LiveHub
+
+        from node.client import open_channel
+
+        live = LiveHub(hub_dir.path, running, open_channel(hub.endpoint.grpc_address, hub_id=hub.config.hub_id,
+                                                            cert_pem=hub.identity.tls_cert_pem, aio=True))
+        node = Node(live, live.channel)
+        sensor = await live.add_sensor(tmp_path, name="station", metrics=["pm25"])
+        await deliver(node, sensor, [Reading("pm25", clock.now_ms() - age * DAY_MS, float(age)) for age in (3, 29, 31, 90)])
+
+        async def stored() -> int:
+            return len(await hub.storage.read(lambda s: s.readings(ReadingFilter())))
+
+        assert await stored() == 4  # the run at start found nothing: the readings came after it
+        clock.advance(3600)
+        await eventually(lambda: _equals(stored, 2), what="the hourly retention run")
+        assert [e["subject"] for e in await audit_entries(live, "retention.run")][-1] == "air_quality"
+        await live.channel.close()
+    finally:
+        await running.stop(grace=1)
+
+
+async def _equals(read, expected) -> bool:
+    return await read() == expected
+
+
+def test_retention_settings_round_trip_through_hub_toml(tmp_path):
+    hub_dir = hubdir.HubDir(make_hub_dir(tmp_path / "hub"))
+    config = hub_dir.config()
+    config.retention.days["traffic"] = 400
+    config.retention.interval_seconds = 3600
+    hub_dir.write_config(config)
+    again = hub_dir.config()
+    assert (again.retention.days, again.retention.interval_seconds) == ({"traffic": 400}, 3600)
+    assert dt.timedelta(days=again.retention.days["traffic"]).days == 400
