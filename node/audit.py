@@ -9,11 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from node.signing import Domain, hub_id_from_public_key, verify
 from node.storage import Storage
+from node.storage.base import AuditRow
 
 
 @dataclass(frozen=True)
@@ -108,3 +111,31 @@ def verify_export(data: bytes) -> dict:
     if head.get("seq") != len(entries) or head.get("hash") != previous.hex() or head.get("hub_id") != header["hub_id"]:
         raise AuditError("the signed head does not match the entries (entries were removed from the end, or added)")
     return head
+
+
+def verify_extension(older: bytes, newer: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check that the export `newer` extends `older`: both verify, both are the same hub's, and
+    `newer` holds every entry of `older` unchanged at the same place. Returns both heads; raises
+    AuditError if the log was rewritten between them."""
+    try:
+        old_head = verify_export(older)
+    except AuditError as exc:
+        raise AuditError(f"the earlier export does not verify: {exc}") from None
+    try:
+        new_head = verify_export(newer)
+    except AuditError as exc:
+        raise AuditError(f"the newer export does not verify: {exc}") from None
+    if old_head["hub_id"] != new_head["hub_id"]:
+        raise AuditError(f"the exports are of different hubs ({old_head['hub_id']} and {new_head['hub_id']})")
+    if new_head["seq"] < old_head["seq"]:
+        raise AuditError(f"the newer export has fewer entries ({new_head['seq']}) than the earlier one ({old_head['seq']})")
+    if old_head["seq"]:
+        at = json.loads(newer.decode().splitlines()[old_head["seq"]])  # line 0 is the header
+        if at.get("hash") != old_head["hash"]:
+            raise AuditError(f"entry {old_head['seq']} differs between the exports: the log was rewritten after the earlier one")
+    return old_head, new_head
+
+
+def entries_of(rows: Sequence[AuditRow]) -> list[tuple[int, dict[str, Any]]]:
+    """(seq, entry as a dict) of audit rows, for display and filtering."""
+    return [(row.seq, json.loads(row.entry)) for row in rows]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import typer
 
@@ -59,7 +60,7 @@ def _new_passphrase() -> bytes:
             return open(path, encoding="utf-8").read().splitlines()[0].encode()
         except (OSError, IndexError) as exc:
             raise fail(f"cannot read the new passphrase from {NEW_PASSPHRASE_FILE_ENV}={path}: {exc}") from None
-    if not os.isatty(0):
+    if not sys.stdin.isatty():
         raise fail(f"no new passphrase: set {NEW_PASSPHRASE_ENV}, or {NEW_PASSPHRASE_FILE_ENV} to a file holding it")
     return str(typer.prompt("New passphrase", hide_input=True, confirmation_prompt=True)).encode()
 
