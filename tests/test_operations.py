@@ -216,3 +216,55 @@ def test_retention_settings_round_trip_through_hub_toml(tmp_path):
     again = hub_dir.config()
     assert (again.retention.days, again.retention.interval_seconds) == ({"traffic": 400}, 3600)
     assert dt.timedelta(days=again.retention.days["traffic"]).days == 400
+
+
+# -- daily use: id prefixes, municipality names, partial CSV -----------------------------------
+
+def test_an_id_prefix_resolves_when_unique_and_is_refused_when_ambiguous(capsys):
+    import typer
+
+    from node.app.cli.names import resolve_id
+
+    ids = ["urn:uuid:7f3a0000-0000-4000-8000-000000000001", "urn:uuid:7f3b0000-0000-4000-8000-000000000002"]
+    assert resolve_id("agreement", "7f3a", ids) == ids[0]
+    assert resolve_id("agreement", "urn:uuid:7f3b", ids) == ids[1]
+    assert resolve_id("agreement", ids[1], ids) == ids[1]
+    with pytest.raises(typer.Exit):
+        resolve_id("agreement", "7f3", ids)
+    message = " ".join(capsys.readouterr().err.split())
+    assert "'7f3' is ambiguous" in message and ids[0] in message and ids[1] in message
+    with pytest.raises(typer.Exit):
+        resolve_id("agreement", "99", ids)
+    assert "no agreement id starts with '99'" in " ".join(capsys.readouterr().err.split())
+    sensors = ["ab" * 16, "ac" * 16]
+    assert resolve_id("sensor", "ab", sensors, hex_only=True) == sensors[0]
+    assert resolve_id("sensor", "not-an-id", sensors, hex_only=True) == "not-an-id"  # the hub refuses it in its words
+    assert resolve_id("sensor", "0" * 32, sensors, hex_only=True) == "0" * 32
+
+
+@pytest.mark.parametrize("typed, meant", [("Askoy", "Askøy"), ("askoey", "Askøy"), ("Tromso", "Tromsø"), ("Baerum", "Bærum"),
+                                          ("Stavangr", "Stavanger")])
+def test_a_municipality_typed_without_norwegian_letters_is_suggested(typed, meant, capsys):
+    import typer
+
+    from node.app.cli.names import municipality
+
+    with pytest.raises(typer.Exit):
+        municipality(typed)
+    assert f"did you mean {meant} (" in " ".join(capsys.readouterr().err.split())
+    assert municipality(meant).name == meant
+
+
+def test_csv_marks_a_partial_answer_on_every_row():
+    import csv
+    import io
+
+    from node.api.v1 import query_pb2, query_service_pb2
+    from node.app.cli.query import write_csv
+
+    answer = query_service_pb2.QueryAnswer(partial=True, missing_hubs=["hub-b"],
+                                           rows=[query_pb2.Row(group="region", bucket_label="2019", value=1.0, readings=3)])
+    rows = list(csv.DictReader(io.StringIO(write_csv(answer))))
+    assert rows and all(r["partial"] == "true" and r["missing_hubs"] == "hub-b" for r in rows)
+    whole = query_service_pb2.QueryAnswer(rows=answer.rows)
+    assert [r["partial"] for r in csv.DictReader(io.StringIO(write_csv(whole)))] == ["false"]

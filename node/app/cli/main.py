@@ -13,10 +13,9 @@ from rich.table import Table
 
 from node import __version__, hubdir, logs
 from node.api.v1 import admin_pb2
-from node.app.cli import agreement, audit, backup, consent, credentials, partner, peer, query, region, retention, sensor
+from node.app.cli import agreement, audit, backup, consent, credentials, names, partner, peer, query, region, retention, sensor
 from node.app.cli.common import DataDir, JsonFlag, console, fail, passphrase, print_json, user_errors
 from node.client import AdminClient
-from node.register import lookup
 
 app = typer.Typer(
     help="smartregion: municipalities share IoT data without giving up control of it.",
@@ -64,7 +63,7 @@ def init(
 ) -> None:
     """Create a hub for a municipality: keys, TLS certificate, admin credential, storage."""
     with user_errors():
-        found = lookup(municipality)
+        found = names.municipality(municipality)
         if hubdir.HubDir(data_dir).exists:
             if exist_ok:
                 console.print(f"{data_dir} already holds hub {hubdir.HubDir(data_dir).config().hub_id}; leaving it as it is")
