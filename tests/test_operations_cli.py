@@ -279,12 +279,16 @@ def test_audit_show_filters_and_verify_checks_an_extension(hub, tmp_path):
 
 def test_every_command_in_the_handbook_was_run():
     """Each `smartregion ...` command docs/operations.md shows was run by a test of this module."""
+    if not RUN:
+        pytest.skip("run the whole module: this test checks what its other tests ran")
     documented = set()
     for block in re.findall(r"```sh\n(.*?)```", HANDBOOK.read_text(encoding="utf-8"), flags=re.S):
         for line in block.splitlines():
             words = line.split(" #")[0].split()
+            while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # VAR=value smartregion ...
+                words = words[1:]
             if len(words) >= 2 and words[0] == "smartregion":
                 documented.add(command_path(words[1:]))
-    assert documented, "the handbook shows no commands"
+    assert len(documented) >= 10, f"the handbook shows too few commands to be read right: {documented}"
     missing = sorted(documented - RUN - {"serve"})  # `serve` runs in every hub process of these tests
     assert not missing, f"documented in docs/operations.md but not run by a test: {missing}"
