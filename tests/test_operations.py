@@ -48,6 +48,66 @@ async def test_rotated_token_refuses_the_old_one_at_once(live_hub):
     assert [e["actor"] for e in await audit_entries(live_hub, "admin.token-rotate")] == ["admin"]
 
 
+async def test_rotation_ends_dashboard_sessions_opened_with_the_old_token(live_hub):
+    import ssl
+
+    import aiohttp
+
+    hub = live_hub.hub
+    context = ssl.create_default_context(cadata=hub.identity.tls_cert_pem.decode())
+    old_token = hubdir.HubDir(live_hub.data_dir).admin_token()
+    async with aiohttp.ClientSession() as http:
+        async def call(method: str, path: str, cookie: str = "", **body):
+            async with http.request(method, hub.endpoint.http_url + path, ssl=context, server_hostname=hub.config.hub_id,
+                                    headers={"Cookie": cookie} if cookie else {}, json=body or None) as response:
+                return response.status, response.cookies
+
+        status, cookies = await call("POST", "/api/login", token=old_token)
+        session = f"sr_session={cookies['sr_session'].value}"
+        assert status == 200 and (await call("GET", "/api/overview", session))[0] == 200
+        await live_hub.admin.RotateAdminToken(admin_pb2.RotateAdminTokenRequest(), metadata=live_hub.admin_metadata)
+        assert (await call("GET", "/api/overview", session))[0] == 401  # the old session ended
+        assert (await call("POST", "/api/login", token=old_token))[0] == 401
+        status, cookies = await call("POST", "/api/login", token=hubdir.HubDir(live_hub.data_dir).admin_token())
+        assert status == 200 and (await call("GET", "/api/overview", f"sr_session={cookies['sr_session'].value}"))[0] == 200
+
+
+# -- audit: an export that does not extend an earlier one ---------------------------------------
+
+async def test_a_rewritten_log_is_caught_by_comparing_exports(live_hub):
+    """Someone with the database rewrites an old entry and recomputes the chain: each export
+    verifies on its own (the hub signs what it holds), but the newer no longer extends the earlier."""
+    import hashlib
+
+    from node import audit
+
+    async def export() -> bytes:
+        return (await live_hub.admin.ExportAudit(admin_pb2.ExportAuditRequest(), metadata=live_hub.admin_metadata)).jsonl
+
+    for subject in ("s1", "s2"):
+        await live_hub.admin.GrantConsent(admin_pb2.ConsentRequest(subject_id=subject, purpose_code="research"),
+                                          metadata=live_hub.admin_metadata)
+    earlier = await export()
+    await live_hub.admin.GrantConsent(admin_pb2.ConsentRequest(subject_id="s3", purpose_code="research"), metadata=live_hub.admin_metadata)
+    honest = await export()
+    audit.verify_extension(earlier, honest)
+
+    def rewrite(store) -> None:
+        rows = store.audit_rows()
+        previous = bytes(32)
+        for row in rows:
+            entry = row.entry.replace(b'"s1"', b'"xx"')
+            digest = hashlib.sha256(previous + entry).digest()
+            store.conn.execute("UPDATE audit_log SET entry = ?, prev_hash = ?, hash = ? WHERE seq = ?", (entry, previous, digest, row.seq))
+            previous = digest
+
+    await live_hub.hub.storage.write(rewrite)
+    rewritten = await export()
+    audit.verify_export(rewritten)  # on its own it verifies
+    with pytest.raises(audit.AuditError, match="differs between the exports: the log was rewritten"):
+        audit.verify_extension(earlier, rewritten)
+
+
 # -- passphrase -------------------------------------------------------------------------------
 
 def test_passphrase_change_reencrypts_and_the_old_one_no_longer_opens(tmp_path):
