@@ -205,6 +205,10 @@ async def test_retention_deletes_old_readings_and_respects_what_agreements_promi
         assert sorted(r.value for r in left) == [1.0, 20.0]
         status = await oslo.admin("GetStatus", admin_pb2.GetStatusRequest())
         assert [c.readings for c in status.counts] == [2]
+        sensors = await oslo.admin("ListSensors", admin_pb2.ListSensorsRequest())
+        assert [s.readings for s in sensors.sensors] == [2]  # the per-sensor count follows the deletion
+        consumer_side = await bergen.admin("RunRetention", admin_pb2.RunRetentionRequest(dry_run=True))
+        assert {d.dataset: d.promised_days for d in consumer_side.datasets}["air_quality"] == 0  # bergen promises nothing
         runs = await audit_entries(oslo.live, "retention.run")
         assert [(e["subject"], "deleted 2 readings" in e["detail"]) for e in runs] == [("air_quality", True)]
         assert [e["outcome"] for e in await audit_entries(oslo.live, "retention.set")] == ["promised_by_agreement", "ok"]

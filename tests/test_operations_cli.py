@@ -144,6 +144,10 @@ def test_backup_during_ingest_restores_a_hub_that_verifies_and_answers(hub):
     assert 5 <= in_backup < total  # a consistent snapshot, taken while frames kept arriving
     answered = int(re.search(r"air_quality/pm25 \S+: (\d+) readings", text).group(1))
     assert answered == in_backup  # the restored hub answers from exactly what the backup holds
+    conn = sqlite3.connect(restored / hubdir.DB_FILE)
+    asked = [json.loads(e) for (e,) in conn.execute("SELECT entry FROM audit_log ORDER BY seq")]
+    conn.close()
+    assert [e["outcome"] for e in asked if e["action"] == "query.run"] == ["ok"]  # the check really asked the restored hub
     restored_config = hubdir.HubDir(restored).config()
     assert restored_config.hub_id == snapshot_manifest["hub_id"] == hubdir.HubDir(data_dir).config().hub_id
     assert restored_config.admin_token_sha256 != hubdir.HubDir(data_dir).config().admin_token_sha256  # a new token
