@@ -167,8 +167,14 @@ async def test_erasing_a_subject_changes_the_next_answer_exactly(tmp_path):
                 await node.admin("EraseSubject", admin_pb2.EraseSubjectRequest(subject_id=unknown))
             assert refused.value.code() == grpc.StatusCode.NOT_FOUND and "nothing erased" in refused.value.details()
         assert await readings_answered() == 10
-        assert {e["action"] for e in (json.loads(r.entry) for r in await live.hub.storage.read(lambda s: s.audit_rows()))} >= {
-            "sensor.add", "consent.grant", "consent.erase"}
+        await node.admin("WithdrawConsent", admin_pb2.ConsentRequest(subject_id="household-b", purpose_code="research"))
+        await node.admin("RevokeSensor", admin_pb2.RevokeSensorRequest(sensor_id=meters["household-b"].credential.sensor_id))
+        admin_actions = [(e["actor"], e["action"], e["subject"]) for e in
+                         (json.loads(r.entry) for r in await live.hub.storage.read(lambda s: s.audit_rows())) if e["actor"] == "admin"]
+        b_sensor = meters["household-b"].credential.sensor_id
+        assert [a for a in admin_actions if a[2] in ("household-b", b_sensor)] == [
+            ("admin", "sensor.add", b_sensor), ("admin", "consent.grant", "household-b"),
+            ("admin", "consent.withdraw", "household-b"), ("admin", "sensor.revoke", b_sensor)]
     finally:
         await live.stop()
 
@@ -199,10 +205,17 @@ async def test_retention_deletes_old_readings_and_respects_what_agreements_promi
         assert (planned.retention_days, planned.promised_days) == (35, 31)
         dry = await oslo.admin("RunRetention", admin_pb2.RunRetentionRequest(dry_run=True))
         assert sum(d.readings_deleted for d in dry.datasets) == 0
+        ask = spec(aggregate="count", bucket="window", start_ms=now - 200 * DAY_MS, end_ms=now + DAY_MS, hub_ids=[oslo.id])
+
+        async def answered() -> int:
+            return sum(r.readings for r in (await oslo.run_query(ask)).rows)
+
+        assert await answered() == 4
         run = await oslo.admin("RunRetention", admin_pb2.RunRetentionRequest())
         assert {d.dataset: d.readings_deleted for d in run.datasets}["air_quality"] == 2  # 40 and 100 days old
         left = await oslo.live.hub.storage.read(lambda s: s.readings(ReadingFilter()))
         assert sorted(r.value for r in left) == [1.0, 20.0]
+        assert await answered() == 2  # effective for the next query
         status = await oslo.admin("GetStatus", admin_pb2.GetStatusRequest())
         assert [c.readings for c in status.counts] == [2]
         sensors = await oslo.admin("ListSensors", admin_pb2.ListSensorsRequest())
