@@ -212,6 +212,20 @@ def test_rotate_token_the_running_hub_refuses_the_old_one(hub):
     ok(run("status", "--data-dir", data_dir))
 
 
+def test_rotate_token_and_audit_show_with_the_hub_stopped(tmp_path):
+    data_dir = tmp_path / "stopped"
+    hubdir.init_hub(data_dir, "4627", PASSPHRASE.encode())
+    old = (data_dir / hubdir.ADMIN_TOKEN_FILE).read_text().strip()
+    result = ok(run("admin", "rotate-token", "--data-dir", data_dir))
+    assert "accepts only it when it starts" in one_line(result.stdout)
+    new = (data_dir / hubdir.ADMIN_TOKEN_FILE).read_text().strip()
+    config = hubdir.HubDir(data_dir).config()
+    assert new != old and config.admin_token_sha256 == hubdir.hash_token(new)
+    shown = as_json(run("audit", "show", "--data-dir", data_dir, "--kind", "admin", "--json"))
+    assert [(e["action"], e["detail"]) for e in shown] == [("admin.token-rotate", "while the hub was stopped")]
+    user_error(cli("admin", "rotate-token", "--data-dir", tmp_path / "nothing"), "not a hub data directory")
+
+
 def test_passphrase_change_while_the_hub_runs(hub):
     data_dir, base = hub
     new = "a-brand-new-passphrase-2026"
