@@ -345,3 +345,53 @@ def test_csv_marks_a_partial_answer_on_every_row():
     assert rows and all(r["partial"] == "true" and r["missing_hubs"] == "hub-b" for r in rows)
     whole = query_service_pb2.QueryAnswer(rows=answer.rows)
     assert [r["partial"] for r in csv.DictReader(io.StringIO(write_csv(whole)))] == ["false"]
+
+
+# -- backup archives as an attacker would shape them --------------------------------------------
+
+def _archive_with(path, members: dict[str, bytes]) -> None:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_a_restore_refuses_hostile_archives_and_writes_nothing(tmp_path):
+    import tarfile
+
+    from node import backup
+
+    hub_dir = hubdir.HubDir(make_hub_dir(tmp_path / "hub"))
+    good = tmp_path / "good.tar.gz"
+    backup.create(hub_dir, good, PASSPHRASE.encode(), 1_700_000_000_000)
+    with tarfile.open(good) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    cases = {
+        "traversal": ({**members, "../evil.sh": b"#!/bin/sh\n"}, "unexpected entry '../evil.sh'"),
+        "missing file": ({k: v for k, v in members.items() if k != "keys.json"}, "lacks keys.json"),
+        "foreign manifest": ({**members, "manifest.json": members["manifest.json"].replace(b'"keys.json"', b'"other.json"')},
+                             "must hold exactly"),
+        "bigger than listed": ({**members, "hub.db": members["hub.db"] + b"\0"}, "wrong size"),
+    }
+    for case, (content, message) in cases.items():
+        archive = tmp_path / f"{case}.tar.gz"
+        _archive_with(archive, content)
+        target = tmp_path / f"restored-{case.replace(' ', '-')}"
+        with pytest.raises(backup.BackupError, match=message):
+            backup.restore(archive, target, PASSPHRASE.encode())
+        assert not target.exists() and not (tmp_path / "evil.sh").exists(), case
+        assert not list(tmp_path.glob(".restored-*")), case
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "notes.txt").write_text("mine")
+    with pytest.raises(backup.BackupError, match="not an empty directory"):
+        backup.restore(good, occupied, PASSPHRASE.encode())
+    assert [p.name for p in occupied.iterdir()] == ["notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    backup.restore(good, empty, PASSPHRASE.encode())  # an empty directory is fine
+    assert hubdir.HubDir(empty).config().hub_id == hub_dir.config().hub_id
