@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from node import ids
+from node import audit, ids
 from node.errors import Reason, Rejected
 from node.hub import Hub
 from node.sensors import Enrolment, credential_json, new_sensor
@@ -32,6 +32,9 @@ async def add_sensor(hub: Hub, enrolment: Enrolment) -> tuple[SensorRecord, byte
     """Enrol a sensor; return its record and its credential file (the only copy of its key)."""
     record, key = new_sensor(enrolment, hub.identity.key_encryption_key, hub.identity.hub_id, hub.clock.now_ms())
     await hub.storage.write(lambda s: s.add_sensor(record))
+    personal = " (has a data subject)" if record.subject_id else ""
+    await audit.admin_action(hub.storage, hub.clock.now_ms(), "sensor.add", record.sensor_id,
+                             f"{record.dataset}: {','.join(record.metrics)}{personal}")
     credential = credential_json(
         record,
         key,
@@ -59,4 +62,5 @@ async def revoke_sensor(hub: Hub, sensor_id: str) -> SensorRecord:
     if record is None:
         raise Rejected(Reason.NOT_FOUND, f"no sensor {sensor_id} is enrolled at this hub")
     hub.ingest.forget(sensor_id)
+    await audit.admin_action(hub.storage, now_ms, "sensor.revoke", sensor_id, record.dataset)
     return record

@@ -9,11 +9,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from node.clock import Clock
 from node.signing import Domain, hub_id_from_public_key, verify
 from node.storage import Storage
+from node.storage.base import AuditRow
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,22 @@ class RefusalTally:
         entries = [AuditEntry(f"source:{source}", "auth.refused", "", "refused", tally.describe(minute_ms), minute_ms)
                    for source, tally in sources.items()]
         await record(self._storage, self._clock, *entries)
+async def admin_action(storage: Storage, now_ms: int, action: str, subject: str, detail: str = "", outcome: str = "ok") -> None:
+    """Record something the hub's admin did (docs/operations.md lists the actions)."""
+    entry = AuditEntry("admin", action, subject, outcome, detail, at_ms=now_ms)
+    await storage.write(lambda s: s.append_audit([entry.canonical()]))
+
+
+def record_in_database(db_path: Path, entry: AuditEntry) -> None:
+    """Append one entry from a process that is not the hub (a CLI command working on the data
+    directory, such as `backup`): SQLite serialises it with the running hub's writes."""
+    from node.storage.sqlite import SqliteStore
+
+    store = SqliteStore(db_path)
+    try:
+        store.append_audit([entry.canonical()])
+    finally:
+        store.close()
 
 
 # -- offline verification ---------------------------------------------------------------
@@ -159,3 +179,31 @@ def verify_export(data: bytes) -> dict:
     if head.get("seq") != len(entries) or head.get("hash") != previous.hex() or head.get("hub_id") != header["hub_id"]:
         raise AuditError("the signed head does not match the entries (entries were removed from the end, or added)")
     return head
+
+
+def verify_extension(older: bytes, newer: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check that the export `newer` extends `older`: both verify, both are the same hub's, and
+    `newer` holds every entry of `older` unchanged at the same place. Returns both heads; raises
+    AuditError if the log was rewritten between them."""
+    try:
+        old_head = verify_export(older)
+    except AuditError as exc:
+        raise AuditError(f"the earlier export does not verify: {exc}") from None
+    try:
+        new_head = verify_export(newer)
+    except AuditError as exc:
+        raise AuditError(f"the newer export does not verify: {exc}") from None
+    if old_head["hub_id"] != new_head["hub_id"]:
+        raise AuditError(f"the exports are of different hubs ({old_head['hub_id']} and {new_head['hub_id']})")
+    if new_head["seq"] < old_head["seq"]:
+        raise AuditError(f"the newer export has fewer entries ({new_head['seq']}) than the earlier one ({old_head['seq']})")
+    if old_head["seq"]:
+        at = json.loads(newer.decode().splitlines()[old_head["seq"]])  # line 0 is the header
+        if at.get("hash") != old_head["hash"]:
+            raise AuditError(f"entry {old_head['seq']} differs between the exports: the log was rewritten after the earlier one")
+    return old_head, new_head
+
+
+def entries_of(rows: Sequence[AuditRow]) -> list[tuple[int, dict[str, Any]]]:
+    """(seq, entry as a dict) of audit rows, for display and filtering."""
+    return [(row.seq, json.loads(row.entry)) for row in rows]

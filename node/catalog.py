@@ -32,6 +32,7 @@ class Dataset:
     classification: Classification
     description: str
     metrics: dict[str, Metric]
+    retention_days: int | None = None  # default retention (node/retention.py); None: kept for ever
 
 
 def _metrics(*items: Metric) -> dict[str, Metric]:

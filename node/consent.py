@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from node import audit
 from node.clock import Clock
 from node.errors import Reason, Rejected
 from node.purposes import PURPOSES
@@ -28,6 +29,7 @@ async def grant(storage: Storage, clock: Clock, subject_id: str, purpose_code: s
     now = clock.now_ms()
     if not await storage.write(lambda s: s.grant_consent(subject_id, purpose_code, now)):
         raise Rejected(Reason.ALREADY_EXISTS, f"{subject_id} has already consented to {purpose_code}")
+    await audit.admin_action(storage, now, "consent.grant", subject_id, purpose_code)
     return await _latest(storage, subject_id, purpose_code)
 
 
@@ -36,6 +38,7 @@ async def withdraw(storage: Storage, clock: Clock, subject_id: str, purpose_code
     now = clock.now_ms()
     if not await storage.write(lambda s: s.withdraw_consent(subject_id, purpose_code, now)):
         raise Rejected(Reason.NOT_FOUND, f"{subject_id} has no active consent to {purpose_code}")
+    await audit.admin_action(storage, now, "consent.withdraw", subject_id, purpose_code)
     return await _latest(storage, subject_id, purpose_code)
 
 

@@ -29,6 +29,7 @@ class Reason(Enum):
     ALREADY_EXISTS = ("ALREADY_EXISTS", 409, "the object exists already")
     UNAUTHENTICATED = ("UNAUTHENTICATED", 401, "missing or wrong credentials")
     PERMISSION_DENIED = ("PERMISSION_DENIED", 403, "the caller is not allowed to do this")
+    PROMISED_BY_AGREEMENT = ("FAILED_PRECONDITION", 409, "an active agreement promises more history than the change would keep")
     QUOTA_EXHAUSTED = ("RESOURCE_EXHAUSTED", 429, "the agreement's query quota for today is used up")
     TOO_MANY_PROPOSALS = ("RESOURCE_EXHAUSTED", 429, "the counterparty has the most open agreement proposals allowed")
     UNAVAILABLE = ("UNAVAILABLE", 503, "another hub could not be reached")

@@ -11,14 +11,12 @@
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import fcntl
 import hashlib
 import hmac
 import json
 import os
-import secrets
 import socket
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -61,6 +59,14 @@ class FederationConfig:
 
 
 @dataclass
+class RetentionConfig:
+    """How long readings are kept (node/retention.py): days per dataset, overriding the catalog."""
+
+    days: dict[str, int] = field(default_factory=dict)  # dataset -> days; 0 keeps for ever
+    interval_seconds: float = 86400.0                   # how often the hub deletes expired readings
+
+
+@dataclass
 class HubConfig:
     hub_id: str
     municipality: str
@@ -68,6 +74,7 @@ class HubConfig:
     admin_token_sha256: str
     network: NetworkConfig = field(default_factory=NetworkConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     @property
     def municipality_name(self) -> str:
@@ -83,6 +90,7 @@ class HubConfig:
             },
             "network": asdict(self.network),
             "federation": asdict(self.federation),
+            "retention": asdict(self.retention),
         }
         return tomli_w.dumps(doc).encode()
 
@@ -97,6 +105,7 @@ class HubConfig:
             admin_token_sha256=hub["admin_token_sha256"],
             network=NetworkConfig(**doc.get("network", {})),
             federation=FederationConfig(**doc.get("federation", {})),
+            retention=RetentionConfig(**doc.get("retention", {})),
         )
 
 
@@ -223,7 +232,9 @@ def init_hub(
         raise HubDirError(f"the passphrase must be at least {keystore.MIN_PASSPHRASE_LENGTH} characters")
     make_private_dir(hub_dir.path)
     ident = identity_mod.generate(hostnames)
-    token = ADMIN_TOKEN_PREFIX + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+    from node.credentials import new_admin_token
+
+    token = new_admin_token()
     config = HubConfig(
         hub_id=ident.hub_id_text,
         municipality=found.number,

@@ -17,7 +17,9 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from federation.query_service import QueryService
+from federation.retention_promises import promised_history
 from federation.service import Federation
+from node import retention
 from node.api.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -61,6 +63,7 @@ class RunningHub:
     federation: Federation
     background: asyncio.Task
     stopping: asyncio.Event
+    housekeeping: asyncio.Task | None = None  # retention (node/retention.py)
 
     async def stop(self, grace: float = 5.0) -> None:
         for name in (*SERVICE_NAMES, ""):
@@ -68,6 +71,8 @@ class RunningHub:
         self.stopping.set()
         self.federation.wake()
         await self.background
+        if self.housekeeping is not None:
+            await self.housekeeping
         await self.grpc_server.stop(grace)
         await self.federation.close()
         await self.http_runner.cleanup()
@@ -91,7 +96,7 @@ async def start(
     http_port = net.http_port if http_port is None else http_port
 
     server = grpc.aio.server(
-        interceptors=[AdminAuthInterceptor(hub.config.admin_token_sha256)],
+        interceptors=[AdminAuthInterceptor(lambda: hub.config.admin_token_sha256)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -126,7 +131,7 @@ async def start(
         raise OSError(f"cannot listen for gRPC on {address} (in use?); choose another with --grpc-port")
     await server.start()
 
-    dashboard = Dashboard(DashboardData(federation, queries), hub.config.admin_token_sha256, dashboard_read_only, hub.clock)
+    dashboard = Dashboard(DashboardData(federation, queries), lambda: hub.config.admin_token_sha256, dashboard_read_only, hub.clock)
     runner = web.AppRunner(build_app(hub, dashboard, federation), access_log=None)
     await runner.setup()
     ssl_context = None if insecure else server_ssl_context(hub.identity.tls_cert_pem, hub.identity.tls_key_pem)
@@ -170,7 +175,8 @@ async def start(
     )
     stopping = asyncio.Event()
     background = asyncio.create_task(federation.run(stopping), name="federation")
-    return RunningHub(hub, server, runner, health, federation, background, stopping)
+    housekeeping = asyncio.create_task(retention.loop(hub, lambda: promised_history(federation), stopping), name="retention")
+    return RunningHub(hub, server, runner, health, federation, background, stopping, housekeeping)
 
 
 async def serve_forever(hub: Hub, **options) -> None:

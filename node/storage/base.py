@@ -186,6 +186,16 @@ class ConsentRow:
     withdrawn_at_ms: int | None = None
 
 
+@dataclass
+class Erasure:
+    """What erasing a data subject removed (node/erasure.py)."""
+
+    subject_id: str
+    readings_deleted: int
+    consents_deleted: int
+    sensors_revoked: list[str]
+
+
 class Store(Protocol):
     """Synchronous store: everything domain code asks of storage. One instance per thread;
     exactly one instance writes. SqliteStore is the implementation."""
@@ -233,5 +243,9 @@ class Store(Protocol):
     def list_consents(self, subject_id: str | None = None) -> list[ConsentRow]: ...
     def use_quota(self, agreement_id: str, day: str, limit: int, epsilon: float = 0.0, budget: float = 0.0) -> str: ...
     def quota_used(self, agreement_id: str, day: str) -> tuple[int, float]: ...
+
+    # -- data lifecycle: retention and erasure (node/retention.py, node/erasure.py)
+    def delete_readings_before(self, dataset: str, before_ms: int) -> int: ...
+    def erase_subject(self, subject_id: str, at_ms: int) -> Erasure | None: ...
 
     def close(self) -> None: ...

@@ -21,6 +21,7 @@ from node.storage.base import (
     SensorRecord,
 )
 from node.storage.federation_tables import FederationTables
+from node.storage.lifecycle_tables import LifecycleTables
 from node.storage.migrations import migrate
 from node.storage.query_tables import QueryTables
 
@@ -61,7 +62,7 @@ def _sensor(row: tuple) -> SensorRecord:
     return SensorRecord(*values)
 
 
-class SqliteStore(FederationTables, QueryTables):
+class SqliteStore(FederationTables, QueryTables, LifecycleTables):
     def __init__(self, path: Path | str) -> None:
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
         self.db = sqlite_utils.Database(conn)

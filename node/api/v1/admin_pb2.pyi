@@ -359,3 +359,73 @@ class AuditExport(_message.Message):
     JSONL_FIELD_NUMBER: _ClassVar[int]
     jsonl: bytes
     def __init__(self, jsonl: _Optional[bytes] = ...) -> None: ...
+
+class RotateAdminTokenRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RotateAdminTokenResponse(_message.Message):
+    __slots__ = ("token_file", "token_sha256", "rotated_at_ms")
+    TOKEN_FILE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ROTATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    token_file: str
+    token_sha256: str
+    rotated_at_ms: int
+    def __init__(self, token_file: _Optional[str] = ..., token_sha256: _Optional[str] = ..., rotated_at_ms: _Optional[int] = ...) -> None: ...
+
+class EraseSubjectRequest(_message.Message):
+    __slots__ = ("subject_id",)
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    def __init__(self, subject_id: _Optional[str] = ...) -> None: ...
+
+class ErasureReport(_message.Message):
+    __slots__ = ("subject_id", "readings_deleted", "consents_deleted", "sensors_revoked", "erased_at_ms")
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    READINGS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    CONSENTS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    SENSORS_REVOKED_FIELD_NUMBER: _ClassVar[int]
+    ERASED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    readings_deleted: int
+    consents_deleted: int
+    sensors_revoked: _containers.RepeatedScalarFieldContainer[str]
+    erased_at_ms: int
+    def __init__(self, subject_id: _Optional[str] = ..., readings_deleted: _Optional[int] = ..., consents_deleted: _Optional[int] = ..., sensors_revoked: _Optional[_Iterable[str]] = ..., erased_at_ms: _Optional[int] = ...) -> None: ...
+
+class RunRetentionRequest(_message.Message):
+    __slots__ = ("dry_run",)
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    dry_run: bool
+    def __init__(self, dry_run: _Optional[bool] = ...) -> None: ...
+
+class DatasetRetention(_message.Message):
+    __slots__ = ("dataset", "retention_days", "promised_days", "readings_deleted", "cutoff_ms")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_DAYS_FIELD_NUMBER: _ClassVar[int]
+    PROMISED_DAYS_FIELD_NUMBER: _ClassVar[int]
+    READINGS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    CUTOFF_MS_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    retention_days: int
+    promised_days: int
+    readings_deleted: int
+    cutoff_ms: int
+    def __init__(self, dataset: _Optional[str] = ..., retention_days: _Optional[int] = ..., promised_days: _Optional[int] = ..., readings_deleted: _Optional[int] = ..., cutoff_ms: _Optional[int] = ...) -> None: ...
+
+class RetentionReport(_message.Message):
+    __slots__ = ("datasets", "ran_at_ms")
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    RAN_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    datasets: _containers.RepeatedCompositeFieldContainer[DatasetRetention]
+    ran_at_ms: int
+    def __init__(self, datasets: _Optional[_Iterable[_Union[DatasetRetention, _Mapping]]] = ..., ran_at_ms: _Optional[int] = ...) -> None: ...
+
+class SetRetentionRequest(_message.Message):
+    __slots__ = ("dataset", "retention_days")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_DAYS_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    retention_days: int
+    def __init__(self, dataset: _Optional[str] = ..., retention_days: _Optional[int] = ...) -> None: ...

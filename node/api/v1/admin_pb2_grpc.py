@@ -136,6 +136,26 @@ class AdminStub:
                 request_serializer=smartregion_dot_v1_dot_admin__pb2.ExportAuditRequest.SerializeToString,
                 response_deserializer=smartregion_dot_v1_dot_admin__pb2.AuditExport.FromString,
                 _registered_method=True)
+        self.RotateAdminToken = channel.unary_unary(
+                '/smartregion.v1.Admin/RotateAdminToken',
+                request_serializer=smartregion_dot_v1_dot_admin__pb2.RotateAdminTokenRequest.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_admin__pb2.RotateAdminTokenResponse.FromString,
+                _registered_method=True)
+        self.EraseSubject = channel.unary_unary(
+                '/smartregion.v1.Admin/EraseSubject',
+                request_serializer=smartregion_dot_v1_dot_admin__pb2.EraseSubjectRequest.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_admin__pb2.ErasureReport.FromString,
+                _registered_method=True)
+        self.RunRetention = channel.unary_unary(
+                '/smartregion.v1.Admin/RunRetention',
+                request_serializer=smartregion_dot_v1_dot_admin__pb2.RunRetentionRequest.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_admin__pb2.RetentionReport.FromString,
+                _registered_method=True)
+        self.SetRetention = channel.unary_unary(
+                '/smartregion.v1.Admin/SetRetention',
+                request_serializer=smartregion_dot_v1_dot_admin__pb2.SetRetentionRequest.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_admin__pb2.RetentionReport.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -268,6 +288,38 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateAdminToken(self, request, context):
+        """Running a hub for years (docs/operations.md). Appended by branch `ops`.
+        A new admin token: written to DATA_DIR/admin.token (0600); the calling token is refused
+        from the next call on, and dashboard sessions opened with it end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EraseSubject(self, request, context):
+        """GDPR art. 17: delete a data subject's readings and consent history (the audit entry
+        recording the erasure stays). NOT_FOUND for a subject the hub knows nothing of.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunRetention(self, request, context):
+        """Delete readings older than each dataset's retention now (the hub also does this daily);
+        with dry_run, only report each dataset's retention and cutoff.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRetention(self, request, context):
+        """Set one dataset's retention (in hub.toml); refused if shorter than an agreement promises.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -370,6 +422,26 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ExportAudit,
                     request_deserializer=smartregion_dot_v1_dot_admin__pb2.ExportAuditRequest.FromString,
                     response_serializer=smartregion_dot_v1_dot_admin__pb2.AuditExport.SerializeToString,
+            ),
+            'RotateAdminToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateAdminToken,
+                    request_deserializer=smartregion_dot_v1_dot_admin__pb2.RotateAdminTokenRequest.FromString,
+                    response_serializer=smartregion_dot_v1_dot_admin__pb2.RotateAdminTokenResponse.SerializeToString,
+            ),
+            'EraseSubject': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseSubject,
+                    request_deserializer=smartregion_dot_v1_dot_admin__pb2.EraseSubjectRequest.FromString,
+                    response_serializer=smartregion_dot_v1_dot_admin__pb2.ErasureReport.SerializeToString,
+            ),
+            'RunRetention': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunRetention,
+                    request_deserializer=smartregion_dot_v1_dot_admin__pb2.RunRetentionRequest.FromString,
+                    response_serializer=smartregion_dot_v1_dot_admin__pb2.RetentionReport.SerializeToString,
+            ),
+            'SetRetention': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRetention,
+                    request_deserializer=smartregion_dot_v1_dot_admin__pb2.SetRetentionRequest.FromString,
+                    response_serializer=smartregion_dot_v1_dot_admin__pb2.RetentionReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -912,6 +984,114 @@ class Admin:
             '/smartregion.v1.Admin/ExportAudit',
             smartregion_dot_v1_dot_admin__pb2.ExportAuditRequest.SerializeToString,
             smartregion_dot_v1_dot_admin__pb2.AuditExport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateAdminToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/RotateAdminToken',
+            smartregion_dot_v1_dot_admin__pb2.RotateAdminTokenRequest.SerializeToString,
+            smartregion_dot_v1_dot_admin__pb2.RotateAdminTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseSubject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/EraseSubject',
+            smartregion_dot_v1_dot_admin__pb2.EraseSubjectRequest.SerializeToString,
+            smartregion_dot_v1_dot_admin__pb2.ErasureReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunRetention(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/RunRetention',
+            smartregion_dot_v1_dot_admin__pb2.RunRetentionRequest.SerializeToString,
+            smartregion_dot_v1_dot_admin__pb2.RetentionReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRetention(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/SetRetention',
+            smartregion_dot_v1_dot_admin__pb2.SetRetentionRequest.SerializeToString,
+            smartregion_dot_v1_dot_admin__pb2.RetentionReport.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,12 +10,24 @@ import typer
 from federation import export as export_mod
 from node.api.v1 import admin_pb2
 from node.app.cli.common import DataDir, JsonFlag, console, emit, fail, print_json, user_errors
+from node.app.cli.names import resolve_id
 from node.app.cli.views import agreements_table, as_dict, print_agreement, state_name, terms_table, when
 from node.client import AdminClient
 from node.clock import SYSTEM_CLOCK
 
 app = typer.Typer(help="Data-sharing agreements: the only thing that lets data cross a border.", no_args_is_help=True)
-AgreementId = Annotated[str, typer.Argument(help="The agreement id (urn:uuid:...).")]
+AgreementId = Annotated[str, typer.Argument(help="The agreement id (urn:uuid:...), or any unique prefix of it.")]
+
+
+def _agreement_id(client: AdminClient, given: str) -> str:
+    listed = client.call("ListAgreements", admin_pb2.ListAgreementsRequest()).agreements
+    return resolve_id("agreement", given, (v.terms.agreement_id for v in listed))
+
+
+def _party_id(client: AdminClient, given: str) -> str:
+    peers = client.call("ListPeers", admin_pb2.ListPeersRequest()).peers
+    partners = client.call("ListPartners", admin_pb2.ListPartnersRequest()).partners
+    return resolve_id("peer or partner", given, [p.hub_id for p in peers] + [p.partner_id for p in partners])
 
 
 def _show(view: admin_pb2.AgreementView, json_output: bool) -> None:
@@ -34,6 +46,7 @@ def propose(
 ) -> None:
     """Sign terms and send them to the other party for countersignature."""
     with user_errors(), AdminClient(data_dir) as client:
+        to = _party_id(client, to)
         view = client.call("ProposeAgreement", admin_pb2.ProposeAgreementRequest(terms_toml=terms.read_text(encoding="utf-8"), to=to))
     if not json_output:
         console.print(f"Proposed agreement {view.terms.agreement_id}; it becomes active when {view.counterparty_name or to} countersigns.")
@@ -41,28 +54,32 @@ def propose(
 
 
 @app.command("list")
-def list_agreements(data_dir: DataDir, json_output: JsonFlag = False) -> None:
+def list_agreements(
+    data_dir: DataDir,
+    json_output: JsonFlag = False,
+    wide: Annotated[bool, typer.Option("--wide", help="Show counterparty ids whole.")] = False,
+) -> None:
     """All agreements this hub is party to, with their state."""
     with user_errors(), AdminClient(data_dir) as client:
         response = client.call("ListAgreements", admin_pb2.ListAgreementsRequest())
     if json_output:
         print_json([as_dict(v) for v in response.agreements])
     else:
-        console.print(agreements_table(list(response.agreements)))
+        console.print(agreements_table(list(response.agreements), wide=wide))
 
 
 @app.command("show")
 def show(data_dir: DataDir, agreement_id: AgreementId, json_output: JsonFlag = False) -> None:
     """Terms, verified signatures, state and history of one agreement."""
     with user_errors(), AdminClient(data_dir) as client:
-        _show(client.call("GetAgreement", admin_pb2.AgreementRef(agreement_id=agreement_id)), json_output)
+        _show(client.call("GetAgreement", admin_pb2.AgreementRef(agreement_id=_agreement_id(client, agreement_id))), json_output)
 
 
 @app.command("accept")
 def accept(data_dir: DataDir, agreement_id: AgreementId, json_output: JsonFlag = False) -> None:
     """Countersign a proposal addressed to this hub."""
     with user_errors(), AdminClient(data_dir) as client:
-        view = client.call("AcceptAgreement", admin_pb2.AgreementRef(agreement_id=agreement_id))
+        view = client.call("AcceptAgreement", admin_pb2.AgreementRef(agreement_id=_agreement_id(client, agreement_id)))
     if not json_output:
         console.print(f"Countersigned {view.terms.agreement_id}: now {state_name(view.state)}")
     _show(view, json_output)
@@ -77,7 +94,8 @@ def revoke(
 ) -> None:
     """Revoke an agreement, effective immediately on this hub; the other party is told."""
     with user_errors(), AdminClient(data_dir) as client:
-        view = client.call("RevokeAgreement", admin_pb2.RevokeAgreementRequest(agreement_id=agreement_id, reason=reason))
+        request = admin_pb2.RevokeAgreementRequest(agreement_id=_agreement_id(client, agreement_id), reason=reason)
+        view = client.call("RevokeAgreement", request)
     if not json_output:
         console.print(f"Revoked {view.terms.agreement_id}")
     _show(view, json_output)
@@ -91,7 +109,7 @@ def export(
 ) -> None:
     """The signed agreement document, verifiable offline with `smartregion agreement verify`."""
     with user_errors(), AdminClient(data_dir) as client:
-        document = client.call("ExportAgreement", admin_pb2.AgreementRef(agreement_id=agreement_id)).document_json
+        document = client.call("ExportAgreement", admin_pb2.AgreementRef(agreement_id=_agreement_id(client, agreement_id))).document_json
     emit(document, out)
 
 

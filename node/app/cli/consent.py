@@ -48,3 +48,16 @@ def list_consents(data_dir: DataDir, subject: Annotated[str, typer.Option(help="
     for c in response.consents:
         table.add_row(c.subject_id, c.purpose_code, when(c.granted_at_ms), when(c.withdrawn_at_ms))
     console.print(table)
+
+
+@app.command("erase")
+def erase(data_dir: DataDir, subject: Subject, json_output: JsonFlag = False) -> None:
+    """Erase a data subject (GDPR art. 17): their readings and consent history are deleted and their
+    sensors revoked; only the audit entry recording the erasure stays. Effective for the next query."""
+    with user_errors(), AdminClient(data_dir) as client:
+        report = client.call("EraseSubject", admin_pb2.EraseSubjectRequest(subject_id=subject))
+    if json_output:
+        print_json(as_dict(report))
+        return
+    console.print(f"Erased {report.subject_id}: {report.readings_deleted} readings and {report.consents_deleted} consent records deleted; "
+                  f"sensors revoked: {', '.join(report.sensors_revoked) or 'none'}")

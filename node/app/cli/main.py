@@ -13,10 +13,9 @@ from rich.table import Table
 
 from node import __version__, hubdir, logs
 from node.api.v1 import admin_pb2
-from node.app.cli import agreement, audit, consent, partner, peer, query, region, sensor
+from node.app.cli import agreement, audit, backup, consent, credentials, names, partner, peer, query, region, retention, sensor
 from node.app.cli.common import DataDir, JsonFlag, console, fail, passphrase, print_json, user_errors
 from node.client import AdminClient
-from node.register import lookup
 
 app = typer.Typer(
     help="smartregion: municipalities share IoT data without giving up control of it.",
@@ -31,6 +30,11 @@ app.add_typer(query.app, name="query")
 app.add_typer(consent.app, name="consent")
 app.add_typer(region.app, name="region")
 app.add_typer(audit.app, name="audit")
+app.add_typer(credentials.admin_app, name="admin")
+app.add_typer(credentials.passphrase_app, name="passphrase")
+app.add_typer(retention.app, name="retention")
+app.command("backup")(backup.backup)
+app.command("restore")(backup.restore)
 
 
 def _version(value: bool) -> None:
@@ -59,7 +63,7 @@ def init(
 ) -> None:
     """Create a hub for a municipality: keys, TLS certificate, admin credential, storage."""
     with user_errors():
-        found = lookup(municipality)
+        found = names.municipality(municipality)
         if hubdir.HubDir(data_dir).exists:
             if exist_ok:
                 console.print(f"{data_dir} already holds hub {hubdir.HubDir(data_dir).config().hub_id}; leaving it as it is")

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from node.api.v1 import admin_pb2
 from node.app.cli.common import DataDir, JsonFlag, console, print_json, user_errors
+from node.app.cli.names import resolve_id
 from node.app.cli.views import as_dict, when
 from node.client import AdminClient
 
@@ -52,8 +53,9 @@ def list_peers(
 
 
 @app.command("remove")
-def remove(data_dir: DataDir, hub_id: Annotated[str, typer.Argument(help="The peer's hub id.")]) -> None:
+def remove(data_dir: DataDir, hub_id: Annotated[str, typer.Argument(help="The peer's hub id, or a unique prefix.")]) -> None:
     """Stop trusting a peer: its calls are refused from now on."""
     with user_errors(), AdminClient(data_dir) as client:
+        hub_id = resolve_id("peer", hub_id, (p.hub_id for p in client.call("ListPeers", admin_pb2.ListPeersRequest()).peers))
         peer = client.call("RemovePeer", admin_pb2.RemovePeerRequest(hub_id=hub_id))
     console.print(f"Removed peer {peer.hub_id}")

@@ -17,6 +17,7 @@ from federation import answers, envelope, partners
 from federation.peers import PeerError
 from federation.query_service import RUN_METHOD
 from node.api.v1 import query_pb2, query_service_pb2_grpc
+from node.app.cli import names
 from node.app.cli.common import console, err_console, fail, passphrase, user_errors
 from node.client import AdminClient
 
@@ -61,10 +62,13 @@ def print_answer(answer) -> None:
 def write_csv(answer) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["group", "bucket", "bucket_start_ms", "value", "readings", "contributors", "suppressed"])
+    # Every row says whether the answer is partial (and which hubs are missing), so that a
+    # spreadsheet or script reading only the CSV cannot mistake a partial answer for the region's.
+    writer.writerow(["group", "bucket", "bucket_start_ms", "value", "readings", "contributors", "suppressed", "partial", "missing_hubs"])
+    partial, missing = ("true" if answer.partial else "false"), " ".join(answer.missing_hubs)
     for r in answers.readable_rows(answer):
         writer.writerow([r["group"], r["bucket"], r["bucket_start_ms"], "" if r["value"] is None else r["value"],
-                         r["readings"], r["contributors"], r["suppressed"]])
+                         r["readings"], r["contributors"], r["suppressed"], partial, missing])
     return out.getvalue()
 
 
@@ -92,6 +96,7 @@ def run(
     """Ask every hub of the region (or some) for one aggregate; print the merged answer."""
     if output not in ("table", "json", "csv"):
         raise typer.BadParameter("--output is table, json or csv")
+    municipality = [names.municipality(m).number for m in municipality]  # a name or a number; a misspelling gets a suggestion
     spec = query_pb2.QuerySpec(
         dataset=dataset, metric=metric, aggregate=aggregate, quantile=quantile, start_ms=_date_ms(start, "--from"),
         end_ms=_date_ms(end, "--to"), bucket=bucket, group_by=group_by, municipalities=municipality, hub_ids=hub,

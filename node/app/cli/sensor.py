@@ -13,6 +13,7 @@ from rich.table import Table
 
 from node.api.v1 import admin_pb2
 from node.app.cli.common import DataDir, JsonFlag, console, fail, print_json, user_errors
+from node.app.cli.names import resolve_id
 from node.app.sensor_client import Sensor, SensorCredential, read_station_csv, replay
 from node.client import AdminClient
 from node.fileio import write_private_file
@@ -87,9 +88,14 @@ def list_sensors(
 
 
 @app.command("revoke")
-def revoke(data_dir: DataDir, sensor_id: Annotated[str, typer.Argument(help="The sensor's id (32 hex digits).")]) -> None:
+def revoke(
+    data_dir: DataDir,
+    sensor_id: Annotated[str, typer.Argument(help="The sensor's id (32 hex digits), or a unique prefix.")],
+) -> None:
     """Revoke a sensor: its frames are refused from now on."""
     with user_errors(), AdminClient(data_dir) as client:
+        listed = client.call("ListSensors", admin_pb2.ListSensorsRequest(include_revoked=True)).sensors
+        sensor_id = resolve_id("sensor", sensor_id, (s.sensor_id for s in listed), hex_only=True) if listed else sensor_id
         sensor = client.call("RevokeSensor", admin_pb2.RevokeSensorRequest(sensor_id=sensor_id))
     console.print(f"Revoked sensor {sensor.sensor_id} at {_ms(sensor.revoked_at_ms)}")
 

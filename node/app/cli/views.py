@@ -50,11 +50,12 @@ def terms_table(t: agreement_pb2.AgreementTerms) -> Table:
     return table
 
 
-def agreements_table(views: list[admin_pb2.AgreementView]) -> Table:
+def agreements_table(views: list[admin_pb2.AgreementView], wide: bool = False) -> Table:
     table = Table("agreement", "v", "role", "counterparty", "purpose", "datasets", "state", "valid until")
     for v in views:
         state = state_name(v.state) + (" (awaiting you)" if v.awaiting_my_signature else "")
-        table.add_row(v.terms.agreement_id, str(v.terms.version), v.role, f"{v.counterparty_name} {v.counterparty_id[:8]}…",
+        counterparty_id = v.counterparty_id if wide else f"{v.counterparty_id[:8]}…"
+        table.add_row(v.terms.agreement_id, str(v.terms.version), v.role, f"{v.counterparty_name} {counterparty_id}",
                       v.terms.purpose_code, ",".join(v.terms.datasets), state, when(v.terms.valid_until_ms))
     return table
 

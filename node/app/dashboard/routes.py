@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from importlib import resources
 
 from aiohttp import web
@@ -19,31 +20,33 @@ CONTENT_TYPES = {".html": "text/html", ".js": "application/javascript", ".css": 
 
 
 class Dashboard:
-    def __init__(self, data: DashboardData, admin_token_sha256: str, read_only: bool, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, data: DashboardData, admin_token_sha256: Callable[[], str], read_only: bool, clock: Clock = SYSTEM_CLOCK) -> None:
         self.data = data
-        self._expected = admin_token_sha256
+        self._expected = admin_token_sha256  # read at every login: a rotated token takes effect at once
         self.read_only = read_only
         self._clock = clock
-        self._sessions: dict[str, float] = {}  # SHA-256 of session id -> expiry (monotonic seconds)
+        # SHA-256 of session id -> (expiry in monotonic seconds, hash of the token it was opened
+        # with): rotating the token ends the sessions opened with the old one.
+        self._sessions: dict[str, tuple[float, str]] = {}
 
     def _session_ok(self, request: web.Request) -> bool:
         if self.read_only:
             return True
         session = request.cookies.get(SESSION_COOKIE, "")
-        expiry = self._sessions.get(hashlib.sha256(session.encode()).hexdigest()) if session else None
-        return expiry is not None and expiry > self._clock.monotonic()
+        found = self._sessions.get(hashlib.sha256(session.encode()).hexdigest()) if session else None
+        return found is not None and found[0] > self._clock.monotonic() and secrets.compare_digest(found[1], self._expected())
 
     async def login(self, request: web.Request) -> web.Response:
         try:
             token = str((await request.json()).get("token", "")).strip()
         except ValueError:
             token = ""
-        if not token or not token_matches(token, self._expected):
+        if not token or not token_matches(token, self._expected()):
             return web.json_response({"error": "unauthenticated", "message": "that is not this hub's admin credential"}, status=401)
         session = secrets.token_urlsafe(32)
         now = self._clock.monotonic()
-        self._sessions = {k: expiry for k, expiry in self._sessions.items() if expiry > now}  # forget expired ones
-        self._sessions[hashlib.sha256(session.encode()).hexdigest()] = now + SESSION_SECONDS
+        self._sessions = {k: v for k, v in self._sessions.items() if v[0] > now}  # forget expired ones
+        self._sessions[hashlib.sha256(session.encode()).hexdigest()] = (now + SESSION_SECONDS, self._expected())
         response = web.json_response({"ok": True})
         response.set_cookie(SESSION_COOKIE, session, max_age=SESSION_SECONDS, httponly=True, samesite="Strict",
                             secure=request.secure, path="/")

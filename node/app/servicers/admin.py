@@ -5,6 +5,7 @@ import grpc
 from node import admin
 from node.api.v1 import admin_pb2, admin_pb2_grpc
 from node.app.servicers.admin_federation import AuditAdmin, FederationAdmin, QueryAdmin
+from node.app.servicers.admin_lifecycle import LifecycleAdmin
 from node.app.servicers.common import translate_rejections
 from node.hub import Hub
 from node.sensors import Enrolment
@@ -30,7 +31,7 @@ def sensor_message(s: SensorRecord) -> admin_pb2.Sensor:
     )
 
 
-class AdminServicer(FederationAdmin, QueryAdmin, AuditAdmin, admin_pb2_grpc.AdminServicer):
+class AdminServicer(FederationAdmin, QueryAdmin, AuditAdmin, LifecycleAdmin, admin_pb2_grpc.AdminServicer):
     def __init__(self, hub: Hub, federation, queries) -> None:
         self.hub = hub
         self.federation = federation

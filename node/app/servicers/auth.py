@@ -35,9 +35,9 @@ def _deny(message: str) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(handler)
 
 
-class AdminAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
-    def __init__(self, admin_token_sha256: str) -> None:
-        self._expected = admin_token_sha256
+class AdminAuthInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, admin_token_sha256: Callable[[], str]) -> None:
+        self._expected = admin_token_sha256  # read at every call: a rotated token takes effect at once
 
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
                                 handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
@@ -48,6 +48,6 @@ class AdminAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  #
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             return _deny("admin calls need 'authorization: Bearer <token>' (the token is in DATA_DIR/admin.token)")
-        if not token_matches(token.strip(), self._expected):
+        if not token_matches(token.strip(), self._expected()):
             return _deny("the admin credential is not this hub's")
         return await continuation(handler_call_details)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import grpc
 
 from node.errors import Rejected
 
 log = logging.getLogger("smartregion.grpc")
+Method = TypeVar("Method", bound=Callable[..., Any])
 
 
 def grpc_code(rejected: Rejected) -> grpc.StatusCode:
@@ -21,7 +24,7 @@ async def abort(context: grpc.aio.ServicerContext, rejected: Rejected):
     await context.abort(grpc_code(rejected), rejected.message)
 
 
-def translate_rejections(method):
+def translate_rejections(method: Method) -> Method:
     """Turn a domain `Rejected` raised by a servicer method into its gRPC status."""
 
     @functools.wraps(method)
@@ -32,4 +35,4 @@ def translate_rejections(method):
             log.info("rejected", extra={"method": method.__name__, "reason": rejected.reason.label, "detail": rejected.message})
             await abort(context, rejected)
 
-    return wrapper
+    return cast(Method, wrapper)

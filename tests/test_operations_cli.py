@@ -1,0 +1,312 @@
+"""The admin's handbook (docs/operations.md) driven as an admin would: `smartregion` commands
+against a real hub process (`smartregion serve`). The commands run in this process through
+typer's CliRunner (the same app, arguments and environment; about 0.7 s less per command than
+a subprocess, which keeps this module inside the suite's time budget); the concurrent ingest
+runs as its own `smartregion sensor replay` process. Backup during ingest, restore into a new directory
+with the restore check, token rotation seen by the running hub, passphrase change, erasure,
+retention and the audit log's filters and extension check."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import sqlite3
+import stat
+import tarfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from test_cli import PASSPHRASE, REPO_ROOT, VALAND, ok, one_line, user_error
+from typer.testing import CliRunner
+
+from node import hubdir, keystore
+from node.app.cli.main import app
+from node.app.launcher import HubProcess
+from node.app.sensor_client import Sensor, SensorCredential
+from node.senml import Reading
+
+HANDBOOK = REPO_ROOT / "docs" / "operations.md"
+START_MS = 1_546_300_800_000  # 2019-01-01
+RUN: set[str] = set()  # the command paths this module ran, checked against the handbook at the end
+
+
+GROUPS = {"sensor", "peer", "partner", "agreement", "query", "consent", "region", "audit", "admin", "passphrase", "retention"}
+
+
+def command_path(words: list[str]) -> str:
+    """`sensor add` for `sensor add --data-dir ...`, `backup` for `backup --data-dir ...`."""
+    return " ".join(words[:2]) if words[0] in GROUPS else words[0]
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+RUNNER = CliRunner()
+
+
+def cli(*args, passphrase: str | None = PASSPHRASE, **env_vars: str) -> Result:
+    """`smartregion ARGS` with only these SMARTREGION_* variables set."""
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("SMARTREGION_")}
+    env.update({"COLUMNS": "200", "SMARTREGION_PASSPHRASE": passphrase, **env_vars})
+    outcome = RUNNER.invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
+    return Result(outcome.exit_code, outcome.stdout, outcome.stderr)
+
+
+def run(*args, **kwargs) -> Result:
+    """cli(), recording the command for the handbook check."""
+    RUN.add(command_path([str(a) for a in args]))
+    return cli(*args, **kwargs)
+
+
+def as_json(result: Result):
+    return json.loads(ok(result).stdout)
+
+
+def readings_in(db: Path) -> int:
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        return conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ops")
+    data_dir = base / "hub"
+    ok(run("init", "--data-dir", data_dir, "--municipality", "Stavanger", "--grpc-port", 0, "--http-port", 0))
+    process = HubProcess(data_dir, PASSPHRASE)
+    try:
+        process.start()
+        yield data_dir, base
+    finally:
+        process.stop(timeout=10)
+        process.kill()
+
+
+def test_backup_during_ingest_restores_a_hub_that_verifies_and_answers(hub):
+    data_dir, base = hub
+    credential = base / "valand.json"
+    ok(run("sensor", "add", "--data-dir", data_dir, "--dataset", "air_quality", "--metrics", "pm25",
+           "--location", "58.97,5.73", "--label", "Valand", "--out", credential))
+    sensor = Sensor(SensorCredential.load(credential))
+    backed_up, sent = threading.Event(), []
+
+    def ingest() -> None:
+        """Frames of one reading an hour, one after another, until two have been stored after the backup."""
+        after = 0
+        while after < 2:
+            done = backed_up.is_set()
+            frame = sensor.seal([[Reading("pm25", START_MS + len(sent) * 3_600_000, 10.0)]])[0]
+            assert sensor.send_http(frame)["status"] == 200
+            sent.append(frame)
+            after += done
+
+    sender = threading.Thread(target=ingest)
+    sender.start()
+    try:
+        deadline = time.monotonic() + 60
+        while readings_in(data_dir / hubdir.DB_FILE) < 5:
+            assert sender.is_alive() and time.monotonic() < deadline
+            time.sleep(0.02)
+        archive = base / "hub-backup.tar.gz"
+        backed = ok(run("backup", "--data-dir", data_dir, "--out", archive))
+    finally:
+        backed_up.set()
+        sender.join(60)
+    total = readings_in(data_dir / hubdir.DB_FILE)
+    assert total == len(sent)
+    assert "Backed up hub" in one_line(backed.stdout)
+    assert stat.S_IMODE(archive.stat().st_mode) == 0o600
+
+    with tarfile.open(archive) as tar:
+        names = sorted(tar.getnames())
+        keys_in_archive = tar.extractfile("keys.json").read()
+        snapshot_manifest = json.loads(tar.extractfile("manifest.json").read())
+    assert names == ["hub.db", "hub.toml", "keys.json", "manifest.json", "tls-cert.pem"]  # no admin token
+    assert json.loads(keys_in_archive)["format"] == keystore.FORMAT and b"identity_key" not in keys_in_archive  # still encrypted
+    assert keys_in_archive == (data_dir / hubdir.KEYS_FILE).read_bytes()
+
+    restored = base / "restored"
+    result = ok(run("restore", archive, "--data-dir", restored))
+    text = one_line(result.stdout)
+    assert "Check passed" in text and "audit chain verifies" in text
+    in_backup = readings_in(restored / hubdir.DB_FILE)
+    assert 5 <= in_backup < total  # a consistent snapshot, taken while frames kept arriving
+    answered = int(re.search(r"air_quality/pm25 \S+: (\d+) readings", text).group(1))
+    assert answered == in_backup  # the restored hub answers from exactly what the backup holds
+    conn = sqlite3.connect(restored / hubdir.DB_FILE)
+    asked = [json.loads(e) for (e,) in conn.execute("SELECT entry FROM audit_log ORDER BY seq")]
+    conn.close()
+    assert [e["outcome"] for e in asked if e["action"] == "query.run"] == ["ok"]  # the check really asked the restored hub
+    restored_config = hubdir.HubDir(restored).config()
+    assert restored_config.hub_id == snapshot_manifest["hub_id"] == hubdir.HubDir(data_dir).config().hub_id
+    assert restored_config.admin_token_sha256 != hubdir.HubDir(data_dir).config().admin_token_sha256  # a new token
+    assert stat.S_IMODE(restored.stat().st_mode) == 0o700
+    for name in (hubdir.KEYS_FILE, hubdir.CONFIG_FILE, hubdir.DB_FILE, hubdir.ADMIN_TOKEN_FILE, hubdir.CERT_FILE):
+        assert stat.S_IMODE((restored / name).stat().st_mode) == 0o600, name
+    assert not (restored / hubdir.ENDPOINT_FILE).exists()
+    # the backup itself is audited, in the live hub and in the snapshot
+    shown = as_json(run("audit", "show", "--data-dir", data_dir, "--kind", "backup", "--json"))
+    assert [e["action"] for e in shown] == ["backup.create"]
+
+    # a restore never goes into a directory that holds a hub, nor overwrites one
+    before = (restored / hubdir.CONFIG_FILE).read_bytes()
+    user_error(run("restore", archive, "--data-dir", restored), "already holds a hub", "nothing changed")
+    user_error(run("restore", archive, "--data-dir", data_dir), "already holds a hub")
+    assert (restored / hubdir.CONFIG_FILE).read_bytes() == before
+    # the wrong passphrase is refused, before anything is written
+    user_error(run("restore", archive, "--data-dir", base / "elsewhere", passphrase="not-the-right-passphrase"),
+               "passphrase does not open the backup's keys", "nothing restored")
+    assert not (base / "elsewhere").exists() and not list(base.glob(".elsewhere.restoring-*"))
+
+
+def test_a_backup_with_the_wrong_passphrase_is_refused(hub):
+    data_dir, base = hub
+    out = base / "never.tar.gz"
+    user_error(run("backup", "--data-dir", data_dir, "--out", out, passphrase="a-wrong-passphrase-here"),
+               "refusing to back up", "does not open this hub's keys")
+    assert not out.exists()
+
+
+def test_a_damaged_backup_is_refused_whole(hub, tmp_path):
+    data_dir, _ = hub
+    archive = tmp_path / "b.tar.gz"
+    ok(run("backup", "--data-dir", data_dir, "--out", archive))
+    tampered = tmp_path / "tampered.tar.gz"
+    with tarfile.open(archive) as src, tarfile.open(tampered, "w:gz") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member).read()
+            if member.name == "hub.toml":
+                data = data.replace(b'municipality = "1103"', b'municipality = "4601"')
+                member.size = len(data)
+            dst.addfile(member, io.BytesIO(data))
+    user_error(run("restore", tampered, "--data-dir", tmp_path / "new"), "hub.toml in the backup does not match its manifest hash")
+    assert not (tmp_path / "new").exists()
+    user_error(run("restore", VALAND, "--data-dir", tmp_path / "new2"), "not a readable smartregion backup")
+
+
+def test_rotate_token_the_running_hub_refuses_the_old_one(hub):
+    data_dir, _ = hub
+    old = (data_dir / hubdir.ADMIN_TOKEN_FILE).read_text()
+    result = ok(run("admin", "rotate-token", "--data-dir", data_dir))
+    assert "accepts only the new token" in one_line(result.stdout)
+    assert stat.S_IMODE((data_dir / hubdir.ADMIN_TOKEN_FILE).stat().st_mode) == 0o600
+    ok(run("status", "--data-dir", data_dir))  # the CLI reads the new one
+    token_file = data_dir / hubdir.ADMIN_TOKEN_FILE
+    new = token_file.read_text()
+    token_file.write_text(old)
+    try:
+        user_error(cli("status", "--data-dir", data_dir), "UNAUTHENTICATED", "not this hub's")
+    finally:
+        token_file.write_text(new)
+    ok(run("status", "--data-dir", data_dir))
+
+
+def test_rotate_token_and_audit_show_with_the_hub_stopped(tmp_path):
+    data_dir = tmp_path / "stopped"
+    hubdir.init_hub(data_dir, "4627", PASSPHRASE.encode())
+    old = (data_dir / hubdir.ADMIN_TOKEN_FILE).read_text().strip()
+    result = ok(run("admin", "rotate-token", "--data-dir", data_dir))
+    assert "accepts only it when it starts" in one_line(result.stdout)
+    new = (data_dir / hubdir.ADMIN_TOKEN_FILE).read_text().strip()
+    config = hubdir.HubDir(data_dir).config()
+    assert new != old and config.admin_token_sha256 == hubdir.hash_token(new)
+    shown = as_json(run("audit", "show", "--data-dir", data_dir, "--kind", "admin", "--json"))
+    assert [(e["action"], e["detail"]) for e in shown] == [("admin.token-rotate", "while the hub was stopped")]
+    user_error(cli("admin", "rotate-token", "--data-dir", tmp_path / "nothing"), "not a hub data directory")
+
+
+def test_passphrase_change_while_the_hub_runs(hub):
+    data_dir, base = hub
+    new = "a-brand-new-passphrase-2026"
+    env_file = base / "new-passphrase"
+    env_file.write_text(new + "\n")
+    refused = cli("passphrase", "change", "--data-dir", data_dir, passphrase="not-the-current-one")
+    user_error(refused, "no new passphrase", "SMARTREGION_NEW_PASSPHRASE")
+    refused = cli("passphrase", "change", "--data-dir", data_dir, passphrase="not-the-current-one", SMARTREGION_NEW_PASSPHRASE=new)
+    user_error(refused, "current passphrase does not open", "nothing changed")
+    result = ok(run("passphrase", "change", "--data-dir", data_dir, SMARTREGION_NEW_PASSPHRASE_FILE=str(env_file)))
+    assert "no longer opens it" in one_line(result.stdout)
+    assert "running hub keeps its keys in memory" in one_line(result.stderr)
+    ok(cli("status", "--data-dir", data_dir))  # still serving
+    assert hubdir.HubDir(data_dir).identity(new.encode())
+    with pytest.raises(hubdir.HubDirError, match="wrong passphrase"):
+        hubdir.HubDir(data_dir).identity(PASSPHRASE.encode())
+    # change it back for the other tests of this module
+    ok(cli("passphrase", "change", "--data-dir", data_dir, passphrase=new, SMARTREGION_NEW_PASSPHRASE=PASSPHRASE))
+    assert hubdir.HubDir(data_dir).identity(PASSPHRASE.encode())
+
+
+def test_consent_erase_and_retention_from_the_command_line(hub, tmp_path):
+    data_dir, _ = hub
+    ok(run("sensor", "add", "--data-dir", data_dir, "--dataset", "water_consumption", "--metrics", "water_volume",
+           "--location", "58.97,5.73", "--subject", "meter-17", "--out", tmp_path / "meter.json"))
+    ok(run("consent", "grant", "--data-dir", data_dir, "--subject", "meter-17", "--purpose", "research"))
+    erased = ok(run("consent", "erase", "--data-dir", data_dir, "--subject", "meter-17"))
+    assert "Erased meter-17: 0 readings and 1 consent records deleted" in one_line(erased.stdout)
+    user_error(run("consent", "erase", "--data-dir", data_dir, "--subject", "meter-17"), "NOT_FOUND", "knows no data subject")
+
+    shown = as_json(run("retention", "show", "--data-dir", data_dir, "--json"))
+    assert {d["dataset"]: d["retention_days"] for d in shown["datasets"]}["air_quality"] == 0
+    ok(run("retention", "set", "--data-dir", data_dir, "--dataset", "air_quality", "--days", 36500))
+    user_error(cli("retention", "set", "--data-dir", data_dir, "--dataset", "nonsense", "--days", 3), "unknown dataset 'nonsense'")
+    report = as_json(run("retention", "run", "--data-dir", data_dir, "--json"))
+    assert {d["dataset"]: int(d["readings_deleted"]) for d in report["datasets"]}["air_quality"] == 0
+    ok(cli("retention", "set", "--data-dir", data_dir, "--dataset", "air_quality", "--days", 0))
+
+
+def test_audit_show_filters_and_verify_checks_an_extension(hub, tmp_path):
+    data_dir, _ = hub
+    everything = as_json(run("audit", "show", "--data-dir", data_dir, "--json"))
+    kinds = {e["action"].split(".")[0] for e in everything}
+    assert {"sensor", "consent", "admin", "keystore", "retention", "backup"} <= kinds
+    consent = as_json(cli("audit", "show", "--data-dir", data_dir, "--kind", "consent", "--json"))
+    assert [e["action"] for e in consent] == ["consent.grant", "consent.erase", "consent.erase"]
+    subject = as_json(cli("audit", "show", "--data-dir", data_dir, "--counterparty", "meter-17", "--json"))
+    assert {e["subject"] for e in subject} == {"meter-17"} and len(subject) == 3
+    assert as_json(cli("audit", "show", "--data-dir", data_dir, "--until", "2000-01-01", "--json")) == []
+    assert len(as_json(cli("audit", "show", "--data-dir", data_dir, "--since", "2000-01-01", "--json"))) == len(everything)
+    user_error(cli("audit", "show", "--data-dir", data_dir, "--since", "yesterday"), "--since must be a date")
+
+    first, second = tmp_path / "audit-1.jsonl", tmp_path / "audit-2.jsonl"
+    ok(run("audit", "export", "--data-dir", data_dir, "--out", first))
+    ok(cli("consent", "grant", "--data-dir", data_dir, "--subject", "someone", "--purpose", "research"))
+    ok(cli("audit", "export", "--data-dir", data_dir, "--out", second))
+    hub_id = hubdir.HubDir(data_dir).config().hub_id
+    extended = ok(run("audit", "verify", second, "--extends", first, "--hub-id", hub_id))
+    assert "were added since" in one_line(extended.stdout)
+    user_error(cli("audit", "verify", first, "--extends", second), "fewer entries")
+    # a rewritten log: the earlier export's last entry differs from the newer one's
+    lines = first.read_text().splitlines()
+    forged = tmp_path / "forged.jsonl"
+    entry = json.loads(lines[1])
+    entry["hash"] = "00" * 32
+    forged.write_text("\n".join([lines[0], json.dumps(entry), *lines[2:]]) + "\n")
+    user_error(cli("audit", "verify", second, "--extends", forged), "earlier export does not verify")
+
+
+def test_every_command_in_the_handbook_was_run():
+    """Each `smartregion ...` command docs/operations.md shows was run by a test of this module."""
+    if not RUN:
+        pytest.skip("run the whole module: this test checks what its other tests ran")
+    documented = set()
+    for block in re.findall(r"```sh\n(.*?)```", HANDBOOK.read_text(encoding="utf-8"), flags=re.S):
+        for line in block.splitlines():
+            words = line.split(" #")[0].split()
+            while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # VAR=value smartregion ...
+                words = words[1:]
+            if len(words) >= 2 and words[0] == "smartregion":
+                documented.add(command_path(words[1:]))
+    assert len(documented) >= 10, f"the handbook shows too few commands to be read right: {documented}"
+    missing = sorted(documented - RUN - {"serve"})  # `serve` runs in every hub process of these tests
+    assert not missing, f"documented in docs/operations.md but not run by a test: {missing}"
