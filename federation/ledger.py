@@ -116,11 +116,13 @@ class Ledger:
         if t.supersedes:
             old = next((e for e in others if e.agreement_id == t.supersedes), None)
             if old is None:
-                raise Rejected(Reason.INVALID_REQUEST, f"agreement {t.agreement_id} supersedes {t.supersedes}, which this hub does not know")
+                raise Rejected(Reason.INVALID_REQUEST,
+                               f"agreement {t.agreement_id} supersedes {t.supersedes}, which this hub does not know")
             if (old.terms.provider.id, old.terms.consumer.id) != (t.provider.id, t.consumer.id) or old.terms.version + 1 != t.version:
                 raise Rejected(
                     Reason.INVALID_REQUEST,
-                    f"agreement {t.agreement_id} must be version {old.terms.version + 1} between the same parties to supersede {t.supersedes}",
+                    f"agreement {t.agreement_id} must be version {old.terms.version + 1} between the same parties"
+                    f" to supersede {t.supersedes}",
                 )
         states = await self.states(others)
         for other in others:
@@ -144,7 +146,8 @@ class Ledger:
         if mine is None:
             raise Rejected(Reason.PERMISSION_DENIED, f"agreement {evidence.agreement_id} does not name this hub as a party")
         if theirs is None:
-            raise Rejected(Reason.PERMISSION_DENIED, f"agreement {evidence.agreement_id} does not name the caller {counterparty_id} as a party")
+            raise Rejected(Reason.PERMISSION_DENIED,
+                           f"agreement {evidence.agreement_id} does not name the caller {counterparty_id} as a party")
         if mine.public_key != self.own_public_key or theirs.public_key != counterparty_key:
             raise Rejected(Reason.INVALID_REQUEST, f"agreement {evidence.agreement_id} names a party key other than the pinned one")
 
@@ -187,7 +190,11 @@ class Ledger:
             found = changes(before, after)
             if not found:
                 continue
-            created = at if before is None else (await self.storage.read(lambda s: s.get_agreement(after.agreement_id))).created_at_ms
+            if before is None:
+                created = at
+            else:
+                stored = await self.storage.read(lambda s, agreement_id=after.agreement_id: s.get_agreement(agreement_id))
+                created = stored.created_at_ms
             rows.append(to_row(after, created, at))
             events += [AgreementEventRow(after.agreement_id, at, event, actor, d or detail) for event, actor, d in found]
         if rows or notify:

@@ -187,7 +187,7 @@ class HubDir:
         identity and one database would fork the agreement state. Returns the open lock file
         (keep it open); raises HubDirError if another process holds it."""
         make_private_dir(self.file("run"))
-        handle = open(self.file(Path("run") / "serve.lock"), "a+")
+        handle = open(self.file(Path("run") / "serve.lock"), "a+")  # noqa: SIM115 -- the lock lives as long as the open file
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -71,7 +71,7 @@ def table_after(text: str, marker: str) -> list[list[str]]:
             continue
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         rows.append(cells)
-    header, separator, *body = rows
+    _header, separator, *body = rows
     assert set("".join(separator)) <= set("-: "), f"no table after marker {marker!r}"
     return body
 
@@ -197,7 +197,7 @@ def test_rejected_vector_is_its_base_with_one_byte_changed(v: Vector):
     assert base.f["expect"] == "accept"
     offset = int(v.f["tampered_offset"])
     assert len(v.frame) == len(base.frame)
-    differing = [i for i, (a, b) in enumerate(zip(v.frame, base.frame)) if a != b]
+    differing = [i for i, (a, b) in enumerate(zip(v.frame, base.frame, strict=True)) if a != b]
     assert differing == [offset]
     assert v.plaintext == base.plaintext and v.key == base.key
 
@@ -282,7 +282,7 @@ def test_rejection_tables_match_node_errors():
     rows = {**ingest_rows, **general_rows}
     assert set(rows) == {r.label for r in Reason}, "every Reason appears exactly once in the doc"
     for reason in Reason:
-        label, grpc_code, http_status, meaning, *_ = rows[reason.label]
+        _label, grpc_code, http_status, meaning, *_ = rows[reason.label]
         assert code(grpc_code) == reason.grpc_code, reason
         assert int(http_status) == reason.http_status, reason
         assert meaning == reason.meaning, reason

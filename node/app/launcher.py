@@ -39,9 +39,8 @@ class HubProcess:
             args.append("--insecure")
         self.log_path = self.log_path or self.data_dir / "run" / "hub.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         endpoint_file = hub_dir.file(ENDPOINT_FILE)
         while time.monotonic() < deadline:

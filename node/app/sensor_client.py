@@ -118,7 +118,9 @@ def counter_store_for(credential: SensorCredential) -> CounterStore:
     return CounterStore(credential.path.with_name(credential.path.name + ".counter"))
 
 
-def read_station_csv(path: Path, metrics: Iterable[str], since: dt.date | None = None, until: dt.date | None = None) -> Iterator[senml.Reading]:
+def read_station_csv(
+    path: Path, metrics: Iterable[str], since: dt.date | None = None, until: dt.date | None = None,
+) -> Iterator[senml.Reading]:
     """Readings from a CSV shaped like the station files (date,time,<metric columns>...).
     Empty cells are missing values and are skipped; times are UTC."""
     metrics = list(metrics)
@@ -178,7 +180,7 @@ class Sensor:
                 frames.FrameHeader(self._hub_id, self._sensor_id, counter),
                 senml.encode(batch, self.credential.units),
             )
-            for counter, batch in zip(counters, batches)
+            for counter, batch in zip(counters, batches, strict=True)
         ]
 
     def channel(self):

@@ -8,6 +8,7 @@ beside the writer).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -59,8 +60,6 @@ class Storage:
         self._reader_pool.shutdown(wait=True)
         with self._lock:
             for store in self._stores:
-                try:
+                with contextlib.suppress(Exception):  # closing is best effort; one failure must not keep others open
                     store.close()
-                except Exception:
-                    pass
             self._stores.clear()

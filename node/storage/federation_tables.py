@@ -128,7 +128,8 @@ class FederationTables:
 
     def due_deliveries(self, now_ms: int) -> list[Delivery]:
         rows = self.conn.execute(
-            "SELECT peer_id, generation, attempts, next_attempt_ms, last_error FROM outbox WHERE next_attempt_ms <= ? ORDER BY next_attempt_ms",
+            "SELECT peer_id, generation, attempts, next_attempt_ms, last_error FROM outbox"
+            " WHERE next_attempt_ms <= ? ORDER BY next_attempt_ms",
             (now_ms,),
         )
         return [Delivery(*r) for r in rows]

@@ -17,7 +17,9 @@ app = typer.Typer(help="The hash-chained audit log: export it, verify it offline
 
 
 @app.command("export")
-def export(data_dir: DataDir, out: Annotated[Path | None, typer.Option(help="Write to this file instead of standard output.")] = None) -> None:
+def export(
+    data_dir: DataDir, out: Annotated[Path | None, typer.Option(help="Write to this file instead of standard output.")] = None,
+) -> None:
     """Every audit entry with its hashes, and a head signed by the hub."""
     with user_errors(), AdminClient(data_dir) as client:
         data = client.call("ExportAudit", admin_pb2.ExportAuditRequest()).jsonl
