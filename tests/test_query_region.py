@@ -454,9 +454,11 @@ async def test_a_frozen_provider_times_out_at_the_deadline(region):
 
 async def test_a_provider_killed_mid_query_gives_a_partial_answer_within_the_deadline(region):
     porsgrunn = region.by_number["3806"]
-    deadline_ms = 3000
+    deadline_ms = 10_000
     # Freeze the provider first, so that its Query.Partial is certainly in flight, then SIGKILL
     # it while the entry hub's fan-out is waiting for it (the other four have long answered).
+    # The kernel closes the dead process's connections, so the entry hub learns at once that
+    # the hub is gone: it must say `unavailable` well before the deadline, not wait it out.
     os.kill(porsgrunn.process.process.pid, signal.SIGSTOP)
     try:
         started = time.monotonic()
@@ -466,15 +468,17 @@ async def test_a_provider_killed_mid_query_gives_a_partial_answer_within_the_dea
         assert not task.done(), "the fan-out should still be waiting for the frozen provider"
     finally:
         porsgrunn.process.kill()  # SIGKILL, mid-query
+        killed = time.monotonic()
     _spec, answer = await task
-    elapsed = time.monotonic() - started
+    elapsed, after_kill = time.monotonic() - started, time.monotonic() - killed
     region.timings["killed_query_s"] = elapsed
-    print(f"\nanswer with a killed provider after {elapsed:.2f}s (deadline {deadline_ms} ms)")
+    print(f"\nanswer with a killed provider after {elapsed:.2f}s, {after_kill:.2f}s after the kill (deadline {deadline_ms} ms)")
 
-    assert elapsed < deadline_ms / 1000 + 3
+    assert after_kill < deadline_ms / 1000 / 2, "the entry hub waited for a dead hub instead of noticing it died"
     assert answer.partial and list(answer.missing_hubs) == [porsgrunn.hub_id]
     statuses = {hub_id: p.status for hub_id, p in _provenance(answer).items()}
-    assert statuses.pop(porsgrunn.hub_id) in ("unavailable", "timed_out")
+    assert statuses.pop(porsgrunn.hub_id) == "unavailable"
+    assert _provenance(answer)[porsgrunn.hub_id].latency_ms < deadline_ms / 2
     assert statuses == {hub.hub_id: "answered" for hub in region.hubs if hub is not porsgrunn}
     assert _provenance(answer)[porsgrunn.hub_id].reason
     print(f"killed hub: {_provenance(answer)[porsgrunn.hub_id].status}: {_provenance(answer)[porsgrunn.hub_id].reason}")
