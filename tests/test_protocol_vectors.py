@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from node import catalog, frames, ingest, senml, sensors
 from node.app import http_app
@@ -163,6 +165,51 @@ def test_accepted_vector_is_what_seal_produces(v: Vector):
     assert sealed.hex() == v.f["frame"], f"{v.name}: node.frames.seal no longer produces the documented frame"
     assert v.frame == v.hex("header") + v.hex("ciphertext") + v.hex("tag")
     assert len(v.hex("tag")) == frames.TAG_SIZE
+
+
+# -- an independent AES-GCM: the layout of docs/protocol.md sections 4 and 5, built by hand ------------
+
+def documented_header(v: Vector) -> bytes:
+    """Version 0x01, hub id (16), sensor id (16), counter (8, big-endian): 41 bytes."""
+    header = b"\x01" + v.hub_id + v.sensor_id + v.counter.to_bytes(8, "big")
+    assert len(header) == 41
+    return header
+
+
+def documented_nonce(v: Vector) -> bytes:
+    """Four zero bytes, then the counter as 8 bytes big-endian."""
+    return bytes(4) + v.counter.to_bytes(8, "big")
+
+
+def documented_aad(v: Vector) -> bytes:
+    """The 20 ASCII bytes `smartregion/v1/frame`, one NUL, then the header: 62 bytes."""
+    domain = "smartregion/v1/frame".encode("ascii")
+    assert len(domain) == 20
+    return domain + b"\x00" + documented_header(v)
+
+
+@pytest.mark.parametrize("v", ACCEPTED, ids=ids(ACCEPTED))
+def test_accepted_vector_is_standard_aes_gcm_under_the_documented_nonce_and_aad(v: Vector):
+    """Not node.frames: `cryptography`'s AESGCM with the nonce and AAD the document describes."""
+    assert (v.hex("header"), v.hex("nonce"), v.hex("aad")) == (documented_header(v), documented_nonce(v), documented_aad(v))
+    assert len(v.hex("aad")) == 62
+    sealed = AESGCM(v.key).encrypt(documented_nonce(v), v.plaintext, documented_aad(v))
+    assert sealed == v.hex("ciphertext") + v.hex("tag"), f"{v.name}: the documented ciphertext is not AES-256-GCM of the plaintext"
+    assert v.frame == documented_header(v) + sealed
+    assert AESGCM(v.key).decrypt(documented_nonce(v), v.frame[41:], documented_aad(v)) == v.plaintext
+
+
+@pytest.mark.parametrize("v", REJECTED, ids=ids(REJECTED))
+def test_rejected_vector_fails_standard_aes_gcm_under_the_documented_nonce_and_aad(v: Vector):
+    assert (v.hex("header"), v.hex("nonce"), v.hex("aad")) == (documented_header(v), documented_nonce(v), documented_aad(v))
+    assert v.frame[:41] == documented_header(v)
+    with pytest.raises(InvalidTag):
+        AESGCM(v.key).decrypt(documented_nonce(v), v.frame[41:], documented_aad(v))
+
+
+def test_the_documented_aad_domain_constant_is_the_ascii_prefix():
+    (constants,) = fenced_blocks(doc_text(), "constants")
+    assert bytes.fromhex(parse_fields(constants)["aad_domain"]) == b"smartregion/v1/frame\x00"
 
 
 @pytest.mark.parametrize("v", ACCEPTED, ids=ids(ACCEPTED))
