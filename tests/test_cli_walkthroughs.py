@@ -281,13 +281,14 @@ def test_the_federation_walk_through_runs_as_documented(walk):
             real = UUID.search(result.stdout)[0]
             documented = documented_agreements[sum(1 for d in documented_agreements if d in walk.subst)]
             walk.subst[documented] = real
-        elif step.argv[:2] == ["agreement", "accept"] and walk.substitute(documented_agreements[0]) in step.argv[-1:] + [walk.substitute(step.argv[-1])]:
+        elif step.argv[:2] == ["agreement", "accept"] and walk.substitute(step.argv[-1]) == walk.substitute(documented_agreements[0]):
             # "Proposing the same file again is refused while the first is live"
             walk.settle()
             refused = walk.run(["agreement", "propose", "--data-dir", "stavanger", "--terms", "air-quality-to-bergen.toml",
                                 "--to", walk.subst[DOC_HUB_IDS["Bergen"]]], expect_ok=False)
             assert "ALREADY_EXISTS" in refused.stderr, refused.stderr
-            assert f"overlaps agreement {walk.substitute(documented_agreements[0])} for the same parties, dataset and time" in one_line(refused.stderr)
+            first = walk.substitute(documented_agreements[0])
+            assert f"overlaps agreement {first} for the same parties, dataset and time" in one_line(refused.stderr)
 
     def bergen_stopped(_: Step) -> None:
         walk.hubs["bergen"].stop(timeout=10)
@@ -302,7 +303,8 @@ def test_the_federation_walk_through_runs_as_documented(walk):
     # The refusals the walk-through describes, as described.
     refused = walk.run(["peer", "add", "--data-dir", "stavanger", "--address", f"127.0.0.1:{walk.subst['50162']}",
                         "--hub-id", "0" * 32], expect_ok=False)
-    assert f"PERMISSION_DENIED: the server at 127.0.0.1:{walk.subst['50162']} is hub {bergen}, not hub {'0' * 32}" in one_line(refused.stderr)
+    bergen_address = f"127.0.0.1:{walk.subst['50162']}"
+    assert f"PERMISSION_DENIED: the server at {bergen_address} is hub {bergen}, not hub {'0' * 32}" in one_line(refused.stderr)
     refused = walk.run(["partner", "agreements", "--key", "uis.key", "--hub", f"127.0.0.1:{walk.subst['50161']}", "--hub-id", bergen],
                        expect_ok=False)
     assert f"the server at 127.0.0.1:{walk.subst['50161']} is hub {stavanger}, not hub {bergen}" in one_line(refused.stderr)
