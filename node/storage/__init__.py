@@ -48,7 +48,7 @@ class Storage:
         return await asyncio.get_running_loop().run_in_executor(self._reader_pool, lambda: fn(self._store()))
 
     def close(self) -> None:
-        def close_local():
+        def close_local() -> None:
             store = getattr(self._local, "store", None)
             if store is not None:
                 store.close()
