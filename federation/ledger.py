@@ -4,6 +4,7 @@ history, and says what state each agreement is in."""
 from __future__ import annotations
 
 import asyncio
+import operator
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -193,7 +194,7 @@ class Ledger:
             if before is None:
                 created = at
             else:
-                stored = await self.storage.read(lambda s, agreement_id=after.agreement_id: s.get_agreement(agreement_id))
+                stored = await self.storage.read(operator.methodcaller("get_agreement", after.agreement_id))
                 created = stored.created_at_ms
             rows.append(to_row(after, created, at))
             events += [AgreementEventRow(after.agreement_id, at, event, actor, d or detail) for event, actor, d in found]

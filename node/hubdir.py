@@ -23,6 +23,7 @@ import socket
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import tomli_w
 
@@ -182,7 +183,7 @@ class HubDir:
         if info.get("pid") in (None, os.getpid()):
             self.file(ENDPOINT_FILE).unlink(missing_ok=True)
 
-    def lock_for_serving(self):
+    def lock_for_serving(self) -> TextIO:
         """Hold an exclusive lock on the data directory while serving: two hubs with one
         identity and one database would fork the agreement state. Returns the open lock file
         (keep it open); raises HubDirError if another process holds it."""

@@ -22,6 +22,7 @@ from rich.text import Text
 
 from federation import answers, partners
 from node import hubdir
+from node.api.v1 import query_pb2
 from node.app import region
 from node.app.launcher import HubProcess
 from node.register import lookup
@@ -85,7 +86,7 @@ def start_hubs(directory: Path) -> tuple[list[region.RegionHub], list[HubProcess
 
 
 def print_monthly_table(answer) -> None:
-    by_month: dict[str, dict[str, float]] = {}
+    by_month: dict[str, dict[str, query_pb2.Row]] = {}
     for row in answer.rows:
         by_month.setdefault(row.bucket_label, {})[row.group] = row
     groups = [s.municipality for s in region.STATIONS]
@@ -153,7 +154,7 @@ def run_demo(directory: Path, keep_running: bool) -> None:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, _interrupt)
             try:
-                while all(p.process.poll() is None for p in processes):
+                while all(p.process is not None and p.process.poll() is None for p in processes):
                     time.sleep(0.5)
             except KeyboardInterrupt:
                 pass

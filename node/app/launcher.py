@@ -58,6 +58,8 @@ class HubProcess:
         raise LaunchError(f"the hub in {self.data_dir} did not start within {timeout}s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 20) -> str:
+        if self.log_path is None:
+            return ""
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except (OSError, AttributeError):

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, cast
 
 from federation.query_service import QueryService
 from federation.service import AgreementInfo, Federation
 from node import audit, consent
-from node.api.v1 import admin_pb2
+from node.api.v1 import admin_pb2, agreement_pb2
 from node.app.servicers.common import translate_rejections
 from node.register import lookup
 from node.signing import Domain, sign
 from node.storage.base import PartnerRecord, PeerRecord
+
+if TYPE_CHECKING:
+    from node.hub import Hub
 
 
 def peer_message(peer: PeerRecord, state: str, pending: int) -> admin_pb2.Peer:
@@ -33,7 +37,7 @@ def agreement_view(info: AgreementInfo) -> admin_pb2.AgreementView:
     e = info.evidence
     return admin_pb2.AgreementView(
         terms=e.terms,
-        state=info.state,
+        state=cast("agreement_pb2.AgreementState", info.state),
         signatures=[admin_pb2.SignatureCheck(signer_id=s, role=e.role_of(s), valid=True) for s in sorted(e.signatures)],
         revocations=[r.revocation for _, r in sorted(e.revocations.items())],
         history=[admin_pb2.AgreementEvent(at_ms=h.at_ms, event=h.event, actor=h.actor, detail=h.detail) for h in info.history],
@@ -103,6 +107,7 @@ def consent_message(row) -> admin_pb2.Consent:
 class QueryAdmin:
     """Admin RPCs for queries and consent (mixed into AdminServicer)."""
 
+    hub: Hub
     queries: QueryService
 
     @translate_rejections
@@ -125,6 +130,8 @@ class QueryAdmin:
 
 class AuditAdmin:
     """Admin RPC for the audit log (mixed into AdminServicer)."""
+
+    hub: Hub
 
     @translate_rejections
     async def ExportAudit(self, request, context):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import grpc
 
 from federation.service import EXCHANGE_METHOD, Federation
@@ -25,7 +27,8 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
         merged, held = await self.federation.exchange(caller, list(signed_request.agreement_exchange.documents))
         return federation_pb2.ExchangeAgreementsResponse(
             outcomes=[
-                federation_pb2.DocumentOutcome(agreement_id=m.evidence.agreement_id, changed=m.changed, state=m.state)
+                federation_pb2.DocumentOutcome(agreement_id=m.evidence.agreement_id, changed=m.changed,
+                                               state=cast("agreement_pb2.AgreementState", m.state))
                 for m in merged
             ],
             documents=agreement_pb2.AgreementExchange(documents=[e.to_document() for e in held]),
