@@ -8,6 +8,8 @@ uses its own agreements, partners and subjects so that the tests stay independen
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 import uuid
 
 import pytest
@@ -56,6 +58,14 @@ def pair(tmp_path_factory):
 
 def hub_id(hub: HubProcess) -> str:
     return hubdir.HubDir(hub.data_dir).config().hub_id
+
+
+def holds(hub: HubProcess, agreement_id: str) -> bool:
+    conn = sqlite3.connect(f"file:{hub.data_dir / 'hub.db'}?mode=ro", uri=True, timeout=10)
+    try:
+        return conn.execute("SELECT 1 FROM agreements WHERE agreement_id = ?", (agreement_id,)).fetchone() is not None
+    finally:
+        conn.close()
 
 
 def terms_file(tmp_path, purpose: str = "research", dataset: str = "air_quality", metric: str = "pm25"):
@@ -155,10 +165,11 @@ def test_agreement_commands(pair, tmp_path):
     user_error(cli("agreement", "propose", "--data-dir", stavanger.data_dir, "--terms", tmp_path / "none.toml", "--to", hub_id(bergen)),
                "does not exist", code=2)
 
-    # Bergen countersigns once the proposal has reached it.
-    for _ in range(200):
-        if cli("agreement", "show", "--data-dir", bergen.data_dir, agreement_id).returncode == 0:
-            break
+    # Bergen countersigns once the proposal has reached it (watched in its database, read-only).
+    deadline = time.monotonic() + 20
+    while not holds(bergen, agreement_id):
+        assert time.monotonic() < deadline, "the proposal did not reach Bergen"
+        time.sleep(0.05)
     shown = as_json(cli("agreement", "show", "--data-dir", bergen.data_dir, agreement_id, "--json"))
     assert shown["awaiting_my_signature"] is True
     accepted = as_json(cli("agreement", "accept", "--data-dir", bergen.data_dir, agreement_id, "--json"))
