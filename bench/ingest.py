@@ -244,7 +244,7 @@ class WrappedHubProcess(HubProcess):
     """A HubProcess whose `serve` runs as `python -m <module> <args...> serve ...` instead of
     `python -m node.app.cli.main serve ...` (bench.hubprofile: the hub under cProfile)."""
 
-    wrapper: list[str] = []
+    wrapper: tuple[str, ...] = ()
 
     def start(self, timeout: float = 30.0) -> HubProcess:
         real_popen = launcher.subprocess.Popen
@@ -282,7 +282,7 @@ def run_end_to_end(
         hub = HubProcess(data_dir, PASSPHRASE)
     else:
         hub = WrappedHubProcess(data_dir, PASSPHRASE)
-        hub.wrapper = wrapper
+        hub.wrapper = tuple(wrapper)
     hub.start()
     channels = []
     try:
@@ -298,7 +298,7 @@ def run_end_to_end(
                 sensors.append(Sensor(SensorCredential.load(path)))
         # The sensor's cost, before the clock: SenML-encode and seal every frame.
         seal_started = time.perf_counter()
-        sealed = [sensor.seal(source.batches) for sensor, source in zip(sensors, sources)]
+        sealed = [sensor.seal(source.batches) for sensor, source in zip(sensors, sources, strict=True)]
         seal_seconds = time.perf_counter() - seal_started
         total = sum(len(s.readings) for s in sources)
         n_frames = sum(len(s) for s in sealed)
@@ -316,7 +316,7 @@ def run_end_to_end(
             threads0, client_cpu0 = _thread_cpu(hub_pid), time.process_time()
             started = time.perf_counter()
             futures = [
-                pool.submit(sensor.send_stream, stub, frames_, 600.0) for sensor, stub, frames_ in zip(sensors, stubs, sealed)
+                pool.submit(sensor.send_stream, stub, frames_, 600.0) for sensor, stub, frames_ in zip(sensors, stubs, sealed, strict=True)
             ]
             responses = [f.result() for f in futures]
             seconds = time.perf_counter() - started
@@ -390,7 +390,7 @@ def print_tables(results: list[Measurement], frame_sizes: list[int]) -> list[tup
         ratio = e2e_rate / bare_rate
         best = max(r.rate for r in e2e) / max(r.rate for r in bare)
         ratios.append((size, ratio, None))
-        pairs = [e.rate / b.rate for b, e in zip(bare, e2e)]
+        pairs = [e.rate / b.rate for b, e in zip(bare, e2e, strict=True)]
         cpu_ratio = statistics.median(r.cpu_s / r.readings for r in bare) / statistics.median(r.hub_cpu_s / r.readings for r in e2e)
         ratios[-1] = (size, ratio, cpu_ratio)
         verdict = "ok" if ratio >= TARGET_RATIO else "below"

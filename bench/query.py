@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import functools
 import hashlib
 import json
 import math
@@ -246,7 +247,7 @@ def prepare(workdir: Path, plan: Plan) -> Cache:
         "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "source": str(plan.source.directory), "start": plan.source.start.isoformat(), "end": plan.source.end.isoformat(),
         "sensors_per_hub": plan.sensors_per_hub, "readings": plan.total,
-        "readings_per_hub": {s.municipality: n for s, (n, _) in zip(STATIONS, hubs)},
+        "readings_per_hub": {s.municipality: n for s, (n, _) in zip(STATIONS, hubs, strict=True)},
         "load_seconds": seconds, "central_load_seconds": central_s, "hub_load_seconds": [s for _, s in hubs],
         "central_db_bytes": cache.central_db.stat().st_size,
         "hub_db_bytes": {s.municipality: (cache.hub_dir(s) / hubdir.DB_FILE).stat().st_size for s in STATIONS},
@@ -528,7 +529,7 @@ def run_queries(region: Region, cache: Cache, repeat: int) -> list[tuple[Query, 
                 t0 = time.perf_counter()
                 answer = region.ask(query.spec)
                 federated.seconds.append(time.perf_counter() - t0)
-                hub_cpu = [b - a for a, b in zip(hub_cpu0, region.cpu_seconds())]
+                hub_cpu = [b - a for a, b in zip(hub_cpu0, region.cpu_seconds(), strict=True)]
                 federated.cpu.append(sum(hub_cpu))
                 if answer.partial or len(answer.provenance) != len(region.hubs):
                     raise RuntimeError(f"{query.name}: a partial answer: "
@@ -591,8 +592,8 @@ def print_profile(cache: Cache, results) -> None:
             print("   EXPLAIN QUERY PLAN of the aggregate SQL: "
                   + " | ".join(row[3] for row in store.conn.execute("EXPLAIN QUERY PLAN " + sql, params)))
             if query.spec.group_by == "municipality":
-                per, _ = _thread_seconds(lambda: central_answer(store, query.spec))
-                one, _ = _thread_seconds(lambda: single_group_by(store, req))
+                per, _ = _thread_seconds(functools.partial(central_answer, store, query.spec))
+                one, _ = _thread_seconds(functools.partial(single_group_by, store, req))
                 print(f"   centralised: aggregate() per municipality (the baseline) {per:.3f} s; "
                       f"one statement GROUP BY municipality, bucket {one:.3f} s")
         finally:
@@ -601,10 +602,10 @@ def print_profile(cache: Cache, results) -> None:
         for name, path in dbs:
             store = SqliteStore(path)
             try:
-                seconds, cells = _thread_seconds(lambda: store.aggregate(req))
+                seconds, cells = _thread_seconds(functools.partial(store.aggregate, req))
                 entry = f"{name} {seconds:.3f}"
                 if req.bucket in ("month", "year"):
-                    candidate, other = _thread_seconds(lambda: bucket_table_cells(store, req))
+                    candidate, other = _thread_seconds(functools.partial(bucket_table_cells, store, req))
                     if [astuple(c) for c in other] != [astuple(c) for c in cells]:
                         raise RuntimeError(f"the bucket-table candidate differs on {name}")
                     entry += f" -> {candidate:.3f}"

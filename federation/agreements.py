@@ -159,7 +159,8 @@ def state(evidence: Evidence, now_ms: int, superseded: bool = False) -> int:
 def propose(terms: agreement_pb2.AgreementTerms, signer_id: str, key: Ed25519PrivateKey) -> Evidence:
     """Serialize the terms once and sign those bytes."""
     terms_bytes = terms.SerializeToString()
-    return Evidence(terms_bytes, agreement_pb2.AgreementTerms.FromString(terms_bytes), {signer_id: sign(key, Domain.AGREEMENT, terms_bytes)})
+    signatures = {signer_id: sign(key, Domain.AGREEMENT, terms_bytes)}
+    return Evidence(terms_bytes, agreement_pb2.AgreementTerms.FromString(terms_bytes), signatures)
 
 
 def countersign(evidence: Evidence, signer_id: str, key: Ed25519PrivateKey) -> Evidence:

@@ -7,6 +7,7 @@ than half of that left, so peers always fetch a fresh one.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -82,6 +83,8 @@ def verify_descriptor(signed: federation_pb2.SignedDescriptor, expected_hub_id: 
         raise DescriptorError(str(exc)) from None
     if bound_key != key:
         raise DescriptorError("the served TLS certificate is bound to another identity key")
+    if not re.fullmatch(r"[0-9]{4}", d.municipality_number):  # lookup() would also accept a name
+        raise DescriptorError(f"{d.municipality_number!r} is not a kommunenummer (four digits)")
     try:
         register.lookup(d.municipality_number)
     except register.UnknownMunicipality as exc:

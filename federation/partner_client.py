@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import grpc
+
 from federation import agreements as ag
 from federation import envelope, peers
 from federation.outbox import EXCHANGE_METHOD
@@ -30,18 +32,26 @@ class PartnerSession:
         self.clock = clock
         self.hub_address = hub_address
         self.hub_id = hub_id
-        self.channel = None
+        self._channel: grpc.aio.Channel | None = None
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            raise RuntimeError("the session is not open: use `async with PartnerSession(...)`")
+        return self._channel
 
     async def __aenter__(self) -> PartnerSession:
         cert_pem = await peers.fetch_certificate(self.hub_address)
         actual = peers.hub_id_of_certificate(cert_pem)
         if actual != self.hub_id:
             raise peers.PeerError(f"the server at {self.hub_address} is hub {actual}, not hub {self.hub_id}")
-        self.channel = peers.channel_to(self.hub_address, self.hub_id, cert_pem)
+        self._channel = peers.channel_to(self.hub_address, self.hub_id, cert_pem)
         return self
 
     async def __aexit__(self, *exc) -> None:
-        await self.channel.close()
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
 
     async def exchange(self, documents: list[agreement_pb2.AgreementDocument]) -> federation_pb2.ExchangeAgreementsResponse:
         signed = envelope.make(self.key.key, self.key.partner_id, self.hub_id, EXCHANGE_METHOD, clock=self.clock,

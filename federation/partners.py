@@ -19,7 +19,7 @@ from node.fileio import write_private_file
 from node.signing import partner_id_from_public_key
 
 PUBLIC_FORMAT = "smartregion-partner-public-key"
-ORG_NUMBER = re.compile(r"^\d{9}$")
+ORG_NUMBER = re.compile(r"\A[0-9]{9}\Z")  # ASCII digits only; \d and $ would admit others and a newline
 
 
 class PartnerKeyError(ValueError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from node import __version__
 from node.clock import SYSTEM_CLOCK, Clock
@@ -33,7 +34,7 @@ class Hub:
     clock: Clock = field(default=SYSTEM_CLOCK)
     started_at_ms: int = 0
     version: str = __version__
-    serve_lock: object = field(default=None, repr=False)  # held while serving (HubDir.lock_for_serving)
+    serve_lock: TextIO | None = field(default=None, repr=False)  # held while serving (HubDir.lock_for_serving)
 
     @classmethod
     def open(cls, path: Path, passphrase: bytes, clock: Clock = SYSTEM_CLOCK) -> Hub:

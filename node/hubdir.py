@@ -21,6 +21,7 @@ import socket
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import tomli_w
 
@@ -191,12 +192,12 @@ class HubDir:
         if info.get("pid") in (None, os.getpid()):
             self.file(ENDPOINT_FILE).unlink(missing_ok=True)
 
-    def lock_for_serving(self):
+    def lock_for_serving(self) -> TextIO:
         """Hold an exclusive lock on the data directory while serving: two hubs with one
         identity and one database would fork the agreement state. Returns the open lock file
         (keep it open); raises HubDirError if another process holds it."""
         make_private_dir(self.file("run"))
-        handle = open(self.file(Path("run") / "serve.lock"), "a+")
+        handle = open(self.file(Path("run") / "serve.lock"), "a+")  # noqa: SIM115 -- the lock lives as long as the open file
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -94,9 +94,12 @@ class HubIdentity:
     @classmethod
     def from_secrets(cls, values: dict[str, bytes]) -> HubIdentity:
         try:
+            tls_key = serialization.load_pem_private_key(values["tls_key"], password=None)
+            if not isinstance(tls_key, ec.EllipticCurvePrivateKey):
+                raise ValueError("the TLS key is not an elliptic-curve key")
             identity = cls(
                 identity_key=Ed25519PrivateKey.from_private_bytes(values["identity_key"]),
-                tls_key=serialization.load_pem_private_key(values["tls_key"], password=None),
+                tls_key=tls_key,
                 tls_cert=x509.load_pem_x509_certificate(values["tls_cert"]),
                 key_encryption_key=values["key_encryption_key"],
             )
@@ -159,6 +162,8 @@ def verify_tls_binding(cert: x509.Certificate) -> bytes:
         ext = cert.extensions.get_extension_for_oid(TLS_BINDING_OID).value
     except x509.ExtensionNotFound:
         raise IdentityError("the certificate carries no smartregion identity binding") from None
+    if not isinstance(ext, x509.UnrecognizedExtension):  # an OID cryptography knows is not ours
+        raise IdentityError("malformed identity binding in the certificate")
     value = ext.value
     if len(value) != 2 + 32 + 64 or value[:2] != b"\x04\x60":
         raise IdentityError("malformed identity binding in the certificate")

@@ -124,7 +124,8 @@ async def sign_agreement(provider: LiveHub, consumer: LiveHub, terms_toml: str) 
     deadline = time.monotonic() + 10
     while True:
         try:
-            await consumer.admin.AcceptAgreement(admin_pb2.AgreementRef(agreement_id=view.terms.agreement_id), metadata=consumer.admin_metadata)
+            await consumer.admin.AcceptAgreement(admin_pb2.AgreementRef(agreement_id=view.terms.agreement_id),
+                                                 metadata=consumer.admin_metadata)
             break
         except grpc.aio.AioRpcError:
             assert time.monotonic() < deadline, "the proposal did not reach the consumer"

@@ -3,6 +3,7 @@ dashboard and sees its peers, agreements, chart and map. Saves test-artifacts/da
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -45,10 +46,8 @@ def demo_region(tmp_path_factory):
             os.killpg(process.pid, signal.SIGKILL)
         # The hubs run in sessions of their own: never leave one behind, whatever the demo did.
         for endpoint in directory.glob("*/run/endpoint.json"):
-            try:
+            with contextlib.suppress(ProcessLookupError, ValueError, KeyError):
                 os.kill(json.loads(endpoint.read_text())["pid"], signal.SIGKILL)
-            except (ProcessLookupError, ValueError, KeyError):
-                pass
 
 
 def test_dashboard_shows_the_region(demo_region):

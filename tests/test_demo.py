@@ -45,7 +45,7 @@ def test_demo_walkthrough_prints_the_csv_means(tmp_path):
             continue
         values = [float(v) for v in re.findall(r"-?\d+\.\d{3}", match.group(2))]
         assert len(values) == 5, line
-        for municipality, value in zip(municipalities, values):
+        for municipality, value in zip(municipalities, values, strict=True):
             assert value == round(expected[(municipality, match.group(1))], 3), (municipality, match.group(1))
             printed += 1
     assert printed == 60

@@ -133,7 +133,8 @@ async def test_impostor_with_copied_descriptor_is_refused(region):
     impostor_identity = identity.generate()
     server = grpc.aio.server()
     federation_pb2_grpc.add_FederationServicer_to_server(CopiedDescriptor(copied), server)
-    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(impostor_identity.tls_key_pem, impostor_identity.tls_cert_pem)]))
+    credentials = grpc.ssl_server_credentials([(impostor_identity.tls_key_pem, impostor_identity.tls_cert_pem)])
+    port = server.add_secure_port("127.0.0.1:0", credentials)
     await server.start()
     try:
         # Pinning Bergen's id while dialling the impostor: refused.

@@ -13,6 +13,7 @@ from its peer's own.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 import secrets
 import time
@@ -283,7 +284,7 @@ async def test_bad_evidence_from_a_peer_is_refused_and_changes_nothing(hubs, bui
 
 
 async def test_other_terms_under_a_known_agreement_id_are_refused(hubs):
-    a, b, c = hubs
+    a, b, _c = hubs
     held = proposal(b, b, a)
     await send_as(b, a, [held])
     other = make_terms(b.party, a.party, purpose={"description": "Something else entirely"})
@@ -448,7 +449,7 @@ async def test_a_stale_proposal_does_not_undo_a_revocation(hubs, revoker_index):
     revoker = (a, b)[revoker_index]
     await revoker.admin("RevokeAgreement", admin_pb2.RevokeAgreementRequest(agreement_id=agreement_id, reason="stale test"))
     for node in (a, b):
-        await eventually(lambda: state_is(node, agreement_id, State.AGREEMENT_STATE_REVOKED))
+        await eventually(functools.partial(state_is, node, agreement_id, State.AGREEMENT_STATE_REVOKED))
     await settle(hubs)
     for receiver, sender in ((a, b), (b, a)):
         before = await receiver.stored()

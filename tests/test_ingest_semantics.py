@@ -139,7 +139,7 @@ async def test_empty_batch_is_refused(live_hub):
 async def test_stream_commits_every_frame_before_the_first_bad_one(live_hub, sensor, bad_index):
     batches = [fresh_readings(2) for _ in range(5)]
     sealed = sensor.seal(batches)
-    stream = sealed[:bad_index] + [flipped(sealed[bad_index])] + sealed[bad_index + 1 :]
+    stream = [*sealed[:bad_index], flipped(sealed[bad_index]), *sealed[bad_index + 1:]]
     before = await snapshot(live_hub)
 
     delivery = await deliver(live_hub, stream, "stream")
@@ -207,7 +207,7 @@ async def test_readings_resent_after_a_lost_acknowledgement_are_not_stored_twice
     assert (delivery.stored, delivery.duplicate) == (0, 3)
     after = await snapshot(live_hub)
     assert (after.rows, after.counts) == (before.rows, before.counts)
-    last_counter, last_seen, frames_accepted, stored = after.sensor(sensor)
+    last_counter, _last_seen, frames_accepted, stored = after.sensor(sensor)
     assert last_counter == counter_of(resent)
     assert frames_accepted == before.sensor(sensor)[2] + 1
     assert stored == before.readings(sensor)

@@ -139,7 +139,7 @@ async def run_client(*argv: str, env: dict[str, str] | None = None) -> tuple[int
     except TimeoutError:
         process.kill()
         await process.wait()
-        raise AssertionError(f"{argv[:2]} did not finish within {CLIENT_TIMEOUT_S}s")
+        raise AssertionError(f"{argv[:2]} did not finish within {CLIENT_TIMEOUT_S}s") from None
     return process.returncode, out.decode(), err.decode()
 
 
@@ -257,17 +257,17 @@ async def test_node_client_reports_refusals(node_client, world, tmp_path):
 
     # A window not on month boundaries (UTC): refused before any agreement is consulted.
     misaligned = [a if a != "2019-03-01" else "2019-03-02" for a in world.client_args(*query)]
-    rc, out, err = await run_client(*node_client, *misaligned)
+    rc, _out, err = await run_client(*node_client, *misaligned)
     assert rc == 1 and "INVALID_ARGUMENT (invalid_request)" in err and "month boundaries" in err, err
 
     # Pinning another hub id: the client refuses to talk before sending anything.
     other = "0" * 32
     pinned_wrong = [a if a != world.hub_id else other for a in world.client_args(*query)]
-    rc, out, err = await run_client(*node_client, *pinned_wrong)
+    rc, _out, err = await run_client(*node_client, *pinned_wrong)
     assert rc == 1 and f"is hub {world.hub_id}, not hub {other}" in err, err
 
     # The wrong passphrase: the keystore does not open.
-    rc, out, err = await run_client(*node_client, *world.client_args(*query),
+    rc, _out, err = await run_client(*node_client, *world.client_args(*query),
                                     env={**client_env(), "SMARTREGION_PASSPHRASE": "not-the-passphrase-at-all"})
     assert rc == 1 and "wrong passphrase" in err, err
 
@@ -275,7 +275,7 @@ async def test_node_client_reports_refusals(node_client, world, tmp_path):
     stranger = tmp_path / "stranger.key"
     partners.keygen(stranger, "Stranger AS", PASSPHRASE.encode())
     as_stranger = [a if a != str(world.key_file) else str(stranger) for a in world.client_args(*query)]
-    rc, out, err = await run_client(*node_client, *as_stranger)
+    rc, _out, err = await run_client(*node_client, *as_stranger)
     assert rc == 1 and "UNAUTHENTICATED (unauthenticated)" in err, err
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from node import catalog, frames, ingest, senml, sensors
 from node.app import http_app
@@ -72,7 +74,7 @@ def table_after(text: str, marker: str) -> list[list[str]]:
             continue
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         rows.append(cells)
-    header, separator, *body = rows
+    _header, separator, *body = rows
     assert set("".join(separator)) <= set("-: "), f"no table after marker {marker!r}"
     return body
 
@@ -166,6 +168,51 @@ def test_accepted_vector_is_what_seal_produces(v: Vector):
     assert len(v.hex("tag")) == frames.TAG_SIZE
 
 
+# -- an independent AES-GCM: the layout of docs/protocol.md sections 4 and 5, built by hand ------------
+
+def documented_header(v: Vector) -> bytes:
+    """Version 0x01, hub id (16), sensor id (16), counter (8, big-endian): 41 bytes."""
+    header = b"\x01" + v.hub_id + v.sensor_id + v.counter.to_bytes(8, "big")
+    assert len(header) == 41
+    return header
+
+
+def documented_nonce(v: Vector) -> bytes:
+    """Four zero bytes, then the counter as 8 bytes big-endian."""
+    return bytes(4) + v.counter.to_bytes(8, "big")
+
+
+def documented_aad(v: Vector) -> bytes:
+    """The 20 ASCII bytes `smartregion/v1/frame`, one NUL, then the header: 62 bytes."""
+    domain = "smartregion/v1/frame".encode("ascii")
+    assert len(domain) == 20
+    return domain + b"\x00" + documented_header(v)
+
+
+@pytest.mark.parametrize("v", ACCEPTED, ids=ids(ACCEPTED))
+def test_accepted_vector_is_standard_aes_gcm_under_the_documented_nonce_and_aad(v: Vector):
+    """Not node.frames: `cryptography`'s AESGCM with the nonce and AAD the document describes."""
+    assert (v.hex("header"), v.hex("nonce"), v.hex("aad")) == (documented_header(v), documented_nonce(v), documented_aad(v))
+    assert len(v.hex("aad")) == 62
+    sealed = AESGCM(v.key).encrypt(documented_nonce(v), v.plaintext, documented_aad(v))
+    assert sealed == v.hex("ciphertext") + v.hex("tag"), f"{v.name}: the documented ciphertext is not AES-256-GCM of the plaintext"
+    assert v.frame == documented_header(v) + sealed
+    assert AESGCM(v.key).decrypt(documented_nonce(v), v.frame[41:], documented_aad(v)) == v.plaintext
+
+
+@pytest.mark.parametrize("v", REJECTED, ids=ids(REJECTED))
+def test_rejected_vector_fails_standard_aes_gcm_under_the_documented_nonce_and_aad(v: Vector):
+    assert (v.hex("header"), v.hex("nonce"), v.hex("aad")) == (documented_header(v), documented_nonce(v), documented_aad(v))
+    assert v.frame[:41] == documented_header(v)
+    with pytest.raises(InvalidTag):
+        AESGCM(v.key).decrypt(documented_nonce(v), v.frame[41:], documented_aad(v))
+
+
+def test_the_documented_aad_domain_constant_is_the_ascii_prefix():
+    (constants,) = fenced_blocks(doc_text(), "constants")
+    assert bytes.fromhex(parse_fields(constants)["aad_domain"]) == b"smartregion/v1/frame\x00"
+
+
 @pytest.mark.parametrize("v", ACCEPTED, ids=ids(ACCEPTED))
 def test_accepted_vector_opens_to_its_plaintext(v: Vector):
     header, plaintext = frames.open_frame(v.key, v.frame)
@@ -198,7 +245,7 @@ def test_rejected_vector_is_its_base_with_one_byte_changed(v: Vector):
     assert base.f["expect"] == "accept"
     offset = int(v.f["tampered_offset"])
     assert len(v.frame) == len(base.frame)
-    differing = [i for i, (a, b) in enumerate(zip(v.frame, base.frame)) if a != b]
+    differing = [i for i, (a, b) in enumerate(zip(v.frame, base.frame, strict=True)) if a != b]
     assert differing == [offset]
     assert v.plaintext == base.plaintext and v.key == base.key
 
@@ -283,7 +330,7 @@ def test_rejection_tables_match_node_errors():
     rows = {**ingest_rows, **general_rows}
     assert set(rows) == {r.label for r in Reason}, "every Reason appears exactly once in the doc"
     for reason in Reason:
-        label, grpc_code, http_status, meaning, *_ = rows[reason.label]
+        _label, grpc_code, http_status, meaning, *_ = rows[reason.label]
         assert code(grpc_code) == reason.grpc_code, reason
         assert int(http_status) == reason.http_status, reason
         assert meaning == reason.meaning, reason

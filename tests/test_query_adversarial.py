@@ -217,7 +217,7 @@ def assert_exact(world: World, q: query_pb2.QuerySpec, answer: query_service_pb2
                          0 if withheld else len(cell.sensors())))
         values.append(0.0 if withheld else aggregate(readings, q))
     assert [(r.group, r.bucket_start_ms, r.suppressed, r.readings, r.contributors) for r in answer.rows] == expected
-    for row, want in zip(answer.rows, values):
+    for row, want in zip(answer.rows, values, strict=True):
         if q.aggregate == "stddev":
             assert math.isclose(row.value, want, rel_tol=1e-9), (row, want)
         else:

@@ -35,7 +35,8 @@ async def test_a_cell_containing_a_small_subcell_is_withheld(tmp_path):
 
         async def ask(bucket: str, start: int, end: int):
             spec = query_pb2.QuerySpec(dataset="air_quality", metric="pm25", aggregate="mean", start_ms=start, end_ms=end, bucket=bucket,
-                                       group_by="municipality", purpose_code="environmental_monitoring", hub_ids=[provider.hub.config.hub_id])
+                                       group_by="municipality", purpose_code="environmental_monitoring",
+                                       hub_ids=[provider.hub.config.hub_id])
             answer = await consumer.admin.RunQuery(spec, metadata=consumer.admin_metadata)
             assert [p.status for p in answer.provenance] == ["answered"]
             return {r.bucket_label: r for r in answer.rows}

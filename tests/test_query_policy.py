@@ -5,8 +5,11 @@
   partner key) in every lifecycle state, and shape-valid queries, the provider grants exactly
   what an independent reading of the rules allows: never another purpose, aggregate, grouping,
   a bucket finer than `smallest_bucket`, a window longer than `longest_window_days` or not on
-  the smallest bucket's boundaries, and never under an agreement that is not active. Every
-  refusal is a `Rejected` naming the agreement and the rule. A hub's own data is always its own.
+  the smallest bucket's boundaries, never a month or a year under an agreement whose smallest
+  bucket is a week (a week is never cut by months), under a differential-privacy budget nothing
+  but count, sum and mean with an epsilon of 0 or between 0.001 and the budget (and no epsilon
+  at all without a budget), and never under an agreement that is not active. Every refusal is a
+  `Rejected` naming the agreement and the rule. A hub's own data is always its own.
 * federation.query_spec.check_shape: refuses exactly the malformed queries (oracle below).
 * federation.partials.merge: merging per-hub partials equals computing on the union of the
   readings; a cell any hub withheld is withheld in the answer.
@@ -54,6 +57,8 @@ AGGREGATES = ("count", "sum", "mean", "min", "max", "stddev", "quantile")
 BUCKETS = ("hour", "day", "week", "month", "year", "window")  # finest first
 GROUPS = ("municipality", "region")
 PURPOSES = sorted(terms_mod.PURPOSES)
+DP_AGGREGATES = ("count", "sum", "mean")  # the only aggregates released under a privacy budget
+MIN_EPSILON = 0.001  # docs/querying.md 3.7: a smaller epsilon is refused, not answered with noise
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 POLICY_SETTINGS = settings(SETTINGS, max_examples=500)  # off-by-one rules need many compliant-but-one queries
 
@@ -108,10 +113,16 @@ def on_boundary(grain: str, ms: int) -> bool:
 
 # Rule -> what the refusal message must say about it.
 RULE_WORDS = {
-    "purpose": "purpose", "aggregate": "aggregate", "grouping": "grouping", "time grouping": "grouping by time",
-    "bucket": "finer than", "window length": "longer than", "alignment": "boundaries",
-    "dp": "differential-privacy", "epsilon without a budget": "no differential-privacy budget",
+    "purpose": ("purpose",), "aggregate": ("aggregate",), "grouping": ("grouping",), "time grouping": ("grouping by time",),
+    "bucket": ("finer than",), "window length": ("longer than",), "alignment": ("boundaries",),
+    "weeks in months": ("whole weeks",),
+    "dp": ("differential-privacy", "daily budget"), "epsilon without a budget": ("no differential-privacy budget",),
 }
+
+
+def epsilon_allowed(epsilon: float, budget: float) -> bool:
+    """0 spends the default share; otherwise at least MIN_EPSILON and at most the budget."""
+    return epsilon == 0 or MIN_EPSILON <= epsilon <= budget
 
 
 def broken_rules(spec: query_pb2.QuerySpec, t: agreement_pb2.AgreementTerms) -> set[str]:
@@ -132,7 +143,10 @@ def broken_rules(spec: query_pb2.QuerySpec, t: agreement_pb2.AgreementTerms) -> 
     grain = "day" if t.smallest_bucket == "window" else t.smallest_bucket
     if not (on_boundary(grain, spec.start_ms) and on_boundary(grain, spec.end_ms)):
         broken.add("alignment")
-    if t.dp_epsilon > 0 and (spec.aggregate not in ("count", "sum", "mean") or not 0 <= spec.epsilon <= t.dp_epsilon):
+    # A month or a year is not made of whole weeks: its first or last week would be cut.
+    if t.smallest_bucket == "week" and spec.bucket in ("month", "year"):
+        broken.add("weeks in months")
+    if t.dp_epsilon > 0 and (spec.aggregate not in DP_AGGREGATES or not epsilon_allowed(spec.epsilon, t.dp_epsilon)):
         broken.add("dp")
     if t.dp_epsilon == 0 and spec.epsilon:
         broken.add("epsilon without a budget")
@@ -183,7 +197,8 @@ def subsets(values, min_size: int = 0):
 
 
 @st.composite
-def terms_for(draw, consumer: Signer, provider: Signer = PROVIDER) -> agreement_pb2.AgreementTerms:
+def terms_for(draw, consumer: Signer, provider: Signer = PROVIDER, **fixed) -> agreement_pb2.AgreementTerms:
+    """Terms a hub would accept; `fixed` pins [data] fields (e.g. smallest_bucket="week")."""
     datasets = draw(subsets(sorted(catalog.DATASETS), 1).map(lambda d: d[:2]))
     metrics = draw(subsets(sorted({m for d in datasets for m in catalog.dataset(d).metrics}), 1))
     personal = any(catalog.dataset(d).classification is catalog.Classification.PERSONAL for d in datasets)
@@ -199,8 +214,8 @@ def terms_for(draw, consumer: Signer, provider: Signer = PROVIDER) -> agreement_
             "min_group_size": draw(st.integers(1, 25)),
             "consent_required": personal or draw(st.booleans()),
             "queries_per_day": draw(st.integers(1, 10_000)),
-            "dp_epsilon": draw(st.sampled_from([0.0, 0.0, 0.0, 0.5])),
-        },
+            "dp_epsilon": draw(st.sampled_from([0.0, 0.0, 0.0, 0.5, MIN_EPSILON, 4.0])),
+        } | fixed,
         "validity": {"from": VALID_FROM, "until": VALID_UNTIL},
     }
     return terms_mod.from_toml(doc, provider.party, consumer.party, now_ms=CREATED_MS)
@@ -298,13 +313,16 @@ def compliant(draw, terms: agreement_pb2.AgreementTerms) -> tuple[query_pb2.Quer
         n -= 1
         end = step(grain, start, n)
     assume(n >= 1)
-    aggregate = draw(st.sampled_from(list(terms.aggregates)))
+    aggregates = [a for a in terms.aggregates if a in DP_AGGREGATES or not terms.dp_epsilon]
+    assume(aggregates)
+    aggregate = draw(st.sampled_from(aggregates))
+    epsilon = draw(st.just(0.0) | st.just(terms.dp_epsilon) | st.floats(MIN_EPSILON, terms.dp_epsilon)) if terms.dp_epsilon else 0.0
     spec = query_pb2.QuerySpec(
         dataset=dataset, metric=draw(st.sampled_from([m for m in terms.metrics if m in catalog.dataset(dataset).metrics])),
         aggregate=aggregate, quantile=draw(st.floats(0.01, 0.99)) if aggregate == "quantile" else 0.0,
         start_ms=start, end_ms=end, bucket=bucket,
         group_by=draw(st.sampled_from(["municipality", "region"] if "municipality" in terms.group_by else ["region"])),
-        purpose_code=terms.purpose_code,
+        purpose_code=terms.purpose_code, epsilon=epsilon,
     )
     return spec, grain
 
@@ -313,11 +331,16 @@ def compliant_specs(terms: agreement_pb2.AgreementTerms):
     return compliant(terms).map(lambda found: found[0])
 
 
+# 1 January and other 1sts that are Mondays: the only windows a month query under a week agreement could have.
+MONDAY_FIRSTS = [int(dt.datetime(y, m, 1, tzinfo=UTC).timestamp() * 1000)
+                 for y in range(2018, 2028) for m in range(1, 13) if dt.date(y, m, 1).weekday() == 0]
+
+
 @st.composite
-def one_rule_broken(draw, terms: agreement_pb2.AgreementTerms) -> query_pb2.QuerySpec:
+def one_rule_broken(draw, terms: agreement_pb2.AgreementTerms, rules: tuple[str, ...] = tuple(RULE_WORDS)) -> query_pb2.QuerySpec:
     """A compliant query with exactly one thing changed, as little as possible, to break a rule."""
     spec, grain = draw(compliant(terms))
-    rule = draw(st.sampled_from(["purpose", "aggregate", "grouping", "time grouping", "bucket", "window length", "alignment"]))
+    rule = draw(st.sampled_from(rules))
 
     def on_window_boundaries(bucket: str) -> bool:
         return on_boundary(bucket, spec.start_ms) and on_boundary(bucket, spec.end_ms)
@@ -336,6 +359,26 @@ def one_rule_broken(draw, terms: agreement_pb2.AgreementTerms) -> query_pb2.Quer
         candidates = [b for b in finer if on_window_boundaries(b)]
         assume(candidates and (rule == "bucket" or "time_bucket" not in terms.group_by))
         spec.bucket = draw(st.sampled_from(candidates))
+    elif rule == "weeks in months":  # a month bucket whose window starts and ends on Mondays
+        assume(terms.smallest_bucket == "week" and "time_bucket" in terms.group_by)
+        pairs = [(a, b) for a in MONDAY_FIRSTS for b in MONDAY_FIRSTS if 0 < b - a <= terms.longest_window_days * DAY_MS]
+        assume(pairs)
+        spec.start_ms, spec.end_ms = draw(st.sampled_from(pairs))
+        spec.bucket = draw(st.sampled_from(["month", "year"] if all(on_boundary("year", t) for t in (spec.start_ms, spec.end_ms))
+                                           else ["month"]))
+    elif rule == "dp":  # an aggregate the budget does not release, or an epsilon outside it
+        assume(terms.dp_epsilon > 0)
+        unreleased = [a for a in terms.aggregates if a not in DP_AGGREGATES]
+        if unreleased and draw(st.booleans()):
+            spec.aggregate = draw(st.sampled_from(unreleased))
+            spec.quantile = 0.5 if spec.aggregate == "quantile" else 0.0
+        else:
+            spec.epsilon = draw(st.sampled_from([math.nextafter(terms.dp_epsilon, math.inf), terms.dp_epsilon * 2,
+                                                 MIN_EPSILON / 2, math.nextafter(MIN_EPSILON, 0), 1e-9]))
+            assume(not epsilon_allowed(spec.epsilon, terms.dp_epsilon))
+    elif rule == "epsilon without a budget":
+        assume(terms.dp_epsilon == 0)
+        spec.epsilon = draw(st.sampled_from([1e-9, MIN_EPSILON, 0.5]) | st.floats(1e-6, 10))
     elif rule == "window length":  # one grain more than allowed
         while spec.end_ms - spec.start_ms <= terms.longest_window_days * DAY_MS:
             spec.end_ms = step(grain, spec.end_ms, 1)
@@ -362,6 +405,7 @@ def nearby_specs(draw, terms: agreement_pb2.AgreementTerms) -> query_pb2.QuerySp
         quantile=draw(st.floats(0.01, 0.99)) if aggregate == "quantile" else 0.0,
         start_ms=start, end_ms=end, bucket=bucket, group_by=draw(st.sampled_from(GROUPS)),
         purpose_code=pick([terms.purpose_code], PURPOSES),
+        epsilon=draw(st.sampled_from([0.0, 0.0, MIN_EPSILON / 2, MIN_EPSILON, 0.5, 5.0])),
     )
 
 
@@ -379,7 +423,7 @@ def assert_refusal(refusal: Rejected, terms: agreement_pb2.AgreementTerms, rules
     # Asking for epsilon where there is no budget is a malformed query, not a permission.
     invalid = rules == {"epsilon without a budget"}
     assert refusal.reason is (Reason.INVALID_REQUEST if invalid else Reason.PERMISSION_DENIED), refusal
-    assert any(RULE_WORDS[r] in refusal.message for r in rules), (rules, refusal.message)
+    assert any(word in refusal.message for r in rules for word in RULE_WORDS[r]), (rules, refusal.message)
 
 
 def assert_grant(grant: policy.Grant, spec: query_pb2.QuerySpec, terms: agreement_pb2.AgreementTerms) -> None:
@@ -473,6 +517,57 @@ def test_a_hub_always_has_its_own_data_and_nothing_else_changes_that(data, lifec
     spec = data.draw(specs_for(terms))
     for held in ([], [(evidence, state)]):
         assert policy.authorize(spec, PROVIDER.id, PROVIDER.id, held) == policy.Grant("", 1, None, None, "window")
+
+
+# For each rule, [data] fields under which a query can break it alone.
+RULE_TERMS = {
+    "purpose": {}, "aggregate": {}, "grouping": {"group_by": ["time_bucket"]},
+    "time grouping": {"group_by": ["municipality"]}, "bucket": {"smallest_bucket": "day", "group_by": ["time_bucket"]},
+    "window length": {"longest_window_days": 92}, "alignment": {"smallest_bucket": "day"},
+    "weeks in months": {"smallest_bucket": "week", "group_by": ["time_bucket"], "longest_window_days": 3660},
+    "dp": {"dp_epsilon": 0.5}, "epsilon without a budget": {"dp_epsilon": 0.0},
+}
+
+
+@settings(SETTINGS, max_examples=60)
+@pytest.mark.parametrize("rule", sorted(RULE_WORDS))
+@given(data=st.data())
+def test_each_rule_broken_alone_is_refused_naming_it(rule, data):
+    """Every rule, DP ones included, is exercised on its own (the broad tests above draw them
+    among many): removing any one check from federation/policy.py fails its case here."""
+    asker = ASKERS[data.draw(st.sampled_from(sorted(ASKERS)))]
+    terms = data.draw(terms_for(asker, **RULE_TERMS[rule]))
+    evidence, state = evidence_of(terms, {"provider": PROVIDER, "consumer": asker}, "active")
+    spec = data.draw(one_rule_broken(terms, (rule,)).filter(lambda spec: not shape_problems(spec)))
+    rules = broken_rules(spec, terms)
+    assert rule in rules, (rule, rules, spec)
+    with pytest.raises(Rejected) as refusal:
+        policy.authorize(spec, asker.id, PROVIDER.id, [(evidence, state)])
+    assert_refusal(refusal.value, terms, rules)
+
+
+@pytest.mark.parametrize("bucket", ["month", "year"])
+def test_a_week_agreement_never_releases_months_even_between_mondays(bucket):
+    """2018-01-01 and 2024-01-01 are Mondays and 1sts of January: aligned to weeks, months and
+    years, and still refused, since the bucket would cut the weeks around each month's start."""
+    asker = ASKERS["partner"]
+    terms = terms_mod.from_toml({
+        "agreement_id": "urn:uuid:00000000-0000-4000-8000-000000000007",
+        "purpose": {"code": "research", "description": "Weeks, never months"},
+        "data": {"datasets": ["air_quality"], "metrics": ["pm25"], "aggregates": ["mean"], "group_by": ["time_bucket"],
+                 "smallest_bucket": "week", "longest_window_days": 3660, "min_group_size": 1, "queries_per_day": 10},
+        "validity": {"from": VALID_FROM, "until": VALID_UNTIL},
+    }, PROVIDER.party, asker.party, now_ms=CREATED_MS)
+    evidence, state = evidence_of(terms, {"provider": PROVIDER, "consumer": asker}, "active")
+    start, end = (int(dt.datetime(y, 1, 1, tzinfo=UTC).timestamp() * 1000) for y in (2018, 2024))
+    spec = query_pb2.QuerySpec(dataset="air_quality", metric="pm25", aggregate="mean", bucket=bucket, group_by="region",
+                               start_ms=start, end_ms=end, purpose_code="research")
+    assert not shape_problems(spec) and broken_rules(spec, terms) == {"weeks in months"}
+    with pytest.raises(Rejected, match="whole weeks"):
+        policy.authorize(spec, asker.id, PROVIDER.id, [(evidence, state)])
+    for allowed in ("week", "window"):  # the same window by week or as a whole is released
+        spec.bucket = allowed
+        assert policy.authorize(spec, asker.id, PROVIDER.id, [(evidence, state)]).agreement_id == terms.agreement_id
 
 
 def test_with_no_agreement_at_all_the_refusal_names_both_parties():

@@ -151,7 +151,7 @@ def close(a: float, b: float) -> bool:
 class Region:
     def __init__(self, hubs: list[ProcessHub], partner: partners.PartnerKey, agreements: dict[str, str], tmp) -> None:
         self.hubs = hubs
-        self.by_number = {number: hub for (_, number, _), hub in zip(STATIONS, hubs)}
+        self.by_number = {number: hub for (_, number, _), hub in zip(STATIONS, hubs, strict=True)}
         self.municipality_of = {hub.hub_id: number for number, hub in self.by_number.items()}
         self.partner = partner
         self.agreements = agreements  # hub id -> its air-quality agreement with the partner
@@ -205,12 +205,12 @@ async def region(tmp_path_factory):
 
         # One station per hub, enrolled there; its whole 2019 file replayed through sealed ingest.
         sensors = [await _enrol(hub, tmp, filename.removesuffix(".csv"), "air_quality", AIR_METRICS)
-                   for hub, (_, _, filename) in zip(hubs, STATIONS)]
+                   for hub, (_, _, filename) in zip(hubs, STATIONS, strict=True)]
 
         def replay_station(sensor: Sensor, filename: str):
             return replay(sensor, _load_readings(filename))
-        summaries = await asyncio.gather(*(asyncio.to_thread(replay_station, s, f) for s, (_, _, f) in zip(sensors, STATIONS)))
-        for summary, (_, number, _) in zip(summaries, STATIONS):
+        summaries = await asyncio.gather(*(asyncio.to_thread(replay_station, s, f) for s, (_, _, f) in zip(sensors, STATIONS, strict=True)))
+        for summary, (_, number, _) in zip(summaries, STATIONS, strict=True):
             in_file = sum(len(REFERENCE[number][m]) for m in CSV_COLUMN)
             assert (summary.readings_stored, summary.readings_duplicate) == (in_file, 0), number
         timings["readings"] = sum(s.readings_stored for s in summaries)
@@ -261,7 +261,7 @@ def _all_answered(region: Region, answer) -> None:
 
 
 async def test_monthly_mean_per_municipality_matches_the_csv_and_verifies_offline(region):
-    spec, answer = await region.ask(metric="pm25", aggregate="mean", start_ms=Y2019, end_ms=Y2020,
+    _spec, answer = await region.ask(metric="pm25", aggregate="mean", start_ms=Y2019, end_ms=Y2020,
                                     bucket="month", group_by="municipality")
     _all_answered(region, answer)
 
@@ -374,7 +374,7 @@ async def test_only_consenting_subjects_count_and_a_withdrawal_changes_the_next_
         readings[subject] += values
     sensors = [await _enrol(bergen, region.tmp, f"meter-{s}{suffix}", "water_consumption", ["water_volume"], subject_id=s)
                for s, suffix in meters]
-    summaries = await asyncio.gather(*(asyncio.to_thread(replay, sensor, by_meter[m]) for sensor, m in zip(sensors, meters)))
+    summaries = await asyncio.gather(*(asyncio.to_thread(replay, sensor, by_meter[m]) for sensor, m in zip(sensors, meters, strict=True)))
     assert [x.readings_stored for x in summaries] == [len(by_meter[m]) for m in meters]
 
     # Consent for research: households 1-4. Household 5 consents to another purpose only;
@@ -384,7 +384,8 @@ async def test_only_consenting_subjects_count_and_a_withdrawal_changes_the_next_
         await bergen.admin("GrantConsent", admin_pb2.ConsentRequest(subject_id=subject, purpose_code="research"))
     await bergen.admin("GrantConsent", admin_pb2.ConsentRequest(subject_id=subjects[4], purpose_code="commercial_development"))
 
-    offered = await bergen.admin("ProposeAgreement", admin_pb2.ProposeAgreementRequest(terms_toml=WATER_TERMS, to=region.partner.partner_id))
+    offered = await bergen.admin("ProposeAgreement",
+                                 admin_pb2.ProposeAgreementRequest(terms_toml=WATER_TERMS, to=region.partner.partner_id))
     assert offered.terms.consent_required
     async with PartnerSession(region.partner, bergen.address, bergen.hub_id) as session:
         assert (await session.accept(offered.terms.agreement_id)).state == State.AGREEMENT_STATE_ACTIVE
@@ -453,9 +454,11 @@ async def test_a_frozen_provider_times_out_at_the_deadline(region):
 
 async def test_a_provider_killed_mid_query_gives_a_partial_answer_within_the_deadline(region):
     porsgrunn = region.by_number["3806"]
-    deadline_ms = 3000
+    deadline_ms = 10_000
     # Freeze the provider first, so that its Query.Partial is certainly in flight, then SIGKILL
     # it while the entry hub's fan-out is waiting for it (the other four have long answered).
+    # The kernel closes the dead process's connections, so the entry hub learns at once that
+    # the hub is gone: it must say `unavailable` well before the deadline, not wait it out.
     os.kill(porsgrunn.process.process.pid, signal.SIGSTOP)
     try:
         started = time.monotonic()
@@ -465,15 +468,17 @@ async def test_a_provider_killed_mid_query_gives_a_partial_answer_within_the_dea
         assert not task.done(), "the fan-out should still be waiting for the frozen provider"
     finally:
         porsgrunn.process.kill()  # SIGKILL, mid-query
-    spec, answer = await task
-    elapsed = time.monotonic() - started
+        killed = time.monotonic()
+    _spec, answer = await task
+    elapsed, after_kill = time.monotonic() - started, time.monotonic() - killed
     region.timings["killed_query_s"] = elapsed
-    print(f"\nanswer with a killed provider after {elapsed:.2f}s (deadline {deadline_ms} ms)")
+    print(f"\nanswer with a killed provider after {elapsed:.2f}s, {after_kill:.2f}s after the kill (deadline {deadline_ms} ms)")
 
-    assert elapsed < deadline_ms / 1000 + 3
+    assert after_kill < deadline_ms / 1000 / 2, "the entry hub waited for a dead hub instead of noticing it died"
     assert answer.partial and list(answer.missing_hubs) == [porsgrunn.hub_id]
     statuses = {hub_id: p.status for hub_id, p in _provenance(answer).items()}
-    assert statuses.pop(porsgrunn.hub_id) in ("unavailable", "timed_out")
+    assert statuses.pop(porsgrunn.hub_id) == "unavailable"
+    assert _provenance(answer)[porsgrunn.hub_id].latency_ms < deadline_ms / 2
     assert statuses == {hub.hub_id: "answered" for hub in region.hubs if hub is not porsgrunn}
     assert _provenance(answer)[porsgrunn.hub_id].reason
     print(f"killed hub: {_provenance(answer)[porsgrunn.hub_id].status}: {_provenance(answer)[porsgrunn.hub_id].reason}")

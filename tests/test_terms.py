@@ -19,7 +19,8 @@ def parties():
     return a, make(a, "Stavanger"), make(b, "Bergen")
 
 
-@pytest.mark.parametrize("section, misspelt", [("data", "consent_requried = true"), ("purpose", "kode = 'x'"), ("validity", "untill = 2030-01-01")])
+@pytest.mark.parametrize("section, misspelt",
+                         [("data", "consent_requried = true"), ("purpose", "kode = 'x'"), ("validity", "untill = 2030-01-01")])
 def test_a_misspelt_key_is_refused_not_ignored(section, misspelt):
     _, provider, consumer = parties()
     text = TERMS.replace(f"[{section}]\n", f"[{section}]\n{misspelt}\n")

@@ -22,6 +22,7 @@ from rich.text import Text
 
 from federation import answers, partners
 from node import hubdir
+from node.api.v1 import query_pb2
 from node.app import region
 from node.app.launcher import HubProcess
 from node.register import lookup
@@ -58,7 +59,8 @@ class RichSteps(region.Steps):
         self.number += 1
 
     def progress(self, description: str, total: int):
-        self._progress = Progress(TextColumn("   {task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+        self._progress = Progress(TextColumn("   {task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                  console=console)
         self._progress.start()
         task = self._progress.add_task(description, total=total)
         return lambda n: self._progress.advance(task, n)
@@ -77,14 +79,14 @@ def start_hubs(directory: Path) -> tuple[list[region.RegionHub], list[HubProcess
     processes = [HubProcess(hub.data_dir, DEMO_PASSPHRASE) for hub in hubs]
     with ThreadPoolExecutor(len(processes)) as pool:
         list(pool.map(lambda p: p.start(timeout=60), processes))
-    for hub, process in zip(hubs, processes):
+    for hub, process in zip(hubs, processes, strict=True):
         hub.address = process.endpoint["grpc_address"]
         hub.extra["http_url"] = process.endpoint["http_url"]
     return hubs, processes
 
 
 def print_monthly_table(answer) -> None:
-    by_month: dict[str, dict[str, float]] = {}
+    by_month: dict[str, dict[str, query_pb2.Row]] = {}
     for row in answer.rows:
         by_month.setdefault(row.bucket_label, {})[row.group] = row
     groups = [s.municipality for s in region.STATIONS]
@@ -119,7 +121,8 @@ def run_demo(directory: Path, keep_running: bool) -> None:
         region.setup_region(hubs, directory, region.Partner(partner, key_file, *PARTNER), steps)
 
         entry = hubs[0]
-        steps.step(f"The partner asks the region, through the {lookup(entry.station.municipality).name} hub: monthly mean PM2.5 per municipality in 2019")
+        steps.step(f"The partner asks the region, through the {lookup(entry.station.municipality).name} hub:"
+                   " monthly mean PM2.5 per municipality in 2019")
         answer = asyncio.run(region.ask_as_partner(partner, entry, region.monthly_pm25_spec()))
         answer_file = directory / "answer-monthly-pm25.json"
         answer_file.write_bytes(answers.to_json(answer))
@@ -151,7 +154,7 @@ def run_demo(directory: Path, keep_running: bool) -> None:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, _interrupt)
             try:
-                while all(p.process.poll() is None for p in processes):
+                while all(p.process is not None and p.process.poll() is None for p in processes):
                     time.sleep(0.5)
             except KeyboardInterrupt:
                 pass

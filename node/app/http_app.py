@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from node.app.dashboard.routes import Dashboard
 
 HUB_KEY = web.AppKey("hub", Hub)
-FEDERATION_KEY = web.AppKey("federation", object)
+FEDERATION_KEY: web.AppKey[Federation] = web.AppKey("federation")
 FRAME_CONTENT_TYPE = "application/vnd.smartregion.frame"
 
 

@@ -39,9 +39,8 @@ class HubProcess:
             args.append("--insecure")
         self.log_path = self.log_path or self.data_dir / "run" / "hub.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         endpoint_file = hub_dir.file(ENDPOINT_FILE)
         while time.monotonic() < deadline:
@@ -59,6 +58,8 @@ class HubProcess:
         raise LaunchError(f"the hub in {self.data_dir} did not start within {timeout}s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 20) -> str:
+        if self.log_path is None:
+            return ""
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except (OSError, AttributeError):

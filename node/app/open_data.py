@@ -54,7 +54,8 @@ async def aggregate(hub: Hub, dataset: str, metric: str, params) -> list[dict]:
     except catalog.CatalogError as exc:
         raise Rejected(Reason.NOT_FOUND, str(exc)) from None
     if ds.classification is not catalog.Classification.OPEN:
-        raise Rejected(Reason.PERMISSION_DENIED, f"dataset {dataset!r} is {ds.classification.value}, not open data; it is shared only under an agreement")
+        raise Rejected(Reason.PERMISSION_DENIED,
+                       f"dataset {dataset!r} is {ds.classification.value}, not open data; it is shared only under an agreement")
     aggregate_name = params.get("aggregate", "mean")
     if aggregate_name not in OPEN_AGGREGATES:
         raise Rejected(Reason.INVALID_REQUEST, f"aggregate must be one of: {', '.join(OPEN_AGGREGATES)}")

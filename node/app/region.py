@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -151,7 +152,7 @@ def share_between_hubs(hubs: list[RegionHub], on_signed: Callable[[], None] = la
                         to=consumer.hub_id))
                     pending.append((consumer, view.terms.agreement_id))
     for consumer, agreement_id in pending:
-        wait_until(lambda: _has_agreement(consumer, agreement_id), f"agreement {agreement_id} to reach {consumer.station.slug}")
+        wait_until(functools.partial(_has_agreement, consumer, agreement_id), f"agreement {agreement_id} to reach {consumer.station.slug}")
         with consumer.admin() as admin:
             admin.call("AcceptAgreement", admin_pb2.AgreementRef(agreement_id=agreement_id))
         on_signed()
@@ -208,7 +209,8 @@ def station_for(municipality: str) -> Station:
     for station in STATIONS:
         if station.municipality == municipality:
             return station
-    raise ValueError(f"no demo station in municipality {municipality}; the region demo covers {', '.join(s.municipality for s in STATIONS)}")
+    covered = ", ".join(s.municipality for s in STATIONS)
+    raise ValueError(f"no demo station in municipality {municipality}; the region demo covers {covered}")
 
 
 class Steps:
@@ -220,8 +222,9 @@ class Steps:
     def done(self) -> None: ...
 
 
-def setup_region(hubs: list[RegionHub], work_dir: Path, partner: Partner, steps: Steps = Steps()) -> None:
+def setup_region(hubs: list[RegionHub], work_dir: Path, partner: Partner, steps: Steps | None = None) -> None:
     """Enrol and replay every station, peer all hubs, sign hub-to-hub and partner agreements."""
+    steps = steps or Steps()
     steps.step("Enrolling each station as a sensor with its own 256-bit key, replaying 2019 sealed per sensor")
     credentials = work_dir / "credentials"
     credentials.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import grpc
@@ -118,7 +118,9 @@ def counter_store_for(credential: SensorCredential) -> CounterStore:
     return CounterStore(credential.path.with_name(credential.path.name + ".counter"))
 
 
-def read_station_csv(path: Path, metrics: Iterable[str], since: dt.date | None = None, until: dt.date | None = None) -> Iterator[senml.Reading]:
+def read_station_csv(
+    path: Path, metrics: Iterable[str], since: dt.date | None = None, until: dt.date | None = None,
+) -> Iterator[senml.Reading]:
     """Readings from a CSV shaped like the station files (date,time,<metric columns>...).
     Empty cells are missing values and are skipped; times are UTC."""
     metrics = list(metrics)
@@ -178,7 +180,7 @@ class Sensor:
                 frames.FrameHeader(self._hub_id, self._sensor_id, counter),
                 senml.encode(batch, self.credential.units),
             )
-            for counter, batch in zip(counters, batches)
+            for counter, batch in zip(counters, batches, strict=True)
         ]
 
     def channel(self):
@@ -191,6 +193,9 @@ class Sensor:
     def send_http(self, sealed: bytes, timeout: float = 30.0) -> dict:
         """POST one frame to the hub's HTTP endpoint (stdlib only, pinned TLS)."""
         url = urlsplit(self.credential.http_url)
+        if not url.hostname:
+            raise ValueError(f"the credential's http_url {self.credential.http_url!r} names no host")
+        conn: http.client.HTTPConnection
         if url.scheme == "https":
             context = ssl.create_default_context(cadata=self.credential.hub_cert_pem.decode())
             conn = PinnedHTTPSConnection(url.hostname, url.port, context=context, server_name=self.credential.hub_id, timeout=timeout)
@@ -209,13 +214,14 @@ class Sensor:
 class PinnedHTTPSConnection(http.client.HTTPSConnection):
     """HTTPS whose TLS server name is the hub id (the certificate's name), not the host."""
 
-    def __init__(self, host: str, port: int | None, *, server_name: str, **kwargs) -> None:
-        super().__init__(host, port, **kwargs)
+    def __init__(self, host: str, port: int | None, *, context: ssl.SSLContext, server_name: str, **kwargs: Any) -> None:
+        super().__init__(host, port, context=context, **kwargs)
         self._server_name = server_name
+        self._tls_context = context
 
     def connect(self) -> None:
         sock = socket.create_connection((self.host, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self._server_name)
+        self.sock = self._tls_context.wrap_socket(sock, server_hostname=self._server_name)
 
 
 @dataclass

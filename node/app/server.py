@@ -142,7 +142,7 @@ async def start(
         await server.stop(0)
         await runner.cleanup()
         raise
-    http_bound = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
+    http_bound = runner.addresses[0][1]  # the real port when 0 was asked
 
     advertise = net.advertise_host if host in ("0.0.0.0", "::") else host
     hub.endpoint = Endpoint(

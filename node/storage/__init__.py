@@ -8,6 +8,7 @@ beside the writer).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -47,7 +48,7 @@ class Storage:
         return await asyncio.get_running_loop().run_in_executor(self._reader_pool, lambda: fn(self._store()))
 
     def close(self) -> None:
-        def close_local():
+        def close_local() -> None:
             store = getattr(self._local, "store", None)
             if store is not None:
                 store.close()
@@ -59,8 +60,6 @@ class Storage:
         self._reader_pool.shutdown(wait=True)
         with self._lock:
             for store in self._stores:
-                try:
+                with contextlib.suppress(Exception):  # closing is best effort; one failure must not keep others open
                     store.close()
-                except Exception:
-                    pass
             self._stores.clear()

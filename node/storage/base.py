@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass
@@ -81,7 +81,7 @@ class ReadingFilter:
     start_ms: int | None = None  # inclusive
     end_ms: int | None = None  # exclusive
     limit: int | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -224,7 +224,9 @@ class Store(Protocol):
     def touch_partner(self, partner_id: str, at_ms: int) -> None: ...
     def get_agreement(self, agreement_id: str) -> AgreementRow | None: ...
     def list_agreements(self, party_id: str | None = None) -> list[AgreementRow]: ...
-    def save_agreements(self, rows: Sequence[AgreementRow], events: Sequence[AgreementEventRow], notify_peers: Sequence[str], now_ms: int) -> None: ...
+    def save_agreements(
+        self, rows: Sequence[AgreementRow], events: Sequence[AgreementEventRow], notify_peers: Sequence[str], now_ms: int,
+    ) -> None: ...
     def agreement_events(self, agreement_id: str) -> list[AgreementEventRow]: ...
     def schedule_delivery(self, peer_id: str, now_ms: int) -> None: ...
     def due_deliveries(self, now_ms: int) -> list[Delivery]: ...

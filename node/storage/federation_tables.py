@@ -1,27 +1,28 @@
 """SQLite tables of federation: peers, partners, agreements, the delivery outbox, the audit
-log and seen request nonces. Mixed into SqliteStore, which provides `conn` and `_transaction`."""
+log and seen request nonces. Mixed into SqliteStore (the connection and transactions: Connected)."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
 from dataclasses import astuple, fields
+from typing import Any
 
 from node.storage.base import AgreementEventRow, AgreementRow, AuditRow, Delivery, PartnerRecord, PeerRecord
+from node.storage.connected import Connected
 
 GENESIS_HASH = bytes(32)
 
 
-def _columns(record_type) -> str:
+def _columns(record_type: type) -> str:
     return ", ".join(f.name for f in fields(record_type))
 
 
-def _placeholders(record_type) -> str:
+def _placeholders(record_type: type) -> str:
     return ", ".join("?" for _ in fields(record_type))
 
 
-class FederationTables:
-    conn = None  # provided by SqliteStore
+class FederationTables(Connected):
 
     # -- peers -------------------------------------------------------------------------
     def upsert_peer(self, peer: PeerRecord) -> None:
@@ -38,7 +39,7 @@ class FederationTables:
         return [PeerRecord(*r) for r in self.conn.execute(f"SELECT {_columns(PeerRecord)} FROM peers {where} ORDER BY added_at_ms")]
 
     def remove_peer(self, hub_id: str, at_ms: int) -> None:
-        def work():
+        def work() -> None:
             self.conn.execute("UPDATE peers SET removed_at_ms = ? WHERE hub_id = ? AND removed_at_ms IS NULL", (at_ms, hub_id))
             self.conn.execute("DELETE FROM outbox WHERE peer_id = ?", (hub_id,))
 
@@ -53,6 +54,7 @@ class FederationTables:
         ))
 
     def record_peer_contact(self, hub_id: str, at_ms: int, latency_ms: float | None, error: str) -> None:
+        params: tuple[Any, ...]
         if error:
             sql, params = "UPDATE peers SET last_error = ? WHERE hub_id = ?", (error, hub_id)
         else:
@@ -83,7 +85,7 @@ class FederationTables:
 
     def list_agreements(self, party_id: str | None = None) -> list[AgreementRow]:
         sql = f"SELECT {_columns(AgreementRow)} FROM agreements"
-        params: tuple = ()
+        params: tuple[Any, ...] = ()
         if party_id is not None:
             sql += " WHERE provider_id = ? OR consumer_id = ?"
             params = (party_id, party_id)
@@ -93,7 +95,7 @@ class FederationTables:
                         notify_peers: Sequence[str], now_ms: int) -> None:
         """Store merged evidence, its history, and schedule delivery to peers: one transaction."""
 
-        def work():
+        def work() -> None:
             for row in rows:
                 self.conn.execute(
                     f"INSERT INTO agreements ({_columns(AgreementRow)}) VALUES ({_placeholders(AgreementRow)}) "
@@ -128,7 +130,8 @@ class FederationTables:
 
     def due_deliveries(self, now_ms: int) -> list[Delivery]:
         rows = self.conn.execute(
-            "SELECT peer_id, generation, attempts, next_attempt_ms, last_error FROM outbox WHERE next_attempt_ms <= ? ORDER BY next_attempt_ms",
+            "SELECT peer_id, generation, attempts, next_attempt_ms, last_error FROM outbox"
+            " WHERE next_attempt_ms <= ? ORDER BY next_attempt_ms",
             (now_ms,),
         )
         return [Delivery(*r) for r in rows]
@@ -156,7 +159,7 @@ class FederationTables:
 
     # -- audit log ---------------------------------------------------------------------
     def append_audit(self, entries: Sequence[bytes]) -> list[AuditRow]:
-        def work():
+        def work() -> list[AuditRow]:
             last = self.conn.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
             seq, prev = (last[0], last[1]) if last else (0, GENESIS_HASH)
             rows = []
@@ -173,7 +176,7 @@ class FederationTables:
     def audit_rows(self, after_seq: int = 0, limit: int | None = None, newest_first: bool = False) -> list[AuditRow]:
         order = "DESC" if newest_first else "ASC"
         sql = f"SELECT seq, entry, prev_hash, hash FROM audit_log WHERE seq > ? ORDER BY seq {order}"
-        params: tuple = (after_seq,)
+        params: tuple[Any, ...] = (after_seq,)
         if limit is not None:
             sql += " LIMIT ?"
             params += (limit,)
@@ -183,7 +186,7 @@ class FederationTables:
     def remember_nonce(self, caller_id: str, nonce: bytes, expires_at_ms: int, now_ms: int) -> bool:
         """False if this caller used this nonce before (a replayed request)."""
 
-        def work():
+        def work() -> bool:
             self.conn.execute("DELETE FROM seen_nonces WHERE expires_at_ms < ?", (now_ms,))
             cursor = self.conn.execute(
                 "INSERT OR IGNORE INTO seen_nonces (caller_id, nonce, expires_at_ms) VALUES (?, ?, ?)", (caller_id, nonce, expires_at_ms)

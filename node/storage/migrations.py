@@ -152,7 +152,7 @@ LATEST_VERSION = MIGRATIONS[-1][0]
 
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring the database to the latest schema; return the version it is at."""
-    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    current: int = conn.execute("PRAGMA user_version").fetchone()[0]
     if current > LATEST_VERSION:
         raise RuntimeError(
             f"the database has schema version {current}, newer than this smartregion ({LATEST_VERSION}); upgrade smartregion"

@@ -3,8 +3,11 @@ Mixed into SqliteStore. Aggregation runs inside SQLite; no raw reading is return
 
 from __future__ import annotations
 
+from typing import Any
+
 from node.sketch.sql import bin_sql
 from node.storage.base import AggregateRequest, CellRow, ConsentRow
+from node.storage.connected import Connected
 
 _WEEK_SHIFT_MS = 3 * 86_400_000  # 1970-01-01 was a Thursday; ISO weeks start on Monday
 _BUCKET_SQL = {
@@ -16,12 +19,11 @@ _BUCKET_SQL = {
 }
 
 
-class QueryTables:
-    conn = None  # provided by SqliteStore
+class QueryTables(Connected):
 
-    def _where(self, req: AggregateRequest) -> tuple[str, list]:
+    def _where(self, req: AggregateRequest) -> tuple[str, list[Any]]:
         sql = "s.dataset = ? AND r.metric = ? AND r.time_ms >= ? AND r.time_ms < ?"
-        params: list = [req.dataset, req.metric, req.start_ms, req.end_ms]
+        params: list[Any] = [req.dataset, req.metric, req.start_ms, req.end_ms]
         if req.consent_purpose is not None:
             sql += (" AND s.subject_id IN (SELECT subject_id FROM consents"
                     " WHERE purpose_code = ? AND withdrawn_at_ms IS NULL)")
@@ -54,7 +56,7 @@ class QueryTables:
     def grant_consent(self, subject_id: str, purpose_code: str, at_ms: int) -> bool:
         """False if consent for this purpose is already active."""
 
-        def work():
+        def work() -> bool:
             active = self.conn.execute(
                 "SELECT 1 FROM consents WHERE subject_id = ? AND purpose_code = ? AND withdrawn_at_ms IS NULL",
                 (subject_id, purpose_code),
@@ -77,7 +79,7 @@ class QueryTables:
 
     def list_consents(self, subject_id: str | None = None) -> list[ConsentRow]:
         sql = "SELECT subject_id, purpose_code, granted_at_ms, withdrawn_at_ms FROM consents"
-        params: tuple = ()
+        params: tuple[Any, ...] = ()
         if subject_id:
             sql += " WHERE subject_id = ?"
             params = (subject_id,)
@@ -88,7 +90,7 @@ class QueryTables:
         """Count one query (and the epsilon it spends) against the day's quota and privacy
         budget, atomically. Returns "ok", or "quota" / "budget" (and counts nothing)."""
 
-        def work():
+        def work() -> str:
             row = self.conn.execute("SELECT queries, epsilon_spent FROM agreement_usage WHERE agreement_id = ? AND day = ?",
                                     (agreement_id, day)).fetchone()
             used, spent = row if row else (0, 0.0)

@@ -8,6 +8,7 @@ import sqlite3
 from collections.abc import Sequence
 from itertools import chain
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
@@ -56,7 +57,7 @@ def _insert_readings(conn: sqlite3.Connection, sensor_ref: int, readings: Sequen
         start += rows
 
 
-def _sensor(row: tuple) -> SensorRecord:
+def _sensor(row: tuple[Any, ...]) -> SensorRecord:
     values = list(row)
     values[2] = json.loads(values[2])
     return SensorRecord(*values)
@@ -73,19 +74,11 @@ class SqliteStore(FederationTables, QueryTables, LifecycleTables):
         self.conn = conn
         self.version = migrate(conn)
 
+    def schema_version(self) -> int:
+        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+
     def close(self) -> None:
         self.conn.close()
-
-    # -- transactions -------------------------------------------------------------------
-    def _transaction(self, work):
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = work()
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
-        return result
 
     # -- sensors -------------------------------------------------------------------------
     def add_sensor(self, sensor: SensorRecord) -> None:
@@ -100,7 +93,7 @@ class SqliteStore(FederationTables, QueryTables, LifecycleTables):
             "wrapped_key": sensor.wrapped_key,
             "enrolled_at_ms": sensor.enrolled_at_ms,
         }
-        self._transaction(lambda: self.db["sensors"].insert(row))
+        self._transaction(lambda: self.db.table("sensors").insert(row))
 
     def get_sensor(self, sensor_id: str) -> SensorRecord | None:
         row = self.conn.execute(f"SELECT {_SENSOR_COLUMNS} FROM sensors WHERE sensor_id = ?", (sensor_id,)).fetchone()
@@ -112,7 +105,7 @@ class SqliteStore(FederationTables, QueryTables, LifecycleTables):
         return [_sensor(r) for r in rows]
 
     def revoke_sensor(self, sensor_id: str, at_ms: int) -> SensorRecord | None:
-        def work():
+        def work() -> SensorRecord | None:
             self.conn.execute(
                 "UPDATE sensors SET revoked_at_ms = ? WHERE sensor_id = ? AND revoked_at_ms IS NULL", (at_ms, sensor_id)
             )
@@ -153,7 +146,7 @@ class SqliteStore(FederationTables, QueryTables, LifecycleTables):
         return self._transaction(work)
 
     def record_rejection(self, reason: str, sensor_id: str | None) -> None:
-        def work():
+        def work() -> None:
             self.conn.execute(
                 "INSERT INTO rejections (reason, count) VALUES (?, 1) "
                 "ON CONFLICT(reason) DO UPDATE SET count = count + 1",
@@ -179,7 +172,8 @@ class SqliteStore(FederationTables, QueryTables, LifecycleTables):
         return [MetricSummary(*r) for r in rows]
 
     def readings(self, where: ReadingFilter) -> list[ReadingRow]:
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         for column, value in (("s.dataset", where.dataset), ("r.metric", where.metric), ("s.sensor_id", where.sensor_id)):
             if value is not None:
                 clauses.append(f"{column} = ?")

@@ -114,7 +114,9 @@ def export(
 
 
 @app.command("verify")
-def verify(file: Annotated[Path, typer.Argument(help="An exported agreement.", exists=True, dir_okay=False)], json_output: JsonFlag = False) -> None:
+def verify(
+    file: Annotated[Path, typer.Argument(help="An exported agreement.", exists=True, dir_okay=False)], json_output: JsonFlag = False,
+) -> None:
     """Verify an exported agreement offline: signatures, parties, integrity of every byte."""
     try:
         verified = export_mod.verify(file.read_bytes(), SYSTEM_CLOCK.now_ms())

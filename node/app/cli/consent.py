@@ -37,7 +37,9 @@ def withdraw(data_dir: DataDir, subject: Subject, purpose: Purpose) -> None:
 
 
 @app.command("list")
-def list_consents(data_dir: DataDir, subject: Annotated[str, typer.Option(help="Only this subject.")] = "", json_output: JsonFlag = False) -> None:
+def list_consents(
+    data_dir: DataDir, subject: Annotated[str, typer.Option(help="Only this subject.")] = "", json_output: JsonFlag = False,
+) -> None:
     """Consents and withdrawals, oldest first."""
     with user_errors(), AdminClient(data_dir) as client:
         response = client.call("ListConsents", admin_pb2.ListConsentsRequest(subject_id=subject))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from pathlib import Path
 from typing import Annotated
@@ -54,12 +55,13 @@ def main(
 def init(
     data_dir: DataDir,
     municipality: Annotated[str, typer.Option(help="Kommunenummer (1103) or name (Stavanger).")],
-    host: Annotated[list[str], typer.Option(help="Extra DNS name or IP for the TLS certificate (repeatable).")] = [],
+    host: Annotated[list[str], typer.Option(help="Extra DNS name or IP for the TLS certificate (repeatable).")] = [],  # noqa: B006 -- typer copies defaults
     listen_host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     advertise_host: Annotated[str | None, typer.Option(help="Address sensors and peers dial (default: the listen address).")] = None,
     grpc_port: Annotated[int, typer.Option(min=0, max=65535)] = hubdir.DEFAULT_GRPC_PORT,
     http_port: Annotated[int, typer.Option(min=0, max=65535)] = hubdir.DEFAULT_HTTP_PORT,
-    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Succeed without changes if the directory already holds a hub (for containers).")] = False,
+    exist_ok: Annotated[bool, typer.Option(
+        "--exist-ok", help="Succeed without changes if the directory already holds a hub (for containers).")] = False,
 ) -> None:
     """Create a hub for a municipality: keys, TLS certificate, admin credential, storage."""
     with user_errors():
@@ -88,7 +90,9 @@ def serve(
     http_port: Annotated[int | None, typer.Option(min=0, max=65535, help="HTTP port (default from hub.toml; 0 picks a free one).")] = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on (default from hub.toml).")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Serve plaintext, without TLS. For local experiments only.")] = False,
-    dashboard_read_only: Annotated[bool, typer.Option("--dashboard-read-only", help="Show the dashboard without logging in (it is read-only; use on trusted networks).")] = False,
+    dashboard_read_only: Annotated[bool, typer.Option(
+        "--dashboard-read-only",
+        help="Show the dashboard without logging in (it is read-only; use on trusted networks).")] = False,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Run the hub (gRPC and HTTP) until SIGTERM or Ctrl-C."""
@@ -98,11 +102,9 @@ def serve(
     logs.configure(log_level.upper())
     with user_errors():
         hub = Hub.open(data_dir, passphrase())
-        try:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how an operator stops a foreground hub
             asyncio.run(serve_forever(hub, host=host, grpc_port=grpc_port, http_port=http_port, insecure=insecure,
                                       dashboard_read_only=dashboard_read_only))
-        except KeyboardInterrupt:
-            pass
 
 
 def _when(ms: int) -> str:

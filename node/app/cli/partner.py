@@ -51,7 +51,8 @@ def add(
 ) -> None:
     """Register a partner by its public key (hub admin)."""
     with user_errors(), AdminClient(data_dir) as client:
-        partner = client.call("AddPartner", admin_pb2.AddPartnerRequest(name=name, org_number=org_number, public_key_file=public_key.read_bytes()))
+        request = admin_pb2.AddPartnerRequest(name=name, org_number=org_number, public_key_file=public_key.read_bytes())
+        partner = client.call("AddPartner", request)
     if json_output:
         print_json(as_dict(partner))
     else:
@@ -105,7 +106,8 @@ def agreements(key: KeyFile, hub: HubAddress, hub_id: HubId, json_output: JsonFl
         console.print(f"Hub {hub_id} holds no agreement with you.")
     for h in held:
         console.print(terms_table(h.evidence.terms))
-        console.print(f"state {state_name(h.state)}" + ("  — awaiting your signature: smartregion partner accept ID" if h.awaiting_partner else "") + "\n")
+        awaiting = "  — awaiting your signature: smartregion partner accept ID" if h.awaiting_partner else ""
+        console.print(f"state {state_name(h.state)}{awaiting}\n")
 
 
 @app.command("accept")

@@ -49,7 +49,8 @@ def print_answer(answer) -> None:
     table = Table("group", "bucket", "value", "readings", "contributors")
     for r in answer.rows:
         value = "suppressed" if r.suppressed else f"{r.value:.3f}"
-        table.add_row(r.group, r.bucket_label, value, str(r.readings) if not r.suppressed else "-", str(r.contributors) if not r.suppressed else "-")
+        counts = ("-", "-") if r.suppressed else (str(r.readings), str(r.contributors))
+        table.add_row(r.group, r.bucket_label, value, *counts)
     console.print(table)
     sources = Table("hub", "municipality", "status", "agreement", "latency", "reason", title="provenance")
     for p in answer.provenance:
@@ -83,8 +84,8 @@ def run(
     bucket: Annotated[str, typer.Option(help="hour, day, week, month, year or window.")] = "window",
     group_by: Annotated[str, typer.Option(help="municipality or region.")] = "region",
     quantile: Annotated[float, typer.Option(help="For --aggregate quantile: in (0, 1).")] = 0.0,
-    municipality: Annotated[list[str], typer.Option(help="Only these municipalities (repeatable).")] = [],
-    hub: Annotated[list[str], typer.Option("--ask-hub", help="Only these hub ids (repeatable).")] = [],
+    municipality: Annotated[list[str], typer.Option(help="Only these municipalities (repeatable).")] = [],  # noqa: B006 -- typer copies defaults
+    hub: Annotated[list[str], typer.Option("--ask-hub", help="Only these hub ids (repeatable).")] = [],  # noqa: B006 -- typer copies defaults
     deadline_ms: Annotated[int, typer.Option(min=0, max=60000, help="Per-hub deadline in ms (0: 10 s).")] = 0,
     epsilon: Annotated[float, typer.Option(min=0.0, help="Privacy budget to spend under agreements with one (0: a tenth of it).")] = 0.0,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", "-d", help="Ask as this hub (its admin credential).")] = None,
@@ -126,7 +127,9 @@ def run(
 
 
 @app.command("verify")
-def verify(file: Annotated[Path, typer.Argument(help="An answer saved with `query run --output json`.", exists=True, dir_okay=False)]) -> None:
+def verify(
+    file: Annotated[Path, typer.Argument(help="An answer saved with `query run --output json`.", exists=True, dir_okay=False)],
+) -> None:
     """Verify an answer offline: which hub signed which partial, and that the rows follow from them."""
     try:
         verified = answers.verify(file.read_bytes())

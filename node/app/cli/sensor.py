@@ -83,7 +83,8 @@ def list_sensors(
     table = Table("sensor id", "label", "dataset", "metrics", "readings", "last seen", "rejected", "state")
     for s in response.sensors:
         state = f"revoked {_ms(s.revoked_at_ms)}" if s.revoked_at_ms else "active"
-        table.add_row(s.sensor_id, s.label, s.dataset, ",".join(s.metrics), str(s.readings), _ms(s.last_seen_ms), str(s.frames_rejected), state)
+        table.add_row(s.sensor_id, s.label, s.dataset, ",".join(s.metrics), str(s.readings), _ms(s.last_seen_ms),
+                      str(s.frames_rejected), state)
     console.print(table)
 
 

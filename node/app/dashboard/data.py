@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import operator
 
 from federation import agreements as ag
 from federation.query_service import QueryService
@@ -65,7 +66,7 @@ class DashboardData:
         out = []
         for info in await self.federation.book.list():
             t = info.evidence.terms
-            used, epsilon_spent = await self.hub.storage.read(lambda s: s.quota_used(t.agreement_id, day))
+            used, epsilon_spent = await self.hub.storage.read(operator.methodcaller("quota_used", t.agreement_id, day))
             out.append({
                 "agreement_id": t.agreement_id, "version": t.version, "role": info.role,
                 "counterparty": info.counterparty.name or info.counterparty.id, "counterparty_id": info.counterparty.id,

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 from federation.agreement_book import AgreementInfo
 from federation.query_service import QueryService
 from federation.service import Federation
 from node import consent
-from node.api.v1 import admin_pb2
+from node.api.v1 import admin_pb2, agreement_pb2
 from node.app.servicers.common import translate_rejections
 from node.register import lookup
 from node.storage.base import PartnerRecord, PeerRecord
+
+if TYPE_CHECKING:
+    from node.hub import Hub
 
 
 def peer_message(peer: PeerRecord, state: str, pending: int) -> admin_pb2.Peer:
@@ -31,7 +36,7 @@ def agreement_view(info: AgreementInfo) -> admin_pb2.AgreementView:
     e = info.evidence
     return admin_pb2.AgreementView(
         terms=e.terms,
-        state=info.state,
+        state=cast("agreement_pb2.AgreementState", info.state),
         signatures=[admin_pb2.SignatureCheck(signer_id=s, role=e.role_of(s), valid=True) for s in sorted(e.signatures)],
         revocations=[r.revocation for _, r in sorted(e.revocations.items())],
         history=[admin_pb2.AgreementEvent(at_ms=h.at_ms, event=h.event, actor=h.actor, detail=h.detail) for h in info.history],
@@ -101,6 +106,7 @@ def consent_message(row) -> admin_pb2.Consent:
 class QueryAdmin:
     """Admin RPCs for queries and consent (mixed into AdminServicer)."""
 
+    hub: Hub
     queries: QueryService
 
     @translate_rejections
