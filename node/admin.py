@@ -31,7 +31,7 @@ async def status(hub: Hub) -> Status:
 
 async def add_sensor(hub: Hub, enrolment: Enrolment) -> tuple[SensorRecord, bytes]:
     """Enrol a sensor; return its record and its credential file (the only copy of its key)."""
-    record, key = new_sensor(enrolment, hub.identity.key_encryption_key, hub.identity.hub_id)
+    record, key = new_sensor(enrolment, hub.identity.key_encryption_key, hub.identity.hub_id, hub.catalog)
     await hub.storage.write(lambda s: s.add_sensor(record))
     credential = credential_json(
         record,
@@ -42,6 +42,7 @@ async def add_sensor(hub: Hub, enrolment: Enrolment) -> tuple[SensorRecord, byte
         http_url=hub.endpoint.http_url,
         tls=hub.endpoint.tls,
         tls_cert_pem=hub.identity.tls_cert_pem.decode(),
+        datasets=hub.catalog,
     )
     return record, credential
 

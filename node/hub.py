@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from node import __version__
+from node import __version__, catalog
 from node.clock import SYSTEM_CLOCK, Clock
 from node.hubdir import DB_FILE, HubConfig, HubDir
 from node.identity import HubIdentity
@@ -29,6 +29,7 @@ class Hub:
     storage: Storage
     ingest: IngestService
     metrics: HubMetrics
+    catalog: catalog.Catalog = field(default=catalog.DEFAULT)  # DATA_DIR/catalog.toml or the shipped default
     endpoint: Endpoint = field(default_factory=Endpoint)
     clock: Clock = field(default=SYSTEM_CLOCK)
     started_at_ms: int = 0
@@ -39,6 +40,7 @@ class Hub:
     def open(cls, path: Path, passphrase: bytes, clock: Clock = SYSTEM_CLOCK) -> Hub:
         hub_dir = HubDir(Path(path))
         config = hub_dir.config()
+        datasets = hub_dir.catalog()  # validated here: a hub does not start with a broken catalog
         serve_lock = hub_dir.lock_for_serving()
         identity = hub_dir.identity(passphrase)
         storage = Storage(hub_dir.file(DB_FILE))
@@ -49,8 +51,9 @@ class Hub:
             storage,
             on_rejection=metrics.rejected,
             on_accepted=metrics.accepted,
+            datasets=datasets,
         )
-        return cls(hub_dir, config, identity, storage, ingest, metrics, clock=clock,
+        return cls(hub_dir, config, identity, storage, ingest, metrics, catalog=datasets, clock=clock,
                    started_at_ms=clock.now_ms(), serve_lock=serve_lock)
 
     def close(self) -> None:

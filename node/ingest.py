@@ -57,11 +57,13 @@ class IngestService:
         storage: Storage,
         on_rejection: Callable[[Reason], None] | None = None,
         on_accepted: Callable[[int], None] | None = None,
+        datasets: catalog.Catalog = catalog.DEFAULT,
     ) -> None:
         self.hub_id = hub_id
         self._kek = key_encryption_key
         self._storage = storage
         self._sensors: dict[str, _KnownSensor] = {}
+        self.catalog = datasets  # the hub's catalog (hub configuration): what a reading is checked against
         self._on_rejection = on_rejection or (lambda reason: None)
         self._on_accepted = on_accepted or (lambda readings: None)
 
@@ -80,7 +82,7 @@ class IngestService:
             except ValueError as exc:  # a damaged or tampered database: the operator must know
                 log.error("sensor key does not unwrap", extra={"sensor_id": sensor_id})
                 raise await self.reject(Reason.INTERNAL, str(exc), sensor_id) from None
-            dataset_metrics = catalog.dataset(record.dataset).metrics
+            dataset_metrics = self.catalog.dataset(record.dataset).metrics
             known = _KnownSensor(record, AESGCM(key), {m: dataset_metrics[m] for m in record.metrics})
             self._sensors[sensor_id] = known
         return known

@@ -1,0 +1,119 @@
+"""The catalog as hub configuration (catalog.toml) and the 2024 municipality register."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from node import catalog, hubdir, register
+from node.app.cli.main import app
+from node.hub import Hub
+from tests.conftest import PASSPHRASE, make_hub_dir, start_live_hub
+
+RUNNER = CliRunner()
+
+OWN_CATALOG = """
+[[dataset]]
+name = "school_co2"
+fiware_type = "IndoorEnvironmentObserved"
+classification = "restricted"
+retention_days = 365
+description = "CO2 in school rooms"
+metrics = [ { name = "co2", unit = "ppm", minimum = 0, maximum = 10000, description = "CO2" } ]
+"""
+
+
+def test_default_catalog_keeps_the_datasets_others_use():
+    assert {"air_quality", "traffic", "water_consumption", "electricity"} <= set(catalog.DATASETS)
+    assert catalog.dataset("air_quality").metrics["pm25"].unit == "ug/m3"
+    assert catalog.dataset("traffic").classification is catalog.Classification.RESTRICTED
+    assert all(d.retention_days > 0 and d.fiware_type for d in catalog.DATASETS.values())
+
+
+@pytest.mark.parametrize(
+    ("mutation", "message"),
+    [
+        (lambda t: t.replace('unit = "ppm"', 'unit = "parts"'), "is not a SenML unit"),
+        (lambda t: t.replace("description = \"CO2\" }", "description = \"CO2\" }, { name = \"co2\", unit = \"ppm\" }"), "defined twice"),
+        (lambda t: t.replace('"restricted"', '"secret"'), "classification must be one of"),
+        (lambda t: t.replace("minimum = 0, maximum = 10000", "minimum = 5, maximum = 1"), "is not below maximum"),
+        (lambda t: t.replace("retention_days = 365", "retention_days = 0"), "retention_days"),
+        (lambda t: t.replace("retention_days = 365", "retention = 365"), "unknown field 'retention'"),
+        (lambda t: t + t, "dataset 'school_co2' is defined twice"),
+        (lambda t: t.replace('name = "school_co2"', 'name = "School CO2"'), "must be lowercase"),
+        (lambda t: t.replace("metrics = [", "metrics = [ ] #"), "at least one metric"),
+        (lambda t: t.replace("[[dataset]]", "[[dataset]"), "not valid TOML"),
+    ],
+)
+def test_a_broken_catalog_is_refused_with_the_reason(mutation, message):
+    with pytest.raises(catalog.CatalogError, match=message):
+        catalog.parse(mutation(OWN_CATALOG))
+
+
+def test_a_metric_in_two_datasets_is_refused():
+    second = OWN_CATALOG.replace("school_co2", "office_co2")
+    with pytest.raises(catalog.CatalogError, match="metric 'co2' is defined twice"):
+        catalog.parse(OWN_CATALOG + second)
+
+
+@given(st.sampled_from(sorted(catalog.SENML_UNITS)), st.floats(-1e9, 1e9), st.floats(1e-3, 1e9))
+def test_every_senml_unit_and_range_round_trips(unit, low, width):
+    text = OWN_CATALOG.replace('unit = "ppm"', f'unit = "{unit}"').replace(
+        "minimum = 0, maximum = 10000", f"minimum = {low!r}, maximum = {low + width!r}")
+    metric = catalog.parse(text).dataset("school_co2").metrics["co2"]
+    assert (metric.unit, metric.minimum, metric.maximum) == (unit, low, low + width)
+
+
+def test_catalog_check_cli(tmp_path):
+    data_dir = make_hub_dir(tmp_path / "hub", "4001")
+    ok = RUNNER.invoke(app, ["catalog", "check", "--data-dir", str(data_dir)])
+    assert ok.exit_code == 0 and "default catalog: valid" in ok.output
+    (data_dir / "catalog.toml").write_text(OWN_CATALOG.replace('unit = "ppm"', 'unit = "furlong"'))
+    bad = RUNNER.invoke(app, ["catalog", "check", "--data-dir", str(data_dir)])
+    assert bad.exit_code == 1 and "furlong" in bad.output and "not a SenML unit" in bad.output
+    # A hub with a broken catalog does not start.
+    with pytest.raises(hubdir.HubDirError, match="catalog is invalid"):
+        Hub.open(data_dir, PASSPHRASE.encode())
+    written = RUNNER.invoke(app, ["catalog", "default", "--out", str(tmp_path / "copy.toml")])
+    assert written.exit_code == 0
+    assert catalog.load(tmp_path / "copy.toml").datasets.keys() == catalog.DATASETS.keys()
+
+
+async def test_a_hub_serves_its_own_catalog(tmp_path):
+    data_dir = make_hub_dir(tmp_path / "hub", "3107")
+    (data_dir / "catalog.toml").write_text(OWN_CATALOG)
+    live = await start_live_hub(data_dir, insecure=True)
+    try:
+        assert set(live.hub.catalog.datasets) == {"school_co2"}
+        sensor = await live.add_sensor(tmp_path, dataset="school_co2", metrics=["co2"])
+        assert sensor.credential.units == {"co2": "ppm"}
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{live.hub.endpoint.http_url}/v1/catalog") as response:
+                body = await response.json()
+        assert body["municipality"] == "3107"
+        assert [d["name"] for d in body["datasets"]] == ["school_co2"]
+        assert body["datasets"][0]["metrics"][0] == {"name": "co2", "unit": "ppm", "description": "CO2", "minimum": 0.0, "maximum": 10000.0}
+    finally:
+        await live.stop()
+
+
+def test_register_is_the_2024_division_with_old_numbers_as_aliases():
+    assert len(register.all_municipalities()) == 357
+    assert register.lookup("4001").name == "Porsgrunn"
+    assert register.lookup("3806") == register.lookup("4001")  # the 2020–2023 number
+    assert register.lookup("3004").number == "3107" and register.lookup("3803").number == "3905"
+    assert register.is_alias("3806") and not register.is_alias("4001")
+    assert register.lookup("1103").number == "1103"  # unchanged numbers are their own
+    assert register.lookup("Haram").number == "1580" and register.lookup("Haram").former_number == ""
+    assert register.lookup("Oslo").number == "0301"  # name forms: "Oslo - Oslove"
+    assert register.lookup("301").number == "0301"
+    with pytest.raises(register.UnknownMunicipality):
+        register.lookup("9999")
+
+
+def test_a_hub_created_under_an_old_number_gets_the_current_one(tmp_path):
+    config, _ = hubdir.init_hub(tmp_path / "hub", "3806", PASSPHRASE.encode())
+    assert config.municipality == "4001"
