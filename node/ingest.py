@@ -87,6 +87,11 @@ class IngestService:
             self._sensors[sensor_id] = known
         return known
 
+    def last_counter(self, sensor_id: str) -> int | None:
+        """The last counter accepted for a cached sensor (None if not cached)."""
+        known = self._sensors.get(sensor_id)
+        return known.record.last_counter if known else None
+
     async def reject(self, reason: Reason, message: str, sensor_id: str | None = None) -> Rejected:
         self._on_rejection(reason)
         await self._storage.write(lambda s: s.record_rejection(reason.label, sensor_id))
@@ -117,18 +122,33 @@ class IngestService:
             raise await self.reject(
                 Reason.AUTHENTICATION_FAILED, f"the frame does not authenticate under the key of sensor {sensor_id}", sensor_id
             ) from None
+        return await self._checked(known, header.counter, plaintext, pending)
+
+    async def open_authenticated(self, sensor_id: str, counter: int, plaintext: bytes) -> FrameToCommit:
+        """Validate readings that a network door (node/networks) has authenticated itself (a
+        LoRaWAN uplink decrypted under the device's AppSKey, or accepted from its network
+        server): the same sensor, counter and SenML checks as a sealed frame's."""
+        known = await self._sensor(sensor_id)
+        if known is None:
+            raise await self.reject(Reason.UNKNOWN_SENSOR, f"no sensor {sensor_id} is enrolled at this hub")
+        if not known.record.active:
+            raise await self.reject(Reason.REVOKED_SENSOR, f"sensor {sensor_id} was revoked", sensor_id)
+        return await self._checked(known, counter, plaintext, None)
+
+    async def _checked(self, known: _KnownSensor, counter: int, plaintext: bytes, pending: dict[str, int] | None) -> FrameToCommit:
+        sensor_id = known.record.sensor_id
         last = max(known.record.last_counter, (pending or {}).get(sensor_id, 0))
-        if header.counter <= last:
+        if counter <= last:
             raise await self.reject(
-                Reason.REPLAYED, f"counter {header.counter} of sensor {sensor_id} is not above the last accepted ({last})", sensor_id
+                Reason.REPLAYED, f"counter {counter} of sensor {sensor_id} is not above the last accepted ({last})", sensor_id
             )
         try:
             readings = senml.decode_rows(plaintext, known.metrics)
         except Rejected as exc:
             raise await self.reject(exc.reason, f"sensor {sensor_id}: {exc.message}", sensor_id) from None
         if pending is not None:
-            pending[sensor_id] = header.counter
-        return FrameToCommit(sensor_id, header.counter, readings, _now_ms())
+            pending[sensor_id] = counter
+        return FrameToCommit(sensor_id, counter, readings, _now_ms())
 
     async def commit(self, batch: list[FrameToCommit]) -> list[Receipt]:
         try:

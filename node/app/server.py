@@ -28,6 +28,7 @@ from node.api.v1 import (
     query_service_pb2,
     query_service_pb2_grpc,
 )
+from node.app import network_routes
 from node.app.dashboard.data import DashboardData
 from node.app.dashboard.routes import Dashboard
 from node.app.http_app import build_app
@@ -37,6 +38,7 @@ from node.app.servicers.federation import FederationServicer
 from node.app.servicers.ingest import IngestServicer
 from node.app.servicers.query import QueryServicer
 from node.hub import Endpoint, Hub
+from node.networks.doors import NetworkDoors
 from node.tlsfiles import server_ssl_context
 
 log = logging.getLogger("smartregion.server")
@@ -62,11 +64,14 @@ class RunningHub:
     federation: Federation
     background: asyncio.Task
     stopping: asyncio.Event
+    networks: NetworkDoors | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
         for name in (*SERVICE_NAMES, ""):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.stopping.set()
+        if self.networks is not None:
+            await self.networks.stop()
         self.federation.wake()
         await self.background
         await self.grpc_server.stop(grace)
@@ -125,7 +130,10 @@ async def start(
     await server.start()
 
     dashboard = Dashboard(DashboardData(federation, queries), hub.config.admin_token_sha256, dashboard_read_only)
-    runner = web.AppRunner(build_app(hub, dashboard, federation), access_log=None)
+    networks = NetworkDoors(hub)  # LoRaWAN, NB-IoT and MQTT doors (DATA_DIR/networks.toml)
+    app = build_app(hub, dashboard, federation)
+    network_routes.add_routes(app, networks)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     ssl_context = None if insecure else server_ssl_context(hub.identity.tls_cert_pem, hub.identity.tls_key_pem)
     site = web.TCPSite(runner, host, http_port, ssl_context=ssl_context)
@@ -168,7 +176,8 @@ async def start(
     )
     stopping = asyncio.Event()
     background = asyncio.create_task(federation.run(stopping), name="federation")
-    return RunningHub(hub, server, runner, health, federation, background, stopping)
+    networks.start()
+    return RunningHub(hub, server, runner, health, federation, background, stopping, networks)
 
 
 async def serve_forever(hub: Hub, **options) -> None:

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from node import __version__, hubdir, logs
 from node.api.v1 import admin_pb2
-from node.app.cli import agreement, audit, catalog, consent, partner, peer, query, region, sensor
+from node.app.cli import agreement, audit, catalog, consent, lorawan, partner, peer, query, region, sensor
 from node.app.cli.common import DataDir, JsonFlag, console, fail, passphrase, print_json, user_errors
 from node.client import AdminClient
 from node.register import lookup
@@ -32,6 +32,7 @@ app.add_typer(consent.app, name="consent")
 app.add_typer(region.app, name="region")
 app.add_typer(audit.app, name="audit")
 app.add_typer(catalog.app, name="catalog")
+app.add_typer(lorawan.app, name="lorawan")
 
 
 def _version(value: bool) -> None:

@@ -44,19 +44,29 @@ def add(
     subject: Annotated[str, typer.Option(help="Data subject id (required for personal datasets).")] = "",
     label: Annotated[str, typer.Option(help="A human name for the sensor, e.g. the station.")] = "",
     force: Annotated[bool, typer.Option(help="Overwrite an existing credential file.")] = False,
+    lorawan_dev_eui: Annotated[str, typer.Option(help="Reached through a LoRaWAN network server: the device's DevEUI (16 hex).")] = "",
+    lorawan_app_s_key_file: Annotated[
+        Path | None, typer.Option(help="A file holding the device's AppSKey (32 hex); the hub keeps it wrapped. "
+                                       "Leave out when the join server sends it in key envelopes.")
+    ] = None,
+    confidentiality: Annotated[str, typer.Option(help="LoRaWAN: end-to-end (the hub decrypts) or network-decrypted.")] = "end-to-end",
+    codec: Annotated[str, typer.Option(help="LoRaWAN: payload codec from networks.toml (json, or one you define).")] = "",
     json_output: JsonFlag = False,
 ) -> None:
-    """Enrol a sensor with its own 256-bit key and write its credential file."""
+    """Enrol a sensor with its own 256-bit key and write its credential file (for a LoRaWAN
+    device: enrol its DevEUI; docs/integrations.md)."""
     lat, lon = parse_location(location)
     if out.exists() and not force:
         raise fail(f"{out} exists; refusing to overwrite a credential (use --force)")
     if not out.parent.is_dir():  # check before enrolling: the credential is the key's only copy
         raise fail(f"{out.parent} is not a directory; cannot write the credential there")
     with user_errors(), AdminClient(data_dir) as client:
+        app_s_key = lorawan_app_s_key_file.read_text(encoding="utf-8").strip() if lorawan_app_s_key_file else ""
         response = client.call(
             "AddSensor",
             admin_pb2.AddSensorRequest(
-                dataset=dataset, metrics=metrics.split(","), latitude=lat, longitude=lon, subject_id=subject, label=label
+                dataset=dataset, metrics=metrics.split(","), latitude=lat, longitude=lon, subject_id=subject, label=label,
+                lorawan_dev_eui=lorawan_dev_eui, lorawan_app_s_key=app_s_key, confidentiality=confidentiality, codec=codec,
             ),
         )
         write_private_file(out, response.credential_json)
@@ -64,6 +74,8 @@ def add(
         print_json({"sensor": MessageToDict(response.sensor, preserving_proto_field_name=True), "credential": str(out)})
     else:
         console.print(f"Enrolled sensor {response.sensor.sensor_id} ({dataset}: {', '.join(response.sensor.metrics)})")
+        if response.sensor.lorawan_dev_eui:
+            console.print(f"LoRaWAN DevEUI {response.sensor.lorawan_dev_eui}, {response.sensor.confidentiality}")
         console.print(f"Credential written to {out} (keep it secret: it holds the sensor's key)")
 
 
@@ -79,10 +91,12 @@ def list_sensors(
     if json_output:
         print_json([MessageToDict(s, preserving_proto_field_name=True) for s in response.sensors])
         return
-    table = Table("sensor id", "label", "dataset", "metrics", "readings", "last seen", "rejected", "state")
+    table = Table("sensor id", "label", "dataset", "metrics", "confidentiality", "readings", "last seen", "rejected", "state")
     for s in response.sensors:
         state = f"revoked {_ms(s.revoked_at_ms)}" if s.revoked_at_ms else "active"
-        table.add_row(s.sensor_id, s.label, s.dataset, ",".join(s.metrics), str(s.readings), _ms(s.last_seen_ms), str(s.frames_rejected), state)
+        via = f"{s.confidentiality} (LoRaWAN {s.lorawan_dev_eui})" if s.lorawan_dev_eui else s.confidentiality
+        table.add_row(s.sensor_id, s.label, s.dataset, ",".join(s.metrics), via, str(s.readings), _ms(s.last_seen_ms),
+                      str(s.frames_rejected), state)
     console.print(table)
 
 
