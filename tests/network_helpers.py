@@ -39,7 +39,7 @@ class Mosquitto:
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
             f"persistence_location {directory}/\nautosave_interval 1\nlog_dest file {directory}/mosquitto.log\n"
-            "max_queued_messages 100000\n"
+            "max_queued_messages 100000\nuser root\n"
         )
         self.process: subprocess.Popen | None = None
 

@@ -5,19 +5,22 @@ reason, nothing of it stored, the hub still serving."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import secrets
 import time
 
 import aiohttp
 import aiomqtt
 import pytest
+from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.api.v1 import admin_pb2
 from node.networks import codecs, lorawan
 from tests.conftest import make_hub_dir, start_live_hub
-from tests.network_helpers import LoraEncoder, Mosquitto, chirpstack_up
+from tests.network_helpers import LoraEncoder, Mosquitto, chirpstack_up, tts_up
 
 APP_S_KEY = "2b7e151628aed2a6abf7158809cf4f3c"
 DEV_ADDR = "26011bda"
@@ -190,3 +193,196 @@ def _filter(sensor_id: str):
     from node.storage.base import ReadingFilter
 
     return ReadingFilter(sensor_id=sensor_id)
+
+
+# -- every refusal: counted with its reason, nothing stored, the hub still serving --------------
+
+async def test_every_bad_uplink_is_refused_counted_and_stores_nothing(tmp_path, encoder):
+    data_dir = make_hub_dir(tmp_path / "hub", "3107")
+    networks_toml(data_dir, None)
+    live = await start_live_hub(data_dir, insecure=True)
+    try:
+        held = await enrol(live, "0004a30b001c0530")  # AppSKey held by the hub
+        enveloped = await enrol(live, "0004a30b001c0531", app_s_key="")  # AppSKey from the join server's envelope
+        await live.admin.AddLorawanKek(admin_pb2.AddLorawanKekRequest(label="js-telemark", kek=KEK), metadata=live.admin_metadata)
+        session_key = secrets.token_bytes(16)
+        envelope = ("js-telemark", aes_key_wrap(KEK, session_key))
+
+        def up(dev_eui, fcnt, plain, key=APP_S_KEY, **extra):
+            frm = encoder.encrypt(dev_addr=DEV_ADDR, fcnt=fcnt, payload=plain, app_s_key=key)
+            return chirpstack_up(dev_eui, fcnt, frm, T0 + fcnt * 60_000, dev_addr=DEV_ADDR, **extra)
+
+        # Good uplinks first: one from each device (the envelope one decrypted with the unwrapped session key).
+        assert (await post(live, "/v1/networks/chirpstack?event=up", up(held.lorawan_dev_eui, 5, lpp(7.5, 1.0))))[0] == 200
+        status, body = await post(live, "/v1/networks/chirpstack?event=up",
+                                  up(enveloped.lorawan_dev_eui, 1, lpp(8.0, 2.0), key=session_key.hex(), key_envelope=envelope))
+        assert (status, body["readings_stored"]) == (200, 2)
+
+        from chirpstack_api.integration import integration_pb2
+        from google.protobuf import json_format
+        good_pb = json_format.Parse(json.dumps(up(held.lorawan_dev_eui, 9, lpp(3.0, 3.0))), integration_pb2.UplinkEvent(),
+                                    ignore_unknown_fields=True).SerializeToString()
+
+        cases = [
+            ("malformed JSON", "/v1/networks/chirpstack?event=up", b'{"deviceInfo": {', {}, "malformed_uplink", 400),
+            ("not an event", "/v1/networks/chirpstack?event=up", json.dumps({"fCnt": "many"}).encode(), {}, "malformed_uplink", 400),
+            ("malformed Protobuf", "/v1/networks/chirpstack?event=up", b"\x0a\xff\xff\xff", {"content_type": "application/octet-stream"},
+             "malformed_uplink", 400),
+            ("unknown DevEUI", "/v1/networks/chirpstack?event=up", up("0004a30b001c05ff", 1, lpp(1, 1)), {}, "unknown_device", 401),
+            ("replayed FCnt", "/v1/networks/chirpstack?event=up", up(held.lorawan_dev_eui, 5, lpp(7.5, 1.0)), {}, "replayed", 409),
+            ("reordered FCnt", "/v1/networks/chirpstack?event=up", up(held.lorawan_dev_eui, 4, lpp(7.5, 1.0)), {}, "replayed", 409),
+            ("unknown KEK label", "/v1/networks/chirpstack?event=up",
+             up(enveloped.lorawan_dev_eui, 2, lpp(1, 1), key=session_key.hex(), key_envelope=("js-other", envelope[1])), {},
+             "unknown_kek", 412),
+            ("envelope altered", "/v1/networks/chirpstack?event=up",
+             up(enveloped.lorawan_dev_eui, 2, lpp(1, 1), key=session_key.hex(), key_envelope=("js-telemark", bytes(24))), {},
+             "unknown_kek", 412),
+            ("codec fails", "/v1/networks/chirpstack?event=up", up(held.lorawan_dev_eui, 6, bytes([1, 2, 0])), {},
+             "undecodable_payload", 422),
+            ("unmapped channel", "/v1/networks/chirpstack?event=up", up(held.lorawan_dev_eui, 6, bytes([9, 103, 0, 10])), {},
+             "undecodable_payload", 422),
+            ("wrong AppSKey", "/v1/networks/chirpstack?event=up", up(held.lorawan_dev_eui, 6, lpp(1, 1), key="00" * 16), {},
+             "undecodable_payload", 422),
+            ("out of range", "/v1/networks/chirpstack?event=up", up(held.lorawan_dev_eui, 6, lpp(1, 95.0)), {}, "invalid_reading", 422),
+            ("wrong secret", "/v1/networks/chirpstack?event=up", up(held.lorawan_dev_eui, 6, lpp(1, 1)), {"secret": "guess" * 8},
+             "unauthenticated", 401),
+            ("wrong webhook secret", "/v1/networks/tts", tts_up(held.lorawan_dev_eui, 6, b"", T0), {"secret": ""},
+             "unauthenticated", 401),
+            ("oversized", "/v1/networks/chirpstack?event=up", b"{" + b" " * 70_000 + b"}", {}, "frame_too_large", 413),
+        ]
+        for name, path, body, options, reason, http_status in cases:
+            before_counts = await rejections(live)
+            before = [await stored(live, s.sensor_id) for s in (held, enveloped)]
+            status, answer = await post(live, path, body, **options)
+            assert (status, answer.get("error")) == (http_status, reason), (name, answer)
+            after_counts = await rejections(live)
+            assert after_counts.get(reason, 0) == before_counts.get(reason, 0) + 1, name
+            assert sum(after_counts.values()) == sum(before_counts.values()) + 1, name  # counted once, under that reason
+            assert [await stored(live, s.sensor_id) for s in (held, enveloped)] == before, name
+        # Still serving: the next good uplinks of both devices, over JSON and Protobuf, are stored.
+        status, body = await post(live, "/v1/networks/chirpstack?event=up", good_pb, content_type="application/octet-stream")
+        assert (status, body["readings_stored"], body["counter"]) == (200, 2, 10)
+        status, body = await post(live, "/v1/networks/chirpstack?event=up",
+                                  up(enveloped.lorawan_dev_eui, 2, lpp(9.0, 2.0), key=session_key.hex(), key_envelope=envelope))
+        assert status == 200
+        # Other ChirpStack events on the same URL are acknowledged and ignored.
+        assert (await post(live, "/v1/networks/chirpstack?event=status", {"margin": 10}))[0] == 200
+        metrics = (await live.hub.storage.read(lambda s: s.rejection_counts()))
+        assert metrics["unknown_device"] == 1
+    finally:
+        await live.stop()
+
+
+async def test_tts_webhook_network_decrypted_and_shown_as_such(tmp_path):
+    data_dir = make_hub_dir(tmp_path / "hub", "3905")
+    networks_toml(data_dir, None)
+    live = await start_live_hub(data_dir, insecure=True)
+    try:
+        sensor = await enrol(live, "70b3d57ed0000001", app_s_key="", confidentiality="network-decrypted", codec="json")
+        assert sensor.confidentiality == "network-decrypted"
+        # The Things Stack decrypted and decoded it (its payload formatter's decoded_payload); plaintext JSON FRMPayload.
+        first = tts_up("70b3d57ed0000001", 1, json.dumps({"pm25": 4.5}).encode(), T0, dev_addr=DEV_ADDR)
+        status, body = await post(live, "/v1/networks/tts", first)
+        assert (status, body["readings_stored"]) == (200, 1), body
+        decoded_only = tts_up("70b3d57ed0000001", 4, b"", T0 + 60_000, decoded={"pm25": 5.5, "temperature": 2.0})
+        del decoded_only["uplink_message"]["frm_payload"]
+        assert (await post(live, "/v1/networks/tts", decoded_only))[0] == 200
+        listed = await live.admin.ListSensors(admin_pb2.ListSensorsRequest(), metadata=live.admin_metadata)
+        (shown,) = [s for s in listed.sensors if s.sensor_id == sensor.sensor_id]
+        assert (shown.confidentiality, shown.lorawan_dev_eui, shown.readings) == ("network-decrypted", "70b3d57ed0000001", 3)
+        exposition = live.hub.metrics.exposition().decode()
+        assert 'smartregion_network_fcnt_gaps_total{door="tts"} 2.0' in exposition  # FCnt 2 and 3 never came
+        assert 'smartregion_network_uplinks_total{door="tts",outcome="stored"} 2.0' in exposition
+    finally:
+        await live.stop()
+
+
+async def test_enrolment_refusals(tmp_path):
+    data_dir = make_hub_dir(tmp_path / "hub", "4001")
+    networks_toml(data_dir, None)
+    live = await start_live_hub(data_dir, insecure=True)
+    try:
+        await enrol(live, "0102030405060708")
+        for kwargs, detail in [
+            ({"dev_eui": "0102030405060708"}, "already"),
+            ({"dev_eui": "01020304"}, "16 hex digits"),
+            ({"dev_eui": "0102030405060709", "codec": "nope"}, "no codec"),
+            ({"dev_eui": "0102030405060709", "app_s_key": "abcd"}, "AppSKey"),
+            ({"dev_eui": "0102030405060709", "confidentiality": "network-decrypted"}, "needs no AppSKey"),
+            ({"dev_eui": "0102030405060709", "confidentiality": "secret", "app_s_key": ""}, "end-to-end or network-decrypted"),
+        ]:
+            with pytest.raises(Exception) as raised:
+                await enrol(live, **kwargs)
+            assert detail in str(raised.value), (kwargs, raised.value)
+        assert len(await live.hub.storage.read(lambda s: s.list_lorawan_devices())) == 1
+        assert len(await live.hub.storage.read(lambda s: s.list_sensors())) == 1  # nothing half-enrolled
+        meta = live.admin_metadata
+        await live.admin.AddLorawanKek(admin_pb2.AddLorawanKekRequest(label="js1", kek=KEK), metadata=meta)
+        for label, kek, detail in [("js1", KEK, "held already"), ("bad label!", KEK, "label"), ("js2", b"short", "16, 24 or 32")]:
+            with pytest.raises(Exception) as raised:
+                await live.admin.AddLorawanKek(admin_pb2.AddLorawanKekRequest(label=label, kek=kek), metadata=meta)
+            assert detail in str(raised.value)
+        # The KEK is stored wrapped, never in clear.
+        wrapped = await live.hub.storage.read(lambda s: s.get_lorawan_kek("js1"))
+        assert KEK not in wrapped and len(wrapped) == 12 + 16 + 16
+    finally:
+        await live.stop()
+
+
+# -- generic MQTT gateway and Span: sealed frames; a broker restart mid-stream loses nothing -------
+
+async def _publish_reliably(broker: Mosquitto, topic: str, payloads: list[bytes], client_id: str) -> None:
+    """Publish each payload with QoS 1 until the broker acknowledged it, reconnecting as a
+    gateway does (a payload whose PUBACK was lost may go twice: the hub stores it once)."""
+    pending = list(payloads)
+    while pending:
+        try:
+            async with aiomqtt.Client("127.0.0.1", broker.port, identifier=client_id, clean_session=False, timeout=5) as client:
+                while pending:
+                    await client.publish(topic, pending[0], qos=1)
+                    pending.pop(0)
+        except aiomqtt.MqttError:
+            await asyncio.sleep(0.05)
+
+
+async def test_gateway_frames_survive_a_broker_restart_in_a_hub_process(tmp_path, broker):
+    from node.app.sensor_client import Sensor, SensorCredential
+    from node.senml import Reading
+    from tests.region_helpers import ProcessHub
+
+    hub = ProcessHub(tmp_path / "hub", "4001")
+    networks_toml(hub.hub_dir.path, broker.port)
+    await asyncio.to_thread(hub.launch)
+    hub.connect()
+    try:
+        sensors = []
+        for name in ("gateway", "nb-iot"):
+            response = await hub.admin("AddSensor", admin_pb2.AddSensorRequest(
+                dataset="air_quality", metrics=["pm25"], latitude=59.1, longitude=9.6, label=name))
+            (tmp_path / f"{name}.json").write_bytes(response.credential_json)
+            sensors.append(Sensor(SensorCredential.load(tmp_path / f"{name}.json")))
+        frames = sensors[0].seal([[Reading("pm25", T0 + (i * 10 + j) * 60_000, float(j)) for j in range(10)] for i in range(120)])
+        await _publish_reliably(broker, "smartregion/frames/gw1", frames[:70], "gw1")
+        # The broker goes down in the middle of the stream (the hub has not taken every message yet) ...
+        await asyncio.to_thread(broker.stop)
+        await asyncio.sleep(0.2)
+        await asyncio.to_thread(broker.start)
+        # ... and the gateway goes on.
+        await _publish_reliably(broker, "smartregion/frames/gw1", frames[70:], "gw1")
+        # An NB-IoT device's frames through Span's MQTT output (JSON, base64 payload), with a keepalive.
+        nb_frames = sensors[1].seal([[Reading("pm25", T0 + (i * 10 + j) * 60_000, 1.0) for j in range(10)] for i in range(20)])
+        span_messages = [json.dumps({"type": "data", "device": {"deviceId": "d1", "collectionId": "c1", "imei": "358000000000001"},
+                                     "payload": base64.b64encode(f).decode(), "received": T0, "transport": "udp"}).encode()
+                         for f in nb_frames]
+        keepalive = json.dumps({"type": "keepalive"}).encode()
+        await _publish_reliably(broker, "span/c1/d1", [keepalive, *span_messages], "span-test")
+
+        async def all_stored() -> bool:
+            listed = await hub.admin("ListSensors", admin_pb2.ListSensorsRequest())
+            return [s.readings for s in listed.sensors] == [1200, 200]
+        await wait_for(all_stored, timeout=60)
+        listed = await hub.admin("ListSensors", admin_pb2.ListSensorsRequest())
+        assert listed.sensors[0].last_counter == int.from_bytes(frames[-1][33:41], "big")
+        assert {s.confidentiality for s in listed.sensors} == {"end-to-end"}
+    finally:
+        await hub.stop()
