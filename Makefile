@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test proto bench clean venv browser
+.PHONY: demo test proto bench clean venv browser mosquitto lorawan-encoder
 
 venv: $(STAMP)
 
@@ -14,10 +14,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) mosquitto
 	$(BIN)/smartregion demo $(DEMO_ARGS)
 
-test: $(STAMP) browser
+test: $(STAMP) browser mosquitto lorawan-encoder
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The dashboard's end-to-end test drives Debian's chromium (installed as root, as in CI).
@@ -25,6 +25,16 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing Debian's chromium for the browser test"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# The network-door tests and the demo's LoRaWAN station use Debian's Mosquitto as the broker.
+mosquitto:
+	@test -x /usr/sbin/mosquitto || command -v mosquitto >/dev/null 2>&1 || { \
+	  echo "installing Debian's mosquitto for the network-door tests and the demo"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
+
+# LoRaWAN test frames come from an encoder that is not ours: npm's lora-packet, exactly as locked.
+lorawan-encoder:
+	npm ci --prefix tests/lorawan_encoder --ignore-scripts --no-audit --no-fund --loglevel=error
 
 # Regenerate the Python code in node/api/ from proto/ (tests fail if it drifts).
 proto: $(STAMP)

@@ -8,60 +8,24 @@ import base64
 import datetime as dt
 import json
 import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from node.app import broker
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENCODER_DIR = REPO_ROOT / "tests" / "lorawan_encoder"
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Mosquitto:
-    """A broker of our own: loopback only, persistence on (a restart keeps queued QoS 1 messages)."""
+class Mosquitto(broker.Mosquitto):
+    """The project's broker runner; a test without Debian's mosquitto is skipped, not failed."""
 
     def __init__(self, directory: Path) -> None:
-        if not Path(MOSQUITTO).exists():
+        if broker.mosquitto_binary() is None:
             pytest.skip("Debian's mosquitto is not installed (make test installs it)")
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.config = directory / "mosquitto.conf"
-        self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {directory}/\nautosave_interval 1\nlog_dest file {directory}/mosquitto.log\n"
-            "max_queued_messages 100000\nuser root\n"
-        )
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> Mosquitto:
-        self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                if self.process.poll() is not None:
-                    log = (self.directory / "mosquitto.log").read_text(errors="replace")
-                    raise RuntimeError(f"mosquitto exited: {log}") from None
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()  # SIGTERM: mosquitto writes its persistence file, then exits
-            self.process.wait(timeout=20)
-        self.process = None
+        super().__init__(directory)
 
 
 class LoraEncoder:
