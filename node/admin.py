@@ -21,6 +21,7 @@ class Status:
     sensors_revoked: int
     counts: list[MetricSummary]
     rejections: dict[str, int]
+    sensors_network_decrypted: int = 0
 
 
 async def status(hub: Hub) -> Status:
@@ -28,7 +29,10 @@ async def status(hub: Hub) -> Status:
     counts = await hub.storage.read(lambda s: s.metric_summaries())
     rejections = await hub.storage.read(lambda s: s.rejection_counts())
     active = sum(1 for s in sensors if s.active)
-    return Status(hub, active, len(sensors) - active, counts, rejections)
+    devices = await lorawan_devices(hub)
+    network_decrypted = sum(1 for s in sensors if s.active and s.sensor_id in devices
+                            and devices[s.sensor_id].confidentiality == "network-decrypted")
+    return Status(hub, active, len(sensors) - active, counts, rejections, network_decrypted)
 
 
 @dataclass(frozen=True)

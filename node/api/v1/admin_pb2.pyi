@@ -38,7 +38,7 @@ class Endpoint(_message.Message):
     def __init__(self, grpc_address: _Optional[str] = ..., http_url: _Optional[str] = ..., tls: _Optional[bool] = ...) -> None: ...
 
 class HubStatus(_message.Message):
-    __slots__ = ("hub_id", "municipality_number", "municipality_name", "identity_public_key", "tls_certificate_pem", "endpoint", "sensors_active", "sensors_revoked", "counts", "rejections_by_reason", "version", "started_at_ms")
+    __slots__ = ("hub_id", "municipality_number", "municipality_name", "identity_public_key", "tls_certificate_pem", "endpoint", "sensors_active", "sensors_revoked", "counts", "rejections_by_reason", "version", "started_at_ms", "sensors_network_decrypted")
     class RejectionsByReasonEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,7 @@ class HubStatus(_message.Message):
     REJECTIONS_BY_REASON_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    SENSORS_NETWORK_DECRYPTED_FIELD_NUMBER: _ClassVar[int]
     hub_id: str
     municipality_number: str
     municipality_name: str
@@ -70,7 +71,8 @@ class HubStatus(_message.Message):
     rejections_by_reason: _containers.ScalarMap[str, int]
     version: str
     started_at_ms: int
-    def __init__(self, hub_id: _Optional[str] = ..., municipality_number: _Optional[str] = ..., municipality_name: _Optional[str] = ..., identity_public_key: _Optional[str] = ..., tls_certificate_pem: _Optional[str] = ..., endpoint: _Optional[_Union[Endpoint, _Mapping]] = ..., sensors_active: _Optional[int] = ..., sensors_revoked: _Optional[int] = ..., counts: _Optional[_Iterable[_Union[MetricCount, _Mapping]]] = ..., rejections_by_reason: _Optional[_Mapping[str, int]] = ..., version: _Optional[str] = ..., started_at_ms: _Optional[int] = ...) -> None: ...
+    sensors_network_decrypted: int
+    def __init__(self, hub_id: _Optional[str] = ..., municipality_number: _Optional[str] = ..., municipality_name: _Optional[str] = ..., identity_public_key: _Optional[str] = ..., tls_certificate_pem: _Optional[str] = ..., endpoint: _Optional[_Union[Endpoint, _Mapping]] = ..., sensors_active: _Optional[int] = ..., sensors_revoked: _Optional[int] = ..., counts: _Optional[_Iterable[_Union[MetricCount, _Mapping]]] = ..., rejections_by_reason: _Optional[_Mapping[str, int]] = ..., version: _Optional[str] = ..., started_at_ms: _Optional[int] = ..., sensors_network_decrypted: _Optional[int] = ...) -> None: ...
 
 class AddSensorRequest(_message.Message):
     __slots__ = ("dataset", "metrics", "latitude", "longitude", "subject_id", "label", "lorawan_dev_eui", "lorawan_app_s_key", "confidentiality", "codec")

@@ -119,7 +119,8 @@ def status(data_dir: DataDir, json_output: JsonFlag = False) -> None:
         return
     console.print(f"Hub {st.hub_id} — {st.municipality_name} ({st.municipality_number}), smartregion {st.version}")
     console.print(f"gRPC {st.endpoint.grpc_address}   HTTP {st.endpoint.http_url}   TLS {'on' if st.endpoint.tls else 'OFF'}")
-    console.print(f"Sensors: {st.sensors_active} active, {st.sensors_revoked} revoked")
+    console.print(f"Sensors: {st.sensors_active} active ({st.sensors_active - st.sensors_network_decrypted} end-to-end, "
+                  f"{st.sensors_network_decrypted} readable by their network server), {st.sensors_revoked} revoked")
     table = Table("dataset", "metric", "readings", "first", "last")
     for c in st.counts:
         table.add_row(c.dataset, c.metric, f"{c.readings:,}", _when(c.first_time_ms), _when(c.last_time_ms))

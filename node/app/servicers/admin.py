@@ -64,6 +64,7 @@ class AdminServicer(FederationAdmin, QueryAdmin, AuditAdmin, admin_pb2_grpc.Admi
             rejections_by_reason=st.rejections,
             version=hub.version,
             started_at_ms=hub.started_at_ms,
+            sensors_network_decrypted=st.sensors_network_decrypted,
         )
 
     @translate_rejections
