@@ -67,7 +67,8 @@ backoff_initial_seconds = 0.05
                             "--lorawan-dev-eui", "70b3d57ed005a1b2", "--codec", "air-lpp", "--json"))
         assert added["sensor"]["confidentiality"] == "end-to-end"
         replayed = as_json(cli("sensor", "replay", "--credential", tmp_path / "knarrdalstranda.json", "--csv", STATION,
-                               "--since", "2019-12-01", "--until", "2019-12-08", "--via", "chirpstack", "--broker", f"127.0.0.1:{broker.port}",
+                               "--since", "2019-12-01", "--until", "2019-12-08",
+                               "--via", "chirpstack", "--broker", f"127.0.0.1:{broker.port}",
                                "--lorawan-dev-eui", "70b3d57ed005a1b2", "--lorawan-app-s-key-file", tmp_path / "session-appskey.hex",
                                "--kek-label", "join-server-telemark", "--kek-file", tmp_path / "kek.hex",
                                "--application-id", "porsgrunn-air", "--json"))
