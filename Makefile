@@ -40,9 +40,10 @@ lorawan-encoder:
 proto: $(STAMP)
 	$(BIN)/python -m node.api.codegen
 
-bench: $(STAMP)
+bench: $(STAMP) mosquitto
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.query
+	$(BIN)/python -m bench.networks
 
 # Install the Node.js partner client's dependencies exactly as locked (docs/querying.md).
 .PHONY: examples

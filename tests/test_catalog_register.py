@@ -117,3 +117,41 @@ def test_register_is_the_2024_division_with_old_numbers_as_aliases():
 def test_a_hub_created_under_an_old_number_gets_the_current_one(tmp_path):
     config, _ = hubdir.init_hub(tmp_path / "hub", "3806", PASSPHRASE.encode())
     assert config.municipality == "4001"
+
+
+async def test_a_classification_change_is_refused_while_an_agreement_is_in_force(tmp_path):
+    from node.api.v1 import admin_pb2
+    from tests.conftest import start_peered
+    from tests.test_federation_region import TERMS
+
+    provider, consumer = await start_peered(tmp_path, "4001", "3107")
+    data_dir = provider.data_dir
+    try:
+        view = await provider.admin.ProposeAgreement(
+            admin_pb2.ProposeAgreementRequest(terms_toml=TERMS, to=consumer.hub.config.hub_id), metadata=provider.admin_metadata)
+        agreement_id = view.terms.agreement_id
+        await provider.stop()
+        # Reclassifying air_quality (open -> personal) would change what the agreement lets out.
+        (data_dir / "catalog.toml").write_text(catalog.default_text().replace(
+            'name = "air_quality"\nfiware_type = "AirQualityObserved"\nclassification = "open"',
+            'name = "air_quality"\nfiware_type = "AirQualityObserved"\nclassification = "personal"'))
+        with pytest.raises(hubdir.HubDirError, match=f"air_quality: open -> personal.*{agreement_id}"):
+            await start_live_hub(data_dir)
+        # Another dataset's classification may change; undoing the change starts the hub again.
+        (data_dir / "catalog.toml").write_text(catalog.default_text().replace('classification = "restricted"\nretention_days = 1825\n'
+                                                                              'description = "Vehicle', 'classification = "open"\n'
+                                                                              'retention_days = 1825\ndescription = "Vehicle'))
+        provider = await start_live_hub(data_dir)
+        assert provider.hub.catalog.dataset("traffic").classification is catalog.Classification.OPEN
+        await provider.admin.RevokeAgreement(admin_pb2.RevokeAgreementRequest(agreement_id=agreement_id, reason="reclassify"),
+                                             metadata=provider.admin_metadata)
+        await provider.stop()
+        # Once the agreement has ended, the reclassification is accepted.
+        (data_dir / "catalog.toml").write_text(catalog.default_text().replace(
+            'name = "air_quality"\nfiware_type = "AirQualityObserved"\nclassification = "open"',
+            'name = "air_quality"\nfiware_type = "AirQualityObserved"\nclassification = "personal"'))
+        provider = await start_live_hub(data_dir)
+        assert provider.hub.catalog.dataset("air_quality").classification is catalog.Classification.PERSONAL
+    finally:
+        await provider.stop()
+        await consumer.stop()

@@ -28,7 +28,7 @@ from node.api.v1 import (
     query_service_pb2,
     query_service_pb2_grpc,
 )
-from node.app import network_routes
+from node.app import catalog_guard, network_routes
 from node.app.dashboard.data import DashboardData
 from node.app.dashboard.routes import Dashboard
 from node.app.http_app import build_app
@@ -106,6 +106,7 @@ async def start(
     )
     fed_config = hub.config.federation
     federation = Federation(hub, fed_config.refresh_seconds, fed_config.retry_base_seconds, fed_config.retry_max_seconds)
+    await catalog_guard.check_and_record(hub, federation.ledger)
     ingest_pb2_grpc.add_IngestServicer_to_server(IngestServicer(hub), server)
     queries = QueryService(federation)
     admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(hub, federation, queries), server)

@@ -163,6 +163,12 @@ MIGRATIONS: list[tuple[int, str]] = [
             label TEXT PRIMARY KEY,
             wrapped_kek BLOB NOT NULL,                      -- under the hub's KEK
             added_at_ms INTEGER NOT NULL
+        );
+        -- Each dataset's classification as the hub last served it (catalog.toml): a change
+        -- is refused while an agreement on the dataset is in force (node/app/catalog_guard.py).
+        CREATE TABLE catalog_classifications (
+            dataset TEXT PRIMARY KEY,
+            classification TEXT NOT NULL
         )
         """,
     ),

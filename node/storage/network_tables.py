@@ -1,4 +1,5 @@
-"""SQLite tables of the network doors: LoRaWAN devices and join-server KEKs (node/networks).
+"""SQLite tables of the network doors: LoRaWAN devices and join-server KEKs (node/networks),
+and the catalog's classifications as last served (node/app/catalog_guard.py).
 Mixed into SqliteStore, which provides `conn` and `_transaction`."""
 
 from __future__ import annotations
@@ -65,6 +66,15 @@ class NetworkTables:
     def get_lorawan_kek(self, label: str) -> bytes | None:
         row = self.conn.execute("SELECT wrapped_kek FROM lorawan_keks WHERE label = ?", (label,)).fetchone()
         return bytes(row[0]) if row else None
+
+    # -- the catalog's classifications as last served -----------------------------------------
+    def catalog_classifications(self) -> dict[str, str]:
+        return dict(self.conn.execute("SELECT dataset, classification FROM catalog_classifications").fetchall())
+
+    def record_catalog_classifications(self, classifications: dict[str, str]) -> None:
+        self._transaction(lambda: self.conn.executemany(
+            "INSERT OR REPLACE INTO catalog_classifications (dataset, classification) VALUES (?, ?)", classifications.items()
+        ))
 
     def list_lorawan_kek_labels(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT label FROM lorawan_keks ORDER BY label")]
