@@ -56,9 +56,16 @@ class Federation:
     def descriptor(self) -> federation_pb2.SignedDescriptor:
         if self._descriptor is None or descriptors.needs_refresh(self._descriptor, now_ms()):
             self._descriptor = descriptors.issue(
-                self.hub.identity, self.hub.config.municipality, self.hub.endpoint.grpc_address, self.hub.endpoint.http_url
+                self.hub.identity, self.hub.config.municipality, self.hub.endpoint.grpc_address, self.hub.endpoint.http_url,
+                datasets=self.hub.catalog,
             )
         return self._descriptor
+
+    async def region_descriptors(self) -> list[federation_pb2.SignedDescriptor]:
+        """This hub's descriptor, then each current peer's as last fetched and verified."""
+        peers_held = await self.hub.storage.read(lambda s: s.list_peers())
+        relayed = [federation_pb2.SignedDescriptor.FromString(p.descriptor) for p in peers_held if p.descriptor]
+        return [self.descriptor(), *relayed]
 
     def own_party(self) -> agreement_pb2.Party:
         return agreement_pb2.Party(kind=agreement_pb2.PARTY_KIND_HUB, id=self.own_id,

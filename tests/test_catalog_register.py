@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import aiohttp
 import pytest
 from hypothesis import given
@@ -9,6 +11,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from node import catalog, hubdir, register
+from node.api.v1 import admin_pb2
 from node.app.cli.main import app
 from node.hub import Hub
 from tests.conftest import PASSPHRASE, make_hub_dir, start_live_hub
@@ -155,3 +158,58 @@ async def test_a_classification_change_is_refused_while_an_agreement_is_in_force
     finally:
         await provider.stop()
         await consumer.stop()
+
+
+async def test_peers_and_partners_discover_what_a_region_offers(tmp_path):
+    import asyncio
+    import subprocess
+    import sys
+
+    from federation import descriptors
+    from node.api.v1 import federation_pb2, federation_pb2_grpc
+    from tests.conftest import start_peered
+
+    data = [tmp_path / "hub0", tmp_path / "hub1"]
+    a, b = await start_peered(tmp_path, "4001", "3905")
+    try:
+        await b.stop()  # Tønsberg defines its own catalog and restarts; the descriptor carries it
+        (data[1] / "catalog.toml").write_text(OWN_CATALOG)
+        b = await start_live_hub(data[1])
+        await a.admin.AddPeer(admin_pb2.AddPeerRequest(address=b.hub.endpoint.grpc_address, hub_id=b.hub.config.hub_id),
+                              metadata=a.admin_metadata)
+
+        async def region() -> dict[str, set[str]]:
+            response = await federation_pb2_grpc.FederationStub(a.channel).RegionCatalog(federation_pb2.GetDescriptorRequest())
+            found = {}
+            for signed in response.descriptors:
+                d = descriptors.verify_signature(signed)
+                found[d.municipality_number] = {o.name for o in d.datasets}
+            return found
+
+        for _ in range(200):
+            if (await region()).get("3905") == {"school_co2"}:
+                break
+            await asyncio.sleep(0.05)
+        found = await region()
+        assert found["4001"] == set(catalog.DATASETS) and found["3905"] == {"school_co2"}
+        # A relayed descriptor altered by the relaying hub no longer verifies.
+        response = await federation_pb2_grpc.FederationStub(a.channel).RegionCatalog(federation_pb2.GetDescriptorRequest())
+        forged = federation_pb2.SignedDescriptor(descriptor=response.descriptors[1].descriptor.replace(b"school_co2", b"school_co3"),
+                                                 signature=response.descriptors[1].signature)
+        with pytest.raises(descriptors.DescriptorError, match="not signed"):
+            descriptors.verify_signature(forged)
+        # The partner CLI lists it.
+        env = {"SMARTREGION_PASSPHRASE": PASSPHRASE, "COLUMNS": "200", "PATH": "/usr/bin:/bin"}
+        cli = [sys.executable, "-m", "node.app.cli.main", "partner"]
+        subprocess.run([*cli, "keygen", "--out", str(tmp_path / "uis.key"), "--name", "UiS"], env=env, check=True, capture_output=True)
+        listed = await asyncio.to_thread(subprocess.run, [*cli, "datasets", "--key", str(tmp_path / "uis.key"), "--hub",
+                                                          a.hub.endpoint.grpc_address, "--hub-id", a.hub.config.hub_id, "--json"],
+                                         env=env, capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        rows = json.loads(listed.stdout)
+        assert {"municipality": "3905", "dataset": "school_co2", "classification": "restricted"}.items() <= next(
+            r for r in rows if r["dataset"] == "school_co2").items()
+        assert {r["dataset"] for r in rows if r["municipality"] == "4001"} == set(catalog.DATASETS)
+    finally:
+        await a.stop()
+        await b.stop()

@@ -17,6 +17,9 @@ class FederationServicer(federation_pb2_grpc.FederationServicer):
     async def GetDescriptor(self, request, context: grpc.aio.ServicerContext):
         return self.federation.descriptor()
 
+    async def RegionCatalog(self, request, context: grpc.aio.ServicerContext):
+        return federation_pb2.RegionDescriptors(descriptors=await self.federation.region_descriptors())
+
     @translate_rejections
     async def ExchangeAgreements(self, request, context: grpc.aio.ServicerContext):
         caller, signed_request = await self.federation.authenticate(request, EXCHANGE_METHOD)
