@@ -65,7 +65,7 @@ def verify_signature(signed: federation_pb2.SignedDescriptor) -> federation_pb2.
     """A descriptor signed by the hub it names (its key hashes to its hub id); for a relayed
     descriptor, whose TLS certificate the reader never saw. Raise DescriptorError otherwise."""
     try:
-        d = federation_pb2.NodeDescriptor.FromString(signed.descriptor)
+        d: federation_pb2.NodeDescriptor = federation_pb2.NodeDescriptor.FromString(signed.descriptor)
     except Exception as exc:  # protobuf raises DecodeError, a plain Exception subclass
         raise DescriptorError(f"the descriptor does not parse: {exc}") from None
     if len(d.identity_public_key) != 32 or hub_id_from_public_key(d.identity_public_key) != d.hub_id:

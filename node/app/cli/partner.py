@@ -142,7 +142,7 @@ def datasets(key: KeyFile, hub: HubAddress, hub_id: HubId, json_output: JsonFlag
     from federation import descriptors
     from node.api.v1 import federation_pb2, federation_pb2_grpc
 
-    async def fetch():
+    async def fetch() -> federation_pb2.RegionDescriptors:
         async with _session(key, hub, hub_id) as session:
             stub = federation_pb2_grpc.FederationStub(session.channel)
             return await stub.RegionCatalog(federation_pb2.GetDescriptorRequest(), timeout=30)
