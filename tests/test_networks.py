@@ -75,6 +75,16 @@ backoff_initial_seconds = 0.05
 backoff_max_seconds = 0.5
 
 [[mqtt]]
+name = "tts"
+format = "tts"
+host = "127.0.0.1"
+port = {broker_port}
+tls = false
+topics = ["v3/porsgrunn-air@ttn/devices/+/up"]
+backoff_initial_seconds = 0.05
+backoff_max_seconds = 0.5
+
+[[mqtt]]
 name = "gateway"
 format = "frames"
 host = "127.0.0.1"
@@ -169,6 +179,11 @@ async def test_chirpstack_mqtt_uplinks_are_decrypted_by_the_hub(tmp_path, broker
         for sub in live.running.networks.subscriptions:
             await asyncio.wait_for(sub.subscribed.wait(), 20)
         async with aiomqtt.Client("127.0.0.1", broker.port) as publisher:
+            # Refused on the way, counted, and the subscription goes on with the next message.
+            topic = f"application/app1/device/{dev_eui}/event/up"
+            await publisher.publish(topic, b"{not json", qos=1)
+            await publisher.publish(topic, b"x" * 70_000, qos=1)
+            await publisher.publish(topic, json.dumps(chirpstack_up("ffffffffffffffff", 0, b"\x00", T0, dev_addr=DEV_ADDR)), qos=1)
             for fcnt in range(10):
                 plain = lpp(5.0 + fcnt, -3.5 + fcnt / 10)
                 frm = encoder.encrypt(dev_addr=DEV_ADDR, fcnt=fcnt, payload=plain, app_s_key=APP_S_KEY)
@@ -181,6 +196,16 @@ async def test_chirpstack_mqtt_uplinks_are_decrypted_by_the_hub(tmp_path, broker
         assert ("pm25", T0, 5.0) in values and ("temperature", T0 + 9 * 3_600_000, -2.6) in values
         record = await live.hub.storage.read(lambda s: s.get_sensor(sensor.sensor_id))
         assert record.last_counter == 10  # FCnt 9 + 1
+        counts = await rejections(live)
+        assert (counts["malformed_uplink"], counts["frame_too_large"], counts["unknown_device"]) == (1, 1, 1)
+        # The Things Stack over MQTT (QoS 0), a network-decrypted device: the network's decoding is accepted.
+        tts_sensor = await enrol(live, "70b3d57ed0000009", app_s_key="", confidentiality="network-decrypted", codec="json")
+        async with aiomqtt.Client("127.0.0.1", broker.port) as publisher:
+            for fcnt in (1, 2, 5):
+                message = tts_up("70b3d57ed0000009", fcnt, json.dumps({"pm25": float(fcnt)}).encode(), T0 + fcnt * 60_000)
+                await publisher.publish("v3/porsgrunn-air@ttn/devices/station/up", json.dumps(message), qos=0)
+        await wait_for(lambda: _equals(stored(live, tts_sensor.sensor_id), 3))
+        assert 'smartregion_network_fcnt_gaps_total{door="tts"} 2.0' in live.hub.metrics.exposition().decode()
     finally:
         await live.stop()
 
