@@ -59,7 +59,7 @@ def rfc3339(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def chirpstack_up(dev_eui: str, fcnt: int, data: bytes, time_ms: int, *, dev_addr: str = "", key_envelope: tuple[str, bytes] | None = None,
+def chirpstack_up(dev_eui: str, fcnt: int, data: bytes, time_ms: int, *, dev_addr: str = "", key_envelope: tuple | None = None,
                   obj: dict | None = None, application_id: str = "app1") -> dict:
     """An `up` event as ChirpStack v4's JSON marshaler writes it (protobuf JSON mapping)."""
     event = {
@@ -78,8 +78,9 @@ def chirpstack_up(dev_eui: str, fcnt: int, data: bytes, time_ms: int, *, dev_add
     if obj is not None:
         event["object"] = obj
     if key_envelope is not None:
-        label, wrapped = key_envelope
-        event["joinServerContext"] = {"sessionKeyId": "", "appSKey": {"kekLabel": label, "aesKey": base64.b64encode(wrapped).decode()}}
+        label, wrapped, *session = key_envelope
+        event["joinServerContext"] = {"sessionKeyId": session[0] if session else "",
+                                      "appSKey": {"kekLabel": label, "aesKey": base64.b64encode(wrapped).decode()}}
     return event
 
 

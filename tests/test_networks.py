@@ -411,3 +411,29 @@ async def test_gateway_frames_survive_a_broker_restart_in_a_hub_process(tmp_path
         assert {s.confidentiality for s in listed.sensors} == {"end-to-end"}
     finally:
         await hub.stop()
+
+
+async def test_a_new_join_session_restarts_fcnt_and_old_sessions_stay_refused(tmp_path, encoder):
+    data_dir = make_hub_dir(tmp_path / "hub", "4001")
+    networks_toml(data_dir, None)
+    live = await start_live_hub(data_dir, insecure=True)
+    try:
+        device = await enrol(live, "0004a30b001c0777", app_s_key="")
+        await live.admin.AddLorawanKek(admin_pb2.AddLorawanKekRequest(label="js", kek=KEK), metadata=live.admin_metadata)
+        sessions = {name: secrets.token_bytes(16) for name in ("first", "second")}
+
+        async def send(session: str, fcnt: int, minute: int):
+            key = sessions[session]
+            frm = encoder.encrypt(dev_addr=DEV_ADDR, fcnt=fcnt, payload=lpp(5.0, 1.0), app_s_key=key.hex())
+            event = chirpstack_up(device.lorawan_dev_eui, fcnt, frm, T0 + minute * 60_000, dev_addr=DEV_ADDR,
+                                  key_envelope=("js", aes_key_wrap(KEK, key), f"session-{session}"))
+            return await post(live, "/v1/networks/chirpstack?event=up", event)
+
+        assert [(await send("first", fcnt, fcnt))[0] for fcnt in range(3)] == [200, 200, 200]
+        assert (await send("second", 0, 10))[0] == 200  # the device joined again: FCnt 0 of a new session
+        assert (await send("second", 1, 11))[0] == 200
+        assert (await send("first", 3, 12))[1]["error"] == "replayed"  # a late uplink of the earlier session
+        assert (await send("second", 1, 11))[1]["error"] == "replayed"
+        assert await stored(live, device.sensor_id) == 10
+    finally:
+        await live.stop()

@@ -49,7 +49,7 @@ def _chirpstack_uplink(event: integration_pb2.UplinkEvent, now_ms: int) -> Uplin
     envelope = None
     if event.HasField("join_server_context") and event.join_server_context.HasField("app_s_key"):
         key = event.join_server_context.app_s_key
-        envelope = KeyEnvelope(key.kek_label, bytes(key.aes_key))
+        envelope = KeyEnvelope(key.kek_label, bytes(key.aes_key), event.join_server_context.session_key_id)
     try:
         dev_eui = lorawan.normalise_eui(event.device_info.dev_eui)
         dev_addr = lorawan.parse_dev_addr(event.dev_addr) if event.dev_addr else None
@@ -118,7 +118,8 @@ def tts_json(body: bytes, now_ms: int) -> Uplink:
     envelope = None
     raw_key = up.get("app_s_key")
     if isinstance(raw_key, dict) and raw_key.get("encrypted_key"):
-        envelope = KeyEnvelope(str(raw_key.get("kek_label", "")), _b64(raw_key["encrypted_key"], "app_s_key.encrypted_key"))
+        envelope = KeyEnvelope(str(raw_key.get("kek_label", "")), _b64(raw_key["encrypted_key"], "app_s_key.encrypted_key"),
+                               str(up.get("session_key_id", "")))
     payload = _b64(up["frm_payload"], "uplink_message.frm_payload") if "frm_payload" in up else b""
     decoded = up.get("decoded_payload")
     return Uplink(

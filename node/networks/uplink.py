@@ -2,9 +2,12 @@
 commit. Every network server's format (node/networks/events.py) is turned into an `Uplink`
 first, so ChirpStack and The Things Stack share this path, its checks and its refusals.
 
-The device's sensor counter is FCnt + 1: frame counters start at 1, LoRaWAN's at 0. A replayed
-or reordered uplink (FCnt not above the last accepted) is refused as `replayed` by the
-pipeline, and so is a second copy of an uplink already stored: it is stored once.
+The device's sensor counter is FCnt + 1: frame counters start at 1, LoRaWAN's at 0. For a device
+whose AppSKeys come in key envelopes, every join starts a new session (and FCnt at 0 again):
+the counter is session number * 2^32 + FCnt + 1, sessions numbered as the hub first sees them.
+A replayed or reordered uplink (counter not above the last accepted, an uplink of an earlier
+session included) is refused as `replayed` by the pipeline, and so is a second copy of an
+uplink already stored: it is stored once.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ log = logging.getLogger("smartregion.networks")
 class KeyEnvelope:
     kek_label: str
     aes_key: bytes  # the AppSKey, RFC 3394-wrapped
+    session_key_id: str = ""  # the join server's id of the session (a new one per join)
+
+
+SESSION_SHIFT = 32  # counter = session number * 2^32 + FCnt + 1 (FCnt is a 32-bit counter)
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,16 @@ class LorawanIngest:
         if device is None:
             raise await self._ingest.reject(Reason.UNKNOWN_DEVICE, f"no sensor is enrolled for DevEUI {uplink.dev_eui}; dropped")
         return device
+
+    async def _counter(self, device: LorawanDeviceRecord, uplink: Uplink) -> int:
+        """FCnt + 1, above every counter of the device's earlier sessions (key envelopes name
+        their session; a held AppSKey is one session for good)."""
+        envelope = uplink.key_envelope
+        if device.wrapped_app_s_key is not None or envelope is None or not envelope.session_key_id:
+            return uplink.fcnt + 1
+        dev_eui, session = device.dev_eui, envelope.session_key_id
+        session_no = await self._storage.write(lambda s: s.lorawan_session_no(dev_eui, session))
+        return (session_no << SESSION_SHIFT) + uplink.fcnt + 1
 
     async def _app_s_key(self, device: LorawanDeviceRecord, uplink: Uplink) -> bytes:
         if device.wrapped_app_s_key is not None:
@@ -139,7 +156,8 @@ class LorawanIngest:
             plaintext = json.dumps(
                 [{"n": metric, "v": value, "t": uplink.time_ms / 1000} for metric, value in values.items()], allow_nan=False
             ).encode()
-            opened = await self._ingest.open_authenticated(device.sensor_id, uplink.fcnt + 1, plaintext)
+            counter = await self._counter(device, uplink)  # after the envelope unwrapped: only real sessions count
+            opened = await self._ingest.open_authenticated(device.sensor_id, counter, plaintext)
             last = self._ingest.last_counter(device.sensor_id)
             (receipt,) = await self._ingest.commit([opened])
         except Rejected as exc:
@@ -149,6 +167,6 @@ class LorawanIngest:
             self.metrics.uplinks.labels(uplink.door, Reason.UNDECODABLE_PAYLOAD.label).inc()
             raise await self._ingest.reject(Reason.UNDECODABLE_PAYLOAD, f"device {uplink.dev_eui}: {exc}") from None
         self.metrics.uplinks.labels(uplink.door, "stored").inc()
-        if last and uplink.fcnt > last:  # counters last+1 .. fcnt never arrived
-            self.metrics.fcnt_gaps.labels(uplink.door).inc(uplink.fcnt - last)
+        if last and counter - 1 > last and (counter >> SESSION_SHIFT) == (last >> SESSION_SHIFT):
+            self.metrics.fcnt_gaps.labels(uplink.door).inc(counter - 1 - last)  # counters last+1 .. counter-1 never came
         return receipt

@@ -164,6 +164,15 @@ MIGRATIONS: list[tuple[int, str]] = [
             wrapped_kek BLOB NOT NULL,                      -- under the hub's KEK
             added_at_ms INTEGER NOT NULL
         );
+        -- Sessions of a device whose AppSKeys come in key envelopes, numbered as first seen: the
+        -- sensor's counter is session_no * 2^32 + FCnt + 1, so it keeps growing across joins
+        -- (FCnt restarts at 0) and an uplink of an earlier session is refused as replayed.
+        CREATE TABLE lorawan_sessions (
+            dev_eui TEXT NOT NULL REFERENCES lorawan_devices(dev_eui),
+            session_key_id TEXT NOT NULL,
+            session_no INTEGER NOT NULL,
+            PRIMARY KEY (dev_eui, session_key_id)
+        ) WITHOUT ROWID;
         -- Each dataset's classification as the hub last served it (catalog.toml): a change
         -- is refused while an agreement on the dataset is in force (node/app/catalog_guard.py).
         CREATE TABLE catalog_classifications (

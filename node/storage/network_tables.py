@@ -67,6 +67,22 @@ class NetworkTables:
         row = self.conn.execute("SELECT wrapped_kek FROM lorawan_keks WHERE label = ?", (label,)).fetchone()
         return bytes(row[0]) if row else None
 
+    def lorawan_session_no(self, dev_eui: str, session_key_id: str) -> int:
+        """The session's number, a new one (one above the highest) if it was never seen."""
+        def work() -> int:
+            row = self.conn.execute("SELECT session_no FROM lorawan_sessions WHERE dev_eui = ? AND session_key_id = ?",
+                                    (dev_eui, session_key_id)).fetchone()
+            if row:
+                return int(row[0])
+            (highest,) = self.conn.execute("SELECT COALESCE(MAX(session_no), 0) FROM lorawan_sessions WHERE dev_eui = ?",
+                                           (dev_eui,)).fetchone()
+            self.conn.execute("INSERT INTO lorawan_sessions (dev_eui, session_key_id, session_no) VALUES (?, ?, ?)",
+                              (dev_eui, session_key_id, highest + 1))
+            return int(highest) + 1
+
+        result: int = self._transaction(work)
+        return result
+
     # -- the catalog's classifications as last served -----------------------------------------
     def catalog_classifications(self) -> dict[str, str]:
         return dict(self.conn.execute("SELECT dataset, classification FROM catalog_classifications").fetchall())
