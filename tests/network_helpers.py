@@ -22,10 +22,10 @@ ENCODER_DIR = REPO_ROOT / "tests" / "lorawan_encoder"
 class Mosquitto(broker.Mosquitto):
     """The project's broker runner; a test without Debian's mosquitto is skipped, not failed."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, listener_options: str = "", anonymous: bool = True) -> None:
         if broker.mosquitto_binary() is None:
             pytest.skip("Debian's mosquitto is not installed (make test installs it)")
-        super().__init__(directory)
+        super().__init__(directory, listener_options=listener_options, anonymous=anonymous)
 
 
 class LoraEncoder:

@@ -437,3 +437,92 @@ async def test_a_new_join_session_restarts_fcnt_and_old_sessions_stay_refused(tm
         assert await stored(live, device.sensor_id) == 10
     finally:
         await live.stop()
+
+
+def _certificates(directory):
+    """A CA, the broker's certificate (127.0.0.1) and the hub's client certificate, all PEM."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def make(name, issuer_name, issuer_key, *, ca=False, san=None, usage=None):
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+                   .issuer_name(issuer_name or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        if usage:
+            builder = builder.add_extension(x509.ExtendedKeyUsage(usage), critical=False)
+        cert = builder.sign(issuer_key or key, hashes.SHA256())
+        return key, cert
+
+    ca_key, ca = make("test-ca", None, None, ca=True)
+    server_key, server = make("broker", ca.subject, ca_key, san=[x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+                              usage=[ExtendedKeyUsageOID.SERVER_AUTH])
+    client_key, client = make("porsgrunn-hub", ca.subject, ca_key, usage=[ExtendedKeyUsageOID.CLIENT_AUTH])
+    files = {}
+    for name, obj in (("ca.pem", ca), ("server.pem", server), ("client.pem", client)):
+        files[name] = directory / name
+        files[name].write_bytes(obj.public_bytes(serialization.Encoding.PEM))
+    for name, key in (("server.key", server_key), ("client.key", client_key)):
+        files[name] = directory / name
+        files[name].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+    return files
+
+
+async def test_the_hub_subscribes_over_tls_with_a_client_certificate(tmp_path, encoder):
+    certs_dir = tmp_path / "certs"
+    certs_dir.mkdir()
+    files = _certificates(certs_dir)
+    tls_broker = Mosquitto(tmp_path / "tls-broker", anonymous=False, listener_options=(
+        f"cafile {files['ca.pem']}\ncertfile {files['server.pem']}\nkeyfile {files['server.key']}\n"
+        "require_certificate true\nuse_identity_as_username true")).start()
+    try:
+        data_dir = make_hub_dir(tmp_path / "hub", "4001")
+        (data_dir / "networks.toml").write_text(f"""
+[codecs.air-lpp]
+kind = "cayenne"
+channels = {{ "1" = "pm25", "2" = "temperature" }}
+
+[[mqtt]]
+name = "lorawan-tls"
+format = "chirpstack"
+host = "127.0.0.1"
+port = {tls_broker.port}
+ca_file = "{files['ca.pem']}"
+cert_file = "{files['client.pem']}"
+key_file = "{files['client.key']}"
+topics = ["application/app1/device/+/event/up"]
+""")
+        live = await start_live_hub(data_dir, insecure=True)
+        try:
+            sensor = await enrol(live, "70b3d57ed005a1c3")
+            await asyncio.wait_for(live.running.networks.subscriptions[0].subscribed.wait(), 20)
+            frm = encoder.encrypt(dev_addr=DEV_ADDR, fcnt=0, payload=lpp(6.5, 0.5), app_s_key=APP_S_KEY)
+            event = chirpstack_up(sensor.lorawan_dev_eui, 0, frm, T0, dev_addr=DEV_ADDR)
+            import ssl
+
+            context = ssl.create_default_context(cafile=str(files["ca.pem"]))
+            context.load_cert_chain(str(files["client.pem"]), str(files["client.key"]))
+            async with aiomqtt.Client("127.0.0.1", tls_broker.port, tls_context=context) as publisher:
+                await publisher.publish(f"application/app1/device/{sensor.lorawan_dev_eui}/event/up", json.dumps(event), qos=1)
+            await wait_for(lambda: _equals(stored(live, sensor.sensor_id), 2))
+            # A client without a certificate is turned away by the broker.
+            with pytest.raises(aiomqtt.MqttError):
+                async with aiomqtt.Client("127.0.0.1", tls_broker.port, tls_context=ssl.create_default_context(cafile=str(files["ca.pem"])),
+                                          timeout=5):
+                    pass
+        finally:
+            await live.stop()
+    finally:
+        tls_broker.stop()

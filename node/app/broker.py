@@ -25,7 +25,9 @@ def free_port() -> int:
 
 
 class Mosquitto:
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, listener_options: str = "", anonymous: bool = True) -> None:
+        """`listener_options`: more lines for the listener (TLS: cafile, certfile, keyfile,
+        require_certificate ...)."""
         binary = mosquitto_binary()
         if binary is None:
             raise FileNotFoundError("Debian's mosquitto is not installed (`make mosquitto` installs it)")
@@ -36,7 +38,7 @@ class Mosquitto:
         self.config = self.directory / "mosquitto.conf"
         # `user root`: as root, mosquitto would switch to its own user, which cannot write here.
         self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"listener {self.port} 127.0.0.1\n{listener_options}\nallow_anonymous {'true' if anonymous else 'false'}\npersistence true\n"
             f"persistence_location {self.directory}/\nautosave_interval 1\nlog_dest file {self.directory}/mosquitto.log\n"
             "max_queued_messages 100000\nuser root\n"
         )
