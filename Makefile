@@ -34,6 +34,9 @@ mosquitto:
 
 # LoRaWAN test frames come from an encoder that is not ours: npm's lora-packet, exactly as locked.
 lorawan-encoder:
+	@command -v npm >/dev/null 2>&1 || { \
+	  echo "installing Debian's nodejs and npm for the LoRaWAN test encoder"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
 	npm ci --prefix tests/lorawan_encoder --ignore-scripts --no-audit --no-fund --loglevel=error
 
 # Regenerate the Python code in node/api/ from proto/ (tests fail if it drifts).
