@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint proto bench clean venv browser
+.PHONY: demo test lint proto bench clean venv browser mosquitto lorawan-encoder
 
 venv: $(STAMP)
 
@@ -14,12 +14,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) mosquitto
 	$(BIN)/smartregion demo $(DEMO_ARGS)
 
 # `make test` will run `lint` first once the files other branches are rewriting are clean
 # (see the integrator's note in the gates branch): test: $(STAMP) browser lint
-test: $(STAMP) browser
+test: $(STAMP) browser mosquitto lorawan-encoder
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The gates: ruff (rule set in pyproject.toml) and mypy (strict on the modules listed there).
@@ -33,13 +33,27 @@ browser:
 	  echo "installing Debian's chromium for the browser test"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# The network-door tests and the demo's LoRaWAN station use Debian's Mosquitto as the broker.
+mosquitto:
+	@test -x /usr/sbin/mosquitto || command -v mosquitto >/dev/null 2>&1 || { \
+	  echo "installing Debian's mosquitto for the network-door tests and the demo"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
+
+# LoRaWAN test frames come from an encoder that is not ours: npm's lora-packet, exactly as locked.
+lorawan-encoder:
+	@command -v npm >/dev/null 2>&1 || { \
+	  echo "installing Debian's nodejs and npm for the LoRaWAN test encoder"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
+	npm ci --prefix tests/lorawan_encoder --ignore-scripts --no-audit --no-fund --loglevel=error
+
 # Regenerate the Python code in node/api/ from proto/ (tests fail if it drifts).
 proto: $(STAMP)
 	$(BIN)/python -m node.api.codegen
 
-bench: $(STAMP)
+bench: $(STAMP) mosquitto
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.query
+	$(BIN)/python -m bench.networks
 
 # Install the Node.js partner client's dependencies exactly as locked (docs/querying.md).
 .PHONY: examples

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from node import catalog, register
 from node import identity as identity_mod
-from node import register
 from node.api.v1 import federation_pb2
 from node.signing import Domain, hub_id_from_public_key, sign, verify
 
@@ -30,8 +30,20 @@ def cert_sha256(cert_pem: bytes) -> bytes:
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
 
 
+def offers(datasets: catalog.Catalog) -> list[federation_pb2.DatasetOffer]:
+    """The catalog as a descriptor carries it (names, units, classifications; no data)."""
+    return [
+        federation_pb2.DatasetOffer(
+            name=d.name, classification=d.classification.value, fiware_type=d.fiware_type, description=d.description,
+            retention_days=d.retention_days,
+            metrics=[federation_pb2.MetricOffer(name=m.name, unit=m.unit, description=m.description) for m in d.metrics.values()],
+        )
+        for d in datasets.datasets.values()
+    ]
+
+
 def issue(identity: identity_mod.HubIdentity, municipality: str, grpc_address: str, http_url: str,
-          now_ms: int) -> federation_pb2.SignedDescriptor:
+          now_ms: int, datasets: catalog.Catalog | None = None) -> federation_pb2.SignedDescriptor:
     descriptor = federation_pb2.NodeDescriptor(
         hub_id=identity.hub_id_text,
         municipality_number=municipality,
@@ -42,9 +54,24 @@ def issue(identity: identity_mod.HubIdentity, municipality: str, grpc_address: s
         http_url=http_url,
         issued_at_ms=now_ms,
         valid_until_ms=now_ms + DESCRIPTOR_LIFETIME_MS,
+        datasets=offers(datasets) if datasets is not None else [],
     )
     payload = descriptor.SerializeToString()
     return federation_pb2.SignedDescriptor(descriptor=payload, signature=sign(identity.identity_key, Domain.DESCRIPTOR, payload))
+
+
+def verify_signature(signed: federation_pb2.SignedDescriptor) -> federation_pb2.NodeDescriptor:
+    """A descriptor signed by the hub it names (its key hashes to its hub id); for a relayed
+    descriptor, whose TLS certificate the reader never saw. Raise DescriptorError otherwise."""
+    try:
+        d: federation_pb2.NodeDescriptor = federation_pb2.NodeDescriptor.FromString(signed.descriptor)
+    except Exception as exc:  # protobuf raises DecodeError, a plain Exception subclass
+        raise DescriptorError(f"the descriptor does not parse: {exc}") from None
+    if len(d.identity_public_key) != 32 or hub_id_from_public_key(d.identity_public_key) != d.hub_id:
+        raise DescriptorError(f"the descriptor of {d.hub_id!r} does not carry that hub's key")
+    if not verify(d.identity_public_key, Domain.DESCRIPTOR, signed.descriptor, signed.signature):
+        raise DescriptorError(f"the descriptor of hub {d.hub_id} is not signed by it")
+    return d
 
 
 def needs_refresh(signed: federation_pb2.SignedDescriptor, now_ms: int) -> bool:

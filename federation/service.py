@@ -60,8 +60,14 @@ class Federation:
         if self._descriptor is None or descriptors.needs_refresh(self._descriptor, now):
             endpoint = self.hub.endpoint
             self._descriptor = descriptors.issue(self.hub.identity, self.hub.config.municipality, endpoint.grpc_address,
-                                                 endpoint.http_url, now)
+                                                 endpoint.http_url, now, datasets=self.hub.catalog)
         return self._descriptor
+
+    async def region_descriptors(self) -> list[federation_pb2.SignedDescriptor]:
+        """This hub's descriptor, then each current peer's as last fetched and verified."""
+        peers_held = await self.hub.storage.read(lambda s: s.list_peers())
+        relayed = [federation_pb2.SignedDescriptor.FromString(p.descriptor) for p in peers_held if p.descriptor]
+        return [self.descriptor(), *relayed]
 
     def own_party(self) -> agreement_pb2.Party:
         return agreement_pb2.Party(kind=agreement_pb2.PARTY_KIND_HUB, id=self.own_id,

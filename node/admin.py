@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from node import audit, ids
 from node.errors import Reason, Rejected
 from node.hub import Hub
+from node.networks.devices import add_kek, device_record
 from node.sensors import Enrolment, credential_json, new_sensor
 from node.storage.base import MetricSummary, SensorRecord
+from node.storage.network_tables import LorawanDeviceRecord
 
 
 @dataclass
@@ -18,6 +20,7 @@ class Status:
     sensors_revoked: int
     counts: list[MetricSummary]
     rejections: dict[str, int]
+    sensors_network_decrypted: int = 0
 
 
 async def status(hub: Hub) -> Status:
@@ -25,16 +28,37 @@ async def status(hub: Hub) -> Status:
     counts = await hub.storage.read(lambda s: s.metric_summaries())
     rejections = await hub.storage.read(lambda s: s.rejection_counts())
     active = sum(1 for s in sensors if s.active)
-    return Status(hub, active, len(sensors) - active, counts, rejections)
+    devices = await lorawan_devices(hub)
+    network_decrypted = sum(1 for s in sensors if s.active and s.sensor_id in devices
+                            and devices[s.sensor_id].confidentiality == "network-decrypted")
+    return Status(hub, active, len(sensors) - active, counts, rejections, network_decrypted)
 
 
-async def add_sensor(hub: Hub, enrolment: Enrolment) -> tuple[SensorRecord, bytes]:
-    """Enrol a sensor; return its record and its credential file (the only copy of its key)."""
-    record, key = new_sensor(enrolment, hub.identity.key_encryption_key, hub.identity.hub_id, hub.clock.now_ms())
-    await hub.storage.write(lambda s: s.add_sensor(record))
+@dataclass(frozen=True)
+class LorawanEnrolment:
+    dev_eui: str
+    app_s_key_hex: str = ""  # empty: from each uplink's key envelope, or network-decrypted
+    confidentiality: str = "end-to-end"
+    codec: str = "json"
+
+
+async def add_sensor(hub: Hub, enrolment: Enrolment, lorawan: LorawanEnrolment | None = None) -> tuple[SensorRecord, bytes]:
+    """Enrol a sensor; return its record and its credential file (the only copy of its key).
+    With `lorawan`, the sensor is reached through a LoRaWAN network server by its DevEUI."""
+    record, key = new_sensor(enrolment, hub.identity.key_encryption_key, hub.identity.hub_id, hub.clock.now_ms(), hub.catalog)
+    if lorawan is None:
+        await hub.storage.write(lambda s: s.add_sensor(record))
+    else:
+        device = device_record(
+            record, lorawan.dev_eui, lorawan.confidentiality, lorawan.app_s_key_hex, lorawan.codec or "json",
+            set(hub.networks.codecs), hub.identity.key_encryption_key, hub.identity.hub_id,
+        )
+        if not await hub.storage.write(lambda s: s.add_lorawan_sensor(record, device)):
+            raise Rejected(Reason.ALREADY_EXISTS, f"a sensor is enrolled for DevEUI {device.dev_eui} already")
     personal = " (has a data subject)" if record.subject_id else ""
+    via = f" via LoRaWAN {lorawan.dev_eui} ({lorawan.confidentiality})" if lorawan else ""
     await audit.admin_action(hub.storage, hub.clock.now_ms(), "sensor.add", record.sensor_id,
-                             f"{record.dataset}: {','.join(record.metrics)}{personal}")
+                             f"{record.dataset}: {','.join(record.metrics)}{personal}{via}")
     credential = credential_json(
         record,
         key,
@@ -44,12 +68,23 @@ async def add_sensor(hub: Hub, enrolment: Enrolment) -> tuple[SensorRecord, byte
         http_url=hub.endpoint.http_url,
         tls=hub.endpoint.tls,
         tls_cert_pem=hub.identity.tls_cert_pem.decode(),
+        datasets=hub.catalog,
     )
     return record, credential
 
 
 async def list_sensors(hub: Hub, include_revoked: bool) -> list[SensorRecord]:
     return await hub.storage.read(lambda s: s.list_sensors(include_revoked))
+
+
+async def lorawan_devices(hub: Hub) -> dict[str, LorawanDeviceRecord]:
+    """The LoRaWAN devices by sensor id (a sensor not in it sends sealed frames: end-to-end)."""
+    devices = await hub.storage.read(lambda s: s.list_lorawan_devices())
+    return {d.sensor_id: d for d in devices}
+
+
+async def add_lorawan_kek(hub: Hub, label: str, kek: bytes) -> None:
+    await add_kek(hub.storage, hub.identity.key_encryption_key, hub.identity.hub_id, label, kek, hub.clock.now_ms())
 
 
 async def revoke_sensor(hub: Hub, sensor_id: str) -> SensorRecord:

@@ -23,6 +23,11 @@ class Reason(Enum):
     UNKNOWN_METRIC = ("INVALID_ARGUMENT", 422, "a record names a metric the sensor is not enrolled for")
     NON_FINITE_VALUE = ("INVALID_ARGUMENT", 422, "a value or time is NaN or infinite")
     INVALID_READING = ("INVALID_ARGUMENT", 422, "a value is out of range, has the wrong unit or an impossible time")
+    # Network doors (node/networks): uplinks from LoRaWAN network servers, NB-IoT and MQTT gateways
+    MALFORMED_UPLINK = ("INVALID_ARGUMENT", 400, "a network server's event is not valid JSON or Protobuf of the expected shape")
+    UNKNOWN_DEVICE = ("UNAUTHENTICATED", 401, "no sensor is enrolled for this LoRaWAN DevEUI")
+    UNKNOWN_KEK = ("FAILED_PRECONDITION", 412, "the uplink's key envelope is under a KEK label this hub does not hold, or does not unwrap")
+    UNDECODABLE_PAYLOAD = ("INVALID_ARGUMENT", 422, "the uplink's payload does not decode with the device's codec")
     # Admin and general requests
     INVALID_REQUEST = ("INVALID_ARGUMENT", 400, "the request is malformed or names something invalid")
     NOT_FOUND = ("NOT_FOUND", 404, "the named object does not exist")

@@ -6,11 +6,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from node import __version__
+from node import __version__, catalog
 from node.clock import SYSTEM_CLOCK, Clock
-from node.hubdir import DB_FILE, HubConfig, HubDir
+from node.hubdir import DB_FILE, HubConfig, HubDir, HubDirError
 from node.identity import HubIdentity
 from node.ingest import IngestService
+from node.networks.config import NetworksConfig, NetworksConfigError
+from node.networks.config import for_data_dir as networks_for_data_dir
 from node.observability import HubMetrics
 from node.storage import Storage
 
@@ -30,6 +32,8 @@ class Hub:
     storage: Storage
     ingest: IngestService
     metrics: HubMetrics
+    catalog: catalog.Catalog = field(default=catalog.DEFAULT)  # DATA_DIR/catalog.toml or the shipped default
+    networks: NetworksConfig = field(default_factory=NetworksConfig)  # DATA_DIR/networks.toml (node/networks)
     endpoint: Endpoint = field(default_factory=Endpoint)
     clock: Clock = field(default=SYSTEM_CLOCK)
     started_at_ms: int = 0
@@ -40,6 +44,11 @@ class Hub:
     def open(cls, path: Path, passphrase: bytes, clock: Clock = SYSTEM_CLOCK) -> Hub:
         hub_dir = HubDir(Path(path))
         config = hub_dir.config()
+        datasets = hub_dir.catalog()  # validated here: a hub does not start with a broken catalog
+        try:
+            networks = networks_for_data_dir(hub_dir.path, config.hub_id)
+        except NetworksConfigError as exc:
+            raise HubDirError(f"the network configuration is invalid: {exc}") from None
         serve_lock = hub_dir.lock_for_serving()
         identity = hub_dir.identity(passphrase)
         storage = Storage(hub_dir.file(DB_FILE))
@@ -51,8 +60,9 @@ class Hub:
             on_rejection=metrics.rejected,
             on_accepted=metrics.accepted,
             clock=clock,
+            datasets=datasets,
         )
-        return cls(hub_dir, config, identity, storage, ingest, metrics, clock=clock,
+        return cls(hub_dir, config, identity, storage, ingest, metrics, catalog=datasets, networks=networks, clock=clock,
                    started_at_ms=clock.now_ms(), serve_lock=serve_lock)
 
     def close(self) -> None:

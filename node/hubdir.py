@@ -2,6 +2,7 @@
 
     DATA_DIR/             0700
       hub.toml            configuration, no secrets
+      catalog.toml        the datasets this hub accepts (optional; else the shipped default)
       keys.json           identity key, TLS key, key-encryption key: encrypted (node.keystore)
       tls-cert.pem        the hub's TLS certificate (public, pinned by sensors and peers)
       admin.token         the admin credential (bearer token); the hub keeps only its hash
@@ -25,6 +26,7 @@ from typing import TextIO
 
 import tomli_w
 
+from node import catalog as catalog_mod
 from node import identity as identity_mod
 from node import keystore, register
 from node.fileio import make_private_dir, write_private_file
@@ -149,6 +151,13 @@ class HubDir:
         if ident.hub_id_text != self.config().hub_id:
             raise HubDirError("the keystore's identity does not match the hub id in hub.toml")
         return ident
+
+    def catalog(self) -> catalog_mod.Catalog:
+        """The hub's catalog (catalog.toml here, else the shipped default); raises HubDirError if broken."""
+        try:
+            return catalog_mod.for_data_dir(self.path)
+        except catalog_mod.CatalogError as exc:
+            raise HubDirError(f"the catalog is invalid: {exc}") from None
 
     def admin_token(self) -> str:
         try:

@@ -54,12 +54,14 @@ class IngestService:
         on_rejection: Callable[[Reason], None] | None = None,
         on_accepted: Callable[[int], None] | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        datasets: catalog.Catalog = catalog.DEFAULT,
     ) -> None:
         self.hub_id = hub_id
         self._clock = clock
         self._kek = key_encryption_key
         self._storage = storage
         self._sensors: dict[str, _KnownSensor] = {}
+        self.catalog = datasets  # the hub's catalog (hub configuration): what a reading is checked against
         self._on_rejection = on_rejection or (lambda reason: None)
         self._on_accepted = on_accepted or (lambda readings: None)
 
@@ -78,10 +80,15 @@ class IngestService:
             except ValueError as exc:  # a damaged or tampered database: the operator must know
                 log.error("sensor key does not unwrap", extra={"sensor_id": sensor_id})
                 raise await self.reject(Reason.INTERNAL, str(exc), sensor_id) from None
-            dataset_metrics = catalog.dataset(record.dataset).metrics
+            dataset_metrics = self.catalog.dataset(record.dataset).metrics
             known = _KnownSensor(record, AESGCM(key), {m: dataset_metrics[m] for m in record.metrics})
             self._sensors[sensor_id] = known
         return known
+
+    def last_counter(self, sensor_id: str) -> int | None:
+        """The last counter accepted for a cached sensor (None if not cached)."""
+        known = self._sensors.get(sensor_id)
+        return known.record.last_counter if known else None
 
     async def reject(self, reason: Reason, message: str, sensor_id: str | None = None) -> Rejected:
         self._on_rejection(reason)
@@ -113,10 +120,25 @@ class IngestService:
             raise await self.reject(
                 Reason.AUTHENTICATION_FAILED, f"the frame does not authenticate under the key of sensor {sensor_id}", sensor_id
             ) from None
+        return await self._checked(known, header.counter, plaintext, pending)
+
+    async def open_authenticated(self, sensor_id: str, counter: int, plaintext: bytes) -> FrameToCommit:
+        """Validate readings that a network door (node/networks) has authenticated itself (a
+        LoRaWAN uplink decrypted under the device's AppSKey, or accepted from its network
+        server): the same sensor, counter and SenML checks as a sealed frame's."""
+        known = await self._sensor(sensor_id)
+        if known is None:
+            raise await self.reject(Reason.UNKNOWN_SENSOR, f"no sensor {sensor_id} is enrolled at this hub")
+        if not known.record.active:
+            raise await self.reject(Reason.REVOKED_SENSOR, f"sensor {sensor_id} was revoked", sensor_id)
+        return await self._checked(known, counter, plaintext, None)
+
+    async def _checked(self, known: _KnownSensor, counter: int, plaintext: bytes, pending: dict[str, int] | None) -> FrameToCommit:
+        sensor_id = known.record.sensor_id
         last = max(known.record.last_counter, (pending or {}).get(sensor_id, 0))
-        if header.counter <= last:
+        if counter <= last:
             raise await self.reject(
-                Reason.REPLAYED, f"counter {header.counter} of sensor {sensor_id} is not above the last accepted ({last})", sensor_id
+                Reason.REPLAYED, f"counter {counter} of sensor {sensor_id} is not above the last accepted ({last})", sensor_id
             )
         try:
             now_ms = self._clock.now_ms()  # relative SenML times are relative to now (RFC 8428)
@@ -124,8 +146,8 @@ class IngestService:
         except Rejected as exc:
             raise await self.reject(exc.reason, f"sensor {sensor_id}: {exc.message}", sensor_id) from None
         if pending is not None:
-            pending[sensor_id] = header.counter
-        return FrameToCommit(sensor_id, header.counter, readings, now_ms)
+            pending[sensor_id] = counter
+        return FrameToCommit(sensor_id, counter, readings, now_ms)
 
     async def commit(self, batch: list[FrameToCommit]) -> list[Receipt]:
         try:

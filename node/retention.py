@@ -41,7 +41,7 @@ class DatasetRetention:
 def configured_days(hub: Hub, dataset: str) -> int:
     days = hub.config.retention.days.get(dataset)
     if days is None:
-        days = catalog.dataset(dataset).retention_days or 0
+        days = hub.catalog.dataset(dataset).retention_days or 0
     return int(days)
 
 

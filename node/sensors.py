@@ -48,14 +48,14 @@ class Enrolment:
     subject_id: str = ""
     label: str = ""
 
-    def validated(self) -> Enrolment:
+    def validated(self, datasets: catalog.Catalog = catalog.DEFAULT) -> Enrolment:
         try:
-            metrics = catalog.check_metrics(self.dataset, [m.strip() for m in self.metrics if m.strip()])
+            metrics = datasets.check_metrics(self.dataset, [m.strip() for m in self.metrics if m.strip()])
         except catalog.CatalogError as exc:
             raise Rejected(Reason.INVALID_REQUEST, str(exc)) from None
         if not (-90 <= self.latitude <= 90 and -180 <= self.longitude <= 180):
             raise Rejected(Reason.INVALID_REQUEST, f"location {self.latitude},{self.longitude} is not a latitude,longitude")
-        personal = catalog.dataset(self.dataset).classification is catalog.Classification.PERSONAL
+        personal = datasets.dataset(self.dataset).classification is catalog.Classification.PERSONAL
         if personal and not self.subject_id:
             raise Rejected(Reason.INVALID_REQUEST, f"dataset {self.dataset!r} is personal: give the sensor's data subject (--subject)")
         if len(self.subject_id) > 200 or len(self.label) > 200:
@@ -63,9 +63,11 @@ class Enrolment:
         return Enrolment(self.dataset, metrics, self.latitude, self.longitude, self.subject_id, self.label)
 
 
-def new_sensor(enrolment: Enrolment, kek: bytes, hub_id: bytes, now_ms: int) -> tuple[SensorRecord, bytes]:
+def new_sensor(
+    enrolment: Enrolment, kek: bytes, hub_id: bytes, now_ms: int, datasets: catalog.Catalog = catalog.DEFAULT
+) -> tuple[SensorRecord, bytes]:
     """A new sensor record (key wrapped) and its plaintext key, for the credential only."""
-    enrolment = enrolment.validated()
+    enrolment = enrolment.validated(datasets)
     sensor_id = ids.new_sensor_id()
     key = secrets.token_bytes(32)
     record = SensorRecord(
@@ -83,10 +85,11 @@ def new_sensor(enrolment: Enrolment, kek: bytes, hub_id: bytes, now_ms: int) -> 
 
 
 def credential_json(
-    record: SensorRecord, key: bytes, *, hub_id: str, municipality: str, grpc_address: str, http_url: str, tls: bool, tls_cert_pem: str
+    record: SensorRecord, key: bytes, *, hub_id: str, municipality: str, grpc_address: str, http_url: str, tls: bool, tls_cert_pem: str,
+    datasets: catalog.Catalog = catalog.DEFAULT,
 ) -> bytes:
     """The sensor's credential file (docs/protocol.md, "Credential file")."""
-    units = {m: catalog.dataset(record.dataset).metrics[m].unit for m in record.metrics}
+    units = {m: datasets.dataset(record.dataset).metrics[m].unit for m in record.metrics}
     document = {
         "format": CREDENTIAL_FORMAT,
         "version": 1,

@@ -81,7 +81,7 @@ def test_dashboard_shows_the_region(demo_region):
             assert page.locator("#chart svg polyline.series").count() == 5
             assert page.locator("#legend").inner_text().count("\n") == 4
             assert page.locator("#map svg circle.hub-dot").count() == 5
-            assert page.locator("#map svg circle").count() == 356
+            assert page.locator("#map svg circle").count() == 357  # the 2024 register (node/data/kommuner-2024.csv)
             assert "query.run" in page.locator("#audit").inner_text()
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
             page.set_viewport_size({"width": 1400, "height": 900})

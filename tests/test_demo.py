@@ -12,6 +12,7 @@ from collections import defaultdict
 
 from federation import answers
 from node.app import region
+from node.app.broker import mosquitto_binary
 from node.register import lookup
 
 
@@ -32,6 +33,9 @@ def test_demo_walkthrough_prints_the_csv_means(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "5 of 5 hubs answered" in out
+    if mosquitto_binary():  # the LoRaWAN station: the network saw ciphertext, the hub stored the readings
+        assert re.search(r"744 uplinks through the network's MQTT broker .* the network sees FRMPayload [0-9a-f]+", out)
+        assert re.search(r"The Porsgrunn hub unwrapped each session key, decrypted and stored \d+ readings", out)
     assert re.search(r"Refused \(PERMISSION_DENIED\): .*bucket 'hour' is finer than agreement", out)
 
     header = next(line for line in out.splitlines() if re.search(r"\W month \W", line))

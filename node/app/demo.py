@@ -23,7 +23,8 @@ from rich.text import Text
 from federation import answers, partners
 from node import hubdir
 from node.api.v1 import query_pb2
-from node.app import region
+from node.app import demo_lorawan, region
+from node.app.broker import mosquitto_binary
 from node.app.launcher import HubProcess
 from node.register import lookup
 
@@ -71,11 +72,13 @@ class RichSteps(region.Steps):
             self._progress = None
 
 
-def start_hubs(directory: Path) -> tuple[list[region.RegionHub], list[HubProcess]]:
+def start_hubs(directory: Path, before_start=None) -> tuple[list[region.RegionHub], list[HubProcess]]:
     hubs = [region.RegionHub(station, directory / station.slug) for station in region.STATIONS]
     for hub in hubs:
         config, _ = hubdir.init_hub(hub.data_dir, hub.station.municipality, DEMO_PASSPHRASE.encode())
         hub.hub_id = config.hub_id
+    if before_start is not None:
+        before_start(hubs)
     processes = [HubProcess(hub.data_dir, DEMO_PASSPHRASE) for hub in hubs]
     with ThreadPoolExecutor(len(processes)) as pool:
         list(pool.map(lambda p: p.start(timeout=60), processes))
@@ -108,7 +111,15 @@ def run_demo(directory: Path, keep_running: bool) -> None:
     _fresh_directory(directory)
     started = time.monotonic()
     _step(1, "Creating five hubs (own keys, TLS certificate, storage) and starting them as separate processes")
-    hubs, processes = start_hubs(directory)
+    stations: list[demo_lorawan.LorawanStation] = []
+
+    def add_lorawan_station(hubs: list[region.RegionHub]) -> None:
+        if mosquitto_binary() is None:
+            console.print("   (no LoRaWAN station: Debian's mosquitto is not installed; `make demo` installs it)")
+            return
+        stations.append(demo_lorawan.prepare(directory, next(h for h in hubs if h.station.slug == "porsgrunn")))
+
+    hubs, processes = start_hubs(directory, add_lorawan_station)
     try:
         for hub in hubs:
             console.print(f"   {lookup(hub.station.municipality).name:12} hub {hub.hub_id}  gRPC {hub.address}")
@@ -120,6 +131,12 @@ def run_demo(directory: Path, keep_running: bool) -> None:
         steps = RichSteps(first=2)
         region.setup_region(hubs, directory, region.Partner(partner, key_file, *PARTNER), steps)
 
+        for station in stations:
+            steps.step("A LoRaWAN weather station in Porsgrunn: its uplinks cross a regional LoRaWAN network (ChirpStack's MQTT "
+                       "integration) that cannot read them; only the Porsgrunn hub holds the join server's KEK")
+            count, _ = demo_lorawan.run(station, console.print)
+            console.print(f"   The Porsgrunn hub unwrapped each session key, decrypted and stored {count} readings "
+                          "(sensor list shows it as end-to-end, LoRaWAN)")
         entry = hubs[0]
         steps.step(f"The partner asks the region, through the {lookup(entry.station.municipality).name} hub:"
                    " monthly mean PM2.5 per municipality in 2019")
@@ -160,4 +177,6 @@ def run_demo(directory: Path, keep_running: bool) -> None:
                 pass
     finally:
         HubProcess.stop_all(processes)
+        for station in stations:
+            station.stop()
         console.print("Hubs stopped. Their data directories are kept in " + str(directory))

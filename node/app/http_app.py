@@ -71,6 +71,12 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
+async def hub_catalog(request: web.Request) -> web.Response:
+    """What this hub offers: its datasets, metrics, units and classifications (not the data)."""
+    hub = request.app[HUB_KEY]
+    return web.json_response({"hub_id": hub.config.hub_id, "municipality": hub.config.municipality, **hub.catalog.to_dict()})
+
+
 async def open_datasets(request: web.Request) -> web.Response:
     return web.json_response(await open_data.datasets(request.app[HUB_KEY]))
 
@@ -92,6 +98,7 @@ def build_app(hub: Hub, dashboard: Dashboard | None = None, federation: Federati
         app[FEDERATION_KEY] = federation
     if dashboard is not None:
         dashboard.add_routes(app)
+    app.router.add_get("/v1/catalog", hub_catalog)
     app.router.add_get("/open/v1/datasets", open_datasets)
     app.router.add_get("/open/v1/{dataset}/{metric}", open_aggregate)
     app.router.add_post("/v1/frames", post_frame)

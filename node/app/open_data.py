@@ -26,7 +26,7 @@ async def datasets(hub: Hub) -> dict:
     summaries = await hub.storage.read(lambda s: s.metric_summaries())
     municipality = register.lookup(hub.config.municipality)
     out = []
-    for ds in catalog.DATASETS.values():
+    for ds in hub.catalog.datasets.values():
         if ds.classification is not catalog.Classification.OPEN:
             continue
         metrics = []
@@ -50,7 +50,7 @@ def _day_ms(text: str, name: str) -> int:
 
 async def aggregate(hub: Hub, dataset: str, metric: str, params) -> list[dict]:
     try:
-        ds = catalog.dataset(dataset)
+        ds = hub.catalog.dataset(dataset)
     except catalog.CatalogError as exc:
         raise Rejected(Reason.NOT_FOUND, str(exc)) from None
     if ds.classification is not catalog.Classification.OPEN:

@@ -39,9 +39,9 @@ class Station:
 STATIONS = (
     Station("Valand", "Valand.csv", "1103", "stavanger", 58.9634, 5.7280),
     Station("Klosterhaugen", "Klosterhaugen.csv", "4601", "bergen", 60.3925, 5.3116),
-    Station("Knarrdalstranda", "Knarrdalstranda.csv", "3806", "porsgrunn", 59.1460, 9.6500),
-    Station("Nygaardsgata", "Nygaardsgata.csv", "3004", "fredrikstad", 59.2130, 10.9380),
-    Station("Nedre Langgate", "Nedre-Langgate.csv", "3803", "tonsberg", 59.2670, 10.4080),
+    Station("Knarrdalstranda", "Knarrdalstranda.csv", "4001", "porsgrunn", 59.1460, 9.6500),
+    Station("Nygaardsgata", "Nygaardsgata.csv", "3107", "fredrikstad", 59.2130, 10.9380),
+    Station("Nedre Langgate", "Nedre-Langgate.csv", "3905", "tonsberg", 59.2670, 10.4080),
 )
 AIR_METRICS = ["pm25", "temperature", "wind_speed", "rain"]
 YEAR_START, YEAR_END = dt.date(2019, 1, 1), dt.date(2020, 1, 1)

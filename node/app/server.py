@@ -28,6 +28,7 @@ from node.api.v1 import (
     ingest_pb2_grpc,
     query_service_pb2,
 )
+from node.app import catalog_guard, network_routes
 from node.app.dashboard.data import DashboardData
 from node.app.dashboard.routes import Dashboard
 from node.app.http_app import build_app
@@ -38,6 +39,7 @@ from node.app.servicers.auth import AdminAuthInterceptor
 from node.app.servicers.authenticated import add_service
 from node.app.servicers.ingest import IngestServicer
 from node.hub import Endpoint, Hub
+from node.networks.doors import NetworkDoors
 from node.tlsfiles import server_ssl_context
 
 log = logging.getLogger("smartregion.server")
@@ -64,11 +66,14 @@ class RunningHub:
     background: asyncio.Task
     stopping: asyncio.Event
     housekeeping: asyncio.Task | None = None  # retention (node/retention.py)
+    networks: NetworkDoors | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
         for name in (*SERVICE_NAMES, ""):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.stopping.set()
+        if self.networks is not None:
+            await self.networks.stop()
         self.federation.wake()
         await self.background
         if self.housekeeping is not None:
@@ -105,6 +110,7 @@ async def start(
     )
     fed_config = hub.config.federation
     federation = Federation(hub, fed_config.refresh_seconds, fed_config.retry_base_seconds, fed_config.retry_max_seconds)
+    await catalog_guard.check_and_record(hub, federation.ledger)
     ingest_pb2_grpc.add_IngestServicer_to_server(IngestServicer(hub), server)
     queries = QueryService(federation)
     admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(hub, federation, queries), server)
@@ -132,7 +138,10 @@ async def start(
     await server.start()
 
     dashboard = Dashboard(DashboardData(federation, queries), lambda: hub.config.admin_token_sha256, dashboard_read_only, hub.clock)
-    runner = web.AppRunner(build_app(hub, dashboard, federation), access_log=None)
+    networks = NetworkDoors(hub)  # LoRaWAN, NB-IoT and MQTT doors (DATA_DIR/networks.toml)
+    app = build_app(hub, dashboard, federation)
+    network_routes.add_routes(app, networks)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     ssl_context = None if insecure else server_ssl_context(hub.identity.tls_cert_pem, hub.identity.tls_key_pem)
     site = web.TCPSite(runner, host, http_port, ssl_context=ssl_context)
@@ -175,8 +184,9 @@ async def start(
     )
     stopping = asyncio.Event()
     background = asyncio.create_task(federation.run(stopping), name="federation")
+    networks.start()
     housekeeping = asyncio.create_task(retention.loop(hub, lambda: promised_history(federation), stopping), name="retention")
-    return RunningHub(hub, server, runner, health, federation, background, stopping, housekeeping)
+    return RunningHub(hub, server, runner, health, federation, background, stopping, housekeeping, networks)
 
 
 async def serve_forever(hub: Hub, **options) -> None:

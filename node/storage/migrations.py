@@ -145,6 +145,42 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE agreement_usage ADD COLUMN epsilon_spent REAL NOT NULL DEFAULT 0
         """,
     ),
+    # branch `networks` (issue 10): LoRaWAN devices and join-server KEKs (node/networks/devices.py).
+    (
+        5,
+        """
+        -- An enrolled sensor reached through a LoRaWAN network server, by its DevEUI. The
+        -- sensor's counter holds FCnt + 1 (LoRaWAN counts from 0, frames from 1).
+        CREATE TABLE lorawan_devices (
+            dev_eui TEXT PRIMARY KEY,                       -- 16 lowercase hex digits
+            sensor_id TEXT NOT NULL UNIQUE REFERENCES sensors(sensor_id),
+            confidentiality TEXT NOT NULL CHECK (confidentiality IN ('end-to-end', 'network-decrypted')),
+            wrapped_app_s_key BLOB,                         -- under the hub's KEK; NULL: from the uplink's key envelope
+            codec TEXT NOT NULL
+        );
+        -- Key-encryption keys of join servers, by the label their key envelopes name.
+        CREATE TABLE lorawan_keks (
+            label TEXT PRIMARY KEY,
+            wrapped_kek BLOB NOT NULL,                      -- under the hub's KEK
+            added_at_ms INTEGER NOT NULL
+        );
+        -- Sessions of a device whose AppSKeys come in key envelopes, numbered as first seen: the
+        -- sensor's counter is session_no * 2^32 + FCnt + 1, so it keeps growing across joins
+        -- (FCnt restarts at 0) and an uplink of an earlier session is refused as replayed.
+        CREATE TABLE lorawan_sessions (
+            dev_eui TEXT NOT NULL REFERENCES lorawan_devices(dev_eui),
+            session_key_id TEXT NOT NULL,
+            session_no INTEGER NOT NULL,
+            PRIMARY KEY (dev_eui, session_key_id)
+        ) WITHOUT ROWID;
+        -- Each dataset's classification as the hub last served it (catalog.toml): a change
+        -- is refused while an agreement on the dataset is in force (node/app/catalog_guard.py).
+        CREATE TABLE catalog_classifications (
+            dataset TEXT PRIMARY KEY,
+            classification TEXT NOT NULL
+        )
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -24,6 +24,7 @@ from node.storage.base import (
 from node.storage.federation_tables import FederationTables
 from node.storage.lifecycle_tables import LifecycleTables
 from node.storage.migrations import migrate
+from node.storage.network_tables import NetworkTables
 from node.storage.query_tables import QueryTables
 
 _SENSOR_COLUMNS = (
@@ -63,7 +64,7 @@ def _sensor(row: tuple[Any, ...]) -> SensorRecord:
     return SensorRecord(*values)
 
 
-class SqliteStore(FederationTables, QueryTables, LifecycleTables):
+class SqliteStore(FederationTables, QueryTables, LifecycleTables, NetworkTables):
     def __init__(self, path: Path | str) -> None:
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
         self.db = sqlite_utils.Database(conn)
@@ -82,6 +83,9 @@ class SqliteStore(FederationTables, QueryTables, LifecycleTables):
 
     # -- sensors -------------------------------------------------------------------------
     def add_sensor(self, sensor: SensorRecord) -> None:
+        self._transaction(lambda: self._insert_sensor(sensor))
+
+    def _insert_sensor(self, sensor: SensorRecord) -> None:
         row = {
             "sensor_id": sensor.sensor_id,
             "dataset": sensor.dataset,
@@ -93,7 +97,7 @@ class SqliteStore(FederationTables, QueryTables, LifecycleTables):
             "wrapped_key": sensor.wrapped_key,
             "enrolled_at_ms": sensor.enrolled_at_ms,
         }
-        self._transaction(lambda: self.db.table("sensors").insert(row))
+        self.db["sensors"].insert(row)
 
     def get_sensor(self, sensor_id: str) -> SensorRecord | None:
         row = self.conn.execute(f"SELECT {_SENSOR_COLUMNS} FROM sensors WHERE sensor_id = ?", (sensor_id,)).fetchone()

@@ -38,7 +38,7 @@ class Endpoint(_message.Message):
     def __init__(self, grpc_address: _Optional[str] = ..., http_url: _Optional[str] = ..., tls: _Optional[bool] = ...) -> None: ...
 
 class HubStatus(_message.Message):
-    __slots__ = ("hub_id", "municipality_number", "municipality_name", "identity_public_key", "tls_certificate_pem", "endpoint", "sensors_active", "sensors_revoked", "counts", "rejections_by_reason", "version", "started_at_ms")
+    __slots__ = ("hub_id", "municipality_number", "municipality_name", "identity_public_key", "tls_certificate_pem", "endpoint", "sensors_active", "sensors_revoked", "counts", "rejections_by_reason", "version", "started_at_ms", "sensors_network_decrypted")
     class RejectionsByReasonEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,7 @@ class HubStatus(_message.Message):
     REJECTIONS_BY_REASON_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    SENSORS_NETWORK_DECRYPTED_FIELD_NUMBER: _ClassVar[int]
     hub_id: str
     municipality_number: str
     municipality_name: str
@@ -70,26 +71,35 @@ class HubStatus(_message.Message):
     rejections_by_reason: _containers.ScalarMap[str, int]
     version: str
     started_at_ms: int
-    def __init__(self, hub_id: _Optional[str] = ..., municipality_number: _Optional[str] = ..., municipality_name: _Optional[str] = ..., identity_public_key: _Optional[str] = ..., tls_certificate_pem: _Optional[str] = ..., endpoint: _Optional[_Union[Endpoint, _Mapping]] = ..., sensors_active: _Optional[int] = ..., sensors_revoked: _Optional[int] = ..., counts: _Optional[_Iterable[_Union[MetricCount, _Mapping]]] = ..., rejections_by_reason: _Optional[_Mapping[str, int]] = ..., version: _Optional[str] = ..., started_at_ms: _Optional[int] = ...) -> None: ...
+    sensors_network_decrypted: int
+    def __init__(self, hub_id: _Optional[str] = ..., municipality_number: _Optional[str] = ..., municipality_name: _Optional[str] = ..., identity_public_key: _Optional[str] = ..., tls_certificate_pem: _Optional[str] = ..., endpoint: _Optional[_Union[Endpoint, _Mapping]] = ..., sensors_active: _Optional[int] = ..., sensors_revoked: _Optional[int] = ..., counts: _Optional[_Iterable[_Union[MetricCount, _Mapping]]] = ..., rejections_by_reason: _Optional[_Mapping[str, int]] = ..., version: _Optional[str] = ..., started_at_ms: _Optional[int] = ..., sensors_network_decrypted: _Optional[int] = ...) -> None: ...
 
 class AddSensorRequest(_message.Message):
-    __slots__ = ("dataset", "metrics", "latitude", "longitude", "subject_id", "label")
+    __slots__ = ("dataset", "metrics", "latitude", "longitude", "subject_id", "label", "lorawan_dev_eui", "lorawan_app_s_key", "confidentiality", "codec")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     LATITUDE_FIELD_NUMBER: _ClassVar[int]
     LONGITUDE_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
+    LORAWAN_DEV_EUI_FIELD_NUMBER: _ClassVar[int]
+    LORAWAN_APP_S_KEY_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENTIALITY_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     metrics: _containers.RepeatedScalarFieldContainer[str]
     latitude: float
     longitude: float
     subject_id: str
     label: str
-    def __init__(self, dataset: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., latitude: _Optional[float] = ..., longitude: _Optional[float] = ..., subject_id: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
+    lorawan_dev_eui: str
+    lorawan_app_s_key: str
+    confidentiality: str
+    codec: str
+    def __init__(self, dataset: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., latitude: _Optional[float] = ..., longitude: _Optional[float] = ..., subject_id: _Optional[str] = ..., label: _Optional[str] = ..., lorawan_dev_eui: _Optional[str] = ..., lorawan_app_s_key: _Optional[str] = ..., confidentiality: _Optional[str] = ..., codec: _Optional[str] = ...) -> None: ...
 
 class Sensor(_message.Message):
-    __slots__ = ("sensor_id", "dataset", "metrics", "latitude", "longitude", "subject_id", "label", "enrolled_at_ms", "revoked_at_ms", "last_counter", "last_seen_ms", "frames_accepted", "frames_rejected", "readings")
+    __slots__ = ("sensor_id", "dataset", "metrics", "latitude", "longitude", "subject_id", "label", "enrolled_at_ms", "revoked_at_ms", "last_counter", "last_seen_ms", "frames_accepted", "frames_rejected", "readings", "confidentiality", "lorawan_dev_eui")
     SENSOR_ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +114,8 @@ class Sensor(_message.Message):
     FRAMES_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     FRAMES_REJECTED_FIELD_NUMBER: _ClassVar[int]
     READINGS_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENTIALITY_FIELD_NUMBER: _ClassVar[int]
+    LORAWAN_DEV_EUI_FIELD_NUMBER: _ClassVar[int]
     sensor_id: str
     dataset: str
     metrics: _containers.RepeatedScalarFieldContainer[str]
@@ -118,7 +130,23 @@ class Sensor(_message.Message):
     frames_accepted: int
     frames_rejected: int
     readings: int
-    def __init__(self, sensor_id: _Optional[str] = ..., dataset: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., latitude: _Optional[float] = ..., longitude: _Optional[float] = ..., subject_id: _Optional[str] = ..., label: _Optional[str] = ..., enrolled_at_ms: _Optional[int] = ..., revoked_at_ms: _Optional[int] = ..., last_counter: _Optional[int] = ..., last_seen_ms: _Optional[int] = ..., frames_accepted: _Optional[int] = ..., frames_rejected: _Optional[int] = ..., readings: _Optional[int] = ...) -> None: ...
+    confidentiality: str
+    lorawan_dev_eui: str
+    def __init__(self, sensor_id: _Optional[str] = ..., dataset: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., latitude: _Optional[float] = ..., longitude: _Optional[float] = ..., subject_id: _Optional[str] = ..., label: _Optional[str] = ..., enrolled_at_ms: _Optional[int] = ..., revoked_at_ms: _Optional[int] = ..., last_counter: _Optional[int] = ..., last_seen_ms: _Optional[int] = ..., frames_accepted: _Optional[int] = ..., frames_rejected: _Optional[int] = ..., readings: _Optional[int] = ..., confidentiality: _Optional[str] = ..., lorawan_dev_eui: _Optional[str] = ...) -> None: ...
+
+class AddLorawanKekRequest(_message.Message):
+    __slots__ = ("label", "kek")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    KEK_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    kek: bytes
+    def __init__(self, label: _Optional[str] = ..., kek: _Optional[bytes] = ...) -> None: ...
+
+class LorawanKek(_message.Message):
+    __slots__ = ("label",)
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    def __init__(self, label: _Optional[str] = ...) -> None: ...
 
 class AddSensorResponse(_message.Message):
     __slots__ = ("sensor", "credential_json")

@@ -56,6 +56,11 @@ class AdminStub:
                 request_serializer=smartregion_dot_v1_dot_admin__pb2.RevokeSensorRequest.SerializeToString,
                 response_deserializer=smartregion_dot_v1_dot_admin__pb2.Sensor.FromString,
                 _registered_method=True)
+        self.AddLorawanKek = channel.unary_unary(
+                '/smartregion.v1.Admin/AddLorawanKek',
+                request_serializer=smartregion_dot_v1_dot_admin__pb2.AddLorawanKekRequest.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_admin__pb2.LorawanKek.FromString,
+                _registered_method=True)
         self.AddPeer = channel.unary_unary(
                 '/smartregion.v1.Admin/AddPeer',
                 request_serializer=smartregion_dot_v1_dot_admin__pb2.AddPeerRequest.SerializeToString,
@@ -181,6 +186,13 @@ class AdminServicer:
 
     def RevokeSensor(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddLorawanKek(self, request, context):
+        """A join server's key-encryption key, for AppSKeys that arrive in key envelopes.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -342,6 +354,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.RevokeSensor,
                     request_deserializer=smartregion_dot_v1_dot_admin__pb2.RevokeSensorRequest.FromString,
                     response_serializer=smartregion_dot_v1_dot_admin__pb2.Sensor.SerializeToString,
+            ),
+            'AddLorawanKek': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddLorawanKek,
+                    request_deserializer=smartregion_dot_v1_dot_admin__pb2.AddLorawanKekRequest.FromString,
+                    response_serializer=smartregion_dot_v1_dot_admin__pb2.LorawanKek.SerializeToString,
             ),
             'AddPeer': grpc.unary_unary_rpc_method_handler(
                     servicer.AddPeer,
@@ -552,6 +569,33 @@ class Admin:
             '/smartregion.v1.Admin/RevokeSensor',
             smartregion_dot_v1_dot_admin__pb2.RevokeSensorRequest.SerializeToString,
             smartregion_dot_v1_dot_admin__pb2.Sensor.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddLorawanKek(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/AddLorawanKek',
+            smartregion_dot_v1_dot_admin__pb2.AddLorawanKekRequest.SerializeToString,
+            smartregion_dot_v1_dot_admin__pb2.LorawanKek.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,11 @@ class FederationStub:
                 request_serializer=smartregion_dot_v1_dot_envelope__pb2.SignedRequest.SerializeToString,
                 response_deserializer=smartregion_dot_v1_dot_federation__pb2.ExchangeAgreementsResponse.FromString,
                 _registered_method=True)
+        self.RegionCatalog = channel.unary_unary(
+                '/smartregion.v1.Federation/RegionCatalog',
+                request_serializer=smartregion_dot_v1_dot_federation__pb2.GetDescriptorRequest.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_federation__pb2.RegionDescriptors.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -65,6 +70,15 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegionCatalog(self, request, context):
+        """Public, like GetDescriptor: this hub's descriptor first, then each peer's as this hub last
+        fetched and verified it. Each is signed by its own hub, so what a region offers (the
+        descriptors' datasets) can be checked without trusting the hub that relays it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +91,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.ExchangeAgreements,
                     request_deserializer=smartregion_dot_v1_dot_envelope__pb2.SignedRequest.FromString,
                     response_serializer=smartregion_dot_v1_dot_federation__pb2.ExchangeAgreementsResponse.SerializeToString,
+            ),
+            'RegionCatalog': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegionCatalog,
+                    request_deserializer=smartregion_dot_v1_dot_federation__pb2.GetDescriptorRequest.FromString,
+                    response_serializer=smartregion_dot_v1_dot_federation__pb2.RegionDescriptors.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -133,6 +152,33 @@ class Federation:
             '/smartregion.v1.Federation/ExchangeAgreements',
             smartregion_dot_v1_dot_envelope__pb2.SignedRequest.SerializeToString,
             smartregion_dot_v1_dot_federation__pb2.ExchangeAgreementsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegionCatalog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Federation/RegionCatalog',
+            smartregion_dot_v1_dot_federation__pb2.GetDescriptorRequest.SerializeToString,
+            smartregion_dot_v1_dot_federation__pb2.RegionDescriptors.FromString,
             options,
             channel_credentials,
             insecure,

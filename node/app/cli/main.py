@@ -14,7 +14,22 @@ from rich.table import Table
 
 from node import __version__, hubdir, logs
 from node.api.v1 import admin_pb2
-from node.app.cli import agreement, audit, backup, consent, credentials, names, partner, peer, query, region, retention, sensor
+from node.app.cli import (
+    agreement,
+    audit,
+    backup,
+    catalog,
+    consent,
+    credentials,
+    lorawan,
+    names,
+    partner,
+    peer,
+    query,
+    region,
+    retention,
+    sensor,
+)
 from node.app.cli.common import DataDir, JsonFlag, console, fail, passphrase, print_json, user_errors
 from node.client import AdminClient
 
@@ -36,6 +51,8 @@ app.add_typer(credentials.passphrase_app, name="passphrase")
 app.add_typer(retention.app, name="retention")
 app.command("backup")(backup.backup)
 app.command("restore")(backup.restore)
+app.add_typer(catalog.app, name="catalog")
+app.add_typer(lorawan.app, name="lorawan")
 
 
 def _version(value: bool) -> None:
@@ -123,7 +140,8 @@ def status(data_dir: DataDir, json_output: JsonFlag = False) -> None:
         return
     console.print(f"Hub {st.hub_id} — {st.municipality_name} ({st.municipality_number}), smartregion {st.version}")
     console.print(f"gRPC {st.endpoint.grpc_address}   HTTP {st.endpoint.http_url}   TLS {'on' if st.endpoint.tls else 'OFF'}")
-    console.print(f"Sensors: {st.sensors_active} active, {st.sensors_revoked} revoked")
+    console.print(f"Sensors: {st.sensors_active} active ({st.sensors_active - st.sensors_network_decrypted} end-to-end, "
+                  f"{st.sensors_network_decrypted} readable by their network server), {st.sensors_revoked} revoked")
     table = Table("dataset", "metric", "readings", "first", "last")
     for c in st.counts:
         table.add_row(c.dataset, c.metric, f"{c.readings:,}", _when(c.first_time_ms), _when(c.last_time_ms))

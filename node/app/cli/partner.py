@@ -135,3 +135,38 @@ def revoke(agreement_id: Annotated[str, typer.Argument(help="The agreement id.")
     with user_errors():
         outcome = _run(run())
     console.print(f"Revoked {outcome.agreement_id}: now {state_name(outcome.state)}")
+
+
+@app.command("datasets")
+def datasets(key: KeyFile, hub: HubAddress, hub_id: HubId, json_output: JsonFlag = False) -> None:
+    """(Partner) What the region around a hub offers: each hub's datasets, metrics, units and
+    classifications, from descriptors signed by each hub itself (verified here)."""
+    from federation import descriptors
+    from node.api.v1 import federation_pb2, federation_pb2_grpc
+
+    async def fetch() -> federation_pb2.RegionDescriptors:
+        async with _session(key, hub, hub_id) as session:
+            stub = federation_pb2_grpc.FederationStub(session.channel)
+            return await stub.RegionCatalog(federation_pb2.GetDescriptorRequest(), timeout=30)
+
+    with user_errors():
+        response = _run(fetch())
+    rows = []
+    for signed in response.descriptors:
+        try:
+            d = descriptors.verify_signature(signed)
+        except descriptors.DescriptorError as exc:
+            console.print(f"skipped a descriptor: {exc}")
+            continue
+        for offer in d.datasets:
+            rows.append({"hub_id": d.hub_id, "municipality": d.municipality_number, "municipality_name": d.municipality_name,
+                         "dataset": offer.name, "classification": offer.classification, "fiware_type": offer.fiware_type,
+                         "metrics": [{"name": m.name, "unit": m.unit} for m in offer.metrics]})
+    if json_output:
+        print_json(rows)
+        return
+    table = Table("municipality", "dataset", "type", "classification", "metrics (unit)")
+    for r in rows:
+        table.add_row(f"{r['municipality_name']} ({r['municipality']})", r["dataset"], r["fiware_type"], r["classification"],
+                      ", ".join(f"{m['name']} ({m['unit']})" for m in r["metrics"]))
+    console.print(table)

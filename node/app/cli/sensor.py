@@ -17,6 +17,7 @@ from node.app.cli.names import resolve_id
 from node.app.sensor_client import Sensor, SensorCredential, read_station_csv, replay
 from node.client import AdminClient
 from node.fileio import write_private_file
+from node.senml import Reading
 
 app = typer.Typer(help="Enrol, list, revoke and replay sensors (collection points).", no_args_is_help=True)
 
@@ -45,19 +46,29 @@ def add(
     subject: Annotated[str, typer.Option(help="Data subject id (required for personal datasets).")] = "",
     label: Annotated[str, typer.Option(help="A human name for the sensor, e.g. the station.")] = "",
     force: Annotated[bool, typer.Option(help="Overwrite an existing credential file.")] = False,
+    lorawan_dev_eui: Annotated[str, typer.Option(help="Reached through a LoRaWAN network server: the device's DevEUI (16 hex).")] = "",
+    lorawan_app_s_key_file: Annotated[
+        Path | None, typer.Option(help="A file holding the device's AppSKey (32 hex); the hub keeps it wrapped. "
+                                       "Leave out when the join server sends it in key envelopes.")
+    ] = None,
+    confidentiality: Annotated[str, typer.Option(help="LoRaWAN: end-to-end (the hub decrypts) or network-decrypted.")] = "end-to-end",
+    codec: Annotated[str, typer.Option(help="LoRaWAN: payload codec from networks.toml (json, or one you define).")] = "",
     json_output: JsonFlag = False,
 ) -> None:
-    """Enrol a sensor with its own 256-bit key and write its credential file."""
+    """Enrol a sensor with its own 256-bit key and write its credential file (for a LoRaWAN
+    device: enrol its DevEUI; docs/integrations.md)."""
     lat, lon = parse_location(location)
     if out.exists() and not force:
         raise fail(f"{out} exists; refusing to overwrite a credential (use --force)")
     if not out.parent.is_dir():  # check before enrolling: the credential is the key's only copy
         raise fail(f"{out.parent} is not a directory; cannot write the credential there")
     with user_errors(), AdminClient(data_dir) as client:
+        app_s_key = lorawan_app_s_key_file.read_text(encoding="utf-8").strip() if lorawan_app_s_key_file else ""
         response = client.call(
             "AddSensor",
             admin_pb2.AddSensorRequest(
-                dataset=dataset, metrics=metrics.split(","), latitude=lat, longitude=lon, subject_id=subject, label=label
+                dataset=dataset, metrics=metrics.split(","), latitude=lat, longitude=lon, subject_id=subject, label=label,
+                lorawan_dev_eui=lorawan_dev_eui, lorawan_app_s_key=app_s_key, confidentiality=confidentiality, codec=codec,
             ),
         )
         write_private_file(out, response.credential_json)
@@ -65,6 +76,8 @@ def add(
         print_json({"sensor": MessageToDict(response.sensor, preserving_proto_field_name=True), "credential": str(out)})
     else:
         console.print(f"Enrolled sensor {response.sensor.sensor_id} ({dataset}: {', '.join(response.sensor.metrics)})")
+        if response.sensor.lorawan_dev_eui:
+            console.print(f"LoRaWAN DevEUI {response.sensor.lorawan_dev_eui}, {response.sensor.confidentiality}")
         console.print(f"Credential written to {out} (keep it secret: it holds the sensor's key)")
 
 
@@ -80,10 +93,11 @@ def list_sensors(
     if json_output:
         print_json([MessageToDict(s, preserving_proto_field_name=True) for s in response.sensors])
         return
-    table = Table("sensor id", "label", "dataset", "metrics", "readings", "last seen", "rejected", "state")
+    table = Table("sensor id", "label", "dataset", "metrics", "confidentiality", "readings", "last seen", "rejected", "state")
     for s in response.sensors:
         state = f"revoked {_ms(s.revoked_at_ms)}" if s.revoked_at_ms else "active"
-        table.add_row(s.sensor_id, s.label, s.dataset, ",".join(s.metrics), str(s.readings), _ms(s.last_seen_ms),
+        via = f"{s.confidentiality} (LoRaWAN {s.lorawan_dev_eui})" if s.lorawan_dev_eui else s.confidentiality
+        table.add_row(s.sensor_id, s.label, s.dataset, ",".join(s.metrics), via, str(s.readings), _ms(s.last_seen_ms),
                       str(s.frames_rejected), state)
     console.print(table)
 
@@ -117,14 +131,27 @@ def replay_csv(
     since: Annotated[str | None, typer.Option(help="First date to send (YYYY-MM-DD, UTC).")] = None,
     until: Annotated[str | None, typer.Option(help="Send dates before this one (YYYY-MM-DD).")] = None,
     frame_size: Annotated[int, typer.Option(min=1, max=5000, help="Readings per sealed frame.")] = 500,
+    via: Annotated[str, typer.Option(help="hub (direct), or publish as a network would: chirpstack, tts, span, mqtt.")] = "hub",
+    broker: Annotated[str, typer.Option(help="With --via: the MQTT broker, HOST:PORT.")] = "127.0.0.1:1883",
+    lorawan_dev_eui: Annotated[str, typer.Option(help="chirpstack/tts: the device's DevEUI.")] = "",
+    lorawan_dev_addr: Annotated[str, typer.Option(help="chirpstack/tts: the session's DevAddr (8 hex).")] = "26011bda",
+    lorawan_app_s_key_file: Annotated[Path | None, typer.Option(help="chirpstack/tts: file with the AppSKey (32 hex).")] = None,
+    kek_label: Annotated[str, typer.Option(help="chirpstack/tts: send the AppSKey in a key envelope under this join-server KEK.")] = "",
+    kek_file: Annotated[Path | None, typer.Option(help="With --kek-label: file with the KEK (hex).")] = None,
+    application_id: Annotated[str, typer.Option(help="chirpstack/tts: the network's application id.")] = "smartregion",
     json_output: JsonFlag = False,
 ) -> None:
-    """Seal a CSV's readings as this sensor and send them to its hub."""
+    """Seal a CSV's readings as this sensor and send them to its hub, or (--via) publish them
+    through an MQTT broker as ChirpStack, The Things Stack, Span or a gateway would."""
     with user_errors():
         cred = SensorCredential.load(credential)
         readings = list(read_station_csv(csv, cred.metrics, _date(since, "--since"), _date(until, "--until")))
         if not readings:
             raise fail(f"{csv} holds no readings of {', '.join(cred.metrics)} in the chosen dates")
+        if via != "hub":
+            _replay_via(via, broker, cred, readings, frame_size, lorawan_dev_eui, lorawan_dev_addr, lorawan_app_s_key_file,
+                        kek_label, kek_file, application_id, json_output)
+            return
         with Progress(
             TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
             console=console, disable=json_output, transient=False,
@@ -149,3 +176,50 @@ def replay_csv(
             f"Sent {summary.readings_sent} readings in {summary.frames} frames in {summary.seconds:.1f}s ({rate:,.0f}/s): "
             f"{summary.readings_stored} stored, {summary.readings_duplicate} already there."
         )
+
+
+def _hex_file(path: Path | None, what: str) -> bytes:
+    if path is None:
+        raise fail(f"give {what}")
+    try:
+        return bytes.fromhex(path.read_text(encoding="utf-8").strip())
+    except ValueError:
+        raise fail(f"{path} does not hold hex digits") from None
+
+
+def _replay_via(via: str, broker: str, cred: SensorCredential, readings: list[Reading], frame_size: int, dev_eui: str, dev_addr: str,
+                app_s_key_file: Path | None, kek_label: str, kek_file: Path | None, application_id: str, json_output: bool) -> None:
+    import asyncio
+
+    import aiomqtt
+
+    from node.app import network_replay
+    from node.networks import lorawan
+
+    if via not in network_replay.VIAS:
+        raise fail(f"--via is one of hub, {', '.join(network_replay.VIAS)}")
+    host, _, port_text = broker.rpartition(":")
+    if not host or not port_text.isdigit():
+        raise fail(f"--broker is HOST:PORT, got {broker!r}")
+    if via in ("chirpstack", "tts"):
+        try:
+            device = network_replay.LorawanDevice(
+                lorawan.normalise_eui(dev_eui), lorawan.parse_dev_addr(dev_addr), _hex_file(app_s_key_file, "--lorawan-app-s-key-file"),
+                kek_label, _hex_file(kek_file, "--kek-file") if kek_label else b"", application_id)
+            messages = list(network_replay.lorawan_messages(via, device, readings, cred.metrics))
+        except (lorawan.LorawanError, network_replay.ReplayError) as exc:
+            raise fail(str(exc)) from None
+    else:
+        batches = [readings[i : i + frame_size] for i in range(0, len(readings), frame_size)]
+        messages = list(network_replay.frame_messages(via, Sensor(cred).seal(batches), cred.sensor_id))
+    try:
+        summary = asyncio.run(network_replay.publish(host, int(port_text), messages, client_id=f"replay-{cred.sensor_id[:12]}-{via}"))
+    except aiomqtt.MqttError as exc:
+        raise fail(f"the broker {broker} failed: {exc}") from None
+    result = {"sensor_id": cred.sensor_id, "via": via, "messages": summary.messages, "readings_sent": len(readings),
+              "seconds": round(summary.seconds, 3)}
+    if json_output:
+        print_json(result)
+    else:
+        console.print(f"Published {len(readings)} readings in {summary.messages} {via} messages to {broker} in {summary.seconds:.1f}s "
+                      "(each acknowledged by the broker; the hub acknowledges only what it committed).")

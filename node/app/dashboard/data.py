@@ -51,7 +51,10 @@ class DashboardData:
 
     async def sensors(self) -> list[dict]:
         rows = await admin.list_sensors(self.hub, include_revoked=True)
+        devices = await admin.lorawan_devices(self.hub)  # LoRaWAN devices; every other sensor seals its frames
         return [{"sensor_id": s.sensor_id, "label": s.label, "dataset": s.dataset, "metrics": s.metrics,
+                 "confidentiality": devices[s.sensor_id].confidentiality if s.sensor_id in devices else "end-to-end",
+                 "lorawan_dev_eui": devices[s.sensor_id].dev_eui if s.sensor_id in devices else "",
                  "readings": s.readings, "last_seen_ms": s.last_seen_ms, "frames_rejected": s.frames_rejected,
                  "active": s.active, "latitude": s.latitude, "longitude": s.longitude} for s in rows]
 

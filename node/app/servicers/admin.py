@@ -7,12 +7,14 @@ from node.api.v1 import admin_pb2, admin_pb2_grpc
 from node.app.servicers.admin_federation import AuditAdmin, FederationAdmin, QueryAdmin
 from node.app.servicers.admin_lifecycle import LifecycleAdmin
 from node.app.servicers.common import translate_rejections
+from node.errors import Reason, Rejected
 from node.hub import Hub
 from node.sensors import Enrolment
 from node.storage.base import SensorRecord
+from node.storage.network_tables import LorawanDeviceRecord
 
 
-def sensor_message(s: SensorRecord) -> admin_pb2.Sensor:
+def sensor_message(s: SensorRecord, device: LorawanDeviceRecord | None = None) -> admin_pb2.Sensor:
     return admin_pb2.Sensor(
         sensor_id=s.sensor_id,
         dataset=s.dataset,
@@ -28,6 +30,8 @@ def sensor_message(s: SensorRecord) -> admin_pb2.Sensor:
         frames_accepted=s.frames_accepted,
         frames_rejected=s.frames_rejected,
         readings=s.readings,
+        confidentiality=device.confidentiality if device else "end-to-end",
+        lorawan_dev_eui=device.dev_eui if device else "",
     )
 
 
@@ -61,6 +65,7 @@ class AdminServicer(FederationAdmin, QueryAdmin, AuditAdmin, LifecycleAdmin, adm
             rejections_by_reason=st.rejections,
             version=hub.version,
             started_at_ms=hub.started_at_ms,
+            sensors_network_decrypted=st.sensors_network_decrypted,
         )
 
     @translate_rejections
@@ -73,13 +78,26 @@ class AdminServicer(FederationAdmin, QueryAdmin, AuditAdmin, LifecycleAdmin, adm
             subject_id=request.subject_id,
             label=request.label,
         )
-        record, credential = await admin.add_sensor(self.hub, enrolment)
-        return admin_pb2.AddSensorResponse(sensor=sensor_message(record), credential_json=credential)
+        lorawan = None
+        if request.lorawan_dev_eui:
+            lorawan = admin.LorawanEnrolment(request.lorawan_dev_eui, request.lorawan_app_s_key, request.confidentiality or "end-to-end",
+                                             request.codec or "json")
+        elif request.lorawan_app_s_key or request.codec or request.confidentiality not in ("", "end-to-end"):
+            raise Rejected(Reason.INVALID_REQUEST, "an AppSKey, codec or network-decrypted confidentiality needs a LoRaWAN DevEUI")
+        record, credential = await admin.add_sensor(self.hub, enrolment, lorawan)
+        devices = await admin.lorawan_devices(self.hub)
+        return admin_pb2.AddSensorResponse(sensor=sensor_message(record, devices.get(record.sensor_id)), credential_json=credential)
+
+    @translate_rejections
+    async def AddLorawanKek(self, request, context):
+        await admin.add_lorawan_kek(self.hub, request.label, request.kek)
+        return admin_pb2.LorawanKek(label=request.label)
 
     @translate_rejections
     async def ListSensors(self, request, context):
         sensors = await admin.list_sensors(self.hub, request.include_revoked)
-        return admin_pb2.ListSensorsResponse(sensors=[sensor_message(s) for s in sensors])
+        devices = await admin.lorawan_devices(self.hub)
+        return admin_pb2.ListSensorsResponse(sensors=[sensor_message(s, devices.get(s.sensor_id)) for s in sensors])
 
     @translate_rejections
     async def RevokeSensor(self, request, context):

@@ -12,7 +12,7 @@ from federation.service import Federation
 from node.api.v1 import agreement_pb2, federation_pb2
 from node.errors import Reason, Rejected
 
-PUBLIC_METHODS = frozenset({"GetDescriptor"})  # a hub's descriptor is how others check who it is
+PUBLIC_METHODS = frozenset({"GetDescriptor", "RegionCatalog"})  # signed descriptors: how others check who a hub is and what it offers
 
 
 class FederationServicer:
@@ -22,6 +22,10 @@ class FederationServicer:
     async def GetDescriptor(self, request: federation_pb2.GetDescriptorRequest,
                             context: grpc.aio.ServicerContext) -> federation_pb2.SignedDescriptor:
         return self.federation.descriptor()
+
+    async def RegionCatalog(self, request: federation_pb2.GetDescriptorRequest,
+                            context: grpc.aio.ServicerContext) -> federation_pb2.RegionDescriptors:
+        return federation_pb2.RegionDescriptors(descriptors=await self.federation.region_descriptors())
 
     async def ExchangeAgreements(self, call: Authenticated, context: grpc.aio.ServicerContext) -> federation_pb2.ExchangeAgreementsResponse:
         if call.request.WhichOneof("body") != "agreement_exchange":

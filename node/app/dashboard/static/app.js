@@ -126,8 +126,10 @@ async function load() {
       a.purpose, `${a.datasets.join(",")}: ${a.metrics.join(",")}`, { text: a.state, cls: `state-${a.state}` },
       a.fully_signed ? "both ✓" : `${a.signatures_verified.length} of 2`, `${a.queries_today} / ${a.queries_per_day}`,
       a.dp_budget ? `ε ${a.dp_spent_today} / ${a.dp_budget}` : "–", when(a.valid_until_ms)]));
-  table("sensors", ["sensor", "label", "dataset", "readings", "last seen", "rejected", "state"], sensors.map((s) => [
-    { text: s.sensor_id, cls: "mono" }, s.label, s.dataset, s.readings.toLocaleString("en"), when(s.last_seen_ms), s.frames_rejected,
+  table("sensors", ["sensor", "label", "dataset", "confidentiality", "readings", "last seen", "rejected", "state"], sensors.map((s) => [
+    { text: s.sensor_id, cls: "mono" }, s.label, s.dataset,
+    { text: s.lorawan_dev_eui ? `${s.confidentiality} (LoRaWAN)` : s.confidentiality, cls: `state-${s.confidentiality}` },
+    s.readings.toLocaleString("en"), when(s.last_seen_ms), s.frames_rejected,
     { text: s.active ? "active" : "revoked", cls: s.active ? "state-active" : "state-revoked" }]));
   table("audit", ["when", "who", "action", "on", "outcome", "detail"], audit.map((e) => [
     when(e.at_ms), { text: e.actor.slice(0, 12), cls: "mono" }, e.action, { text: (e.subject || "").replace("urn:uuid:", "").slice(0, 8), cls: "mono" },
