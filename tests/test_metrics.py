@@ -70,7 +70,9 @@ async def test_metrics_count_ingest_agreements_and_peers_by_their_real_values(re
     # Porsgrunn stops; Stavanger's next descriptor refresh finds it unreachable.
     await porsgrunn.channel.close()
     await porsgrunn.live.running.stop(grace=0)
-    await stavanger.live.running.federation.refresh_peers()
+    federation = stavanger.live.running.federation
+    for peer in await federation.hub.storage.read(lambda s: s.list_peers()):
+        await federation.outbox.refresh(peer)
 
     samples = await scrape(stavanger)
     assert samples[("smartregion_readings_ingested_total", ())] == 7
