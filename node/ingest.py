@@ -137,7 +137,7 @@ class IngestService:
             reason = Reason.REVOKED_SENSOR if conflict.revoked else Reason.REPLAYED
             raise await self.reject(reason, str(conflict), conflict.sensor_id) from None
         receipts = []
-        for frame, outcome in zip(batch, outcomes):
+        for frame, outcome in zip(batch, outcomes, strict=True):
             known = self._sensors.get(frame.sensor_id)
             if known is not None:
                 known.record.last_counter = max(known.record.last_counter, frame.counter)
@@ -150,7 +150,7 @@ class IngestService:
         if len(frame_list) > MAX_FRAMES_PER_BATCH:
             raise await self.reject(Reason.FRAME_TOO_LARGE, f"{len(frame_list)} frames exceed the batch limit of {MAX_FRAMES_PER_BATCH}")
         if not frame_list:
-            raise Rejected(Reason.MALFORMED_FRAME, "the batch holds no frames")
+            raise await self.reject(Reason.MALFORMED_FRAME, "the batch holds no frames")
         pending: dict[str, int] = {}
         opened = []
         for index, frame in enumerate(frame_list):
@@ -180,7 +180,7 @@ class StreamSession:
         self._stream_counters: dict[str, int] = {}
         self._pending_readings = 0
         self._frames_seen = 0
-        self._in_flight: asyncio.Task | None = None
+        self._in_flight: asyncio.Task[None] | None = None
         self.frames_accepted = 0
         self.readings_stored = 0
         self.readings_duplicate = 0
@@ -226,6 +226,6 @@ class StreamSession:
             self.last_counter[receipt.sensor_id] = receipt.counter
 
 
-def _retrieve(task: asyncio.Task) -> None:
+def _retrieve(task: asyncio.Task[None]) -> None:
     if not task.cancelled():
         task.exception()

@@ -145,6 +145,15 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE agreement_usage ADD COLUMN epsilon_spent REAL NOT NULL DEFAULT 0
         """,
     ),
+    (
+        # branch hardening: counters span 1 ..= 2**64-1 (docs/protocol.md) but SQLite integers are
+        # signed 64-bit, so sensors.last_counter is stored biased by -2**63 (node/storage/sqlite.py
+        # COUNTER_BIAS): 0 is stored as -2**63 and 2**64-1 as 2**63-1; order is kept.
+        5,
+        """
+        UPDATE sensors SET last_counter = last_counter + (-9223372036854775807 - 1)
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -55,9 +55,20 @@ def _insert_readings(conn: sqlite3.Connection, sensor_ref: int, readings: Sequen
         start += rows
 
 
+# Counters are unsigned 64-bit (1 ..= 2**64-1); SQLite integers are signed 64-bit. The column
+# holds counter - 2**63 (migration 5), which keeps order, so `last_counter < ?` still compares.
+COUNTER_BIAS = 2**63
+_LAST_COUNTER = _SENSOR_COLUMNS.split(", ").index("last_counter")
+
+
+def _stored_counter(counter: int) -> int:
+    return counter - COUNTER_BIAS
+
+
 def _sensor(row: tuple) -> SensorRecord:
     values = list(row)
     values[2] = json.loads(values[2])
+    values[_LAST_COUNTER] += COUNTER_BIAS
     return SensorRecord(*values)
 
 
@@ -101,6 +112,7 @@ class SqliteStore(FederationTables, QueryTables):
             "label": sensor.label,
             "wrapped_key": sensor.wrapped_key,
             "enrolled_at_ms": sensor.enrolled_at_ms,
+            "last_counter": _stored_counter(sensor.last_counter),
         }
         self._transaction(lambda: self.db["sensors"].insert(row))
 
@@ -130,10 +142,11 @@ class SqliteStore(FederationTables, QueryTables):
         def work() -> list[FrameOutcome]:
             outcomes = []
             for index, frame in enumerate(frames):
+                stored_counter = _stored_counter(frame.counter)
                 ref = self.conn.execute(
                     "UPDATE sensors SET last_counter = ?, last_seen_ms = ?, frames_accepted = frames_accepted + 1 "
                     "WHERE sensor_id = ? AND last_counter < ? AND revoked_at_ms IS NULL RETURNING ref",
-                    (frame.counter, frame.received_at_ms, frame.sensor_id, frame.counter),
+                    (stored_counter, frame.received_at_ms, frame.sensor_id, stored_counter),
                 ).fetchone()
                 if ref is None:
                     current = self.get_sensor(frame.sensor_id)
