@@ -49,6 +49,7 @@ class Hub:
             storage,
             on_rejection=metrics.rejected,
             on_accepted=metrics.accepted,
+            clock=clock,
         )
         return cls(hub_dir, config, identity, storage, ingest, metrics, clock=clock,
                    started_at_ms=clock.now_ms(), serve_lock=serve_lock)

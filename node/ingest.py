@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from node import catalog, frames, ids, senml
+from node.clock import SYSTEM_CLOCK, Clock
 from node.errors import Reason, Rejected
 from node.sensors import unwrap_key
 from node.storage import Storage
@@ -28,6 +29,8 @@ MAX_FRAMES_PER_BATCH = 1000
 # A stream commits when this many readings or frames are pending (one transaction each).
 STREAM_COMMIT_READINGS = 20_000
 STREAM_COMMIT_FRAMES = 256
+# Rejections are tallied in memory and written with the next commit, or after this long.
+REJECTION_FLUSH_SECONDS = 1.0
 
 
 @dataclass
@@ -45,8 +48,33 @@ class Receipt:
     duplicate: int
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+class RejectionTally:
+    """Rejection counts not yet written. A refusal costs a counter increment, not a durable
+    transaction: the counts go to storage with the next commit, or in one write per
+    REJECTION_FLUSH_SECONDS, so a flood of garbage cannot make the single writer fsync per
+    input. A crash loses at most that interval's counts (never a reading)."""
+
+    def __init__(self) -> None:
+        self.by_reason: Counter[str] = Counter()
+        self.by_sensor: Counter[str] = Counter()
+
+    def add(self, reason: Reason, sensor_id: str | None) -> None:
+        self.by_reason[reason.label] += 1
+        if sensor_id:
+            self.by_sensor[sensor_id] += 1
+
+    def take(self) -> tuple[Counter[str], Counter[str]] | None:
+        if not self.by_reason:
+            return None
+        taken = self.by_reason, self.by_sensor
+        self.by_reason, self.by_sensor = Counter(), Counter()
+        return taken
+
+    def restore(self, taken: tuple[Counter[str], Counter[str]] | None) -> None:
+        """Put back counts whose write failed."""
+        if taken is not None:
+            self.by_reason.update(taken[0])
+            self.by_sensor.update(taken[1])
 
 
 class IngestService:
@@ -57,6 +85,7 @@ class IngestService:
         storage: Storage,
         on_rejection: Callable[[Reason], None] | None = None,
         on_accepted: Callable[[int], None] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.hub_id = hub_id
         self._kek = key_encryption_key
@@ -64,6 +93,9 @@ class IngestService:
         self._sensors: dict[str, _KnownSensor] = {}
         self._on_rejection = on_rejection or (lambda reason: None)
         self._on_accepted = on_accepted or (lambda readings: None)
+        self._clock = clock
+        self.unwritten_rejections = RejectionTally()
+        self._flush_task: asyncio.Task[None] | None = None
 
     def forget(self, sensor_id: str) -> None:
         """Drop a cached sensor (after revocation) so the next frame re-reads it."""
@@ -87,8 +119,44 @@ class IngestService:
 
     async def reject(self, reason: Reason, message: str, sensor_id: str | None = None) -> Rejected:
         self._on_rejection(reason)
-        await self._storage.write(lambda s: s.record_rejection(reason.label, sensor_id))
+        self.unwritten_rejections.add(reason, sensor_id)
+        if self._flush_task is None:
+            self._flush_task = asyncio.create_task(self._flush_later(), name="rejection-flush")
         return Rejected(reason, message)
+
+    async def _flush_later(self) -> None:
+        try:
+            await self._clock.sleep(REJECTION_FLUSH_SECONDS)
+            await self.flush_rejections()
+        except Exception:  # kept in the tally; the next commit or flush writes them
+            log.warning("rejection counts not written yet", exc_info=True)
+        finally:
+            self._flush_task = None
+
+    async def flush_rejections(self) -> None:
+        taken = self.unwritten_rejections.take()
+        if taken is None:
+            return
+        try:
+            await self._storage.write(lambda s: s.record_rejections(*taken))
+        except BaseException:
+            self.unwritten_rejections.restore(taken)
+            raise
+
+    async def close(self) -> None:
+        """Write the tallied rejections (at shutdown)."""
+        if self._flush_task is not None:
+            self._flush_task.cancel()
+        await self.flush_rejections()
+
+    def rejection_counts(self, stored: dict[str, int]) -> dict[str, int]:
+        """Stored rejection counts by reason plus those not yet written."""
+        merged = Counter(stored)
+        merged.update(self.unwritten_rejections.by_reason)
+        return dict(sorted(merged.items()))
+
+    def frames_rejected(self, record: SensorRecord) -> int:
+        return record.frames_rejected + self.unwritten_rejections.by_sensor.get(record.sensor_id, 0)
 
     async def open(self, frame: bytes, pending: dict[str, int] | None = None) -> FrameToCommit:
         """Authenticate and validate one frame. `pending` holds counters accepted earlier in
@@ -126,12 +194,17 @@ class IngestService:
             raise await self.reject(exc.reason, f"sensor {sensor_id}: {exc.message}", sensor_id) from None
         if pending is not None:
             pending[sensor_id] = header.counter
-        return FrameToCommit(sensor_id, header.counter, readings, _now_ms())
+        return FrameToCommit(sensor_id, header.counter, readings, self._clock.now_ms())
 
     async def commit(self, batch: list[FrameToCommit]) -> list[Receipt]:
+        rejections = self.unwritten_rejections.take()
         try:
-            outcomes: list[FrameOutcome] = await self._storage.write(lambda s: s.commit_frames(batch))
-        except CounterConflict as conflict:
+            outcomes: list[FrameOutcome] = await self._storage.write(lambda s: s.commit_frames(batch, rejections))
+        except BaseException as failure:
+            self.unwritten_rejections.restore(rejections)
+            if not isinstance(failure, CounterConflict):
+                raise
+            conflict = failure
             # Another request for the same sensor committed first; refresh and report.
             self.forget(conflict.sensor_id)
             reason = Reason.REVOKED_SENSOR if conflict.revoked else Reason.REPLAYED

@@ -72,6 +72,7 @@ class RunningHub:
         await self.grpc_server.stop(grace)
         await self.federation.close()
         await self.http_runner.cleanup()
+        await self.hub.ingest.close()
         self.hub.hub_dir.clear_endpoint()
         self.hub.close()
         log.info("stopped", extra={"hub_id": self.hub.config.hub_id})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import chain
 from pathlib import Path
 
@@ -135,11 +135,17 @@ class SqliteStore(FederationTables, QueryTables):
         return self._transaction(work)
 
     # -- ingest --------------------------------------------------------------------------
-    def commit_frames(self, frames: Sequence[FrameToCommit]) -> list[FrameOutcome]:
+    def commit_frames(
+        self, frames: Sequence[FrameToCommit], rejections: tuple[Mapping[str, int], Mapping[str, int]] | None = None
+    ) -> list[FrameOutcome]:
         """Store every frame's readings and advance its sensor's counter, all in one
-        transaction. Raises CounterConflict (and stores nothing) if a counter is stale."""
+        transaction. Raises CounterConflict (and stores nothing) if a counter is stale.
+        `rejections` (by reason, by sensor) are added in the same transaction: they cost no
+        fsync of their own."""
 
         def work() -> list[FrameOutcome]:
+            if rejections is not None:
+                self._add_rejections(*rejections)
             outcomes = []
             for index, frame in enumerate(frames):
                 stored_counter = _stored_counter(frame.counter)
@@ -167,19 +173,19 @@ class SqliteStore(FederationTables, QueryTables):
 
         return self._transaction(work)
 
-    def record_rejection(self, reason: str, sensor_id: str | None) -> None:
-        def work():
-            self.conn.execute(
-                "INSERT INTO rejections (reason, count) VALUES (?, 1) "
-                "ON CONFLICT(reason) DO UPDATE SET count = count + 1",
-                (reason,),
-            )
-            if sensor_id:
-                self.conn.execute(
-                    "UPDATE sensors SET frames_rejected = frames_rejected + 1 WHERE sensor_id = ?", (sensor_id,)
-                )
+    def _add_rejections(self, by_reason: Mapping[str, int], by_sensor: Mapping[str, int]) -> None:
+        self.conn.executemany(
+            "INSERT INTO rejections (reason, count) VALUES (?, ?) ON CONFLICT(reason) DO UPDATE SET count = count + excluded.count",
+            by_reason.items(),
+        )
+        self.conn.executemany(
+            "UPDATE sensors SET frames_rejected = frames_rejected + ? WHERE sensor_id = ?",
+            ((count, sensor_id) for sensor_id, count in by_sensor.items()),
+        )
 
-        self._transaction(work)
+    def record_rejections(self, by_reason: Mapping[str, int], by_sensor: Mapping[str, int]) -> None:
+        """Add tallied rejection counts (node/ingest.py RejectionTally), in one transaction."""
+        self._transaction(lambda: self._add_rejections(by_reason, by_sensor))
 
     def rejection_counts(self) -> dict[str, int]:
         return dict(self.conn.execute("SELECT reason, count FROM rejections ORDER BY reason").fetchall())
