@@ -23,7 +23,11 @@ class Reason(Enum):
     UNKNOWN_METRIC = ("INVALID_ARGUMENT", 422, "a record names a metric the sensor is not enrolled for")
     NON_FINITE_VALUE = ("INVALID_ARGUMENT", 422, "a value or time is NaN or infinite")
     INVALID_READING = ("INVALID_ARGUMENT", 422, "a value is out of range, has the wrong unit or an impossible time")
+    RATE_LIMITED = ("RESOURCE_EXHAUSTED", 429, "the sensor sends more readings than its rate limit allows; retry later")
+    STORAGE_FULL = ("UNAVAILABLE", 507, "the hub cannot write (disk full); nothing was stored; retry later")
     # Admin and general requests
+    REQUEST_TOO_LARGE = ("RESOURCE_EXHAUSTED", 413, "the request exceeds the size limit of its method")
+    TIMED_OUT = ("DEADLINE_EXCEEDED", 408, "the client sent nothing for longer than the idle limit")
     INVALID_REQUEST = ("INVALID_ARGUMENT", 400, "the request is malformed or names something invalid")
     NOT_FOUND = ("NOT_FOUND", 404, "the named object does not exist")
     ALREADY_EXISTS = ("ALREADY_EXISTS", 409, "the object exists already")

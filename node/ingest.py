@@ -118,11 +118,15 @@ class IngestService:
         return known
 
     async def reject(self, reason: Reason, message: str, sensor_id: str | None = None) -> Rejected:
+        self.count_refusal(reason, sensor_id)
+        return Rejected(reason, message)
+
+    def count_refusal(self, reason: Reason, sensor_id: str | None = None) -> None:
+        """Count a refused ingest input (metrics now, storage with the next write)."""
         self._on_rejection(reason)
         self.unwritten_rejections.add(reason, sensor_id)
         if self._flush_task is None:
             self._flush_task = asyncio.create_task(self._flush_later(), name="rejection-flush")
-        return Rejected(reason, message)
 
     async def _flush_later(self) -> None:
         try:
@@ -275,6 +279,14 @@ class StreamSession:
             await self._drain()
             self._in_flight = asyncio.ensure_future(self._commit(self._take()))
             self._in_flight.add_done_callback(_retrieve)  # a cancelled stream's error is still retrieved
+
+    async def end_with(self, rejected: Rejected) -> Rejected:
+        """The stream ends early (a refused message, an idle client): commit every frame
+        accepted so far and return the refusal, saying how many were committed."""
+        await self.flush()
+        return Rejected(
+            rejected.reason, f"after frame {self._frames_seen - 1}: {rejected.message}; the {self.frames_accepted} frames before were committed"
+        )
 
     async def flush(self) -> None:
         """Wait for the commit in flight, then commit what is pending."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import socket
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from node.api.v1 import (
     query_service_pb2,
     query_service_pb2_grpc,
 )
+from node.app import grpc_limits
 from node.app.dashboard.data import DashboardData
 from node.app.dashboard.routes import Dashboard
 from node.app.http_app import build_app
@@ -36,11 +38,12 @@ from node.app.servicers.auth import AdminAuthInterceptor
 from node.app.servicers.federation import FederationServicer
 from node.app.servicers.ingest import IngestServicer
 from node.app.servicers.query import QueryServicer
+from node.errors import Rejected
 from node.hub import Endpoint, Hub
 from node.tlsfiles import server_ssl_context
 
 log = logging.getLogger("smartregion.server")
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_MESSAGE_BYTES = grpc_limits.CEILING_BYTES  # the largest request message gRPC accepts at all
 SERVICE_NAMES = (
     ingest_pb2.DESCRIPTOR.services_by_name["Ingest"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
@@ -92,13 +95,16 @@ async def start(
     grpc_port = net.grpc_port if grpc_port is None else grpc_port
     http_port = net.http_port if http_port is None else http_port
 
+    async def count_refused(method: str, rejected: Rejected) -> None:
+        if method.startswith(grpc_limits.INGEST_PREFIX):
+            hub.ingest.count_refusal(rejected.reason)
+        else:
+            hub.metrics.rejected(rejected.reason)
+
     server = grpc.aio.server(
-        interceptors=[AdminAuthInterceptor(hub.config.admin_token_sha256)],
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
-        ],
+        interceptors=[AdminAuthInterceptor(hub.config.admin_token_sha256), grpc_limits.RequestLimitInterceptor(count_refused)],
+        options=grpc_limits.SERVER_OPTIONS,
+        maximum_concurrent_rpcs=grpc_limits.MAXIMUM_CONCURRENT_RPCS,
     )
     fed_config = hub.config.federation
     federation = Federation(hub, fed_config.refresh_seconds, fed_config.retry_base_seconds, fed_config.retry_max_seconds)
@@ -172,8 +178,24 @@ async def start(
     return RunningHub(hub, server, runner, health, federation, background, stopping)
 
 
+def raise_open_file_limit() -> int:
+    """Raise this process's open-file limit to its hard limit (each connection is a file; a
+    default soft limit of 256 or 1024 let slow clients make accept() fail). Returns the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            log.warning("cannot raise the open-file limit", extra={"soft": soft, "hard": hard})
+            return soft
+    return target
+
+
 async def serve_forever(hub: Hub, **options) -> None:
     """Serve until SIGTERM or SIGINT, then shut down cleanly."""
+    limit = raise_open_file_limit()
+    log.info("open-file limit", extra={"nofile": limit})
     running = await start(hub, **options)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
