@@ -33,6 +33,7 @@ from node.app import grpc_limits
 from node.app.dashboard.data import DashboardData
 from node.app.dashboard.routes import Dashboard
 from node.app.http_app import build_app
+from node.app.http_guard import ConnectionGuard, GuardedSite, HttpLimits
 from node.app.servicers.admin import AdminServicer
 from node.app.servicers.auth import AdminAuthInterceptor
 from node.app.servicers.federation import FederationServicer
@@ -89,6 +90,7 @@ async def start(
     http_port: int | None = None,
     insecure: bool = False,
     dashboard_read_only: bool = False,
+    http_limits: HttpLimits | None = None,
 ) -> RunningHub:
     net = hub.config.network
     host = host or net.listen_host
@@ -132,10 +134,11 @@ async def start(
     await server.start()
 
     dashboard = Dashboard(DashboardData(federation, queries), hub.config.admin_token_sha256, dashboard_read_only)
-    runner = web.AppRunner(build_app(hub, dashboard, federation), access_log=None)
+    http_limits = http_limits or HttpLimits()
+    runner = web.AppRunner(build_app(hub, dashboard, federation, http_limits), access_log=None)
     await runner.setup()
     ssl_context = None if insecure else server_ssl_context(hub.identity.tls_cert_pem, hub.identity.tls_key_pem)
-    site = web.TCPSite(runner, host, http_port, ssl_context=ssl_context)
+    site = GuardedSite(runner, host, http_port, ConnectionGuard(http_limits, hub.metrics.rejected), ssl_context=ssl_context)
     try:
         await site.start()
     except OSError:
