@@ -9,7 +9,7 @@ from node import __version__
 from node.clock import SYSTEM_CLOCK, Clock
 from node.hubdir import DB_FILE, HubConfig, HubDir
 from node.identity import HubIdentity
-from node.ingest import IngestService
+from node.ingest import IngestService, SensorRateLimit
 from node.observability import HubMetrics
 from node.storage import Storage
 
@@ -50,6 +50,7 @@ class Hub:
             on_rejection=metrics.rejected,
             on_accepted=metrics.accepted,
             clock=clock,
+            rate_limit=SensorRateLimit(config.ingest.readings_per_second, config.ingest.burst_readings, clock),
         )
         return cls(hub_dir, config, identity, storage, ingest, metrics, clock=clock,
                    started_at_ms=clock.now_ms(), serve_lock=serve_lock)

@@ -61,6 +61,14 @@ class FederationConfig:
 
 
 @dataclass
+class IngestConfig:
+    # Per sensor (a token bucket on readings, node/ingest.py SensorRateLimit): a sensor may
+    # send `burst_readings` at once (a replay of history) and `readings_per_second` sustained.
+    readings_per_second: float = 20_000.0
+    burst_readings: int = 1_000_000
+
+
+@dataclass
 class HubConfig:
     hub_id: str
     municipality: str
@@ -68,6 +76,7 @@ class HubConfig:
     admin_token_sha256: str
     network: NetworkConfig = field(default_factory=NetworkConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
 
     @property
     def municipality_name(self) -> str:
@@ -83,6 +92,7 @@ class HubConfig:
             },
             "network": asdict(self.network),
             "federation": asdict(self.federation),
+            "ingest": asdict(self.ingest),
         }
         return tomli_w.dumps(doc).encode()
 
@@ -97,6 +107,7 @@ class HubConfig:
             admin_token_sha256=hub["admin_token_sha256"],
             network=NetworkConfig(**doc.get("network", {})),
             federation=FederationConfig(**doc.get("federation", {})),
+            ingest=IngestConfig(**doc.get("ingest", {})),
         )
 
 

@@ -48,6 +48,38 @@ class Receipt:
     duplicate: int
 
 
+# Decoding runs on the event loop: a batch yields to other tasks after this many readings.
+YIELD_EVERY_READINGS = 5_000
+
+
+class SensorRateLimit:
+    """A token bucket per sensor, counted in readings: `burst` at once, refilled at `rate` per
+    second (docs/limits.md). Frames over it are refused as `rate_limited` (retryable)."""
+
+    def __init__(self, rate: float, burst: int, clock: Clock = SYSTEM_CLOCK) -> None:
+        if rate <= 0 or burst <= 0:
+            raise ValueError("the ingest rate and burst must be positive")
+        self.rate, self.burst, self._clock = rate, burst, clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # sensor -> (tokens, at monotonic time)
+
+    def allow(self, sensor_id: str, readings: int) -> float:
+        """Take `readings` tokens and return 0, or take none and return the seconds until
+        they would be there."""
+        now = self._clock.monotonic()
+        tokens, at = self._buckets.get(sensor_id, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+        if readings > tokens:
+            self._buckets[sensor_id] = (tokens, now)
+            return (readings - tokens) / self.rate
+        self._buckets[sensor_id] = (tokens - readings, now)
+        return 0.0
+
+    def give_back(self, sensor_id: str, readings: int) -> None:
+        """Return tokens of readings that were refused after all (the batch was not stored)."""
+        tokens, at = self._buckets.get(sensor_id, (float(self.burst), self._clock.monotonic()))
+        self._buckets[sensor_id] = (min(float(self.burst), tokens + readings), at)
+
+
 class RejectionTally:
     """Rejection counts not yet written. A refusal costs a counter increment, not a durable
     transaction: the counts go to storage with the next commit, or in one write per
@@ -86,6 +118,7 @@ class IngestService:
         on_rejection: Callable[[Reason], None] | None = None,
         on_accepted: Callable[[int], None] | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        rate_limit: SensorRateLimit | None = None,
     ) -> None:
         self.hub_id = hub_id
         self._kek = key_encryption_key
@@ -94,6 +127,7 @@ class IngestService:
         self._on_rejection = on_rejection or (lambda reason: None)
         self._on_accepted = on_accepted or (lambda readings: None)
         self._clock = clock
+        self.rate_limit = rate_limit or SensorRateLimit(20_000.0, 1_000_000, clock)
         self.unwritten_rejections = RejectionTally()
         self._flush_task: asyncio.Task[None] | None = None
 
@@ -196,6 +230,14 @@ class IngestService:
             readings = senml.decode_rows(plaintext, known.metrics)
         except Rejected as exc:
             raise await self.reject(exc.reason, f"sensor {sensor_id}: {exc.message}", sensor_id) from None
+        wait = self.rate_limit.allow(sensor_id, len(readings))
+        if wait:
+            raise await self.reject(
+                Reason.RATE_LIMITED,
+                f"sensor {sensor_id} is over its limit of {self.rate_limit.rate:g} readings/s "
+                f"(burst {self.rate_limit.burst}); retry in {wait:.1f} s",
+                sensor_id,
+            )
         if pending is not None:
             pending[sensor_id] = header.counter
         return FrameToCommit(sensor_id, header.counter, readings, self._clock.now_ms())
@@ -229,13 +271,23 @@ class IngestService:
         if not frame_list:
             raise await self.reject(Reason.MALFORMED_FRAME, "the batch holds no frames")
         pending: dict[str, int] = {}
-        opened = []
-        for index, frame in enumerate(frame_list):
-            try:
-                opened.append(await self.open(frame, pending))
-            except Rejected as exc:
-                raise Rejected(exc.reason, f"frame {index}: {exc.message}; nothing of this batch was stored") from None
-        return await self.commit(opened)
+        opened: list[FrameToCommit] = []
+        since_yield = 0
+        try:
+            for index, frame in enumerate(frame_list):
+                try:
+                    opened.append(await self.open(frame, pending))
+                except Rejected as exc:
+                    raise Rejected(exc.reason, f"frame {index}: {exc.message}; nothing of this batch was stored") from None
+                since_yield += len(opened[-1].readings)
+                if since_yield >= YIELD_EVERY_READINGS:
+                    since_yield = 0
+                    await asyncio.sleep(0)  # let other requests run while a large batch decodes
+            return await self.commit(opened)
+        except BaseException:
+            for done in opened:  # nothing of the batch was stored: it costs no rate
+                self.rate_limit.give_back(done.sensor_id, len(done.readings))
+            raise
 
     def stream(self) -> StreamSession:
         return StreamSession(self)
@@ -256,6 +308,7 @@ class StreamSession:
         # whole stream: counters only grow, and an in-flight chunk must still count.
         self._stream_counters: dict[str, int] = {}
         self._pending_readings = 0
+        self._since_yield = 0
         self._frames_seen = 0
         self._in_flight: asyncio.Task[None] | None = None
         self.frames_accepted = 0
@@ -275,6 +328,10 @@ class StreamSession:
             ) from None
         self._pending.append(opened)
         self._pending_readings += len(opened.readings)
+        self._since_yield += len(opened.readings)
+        if self._since_yield >= YIELD_EVERY_READINGS:
+            self._since_yield = 0
+            await asyncio.sleep(0)  # buffered frames must not hold the event loop
         if self._pending_readings >= STREAM_COMMIT_READINGS or len(self._pending) >= STREAM_COMMIT_FRAMES:
             await self._drain()
             self._in_flight = asyncio.ensure_future(self._commit(self._take()))
