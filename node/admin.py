@@ -24,7 +24,7 @@ class Status:
 async def status(hub: Hub) -> Status:
     sensors = await hub.storage.read(lambda s: s.list_sensors())
     counts = await hub.storage.read(lambda s: s.metric_summaries())
-    rejections = hub.ingest.rejection_counts(await hub.storage.read(lambda s: s.rejection_counts()))
+    rejections = await hub.ingest.rejection_counts()
     active = sum(1 for s in sensors if s.active)
     return Status(hub, active, len(sensors) - active, counts, rejections)
 
@@ -47,10 +47,7 @@ async def add_sensor(hub: Hub, enrolment: Enrolment) -> tuple[SensorRecord, byte
 
 
 async def list_sensors(hub: Hub, include_revoked: bool) -> list[SensorRecord]:
-    records = await hub.storage.read(lambda s: s.list_sensors(include_revoked))
-    for record in records:
-        record.frames_rejected = hub.ingest.frames_rejected(record)
-    return records
+    return await hub.ingest.list_sensors(include_revoked)
 
 
 async def revoke_sensor(hub: Hub, sensor_id: str) -> SensorRecord:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from node.clock import SYSTEM_CLOCK, Clock
 from node.errors import Reason, Rejected
 from node.sensors import unwrap_key
 from node.storage import Storage
-from node.storage.base import CounterConflict, FrameOutcome, FrameToCommit, SensorRecord
+from node.storage.base import CounterConflict, FrameOutcome, FrameToCommit, SensorRecord, Store
 
 log = logging.getLogger("smartregion.ingest")
 MAX_FRAMES_PER_BATCH = 1000
@@ -80,33 +81,61 @@ class SensorRateLimit:
         self._buckets[sensor_id] = (min(float(self.burst), tokens + readings), at)
 
 
+Tally = tuple[Counter[str], Counter[str]]  # rejections by reason, by sensor
+
+
 class RejectionTally:
     """Rejection counts not yet written. A refusal costs a counter increment, not a durable
     transaction: the counts go to storage with the next commit, or in one write per
     REJECTION_FLUSH_SECONDS, so a flood of garbage cannot make the single writer fsync per
-    input. A crash loses at most that interval's counts (never a reading)."""
+    input. A crash loses at most that interval's counts (never a reading).
+
+    Counts being written stay "in flight" until the writer thread has committed them, and
+    readers merge on the writer thread too, so a reader sees every count exactly once."""
 
     def __init__(self) -> None:
-        self.by_reason: Counter[str] = Counter()
-        self.by_sensor: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._unwritten: Tally = (Counter(), Counter())
+        self._in_flight: list[Tally] = []
 
     def add(self, reason: Reason, sensor_id: str | None) -> None:
-        self.by_reason[reason.label] += 1
-        if sensor_id:
-            self.by_sensor[sensor_id] += 1
+        with self._lock:
+            self._unwritten[0][reason.label] += 1
+            if sensor_id:
+                self._unwritten[1][sensor_id] += 1
 
-    def take(self) -> tuple[Counter[str], Counter[str]] | None:
-        if not self.by_reason:
-            return None
-        taken = self.by_reason, self.by_sensor
-        self.by_reason, self.by_sensor = Counter(), Counter()
-        return taken
+    def take(self) -> Tally | None:
+        """The counts to write now (in flight until `written` or `failed`), or None."""
+        with self._lock:
+            if not self._unwritten[0]:
+                return None
+            taken, self._unwritten = self._unwritten, (Counter(), Counter())
+            self._in_flight.append(taken)
+            return taken
 
-    def restore(self, taken: tuple[Counter[str], Counter[str]] | None) -> None:
-        """Put back counts whose write failed."""
+    def written(self, taken: Tally | None) -> None:
+        """Called on the writer thread, in the job that committed them."""
         if taken is not None:
-            self.by_reason.update(taken[0])
-            self.by_sensor.update(taken[1])
+            with self._lock:
+                self._in_flight.remove(taken)
+
+    def failed(self, taken: Tally | None) -> None:
+        """Their write failed: they are unwritten again."""
+        if taken is not None:
+            with self._lock:
+                if taken in self._in_flight:
+                    self._in_flight.remove(taken)
+                self._unwritten[0].update(taken[0])
+                self._unwritten[1].update(taken[1])
+
+    def pending(self) -> Tally:
+        """Every count not committed yet (call on the writer thread for an exact total)."""
+        with self._lock:
+            by_reason, by_sensor = Counter(self._unwritten[0]), Counter(self._unwritten[1])
+            for taken in self._in_flight:
+                by_reason.update(taken[0])
+                by_sensor.update(taken[1])
+            return by_reason, by_sensor
 
 
 class IngestService:
@@ -175,10 +204,16 @@ class IngestService:
         taken = self.unwritten_rejections.take()
         if taken is None:
             return
+        tally = self.unwritten_rejections
+
+        def job(store: Store) -> None:
+            store.record_rejections(*taken)
+            tally.written(taken)
+
         try:
-            await self._storage.write(lambda s: s.record_rejections(*taken))
+            await self._storage.write(job)
         except BaseException:
-            self.unwritten_rejections.restore(taken)
+            tally.failed(taken)
             raise
 
     async def close(self) -> None:
@@ -187,14 +222,30 @@ class IngestService:
             self._flush_task.cancel()
         await self.flush_rejections()
 
-    def rejection_counts(self, stored: dict[str, int]) -> dict[str, int]:
-        """Stored rejection counts by reason plus those not yet written."""
-        merged = Counter(stored)
-        merged.update(self.unwritten_rejections.by_reason)
-        return dict(sorted(merged.items()))
+    async def rejection_counts(self) -> dict[str, int]:
+        """Rejections by reason: stored plus not yet written (read on the writer thread, so
+        each is counted once)."""
+        tally = self.unwritten_rejections
 
-    def frames_rejected(self, record: SensorRecord) -> int:
-        return record.frames_rejected + self.unwritten_rejections.by_sensor.get(record.sensor_id, 0)
+        def job(store: Store) -> dict[str, int]:
+            merged = Counter(store.rejection_counts())
+            merged.update(tally.pending()[0])
+            return dict(sorted(merged.items()))
+
+        return await self._storage.write(job)
+
+    async def list_sensors(self, include_revoked: bool) -> list[SensorRecord]:
+        """Sensors, with frames_rejected including the counts not yet written."""
+        tally = self.unwritten_rejections
+
+        def job(store: Store) -> list[SensorRecord]:
+            records = store.list_sensors(include_revoked)
+            by_sensor = tally.pending()[1]
+            for record in records:
+                record.frames_rejected += by_sensor.get(record.sensor_id, 0)
+            return records
+
+        return await self._storage.write(job)
 
     async def open(self, frame: bytes, pending: dict[str, int] | None = None) -> FrameToCommit:
         """Authenticate and validate one frame. `pending` holds counters accepted earlier in
@@ -243,11 +294,18 @@ class IngestService:
         return FrameToCommit(sensor_id, header.counter, readings, self._clock.now_ms())
 
     async def commit(self, batch: list[FrameToCommit]) -> list[Receipt]:
-        rejections = self.unwritten_rejections.take()
+        tally = self.unwritten_rejections
+        rejections = tally.take()
+
+        def job(store: Store) -> list[FrameOutcome]:
+            outcomes = store.commit_frames(batch, rejections)
+            tally.written(rejections)
+            return outcomes
+
         try:
-            outcomes: list[FrameOutcome] = await self._storage.write(lambda s: s.commit_frames(batch, rejections))
+            outcomes = await self._storage.write(job)
         except BaseException as failure:
-            self.unwritten_rejections.restore(rejections)
+            tally.failed(rejections)
             if not isinstance(failure, CounterConflict):
                 raise
             conflict = failure
@@ -342,7 +400,8 @@ class StreamSession:
         accepted so far and return the refusal, saying how many were committed."""
         await self.flush()
         return Rejected(
-            rejected.reason, f"after frame {self._frames_seen - 1}: {rejected.message}; the {self.frames_accepted} frames before were committed"
+            rejected.reason, f"after frame {self._frames_seen - 1}: {rejected.message}; "
+            f"the {self.frames_accepted} frames before were committed"
         )
 
     async def flush(self) -> None:

@@ -61,7 +61,7 @@ async def test_a_flood_of_garbage_costs_no_transaction_per_input_and_every_refus
     assert (await deliver(live_hub, seal_raw(sensor, senml.encode(fresh_readings(1))), "batch")).ok
     stored = stored_rejections(live_hub)
     assert stored.get("malformed_frame", 0) - stored_before.get("malformed_frame", 0) == FLOOD
-    assert live_hub.hub.ingest.unwritten_rejections.take() is None
+    assert live_hub.hub.ingest.unwritten_rejections.pending() == ({}, {})
 
 
 async def test_rejections_per_sensor_are_written_at_shutdown(tmp_path):
