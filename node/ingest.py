@@ -23,7 +23,7 @@ from node.clock import SYSTEM_CLOCK, Clock
 from node.errors import Reason, Rejected
 from node.sensors import unwrap_key
 from node.storage import Storage
-from node.storage.base import CounterConflict, FrameOutcome, FrameToCommit, SensorRecord, Store
+from node.storage.base import CounterConflict, FrameOutcome, FrameToCommit, SensorRecord, StorageFull, Store
 
 log = logging.getLogger("smartregion.ingest")
 MAX_FRAMES_PER_BATCH = 1000
@@ -159,6 +159,9 @@ class IngestService:
         self.rate_limit = rate_limit or SensorRateLimit(20_000.0, 1_000_000, clock)
         self.unwritten_rejections = RejectionTally()
         self._flush_task: asyncio.Task[None] | None = None
+        # False while the last write failed for a full disk; health reports NOT_SERVING then.
+        self.writable = True
+        self.on_writable: Callable[[bool], None] = lambda writable: None
 
     def forget(self, sensor_id: str) -> None:
         """Drop a cached sensor (after revocation) so the next frame re-reads it."""
@@ -192,13 +195,27 @@ class IngestService:
             self._flush_task = asyncio.create_task(self._flush_later(), name="rejection-flush")
 
     async def _flush_later(self) -> None:
+        """Write the tally after a pause; while writes fail, try again every pause (this is
+        also what notices that disk space has returned)."""
         try:
-            await self._clock.sleep(REJECTION_FLUSH_SECONDS)
-            await self.flush_rejections()
-        except Exception:  # kept in the tally; the next commit or flush writes them
-            log.warning("rejection counts not written yet", exc_info=True)
+            while True:
+                await self._clock.sleep(REJECTION_FLUSH_SECONDS)
+                try:
+                    await self.flush_rejections()
+                    return
+                except StorageFull:
+                    continue  # counted on: the tally is kept, and tried again
+                except Exception:
+                    log.warning("rejection counts not written yet", exc_info=True)
+                    return
         finally:
             self._flush_task = None
+
+    def _set_writable(self, writable: bool) -> None:
+        if writable != self.writable:
+            self.writable = writable
+            log.warning("storage writable again" if writable else "storage full: ingest refused until space returns")
+            self.on_writable(writable)
 
     async def flush_rejections(self) -> None:
         taken = self.unwritten_rejections.take()
@@ -212,9 +229,12 @@ class IngestService:
 
         try:
             await self._storage.write(job)
-        except BaseException:
+        except BaseException as failure:
             tally.failed(taken)
+            if isinstance(failure, StorageFull):
+                self._set_writable(False)
             raise
+        self._set_writable(True)
 
     async def close(self) -> None:
         """Write the tallied rejections (at shutdown)."""
@@ -306,6 +326,9 @@ class IngestService:
             outcomes = await self._storage.write(job)
         except BaseException as failure:
             tally.failed(rejections)
+            if isinstance(failure, StorageFull):
+                self._set_writable(False)
+                raise await self.reject(Reason.STORAGE_FULL, f"{failure}; nothing was stored, retry later") from None
             if not isinstance(failure, CounterConflict):
                 raise
             conflict = failure
@@ -313,6 +336,7 @@ class IngestService:
             self.forget(conflict.sensor_id)
             reason = Reason.REVOKED_SENSOR if conflict.revoked else Reason.REPLAYED
             raise await self.reject(reason, str(conflict), conflict.sensor_id) from None
+        self._set_writable(True)
         receipts = []
         for frame, outcome in zip(batch, outcomes, strict=True):
             known = self._sensors.get(frame.sensor_id)

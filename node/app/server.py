@@ -57,6 +57,22 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+INGEST_SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["Ingest"].full_name
+
+
+def watch_writable(hub: Hub, health: health_aio.HealthServicer) -> None:
+    """Ingest is NOT_SERVING while no write can succeed (a full disk), SERVING again after."""
+    pending: set[asyncio.Task[None]] = set()
+
+    def changed(writable: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if writable else health_pb2.HealthCheckResponse.NOT_SERVING
+        task = asyncio.get_running_loop().create_task(health.set(INGEST_SERVICE, status))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    hub.ingest.on_writable = changed
+
+
 @dataclass
 class RunningHub:
     hub: Hub
@@ -155,6 +171,7 @@ async def start(
     )
     for name in (*SERVICE_NAMES, ""):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    watch_writable(hub, health)
     hub.hub_dir.write_endpoint(
         {
             "pid": os.getpid(),

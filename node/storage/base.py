@@ -56,6 +56,18 @@ class CounterConflict(Exception):
         self.last_counter, self.revoked = last_counter, revoked
 
 
+class StorageError(Exception):
+    """The database cannot be opened or written; the message names the file."""
+
+
+class StorageFull(StorageError):
+    """A write failed because the database's filesystem is full; nothing of it was stored."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(f"cannot write {path}: the disk is full ({detail})")
+        self.path = path
+
+
 @dataclass
 class MetricSummary:
     dataset: str

@@ -19,6 +19,7 @@ from node.storage.base import (
     ReadingFilter,
     ReadingRow,
     SensorRecord,
+    StorageFull,
 )
 from node.storage.federation_tables import FederationTables
 from node.storage.migrations import migrate
@@ -72,8 +73,14 @@ def _sensor(row: tuple) -> SensorRecord:
     return SensorRecord(*values)
 
 
+def _is_full(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+    return code == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+
+
 class SqliteStore(FederationTables, QueryTables):
     def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
         self.db = sqlite_utils.Database(conn)
         self.db.enable_wal()
@@ -91,13 +98,19 @@ class SqliteStore(FederationTables, QueryTables):
 
     # -- transactions -------------------------------------------------------------------
     def _transaction(self, work):
-        self.conn.execute("BEGIN IMMEDIATE")
         try:
-            result = work()
-        except BaseException:
-            self.conn.execute("ROLLBACK")
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work()
+                self.conn.execute("COMMIT")  # may fail too (a full disk): then roll back
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            if _is_full(exc):
+                raise StorageFull(self.path, str(exc)) from None
             raise
-        self.conn.execute("COMMIT")
         return result
 
     # -- sensors -------------------------------------------------------------------------
