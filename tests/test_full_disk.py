@@ -16,7 +16,7 @@ import grpc
 import pytest
 from conftest import PASSPHRASE, make_hub_dir, start_live_hub
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from ingest_helpers import assert_rejected, deliver, http_post, snapshot
+from ingest_helpers import assert_rejected, deliver, snapshot
 from ingest_helpers import fresh_readings as _fresh
 
 from node.app.sensor_client import replay
