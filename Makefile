@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test proto bench clean venv browser
+.PHONY: demo test proto bench clean venv browser fuzz crash soak
 
 venv: $(STAMP)
 
@@ -19,6 +19,13 @@ demo: $(STAMP)
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Hardening runs (docs/limits.md): the same tests as in `make test`, with more inputs/kills.
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest tests/test_fuzz.py -s -q $(PYTEST_ARGS)
+
+crash: $(STAMP)
+	CRASH_KILLS=25 $(BIN)/python -m pytest tests/test_crash_durability.py -s -q $(PYTEST_ARGS)
 
 # The dashboard's end-to-end test drives Debian's chromium (installed as root, as in CI).
 browser:
