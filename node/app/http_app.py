@@ -13,6 +13,7 @@ from node.app.http_guard import HttpLimits, track_requests
 from node.errors import Reason, Rejected
 from node.frames import MAX_FRAME
 from node.hub import Hub
+from node.hubdir import token_matches
 
 if TYPE_CHECKING:
     from federation.service import Federation
@@ -71,6 +72,16 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics name peers and give per-peer query counts and ingest totals, so they
+    are for the operator: `Authorization: Bearer <admin token>` (Prometheus: `authorization:
+    credentials_file: admin.token`)."""
+    hub = request.app[HUB_KEY]
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token_matches(token.strip(), hub.config.admin_token_sha256):
+        hub.metrics.rejected(Reason.UNAUTHENTICATED)
+        return web.json_response({"error": Reason.UNAUTHENTICATED.label,
+                                  "message": "metrics need 'Authorization: Bearer <admin token>'"}, status=401,
+                                 headers={"WWW-Authenticate": "Bearer"})
     federation = request.app.get(FEDERATION_KEY)
     if federation is not None:
         await federation.refresh_metrics()
