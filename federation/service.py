@@ -146,6 +146,11 @@ class Federation:
             raise Rejected(Reason.PERMISSION_DENIED if exc.impostor else Reason.UNAVAILABLE, str(exc)) from None
         existing = await self.hub.storage.read(lambda s: s.get_peer(hub_id))
         record = peers.peer_record(verified, address, cert_pem, existing.added_at_ms if existing else now_ms())
+        conflict = peers.municipality_conflict(record, self.hub.config.municipality,
+                                               await self.hub.storage.read(lambda s: s.list_peers(False)))
+        if conflict:
+            await self.audit("admin", "peer.add", hub_id, "refused", conflict)
+            raise Rejected(Reason.ALREADY_EXISTS, conflict)
         await self.hub.storage.write(lambda s: s.upsert_peer(record))
         await self.hub.storage.write(lambda s: s.schedule_delivery(hub_id, now_ms()))
         self._wake.set()
