@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from node import ids
 from node.errors import Reason, Rejected
 from node.hub import Hub
-from node.sensors import Enrolment, credential_json, new_sensor
+from node.sensors import Enrolment, credential_json, new_sensor, unwrap_key
 from node.storage.base import MetricSummary, SensorRecord
 
 
@@ -29,11 +29,17 @@ async def status(hub: Hub) -> Status:
     return Status(hub, active, len(sensors) - active, counts, rejections)
 
 
-async def add_sensor(hub: Hub, enrolment: Enrolment) -> tuple[SensorRecord, bytes]:
-    """Enrol a sensor; return its record and its credential file (the only copy of its key)."""
-    record, key = new_sensor(enrolment, hub.identity.key_encryption_key, hub.identity.hub_id)
-    await hub.storage.write(lambda s: s.add_sensor(record))
-    credential = credential_json(
+MAX_REQUEST_ID = 128
+
+
+def _same_enrolment(record: SensorRecord, enrolment: Enrolment) -> bool:
+    wanted = enrolment.validated()
+    return (record.dataset, record.metrics, record.latitude, record.longitude, record.subject_id, record.label) == (
+        wanted.dataset, wanted.metrics, wanted.latitude, wanted.longitude, wanted.subject_id, wanted.label)
+
+
+def _credential(hub: Hub, record: SensorRecord, key: bytes) -> bytes:
+    return credential_json(
         record,
         key,
         hub_id=hub.config.hub_id,
@@ -43,7 +49,37 @@ async def add_sensor(hub: Hub, enrolment: Enrolment) -> tuple[SensorRecord, byte
         tls=hub.endpoint.tls,
         tls_cert_pem=hub.identity.tls_cert_pem.decode(),
     )
-    return record, credential
+
+
+async def _earlier_enrolment(hub: Hub, request_id: str, enrolment: Enrolment) -> tuple[SensorRecord, bytes] | None:
+    """The sensor and credential of an earlier AddSensor with this request id (a retry)."""
+    record = await hub.storage.read(lambda s: s.get_sensor_by_request(request_id))
+    if record is None:
+        return None
+    if not _same_enrolment(record, enrolment):
+        raise Rejected(Reason.ALREADY_EXISTS, f"request id {request_id!r} was used for another enrolment (sensor {record.sensor_id})")
+    key = unwrap_key(hub.identity.key_encryption_key, hub.identity.hub_id, bytes.fromhex(record.sensor_id), record.wrapped_key)
+    return record, _credential(hub, record, key)
+
+
+async def add_sensor(hub: Hub, enrolment: Enrolment, request_id: str = "") -> tuple[SensorRecord, bytes]:
+    """Enrol a sensor; return its record and its credential file (the only copy of its key).
+
+    With a request id, a retry (the answer was lost: a timeout, a killed hub) returns the
+    sensor the first call enrolled, with the same credential, instead of enrolling another."""
+    if request_id and (len(request_id) > MAX_REQUEST_ID or not request_id.isascii() or not request_id.isprintable()):
+        raise Rejected(Reason.INVALID_REQUEST, f"a request id is 1 to {MAX_REQUEST_ID} printable ASCII characters")
+    if request_id:
+        earlier = await _earlier_enrolment(hub, request_id, enrolment)
+        if earlier is not None:
+            return earlier
+    record, key = new_sensor(enrolment, hub.identity.key_encryption_key, hub.identity.hub_id)
+    record.request_id = request_id or None
+    if not await hub.storage.write(lambda s: s.add_sensor(record)):  # a concurrent call with this id won
+        earlier = await _earlier_enrolment(hub, request_id, enrolment)
+        assert earlier is not None
+        return earlier
+    return record, _credential(hub, record, key)
 
 
 async def list_sensors(hub: Hub, include_revoked: bool) -> list[SensorRecord]:

@@ -27,7 +27,7 @@ from node.storage.query_tables import QueryTables
 
 _SENSOR_COLUMNS = (
     "sensor_id, dataset, metrics, latitude, longitude, wrapped_key, enrolled_at_ms, subject_id, label, "
-    "revoked_at_ms, last_counter, last_seen_ms, frames_accepted, frames_rejected, readings"
+    "revoked_at_ms, last_counter, last_seen_ms, frames_accepted, frames_rejected, readings, request_id"
 )
 
 
@@ -114,7 +114,8 @@ class SqliteStore(FederationTables, QueryTables):
         return result
 
     # -- sensors -------------------------------------------------------------------------
-    def add_sensor(self, sensor: SensorRecord) -> None:
+    def add_sensor(self, sensor: SensorRecord) -> bool:
+        """Insert the sensor; False (and nothing inserted) if its request id is taken already."""
         row = {
             "sensor_id": sensor.sensor_id,
             "dataset": sensor.dataset,
@@ -126,8 +127,16 @@ class SqliteStore(FederationTables, QueryTables):
             "wrapped_key": sensor.wrapped_key,
             "enrolled_at_ms": sensor.enrolled_at_ms,
             "last_counter": _stored_counter(sensor.last_counter),
+            "request_id": sensor.request_id,
         }
-        self._transaction(lambda: self.db["sensors"].insert(row))
+        columns = ", ".join(row)
+        sql = (f"INSERT INTO sensors ({columns}) VALUES ({', '.join('?' * len(row))}) "
+               "ON CONFLICT(request_id) WHERE request_id IS NOT NULL DO NOTHING")
+        return bool(self._transaction(lambda: self.conn.execute(sql, tuple(row.values())).rowcount))
+
+    def get_sensor_by_request(self, request_id: str) -> SensorRecord | None:
+        row = self.conn.execute(f"SELECT {_SENSOR_COLUMNS} FROM sensors WHERE request_id = ?", (request_id,)).fetchone()
+        return _sensor(row) if row else None
 
     def get_sensor(self, sensor_id: str) -> SensorRecord | None:
         row = self.conn.execute(f"SELECT {_SENSOR_COLUMNS} FROM sensors WHERE sensor_id = ?", (sensor_id,)).fetchone()

@@ -44,6 +44,8 @@ def add(
     subject: Annotated[str, typer.Option(help="Data subject id (required for personal datasets).")] = "",
     label: Annotated[str, typer.Option(help="A human name for the sensor, e.g. the station.")] = "",
     force: Annotated[bool, typer.Option(help="Overwrite an existing credential file.")] = False,
+    request_id: Annotated[str, typer.Option(
+        help="Makes a retry safe: the same command with the same id returns the same sensor and credential.")] = "",
     json_output: JsonFlag = False,
 ) -> None:
     """Enrol a sensor with its own 256-bit key and write its credential file."""
@@ -56,7 +58,8 @@ def add(
         response = client.call(
             "AddSensor",
             admin_pb2.AddSensorRequest(
-                dataset=dataset, metrics=metrics.split(","), latitude=lat, longitude=lon, subject_id=subject, label=label
+                dataset=dataset, metrics=metrics.split(","), latitude=lat, longitude=lon, subject_id=subject, label=label,
+                request_id=request_id,
             ),
         )
         write_private_file(out, response.credential_json)

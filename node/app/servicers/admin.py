@@ -72,7 +72,7 @@ class AdminServicer(FederationAdmin, QueryAdmin, AuditAdmin, admin_pb2_grpc.Admi
             subject_id=request.subject_id,
             label=request.label,
         )
-        record, credential = await admin.add_sensor(self.hub, enrolment)
+        record, credential = await admin.add_sensor(self.hub, enrolment, request.request_id)
         return admin_pb2.AddSensorResponse(sensor=sensor_message(record), credential_json=credential)
 
     @translate_rejections
