@@ -154,7 +154,19 @@ MIGRATIONS: list[tuple[int, str]] = [
         """
         UPDATE sensors SET last_counter = last_counter + (-9223372036854775807 - 1);
         ALTER TABLE sensors ADD COLUMN request_id TEXT;
-        CREATE UNIQUE INDEX sensors_request_id ON sensors(request_id) WHERE request_id IS NOT NULL
+        CREATE UNIQUE INDEX sensors_request_id ON sensors(request_id) WHERE request_id IS NOT NULL;
+        -- Readings per dataset and metric, kept by every commit, so `status` does not count rows.
+        CREATE TABLE metric_totals (
+            dataset TEXT NOT NULL,
+            metric TEXT NOT NULL,
+            readings INTEGER NOT NULL,
+            first_time_ms INTEGER NOT NULL,
+            last_time_ms INTEGER NOT NULL,
+            PRIMARY KEY (dataset, metric)
+        );
+        INSERT INTO metric_totals (dataset, metric, readings, first_time_ms, last_time_ms)
+            SELECT s.dataset, r.metric, count(*), min(r.time_ms), max(r.time_ms)
+            FROM readings r JOIN sensors s ON s.ref = r.sensor_ref GROUP BY s.dataset, r.metric
         """,
     ),
 ]

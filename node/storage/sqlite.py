@@ -165,7 +165,10 @@ class SqliteStore(FederationTables, QueryTables):
         `rejections` (by reason, by sensor) are added in the same transaction: they cost no
         fsync of their own."""
 
+        totals: dict[tuple[str, str], list[int]] = {}  # (dataset, metric) -> [stored, first ms, last ms]
+
         def work() -> list[FrameOutcome]:
+            totals.clear()
             if rejections is not None:
                 self._add_rejections(*rejections)
             outcomes = []
@@ -173,7 +176,7 @@ class SqliteStore(FederationTables, QueryTables):
                 stored_counter = _stored_counter(frame.counter)
                 ref = self.conn.execute(
                     "UPDATE sensors SET last_counter = ?, last_seen_ms = ?, frames_accepted = frames_accepted + 1 "
-                    "WHERE sensor_id = ? AND last_counter < ? AND revoked_at_ms IS NULL RETURNING ref",
+                    "WHERE sensor_id = ? AND last_counter < ? AND revoked_at_ms IS NULL RETURNING ref, dataset",
                     (stored_counter, frame.received_at_ms, frame.sensor_id, stored_counter),
                 ).fetchone()
                 if ref is None:
@@ -185,15 +188,64 @@ class SqliteStore(FederationTables, QueryTables):
                         current.last_counter if current else 0,
                         revoked=bool(current and not current.active),
                     )
-                before = self.conn.total_changes
-                _insert_readings(self.conn, ref[0], frame.readings)
-                stored = self.conn.total_changes - before
+                stored = self._insert_counted(ref[0], ref[1], frame.readings, totals)
                 if stored:
                     self.conn.execute("UPDATE sensors SET readings = readings + ? WHERE ref = ?", (stored, ref[0]))
                 outcomes.append(FrameOutcome(stored=stored, duplicate=len(frame.readings) - stored))
+            self.conn.executemany(
+                "INSERT INTO metric_totals (dataset, metric, readings, first_time_ms, last_time_ms) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(dataset, metric) DO UPDATE SET readings = readings + excluded.readings, "
+                "first_time_ms = min(first_time_ms, excluded.first_time_ms), last_time_ms = max(last_time_ms, excluded.last_time_ms)",
+                [(dataset, metric, n, first, last) for (dataset, metric), (n, first, last) in totals.items() if n],
+            )
             return outcomes
 
         return self._transaction(work)
+
+    def _insert_counted(self, ref: int, dataset: str, readings: Sequence[tuple[str, int, float]],
+                        totals: dict[tuple[str, str], list[int]]) -> int:
+        """Insert a frame's readings; add what was stored per metric to `totals` (the counters
+        `status` reads instead of counting the readings table). Returns the number stored."""
+        stats: dict[str, list[int]] = {}
+        for metric, time_ms, _ in readings:
+            entry = stats.get(metric)
+            if entry is None:
+                stats[metric] = [1, time_ms, time_ms]
+            else:
+                entry[0] += 1
+                if time_ms < entry[1]:
+                    entry[1] = time_ms
+                elif time_ms > entry[2]:
+                    entry[2] = time_ms
+        before = self.conn.total_changes
+        self.conn.execute("SAVEPOINT frame")
+        _insert_readings(self.conn, ref, readings)
+        stored = self.conn.total_changes - before
+        if stored != len(readings) and len(stats) > 1:
+            # Some were stored already (a resent frame): count per metric, one metric at a time.
+            self.conn.execute("ROLLBACK TO frame")
+            stored = 0
+            for metric in stats:
+                rows = [r for r in readings if r[0] == metric]
+                mark = self.conn.total_changes
+                _insert_readings(self.conn, ref, rows)
+                stats[metric][0] = self.conn.total_changes - mark
+                stored += stats[metric][0]
+        elif stored != len(readings):
+            stats[next(iter(stats))][0] = stored
+        self.conn.execute("RELEASE frame")
+        for metric, (n, first, last) in stats.items():
+            entry = totals.setdefault((dataset, metric), [0, first, last])
+            entry[0] += n
+            entry[1], entry[2] = min(entry[1], first), max(entry[2], last)
+        return stored
+
+    def metric_summaries(self) -> list[MetricSummary]:
+        rows = self.conn.execute(
+            "SELECT dataset, metric, readings, first_time_ms, last_time_ms FROM metric_totals "
+            "WHERE readings > 0 ORDER BY dataset, metric"
+        ).fetchall()
+        return [MetricSummary(*r) for r in rows]
 
     def _add_rejections(self, by_reason: Mapping[str, int], by_sensor: Mapping[str, int]) -> None:
         self.conn.executemany(
@@ -213,14 +265,6 @@ class SqliteStore(FederationTables, QueryTables):
         return dict(self.conn.execute("SELECT reason, count FROM rejections ORDER BY reason").fetchall())
 
     # -- reading -------------------------------------------------------------------------
-    def metric_summaries(self) -> list[MetricSummary]:
-        rows = self.conn.execute(
-            "SELECT s.dataset, r.metric, count(*), min(r.time_ms), max(r.time_ms) "
-            "FROM readings r JOIN sensors s ON s.ref = r.sensor_ref "
-            "GROUP BY s.dataset, r.metric ORDER BY s.dataset, r.metric"
-        ).fetchall()
-        return [MetricSummary(*r) for r in rows]
-
     def readings(self, where: ReadingFilter) -> list[ReadingRow]:
         clauses, params = [], []
         for column, value in (("s.dataset", where.dataset), ("r.metric", where.metric), ("s.sensor_id", where.sensor_id)):
