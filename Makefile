@@ -27,6 +27,9 @@ fuzz: $(STAMP)
 crash: $(STAMP)
 	CRASH_KILLS=25 $(BIN)/python -m pytest tests/test_crash_durability.py -s -q $(PYTEST_ARGS)
 
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak --seconds $(or $(SOAK_SECONDS),60)
+
 # The dashboard's end-to-end test drives Debian's chromium (installed as root, as in CI).
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
