@@ -298,7 +298,7 @@ class IngestService:
                 Reason.REPLAYED, f"counter {header.counter} of sensor {sensor_id} is not above the last accepted ({last})", sensor_id
             )
         try:
-            readings = senml.decode_rows(plaintext, known.metrics)
+            readings = senml.decode_rows(plaintext, known.metrics, self._clock.now_ms() / 1000)
         except Rejected as exc:
             raise await self.reject(exc.reason, f"sensor {sensor_id}: {exc.message}", sensor_id) from None
         wait = self.rate_limit.allow(sensor_id, len(readings))
