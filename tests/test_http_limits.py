@@ -145,3 +145,19 @@ async def test_a_frame_body_sent_too_slowly_is_refused_as_timed_out(guarded_hub)
     answer = await asyncio.wait_for(reader.read(4096), timeout=20)
     assert answer.startswith(b"HTTP/1.1 408") and b"timed_out" in answer
     writer.close()
+
+
+def test_the_hub_raises_its_open_file_limit_to_the_hard_limit():
+    """Before: a soft limit of 256 let 232 slow connections make accept() fail for gRPC and HTTP."""
+    import resource
+
+    from node.app.server import raise_open_file_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+    try:
+        limit = raise_open_file_limit()
+        expected = hard if hard != resource.RLIM_INFINITY else 65536
+        assert limit == expected == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
