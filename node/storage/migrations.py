@@ -160,13 +160,10 @@ MIGRATIONS: list[tuple[int, str]] = [
             dataset TEXT NOT NULL,
             metric TEXT NOT NULL,
             readings INTEGER NOT NULL,
-            first_time_ms INTEGER NOT NULL,
-            last_time_ms INTEGER NOT NULL,
             PRIMARY KEY (dataset, metric)
         );
-        INSERT INTO metric_totals (dataset, metric, readings, first_time_ms, last_time_ms)
-            SELECT s.dataset, r.metric, count(*), min(r.time_ms), max(r.time_ms)
-            FROM readings r JOIN sensors s ON s.ref = r.sensor_ref GROUP BY s.dataset, r.metric
+        INSERT INTO metric_totals (dataset, metric, readings)
+            SELECT s.dataset, r.metric, count(*) FROM readings r JOIN sensors s ON s.ref = r.sensor_ref GROUP BY s.dataset, r.metric
         """,
     ),
 ]
