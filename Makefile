@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint proto bench clean venv browser mosquitto lorawan-encoder
+.PHONY: demo test lint proto bench clean venv browser mosquitto lorawan-encoder fuzz crash soak
 
 venv: $(STAMP)
 
@@ -26,6 +26,15 @@ test: $(STAMP) browser mosquitto lorawan-encoder
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+# Hardening runs (docs/limits.md): the same tests as in `make test`, with more inputs/kills.
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest tests/test_fuzz.py -s -q $(PYTEST_ARGS)
+
+crash: $(STAMP)
+	CRASH_KILLS=25 $(BIN)/python -m pytest tests/test_crash_durability.py -s -q $(PYTEST_ARGS)
+
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak --seconds $(or $(SOAK_SECONDS),60)
 
 # The dashboard's end-to-end test drives Debian's chromium (installed as root, as in CI).
 browser:

@@ -94,6 +94,18 @@ def peer_record(verified: descriptors.VerifiedDescriptor, address: str, cert_pem
     )
 
 
+def municipality_conflict(record: PeerRecord, own_municipality: str, current: list[PeerRecord]) -> str | None:
+    """Why `record` may not be pinned, if it claims a municipality this hub or another active
+    peer already stands for (its cells would merge with the real one's in every answer)."""
+    if record.municipality == own_municipality:
+        return f"hub {record.hub_id} claims municipality {record.municipality}, which is this hub's own"
+    for peer in current:
+        if peer.hub_id != record.hub_id and not peer.removed_at_ms and peer.municipality == record.municipality:
+            return (f"hub {record.hub_id} claims municipality {record.municipality}, which peer {peer.hub_id} already "
+                    f"stands for; remove that peer first if it was replaced")
+    return None
+
+
 def peer_state(peer: PeerRecord, now_ms: int) -> str:
     if peer.removed_at_ms:
         return "removed"

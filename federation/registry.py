@@ -19,10 +19,11 @@ AuditFn = Callable[..., Awaitable[None]]
 
 
 class Registry:
-    def __init__(self, storage: Storage, own_id: str, clock: Clock, channels: ChannelPool, audit: AuditFn,
+    def __init__(self, storage: Storage, own_id: str, own_municipality: str, clock: Clock, channels: ChannelPool, audit: AuditFn,
                  on_new_peer: Callable[[str], Awaitable[None]]) -> None:
         self._storage = storage
         self._own_id = own_id
+        self._own_municipality = own_municipality  # a peer claiming it is refused (peers.municipality_conflict)
         self._clock = clock
         self._channels = channels
         self._audit = audit
@@ -79,6 +80,11 @@ class Registry:
         existing = await self._storage.read(lambda s: s.get_peer(hub_id))
         now = self._clock.now_ms()
         record = peers.peer_record(verified, address, cert_pem, existing.added_at_ms if existing else now, now)
+        conflict = peers.municipality_conflict(record, self._own_municipality,
+                                               await self._storage.read(lambda s: s.list_peers(False)))
+        if conflict:
+            await self._audit("admin", "peer.add", hub_id, "refused", conflict)
+            raise Rejected(Reason.ALREADY_EXISTS, conflict)
         await self._storage.write(lambda s: s.upsert_peer(record))
         await self._on_new_peer(hub_id)
         await self._audit("admin", "peer.add", hub_id, "ok", f"{record.municipality} at {address}")

@@ -45,7 +45,7 @@ class Federation:
         self.channels = ChannelPool(self.clock)
         self.outbox = Outbox(storage, hub.identity, self.own_id, self.clock, self.ledger, self.channels, self.audit,
                              refresh_seconds, retry_base_seconds, retry_max_seconds)
-        self.registry = Registry(storage, self.own_id, self.clock, self.channels, self.audit, self.outbox.schedule)
+        self.registry = Registry(storage, self.own_id, hub.config.municipality, self.clock, self.channels, self.audit, self.outbox.schedule)
         self.book = AgreementBook(storage, hub.identity, self.own_party(), self.ledger, self.registry, self.audit,
                                   self.outbox.wake)
         self.refusals = RefusalTally(storage, self.clock)

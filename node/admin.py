@@ -8,7 +8,7 @@ from node import audit, ids
 from node.errors import Reason, Rejected
 from node.hub import Hub
 from node.networks.devices import add_kek, device_record
-from node.sensors import Enrolment, credential_json, new_sensor
+from node.sensors import Enrolment, credential_json, new_sensor, unwrap_key
 from node.storage.base import MetricSummary, SensorRecord
 from node.storage.network_tables import LorawanDeviceRecord
 
@@ -26,7 +26,7 @@ class Status:
 async def status(hub: Hub) -> Status:
     sensors = await hub.storage.read(lambda s: s.list_sensors())
     counts = await hub.storage.read(lambda s: s.metric_summaries())
-    rejections = await hub.storage.read(lambda s: s.rejection_counts())
+    rejections = await hub.ingest.rejection_counts()
     active = sum(1 for s in sensors if s.active)
     devices = await lorawan_devices(hub)
     network_decrypted = sum(1 for s in sensors if s.active and s.sensor_id in devices
@@ -42,12 +42,46 @@ class LorawanEnrolment:
     codec: str = "json"
 
 
-async def add_sensor(hub: Hub, enrolment: Enrolment, lorawan: LorawanEnrolment | None = None) -> tuple[SensorRecord, bytes]:
+MAX_REQUEST_ID = 128
+
+
+def _same_enrolment(hub: Hub, record: SensorRecord, enrolment: Enrolment) -> bool:
+    wanted = enrolment.validated(hub.catalog)
+    return (record.dataset, record.metrics, record.latitude, record.longitude, record.subject_id, record.label) == (
+        wanted.dataset, wanted.metrics, wanted.latitude, wanted.longitude, wanted.subject_id, wanted.label)
+
+
+async def _earlier_enrolment(hub: Hub, request_id: str, enrolment: Enrolment) -> tuple[SensorRecord, bytes] | None:
+    """The sensor and credential of an earlier AddSensor with this request id (a retry)."""
+    record = await hub.storage.read(lambda s: s.get_sensor_by_request(request_id))
+    if record is None:
+        return None
+    if not _same_enrolment(hub, record, enrolment):
+        raise Rejected(Reason.ALREADY_EXISTS, f"request id {request_id!r} was used for another enrolment (sensor {record.sensor_id})")
+    key = unwrap_key(hub.identity.key_encryption_key, hub.identity.hub_id, bytes.fromhex(record.sensor_id), record.wrapped_key)
+    return record, _credential(hub, record, key)
+
+
+async def add_sensor(hub: Hub, enrolment: Enrolment, lorawan: LorawanEnrolment | None = None,
+                     request_id: str = "") -> tuple[SensorRecord, bytes]:
     """Enrol a sensor; return its record and its credential file (the only copy of its key).
-    With `lorawan`, the sensor is reached through a LoRaWAN network server by its DevEUI."""
+    With `lorawan`, the sensor is reached through a LoRaWAN network server by its DevEUI.
+
+    With a request id, a retry (the answer was lost: a timeout, a killed hub) returns the
+    sensor the first call enrolled, with the same credential, instead of enrolling another."""
+    if request_id and (len(request_id) > MAX_REQUEST_ID or not request_id.isascii() or not request_id.isprintable()):
+        raise Rejected(Reason.INVALID_REQUEST, f"a request id is 1 to {MAX_REQUEST_ID} printable ASCII characters")
+    if request_id:
+        earlier = await _earlier_enrolment(hub, request_id, enrolment)
+        if earlier is not None:
+            return earlier
     record, key = new_sensor(enrolment, hub.identity.key_encryption_key, hub.identity.hub_id, hub.clock.now_ms(), hub.catalog)
+    record.request_id = request_id or None
     if lorawan is None:
-        await hub.storage.write(lambda s: s.add_sensor(record))
+        if not await hub.storage.write(lambda s: s.add_sensor(record)):  # a concurrent call with this id won
+            earlier = await _earlier_enrolment(hub, request_id, enrolment)
+            assert earlier is not None
+            return earlier
     else:
         device = device_record(
             record, lorawan.dev_eui, lorawan.confidentiality, lorawan.app_s_key_hex, lorawan.codec or "json",
@@ -59,7 +93,11 @@ async def add_sensor(hub: Hub, enrolment: Enrolment, lorawan: LorawanEnrolment |
     via = f" via LoRaWAN {lorawan.dev_eui} ({lorawan.confidentiality})" if lorawan else ""
     await audit.admin_action(hub.storage, hub.clock.now_ms(), "sensor.add", record.sensor_id,
                              f"{record.dataset}: {','.join(record.metrics)}{personal}{via}")
-    credential = credential_json(
+    return record, _credential(hub, record, key)
+
+
+def _credential(hub: Hub, record: SensorRecord, key: bytes) -> bytes:
+    return credential_json(
         record,
         key,
         hub_id=hub.config.hub_id,
@@ -70,11 +108,10 @@ async def add_sensor(hub: Hub, enrolment: Enrolment, lorawan: LorawanEnrolment |
         tls_cert_pem=hub.identity.tls_cert_pem.decode(),
         datasets=hub.catalog,
     )
-    return record, credential
 
 
 async def list_sensors(hub: Hub, include_revoked: bool) -> list[SensorRecord]:
-    return await hub.storage.read(lambda s: s.list_sensors(include_revoked))
+    return await hub.ingest.list_sensors(include_revoked)
 
 
 async def lorawan_devices(hub: Hub) -> dict[str, LorawanDeviceRecord]:

@@ -28,7 +28,11 @@ class Reason(Enum):
     UNKNOWN_DEVICE = ("UNAUTHENTICATED", 401, "no sensor is enrolled for this LoRaWAN DevEUI")
     UNKNOWN_KEK = ("FAILED_PRECONDITION", 412, "the uplink's key envelope is under a KEK label this hub does not hold, or does not unwrap")
     UNDECODABLE_PAYLOAD = ("INVALID_ARGUMENT", 422, "the uplink's payload does not decode with the device's codec")
+    RATE_LIMITED = ("RESOURCE_EXHAUSTED", 429, "the sensor sends more readings than its rate limit allows; retry later")
+    STORAGE_FULL = ("UNAVAILABLE", 507, "the hub cannot write (disk full); nothing was stored; retry later")
     # Admin and general requests
+    REQUEST_TOO_LARGE = ("RESOURCE_EXHAUSTED", 413, "the request exceeds the size limit of its method")
+    TIMED_OUT = ("DEADLINE_EXCEEDED", 408, "the client sent nothing for longer than the idle limit")
     INVALID_REQUEST = ("INVALID_ARGUMENT", 400, "the request is malformed or names something invalid")
     NOT_FOUND = ("NOT_FOUND", 404, "the named object does not exist")
     ALREADY_EXISTS = ("ALREADY_EXISTS", 409, "the object exists already")

@@ -10,7 +10,7 @@ from node import __version__, catalog
 from node.clock import SYSTEM_CLOCK, Clock
 from node.hubdir import DB_FILE, HubConfig, HubDir, HubDirError
 from node.identity import HubIdentity
-from node.ingest import IngestService
+from node.ingest import IngestService, SensorRateLimit
 from node.networks.config import NetworksConfig, NetworksConfigError
 from node.networks.config import for_data_dir as networks_for_data_dir
 from node.observability import HubMetrics
@@ -61,6 +61,7 @@ class Hub:
             on_accepted=metrics.accepted,
             clock=clock,
             datasets=datasets,
+            rate_limit=SensorRateLimit(config.ingest.readings_per_second, config.ingest.burst_readings, clock),
         )
         return cls(hub_dir, config, identity, storage, ingest, metrics, catalog=datasets, networks=networks, clock=clock,
                    started_at_ms=clock.now_ms(), serve_lock=serve_lock)

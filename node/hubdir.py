@@ -70,6 +70,14 @@ class RetentionConfig:
 
 
 @dataclass
+class IngestConfig:
+    # Per sensor (a token bucket on readings, node/ingest.py SensorRateLimit): a sensor may
+    # send `burst_readings` at once (a replay of history) and `readings_per_second` sustained.
+    readings_per_second: float = 20_000.0
+    burst_readings: int = 1_000_000
+
+
+@dataclass
 class HubConfig:
     hub_id: str
     municipality: str
@@ -78,6 +86,7 @@ class HubConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
 
     @property
     def municipality_name(self) -> str:
@@ -94,6 +103,7 @@ class HubConfig:
             "network": asdict(self.network),
             "federation": asdict(self.federation),
             "retention": asdict(self.retention),
+            "ingest": asdict(self.ingest),
         }
         return tomli_w.dumps(doc).encode()
 
@@ -109,6 +119,7 @@ class HubConfig:
             network=NetworkConfig(**doc.get("network", {})),
             federation=FederationConfig(**doc.get("federation", {})),
             retention=RetentionConfig(**doc.get("retention", {})),
+            ingest=IngestConfig(**doc.get("ingest", {})),
         )
 
 

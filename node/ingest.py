@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,13 +23,15 @@ from node.clock import SYSTEM_CLOCK, Clock
 from node.errors import Reason, Rejected
 from node.sensors import unwrap_key
 from node.storage import Storage
-from node.storage.base import CounterConflict, FrameOutcome, FrameToCommit, SensorRecord
+from node.storage.base import CounterConflict, FrameOutcome, FrameToCommit, SensorRecord, StorageFull, Store
 
 log = logging.getLogger("smartregion.ingest")
 MAX_FRAMES_PER_BATCH = 1000
 # A stream commits when this many readings or frames are pending (one transaction each).
 STREAM_COMMIT_READINGS = 20_000
 STREAM_COMMIT_FRAMES = 256
+# Rejections are tallied in memory and written with the next commit, or after this long.
+REJECTION_FLUSH_SECONDS = 1.0
 
 
 @dataclass
@@ -45,6 +49,95 @@ class Receipt:
     duplicate: int
 
 
+# Decoding runs on the event loop: a batch yields to other tasks after this many readings.
+YIELD_EVERY_READINGS = 5_000
+
+
+class SensorRateLimit:
+    """A token bucket per sensor, counted in readings: `burst` at once, refilled at `rate` per
+    second (docs/limits.md). Frames over it are refused as `rate_limited` (retryable)."""
+
+    def __init__(self, rate: float, burst: int, clock: Clock = SYSTEM_CLOCK) -> None:
+        if rate <= 0 or burst <= 0:
+            raise ValueError("the ingest rate and burst must be positive")
+        self.rate, self.burst, self._clock = rate, burst, clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # sensor -> (tokens, at monotonic time)
+
+    def allow(self, sensor_id: str, readings: int) -> float:
+        """Take `readings` tokens and return 0, or take none and return the seconds until
+        they would be there."""
+        now = self._clock.monotonic()
+        tokens, at = self._buckets.get(sensor_id, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+        if readings > tokens:
+            self._buckets[sensor_id] = (tokens, now)
+            return (readings - tokens) / self.rate
+        self._buckets[sensor_id] = (tokens - readings, now)
+        return 0.0
+
+    def give_back(self, sensor_id: str, readings: int) -> None:
+        """Return tokens of readings that were refused after all (the batch was not stored)."""
+        tokens, at = self._buckets.get(sensor_id, (float(self.burst), self._clock.monotonic()))
+        self._buckets[sensor_id] = (min(float(self.burst), tokens + readings), at)
+
+
+Tally = tuple[Counter[str], Counter[str]]  # rejections by reason, by sensor
+
+
+class RejectionTally:
+    """Rejection counts not yet written. A refusal costs a counter increment, not a durable
+    transaction: the counts go to storage with the next commit, or in one write per
+    REJECTION_FLUSH_SECONDS, so a flood of garbage cannot make the single writer fsync per
+    input. A crash loses at most that interval's counts (never a reading).
+
+    Counts being written stay "in flight" until the writer thread has committed them, and
+    readers merge on the writer thread too, so a reader sees every count exactly once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._unwritten: Tally = (Counter(), Counter())
+        self._in_flight: list[Tally] = []
+
+    def add(self, reason: Reason, sensor_id: str | None) -> None:
+        with self._lock:
+            self._unwritten[0][reason.label] += 1
+            if sensor_id:
+                self._unwritten[1][sensor_id] += 1
+
+    def take(self) -> Tally | None:
+        """The counts to write now (in flight until `written` or `failed`), or None."""
+        with self._lock:
+            if not self._unwritten[0]:
+                return None
+            taken, self._unwritten = self._unwritten, (Counter(), Counter())
+            self._in_flight.append(taken)
+            return taken
+
+    def written(self, taken: Tally | None) -> None:
+        """Called on the writer thread, in the job that committed them."""
+        if taken is not None:
+            with self._lock:
+                self._in_flight.remove(taken)
+
+    def failed(self, taken: Tally | None) -> None:
+        """Their write failed: they are unwritten again."""
+        if taken is not None:
+            with self._lock:
+                if taken in self._in_flight:
+                    self._in_flight.remove(taken)
+                self._unwritten[0].update(taken[0])
+                self._unwritten[1].update(taken[1])
+
+    def pending(self) -> Tally:
+        """Every count not committed yet (call on the writer thread for an exact total)."""
+        with self._lock:
+            by_reason, by_sensor = Counter(self._unwritten[0]), Counter(self._unwritten[1])
+            for taken in self._in_flight:
+                by_reason.update(taken[0])
+                by_sensor.update(taken[1])
+            return by_reason, by_sensor
+
+
 class IngestService:
     def __init__(
         self,
@@ -55,6 +148,7 @@ class IngestService:
         on_accepted: Callable[[int], None] | None = None,
         clock: Clock = SYSTEM_CLOCK,
         datasets: catalog.Catalog = catalog.DEFAULT,
+        rate_limit: SensorRateLimit | None = None,
     ) -> None:
         self.hub_id = hub_id
         self._clock = clock
@@ -64,6 +158,13 @@ class IngestService:
         self.catalog = datasets  # the hub's catalog (hub configuration): what a reading is checked against
         self._on_rejection = on_rejection or (lambda reason: None)
         self._on_accepted = on_accepted or (lambda readings: None)
+        self._clock = clock
+        self.rate_limit = rate_limit or SensorRateLimit(20_000.0, 1_000_000, clock)
+        self.unwritten_rejections = RejectionTally()
+        self._flush_task: asyncio.Task[None] | None = None
+        # False while the last write failed for a full disk; health reports NOT_SERVING then.
+        self.writable = True
+        self.on_writable: Callable[[bool], None] = lambda writable: None
 
     def forget(self, sensor_id: str) -> None:
         """Drop a cached sensor (after revocation) so the next frame re-reads it."""
@@ -91,9 +192,88 @@ class IngestService:
         return known.record.last_counter if known else None
 
     async def reject(self, reason: Reason, message: str, sensor_id: str | None = None) -> Rejected:
-        self._on_rejection(reason)
-        await self._storage.write(lambda s: s.record_rejection(reason.label, sensor_id))
+        self.count_refusal(reason, sensor_id)
         return Rejected(reason, message)
+
+    def count_refusal(self, reason: Reason, sensor_id: str | None = None) -> None:
+        """Count a refused ingest input (metrics now, storage with the next write)."""
+        self._on_rejection(reason)
+        self.unwritten_rejections.add(reason, sensor_id)
+        if self._flush_task is None:
+            self._flush_task = asyncio.create_task(self._flush_later(), name="rejection-flush")
+
+    async def _flush_later(self) -> None:
+        """Write the tally after a pause; while writes fail, try again every pause (this is
+        also what notices that disk space has returned)."""
+        try:
+            while True:
+                await self._clock.sleep(REJECTION_FLUSH_SECONDS)
+                try:
+                    await self.flush_rejections()
+                    return
+                except StorageFull:
+                    continue  # counted on: the tally is kept, and tried again
+                except Exception:
+                    log.warning("rejection counts not written yet", exc_info=True)
+                    return
+        finally:
+            self._flush_task = None
+
+    def _set_writable(self, writable: bool) -> None:
+        if writable != self.writable:
+            self.writable = writable
+            log.warning("storage writable again" if writable else "storage full: ingest refused until space returns")
+            self.on_writable(writable)
+
+    async def flush_rejections(self) -> None:
+        taken = self.unwritten_rejections.take()
+        if taken is None:
+            return
+        tally = self.unwritten_rejections
+
+        def job(store: Store) -> None:
+            store.record_rejections(*taken)
+            tally.written(taken)
+
+        try:
+            await self._storage.write(job)
+        except BaseException as failure:
+            tally.failed(taken)
+            if isinstance(failure, StorageFull):
+                self._set_writable(False)
+            raise
+        self._set_writable(True)
+
+    async def close(self) -> None:
+        """Write the tallied rejections (at shutdown)."""
+        if self._flush_task is not None:
+            self._flush_task.cancel()
+        await self.flush_rejections()
+
+    async def rejection_counts(self) -> dict[str, int]:
+        """Rejections by reason: stored plus not yet written (read on the writer thread, so
+        each is counted once)."""
+        tally = self.unwritten_rejections
+
+        def job(store: Store) -> dict[str, int]:
+            merged = Counter(store.rejection_counts())
+            merged.update(tally.pending()[0])
+            return dict(sorted(merged.items()))
+
+        return await self._storage.write(job)
+
+    async def list_sensors(self, include_revoked: bool) -> list[SensorRecord]:
+        """Sensors, with frames_rejected including the counts not yet written."""
+        tally = self.unwritten_rejections
+
+        def job(store: Store) -> list[SensorRecord]:
+            records = store.list_sensors(include_revoked)
+            by_sensor = tally.pending()[1]
+            for record in records:
+                record.frames_rejected += by_sensor.get(record.sensor_id, 0)
+            return records
+
+        return await self._storage.write(job)
 
     async def open(self, frame: bytes, pending: dict[str, int] | None = None) -> FrameToCommit:
         """Authenticate and validate one frame. `pending` holds counters accepted earlier in
@@ -145,20 +325,44 @@ class IngestService:
             readings = senml.decode_rows(plaintext, known.metrics, now_ms / 1000)
         except Rejected as exc:
             raise await self.reject(exc.reason, f"sensor {sensor_id}: {exc.message}", sensor_id) from None
+        wait = self.rate_limit.allow(sensor_id, len(readings))
+        if wait:
+            raise await self.reject(
+                Reason.RATE_LIMITED,
+                f"sensor {sensor_id} is over its limit of {self.rate_limit.rate:g} readings/s "
+                f"(burst {self.rate_limit.burst}); retry in {wait:.1f} s",
+                sensor_id,
+            )
         if pending is not None:
             pending[sensor_id] = counter
         return FrameToCommit(sensor_id, counter, readings, now_ms)
 
     async def commit(self, batch: list[FrameToCommit]) -> list[Receipt]:
+        tally = self.unwritten_rejections
+        rejections = tally.take()
+
+        def job(store: Store) -> list[FrameOutcome]:
+            outcomes = store.commit_frames(batch, rejections)
+            tally.written(rejections)
+            return outcomes
+
         try:
-            outcomes: list[FrameOutcome] = await self._storage.write(lambda s: s.commit_frames(batch))
-        except CounterConflict as conflict:
+            outcomes = await self._storage.write(job)
+        except BaseException as failure:
+            tally.failed(rejections)
+            if isinstance(failure, StorageFull):
+                self._set_writable(False)
+                raise await self.reject(Reason.STORAGE_FULL, f"{failure}; nothing was stored, retry later") from None
+            if not isinstance(failure, CounterConflict):
+                raise
+            conflict = failure
             # Another request for the same sensor committed first; refresh and report.
             self.forget(conflict.sensor_id)
             reason = Reason.REVOKED_SENSOR if conflict.revoked else Reason.REPLAYED
             raise await self.reject(reason, str(conflict), conflict.sensor_id) from None
+        self._set_writable(True)
         receipts = []
-        for frame, outcome in zip(batch, outcomes):
+        for frame, outcome in zip(batch, outcomes, strict=True):
             known = self._sensors.get(frame.sensor_id)
             if known is not None:
                 known.record.last_counter = max(known.record.last_counter, frame.counter)
@@ -171,15 +375,25 @@ class IngestService:
         if len(frame_list) > MAX_FRAMES_PER_BATCH:
             raise await self.reject(Reason.FRAME_TOO_LARGE, f"{len(frame_list)} frames exceed the batch limit of {MAX_FRAMES_PER_BATCH}")
         if not frame_list:
-            raise Rejected(Reason.MALFORMED_FRAME, "the batch holds no frames")
+            raise await self.reject(Reason.MALFORMED_FRAME, "the batch holds no frames")
         pending: dict[str, int] = {}
-        opened = []
-        for index, frame in enumerate(frame_list):
-            try:
-                opened.append(await self.open(frame, pending))
-            except Rejected as exc:
-                raise Rejected(exc.reason, f"frame {index}: {exc.message}; nothing of this batch was stored") from None
-        return await self.commit(opened)
+        opened: list[FrameToCommit] = []
+        since_yield = 0
+        try:
+            for index, frame in enumerate(frame_list):
+                try:
+                    opened.append(await self.open(frame, pending))
+                except Rejected as exc:
+                    raise Rejected(exc.reason, f"frame {index}: {exc.message}; nothing of this batch was stored") from None
+                since_yield += len(opened[-1].readings)
+                if since_yield >= YIELD_EVERY_READINGS:
+                    since_yield = 0
+                    await asyncio.sleep(0)  # let other requests run while a large batch decodes
+            return await self.commit(opened)
+        except BaseException:
+            for done in opened:  # nothing of the batch was stored: it costs no rate
+                self.rate_limit.give_back(done.sensor_id, len(done.readings))
+            raise
 
     def stream(self) -> StreamSession:
         return StreamSession(self)
@@ -200,8 +414,9 @@ class StreamSession:
         # whole stream: counters only grow, and an in-flight chunk must still count.
         self._stream_counters: dict[str, int] = {}
         self._pending_readings = 0
+        self._since_yield = 0
         self._frames_seen = 0
-        self._in_flight: asyncio.Task | None = None
+        self._in_flight: asyncio.Task[None] | None = None
         self.frames_accepted = 0
         self.readings_stored = 0
         self.readings_duplicate = 0
@@ -219,10 +434,23 @@ class StreamSession:
             ) from None
         self._pending.append(opened)
         self._pending_readings += len(opened.readings)
+        self._since_yield += len(opened.readings)
+        if self._since_yield >= YIELD_EVERY_READINGS:
+            self._since_yield = 0
+            await asyncio.sleep(0)  # buffered frames must not hold the event loop
         if self._pending_readings >= STREAM_COMMIT_READINGS or len(self._pending) >= STREAM_COMMIT_FRAMES:
             await self._drain()
             self._in_flight = asyncio.ensure_future(self._commit(self._take()))
             self._in_flight.add_done_callback(_retrieve)  # a cancelled stream's error is still retrieved
+
+    async def end_with(self, rejected: Rejected) -> Rejected:
+        """The stream ends early (a refused message, an idle client): commit every frame
+        accepted so far and return the refusal, saying how many were committed."""
+        await self.flush()
+        return Rejected(
+            rejected.reason, f"after frame {self._frames_seen - 1}: {rejected.message}; "
+            f"the {self.frames_accepted} frames before were committed"
+        )
 
     async def flush(self) -> None:
         """Wait for the commit in flight, then commit what is pending."""
@@ -247,6 +475,6 @@ class StreamSession:
             self.last_counter[receipt.sensor_id] = receipt.counter
 
 
-def _retrieve(task: asyncio.Task) -> None:
+def _retrieve(task: asyncio.Task[None]) -> None:
     if not task.cancelled():
         task.exception()

@@ -62,9 +62,29 @@ def _aad(kdf: dict) -> bytes:
     return json.dumps({"format": FORMAT, "version": 1, "kdf": kdf}, sort_keys=True).encode()
 
 
-def seal(secrets_dict: dict[str, bytes], passphrase: bytes) -> bytes:
-    if len(passphrase) < MIN_PASSPHRASE_LENGTH:
+MIN_DISTINCT_CHARACTERS = 6
+
+
+def check_passphrase_strength(passphrase: bytes) -> None:
+    """Refuse passphrases that are short or made of few characters ("aaaaaaaaaaaa",
+    "abcabcabcabc"): a stolen keystore would fall to a quick guess. Length and variety only;
+    the operator should use a generated passphrase (docs/operations.md)."""
+    text = passphrase.decode("utf-8", errors="replace")
+    if len(text) < MIN_PASSPHRASE_LENGTH:
         raise KeystoreError(f"the passphrase must be at least {MIN_PASSPHRASE_LENGTH} characters")
+    distinct = len(set(text))
+    if distinct < MIN_DISTINCT_CHARACTERS:
+        raise KeystoreError(
+            f"the passphrase uses only {distinct} different characters; use at least {MIN_DISTINCT_CHARACTERS} "
+            "(a generated passphrase of several random words is best)"
+        )
+    most = max(text.count(c) for c in set(text))
+    if most * 2 > len(text):
+        raise KeystoreError("one character makes up more than half of the passphrase; choose a less repetitive one")
+
+
+def seal(secrets_dict: dict[str, bytes], passphrase: bytes) -> bytes:
+    check_passphrase_strength(passphrase)
     salt = secrets.token_bytes(16)
     kdf = {"name": "scrypt", "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P, "salt": _b64(salt)}
     key = _derive(passphrase, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)

@@ -13,6 +13,7 @@ import math
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, NoReturn
 
 import msgspec
 
@@ -40,12 +41,12 @@ def encode(readings: Iterable[Reading], units: dict[str, str] | None = None) -> 
 
     Times before 1978-07-05 cannot be sent: RFC 8428 reads a resolved time below 2**28 s as
     relative to "now", so the hub would silently re-date them."""
-    records: list[dict] = []
+    records: list[dict[str, Any]] = []
     base_ms: int | None = None
     for r in readings:
         if r.time_ms <= RELATIVE_TIME_LIMIT * 1000:
             raise ValueError(f"reading time {r.time_ms} ms is before 1978-07-05, which SenML reads as relative time")
-        record: dict = {"n": r.metric, "v": r.value}
+        record: dict[str, Any] = {"n": r.metric, "v": r.value}
         if base_ms is None:
             base_ms = r.time_ms
             record["bt"] = base_ms / 1000
@@ -57,11 +58,11 @@ def encode(readings: Iterable[Reading], units: dict[str, str] | None = None) -> 
     return json.dumps(records, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _reject_constant(name: str):
+def _reject_constant(name: str) -> NoReturn:
     raise Rejected(Reason.NON_FINITE_VALUE, f"{name} is not a finite number")
 
 
-def _number(record: dict, key: str, index: int) -> float | None:
+def _number(record: dict[str, Any], key: str, index: int) -> float | None:
     if key not in record:
         return None
     value = record[key]
@@ -145,17 +146,19 @@ def _decode_typed(plaintext: bytes, metrics: dict[str, Metric]) -> list[tuple[st
         when = base_time + offset
         if not RELATIVE_TIME_LIMIT <= when <= LATEST_TIME:  # relative, non-finite or out of range
             return None
-        last_offset, last_ms = offset, round(when * 1000)
+        last_offset, last_ms = offset, time_ms(when)
         append((record.n, last_ms, value))
     return rows
 
 
-def _decode_rows_json(plaintext: bytes, metrics: dict[str, Metric], now: float) -> list[tuple[str, int, float]]:
-    """The general decoder: every SenML feature this hub supports, and every rejection.
+def time_ms(seconds: float) -> int:
+    """The rounding rule (docs/protocol.md): a time in seconds becomes whole milliseconds
+    rounded half up (as sensor firmware does), not half to even as Python's round()."""
+    return math.floor(seconds * 1000 + 0.5)
 
-    Records of the shape sensors send (n, v and optionally u and t, with float values, no
-    other field) that pass every check take a fast path; any other record, and any record
-    failing a check there, goes through the full validation below, which raises the errors."""
+
+def _load_pack(plaintext: bytes) -> list[Any]:
+    """The pack as a list of JSON values, or Rejected."""
     try:
         records = json.loads(plaintext, parse_constant=_reject_constant)
     except Rejected:
@@ -166,101 +169,150 @@ def _decode_rows_json(plaintext: bytes, metrics: dict[str, Metric], now: float) 
         raise Rejected(Reason.MALFORMED_SENML, "a SenML pack is a non-empty JSON array of records")
     if len(records) > MAX_RECORDS:
         raise Rejected(Reason.FRAME_TOO_LARGE, f"{len(records)} records exceed the limit of {MAX_RECORDS}")
-    base_name, base_time, base_unit, base_value = "", 0.0, None, 0.0
-    readings: list[tuple[str, int, float]] = []
-    append = readings.append
-    last_offset: float | None = None  # the fast path's last time offset, and its time in ms
+    return records
+
+
+@dataclass
+class _Base:
+    """The base fields in force (RFC 8428 section 4.1), and the last reading's time for
+    records of one instant (several metrics), which share their time offset."""
+
+    name: str = ""
+    time: float = 0.0
+    unit: str | None = None
+    value: float = 0.0
+    last_offset: float | None = None
     last_ms: int | None = None
+
+
+def _fast_reading(record: object, base: _Base, limits: dict[str, tuple[str, float, float]]) -> tuple[str, int, float] | None:
+    """The reading of a record of the shape sensors send (n, v with a float value, and u and t
+    if given, nothing else) when it passes every check; None when in any doubt (no side
+    effect then), for the full validation to decide."""
+    if type(record) is not dict:
+        return None
+    name, value, unit, offset = record.get("n"), record.get("v"), record.get("u"), record.get("t")
+    if type(name) is not str or type(value) is not float or len(record) != 2 + (unit is not None) + (offset is not None):
+        return None
+    if offset is not None and type(offset) is not float:
+        return None
+    name = base.name + name
+    limit = limits.get(name)
+    if limit is None:
+        return None
+    expected_unit, lowest, highest = limit
+    value += base.value
+    unit = base.unit if unit is None else unit
+    if not lowest <= value <= highest or (unit is not None and unit != expected_unit):
+        return None
+    if base.last_ms is not None and offset == base.last_offset:
+        return name, base.last_ms, value
+    when = base.time + (offset or 0.0)
+    if not RELATIVE_TIME_LIMIT <= when <= LATEST_TIME:  # non-finite, relative or out of range
+        return None
+    base.last_offset, base.last_ms = offset, time_ms(when)
+    return name, base.last_ms, value
+
+
+def _text(record: dict[str, Any], key: str, index: int) -> str | None:
+    """A text field: absent gives None; present, it must be a string (JSON null is refused)."""
+    if key not in record:
+        return None
+    value = record[key]
+    if not isinstance(value, str):
+        raise Rejected(Reason.MALFORMED_SENML, f"record {index}: {key!r} must be a string, not {json.dumps(value)[:40]}")
+    return value
+
+
+def _check_fields(record: object, index: int) -> dict[str, Any]:
+    if not isinstance(record, dict):
+        raise Rejected(Reason.MALFORMED_SENML, f"record {index} is not a JSON object")
+    for key in record:
+        if key.endswith("_"):
+            raise Rejected(Reason.MALFORMED_SENML, f"record {index}: must-understand field {key!r} is not supported")
+        if key in _UNSUPPORTED_VALUES:
+            raise Rejected(Reason.MALFORMED_SENML, f"record {index}: {key!r} is not supported; send numeric values as 'v'")
+    version = record.get("bver")
+    if "bver" in record and (not isinstance(version, int) or isinstance(version, bool) or version > 10):
+        raise Rejected(Reason.MALFORMED_SENML, f"record {index}: unsupported SenML version {version!r}")
+    return record
+
+
+def _apply_base_fields(record: dict[str, Any], index: int, base: _Base) -> None:
+    base_name, base_unit = _text(record, "bn", index), _text(record, "bu", index)
+    if base_name is not None:
+        base.name = base_name
+    if base_unit is not None:
+        base.unit = base_unit
+    base_time, base_value = _number(record, "bt", index), _number(record, "bv", index)
+    if base_time is not None:
+        base.time = base_time
+    if base_value is not None:
+        base.value = base_value
+    base.last_ms = None  # the base time may have changed
+
+
+def _checked_value(record: dict[str, Any], index: int, metric_name: str, metric: Metric, raw: float, base: _Base) -> float:
+    unit = _text(record, "u", index)
+    unit = base.unit if unit is None else unit
+    if unit is not None and unit != metric.unit:
+        raise Rejected(Reason.INVALID_READING, f"record {index}: unit {unit!r} is not {metric.unit!r} for {metric_name}")
+    value = raw + base.value
+    if not math.isfinite(value):
+        raise Rejected(Reason.NON_FINITE_VALUE, f"record {index}: the value is not finite")
+    if (metric.minimum is not None and value < metric.minimum) or (metric.maximum is not None and value > metric.maximum):
+        raise Rejected(
+            Reason.INVALID_READING,
+            f"record {index}: {metric_name} = {value} is outside [{metric.minimum}, {metric.maximum}] {metric.unit}",
+        )
+    return value
+
+
+def _checked_time(record: dict[str, Any], index: int, base: _Base, now: float) -> int:
+    when = base.time + (_number(record, "t", index) or 0.0)
+    if not math.isfinite(when):
+        raise Rejected(Reason.NON_FINITE_VALUE, f"record {index}: the time is not finite")
+    if abs(when) < RELATIVE_TIME_LIMIT:
+        when += now
+    if not 0 <= when <= LATEST_TIME:
+        raise Rejected(Reason.INVALID_READING, f"record {index}: time {when} is before 1970 or after 3000")
+    return time_ms(when)
+
+
+def _full_reading(record: object, index: int, base: _Base, metrics: dict[str, Metric], now: float) -> tuple[str, int, float] | None:
+    """The reference behaviour: every check, every rejection. None for a base-fields-only record."""
+    checked = _check_fields(record, index)
+    _apply_base_fields(checked, index, base)
+    name = _text(checked, "n", index) or ""
+    raw = _number(checked, "v", index)
+    if raw is None:
+        if set(checked) <= _BASE_FIELDS:
+            return None
+        raise Rejected(Reason.MALFORMED_SENML, f"record {index} has no numeric value 'v'")
+    metric_name = base.name + name
+    metric = metrics.get(metric_name)
+    if metric is None:
+        raise Rejected(
+            Reason.UNKNOWN_METRIC,
+            f"record {index}: metric {metric_name!r} is not one this sensor is enrolled for ({', '.join(metrics)})",
+        )
+    value = _checked_value(checked, index, metric_name, metric, raw, base)
+    return metric_name, _checked_time(checked, index, base, now), value
+
+
+def _decode_rows_json(plaintext: bytes, metrics: dict[str, Metric], now: float) -> list[tuple[str, int, float]]:
+    """The general decoder: every SenML feature this hub supports, and every rejection.
+
+    A record of the shape sensors send that passes every check takes the fast path; any other
+    record, and any failing a check there, goes through the full validation, which raises."""
+    records = _load_pack(plaintext)
+    base = _Base()
     limits = _limits(metrics)
+    readings: list[tuple[str, int, float]] = []
     for index, record in enumerate(records):
-        # Fast path: no side effect until the reading is appended; any doubt falls through.
-        if type(record) is dict:
-            name = record.get("n")
-            value = record.get("v")
-            given_unit = record.get("u")
-            offset = record.get("t")
-            # Exactly the fields n and v, and u and t if given: nothing else to check or refuse.
-            if (
-                type(name) is str
-                and type(value) is float
-                and len(record) == 2 + (given_unit is not None) + (offset is not None)
-            ):
-                if base_name:
-                    name = base_name + name
-                limit = limits.get(name)
-                if limit is not None:
-                    unit, lowest, highest = limit
-                    value += base_value
-                    if given_unit is None:
-                        given_unit = base_unit
-                    if lowest <= value <= highest and (given_unit is None or given_unit == unit):
-                        if offset is None or type(offset) is float:
-                            # Records of one instant (several metrics) share their time.
-                            if last_ms is not None and offset == last_offset:
-                                append((name, last_ms, value))
-                                continue
-                            when = base_time + (offset or 0.0)
-                            # A time that fails this (non-finite, relative, out of range) falls through.
-                            if RELATIVE_TIME_LIMIT <= when <= LATEST_TIME:
-                                last_offset, last_ms = offset, round(when * 1000)
-                                append((name, last_ms, value))
-                                continue
-        # Full validation (the reference behaviour).
-        last_ms = None  # it may change the base time
-        if not isinstance(record, dict):
-            raise Rejected(Reason.MALFORMED_SENML, f"record {index} is not a JSON object")
-        for key in record:
-            if key.endswith("_"):
-                raise Rejected(Reason.MALFORMED_SENML, f"record {index}: must-understand field {key!r} is not supported")
-            if key in _UNSUPPORTED_VALUES:
-                raise Rejected(Reason.MALFORMED_SENML, f"record {index}: {key!r} is not supported; send numeric values as 'v'")
-        if "bver" in record and (not isinstance(record["bver"], int) or isinstance(record["bver"], bool) or record["bver"] > 10):
-            raise Rejected(Reason.MALFORMED_SENML, f"record {index}: unsupported SenML version {record['bver']!r}")
-        if "bn" in record:
-            if not isinstance(record["bn"], str):
-                raise Rejected(Reason.MALFORMED_SENML, f"record {index}: 'bn' must be a string")
-            base_name = record["bn"]
-        if "bu" in record:
-            if not isinstance(record["bu"], str):
-                raise Rejected(Reason.MALFORMED_SENML, f"record {index}: 'bu' must be a string")
-            base_unit = record["bu"]
-        base_time = _number(record, "bt", index) if "bt" in record else base_time
-        base_value = _number(record, "bv", index) if "bv" in record else base_value
-        name = record.get("n", "")
-        if not isinstance(name, str):
-            raise Rejected(Reason.MALFORMED_SENML, f"record {index}: 'n' must be a string")
-        value = _number(record, "v", index)
-        if value is None:
-            if set(record) <= _BASE_FIELDS:
-                continue  # a record of base fields only
-            raise Rejected(Reason.MALFORMED_SENML, f"record {index} has no numeric value 'v'")
-        metric_name = base_name + name
-        metric = metrics.get(metric_name)
-        if metric is None:
-            raise Rejected(
-                Reason.UNKNOWN_METRIC,
-                f"record {index}: metric {metric_name!r} is not one this sensor is enrolled for "
-                f"({', '.join(metrics)})",
-            )
-        unit = record.get("u", base_unit)
-        if unit is not None and unit != metric.unit:
-            raise Rejected(Reason.INVALID_READING, f"record {index}: unit {unit!r} is not {metric.unit!r} for {metric_name}")
-        value += base_value
-        if not math.isfinite(value):
-            raise Rejected(Reason.NON_FINITE_VALUE, f"record {index}: the value is not finite")
-        if (metric.minimum is not None and value < metric.minimum) or (metric.maximum is not None and value > metric.maximum):
-            raise Rejected(
-                Reason.INVALID_READING,
-                f"record {index}: {metric_name} = {value} is outside [{metric.minimum}, {metric.maximum}] {metric.unit}",
-            )
-        when = base_time + (_number(record, "t", index) or 0.0)
-        if not math.isfinite(when):
-            raise Rejected(Reason.NON_FINITE_VALUE, f"record {index}: the time is not finite")
-        if abs(when) < RELATIVE_TIME_LIMIT:
-            when += now
-        if not 0 <= when <= LATEST_TIME:
-            raise Rejected(Reason.INVALID_READING, f"record {index}: time {when} is before 1970 or after 3000")
-        append((metric_name, round(when * 1000), value))
+        reading = _fast_reading(record, base, limits) or _full_reading(record, index, base, metrics, now)
+        if reading is not None:
+            readings.append(reading)
     if not readings:
         raise Rejected(Reason.MALFORMED_SENML, "the pack holds no readings")
     return readings

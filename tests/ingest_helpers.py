@@ -31,6 +31,9 @@ EXPECTED = {
     "malformed_senml": (grpc.StatusCode.INVALID_ARGUMENT, 422),
     "unknown_metric": (grpc.StatusCode.INVALID_ARGUMENT, 422),
     "non_finite_value": (grpc.StatusCode.INVALID_ARGUMENT, 422),
+    "rate_limited": (grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+    "storage_full": (grpc.StatusCode.UNAVAILABLE, 507),
+    "timed_out": (grpc.StatusCode.DEADLINE_EXCEEDED, 408),
 }
 
 TRANSPORTS = ("batch", "stream", "http")

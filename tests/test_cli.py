@@ -187,6 +187,20 @@ def test_sensor_add_writes_a_private_credential(running_hub, tmp_path):
     assert out.read_bytes() == before
 
 
+def test_sensor_add_with_a_request_id_is_safe_to_repeat(running_hub, tmp_path):
+    """The command of docs/operations.md ("Sensors"), run twice: one sensor, the same credential."""
+    out = tmp_path / "valand.json"
+    command = ("sensor", "add", "--data-dir", running_hub, "--dataset", "air_quality", "--metrics", "pm25",
+               "--location", "58.97,5.73", "--label", "Valand", "--out", out, "--force", "--request-id", "valand-2026-12")
+    ok(cli(*command))
+    first = json.loads(out.read_text())
+    ok(cli(*command))
+    again = json.loads(out.read_text())
+    assert (again["sensor_id"], again["key"]) == (first["sensor_id"], first["key"])
+    assert [s for s in sensors_by_id(running_hub).values() if s["label"] == "Valand" and s["metrics"] == ["pm25"]
+            and s["sensor_id"] == first["sensor_id"]]
+
+
 def test_sensor_list_shows_enrolled_sensors(running_hub, tmp_path):
     sensor_id = add_sensor(running_hub, tmp_path / "s.json", label="Listed")
     listed = sensors_by_id(running_hub)

@@ -4,14 +4,17 @@ health, Prometheus metrics, open data (node/app/open_data.py) and the dashboard
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from node.app import open_data
+from node.app.http_guard import HttpLimits, track_requests
 from node.errors import Reason, Rejected
 from node.frames import MAX_FRAME
 from node.hub import Hub
+from node.hubdir import token_matches
 
 if TYPE_CHECKING:
     from federation.service import Federation
@@ -19,6 +22,7 @@ if TYPE_CHECKING:
 
 HUB_KEY = web.AppKey("hub", Hub)
 FEDERATION_KEY: web.AppKey[Federation] = web.AppKey("federation")
+LIMITS_KEY = web.AppKey("limits", HttpLimits)
 FRAME_CONTENT_TYPE = "application/vnd.smartregion.frame"
 
 
@@ -47,8 +51,13 @@ async def post_frame(request: web.Request) -> web.Response:
             Reason.FRAME_TOO_LARGE, f"the frame is {request.content_length} bytes; the limit is {MAX_FRAME}"
         )
         return error_response(rejected)
+    seconds = request.app[LIMITS_KEY].body_seconds
     try:
-        body = await read_body(request, MAX_FRAME + 1)
+        try:
+            async with asyncio.timeout(seconds):
+                body = await read_body(request, MAX_FRAME + 1)
+        except TimeoutError:
+            raise await hub.ingest.reject(Reason.TIMED_OUT, f"the frame did not arrive within {seconds:g} s") from None
         receipts = await hub.ingest.submit_batch([body])
     except Rejected as rejected:
         return error_response(rejected)
@@ -64,6 +73,16 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics name peers and give per-peer query counts and ingest totals, so they
+    are for the operator: `Authorization: Bearer <admin token>` (Prometheus: `authorization:
+    credentials_file: admin.token`)."""
+    hub = request.app[HUB_KEY]
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token_matches(token.strip(), hub.config.admin_token_sha256):
+        hub.metrics.rejected(Reason.UNAUTHENTICATED)
+        return web.json_response({"error": Reason.UNAUTHENTICATED.label,
+                                  "message": "metrics need 'Authorization: Bearer <admin token>'"}, status=401,
+                                 headers={"WWW-Authenticate": "Bearer"})
     federation = request.app.get(FEDERATION_KEY)
     if federation is not None:
         await federation.refresh_metrics()
@@ -91,9 +110,11 @@ async def open_aggregate(request: web.Request) -> web.Response:
     return web.json_response({"rows": rows})
 
 
-def build_app(hub: Hub, dashboard: Dashboard | None = None, federation: Federation | None = None) -> web.Application:
-    app = web.Application(client_max_size=MAX_FRAME + 1)
+def build_app(hub: Hub, dashboard: Dashboard | None = None, federation: Federation | None = None,
+              limits: HttpLimits | None = None) -> web.Application:
+    app = web.Application(client_max_size=MAX_FRAME + 1, middlewares=[track_requests])
     app[HUB_KEY] = hub
+    app[LIMITS_KEY] = limits or HttpLimits()
     if federation is not None:
         app[FEDERATION_KEY] = federation
     if dashboard is not None:

@@ -235,6 +235,14 @@ class ReplaySummary:
 
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+# Refusals that are about the hub's state, not the frames: the same readings, resealed, may
+# be accepted later (docs/protocol.md 10.1).
+RETRYABLE_REASONS = {"rate_limited", "storage_full"}
+
+
+def retryable(exc: grpc.RpcError) -> bool:
+    reason = dict(exc.trailing_metadata() or ()).get("smartregion-reason")  # type: ignore[attr-defined]
+    return exc.code() in RETRYABLE or reason in RETRYABLE_REASONS  # type: ignore[attr-defined]
 
 
 def replay(
@@ -260,7 +268,7 @@ def replay(
                     response = sensor.send_stream(stub, sealed)
                     break
                 except grpc.RpcError as exc:
-                    if exc.code() not in RETRYABLE or attempt >= max_retries:
+                    if not retryable(exc) or attempt >= max_retries:
                         raise
                     attempt += 1
                     summary.retries += 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import socket
 from dataclasses import dataclass
@@ -28,22 +29,24 @@ from node.api.v1 import (
     ingest_pb2_grpc,
     query_service_pb2,
 )
-from node.app import catalog_guard, network_routes
+from node.app import catalog_guard, grpc_limits, network_routes
 from node.app.dashboard.data import DashboardData
 from node.app.dashboard.routes import Dashboard
 from node.app.http_app import build_app
+from node.app.http_guard import ConnectionGuard, GuardedSite, HttpLimits
 from node.app.servicers import federation as federation_servicer
 from node.app.servicers import query as query_servicer
 from node.app.servicers.admin import AdminServicer
 from node.app.servicers.auth import AdminAuthInterceptor
 from node.app.servicers.authenticated import add_service
 from node.app.servicers.ingest import IngestServicer
+from node.errors import Rejected
 from node.hub import Endpoint, Hub
 from node.networks.doors import NetworkDoors
 from node.tlsfiles import server_ssl_context
 
 log = logging.getLogger("smartregion.server")
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_MESSAGE_BYTES = grpc_limits.CEILING_BYTES  # the largest request message gRPC accepts at all
 SERVICE_NAMES = (
     ingest_pb2.DESCRIPTOR.services_by_name["Ingest"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
@@ -54,6 +57,22 @@ SERVICE_NAMES = (
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+INGEST_SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["Ingest"].full_name
+
+
+def watch_writable(hub: Hub, health: health_aio.HealthServicer) -> None:
+    """Ingest is NOT_SERVING while no write can succeed (a full disk), SERVING again after."""
+    pending: set[asyncio.Task[None]] = set()
+
+    def changed(writable: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if writable else health_pb2.HealthCheckResponse.NOT_SERVING
+        task = asyncio.get_running_loop().create_task(health.set(INGEST_SERVICE, status))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    hub.ingest.on_writable = changed
 
 
 @dataclass
@@ -81,6 +100,7 @@ class RunningHub:
         await self.grpc_server.stop(grace)
         await self.federation.close()
         await self.http_runner.cleanup()
+        await self.hub.ingest.close()
         self.hub.hub_dir.clear_endpoint()
         self.hub.close()
         log.info("stopped", extra={"hub_id": self.hub.config.hub_id})
@@ -94,19 +114,23 @@ async def start(
     http_port: int | None = None,
     insecure: bool = False,
     dashboard_read_only: bool = False,
+    http_limits: HttpLimits | None = None,
 ) -> RunningHub:
     net = hub.config.network
     host = host or net.listen_host
     grpc_port = net.grpc_port if grpc_port is None else grpc_port
     http_port = net.http_port if http_port is None else http_port
 
+    async def count_refused(method: str, rejected: Rejected) -> None:
+        if method.startswith(grpc_limits.INGEST_PREFIX):
+            hub.ingest.count_refusal(rejected.reason)
+        else:
+            hub.metrics.rejected(rejected.reason)
+
     server = grpc.aio.server(
-        interceptors=[AdminAuthInterceptor(lambda: hub.config.admin_token_sha256)],
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
-        ],
+        interceptors=[AdminAuthInterceptor(lambda: hub.config.admin_token_sha256), grpc_limits.RequestLimitInterceptor(count_refused)],
+        options=grpc_limits.SERVER_OPTIONS,
+        maximum_concurrent_rpcs=grpc_limits.MAXIMUM_CONCURRENT_RPCS,
     )
     fed_config = hub.config.federation
     federation = Federation(hub, fed_config.refresh_seconds, fed_config.retry_base_seconds, fed_config.retry_max_seconds)
@@ -138,13 +162,14 @@ async def start(
     await server.start()
 
     dashboard = Dashboard(DashboardData(federation, queries), lambda: hub.config.admin_token_sha256, dashboard_read_only, hub.clock)
+    http_limits = http_limits or HttpLimits()
     networks = NetworkDoors(hub)  # LoRaWAN, NB-IoT and MQTT doors (DATA_DIR/networks.toml)
-    app = build_app(hub, dashboard, federation)
+    app = build_app(hub, dashboard, federation, http_limits)
     network_routes.add_routes(app, networks)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     ssl_context = None if insecure else server_ssl_context(hub.identity.tls_cert_pem, hub.identity.tls_key_pem)
-    site = web.TCPSite(runner, host, http_port, ssl_context=ssl_context)
+    site = GuardedSite(runner, host, http_port, ConnectionGuard(http_limits, hub.metrics.rejected), ssl_context=ssl_context)
     try:
         await site.start()
     except OSError:
@@ -161,6 +186,7 @@ async def start(
     )
     for name in (*SERVICE_NAMES, ""):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    watch_writable(hub, health)
     hub.hub_dir.write_endpoint(
         {
             "pid": os.getpid(),
@@ -189,8 +215,24 @@ async def start(
     return RunningHub(hub, server, runner, health, federation, background, stopping, housekeeping, networks)
 
 
+def raise_open_file_limit() -> int:
+    """Raise this process's open-file limit to its hard limit (each connection is a file; a
+    default soft limit of 256 or 1024 let slow clients make accept() fail). Returns the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            log.warning("cannot raise the open-file limit", extra={"soft": soft, "hard": hard})
+            return soft
+    return target
+
+
 async def serve_forever(hub: Hub, **options) -> None:
     """Serve until SIGTERM or SIGINT, then shut down cleanly."""
+    limit = raise_open_file_limit()
+    log.info("open-file limit", extra={"nofile": limit})
     running = await start(hub, **options)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from node.storage.base import Store
+from node.storage.base import StorageError, StorageFull, Store
 from node.storage.sqlite import SqliteStore
 
 T = TypeVar("T")
+
+
+def _free_bytes(directory: Path) -> int | None:
+    try:
+        stat = os.statvfs(directory)
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
 
 
 class Storage:
@@ -31,7 +41,16 @@ class Storage:
         self._stores: list[Store] = []
         self._lock = threading.Lock()
         # Create (and migrate) the database before anything reads it.
-        self._writer_pool.submit(self._store).result()
+        try:
+            self._writer_pool.submit(self._store).result()
+        except (sqlite3.Error, OSError) as exc:
+            self._writer_pool.shutdown(wait=False)
+            self._reader_pool.shutdown(wait=False)
+            free = _free_bytes(self.path.parent)
+            detail = f"{exc} ({free:,} bytes free on its filesystem)" if free is not None else str(exc)
+            if isinstance(exc, StorageFull) or free == 0:
+                raise StorageFull(str(self.path), detail) from None
+            raise StorageError(f"cannot open the database {self.path}: {detail}") from None
 
     def _store(self) -> Store:
         store = getattr(self._local, "store", None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,6 +27,7 @@ class SensorRecord:
     frames_accepted: int = 0
     frames_rejected: int = 0
     readings: int = 0
+    request_id: str | None = None  # the client-chosen id of the AddSensor call, if any
 
     @property
     def active(self) -> bool:
@@ -57,6 +58,18 @@ class CounterConflict(Exception):
         super().__init__(f"frame {index}: counter {counter} of sensor {sensor_id} is not above {last_counter}")
         self.index, self.sensor_id, self.counter = index, sensor_id, counter
         self.last_counter, self.revoked = last_counter, revoked
+
+
+class StorageError(Exception):
+    """The database cannot be opened or written; the message names the file."""
+
+
+class StorageFull(StorageError):
+    """A write failed because the database's filesystem is full; nothing of it was stored."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(f"cannot write {path}: the disk is full ({detail})")
+        self.path = path
 
 
 @dataclass
@@ -204,12 +217,16 @@ class Store(Protocol):
     exactly one instance writes. SqliteStore is the implementation."""
 
     # -- sensors and ingest
-    def add_sensor(self, sensor: SensorRecord) -> None: ...
+    def schema_version(self) -> int: ...
+    def add_sensor(self, sensor: SensorRecord) -> bool: ...
+    def get_sensor_by_request(self, request_id: str) -> SensorRecord | None: ...
     def get_sensor(self, sensor_id: str) -> SensorRecord | None: ...
     def list_sensors(self, include_revoked: bool = True) -> list[SensorRecord]: ...
     def revoke_sensor(self, sensor_id: str, at_ms: int) -> SensorRecord | None: ...
-    def commit_frames(self, frames: Sequence[FrameToCommit]) -> list[FrameOutcome]: ...
-    def record_rejection(self, reason: str, sensor_id: str | None) -> None: ...
+    def commit_frames(
+        self, frames: Sequence[FrameToCommit], rejections: tuple[Mapping[str, int], Mapping[str, int]] | None = None
+    ) -> list[FrameOutcome]: ...
+    def record_rejections(self, by_reason: Mapping[str, int], by_sensor: Mapping[str, int]) -> None: ...
     def rejection_counts(self) -> dict[str, int]: ...
     def metric_summaries(self) -> list[MetricSummary]: ...
     def readings(self, where: ReadingFilter) -> list[ReadingRow]: ...

@@ -181,6 +181,27 @@ MIGRATIONS: list[tuple[int, str]] = [
         )
         """,
     ),
+    (
+        # branch hardening: counters span 1 ..= 2**64-1 (docs/protocol.md) but SQLite integers are
+        # signed 64-bit, so sensors.last_counter is stored biased by -2**63 (node/storage/sqlite.py
+        # COUNTER_BIAS): 0 is stored as -2**63 and 2**64-1 as 2**63-1; order is kept.
+        # And the client-chosen request id of an enrolment, which makes AddSensor idempotent.
+        6,
+        """
+        UPDATE sensors SET last_counter = last_counter + (-9223372036854775807 - 1);
+        ALTER TABLE sensors ADD COLUMN request_id TEXT;
+        CREATE UNIQUE INDEX sensors_request_id ON sensors(request_id) WHERE request_id IS NOT NULL;
+        -- Readings per dataset and metric, kept by every commit, so `status` does not count rows.
+        CREATE TABLE metric_totals (
+            dataset TEXT NOT NULL,
+            metric TEXT NOT NULL,
+            readings INTEGER NOT NULL,
+            PRIMARY KEY (dataset, metric)
+        );
+        INSERT INTO metric_totals (dataset, metric, readings)
+            SELECT s.dataset, r.metric, count(*) FROM readings r JOIN sensors s ON s.ref = r.sensor_ref GROUP BY s.dataset, r.metric
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

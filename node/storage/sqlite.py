@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from node.storage.query_tables import QueryTables
 
 _SENSOR_COLUMNS = (
     "sensor_id, dataset, metrics, latitude, longitude, wrapped_key, enrolled_at_ms, subject_id, label, "
-    "revoked_at_ms, last_counter, last_seen_ms, frames_accepted, frames_rejected, readings"
+    "revoked_at_ms, last_counter, last_seen_ms, frames_accepted, frames_rejected, readings, request_id"
 )
 
 
@@ -58,14 +60,26 @@ def _insert_readings(conn: sqlite3.Connection, sensor_ref: int, readings: Sequen
         start += rows
 
 
+# Counters are unsigned 64-bit (1 ..= 2**64-1); SQLite integers are signed 64-bit. The column
+# holds counter - 2**63 (migration 5), which keeps order, so `last_counter < ?` still compares.
+COUNTER_BIAS = 2**63
+_LAST_COUNTER = _SENSOR_COLUMNS.split(", ").index("last_counter")
+
+
+def _stored_counter(counter: int) -> int:
+    return counter - COUNTER_BIAS
+
+
 def _sensor(row: tuple[Any, ...]) -> SensorRecord:
     values = list(row)
     values[2] = json.loads(values[2])
+    values[_LAST_COUNTER] += COUNTER_BIAS
     return SensorRecord(*values)
 
 
 class SqliteStore(FederationTables, QueryTables, LifecycleTables, NetworkTables):
     def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
         self.db = sqlite_utils.Database(conn)
         self.db.enable_wal()
@@ -82,10 +96,11 @@ class SqliteStore(FederationTables, QueryTables, LifecycleTables, NetworkTables)
         self.conn.close()
 
     # -- sensors -------------------------------------------------------------------------
-    def add_sensor(self, sensor: SensorRecord) -> None:
-        self._transaction(lambda: self._insert_sensor(sensor))
+    def add_sensor(self, sensor: SensorRecord) -> bool:
+        """Insert the sensor; False (and nothing inserted) if its request id is taken already."""
+        return self._transaction(lambda: self._insert_sensor(sensor))
 
-    def _insert_sensor(self, sensor: SensorRecord) -> None:
+    def _insert_sensor(self, sensor: SensorRecord) -> bool:
         row = {
             "sensor_id": sensor.sensor_id,
             "dataset": sensor.dataset,
@@ -96,8 +111,17 @@ class SqliteStore(FederationTables, QueryTables, LifecycleTables, NetworkTables)
             "label": sensor.label,
             "wrapped_key": sensor.wrapped_key,
             "enrolled_at_ms": sensor.enrolled_at_ms,
+            "last_counter": _stored_counter(sensor.last_counter),
+            "request_id": sensor.request_id,
         }
-        self.db["sensors"].insert(row)
+        columns = ", ".join(row)
+        sql = (f"INSERT INTO sensors ({columns}) VALUES ({', '.join('?' * len(row))}) "
+               "ON CONFLICT(request_id) WHERE request_id IS NOT NULL DO NOTHING")
+        return bool(self.conn.execute(sql, tuple(row.values())).rowcount)
+
+    def get_sensor_by_request(self, request_id: str) -> SensorRecord | None:
+        row = self.conn.execute(f"SELECT {_SENSOR_COLUMNS} FROM sensors WHERE request_id = ?", (request_id,)).fetchone()
+        return _sensor(row) if row else None
 
     def get_sensor(self, sensor_id: str) -> SensorRecord | None:
         row = self.conn.execute(f"SELECT {_SENSOR_COLUMNS} FROM sensors WHERE sensor_id = ?", (sensor_id,)).fetchone()
@@ -118,17 +142,27 @@ class SqliteStore(FederationTables, QueryTables, LifecycleTables, NetworkTables)
         return self._transaction(work)
 
     # -- ingest --------------------------------------------------------------------------
-    def commit_frames(self, frames: Sequence[FrameToCommit]) -> list[FrameOutcome]:
+    def commit_frames(
+        self, frames: Sequence[FrameToCommit], rejections: tuple[Mapping[str, int], Mapping[str, int]] | None = None
+    ) -> list[FrameOutcome]:
         """Store every frame's readings and advance its sensor's counter, all in one
-        transaction. Raises CounterConflict (and stores nothing) if a counter is stale."""
+        transaction. Raises CounterConflict (and stores nothing) if a counter is stale.
+        `rejections` (by reason, by sensor) are added in the same transaction: they cost no
+        fsync of their own."""
+
+        totals: dict[tuple[str, str], int] = {}  # (dataset, metric) -> readings stored
 
         def work() -> list[FrameOutcome]:
+            totals.clear()
+            if rejections is not None:
+                self._add_rejections(*rejections)
             outcomes = []
             for index, frame in enumerate(frames):
+                stored_counter = _stored_counter(frame.counter)
                 ref = self.conn.execute(
                     "UPDATE sensors SET last_counter = ?, last_seen_ms = ?, frames_accepted = frames_accepted + 1 "
-                    "WHERE sensor_id = ? AND last_counter < ? AND revoked_at_ms IS NULL RETURNING ref",
-                    (frame.counter, frame.received_at_ms, frame.sensor_id, frame.counter),
+                    "WHERE sensor_id = ? AND last_counter < ? AND revoked_at_ms IS NULL RETURNING ref, dataset",
+                    (stored_counter, frame.received_at_ms, frame.sensor_id, stored_counter),
                 ).fetchone()
                 if ref is None:
                     current = self.get_sensor(frame.sensor_id)
@@ -139,42 +173,81 @@ class SqliteStore(FederationTables, QueryTables, LifecycleTables, NetworkTables)
                         current.last_counter if current else 0,
                         revoked=bool(current and not current.active),
                     )
-                before = self.conn.total_changes
-                _insert_readings(self.conn, ref[0], frame.readings)
-                stored = self.conn.total_changes - before
+                stored = self._insert_counted(ref[0], ref[1], frame.readings, totals)
                 if stored:
                     self.conn.execute("UPDATE sensors SET readings = readings + ? WHERE ref = ?", (stored, ref[0]))
                 outcomes.append(FrameOutcome(stored=stored, duplicate=len(frame.readings) - stored))
+            self.conn.executemany(
+                "INSERT INTO metric_totals (dataset, metric, readings) VALUES (?, ?, ?) "
+                "ON CONFLICT(dataset, metric) DO UPDATE SET readings = readings + excluded.readings",
+                [(dataset, metric, n) for (dataset, metric), n in totals.items() if n],
+            )
             return outcomes
 
         return self._transaction(work)
 
-    def record_rejection(self, reason: str, sensor_id: str | None) -> None:
-        def work() -> None:
-            self.conn.execute(
-                "INSERT INTO rejections (reason, count) VALUES (?, 1) "
-                "ON CONFLICT(reason) DO UPDATE SET count = count + 1",
-                (reason,),
-            )
-            if sensor_id:
-                self.conn.execute(
-                    "UPDATE sensors SET frames_rejected = frames_rejected + 1 WHERE sensor_id = ?", (sensor_id,)
-                )
+    def _insert_counted(self, ref: int, dataset: str, readings: Sequence[tuple[str, int, float]],
+                        totals: dict[tuple[str, str], int]) -> int:
+        """Insert a frame's readings; add what was stored per metric to `totals` (the counters
+        `status` reads instead of counting the readings table). Returns the number stored.
 
-        self._transaction(work)
+        The common case costs one C-speed count per metric; only a frame with readings stored
+        already (a resend) is rolled back and inserted again one metric at a time, to count
+        exactly what each metric added."""
+        counts = Counter(map(itemgetter(0), readings))
+        self.conn.execute("SAVEPOINT frame")
+        before = self.conn.total_changes
+        _insert_readings(self.conn, ref, readings)
+        stored = self.conn.total_changes - before
+        if stored != len(readings):
+            if len(counts) == 1:
+                counts[next(iter(counts))] = stored
+            else:
+                self.conn.execute("ROLLBACK TO frame")
+                stored = 0
+                for metric in counts:
+                    mark = self.conn.total_changes
+                    _insert_readings(self.conn, ref, [r for r in readings if r[0] == metric])
+                    counts[metric] = self.conn.total_changes - mark
+                    stored += counts[metric]
+        self.conn.execute("RELEASE frame")
+        for metric, n in counts.items():
+            key = (dataset, metric)
+            totals[key] = totals.get(key, 0) + n
+        return stored
+
+    def metric_summaries(self) -> list[MetricSummary]:
+        """Readings per dataset and metric from the maintained counters; first and last times
+        from one index seek per sensor and metric (the readings key starts with sensor and
+        metric), so the cost grows with sensors, not with readings."""
+        rows = self.conn.execute(
+            "SELECT t.dataset, t.metric, t.readings, "
+            "(SELECT min((SELECT min(r.time_ms) FROM readings r WHERE r.sensor_ref = s.ref AND r.metric = t.metric)) "
+            " FROM sensors s WHERE s.dataset = t.dataset), "
+            "(SELECT max((SELECT max(r.time_ms) FROM readings r WHERE r.sensor_ref = s.ref AND r.metric = t.metric)) "
+            " FROM sensors s WHERE s.dataset = t.dataset) "
+            "FROM metric_totals t WHERE t.readings > 0 ORDER BY t.dataset, t.metric"
+        ).fetchall()
+        return [MetricSummary(*r) for r in rows]
+
+    def _add_rejections(self, by_reason: Mapping[str, int], by_sensor: Mapping[str, int]) -> None:
+        self.conn.executemany(
+            "INSERT INTO rejections (reason, count) VALUES (?, ?) ON CONFLICT(reason) DO UPDATE SET count = count + excluded.count",
+            by_reason.items(),
+        )
+        self.conn.executemany(
+            "UPDATE sensors SET frames_rejected = frames_rejected + ? WHERE sensor_id = ?",
+            ((count, sensor_id) for sensor_id, count in by_sensor.items()),
+        )
+
+    def record_rejections(self, by_reason: Mapping[str, int], by_sensor: Mapping[str, int]) -> None:
+        """Add tallied rejection counts (node/ingest.py RejectionTally), in one transaction."""
+        self._transaction(lambda: self._add_rejections(by_reason, by_sensor))
 
     def rejection_counts(self) -> dict[str, int]:
         return dict(self.conn.execute("SELECT reason, count FROM rejections ORDER BY reason").fetchall())
 
     # -- reading -------------------------------------------------------------------------
-    def metric_summaries(self) -> list[MetricSummary]:
-        rows = self.conn.execute(
-            "SELECT s.dataset, r.metric, count(*), min(r.time_ms), max(r.time_ms) "
-            "FROM readings r JOIN sensors s ON s.ref = r.sensor_ref "
-            "GROUP BY s.dataset, r.metric ORDER BY s.dataset, r.metric"
-        ).fetchall()
-        return [MetricSummary(*r) for r in rows]
-
     def readings(self, where: ReadingFilter) -> list[ReadingRow]:
         clauses: list[str] = []
         params: list[Any] = []

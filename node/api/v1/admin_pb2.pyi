@@ -75,7 +75,7 @@ class HubStatus(_message.Message):
     def __init__(self, hub_id: _Optional[str] = ..., municipality_number: _Optional[str] = ..., municipality_name: _Optional[str] = ..., identity_public_key: _Optional[str] = ..., tls_certificate_pem: _Optional[str] = ..., endpoint: _Optional[_Union[Endpoint, _Mapping]] = ..., sensors_active: _Optional[int] = ..., sensors_revoked: _Optional[int] = ..., counts: _Optional[_Iterable[_Union[MetricCount, _Mapping]]] = ..., rejections_by_reason: _Optional[_Mapping[str, int]] = ..., version: _Optional[str] = ..., started_at_ms: _Optional[int] = ..., sensors_network_decrypted: _Optional[int] = ...) -> None: ...
 
 class AddSensorRequest(_message.Message):
-    __slots__ = ("dataset", "metrics", "latitude", "longitude", "subject_id", "label", "lorawan_dev_eui", "lorawan_app_s_key", "confidentiality", "codec")
+    __slots__ = ("dataset", "metrics", "latitude", "longitude", "subject_id", "label", "lorawan_dev_eui", "lorawan_app_s_key", "confidentiality", "codec", "request_id")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     LATITUDE_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +86,7 @@ class AddSensorRequest(_message.Message):
     LORAWAN_APP_S_KEY_FIELD_NUMBER: _ClassVar[int]
     CONFIDENTIALITY_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     metrics: _containers.RepeatedScalarFieldContainer[str]
     latitude: float
@@ -96,7 +97,8 @@ class AddSensorRequest(_message.Message):
     lorawan_app_s_key: str
     confidentiality: str
     codec: str
-    def __init__(self, dataset: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., latitude: _Optional[float] = ..., longitude: _Optional[float] = ..., subject_id: _Optional[str] = ..., label: _Optional[str] = ..., lorawan_dev_eui: _Optional[str] = ..., lorawan_app_s_key: _Optional[str] = ..., confidentiality: _Optional[str] = ..., codec: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, dataset: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., latitude: _Optional[float] = ..., longitude: _Optional[float] = ..., subject_id: _Optional[str] = ..., label: _Optional[str] = ..., lorawan_dev_eui: _Optional[str] = ..., lorawan_app_s_key: _Optional[str] = ..., confidentiality: _Optional[str] = ..., codec: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Sensor(_message.Message):
     __slots__ = ("sensor_id", "dataset", "metrics", "latitude", "longitude", "subject_id", "label", "enrolled_at_ms", "revoked_at_ms", "last_counter", "last_seen_ms", "frames_accepted", "frames_rejected", "readings", "confidentiality", "lorawan_dev_eui")

@@ -19,6 +19,7 @@ from node.app.sensor_client import CredentialError
 from node.hubdir import HubDirError
 from node.identity import IdentityError
 from node.register import UnknownMunicipality
+from node.storage.base import StorageError
 
 # Markup is off: labels, terms and messages come from other people and are printed as written
 # (a "[/]" in a sensor's label must neither crash the CLI nor restyle what an admin reads).
@@ -50,7 +51,8 @@ def user_errors() -> Iterator[None]:
         yield
     except grpc.RpcError as exc:
         raise fail(f"the hub answered {exc.code().name}: {exc.details()}") from None
-    except (HubDirError, keystore.KeystoreError, IdentityError, UnknownMunicipality, CredentialError, FileExistsError) as exc:
+    except (HubDirError, keystore.KeystoreError, IdentityError, UnknownMunicipality, CredentialError, FileExistsError,
+            StorageError) as exc:
         raise fail(str(exc)) from None
     except OSError as exc:
         raise fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None

@@ -53,6 +53,8 @@ def add(
     ] = None,
     confidentiality: Annotated[str, typer.Option(help="LoRaWAN: end-to-end (the hub decrypts) or network-decrypted.")] = "end-to-end",
     codec: Annotated[str, typer.Option(help="LoRaWAN: payload codec from networks.toml (json, or one you define).")] = "",
+    request_id: Annotated[str, typer.Option(
+        help="Makes a retry safe: the same command with the same id returns the same sensor and credential.")] = "",
     json_output: JsonFlag = False,
 ) -> None:
     """Enrol a sensor with its own 256-bit key and write its credential file (for a LoRaWAN
@@ -69,6 +71,7 @@ def add(
             admin_pb2.AddSensorRequest(
                 dataset=dataset, metrics=metrics.split(","), latitude=lat, longitude=lon, subject_id=subject, label=label,
                 lorawan_dev_eui=lorawan_dev_eui, lorawan_app_s_key=app_s_key, confidentiality=confidentiality, codec=codec,
+                request_id=request_id,
             ),
         )
         write_private_file(out, response.credential_json)

@@ -13,12 +13,13 @@ from federation.query_service import QueryService
 from federation.query_spec import label
 from federation.service import Federation
 from federation.terms import bucket_allowed
-from node import admin, register
+from node import admin, catalog, register
 from node.api.v1 import query_pb2
 from node.clock import utc_day
 
 CHART_CACHE_SECONDS = 3600  # each refresh is a real query, counted against peers' quotas
 CHART_PURPOSE = "environmental_monitoring"
+PUBLIC_COORDINATE_DECIMALS = 2
 CROSS_BORDER_ACTIONS = ("query.partial", "query.run", "agreement.exchange", "agreement.propose", "agreement.accept",
                         "agreement.revoke", "peer.add", "peer.remove", "partner.add", "/smartregion.v1.Federation/ExchangeAgreements",
                         "/smartregion.v1.Query/Run", "/smartregion.v1.Query/Partial", "auth.refused")
@@ -49,14 +50,25 @@ class DashboardData:
             "identity_public_key": hub.identity.public_key_raw.hex(),
         }
 
-    async def sensors(self) -> list[dict]:
+    async def sensors(self, public: bool = False) -> list[dict]:
+        """Every sensor. For the public (read-only dashboard without login) a sensor of a
+        personal dataset or with a data subject (a household meter) shows no label and its
+        position only to PUBLIC_COORDINATE_DECIMALS decimals (about 1 km), not its address."""
         rows = await admin.list_sensors(self.hub, include_revoked=True)
         devices = await admin.lorawan_devices(self.hub)  # LoRaWAN devices; every other sensor seals its frames
-        return [{"sensor_id": s.sensor_id, "label": s.label, "dataset": s.dataset, "metrics": s.metrics,
-                 "confidentiality": devices[s.sensor_id].confidentiality if s.sensor_id in devices else "end-to-end",
-                 "lorawan_dev_eui": devices[s.sensor_id].dev_eui if s.sensor_id in devices else "",
-                 "readings": s.readings, "last_seen_ms": s.last_seen_ms, "frames_rejected": s.frames_rejected,
-                 "active": s.active, "latitude": s.latitude, "longitude": s.longitude} for s in rows]
+        out = []
+        for s in rows:
+            personal = bool(s.subject_id) or self.hub.catalog.dataset(s.dataset).classification == catalog.Classification.PERSONAL
+            hide = public and personal
+            device = devices.get(s.sensor_id)
+            out.append({"sensor_id": s.sensor_id, "label": "" if hide else s.label, "dataset": s.dataset, "metrics": s.metrics,
+                        "confidentiality": device.confidentiality if device else "end-to-end",
+                        "lorawan_dev_eui": "" if hide or device is None else device.dev_eui,
+                        "readings": s.readings, "last_seen_ms": s.last_seen_ms, "frames_rejected": s.frames_rejected,
+                        "active": s.active, "personal": personal,
+                        "latitude": round(s.latitude, PUBLIC_COORDINATE_DECIMALS) if hide else s.latitude,
+                        "longitude": round(s.longitude, PUBLIC_COORDINATE_DECIMALS) if hide else s.longitude})
+        return out
 
     async def peers(self) -> list[dict]:
         return [{"hub_id": p.hub_id, "municipality": p.municipality, "municipality_name": register.lookup(p.municipality).name,

@@ -30,8 +30,9 @@ class Dashboard:
         self._sessions: dict[str, tuple[float, str]] = {}
 
     def _session_ok(self, request: web.Request) -> bool:
-        if self.read_only:
-            return True
+        return self.read_only or self._logged_in(request)
+
+    def _logged_in(self, request: web.Request) -> bool:
         session = request.cookies.get(SESSION_COOKIE, "")
         found = self._sessions.get(hashlib.sha256(session.encode()).hexdigest()) if session else None
         return found is not None and found[0] > self._clock.monotonic() and secrets.compare_digest(found[1], self._expected())
@@ -59,10 +60,13 @@ class Dashboard:
         response.del_cookie(SESSION_COOKIE, path="/")
         return response
 
-    def api(self, gather):
+    def api(self, gather, public_view=None):
+        """`public_view`, if given, is what an anonymous visitor of a read-only dashboard gets."""
         async def handler(request: web.Request) -> web.Response:
             if not self._session_ok(request):
                 return web.json_response({"error": "unauthenticated", "message": "log in with the admin credential"}, status=401)
+            if public_view is not None and not self._logged_in(request):
+                return web.json_response(await public_view())
             return web.json_response(await gather())
         return handler
 
@@ -86,6 +90,7 @@ class Dashboard:
         app.router.add_get("/api/session", self.session)
         app.router.add_post("/api/login", self.login)
         app.router.add_post("/api/logout", self.logout)
-        for path, gather in (("overview", d.overview), ("sensors", d.sensors), ("peers", d.peers), ("agreements", d.agreements),
+        for path, gather in (("overview", d.overview), ("peers", d.peers), ("agreements", d.agreements),
                              ("audit", d.audit), ("chart", d.regional_chart), ("map", d.map)):
             app.router.add_get(f"/api/{path}", self.api(gather))
+        app.router.add_get("/api/sensors", self.api(d.sensors, public_view=lambda: d.sensors(public=True)))

@@ -84,7 +84,7 @@ class AdminServicer(FederationAdmin, QueryAdmin, AuditAdmin, LifecycleAdmin, adm
                                              request.codec or "json")
         elif request.lorawan_app_s_key or request.codec or request.confidentiality not in ("", "end-to-end"):
             raise Rejected(Reason.INVALID_REQUEST, "an AppSKey, codec or network-decrypted confidentiality needs a LoRaWAN DevEUI")
-        record, credential = await admin.add_sensor(self.hub, enrolment, lorawan)
+        record, credential = await admin.add_sensor(self.hub, enrolment, lorawan, request.request_id)
         devices = await admin.lorawan_devices(self.hub)
         return admin_pb2.AddSensorResponse(sensor=sensor_message(record, devices.get(record.sensor_id)), credential_json=credential)
 

@@ -9,7 +9,8 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
-from node.errors import Rejected
+from node.errors import Reason, Rejected
+from node.storage.base import StorageFull
 
 log = logging.getLogger("smartregion.grpc")
 Method = TypeVar("Method", bound=Callable[..., Any])
@@ -34,5 +35,8 @@ def translate_rejections(method: Method) -> Method:
         except Rejected as rejected:
             log.info("rejected", extra={"method": method.__name__, "reason": rejected.reason.label, "detail": rejected.message})
             await abort(context, rejected)
+        except StorageFull as full:  # an admin or federation write on a full disk
+            log.warning("storage full", extra={"method": method.__name__, "detail": str(full)})
+            await abort(context, Rejected(Reason.STORAGE_FULL, f"{full}; nothing was stored, retry later"))
 
     return cast(Method, wrapper)

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from node.api.v1 import ingest_pb2, ingest_pb2_grpc
+from node.app import grpc_limits
 from node.app.servicers.common import translate_rejections
+from node.errors import Reason, Rejected
 from node.hub import Hub
 from node.ingest import Receipt
 
@@ -26,7 +30,19 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
     @translate_rejections
     async def StreamFrames(self, request_iterator, context: grpc.aio.ServicerContext):
         session = self.hub.ingest.stream()
-        async for sealed in request_iterator:
+        frames_in = aiter(request_iterator)
+        idle = grpc_limits.STREAM_IDLE_SECONDS
+        while True:
+            try:
+                async with asyncio.timeout(idle):
+                    sealed = await anext(frames_in)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                refused = await self.hub.ingest.reject(Reason.TIMED_OUT, f"no frame arrived for {idle:g} s")
+                raise await session.end_with(refused) from None
+            except Rejected as refused:  # an oversized or undecodable message (grpc_limits)
+                raise await session.end_with(refused) from None
             await session.add(sealed.frame)
         await session.flush()
         return ingest_pb2.StreamFramesResponse(
