@@ -21,6 +21,8 @@ from tests.ingest_helpers import (
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
+NOW = 1_700_000_000.0  # the decoders take "now" from the hub's clock; these packs have absolute times
+
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def live_hub(module_hub):
@@ -80,8 +82,8 @@ async def test_half_milliseconds_round_half_up_in_both_decoders():
     typed = senml_json([{"bt": 1546300800.0625, "n": "pm25", "v": 1.0}])
     general = senml_json([{"bt": 1546300800.0625, "bu": "ug/m3", "n": "pm25", "v": 1.0}, {"n": "pm25", "v": 2.0, "t": 0.001}])
     assert senml._decode_typed(typed, metrics) == [("pm25", 1546300800063, 1.0)]
-    assert senml._decode_rows_json(typed, metrics) == [("pm25", 1546300800063, 1.0)]
-    assert [ms for _, ms, _ in senml.decode_rows(general, metrics)] == [1546300800063, 1546300800064]
+    assert senml._decode_rows_json(typed, metrics, NOW) == [("pm25", 1546300800063, 1.0)]
+    assert [ms for _, ms, _ in senml.decode_rows(general, metrics, NOW)] == [1546300800063, 1546300800064]
     assert senml.time_ms(2.0025) == 2003 and senml.time_ms(0.0015) == 2  # as computed in binary64
 
 
