@@ -588,13 +588,14 @@ def direct(values: list[float], aggregate: str, q: float) -> float:
 @settings(max_examples=200, deadline=None)
 @given(readings_lists, st.sampled_from(AGGREGATES), st.sampled_from(GROUPS), st.integers(1, 4), st.floats(0.01, 0.99))
 def test_merged_partials_equal_the_aggregate_of_all_readings(readings, aggregate, group_by, k, q):
+    assume(not (aggregate == "quantile" and group_by == "region"))  # not released region-wide (issue 9)
     spec = query_pb2.QuerySpec(aggregate=aggregate, quantile=q, group_by=group_by, bucket="day", start_ms=T0)
     built = []
     for hub in sorted({r.hub for r in readings}):
         mine = [r for r in readings if r.hub == hub]
         group = MUNICIPALITIES[hub] if group_by == "municipality" else "region"
         built.append(partials.build(b"d" * 32, f"hub{hub}", MUNICIPALITIES[hub], "", k, group,
-                                    cell_rows(mine, aggregate == "quantile"), 0, aggregate))
+                                    cell_rows(mine, aggregate == "quantile"), 0, aggregate, quantile=q))
     rows = partials.merge(built, spec)
 
     def group_of(r: R) -> str:

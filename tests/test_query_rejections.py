@@ -39,6 +39,7 @@ from query_helpers import (
     deliver,
     eventually,
     ms,
+    open_partial,
     refused,
     relay,
     signed,
@@ -317,7 +318,7 @@ async def test_a_relayed_query_is_answered_once(region):
     a, b = region.a, region.b
     original = asked(a.key, a.id, a, spec(hub_ids=[b.id]))
     first = await b.query.Partial(relay(a, b, original), timeout=10)
-    assert query_pb2.PartialResult.FromString(first.partial).agreement_id == region.agreements["main"]
+    assert open_partial(first, b.id, original).agreement_id == region.agreements["main"]
     seq = await b.audit_seq()
     await refused(lambda: b.query.Partial(relay(a, b, original), timeout=10), EXISTS,
                   "this query was already answered (replayed)")

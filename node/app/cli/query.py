@@ -13,10 +13,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from federation import answers, envelope, partners
+from federation import answers, partners
 from federation.peers import PeerError
-from federation.query_service import RUN_METHOD
-from node.api.v1 import query_pb2, query_service_pb2_grpc
+from federation.query import asker
+from node.api.v1 import query_pb2
 from node.app.cli.common import console, err_console, fail, passphrase, user_errors
 from node.client import AdminClient
 
@@ -39,9 +39,10 @@ async def _run_as_partner(key_file: Path, hub: str, hub_id: str, spec: query_pb2
     except partners.PartnerKeyError as exc:
         raise fail(str(exc)) from None
     async with PartnerSession(key, hub, hub_id) as session:
-        signed = envelope.make(key.key, key.partner_id, hub_id, RUN_METHOD, query=spec)
-        timeout = (spec.deadline_ms or 10_000) / 1000 + 5
-        return await query_service_pb2_grpc.QueryStub(session.channel).Run(signed, timeout=timeout)
+        try:
+            return await asker.ask(session.channel, key.key, key.partner_id, hub_id, spec)
+        except asker.AnswerRefused as exc:
+            raise fail(f"the answer does not verify, nothing of it is shown: {exc}") from None
 
 
 def print_answer(answer) -> None:
@@ -121,13 +122,24 @@ def run(
 
 
 @app.command("verify")
-def verify(file: Annotated[Path, typer.Argument(help="An answer saved with `query run --output json`.", exists=True, dir_okay=False)]) -> None:
-    """Verify an answer offline: which hub signed which partial, and that the rows follow from them."""
+def verify(
+    file: Annotated[Path, typer.Argument(help="An answer saved with `query run --output json`.", exists=True, dir_okay=False)],
+) -> None:
+    """Verify an answer offline and print what was signed: the query, each hub's status, the rows."""
     try:
         verified = answers.verify(file.read_bytes())
     except answers.AnswerError as exc:
         raise fail(f"{file} does NOT verify: {exc}") from None
-    for p in verified.answer.provenance:
-        mark = "signature verified ✓" if p.hub_id in verified.verified_hubs else f"{p.status}: {p.reason}"
-        console.print(f"hub {p.hub_id} ({p.municipality}): {mark}")
-    console.print(f"{file} verifies: {len(verified.answer.rows)} rows follow from {len(verified.verified_hubs)} signed partial results")
+    answer = verified.answer
+    console.print(f"query signed by {answers.readable(answer)['asked_by']}:")
+    for key, value in verified.query.items():
+        if key != "answer_key":
+            console.print(f"  {key}: {value}")
+    console.print(f"statuses signed by entry hub {answer.answered_by}:")
+    for p in answer.provenance:
+        mark = "partial signature verified ✓" if p.hub_id in verified.verified_hubs else f"{p.status}: {p.reason}"
+        console.print(f"  hub {p.hub_id} ({p.municipality}) {p.status} under {p.agreement_id or '-'}: {mark}")
+    if answer.partial:
+        console.print(f"  PARTIAL: no data from {', '.join(answer.missing_hubs)}")
+    console.print(f"unsigned (measured by the entry hub): latency_ms {verified.unsigned['latency_ms']}")
+    console.print(f"{file} verifies: {len(answer.rows)} rows follow from {len(verified.verified_hubs)} signed partial results")

@@ -1,9 +1,16 @@
-"""gRPC Query service: translation only; federation/query_service.py decides."""
+"""gRPC Query service: translation only; federation/query/ decides.
+
+Every call is authenticated here before the domain sees it (federation.auth.Authenticated);
+the health branch replaces this with the one shared authentication wrapper."""
 
 from __future__ import annotations
 
-from federation.query_service import QueryService
-from node.api.v1 import query_service_pb2_grpc
+import grpc
+
+from federation.auth import Authenticated
+from federation.query.fanout import QueryService
+from federation.query.provider import PARTIAL_METHOD, RUN_METHOD
+from node.api.v1 import envelope_pb2, query_service_pb2, query_service_pb2_grpc
 from node.app.servicers.common import translate_rejections
 
 
@@ -11,10 +18,14 @@ class QueryServicer(query_service_pb2_grpc.QueryServicer):
     def __init__(self, queries: QueryService) -> None:
         self.queries = queries
 
-    @translate_rejections
-    async def Run(self, request, context):
-        return await self.queries.run(request)
+    async def _authenticated(self, signed: envelope_pb2.SignedRequest, method: str) -> Authenticated:
+        caller, request = await self.queries.federation.authenticate(signed, method)
+        return Authenticated(caller, request, signed)
 
     @translate_rejections
-    async def Partial(self, request, context):
-        return await self.queries.partial(request)
+    async def Run(self, request: envelope_pb2.SignedRequest, context: grpc.aio.ServicerContext) -> query_service_pb2.QueryAnswer:
+        return await self.queries.run(await self._authenticated(request, RUN_METHOD))
+
+    @translate_rejections
+    async def Partial(self, request: envelope_pb2.SignedRequest, context: grpc.aio.ServicerContext) -> query_service_pb2.SealedPartial:
+        return await self.queries.partial(await self._authenticated(request, PARTIAL_METHOD))
