@@ -78,11 +78,12 @@ async def region(tmp_path_factory):
     try:
         soon = dt.datetime.now(UTC) + dt.timedelta(seconds=EXPIRES_IN_S)
         agreements = {"expired": await agree(b, a, terms_toml(
-            until=soon, datasets=["electricity"], metrics=["energy"], consent_required=True))}
+            until=soon, datasets=["electricity"], metrics=["energy"], consent_required=True, dp_epsilon=1.0,
+            dp_max_contributions=24))}
         agreements["main"] = await agree(b, a, terms_toml(group_by=["time_bucket"]))
         agreements["quota"] = await agree(b, a, terms_toml(datasets=["traffic"], metrics=["vehicles"], queries_per_day=2))
         agreements["revoked"] = await agree(b, a, terms_toml(datasets=["water_consumption"], metrics=["water_volume"],
-                                                              consent_required=True))
+                                                              consent_required=True, dp_epsilon=1.0, dp_max_contributions=24))
         await b.admin("RevokeAgreement", admin_pb2.RevokeAgreementRequest(agreement_id=agreements["revoked"], reason="test: revoked"))
 
         partner = partners.PartnerKey(Ed25519PrivateKey.generate(), "Universitetet i Stavanger")

@@ -6,11 +6,13 @@ does not ask it, decides under its own agreement with the asker, spends quota an
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from dataclasses import dataclass, replace
 
 from federation import dp, envelope, partials, policy, sealing
 from federation.auth import Authenticated, Caller
+from federation.query import releases
 from federation.query_spec import bucket_start, check_shape, next_bucket
 from federation.service import Federation
 from federation.terms import BUCKETS
@@ -18,9 +20,10 @@ from node import catalog
 from node.api.v1 import envelope_pb2, query_pb2, query_service_pb2
 from node.clock import utc_day
 from node.errors import Reason, Rejected
-from node.storage.base import AggregateRequest
+from node.storage.base import AggregateRequest, CellRow, Store
 
 log = logging.getLogger("smartregion.query")
+ReleaseRow = tuple[str, str, str, int, int, int, bytes, bytes, int]
 RUN_METHOD = "/smartregion.v1.Query/Run"
 PARTIAL_METHOD = "/smartregion.v1.Query/Partial"
 
@@ -43,6 +46,10 @@ def check_answer_key(spec: query_pb2.QuerySpec) -> None:
     if len(spec.answer_key) != sealing.KEY_BYTES:
         raise Rejected(Reason.INVALID_REQUEST, "a query carries the asker's 32-byte X25519 answer key (answer_key): "
                                                "partial results are sealed to it and never sent in the clear")
+
+
+def _earlier(store: Store, cell: tuple[str, str, str, int, int]) -> list[tuple[bytes, bytes]]:
+    return store.earlier_releases(*cell)
 
 
 @dataclass(frozen=True)
@@ -143,21 +150,52 @@ class Provider:
         except dp.PrivacyError as exc:
             raise Rejected(Reason.INVALID_REQUEST, str(exc)) from None
 
-    async def _spend(self, grant: policy.Grant, epsilon: float) -> None:
-        """Count the query against the agreement's daily quota and privacy budget."""
+    async def _spend(self, grant: policy.Grant, epsilon: float) -> int:
+        """Charge the query: `epsilon` against the agreement's lifetime budget (integer
+        micro-epsilon), then one query against today's quota; all or nothing. Returns the
+        micro-epsilon charged, to refund if the query then fails."""
         limit = grant.queries_per_day
         if limit is None:
-            return
+            return 0
+        charged = dp.micro(epsilon)
+        budget = dp.micro(grant.dp_budget)
+        aid = grant.agreement_id
+        if charged and not await self.hub.storage.write(lambda s: s.spend_budget(aid, charged, budget)):
+            spent = await self.hub.storage.read(lambda s: s.budget_spent(aid))
+            raise Rejected(Reason.QUOTA_EXHAUSTED,
+                           f"agreement {aid}'s differential-privacy budget of {grant.dp_budget:g} (for its whole lifetime) "
+                           f"cannot pay for epsilon {epsilon:g}: {(budget - spent) / dp.MICRO:g} remains")
         day = utc_day(self.hub.clock.now_ms())
-        outcome = await self.hub.storage.write(
-            lambda s: s.use_quota(grant.agreement_id, day, limit, epsilon, grant.dp_budget))
-        if outcome == "quota":
-            raise Rejected(Reason.QUOTA_EXHAUSTED,
-                           f"agreement {grant.agreement_id} allows {grant.queries_per_day} queries a day; today's are used up")
-        if outcome == "budget":
-            raise Rejected(Reason.QUOTA_EXHAUSTED,
-                           f"agreement {grant.agreement_id}'s differential-privacy budget of {grant.dp_budget:g} a day "
-                           f"cannot pay for epsilon {epsilon:g} today")
+        if await self.hub.storage.write(lambda s: s.use_quota(aid, day, limit)) == "quota":
+            await self._refund(grant, charged)
+            raise Rejected(Reason.QUOTA_EXHAUSTED, f"agreement {aid} allows {limit} queries a day; today's are used up")
+        return charged
+
+    async def _refund(self, grant: policy.Grant, charged: int) -> None:
+        if charged:
+            await self.hub.storage.write(lambda s: s.refund_budget(grant.agreement_id, charged))
+
+    async def _released_before(self, grant: policy.Grant, spec: query_pb2.QuerySpec, request: AggregateRequest,
+                               cells: list[CellRow]) -> tuple[frozenset[int], list[ReleaseRow]]:
+        """Cells the release log withholds (they differ from an earlier release of the same cell
+        by fewer than the minimum group size of contributors), and the log rows of the others."""
+        if not grant.agreement_id:
+            return frozenset(), []
+        by_bucket = await self.hub.storage.read(lambda s: s.contributions(request))
+        withheld, rows = set(), []
+        now = self.hub.clock.now_ms()
+        for cell in cells:
+            start = cell.bucket_start_ms
+            end = spec.end_ms if spec.bucket == "window" else min(next_bucket(spec.bucket, start), spec.end_ms)
+            prints = releases.fingerprints(by_bucket.get(start, []))
+            extent = (grant.agreement_id, spec.dataset, spec.metric, start, end)
+            earlier = await self.hub.storage.read(functools.partial(_earlier, cell=extent))
+            if releases.differs_by_a_small_group(earlier, prints, grant.min_group_size):
+                withheld.add(start)
+            elif cell.contributors >= grant.min_group_size:
+                rows.append((grant.agreement_id, spec.dataset, spec.metric, start, end, cell.contributors,
+                             releases.digest(prints), prints, now))
+        return frozenset(withheld), rows
 
     async def compute(self, signed: envelope_pb2.SignedRequest, spec: query_pb2.QuerySpec, asker_id: str) -> Sealed:
         """This hub's partial answer, under its own agreement with the asker, sealed to the asker."""
@@ -172,27 +210,48 @@ class Provider:
             grant = policy.authorize(spec, asker_id, self.own_id, [(e, states[e.agreement_id]) for e in evidences])
             epsilon = (spec.epsilon or dp.default_epsilon(grant.dp_budget)) if grant.dp_budget else 0.0
             bounds = self._dp_bounds(spec) if epsilon else None
-            await self._spend(grant, epsilon)
+            charged = await self._spend(grant, epsilon)
         except Rejected as refusal:
             await self.federation.audit(asker_id, "query.partial", "", refusal.reason.label, f"{describe(spec)}: {refusal.message}")
             raise
+        try:
+            sealed, suppressed, cells = await self._release(signed, spec, grant, epsilon, bounds)
+        except BaseException:  # nothing was released: give the budget back (fail closed, not open)
+            await self._refund(grant, charged)
+            raise
+        await self.federation.audit(asker_id, "query.partial", grant.agreement_id, "ok",
+                                    f"{describe(spec)}: {cells} cells, {suppressed} suppressed"
+                                    + (f", epsilon {epsilon:g} spent" if epsilon else ""))
+        return Sealed(sealed, grant.agreement_id)
+
+    async def _release(self, signed: envelope_pb2.SignedRequest, spec: query_pb2.QuerySpec, grant: policy.Grant,
+                       epsilon: float, bounds: tuple[float, float] | None) -> tuple[bytes, int, int]:
         request = AggregateRequest(spec.dataset, spec.metric, spec.start_ms, spec.end_ms, spec.bucket,
-                                   grant.consent_purpose, with_sketch=spec.aggregate == "quantile", clamp=bounds)
+                                   grant.consent_purpose, with_sketch=spec.aggregate == "quantile", clamp=bounds,
+                                   max_contributions=grant.dp_max_contributions if epsilon else None)
         cells = await self.hub.storage.read(lambda s: s.aggregate(request))
+        log_rows: list[ReleaseRow] = []
+        min_group_size = grant.min_group_size
         if epsilon and bounds:
-            # Every bucket of the window is released (an absent one would tell it is empty), and
-            # none is withheld on exact counts: the noise protects them instead (querying.md 3.7).
-            cells, withheld = dp.noisy_cells(dp.every_bucket(cells, spec), spec.aggregate, epsilon, bounds), frozenset()
-            grant = replace(grant, min_group_size=0)
+            # Every bucket of the window is released (an absent one would tell it is empty) unless
+            # its NOISY contributor count is below the group size; never decided on exact counts.
+            noised = dp.noisy_cells(dp.every_bucket(cells, spec), spec.aggregate, epsilon, bounds,
+                                    grant.dp_max_contributions, grant.min_group_size)
+            cells, withheld, min_group_size = noised.cells, noised.withheld, 0
         else:
             withheld = await self._cells_hiding_small_subcells(request, grant)
+            again, log_rows = await self._released_before(grant, spec, request, cells)
+            withheld |= again
+            log_rows = [r for r in log_rows if r[3] not in withheld]
         group = self.hub.config.municipality if spec.group_by == "municipality" else "region"
         digest = partials.query_digest(signed.payload)
-        result = partials.build(digest, self.own_id, self.hub.config.municipality,
-                                grant.agreement_id, grant.min_group_size, group, cells, self.hub.clock.now_ms(), spec.aggregate,
-                                withheld, noisy=bool(epsilon), quantile=spec.quantile)
-        suppressed = sum(1 for c in result.cells if c.suppressed)
-        await self.federation.audit(asker_id, "query.partial", grant.agreement_id, "ok",
-                                    f"{describe(spec)}: {len(result.cells)} cells, {suppressed} suppressed")
+        result = partials.build(digest, self.own_id, self.hub.config.municipality, grant.agreement_id, min_group_size, group,
+                                cells, self.hub.clock.now_ms(), spec.aggregate, withheld, noisy=bool(epsilon), quantile=spec.quantile)
+        if epsilon:
+            result.dp_budget_micro = dp.micro(grant.dp_budget)
+            result.dp_spent_micro = await self.hub.storage.read(lambda s: s.budget_spent(grant.agreement_id))
         signed_partial = partials.sign_partial(self.hub.identity, result).SerializeToString()
-        return Sealed(sealing.seal(signed_partial, spec.answer_key, digest, self.own_id), grant.agreement_id)
+        sealed = sealing.seal(signed_partial, spec.answer_key, digest, self.own_id)
+        if log_rows:
+            await self.hub.storage.write(lambda s: s.log_releases(log_rows))
+        return sealed, sum(1 for c in result.cells if c.suppressed), len(result.cells)

@@ -93,7 +93,7 @@ class QuantileSketch(_message.Message):
     def __init__(self, alpha: _Optional[float] = ..., positive: _Optional[_Mapping[int, int]] = ..., negative: _Optional[_Mapping[int, int]] = ..., zeros: _Optional[int] = ...) -> None: ...
 
 class PartialResult(_message.Message):
-    __slots__ = ("query_digest", "provider_hub_id", "municipality", "agreement_id", "computed_at_ms", "min_group_size", "cells")
+    __slots__ = ("query_digest", "provider_hub_id", "municipality", "agreement_id", "computed_at_ms", "min_group_size", "cells", "dp_budget_micro", "dp_spent_micro")
     QUERY_DIGEST_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_HUB_ID_FIELD_NUMBER: _ClassVar[int]
     MUNICIPALITY_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +101,8 @@ class PartialResult(_message.Message):
     COMPUTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     MIN_GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
     CELLS_FIELD_NUMBER: _ClassVar[int]
+    DP_BUDGET_MICRO_FIELD_NUMBER: _ClassVar[int]
+    DP_SPENT_MICRO_FIELD_NUMBER: _ClassVar[int]
     query_digest: bytes
     provider_hub_id: str
     municipality: str
@@ -108,7 +110,9 @@ class PartialResult(_message.Message):
     computed_at_ms: int
     min_group_size: int
     cells: _containers.RepeatedCompositeFieldContainer[Cell]
-    def __init__(self, query_digest: _Optional[bytes] = ..., provider_hub_id: _Optional[str] = ..., municipality: _Optional[str] = ..., agreement_id: _Optional[str] = ..., computed_at_ms: _Optional[int] = ..., min_group_size: _Optional[int] = ..., cells: _Optional[_Iterable[_Union[Cell, _Mapping]]] = ...) -> None: ...
+    dp_budget_micro: int
+    dp_spent_micro: int
+    def __init__(self, query_digest: _Optional[bytes] = ..., provider_hub_id: _Optional[str] = ..., municipality: _Optional[str] = ..., agreement_id: _Optional[str] = ..., computed_at_ms: _Optional[int] = ..., min_group_size: _Optional[int] = ..., cells: _Optional[_Iterable[_Union[Cell, _Mapping]]] = ..., dp_budget_micro: _Optional[int] = ..., dp_spent_micro: _Optional[int] = ...) -> None: ...
 
 class SignedPartial(_message.Message):
     __slots__ = ("partial", "signature", "provider_public_key")
