@@ -214,9 +214,9 @@ def spec(**fields) -> query_pb2.QuerySpec:
 ANSWER_KEY = sealing.new_answer_key()  # the asker's answer key of every query made with spec()
 
 
-def opened(answer):
+def opened(answer, asker_public_key: bytes):
     """A Query.Run answer as the asker sees it: sealed partials opened and verified, rows merged."""
-    return asker.open_answer(answer, ANSWER_KEY)
+    return asker.open_answer(answer, ANSWER_KEY, asker_public_key)
 
 
 def open_partial(sealed_partial, provider_id: str, original) -> query_pb2.PartialResult:

@@ -268,7 +268,7 @@ async def ask(world: World, q: query_pb2.QuerySpec, as_partner: bool = False) ->
     safety, then for exactness."""
     if as_partner:
         p = world.partner
-        answer = opened(await world.b.query.Run(asked(p.key, p.partner_id, world.b, q), timeout=10))
+        answer = opened(await world.b.query.Run(asked(p.key, p.partner_id, world.b, q), timeout=10), p.public_key)
     else:
         answer = await world.a.run_query(q)
     assert_safe(world, q, answer)

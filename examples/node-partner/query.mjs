@@ -88,7 +88,7 @@ try {
   client = await connectPinned(contract, options.hub, hubId);
   const signed = signQuery(contract, key, hubId, spec);
   const answer = await runQuery(client, signed, deadlineMs);
-  const verified = openAnswer(contract, answer, signed.payload, hubId, answerKey, spec);
+  const verified = openAnswer(contract, answer, signed.payload, hubId, answerKey, spec, key.publicKey);
   if (options.save) fs.writeFileSync(options.save, answerFile(contract, answer));
   const out = {
     rows: readableRows(answer),

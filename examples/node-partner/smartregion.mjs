@@ -373,13 +373,14 @@ export function hpkeOpen(sealed, answerKey, info) {
 /** Check an answer before using it: it answers the query you signed, the hub you asked signed
  * what every hub answered; open every sealed partial, check each provider's signature, and
  * merge. Throws on any mismatch; returns { rows, verified } and fills each provenance's partial. */
-export function openAnswer(contract, answer, sentPayload, entryHubId, answerKey, spec) {
+export function openAnswer(contract, answer, sentPayload, entryHubId, answerKey, spec, askerPublicKey) {
   const echoed = Buffer.from(answer.query?.payload ?? []);
   if (!echoed.equals(sentPayload)) throw new SmartregionError('the hub answered a different query than the one signed');
   const digest = sha256(echoed);
   verifySummary(contract, answer, digest, entryHubId);
   const partials = openPartials(contract, answer, digest, answerKey, spec);
   answer.rows = mergePartials(partials, spec);
+  answer.asker_public_key = askerPublicKey; // so the answer file's query signature checks offline
   return answer.provenance.filter((p) => p.status === 'answered').map((p) => p.hub_id);
 }
 

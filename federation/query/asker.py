@@ -5,6 +5,7 @@ The Python CLI, a hub asking for itself, and `query verify` (on opened partials)
 from __future__ import annotations
 
 import grpc
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from google.protobuf.message import DecodeError
@@ -12,6 +13,7 @@ from google.protobuf.message import DecodeError
 from federation import envelope, partials, sealing
 from federation.query_spec import DEFAULT_DEADLINE_MS
 from node.api.v1 import query_pb2, query_service_pb2, query_service_pb2_grpc
+from node.signing import Domain, hub_id_from_public_key, partner_id_from_public_key, verify
 
 RUN_METHOD = "/smartregion.v1.Query/Run"
 
@@ -32,12 +34,26 @@ def _checked(p: query_pb2.Provenance, spec: query_pb2.QuerySpec, digest: bytes) 
     return result
 
 
+def _check_asker_signature(answer: query_service_pb2.QueryAnswer) -> None:
+    """The query is exactly what its asker signed: the key carried derives the caller id."""
+    request = envelope.parse(answer.query)
+    key = answer.asker_public_key
+    derived = set()
+    if len(key) == 32:
+        derived = {hub_id_from_public_key(key), partner_id_from_public_key(key)}
+    if request.caller_id not in derived:
+        raise AnswerRefused(f"the answer does not carry the key of its asker {request.caller_id}")
+    if not verify(key, Domain.REQUEST, answer.query.payload, answer.query.signature):
+        raise AnswerRefused(f"the asker {request.caller_id}'s signature over the query does not verify")
+
+
 def merge_opened(answer: query_service_pb2.QueryAnswer) -> list[query_pb2.Row]:
     """Verify the entry hub's signature and every opened partial, and merge them again."""
     try:
         spec = envelope.parse(answer.query).query
     except envelope.EnvelopeError as exc:
         raise AnswerRefused(str(exc)) from None
+    _check_asker_signature(answer)
     digest = partials.query_digest(answer.query.payload)
     hub_ids = [p.hub_id for p in answer.provenance]
     if len(hub_ids) != len(set(hub_ids)):
@@ -58,10 +74,12 @@ def merge_opened(answer: query_service_pb2.QueryAnswer) -> list[query_pb2.Row]:
         raise AnswerRefused(str(exc)) from None
 
 
-def open_answer(answer: query_service_pb2.QueryAnswer, key: X25519PrivateKey) -> query_service_pb2.QueryAnswer:
+def open_answer(answer: query_service_pb2.QueryAnswer, key: X25519PrivateKey,
+                asker_public_key: bytes) -> query_service_pb2.QueryAnswer:
     """The answer with every sealed partial opened (Provenance.partial) and the rows merged."""
     opened = query_service_pb2.QueryAnswer()
     opened.CopyFrom(answer)
+    opened.asker_public_key = asker_public_key
     digest = partials.query_digest(answer.query.payload)
     for p in opened.provenance:
         p.ClearField("partial")
@@ -89,4 +107,5 @@ async def ask(channel: grpc.aio.Channel, signing_key: Ed25519PrivateKey, caller_
     timeout = (spec.deadline_ms or DEFAULT_DEADLINE_MS) / 1000 + 5
     stub = query_service_pb2_grpc.QueryStub(channel)  # type: ignore[no-untyped-call]
     sealed: query_service_pb2.QueryAnswer = await stub.Run(signed, timeout=timeout)
-    return open_answer(sealed, answer_key)
+    public = signing_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return open_answer(sealed, answer_key, public)
