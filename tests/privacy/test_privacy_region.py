@@ -85,7 +85,7 @@ async def _queries_used(node: Node, agreement_id: str) -> int:
 
 
 async def test_a_relayed_query_that_did_not_ask_the_provider_is_refused_and_charges_nothing(region):
-    a, b, c, partner, agreements = region
+    a, b, _c, partner, agreements = region
     for filters in (dict(hub_ids=[a.id]), dict(municipalities=["1103"])):
         original = asked(partner.key, partner.partner_id, a, _query(**filters))
         used = await _queries_used(b, agreements[b.id])
@@ -97,7 +97,7 @@ async def test_a_relayed_query_that_did_not_ask_the_provider_is_refused_and_char
 
 
 async def test_the_entry_hub_relays_ciphertext_it_cannot_open(region):
-    a, b, c, partner, agreements = region
+    a, b, _c, partner, _agreements = region
     query = _query(hub_ids=[b.id], group_by="municipality")
     original = asked(partner.key, partner.partner_id, a, query)
     sealed = await b.query.Partial(relay(a, b, original), timeout=10)
@@ -111,7 +111,7 @@ async def test_the_entry_hub_relays_ciphertext_it_cannot_open(region):
 
 
 async def test_a_daily_quantile_of_a_one_station_municipality_releases_one_value_not_its_readings(region):
-    a, b, c, partner, agreements = region
+    a, b, _c, partner, _agreements = region
     async with PartnerSession(partner, a.address, a.id) as s:
         answer = await asker.ask(s.channel, partner.key, partner.partner_id, a.id,
                                  _query(aggregate="quantile", quantile=0.5, group_by="municipality", hub_ids=[b.id]))
@@ -126,7 +126,7 @@ async def test_a_daily_quantile_of_a_one_station_municipality_releases_one_value
 
 
 async def test_every_one_byte_edit_of_an_answer_file_fails_verification_or_is_reported_unsigned(region):
-    a, b, c, partner, agreements = region
+    a, _b, _c, partner, _agreements = region
     async with PartnerSession(partner, a.address, a.id) as s:
         answer = await asker.ask(s.channel, partner.key, partner.partner_id, a.id, _query(group_by="municipality"))
     assert [p.status for p in answer.provenance] == ["answered"] * 3
