@@ -17,7 +17,7 @@ from federation.query_spec import bucket_start, check_shape, next_bucket
 from federation.service import Federation
 from federation.terms import BUCKETS
 from node import catalog
-from node.api.v1 import envelope_pb2, query_pb2, query_service_pb2
+from node.api.v1 import admin_pb2, envelope_pb2, query_pb2, query_service_pb2
 from node.clock import utc_day
 from node.errors import Reason, Rejected
 from node.storage.base import AggregateRequest, CellRow, Store
@@ -122,6 +122,17 @@ class Provider:
             await self.federation.audit(asker.id, "query.partial", "", "replayed", f"relayed by {relay.id}: a query nonce was used again")
             raise Rejected(Reason.ALREADY_EXISTS, "this query was already answered (replayed)")
         return asker
+
+    async def budget(self, agreement_id: str) -> admin_pb2.AgreementBudget:
+        """The agreement's lifetime privacy budget, and what this hub (if it provides) has spent."""
+        evidence = await self.federation.ledger.require(agreement_id)
+        t = evidence.terms
+        budget = dp.micro(t.dp_epsilon)
+        providing = t.provider.id == self.own_id
+        spent = await self.hub.storage.read(lambda s: s.budget_spent(t.agreement_id)) if providing else 0
+        return admin_pb2.AgreementBudget(agreement_id=t.agreement_id, budget_micro=budget, spent_micro=spent,
+                                         remaining_micro=max(0, budget - spent), role="provider" if providing else "consumer",
+                                         max_contributions=t.dp_max_contributions)
 
     # -- deciding and computing ---------------------------------------------------------------
     async def _cells_hiding_small_subcells(self, request: AggregateRequest, grant: policy.Grant) -> frozenset[int]:
