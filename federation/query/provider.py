@@ -6,7 +6,6 @@ does not ask it, decides under its own agreement with the asker, spends quota an
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import logging
 from dataclasses import dataclass, replace
 
@@ -20,7 +19,7 @@ from node import catalog
 from node.api.v1 import admin_pb2, envelope_pb2, query_pb2, query_service_pb2
 from node.clock import utc_day
 from node.errors import Reason, Rejected
-from node.storage.base import AggregateRequest, CellRow, Store
+from node.storage.base import AggregateRequest, CellRow
 
 log = logging.getLogger("smartregion.query")
 ReleaseRow = tuple[str, str, str, int, int, int, bytes, bytes, int]
@@ -46,10 +45,6 @@ def check_answer_key(spec: query_pb2.QuerySpec) -> None:
     if len(spec.answer_key) != sealing.KEY_BYTES:
         raise Rejected(Reason.INVALID_REQUEST, "a query carries the asker's 32-byte X25519 answer key (answer_key): "
                                                "partial results are sealed to it and never sent in the clear")
-
-
-def _earlier(store: Store, cell: tuple[str, str, str, int, int]) -> list[tuple[bytes, bytes]]:
-    return store.earlier_releases(*cell)
 
 
 @dataclass(frozen=True)
@@ -193,15 +188,15 @@ class Provider:
         if not grant.agreement_id:
             return frozenset(), []
         by_bucket = await self.hub.storage.read(lambda s: s.contributions(request))
+        earlier = await self.hub.storage.read(
+            lambda s: s.earlier_releases(grant.agreement_id, spec.dataset, spec.metric, spec.start_ms, spec.end_ms))
         withheld, rows = set(), []
         now = self.hub.clock.now_ms()
         for cell in cells:
             start = cell.bucket_start_ms
             end = spec.end_ms if spec.bucket == "window" else min(next_bucket(spec.bucket, start), spec.end_ms)
             prints = releases.fingerprints(by_bucket.get(start, []))
-            extent = (grant.agreement_id, spec.dataset, spec.metric, start, end)
-            earlier = await self.hub.storage.read(functools.partial(_earlier, cell=extent))
-            if releases.differs_by_a_small_group(earlier, prints, grant.min_group_size):
+            if releases.differs_by_a_small_group(earlier.get((start, end), []), prints, grant.min_group_size):
                 withheld.add(start)
             elif cell.contributors >= grant.min_group_size:
                 rows.append((grant.agreement_id, spec.dataset, spec.metric, start, end, cell.contributors,

@@ -43,7 +43,7 @@ def changed_contributors(before: bytes, after: bytes) -> int:
     return len({r[:_HALF] for r in _records(before) ^ _records(after)})
 
 
-def differs_by_a_small_group(earlier: list[tuple[bytes, bytes]], prints: bytes, min_group_size: int) -> bool:
+def differs_by_a_small_group(earlier: list[bytes], prints: bytes, min_group_size: int) -> bool:
     """True if releasing `prints` next to any earlier release of the same cell would reveal
     what fewer than `min_group_size` contributors added."""
-    return any(0 < changed_contributors(before, prints) < min_group_size for _, before in earlier)
+    return any(0 < changed_contributors(before, prints) < min_group_size for before in earlier)

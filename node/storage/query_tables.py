@@ -67,11 +67,15 @@ class QueryTables:
         return out
 
     # -- release log -------------------------------------------------------------------
-    def earlier_releases(self, agreement_id: str, dataset: str, metric: str, start_ms: int, end_ms: int) -> list[tuple[bytes, bytes]]:
-        """(digest, fingerprints) of every earlier release of this exact cell."""
-        return list(self.conn.execute(
-            "SELECT digest, fingerprints FROM release_log WHERE agreement_id = ? AND dataset = ? AND metric = ? "
-            "AND start_ms = ? AND end_ms = ?", (agreement_id, dataset, metric, start_ms, end_ms)))
+    def earlier_releases(self, agreement_id: str, dataset: str, metric: str, start_ms: int,
+                         end_ms: int) -> dict[tuple[int, int], list[bytes]]:
+        """The fingerprints of every earlier release of a cell within [start_ms, end_ms), by extent."""
+        out: dict[tuple[int, int], list[bytes]] = {}
+        for s, e, prints in self.conn.execute(
+                "SELECT start_ms, end_ms, fingerprints FROM release_log WHERE agreement_id = ? AND dataset = ? AND metric = ? "
+                "AND start_ms >= ? AND end_ms <= ?", (agreement_id, dataset, metric, start_ms, end_ms)):
+            out.setdefault((s, e), []).append(prints)
+        return out
 
     def log_releases(self, rows: list[tuple[str, str, str, int, int, int, bytes, bytes, int]]) -> None:
         self._transaction(lambda: self.conn.executemany(
