@@ -194,3 +194,13 @@ async def test_epsilon_outside_a_budget_is_refused(pair):
 def test_no_noise_at_all_would_be_caught():
     """Sanity of the statistical oracle itself: an exact release has mean |noise| 0, far outside."""
     assert not math.isclose(0.0, 1 / 0.75, abs_tol=0.11 / 0.75 + 0.25)
+
+
+async def test_the_query_command_shows_the_budget_left(pair):
+    consumer, provider, agreement = pair
+    shown = await asyncio.to_thread(
+        cli, "query", "run", "--data-dir", str(consumer.data_dir), "--dataset", "air_quality", "--metric", "temperature",
+        "--aggregate", "count", "--from", "2019-01-01", "--to", "2019-02-01", "--bucket", "month", "--group-by", "municipality",
+        "--ask-hub", provider.hub.config.hub_id, "--purpose", "environmental_monitoring", "--epsilon", "0.1")
+    assert shown.returncode == 0, shown.stderr
+    assert f"budget of agreement {agreement}: 0.1 of 2 spent, 1.9 left" in " ".join(shown.stdout.split()), shown.stdout

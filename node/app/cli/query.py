@@ -55,6 +55,12 @@ def print_answer(answer) -> None:
     for p in answer.provenance:
         sources.add_row(p.hub_id[:12] + "…", p.municipality, p.status, p.agreement_id or "-", f"{p.latency_ms:.0f} ms", p.reason)
     console.print(sources)
+    for p in answer.provenance:
+        signed = query_pb2.PartialResult.FromString(p.partial.partial) if p.partial.partial else None
+        if signed is not None and signed.dp_budget_micro:
+            left = (signed.dp_budget_micro - signed.dp_spent_micro) / 1e6
+            console.print(f"hub {p.hub_id}: differential-privacy budget of agreement {p.agreement_id}: "
+                          f"{signed.dp_spent_micro / 1e6:g} of {signed.dp_budget_micro / 1e6:g} spent, {left:g} left")
     if answer.partial:
         console.print(f"PARTIAL answer: no data from {', '.join(answer.missing_hubs)}")
 
