@@ -13,7 +13,7 @@ import grpc
 from federation import envelope, partials, sealing
 from federation.auth import Authenticated
 from federation.query import asker
-from federation.query.provider import PARTIAL_METHOD, RUN_METHOD, Provider, check_answer_key, describe
+from federation.query.provider import PARTIAL_METHOD, RUN_METHOD, Provider, check_releasable, describe
 from federation.query_spec import DEFAULT_DEADLINE_MS, check_shape
 from federation.service import Federation
 from node.api.v1 import envelope_pb2, query_pb2, query_service_pb2, query_service_pb2_grpc
@@ -89,7 +89,7 @@ class QueryService:
     async def _answer(self, signed: envelope_pb2.SignedRequest, spec: query_pb2.QuerySpec, asker_id: str) -> query_service_pb2.QueryAnswer:
         try:
             check_shape(spec)
-            check_answer_key(spec)
+            check_releasable(spec)
             include_self, peers = await self._targets(spec)
         except Rejected as refusal:  # audited like every refused call (no describe(): the window may be absurd)
             await self.federation.audit(asker_id, "query.run", "", refusal.reason.label, f"{spec.dataset}/{spec.metric}: {refusal.message}")

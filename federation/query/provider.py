@@ -41,7 +41,11 @@ def describe(spec: query_pb2.QuerySpec) -> str:
     return f"{what} {spec.dataset}/{spec.metric} by {spec.group_by}/{spec.bucket} {window} for {spec.purpose_code}"
 
 
-def check_answer_key(spec: query_pb2.QuerySpec) -> None:
+def check_releasable(spec: query_pb2.QuerySpec) -> None:
+    """What no agreement can allow: partials sent in the clear, region-wide quantiles."""
+    if spec.group_by == "region" and spec.aggregate not in partials.RELEASED_FIELDS:
+        raise Rejected(Reason.INVALID_REQUEST, f"{spec.aggregate} is released per municipality only "
+                                               "(a mergeable sketch would carry single readings); ask with group_by municipality")
     if len(spec.answer_key) != sealing.KEY_BYTES:
         raise Rejected(Reason.INVALID_REQUEST, "a query carries the asker's 32-byte X25519 answer key (answer_key): "
                                                "partial results are sealed to it and never sent in the clear")
@@ -206,10 +210,7 @@ class Provider:
     async def compute(self, signed: envelope_pb2.SignedRequest, spec: query_pb2.QuerySpec, asker_id: str) -> Sealed:
         """This hub's partial answer, under its own agreement with the asker, sealed to the asker."""
         check_shape(spec)
-        check_answer_key(spec)
-        if spec.group_by == "region" and spec.aggregate not in partials.RELEASED_FIELDS:
-            raise Rejected(Reason.INVALID_REQUEST, f"{spec.aggregate} is released per municipality only "
-                                                   "(a mergeable sketch would carry single readings); ask with group_by municipality")
+        check_releasable(spec)
         evidences = await self.federation.ledger.all(asker_id)
         states = await self.federation.ledger.states()
         try:
