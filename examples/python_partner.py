@@ -229,6 +229,30 @@ def label(bucket: str, start_ms: int) -> str:
             "month": when.strftime("%Y-%m"), "year": when.strftime("%Y")}.get(bucket, "window")
 
 
+GAMMA = (1 + 0.01) / (1 - 0.01)  # the sketch's accuracy alpha = 0.01
+
+
+def ordinal_value(o: int) -> float:
+    """A sketch ordinal's representative: 0, or +-2 gamma^k / (gamma + 1) with k = |o| - 2048."""
+    return 0.0 if o == 0 else math.copysign(2 * GAMMA ** (abs(o) - 2048) / (GAMMA + 1), o)
+
+
+def coarse_quantile(parts: list, q: float) -> float:
+    """Region-wide quantile: all coarse sketches at the coarsest level, counts added, then the
+    middle ordinal of the first bin whose cumulative count exceeds q * (n - 1)."""
+    level = max(c.coarse.level for c in parts)
+    bins: dict[int, int] = {}
+    for c in parts:
+        for index, n in c.coarse.bins.items():
+            bins[index >> (level - c.coarse.level)] = bins.get(index >> (level - c.coarse.level), 0) + n
+    rank, seen, width = q * (sum(bins.values()) - 1), 0, 1 << level
+    for index in sorted(bins):
+        seen += bins[index]
+        if seen > rank:
+            break
+    return ordinal_value(index * width + width // 2)
+
+
 def merge(partials: list, spec: query_pb2.QuerySpec) -> list[dict]:
     """docs/querying.md 7.6: per municipality the provider's value as is; region-wide the exact sums."""
     cells: dict[tuple[int, str], list] = {}
@@ -246,6 +270,8 @@ def merge(partials: list, spec: query_pb2.QuerySpec) -> list[dict]:
             if len(parts) != 1:
                 raise ClientError(f"two hubs answered for municipality {group}")
             value = parts[0].value
+        elif spec.aggregate == "quantile":
+            value = coarse_quantile(parts, spec.quantile)
         else:
             value = {"count": float(n), "sum": s, "mean": s / n if n else 0.0,
                      "min": min(c.min for c in parts), "max": max(c.max for c in parts),

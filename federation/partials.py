@@ -5,7 +5,7 @@ What leaves a provider is no finer than its agreement:
 * grouped by municipality, a cell carries the provider's FINAL value (quantiles included),
   the count of readings and of contributors, nothing else: no sketch, no bins, no sums;
 * region-wide, a cell carries only what merging the aggregate exactly needs (RELEASED_FIELDS);
-  region-wide quantiles are not released (a sketch would carry every reading);
+  a quantile, a sketch coarsened until every bin mixes readings of >= max(k, 2) contributors;
 * a cell with fewer contributors than the minimum group size carries no values at all."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from federation.query_spec import buckets, label
 from node.api.v1 import query_pb2, query_service_pb2
 from node.identity import HubIdentity
 from node.signing import Domain, hub_id_from_public_key, sign, verify
-from node.sketch import Sketch
+from node.sketch import Sketch, representative
 from node.storage.base import CellRow
 
 
@@ -40,7 +40,66 @@ RELEASED_FIELDS = {
     "stddev": {"sum", "sum_squares"},
     "min": {"min"},
     "max": {"max"},
+    "quantile": {"coarse"},
 }
+
+# -- region-wide quantiles: a coarsened sketch ---------------------------------------------------
+ORDINAL_OFFSET = 2048  # keys of |v| >= MIN_INDEXABLE are > -1100: positive ordinals stay positive
+MAX_LEVEL = 13         # at 2^13 every positive ordinal (and zero) shares bin 0, every negative bin -1
+
+
+def ordinal(sign: int, key: int) -> int:
+    return 0 if sign == 0 else sign * (key + ORDINAL_OFFSET)
+
+
+def ordinal_value(o: int) -> float:
+    if o == 0:
+        return 0.0
+    return math.copysign(representative(abs(o) - ORDINAL_OFFSET), o)
+
+
+def coarsen(bins: dict[int, tuple[int, set[str]]], threshold: int) -> query_pb2.CoarseSketch | None:
+    """The finest level at which every coarse bin holds readings of >= threshold distinct
+    contributors; None if even the coarsest does not (the cell is then withheld)."""
+    for level in range(MAX_LEVEL + 1):
+        coarse: dict[int, tuple[int, set[str]]] = {}
+        for o, (n, who) in bins.items():
+            index = o >> level  # floor division by 2^level, negatives included
+            count, members = coarse.get(index, (0, set()))
+            coarse[index] = (count + n, members | who)
+        if all(len(members) >= threshold for _, members in coarse.values()):
+            return query_pb2.CoarseSketch(level=level, bins={i: n for i, (n, _) in coarse.items()})
+    return None
+
+
+def coarse_quantile(sketch: query_pb2.CoarseSketch, q: float) -> float:
+    """The representative (middle ordinal) of the first coarse bin whose cumulative count
+    exceeds q * (n - 1); nan if empty."""
+    total = sum(sketch.bins.values())
+    if total == 0:
+        return math.nan
+    rank, seen = q * (total - 1), 0
+    width = 1 << sketch.level
+    for index in sorted(sketch.bins):
+        seen += sketch.bins[index]
+        if seen > rank:
+            return ordinal_value(index * width + width // 2)
+    return ordinal_value(max(sketch.bins) * width + width // 2)
+
+
+def merge_coarse(a: query_pb2.CoarseSketch | None, b: query_pb2.CoarseSketch) -> query_pb2.CoarseSketch:
+    """Both at the coarser of the two levels, counts added."""
+    level = max(a.level if a is not None else 0, b.level)
+    bins: dict[int, int] = {}
+    for sketch in (s for s in (a, b) if s is not None):
+        for index, n in sketch.bins.items():
+            bins[index >> (level - sketch.level)] = bins.get(index >> (level - sketch.level), 0) + n
+    return query_pb2.CoarseSketch(level=level, bins=bins)
+
+
+def coarse_threshold(min_group_size: int) -> int:
+    """Every released bin mixes readings of at least two contributors, and at least k."""
+    return max(2, min_group_size)
 
 
 def cell_value(row: CellRow, aggregate: str, quantile: float) -> float:
@@ -54,17 +113,17 @@ def cell_value(row: CellRow, aggregate: str, quantile: float) -> float:
 
 def build(digest: bytes, provider: str, municipality: str, agreement_id: str, min_group_size: int, group: str,
           rows: list[CellRow], computed_at_ms: int, aggregate: str, withheld: frozenset[int] = frozenset(),
-          noisy: bool = False, quantile: float = 0.0) -> query_pb2.PartialResult:
+          noisy: bool = False, quantile: float = 0.0,
+          coarse: dict[int, query_pb2.CoarseSketch] | None = None) -> query_pb2.PartialResult:
     """`group` is the municipality (per-municipality answer: final values only) or "region".
     `withheld`: bucket starts of cells to suppress although they look large enough (they hide a
     small sub-cell, or the release log forbids them; see federation/query/provider.py)."""
     per_municipality = group != "region"
-    if not per_municipality and aggregate not in RELEASED_FIELDS:
-        raise PartialError(f"{aggregate} is not released region-wide")
     released = set() if per_municipality else RELEASED_FIELDS[aggregate]
     cells = []
     for r in rows:
-        if r.contributors < min_group_size or r.bucket_start_ms in withheld:
+        sketch = (coarse or {}).get(r.bucket_start_ms) if "coarse" in released else None
+        if r.contributors < min_group_size or r.bucket_start_ms in withheld or ("coarse" in released and sketch is None):
             cells.append(query_pb2.Cell(group=group, bucket_start_ms=r.bucket_start_ms, suppressed=True))
             continue
         cells.append(query_pb2.Cell(group=group, bucket_start_ms=r.bucket_start_ms, count=r.count,
@@ -72,7 +131,7 @@ def build(digest: bytes, provider: str, municipality: str, agreement_id: str, mi
                                     sum=r.sum if "sum" in released else 0.0,
                                     sum_squares=r.sum_squares if "sum_squares" in released else 0.0,
                                     min=r.min if "min" in released else 0.0, max=r.max if "max" in released else 0.0,
-                                    noisy=noisy,
+                                    coarse=sketch, noisy=noisy,
                                     # an exact count of contributors would leak past the noise
                                     contributors=0 if noisy else r.contributors))
     return query_pb2.PartialResult(query_digest=digest, provider_hub_id=provider, municipality=municipality,
@@ -127,6 +186,7 @@ class Merged:
     noisy: bool = False
     sketch: Sketch = field(default_factory=Sketch)
     final: float | None = None  # a provider's final value (per-municipality cells)
+    coarse: query_pb2.CoarseSketch | None = None  # region-wide quantiles
     cells: int = 0
 
     def add(self, cell: query_pb2.Cell, per_municipality: bool) -> None:
@@ -144,6 +204,8 @@ class Merged:
         self.sum_squares += cell.sum_squares
         self.min = min(self.min, cell.min)
         self.max = max(self.max, cell.max)
+        if cell.HasField("coarse"):
+            self.coarse = merge_coarse(self.coarse, cell.coarse)
 
     def value(self, aggregate: str, quantile: float) -> float:
         if self.final is not None:
@@ -161,6 +223,8 @@ class Merged:
             return self.max
         if aggregate == "stddev":  # sample standard deviation
             return math.sqrt(max(0.0, (self.sum_squares - self.sum * self.sum / n) / (n - 1))) if n > 1 else 0.0
+        if self.coarse is not None:
+            return coarse_quantile(self.coarse, quantile)
         return self.sketch.quantile(quantile)
 
 

@@ -483,6 +483,36 @@ export function bucketLabel(bucket, startMs) {
   return 'window';
 }
 
+const GAMMA = (1 + 0.01) / (1 - 0.01); // the sketch's accuracy alpha = 0.01
+
+/** A sketch ordinal's representative: 0, or +-2 gamma^k / (gamma + 1) with k = |o| - 2048. */
+export function ordinalValue(o) {
+  return o === 0 ? 0 : Math.sign(o) * ((2 * GAMMA ** (Math.abs(o) - 2048)) / (GAMMA + 1));
+}
+
+/** Region-wide quantile: all coarse sketches at the coarsest level, counts added, then the
+ * middle ordinal of the first bin whose cumulative count exceeds q * (n - 1). */
+export function coarseQuantile(parts, q) {
+  const level = Math.max(...parts.map((c) => c.coarse.level));
+  const bins = new Map();
+  for (const c of parts) {
+    for (const [key, n] of Object.entries(c.coarse.bins)) {
+      const index = Math.floor(Number(key) / 2 ** (level - c.coarse.level));
+      bins.set(index, (bins.get(index) ?? 0) + Number(n));
+    }
+  }
+  const total = [...bins.values()].reduce((a, b) => a + b, 0);
+  const width = 2 ** level;
+  let seen = 0;
+  let found = 0;
+  for (const index of [...bins.keys()].sort((x, y) => x - y)) {
+    seen += bins.get(index);
+    found = index;
+    if (seen > q * (total - 1)) break;
+  }
+  return ordinalValue(found * width + Math.floor(width / 2));
+}
+
 /** docs/querying.md 7.6: per municipality each cell is one provider's final value, taken as is;
  * region-wide the providers' exact sums add (stddev from sums of squares, sample formula). */
 export function mergePartials(partials, spec) {
@@ -509,6 +539,8 @@ export function mergePartials(partials, spec) {
     if (spec.group_by === 'municipality') {
       if (parts.length !== 1) throw new SmartregionError(`two hubs answered for municipality ${group}`);
       value = parts[0].value;
+    } else if (spec.aggregate === 'quantile') {
+      value = coarseQuantile(parts, spec.quantile);
     } else {
       value = {
         count: () => n, sum: () => s, mean: () => (n ? s / n : 0),

@@ -42,10 +42,7 @@ def describe(spec: query_pb2.QuerySpec) -> str:
 
 
 def check_releasable(spec: query_pb2.QuerySpec) -> None:
-    """What no agreement can allow: partials sent in the clear, region-wide quantiles."""
-    if spec.group_by == "region" and spec.aggregate not in partials.RELEASED_FIELDS:
-        raise Rejected(Reason.INVALID_REQUEST, f"{spec.aggregate} is released per municipality only "
-                                               "(a mergeable sketch would carry single readings); ask with group_by municipality")
+    """What no agreement can allow: partials sent in the clear."""
     if len(spec.answer_key) != sealing.KEY_BYTES:
         raise Rejected(Reason.INVALID_REQUEST, "a query carries the asker's 32-byte X25519 answer key (answer_key): "
                                                "partial results are sealed to it and never sent in the clear")
@@ -185,6 +182,24 @@ class Provider:
         if charged:
             await self.hub.storage.write(lambda s: s.refund_budget(grant.agreement_id, charged))
 
+    async def _coarse_sketches(self, request: AggregateRequest, grant: policy.Grant) -> dict[int, query_pb2.CoarseSketch]:
+        """Per bucket, the sketch coarsened until each bin mixes >= max(k, 2) contributors (a bucket
+        that cannot be coarsened so is left out, and then withheld)."""
+        rows = await self.hub.storage.read(lambda s: s.sketch_bins_by_contributor(request))
+        by_bucket: dict[int, dict[int, tuple[int, set[str]]]] = {}
+        for b, sg, k, c, n in rows:
+            bins = by_bucket.setdefault(b, {})
+            o = partials.ordinal(sg, k)
+            count, who = bins.get(o, (0, set()))
+            bins[o] = (count + n, who | {c})
+        threshold = partials.coarse_threshold(grant.min_group_size)
+        out = {}
+        for b, bins in by_bucket.items():
+            sketch = partials.coarsen(bins, threshold)
+            if sketch is not None:
+                out[b] = sketch
+        return out
+
     async def _released_before(self, grant: policy.Grant, spec: query_pb2.QuerySpec, request: AggregateRequest,
                                cells: list[CellRow]) -> tuple[frozenset[int], list[ReleaseRow]]:
         """Cells the release log withholds (they differ from an earlier release of the same cell
@@ -251,9 +266,11 @@ class Provider:
             withheld |= again
             log_rows = [r for r in log_rows if r[3] not in withheld]
         group = self.hub.config.municipality if spec.group_by == "municipality" else "region"
+        coarse = await self._coarse_sketches(request, grant) if spec.aggregate == "quantile" and group == "region" else None
         digest = partials.query_digest(signed.payload)
         result = partials.build(digest, self.own_id, self.hub.config.municipality, grant.agreement_id, min_group_size, group,
-                                cells, self.hub.clock.now_ms(), spec.aggregate, withheld, noisy=bool(epsilon), quantile=spec.quantile)
+                                cells, self.hub.clock.now_ms(), spec.aggregate, withheld, noisy=bool(epsilon), quantile=spec.quantile,
+                                coarse=coarse)
         if epsilon:
             result.dp_budget_micro = dp.micro(grant.dp_budget)
             result.dp_spent_micro = await self.hub.storage.read(lambda s: s.budget_spent(grant.agreement_id))

@@ -57,6 +57,14 @@ class QueryTables:
                 cells[b].sketch_bins.append((sg, k, n))
         return list(cells.values())
 
+    def sketch_bins_by_contributor(self, req: AggregateRequest) -> list[tuple[int, int, int, str, int]]:
+        """(bucket, sign, key, contributor, readings) for coarsening a sketch (partials.coarsen);
+        stays in the hub."""
+        rows_sql, params = self._readings(req)
+        sign, key = bin_sql("v")
+        return [(b, sg, k, str(c), n) for b, sg, k, c, n in self.conn.execute(
+            f"SELECT b, {sign} AS sg, {key} AS k, c, count(*) FROM ({rows_sql}) GROUP BY b, sg, k, c", params)]
+
     def contributions(self, req: AggregateRequest) -> dict[int, list[tuple[str, int, float]]]:
         """Per bucket: (contributor, readings, sum) of each contributor, for the release log.
         Stays in the hub: only keyed fingerprints of it are stored (federation/query/releases.py)."""

@@ -38,7 +38,7 @@ from query_helpers import (
     terms_toml,
 )
 
-from federation import answers, partners, sealing
+from federation import answers, partials, partners, sealing
 from federation.partner_client import PartnerSession
 from federation.query import asker
 from node import senml
@@ -199,4 +199,32 @@ async def test_every_one_byte_edit_of_an_answer_file_fails_verification_or_is_re
                    for f in query_pb2.Provenance.DESCRIPTOR.fields if getattr(x, f.name) != getattr(y, f.name)]
         assert without_latency(decoded) == without_latency(original), f"byte {i} edited ({changed}) and still verifies"
         unsigned_only += 1
-    assert unsigned_only <= 8 * len(answer.provenance)  # at most the bytes of each latency double
+    assert unsigned_only <= 9 * len(answer.provenance)  # at most each latency: its tag byte and 8 bytes of double
+
+
+async def test_a_region_wide_quantile_comes_from_bins_of_several_contributors(region):
+    """Tried: a region-wide daily median over A (stations at 5 and 6) and C (7 and 8), and over B
+    (one station). Each released bin must mix two stations' readings, so no station's value is
+    released to better than the bin; B's one station cannot be mixed, and is withheld."""
+    a, b, c, partner, _ = region
+    async with PartnerSession(partner, a.address, a.id) as s:
+        answer = await asker.ask(s.channel, partner.key, partner.partner_id, a.id,
+                                 _query(aggregate="quantile", quantile=0.5, group_by="region", hub_ids=[a.id, c.id]))
+        alone = await asker.ask(s.channel, partner.key, partner.partner_id, a.id,
+                                _query(aggregate="quantile", quantile=0.5, group_by="region", hub_ids=[b.id]))
+    [row] = answer.rows
+    assert not row.suppressed and row.readings == 96
+    for p in answer.provenance:
+        [cell] = query_pb2.PartialResult.FromString(p.partial.partial).cells
+        assert len(cell.coarse.bins) == 1 and cell.coarse.level >= 4  # both stations of a hub in one bin
+        [(index, count)] = cell.coarse.bins.items()
+        low = partials.ordinal_value(index << cell.coarse.level)
+        high = partials.ordinal_value(((index + 1) << cell.coarse.level) - 1)
+        stations = (5.0, 6.0) if p.hub_id == a.id else (7.0, 8.0)
+        assert all(low <= v <= high * 1.0202 for v in stations) and count == 48  # the bin covers both: neither is singled out
+    true_median = 6.0  # sorted: 24 x 5, 24 x 6, 24 x 7, 24 x 8; rank 0.5 * 95 = 47.5 -> the 48th value
+    error = abs(row.value - true_median) / true_median
+    width = max(query_pb2.PartialResult.FromString(p.partial.partial).cells[0].coarse.level for p in answer.provenance)
+    assert error <= 1.0202 ** (1 << width) - 1, (row.value, error)  # the documented bound: gamma^(2^level) - 1
+    [withheld] = alone.rows
+    assert withheld.suppressed
