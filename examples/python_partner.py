@@ -10,7 +10,8 @@ the hub's own modules — so it shows everything a partner's client has to do
         --group-by municipality --purpose research
 
 Prints {"rows": [...], "partial", "missing_hubs", "provenance": [...], "answered_by"}, after
-checking the merging hub's signature over the answer and every answered hub's signed partial.
+checking the entry hub's signature over the statuses, opening every hub's partial (sealed to a
+fresh X25519 key of this one query, HPKE), checking each provider's signature, and merging.
 Exit 1 on a refusal or an answer that does not verify, 2 on bad arguments.
 """
 
@@ -21,6 +22,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import secrets
 import ssl
@@ -31,8 +33,9 @@ from pathlib import Path
 import grpc
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.x509.oid import NameOID
@@ -49,6 +52,8 @@ ANSWER_DOMAIN = b"smartregion/v1/query-answer\x00"
 HUB_ID_DOMAIN = b"smartregion/v1/hub-id\x00"
 PARTNER_ID_DOMAIN = b"smartregion/v1/partner-id\x00"
 TLS_BINDING_DOMAIN = b"smartregion/v1/tls-binding\x00"
+SEAL_INFO_PREFIX = b"smartregion/v1/sealed-partial\x00"  # HPKE info = prefix || query digest || hub id
+HPKE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_128_GCM)  # RFC 9180 base mode
 TLS_BINDING_OID = x509.ObjectIdentifier("2.25.203920180945178712633153802452796473511")
 
 
@@ -143,49 +148,46 @@ def sign_query(key: Ed25519PrivateKey, hub_id: str, spec: query_pb2.QuerySpec) -
     return envelope_pb2.SignedRequest(payload=payload, signature=key.sign(REQUEST_DOMAIN + payload))
 
 
-# -- 4. the answer: merged and signed by the hub you asked; each hub's partial signed by it ------
-
-def verify_answer(answer, sent: envelope_pb2.SignedRequest, entry_hub_id: str) -> list[str]:
-    """Raise ClientError unless the answer answers `sent`, the hub you asked signed what it says,
-    and every answered hub signed its partial for this query; return those hubs' ids."""
-    if answer.query.payload != sent.payload:
-        raise ClientError("the hub answered a different query than the one signed")
-    digest = hashlib.sha256(sent.payload).digest()
-    verify_summary(answer, digest, entry_hub_id)
-    return verify_partials(answer, digest)
-
+# -- 4. the answer: the entry hub relays each hub's partial SEALED to your one-query key -----------
 
 def verify_summary(answer, digest: bytes, entry_hub_id: str) -> None:
+    """The entry hub signed what every hub it asked answered (docs/querying.md 7.4)."""
     key = answer.answered_by_public_key
     if len(key) != 32 or hub_id_of(key) != answer.answered_by:
-        raise ClientError("the answer names a merging hub whose key it does not carry")
+        raise ClientError("the answer names an entry hub whose key it does not carry")
     if answer.answered_by != entry_hub_id:
-        raise ClientError(f"the answer was merged by hub {answer.answered_by}, not by hub {entry_hub_id}")
+        raise ClientError(f"the answer was signed by hub {answer.answered_by}, not by hub {entry_hub_id}")
     try:
         Ed25519PublicKey.from_public_bytes(key).verify(answer.summary_signature, ANSWER_DOMAIN + answer.summary)
     except InvalidSignature:
-        raise ClientError("the merging hub's signature over the answer does not verify") from None
+        raise ClientError("the entry hub's signature over the answer does not verify") from None
     signed = query_pb2.AnswerSummary.FromString(answer.summary)
     expected = query_pb2.AnswerSummary(
-        query_digest=digest, answered_by=answer.answered_by, rows=answer.rows, partial=answer.partial,
+        query_digest=digest, answered_by=answer.answered_by, partial=answer.partial,
         missing_hubs=answer.missing_hubs, merged_at_ms=signed.merged_at_ms,
         provenance=[query_pb2.ProvenanceSummary(
-            hub_id=p.hub_id, status=p.status, reason=p.reason, agreement_id=p.agreement_id,
-            partial_digest=hashlib.sha256(p.partial.partial).digest() if p.partial.partial else b"",
+            hub_id=p.hub_id, municipality=p.municipality, status=p.status, reason=p.reason, agreement_id=p.agreement_id,
+            partial_digest=hashlib.sha256(p.sealed_partial).digest() if p.sealed_partial else b"",
         ) for p in answer.provenance])
     if signed.merged_at_ms <= 0 or signed != expected:
-        raise ClientError("the answer differs from what the merging hub signed (rows, hubs asked, statuses or partial flag)")
+        raise ClientError("the answer differs from what the entry hub signed")
 
 
-def verify_partials(answer, digest: bytes) -> list[str]:
-    verified, seen = [], set()
+def open_partials(answer, digest: bytes, answer_key: X25519PrivateKey, spec: query_pb2.QuerySpec) -> list:
+    """Open each sealed partial (HPKE), check its signature, query, municipality, agreement and cells."""
+    opened, seen = [], set()
+    starts = set(bucket_starts(spec))
     for p in answer.provenance:
         if p.hub_id in seen:  # its figures would be counted twice
             raise ClientError(f"hub {p.hub_id} is listed twice in the answer")
         seen.add(p.hub_id)
         if p.status != "answered":
             continue
-        signed = p.partial
+        try:
+            plain = HPKE.decrypt(p.sealed_partial, answer_key, info=SEAL_INFO_PREFIX + digest + p.hub_id.encode())
+        except Exception:
+            raise ClientError(f"hub {p.hub_id}: the sealed partial does not open with this query's key") from None
+        signed = query_pb2.SignedPartial.FromString(plain)
         try:
             Ed25519PublicKey.from_public_bytes(signed.provider_public_key).verify(signed.signature, PARTIAL_DOMAIN + signed.partial)
         except (InvalidSignature, ValueError):
@@ -195,19 +197,98 @@ def verify_partials(answer, digest: bytes) -> list[str]:
             raise ClientError(f"hub {p.hub_id}: the partial result names another provider than its signer")
         if partial.query_digest != digest:
             raise ClientError(f"hub {p.hub_id}: the partial result answers another query")
-        verified.append(p.hub_id)
-    return verified
+        if partial.municipality != p.municipality or partial.agreement_id != p.agreement_id:
+            raise ClientError(f"hub {p.hub_id}: the partial's municipality or agreement is not the one the entry hub signed")
+        group = p.municipality if spec.group_by == "municipality" else "region"
+        cells = [c.bucket_start_ms for c in partial.cells]
+        if any(c.group != group for c in partial.cells) or not set(cells) <= starts or len(cells) != len(set(cells)):
+            raise ClientError(f"hub {p.hub_id}: the partial holds a cell outside the query")
+        opened.append(partial)
+    return opened
 
 
-def readable(answer, verified: list[str]) -> dict:
+def bucket_starts(spec: query_pb2.QuerySpec) -> list[int]:
+    if spec.bucket == "window":
+        return [spec.start_ms]
+    out, at = [], dt.datetime.fromtimestamp(spec.start_ms / 1000, dt.UTC)
+    while at.timestamp() * 1000 < spec.end_ms:
+        out.append(int(at.timestamp() * 1000))
+        if spec.bucket in ("hour", "day", "week"):
+            at += {"hour": dt.timedelta(hours=1), "day": dt.timedelta(days=1), "week": dt.timedelta(weeks=1)}[spec.bucket]
+        elif spec.bucket == "month":
+            at = at.replace(year=at.year + at.month // 12, month=at.month % 12 + 1)
+        else:
+            at = at.replace(year=at.year + 1)
+    return out
+
+
+def label(bucket: str, start_ms: int) -> str:
+    when = dt.datetime.fromtimestamp(start_ms / 1000, dt.UTC)
+    iso = when.isocalendar()
+    return {"hour": when.strftime("%Y-%m-%dT%H:00Z"), "day": when.strftime("%Y-%m-%d"), "week": f"{iso.year}-W{iso.week:02d}",
+            "month": when.strftime("%Y-%m"), "year": when.strftime("%Y")}.get(bucket, "window")
+
+
+GAMMA = (1 + 0.01) / (1 - 0.01)  # the sketch's accuracy alpha = 0.01
+
+
+def ordinal_value(o: int) -> float:
+    """A sketch ordinal's representative: 0, or +-2 gamma^k / (gamma + 1) with k = |o| - 2048."""
+    return 0.0 if o == 0 else math.copysign(2 * GAMMA ** (abs(o) - 2048) / (GAMMA + 1), o)
+
+
+def coarse_quantile(parts: list, q: float) -> float:
+    """Region-wide quantile: all coarse sketches at the coarsest level, counts added, then the
+    middle ordinal of the first bin whose cumulative count exceeds q * (n - 1)."""
+    level = max(c.coarse.level for c in parts)
+    bins: dict[int, int] = {}
+    for c in parts:
+        for index, n in c.coarse.bins.items():
+            bins[index >> (level - c.coarse.level)] = bins.get(index >> (level - c.coarse.level), 0) + n
+    rank, seen, width = q * (sum(bins.values()) - 1), 0, 1 << level
+    for index in sorted(bins):
+        seen += bins[index]
+        if seen > rank:
+            break
+    return ordinal_value(index * width + width // 2)
+
+
+def merge(partials: list, spec: query_pb2.QuerySpec) -> list[dict]:
+    """docs/querying.md 7.6: per municipality the provider's value as is; region-wide the exact sums."""
+    cells: dict[tuple[int, str], list] = {}
+    for partial in partials:
+        for c in partial.cells:
+            cells.setdefault((c.bucket_start_ms, c.group), []).append(c)
+    rows = []
+    for (start, group), parts in sorted(cells.items()):
+        if any(c.suppressed for c in parts):
+            rows.append({"group": group, "bucket": label(spec.bucket, start), "bucket_start_ms": start, "value": None,
+                         "readings": 0, "contributors": 0, "suppressed": True, "noisy": False})
+            continue
+        n, s, s2 = sum(c.count for c in parts), sum(c.sum for c in parts), sum(c.sum_squares for c in parts)
+        if spec.group_by == "municipality":
+            if len(parts) != 1:
+                raise ClientError(f"two hubs answered for municipality {group}")
+            value = parts[0].value
+        elif spec.aggregate == "quantile":
+            value = coarse_quantile(parts, spec.quantile)
+        else:
+            value = {"count": float(n), "sum": s, "mean": s / n if n else 0.0,
+                     "min": min(c.min for c in parts), "max": max(c.max for c in parts),
+                     "stddev": math.sqrt(max(0.0, (s2 - s * s / n) / (n - 1))) if n > 1 else 0.0}[spec.aggregate]
+        rows.append({"group": group, "bucket": label(spec.bucket, start), "bucket_start_ms": start, "value": value, "readings": n,
+                     "contributors": sum(c.contributors for c in parts), "suppressed": False,
+                     "noisy": any(c.noisy for c in parts)})
+    return rows
+
+
+def readable(answer, rows: list[dict]) -> dict:
     return {
-        "rows": [{"group": r.group, "bucket": r.bucket_label, "bucket_start_ms": r.bucket_start_ms,
-                  "value": None if r.suppressed else r.value, "readings": r.readings,
-                  "contributors": r.contributors, "suppressed": r.suppressed} for r in answer.rows],
+        "rows": rows,
         "partial": answer.partial,
         "missing_hubs": list(answer.missing_hubs),
         "provenance": [{"hub_id": p.hub_id, "municipality": p.municipality, "status": p.status, "reason": p.reason,
-                        "agreement_id": p.agreement_id, "signature_verified": p.hub_id in verified} for p in answer.provenance],
+                        "agreement_id": p.agreement_id, "signature_verified": p.status == "answered"} for p in answer.provenance],
         "answered_by": answer.answered_by,
     }
 
@@ -240,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         start_ms=utc_ms(args.start), end_ms=utc_ms(args.end), bucket=args.bucket, group_by=args.group_by,
         municipalities=args.municipality, hub_ids=args.ask_hub, purpose_code=args.purpose, deadline_ms=args.deadline_ms,
     )
+    answer_key = X25519PrivateKey.generate()  # for this one query: only this process can open the partials
+    spec.answer_key = answer_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     try:
         key = load_partner_key(args.key, passphrase())
         cert_pem = pinned_certificate(args.hub, hub_id)
@@ -247,7 +330,11 @@ def main(argv: list[str] | None = None) -> int:
         with open_channel(args.hub, hub_id, cert_pem) as channel:
             timeout_s = (args.deadline_ms or 10_000) / 1000 + 5  # the hubs' deadline, plus merging
             answer = query_service_pb2_grpc.QueryStub(channel).Run(signed, timeout=timeout_s)
-        verified = verify_answer(answer, signed, hub_id)
+        if answer.query.payload != signed.payload:
+            raise ClientError("the hub answered a different query than the one signed")
+        digest = hashlib.sha256(signed.payload).digest()
+        verify_summary(answer, digest, hub_id)
+        rows = merge(open_partials(answer, digest, answer_key, spec), spec)
     except ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -255,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         reason = dict(exc.trailing_metadata() or ()).get("smartregion-reason")
         print(f"error: the hub answered {exc.code().name}{f' ({reason})' if reason else ''}: {exc.details()}", file=sys.stderr)
         return 1
-    json.dump(readable(answer, verified), sys.stdout, indent=2)
+    json.dump(readable(answer, rows), sys.stdout, indent=2)
     print()
     if answer.partial:
         print(f"warning: partial answer, missing {', '.join(answer.missing_hubs)}", file=sys.stderr)

@@ -1,12 +1,13 @@
 """Query answers as files: what `smartregion query --json` writes and `query verify` checks.
 
-The file holds the whole QueryAnswer (base64 protobuf) — the asker's signed query and every
-provider's signed partial — plus the same rows in readable form. Verification needs no
-network: each partial's signature is checked against the key it names, the hub id must
-derive from that key, every partial must answer this exact query, merging the verified
-partials again must give exactly the rows shown, and the merging hub's signature must cover
-the rows, every hub asked with its status, and the partial flag (so no refusal or missing
-hub can be dropped from the file unnoticed).
+The file holds the whole QueryAnswer (base64 protobuf) — the asker's signed query, the entry
+hub's signed summary of what every hub answered, and every provider's signed partial as the
+asker opened it — plus the same content in readable form. Verification needs no network and
+no key: each partial's signature is checked against the key it names (the hub id must derive
+from it), every partial must answer this exact query and agree with the entry hub's summary,
+merging the verified partials again must give exactly the rows shown, and every readable
+field must equal its signed source. The only unsigned figures (each hub's latency, measured
+by the entry hub) stand apart under "unsigned" and are printed as unsigned.
 """
 
 from __future__ import annotations
@@ -15,39 +16,59 @@ import base64
 import json
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError
 
-from federation import envelope, partials
-from node.api.v1 import query_service_pb2
+from federation import envelope
+from federation.query import asker
+from node.api.v1 import query_pb2, query_service_pb2
 
 FORMAT = "smartregion-query-answer"
+VERSION = 2
 
 
 class AnswerError(ValueError):
     pass
 
 
-def readable_rows(answer: query_service_pb2.QueryAnswer) -> list[dict]:
+def readable_rows(answer: query_service_pb2.QueryAnswer) -> list[dict[str, Any]]:
     return [{"group": r.group, "bucket": r.bucket_label, "bucket_start_ms": r.bucket_start_ms,
              "value": None if r.suppressed else r.value, "readings": r.readings,
-             "contributors": r.contributors, "suppressed": r.suppressed} for r in answer.rows]
+             "contributors": r.contributors, "suppressed": r.suppressed, "noisy": r.noisy} for r in answer.rows]
 
 
-def to_json(answer: query_service_pb2.QueryAnswer) -> bytes:
-    spec = envelope.parse(answer.query).query
-    doc = {
-        "format": FORMAT,
-        "version": 1,
-        "query": MessageToDict(spec, preserving_proto_field_name=True),
+def readable_query(spec: query_pb2.QuerySpec) -> dict[str, Any]:
+    """Every field of the query as the asker signed it (the answer key in hex)."""
+    return {"dataset": spec.dataset, "metric": spec.metric, "aggregate": spec.aggregate, "quantile": spec.quantile,
+            "start_ms": spec.start_ms, "end_ms": spec.end_ms, "bucket": spec.bucket, "group_by": spec.group_by,
+            "municipalities": list(spec.municipalities), "hub_ids": list(spec.hub_ids), "purpose_code": spec.purpose_code,
+            "deadline_ms": spec.deadline_ms, "epsilon": spec.epsilon, "answer_key": spec.answer_key.hex()}
+
+
+def readable_provenance(answer: query_service_pb2.QueryAnswer) -> list[dict[str, Any]]:
+    return [{"hub_id": p.hub_id, "municipality": p.municipality, "status": p.status, "reason": p.reason,
+             "agreement_id": p.agreement_id} for p in answer.provenance]
+
+
+def readable(answer: query_service_pb2.QueryAnswer) -> dict[str, Any]:
+    """Every field a person reads, each derived from a signed source."""
+    return {
+        "query": readable_query(envelope.parse(answer.query).query),
+        "asked_by": envelope.parse(answer.query).caller_id,
+        "answered_by": answer.answered_by,
         "rows": readable_rows(answer),
         "partial": answer.partial,
         "missing_hubs": list(answer.missing_hubs),
-        "provenance": [{"hub_id": p.hub_id, "municipality": p.municipality, "status": p.status, "reason": p.reason,
-                        "agreement_id": p.agreement_id, "latency_ms": round(p.latency_ms, 1)} for p in answer.provenance],
-        "answer": base64.b64encode(answer.SerializeToString()).decode(),
+        "provenance": readable_provenance(answer),
     }
+
+
+def to_json(answer: query_service_pb2.QueryAnswer) -> bytes:
+    doc = {"format": FORMAT, "version": VERSION, **readable(answer),
+           "unsigned": {"latency_ms": {p.hub_id: round(p.latency_ms, 1) for p in answer.provenance}},
+           "answer": base64.b64encode(answer.SerializeToString()).decode()}
     return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
 
 
@@ -55,19 +76,22 @@ def to_json(answer: query_service_pb2.QueryAnswer) -> bytes:
 class VerifiedAnswer:
     answer: query_service_pb2.QueryAnswer
     verified_hubs: list[str]
+    query: dict[str, Any]
+    unsigned: dict[str, Any]
 
 
-def _same(a: dict, b: dict) -> bool:
-    if a.keys() != b.keys():
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON values of the same JSON type (a number is not true; 2 and 2.0 are one number)."""
+    number = (int, float)
+    if isinstance(a, number) and isinstance(b, number) and not isinstance(a, bool) and not isinstance(b, bool):
+        return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+    if type(a) is not type(b):
         return False
-    for key in a:
-        x, y = a[key], b[key]
-        if isinstance(x, float) and isinstance(y, float):
-            if not (x == y or (math.isnan(x) and math.isnan(y))):
-                return False
-        elif x != y:
-            return False
-    return True
+    if isinstance(a, dict):
+        return bool(a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a))
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
 
 
 def verify(data: bytes) -> VerifiedAnswer:
@@ -76,35 +100,26 @@ def verify(data: bytes) -> VerifiedAnswer:
         answer = query_service_pb2.QueryAnswer.FromString(base64.b64decode(doc["answer"], validate=True))
     except (ValueError, KeyError, TypeError, DecodeError) as exc:
         raise AnswerError(f"not a query answer file: {exc}") from None
-    if doc.get("format") != FORMAT or doc.get("version") != 1:
-        raise AnswerError("not a smartregion query answer (version 1)")
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
+        raise AnswerError(f"not a smartregion query answer (version {VERSION})")
     try:
-        spec = envelope.parse(answer.query).query
+        rows = asker.merge_opened(answer)
+    except asker.AnswerRefused as exc:
+        raise AnswerError(str(exc)) from None
+    if [MessageToDict(r) for r in rows] != [MessageToDict(r) for r in answer.rows]:
+        raise AnswerError("the rows are not what the signed partial results merge to")
+    try:
+        signed = readable(answer)
     except envelope.EnvelopeError as exc:
         raise AnswerError(str(exc)) from None
-    digest = partials.query_digest(answer.query.payload)
-    hub_ids = [p.hub_id for p in answer.provenance]
-    if len(hub_ids) != len(set(hub_ids)):
-        raise AnswerError("a hub is listed twice: its partial would be counted twice")
-    verified, results = [], []
-    for p in answer.provenance:
-        if p.status != "answered":
-            continue
-        try:
-            result = partials.verify_partial(p.partial, digest, expected_hub_id=p.hub_id)
-        except (partials.PartialError, DecodeError) as exc:
-            raise AnswerError(f"hub {p.hub_id}: {exc}") from None
-        verified.append(p.hub_id)
-        results.append(result)
-    try:
-        partials.verify_answer_summary(answer, digest)
-    except (partials.PartialError, DecodeError) as exc:
-        raise AnswerError(f"hub {answer.answered_by}: {exc}") from None
-    merged = partials.merge(results, spec)
-    if [MessageToDict(r) for r in merged] != [MessageToDict(r) for r in answer.rows]:
-        raise AnswerError("the rows are not what the signed partial results merge to")
-    shown = doc.get("rows")
-    if not isinstance(shown, list) or len(shown) != len(answer.rows) or not all(
-            _same(a, b) for a, b in zip(shown, readable_rows(answer))):
-        raise AnswerError("the readable rows differ from the signed answer")
-    return VerifiedAnswer(answer, verified)
+    known = {"format", "version", "answer", "unsigned", *signed}
+    if set(doc) != known:
+        raise AnswerError(f"unexpected or missing fields: {', '.join(sorted(set(doc) ^ known))}")
+    for key, value in signed.items():
+        if not _same(doc[key], value):
+            raise AnswerError(f"the readable {key!r} differs from what was signed")
+    unsigned = doc["unsigned"]
+    if not isinstance(unsigned, dict) or set(unsigned) != {"latency_ms"}:
+        raise AnswerError("the unsigned section holds something other than latencies")
+    verified = [p.hub_id for p in answer.provenance if p.status == "answered"]
+    return VerifiedAnswer(answer, verified, signed["query"], unsigned)

@@ -121,11 +121,10 @@ class Ledger:
     # -- state -------------------------------------------------------------------------
     @staticmethod
     def superseded_ids(evidences: list[ag.Evidence]) -> set[str]:
-        """Ids replaced by a newer version that both parties signed and neither revoked."""
-        return {
-            e.terms.supersedes for e in evidences
-            if e.terms.supersedes and e.fully_signed() and not e.revocations
-        }
+        """Ids replaced by a newer version that both parties signed. Supersession is final: a
+        later revocation of the newer version ends that line of agreements; it never brings the
+        older, perhaps wider, terms back (else either party alone could roll them back)."""
+        return {e.terms.supersedes for e in evidences if e.terms.supersedes and e.fully_signed()}
 
     async def states(self, evidences: list[ag.Evidence] | None = None, at_ms: int | None = None) -> dict[str, int]:
         evidences = await self.all() if evidences is None else evidences

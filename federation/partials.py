@@ -1,8 +1,12 @@
-"""Partial results: built and signed by a provider, verified and merged by the asking hub.
+"""Partial results: built and signed by a provider, sealed to the asker, opened, verified and
+merged by the asker (docs/querying.md 6).
 
-Cells carry count, sum, sum of squares, min, max, contributors and (for quantiles) a sketch,
-so merging is exact. A cell with fewer contributors than the minimum group size leaves the
-provider with no values at all."""
+What leaves a provider is no finer than its agreement:
+* grouped by municipality, a cell carries the provider's FINAL value (quantiles included),
+  the count of readings and of contributors, nothing else: no sketch, no bins, no sums;
+* region-wide, a cell carries only what merging the aggregate exactly needs (RELEASED_FIELDS);
+  a quantile, a sketch coarsened until every bin mixes readings of >= max(k, 2) contributors;
+* a cell with fewer contributors than the minimum group size carries no values at all."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from federation.query_spec import buckets, label
 from node.api.v1 import query_pb2, query_service_pb2
 from node.identity import HubIdentity
 from node.signing import Domain, hub_id_from_public_key, sign, verify
-from node.sketch import Sketch
+from node.sketch import Sketch, representative
 from node.storage.base import CellRow
 
 
@@ -26,8 +30,9 @@ def query_digest(signed_query_payload: bytes) -> bytes:
     return hashlib.sha256(signed_query_payload).digest()
 
 
-# What each aggregate needs to be merged exactly; nothing else leaves the provider. (The count
-# of readings always does: it is how an answer says how much data stands behind a value.)
+# What each region-wide aggregate needs to be merged exactly; nothing else leaves the provider.
+# (The count of readings always does: it is how an answer says how much data stands behind a
+# value.) Quantiles are not merged across hubs.
 RELEASED_FIELDS = {
     "count": set(),
     "sum": {"sum"},
@@ -35,32 +40,98 @@ RELEASED_FIELDS = {
     "stddev": {"sum", "sum_squares"},
     "min": {"min"},
     "max": {"max"},
-    "quantile": {"sketch"},
+    "quantile": {"coarse"},
 }
+
+# -- region-wide quantiles: a coarsened sketch ---------------------------------------------------
+ORDINAL_OFFSET = 2048  # keys of |v| >= MIN_INDEXABLE are > -1100: positive ordinals stay positive
+MAX_LEVEL = 13         # at 2^13 every positive ordinal (and zero) shares bin 0, every negative bin -1
+
+
+def ordinal(sign: int, key: int) -> int:
+    return 0 if sign == 0 else sign * (key + ORDINAL_OFFSET)
+
+
+def ordinal_value(o: int) -> float:
+    if o == 0:
+        return 0.0
+    return math.copysign(representative(abs(o) - ORDINAL_OFFSET), o)
+
+
+def coarsen(bins: dict[int, tuple[int, set[str]]], threshold: int) -> query_pb2.CoarseSketch | None:
+    """The finest level at which every coarse bin holds readings of >= threshold distinct
+    contributors; None if even the coarsest does not (the cell is then withheld)."""
+    for level in range(MAX_LEVEL + 1):
+        coarse: dict[int, tuple[int, set[str]]] = {}
+        for o, (n, who) in bins.items():
+            index = o >> level  # floor division by 2^level, negatives included
+            count, members = coarse.get(index, (0, set()))
+            coarse[index] = (count + n, members | who)
+        if all(len(members) >= threshold for _, members in coarse.values()):
+            return query_pb2.CoarseSketch(level=level, bins={i: n for i, (n, _) in coarse.items()})
+    return None
+
+
+def coarse_quantile(sketch: query_pb2.CoarseSketch, q: float) -> float:
+    """The representative (middle ordinal) of the first coarse bin whose cumulative count
+    exceeds q * (n - 1); nan if empty."""
+    total = sum(sketch.bins.values())
+    if total == 0:
+        return math.nan
+    rank, seen = q * (total - 1), 0
+    width = 1 << sketch.level
+    for index in sorted(sketch.bins):
+        seen += sketch.bins[index]
+        if seen > rank:
+            return ordinal_value(index * width + width // 2)
+    return ordinal_value(max(sketch.bins) * width + width // 2)
+
+
+def merge_coarse(a: query_pb2.CoarseSketch | None, b: query_pb2.CoarseSketch) -> query_pb2.CoarseSketch:
+    """Both at the coarser of the two levels, counts added."""
+    level = max(a.level if a is not None else 0, b.level)
+    bins: dict[int, int] = {}
+    for sketch in (s for s in (a, b) if s is not None):
+        for index, n in sketch.bins.items():
+            bins[index >> (level - sketch.level)] = bins.get(index >> (level - sketch.level), 0) + n
+    return query_pb2.CoarseSketch(level=level, bins=bins)
+
+
+def coarse_threshold(min_group_size: int) -> int:
+    """Every released bin mixes readings of at least two contributors, and at least k."""
+    return max(2, min_group_size)
+
+
+def cell_value(row: CellRow, aggregate: str, quantile: float) -> float:
+    """The final value of one provider's cell (what a per-municipality answer releases)."""
+    m = Merged(count=row.count, sum=row.sum, sum_squares=row.sum_squares, min=row.min, max=row.max)
+    if aggregate == "quantile":
+        for sg, key, n in row.sketch_bins:
+            m.sketch.add_bin(sg, key, n)
+    return m.value(aggregate, quantile)
 
 
 def build(digest: bytes, provider: str, municipality: str, agreement_id: str, min_group_size: int, group: str,
           rows: list[CellRow], computed_at_ms: int, aggregate: str, withheld: frozenset[int] = frozenset(),
-          noisy: bool = False) -> query_pb2.PartialResult:
-    """`withheld`: bucket starts of cells to suppress although they are large enough themselves
-    (they contain a small sub-cell; see QueryService.compute)."""
-    released = RELEASED_FIELDS[aggregate]
+          noisy: bool = False, quantile: float = 0.0,
+          coarse: dict[int, query_pb2.CoarseSketch] | None = None) -> query_pb2.PartialResult:
+    """`group` is the municipality (per-municipality answer: final values only) or "region".
+    `withheld`: bucket starts of cells to suppress although they look large enough (they hide a
+    small sub-cell, or the release log forbids them; see federation/query/provider.py)."""
+    per_municipality = group != "region"
+    released = set() if per_municipality else RELEASED_FIELDS[aggregate]
     cells = []
     for r in rows:
-        if r.contributors < min_group_size or r.bucket_start_ms in withheld:
+        sketch = (coarse or {}).get(r.bucket_start_ms) if "coarse" in released else None
+        if r.contributors < min_group_size or r.bucket_start_ms in withheld or ("coarse" in released and sketch is None):
             cells.append(query_pb2.Cell(group=group, bucket_start_ms=r.bucket_start_ms, suppressed=True))
             continue
-        sketch = None
-        if r.sketch_bins and "sketch" in released:
-            s = Sketch()
-            for sg, key, n in r.sketch_bins:
-                s.add_bin(sg, key, n)
-            sketch = s.to_proto()
         cells.append(query_pb2.Cell(group=group, bucket_start_ms=r.bucket_start_ms, count=r.count,
+                                    value=cell_value(r, aggregate, quantile) if per_municipality else 0.0,
                                     sum=r.sum if "sum" in released else 0.0,
                                     sum_squares=r.sum_squares if "sum_squares" in released else 0.0,
                                     min=r.min if "min" in released else 0.0, max=r.max if "max" in released else 0.0,
-                                    sketch=sketch, noisy=noisy,
+                                    coarse=sketch, noisy=noisy,
                                     # an exact count of contributors would leak past the noise
                                     contributors=0 if noisy else r.contributors))
     return query_pb2.PartialResult(query_digest=digest, provider_hub_id=provider, municipality=municipality,
@@ -81,7 +152,7 @@ def verify_partial(signed: query_pb2.SignedPartial, digest: bytes, expected_hub_
         raise PartialError("the partial is signed with a key other than the provider's pinned key")
     if not verify(key, Domain.PARTIAL_RESULT, signed.partial, signed.signature):
         raise PartialError("the partial result's signature does not verify")
-    partial = query_pb2.PartialResult.FromString(signed.partial)
+    partial: query_pb2.PartialResult = query_pb2.PartialResult.FromString(signed.partial)
     if partial.provider_hub_id != hub_id_from_public_key(key) or (expected_hub_id and partial.provider_hub_id != expected_hub_id):
         raise PartialError("the partial result names another provider than its signer")
     if partial.query_digest != digest:
@@ -114,22 +185,31 @@ class Merged:
     suppressed: bool = False
     noisy: bool = False
     sketch: Sketch = field(default_factory=Sketch)
+    final: float | None = None  # a provider's final value (per-municipality cells)
+    coarse: query_pb2.CoarseSketch | None = None  # region-wide quantiles
+    cells: int = 0
 
-    def add(self, cell: query_pb2.Cell) -> None:
+    def add(self, cell: query_pb2.Cell, per_municipality: bool) -> None:
+        self.cells += 1
         if cell.suppressed:
             self.suppressed = True
             return
         self.noisy = self.noisy or cell.noisy
         self.count += cell.count
+        self.contributors += cell.contributors
+        if per_municipality:
+            self.final = cell.value
+            return
         self.sum += cell.sum
         self.sum_squares += cell.sum_squares
         self.min = min(self.min, cell.min)
         self.max = max(self.max, cell.max)
-        self.contributors += cell.contributors
-        if cell.HasField("sketch"):
-            self.sketch = self.sketch.merge(Sketch.from_proto(cell.sketch))
+        if cell.HasField("coarse"):
+            self.coarse = merge_coarse(self.coarse, cell.coarse)
 
     def value(self, aggregate: str, quantile: float) -> float:
+        if self.final is not None:
+            return self.final
         n = self.count
         if aggregate == "count":
             return float(n)
@@ -143,16 +223,23 @@ class Merged:
             return self.max
         if aggregate == "stddev":  # sample standard deviation
             return math.sqrt(max(0.0, (self.sum_squares - self.sum * self.sum / n) / (n - 1))) if n > 1 else 0.0
+        if self.coarse is not None:
+            return coarse_quantile(self.coarse, quantile)
         return self.sketch.quantile(quantile)
 
 
 def merge(partials: list[query_pb2.PartialResult], spec: query_pb2.QuerySpec) -> list[query_pb2.Row]:
-    """Merge cells by (group, bucket); a cell any provider withheld is withheld in the answer."""
+    """Merge cells by (group, bucket); a cell any provider withheld is withheld in the answer.
+    Per municipality, each cell comes from one provider and its final value is taken as is."""
+    per_municipality = spec.group_by == "municipality"
     merged: dict[tuple[str, int], Merged] = {}
     for partial in partials:
         for cell in partial.cells:
-            group = cell.group if spec.group_by == "municipality" else "region"
-            merged.setdefault((group, cell.bucket_start_ms), Merged()).add(cell)
+            group = cell.group if per_municipality else "region"
+            m = merged.setdefault((group, cell.bucket_start_ms), Merged())
+            if per_municipality and m.cells:
+                raise PartialError(f"two hubs answered for municipality {group}: their final values cannot be merged")
+            m.add(cell, per_municipality)
     rows = []
     for (group, start), m in sorted(merged.items(), key=lambda item: (item[0][1], item[0][0])):
         rows.append(query_pb2.Row(
@@ -165,13 +252,15 @@ def merge(partials: list[query_pb2.PartialResult], spec: query_pb2.QuerySpec) ->
 
 
 def summarize(answer: query_service_pb2.QueryAnswer, digest: bytes, merged_at_ms: int) -> query_pb2.AnswerSummary:
-    """What the merging hub signs: rows, each hub's status and partial digest, the partial flag."""
+    """What the entry hub signs: each hub asked (id, municipality, status, reason, agreement,
+    digest of its sealed partial), the partial flag and the missing hubs. No rows: it cannot
+    read the partials; the asker merges them and anyone can merge them again to check."""
     return query_pb2.AnswerSummary(
-        query_digest=digest, answered_by=answer.answered_by, rows=answer.rows, partial=answer.partial,
+        query_digest=digest, answered_by=answer.answered_by, partial=answer.partial,
         missing_hubs=answer.missing_hubs, merged_at_ms=merged_at_ms,
         provenance=[query_pb2.ProvenanceSummary(
-            hub_id=p.hub_id, status=p.status, reason=p.reason, agreement_id=p.agreement_id,
-            partial_digest=hashlib.sha256(p.partial.partial).digest() if p.partial.partial else b"",
+            hub_id=p.hub_id, municipality=p.municipality, status=p.status, reason=p.reason, agreement_id=p.agreement_id,
+            partial_digest=hashlib.sha256(p.sealed_partial).digest() if p.sealed_partial else b"",
         ) for p in answer.provenance],
     )
 
@@ -184,7 +273,7 @@ def sign_answer(identity: HubIdentity, answer: query_service_pb2.QueryAnswer, di
 
 
 def verify_answer_summary(answer: query_service_pb2.QueryAnswer, digest: bytes) -> None:
-    """The merging hub signed exactly this answer (rows, statuses, partials, partial flag)."""
+    """The entry hub signed exactly this answer (hubs asked, statuses, sealed partials, partial flag)."""
     key = answer.answered_by_public_key
     if len(key) != 32 or hub_id_from_public_key(key) != answer.answered_by:
         raise PartialError("the answer names a merging hub whose key it does not carry")
@@ -195,4 +284,5 @@ def verify_answer_summary(answer: query_service_pb2.QueryAnswer, digest: bytes) 
         raise PartialError("the answer summary has no merge time")
     expected = summarize(answer, digest, signed.merged_at_ms)
     if signed != expected:
-        raise PartialError("the answer differs from what the merging hub signed (rows, hubs asked, statuses or partial flag)")
+        raise PartialError("the answer differs from what the entry hub signed (hubs asked, municipalities, statuses, reasons, "
+                           "agreements, sealed partials, partial flag or missing hubs)")

@@ -24,7 +24,8 @@ class Grant:
     consent_purpose: str | None  # count only subjects with active consent for this purpose
     queries_per_day: int | None  # None: no quota (own data)
     smallest_bucket: str = "window"  # the finest granularity the agreement releases
-    dp_budget: float = 0.0           # differential-privacy epsilon per UTC day; 0 = none
+    dp_budget: float = 0.0           # the agreement's lifetime differential-privacy epsilon; 0 = none
+    dp_max_contributions: int = 0    # under DP: readings one data subject adds to a cell, at most
 
 
 def own_data_grant() -> Grant:
@@ -69,7 +70,7 @@ def check_terms(spec: query_pb2.QuerySpec, terms) -> None:
         if spec.aggregate not in DP_AGGREGATES:
             raise _deny(f"agreement {aid} has a differential-privacy budget: only {', '.join(DP_AGGREGATES)} are released under it")
         if spec.epsilon > terms.dp_epsilon or 0 < spec.epsilon < MIN_EPSILON:
-            raise _deny(f"epsilon {spec.epsilon:g} is not within agreement {aid}'s daily budget of {terms.dp_epsilon:g}")
+            raise _deny(f"epsilon {spec.epsilon:g} is not within agreement {aid}'s budget of {terms.dp_epsilon:g}")
     elif spec.epsilon:
         raise Rejected(Reason.INVALID_REQUEST, f"agreement {aid} has no differential-privacy budget; the query must not set epsilon")
 
@@ -105,5 +106,6 @@ def authorize(spec: query_pb2.QuerySpec, asker_id: str, provider_id: str,
             queries_per_day=t.queries_per_day,
             smallest_bucket=t.smallest_bucket,
             dp_budget=t.dp_epsilon,
+            dp_max_contributions=t.dp_max_contributions,
         )
     raise first_refusal

@@ -22,10 +22,16 @@ GROUPINGS = ("municipality", "time_bucket")
 # Coarsest last; an agreement's smallest bucket allows it and every coarser one.
 BUCKETS = ("hour", "day", "week", "month", "year", "window")
 MAX_WINDOW_DAYS = 3660
+# Differential privacy (docs/privacy.md): the lifetime epsilon of one agreement may not exceed
+# MAX_DP_EPSILON, and one data subject adds at most MAX_CONTRIBUTIONS readings to a cell.
+MAX_DP_EPSILON = 10.0
+MIN_DP_EPSILON = 0.001
+MAX_CONTRIBUTIONS = 10_000
+DP_AGGREGATES = ("count", "sum", "mean")
 SECTION_KEYS = {
     "purpose": {"code", "description"},
     "data": {"datasets", "metrics", "aggregates", "group_by", "smallest_bucket", "longest_window_days", "min_group_size",
-             "consent_required", "queries_per_day", "dp_epsilon"},
+             "consent_required", "queries_per_day", "dp_epsilon", "dp_max_contributions"},
     "validity": {"from", "until"},
 }
 _URN_UUID = re.compile(r"^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -112,6 +118,7 @@ def from_toml(doc: dict, provider: agreement_pb2.Party, consumer: agreement_pb2.
         consent_required=consent,
         queries_per_day=_int(data, "queries_per_day", "data"),
         dp_epsilon=float(epsilon),
+        dp_max_contributions=_int(data, "dp_max_contributions", "data", 0),
         valid_from_ms=_millis(validity.get("from", "now"), "validity.from", now_ms),
         valid_until_ms=_millis(validity.get("until"), "validity.until", now_ms),
         created_at_ms=now_ms,
@@ -162,6 +169,9 @@ def validate(terms: agreement_pb2.AgreementTerms, now_ms: int, *, new: bool) -> 
     personal = [d for d in terms.datasets if catalog.dataset(d).classification is catalog.Classification.PERSONAL]
     if personal and not terms.consent_required:
         raise TermsError(f"dataset(s) {', '.join(personal)} are personal: the terms must set consent_required = true")
+    if personal and terms.dp_epsilon <= 0:
+        raise TermsError(f"dataset(s) {', '.join(personal)} are personal: the terms must set a differential-privacy budget "
+                         f"(dp_epsilon, at most {MAX_DP_EPSILON:g}) and dp_max_contributions")
     if not terms.metrics:
         raise TermsError("the terms name no metric")
     for metric in terms.metrics:
@@ -177,8 +187,21 @@ def validate(terms: agreement_pb2.AgreementTerms, now_ms: int, *, new: bool) -> 
         raise TermsError("the minimum group size must be at least 1")
     if terms.queries_per_day < 1:
         raise TermsError("the query quota must be at least 1 a day")
-    if not math.isfinite(terms.dp_epsilon) or terms.dp_epsilon < 0 or 0 < terms.dp_epsilon < 0.001:
-        raise TermsError("the differential-privacy budget must be 0 (none) or a finite number >= 0.001")
+    if not math.isfinite(terms.dp_epsilon) or terms.dp_epsilon < 0 or 0 < terms.dp_epsilon < MIN_DP_EPSILON:
+        raise TermsError(f"the differential-privacy budget must be 0 (none) or a finite number >= {MIN_DP_EPSILON:g}")
+    if terms.dp_epsilon > MAX_DP_EPSILON:
+        raise TermsError(f"the differential-privacy budget {terms.dp_epsilon:g} is above the ceiling of {MAX_DP_EPSILON:g} "
+                         "for the agreement's whole lifetime (docs/privacy.md)")
+    if terms.dp_epsilon > 0:
+        if not 1 <= terms.dp_max_contributions <= MAX_CONTRIBUTIONS:
+            raise TermsError(f"under a differential-privacy budget, dp_max_contributions (the most readings one data subject "
+                             f"adds to a cell) must be 1 to {MAX_CONTRIBUTIONS}, not {terms.dp_max_contributions}")
+        exact = [a for a in terms.aggregates if a not in DP_AGGREGATES]
+        if exact:
+            raise TermsError(f"under a differential-privacy budget only {', '.join(DP_AGGREGATES)} are released, "
+                             f"not {', '.join(exact)}")
+    elif terms.dp_max_contributions:
+        raise TermsError("dp_max_contributions is only meaningful with a differential-privacy budget (dp_epsilon)")
     if terms.valid_until_ms <= terms.valid_from_ms:
         raise TermsError("valid-until must be after valid-from")
     if new and terms.valid_until_ms <= now_ms:

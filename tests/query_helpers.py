@@ -18,7 +18,8 @@ import tomli_w
 from conftest import LiveHub, make_hub_dir, start_live_hub
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from federation import envelope, peers
+from federation import envelope, partials, peers, sealing
+from federation.query import asker
 from federation.query_service import PARTIAL_METHOD, RUN_METHOD
 from node import senml
 from node.api.v1 import (
@@ -206,8 +207,23 @@ async def deliver(node: Node, sensor: Sensor, readings: list[senml.Reading], per
 
 def spec(**fields) -> query_pb2.QuerySpec:
     base = dict(dataset="air_quality", metric="pm25", aggregate="mean", bucket="day", group_by="region",
-                start_ms=ms(2019, 1, 1), end_ms=ms(2019, 1, 8), purpose_code="environmental_monitoring")
+                start_ms=ms(2019, 1, 1), end_ms=ms(2019, 1, 8), purpose_code="environmental_monitoring",
+                answer_key=sealing.public_raw(ANSWER_KEY))
     return query_pb2.QuerySpec(**{**base, **fields})
+
+
+ANSWER_KEY = sealing.new_answer_key()  # the asker's answer key of every query made with spec()
+
+
+def opened(answer, asker_public_key: bytes):
+    """A Query.Run answer as the asker sees it: sealed partials opened and verified, rows merged."""
+    return asker.open_answer(answer, ANSWER_KEY, asker_public_key)
+
+
+def open_partial(sealed_partial, provider_id: str, original) -> query_pb2.PartialResult:
+    """What a provider's Query.Partial response holds, opened with the asker's key."""
+    plain = sealing.open_sealed(sealed_partial.sealed, ANSWER_KEY, partials.query_digest(original.payload), provider_id)
+    return query_pb2.PartialResult.FromString(query_pb2.SignedPartial.FromString(plain).partial)
 
 
 def signed(key: Ed25519PrivateKey, caller_id: str, audience: str, method: str = RUN_METHOD, **body) -> envelope_pb2.SignedRequest:

@@ -59,5 +59,3 @@ def _send(sensor, readings):
     from node.app.sensor_client import replay
 
     replay(sensor, readings)
-
-

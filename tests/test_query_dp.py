@@ -1,23 +1,102 @@
-"""Agreements with a differential-privacy budget: noisy counts and sums from OpenDP, a daily
-epsilon budget that runs out, and only count, sum and mean released."""
+"""Differential privacy: OpenDP noise whose scale is what the docs say, a data-subject unit with
+a contribution bound, small cells withheld on a NOISY contributor count, and a lifetime budget
+in integer micro-epsilon that runs out, refuses without spending, and is refunded on failure.
+
+The noise tests are statistical: thousands of draws of the real noise function, compared with
+the documented Laplace scale; they fail (by more than 7 standard errors) when the scale is
+halved or the noise on counts dropped, and pass by a wide margin otherwise."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
+import math
+import statistics
 
 import grpc
 import pytest
 
+from federation import dp, envelope, sealing
+from federation.query.provider import RUN_METHOD, Provider
 from node.api.v1 import query_pb2
 from node.app.sensor_client import replay
 from node.senml import Reading
+from node.storage.base import CellRow
 from tests.conftest import sign_agreement, start_peered
+from tests.test_cli import cli
 from tests.test_federation_region import TERMS
 
+BOUNDS = (-80.0, 70.0)  # temperature
+DRAWS = 4000
+
+
+def _mean_abs_noise(aggregate: str, epsilon: float, max_contributions: int, true: CellRow) -> tuple[float, float, float]:
+    """Mean |noise| of the count, the sum and the contributor count over DRAWS releases."""
+    counts, sums, kept = [], [], 0
+    for _ in range(DRAWS):
+        noised = dp.noisy_cells([true], aggregate, epsilon, BOUNDS, max_contributions, min_group_size=true.contributors)
+        counts.append(abs(noised.cells[0].count - true.count))
+        sums.append(abs(noised.cells[0].sum - true.sum))
+        kept += not noised.withheld
+    return statistics.fmean(counts), statistics.fmean(sums), kept / DRAWS
+
+
+@pytest.mark.parametrize("max_contributions", [1, 24])
+def test_count_noise_has_the_documented_laplace_scale(max_contributions):
+    """count: 3/4 of epsilon on the count, sensitivity = the contribution bound L; E|Laplace(b)| = b.
+    The count is rounded, so E|rounded noise| lies within 0.25 of b for b >= 1."""
+    epsilon = 1.0
+    cell = CellRow(0, 10_000, 0.0, 0.0, 0.0, 0.0, 50)
+    b = max_contributions / (epsilon * (1 - dp.THRESHOLD_SHARE))
+    mean_count, _, _ = _mean_abs_noise("count", epsilon, max_contributions, cell)
+    # standard error of the mean of |Laplace(b)| is b / sqrt(DRAWS) (its sd is b): 7 SE ~ 0.11 b
+    assert abs(mean_count - b) < 0.11 * b + 0.25, (mean_count, b)
+
+
+def test_sum_noise_has_the_documented_laplace_scale():
+    """sum: 3/4 of epsilon on the sum, sensitivity L * max(|low|, |high|) = 2 * 80."""
+    epsilon, bound = 2.0, 2
+    cell = CellRow(0, 100, 1234.5, 0.0, 0.0, 0.0, 50)
+    b = bound * 80.0 / (epsilon * (1 - dp.THRESHOLD_SHARE))
+    _, mean_sum, _ = _mean_abs_noise("sum", epsilon, bound, cell)
+    assert abs(mean_sum - b) < 0.11 * b, (mean_sum, b)
+
+
+def test_mean_noises_both_count_and_sum_with_half_of_the_rest_each():
+    epsilon, bound = 1.0, 1
+    cell = CellRow(0, 1000, 5000.0, 0.0, 0.0, 0.0, 50)
+    share = epsilon * (1 - dp.THRESHOLD_SHARE) / 2
+    mean_count, mean_sum, _ = _mean_abs_noise("mean", epsilon, bound, cell)
+    assert abs(mean_count - 1 / share) < 0.11 / share + 0.25, mean_count
+    assert abs(mean_sum - 80.0 / share) < 0.11 * 80.0 / share, mean_sum
+
+
+def test_small_cells_are_withheld_on_a_noisy_contributor_count():
+    """Threshold = min group size; the contributor count gets Laplace(1 / (epsilon / 4)). A cell of
+    exactly k contributors is withheld about half the time (noise below 0), never always or never."""
+    epsilon = 1.0
+    at_threshold = CellRow(0, 100, 0.0, 0.0, 0.0, 0.0, 5)
+    _, _, kept = _mean_abs_noise("count", epsilon, 1, at_threshold)
+    assert abs(kept - 0.5) < 0.06, kept  # 7 SE of a proportion over 4000 draws is 0.055
+    # Far above the threshold (60 scales of 4): kept always; far below: never.
+    big = [dp.noisy_cells([CellRow(0, 100, 0.0, 0.0, 0.0, 0.0, 250)], "count", epsilon, BOUNDS, 1, 5) for _ in range(200)]
+    assert not any(n.withheld for n in big)
+    empty = [dp.noisy_cells([CellRow(0, 0, 0.0, 0.0, 0.0, 0.0, 0)], "count", epsilon, BOUNDS, 1, 250) for _ in range(200)]
+    assert all(n.withheld for n in empty)
+
+
+def test_micro_epsilon_never_undercharges():
+    assert dp.micro(0.1) == 100_000 and dp.micro(1e-6) == 1 and dp.micro(0.0000015) == 2
+    assert dp.micro(0.1 + 0.2) == 300_000  # float noise does not add a micro-epsilon
+
+
+# -- against live hubs -------------------------------------------------------------------------
+
 DP_TERMS = (TERMS.replace('metrics = ["pm25"]', 'metrics = ["temperature"]')
-            .replace('aggregates = ["mean", "count", "min", "max"]', 'aggregates = ["count", "sum", "mean", "stddev"]')
-            .replace("queries_per_day = 100", "queries_per_day = 100\ndp_epsilon = 2.0"))
+            .replace('aggregates = ["mean", "count", "min", "max"]', 'aggregates = ["count", "sum", "mean"]')
+            .replace("min_group_size = 1", "min_group_size = 2")
+            .replace("queries_per_day = 100", "queries_per_day = 100\ndp_epsilon = 2.0\ndp_max_contributions = 744"))
 JAN, FEB = (int(dt.datetime(2019, m, 1, tzinfo=dt.UTC).timestamp() * 1000) for m in (1, 2))
 HOURS = range(31 * 24)
 TRUE_VALUE = lambda sensor, hour: -5.0 + sensor + (hour % 24) / 4  # noqa: E731  (°C)
@@ -27,12 +106,12 @@ TRUE_VALUE = lambda sensor, hour: -5.0 + sensor + (hour % 24) / 4  # noqa: E731 
 async def pair(tmp_path):
     consumer, provider = await start_peered(tmp_path, "1103", "4601")
     try:
-        for n in range(3):
+        for n in range(30):  # 30 sensors: far above the noisy threshold of 2
             sensor = await provider.add_sensor(tmp_path, f"thermometer{n}", metrics=["temperature"])
-            readings = [Reading("temperature", JAN + h * 3_600_000, TRUE_VALUE(n, h)) for h in HOURS]
+            readings = [Reading("temperature", JAN + h * 3_600_000, TRUE_VALUE(n, h)) for h in HOURS[:48]]
             await asyncio.to_thread(replay, sensor, readings)
-        await sign_agreement(provider, consumer, DP_TERMS)
-        yield consumer, provider
+        agreement = await sign_agreement(provider, consumer, DP_TERMS)
+        yield consumer, provider, agreement
     finally:
         await consumer.stop()
         await provider.stop()
@@ -48,49 +127,80 @@ async def ask(consumer, query):
     return await consumer.admin.RunQuery(query, metadata=consumer.admin_metadata)
 
 
-async def test_noisy_answers_a_budget_that_runs_out_and_only_linear_aggregates(pair):
-    consumer, provider = pair
-    true_sum = sum(TRUE_VALUE(n, h) for n in range(3) for h in HOURS)
-    true_count = 3 * len(HOURS)
+async def spent(provider, agreement: str) -> int:
+    return await provider.hub.storage.read(lambda s: s.budget_spent(agreement))
 
+
+async def test_a_lifetime_budget_in_micro_epsilon_that_runs_out_and_refuses_without_spending(pair):
+    consumer, provider, agreement = pair
     first = await ask(consumer, spec("sum", 0.5, provider))
     [row] = first.rows
-    assert row.noisy and not row.suppressed and row.contributors == 0
-    # Laplace scale = sensitivity / epsilon = max(|-80|, |70|) / 0.5 = 160: 30 scales is beyond any plausible draw.
-    assert abs(row.value - true_sum) < 30 * 160 and row.value != true_sum
+    # 30 sensors against a threshold of 2 on a noisy count (scale 8): withheld with probability 1.5 %
+    assert row.contributors == 0 and (row.noisy or row.suppressed)
     partial = query_pb2.PartialResult.FromString(first.provenance[0].partial.partial)
-    assert partial.cells[0].noisy and partial.cells[0].sum_squares == partial.cells[0].min == partial.cells[0].max == 0
+    assert (partial.dp_budget_micro, partial.dp_spent_micro) == (2_000_000, 500_000)  # shown to the asker, signed
+    [cell] = partial.cells
+    assert cell.suppressed or (cell.noisy and cell.sum_squares == cell.min == cell.max == cell.contributors == 0)
+    await ask(consumer, spec("count", 0.5, provider))
+    await ask(consumer, spec("mean", 0.5, provider))
+    assert await spent(provider, agreement) == 1_500_000
 
-    second = await ask(consumer, spec("count", 0.5, provider))
-    assert abs(second.rows[0].value - true_count) < 30 * 2  # scale 1 / 0.5
-    mean = await ask(consumer, spec("mean", 0.5, provider))
-    assert abs(mean.rows[0].value - true_sum / true_count) < 1.0 and mean.rows[0].noisy
-
-    # 1.5 of the daily 2.0 is spent: 0.6 more is refused, and the refusal spends nothing.
+    # 1.5 of the lifetime 2.0 is spent: 0.6 more is refused, and the refusal spends nothing.
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await ask(consumer, spec("sum", 0.6, provider))
-    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "differential-privacy budget" in err.value.details()
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "0.5 remains" in err.value.details()
+    assert await spent(provider, agreement) == 1_500_000
     await ask(consumer, spec("sum", 0.5, provider))  # exactly the rest is still allowed
-
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await ask(consumer, spec("stddev", 0.1, provider))
-    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "only count, sum, mean" in err.value.details()
-
-
-async def test_a_query_without_epsilon_spends_a_tenth_of_the_budget(pair):
-    consumer, provider = pair
-    for _ in range(10):
-        await ask(consumer, spec("count", 0.0, provider))
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await ask(consumer, spec("count", 0.0, provider))
+        await ask(consumer, spec("count", 0.001, provider))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert await spent(provider, agreement) == 2_000_000
+
+    # `smartregion agreement budget ID`, as the provider's admin runs it (docs/privacy.md)
+    shown = await asyncio.to_thread(cli, "agreement", "budget", "--data-dir", str(provider.data_dir), agreement, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == {"agreement_id": agreement, "role": "provider", "budget_epsilon": 2.0,
+                                        "spent_epsilon": 2.0, "remaining_epsilon": 0.0, "max_contributions": 744}
+    text = await asyncio.to_thread(cli, "agreement", "budget", "--data-dir", str(consumer.data_dir), agreement)
+    assert text.returncode == 0 and "the provider keeps the ledger" in text.stdout, text.stderr
+
+
+async def test_a_query_that_fails_after_spending_is_refunded(pair):
+    """The provider charges, computes, then cannot seal (the answer key is a low-order X25519
+    point): nothing is released, and the charge is given back."""
+    consumer, provider, agreement = pair
+    query = spec("count", 0.5, provider)
+    query.answer_key = b"\x00" * 32
+    signed = envelope.make(consumer.hub.identity.identity_key, consumer.hub.config.hub_id, provider.hub.config.hub_id,
+                           RUN_METHOD, query=query)
+    with pytest.raises(sealing.SealError):
+        await Provider(provider.running.federation).compute(signed, query, consumer.hub.config.hub_id)
+    assert await spent(provider, agreement) == 0
 
 
 async def test_epsilon_outside_a_budget_is_refused(pair):
-    consumer, provider = pair
+    consumer, provider, _ = pair
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await ask(consumer, spec("sum", 2.5, provider))  # more than the whole daily budget
+        await ask(consumer, spec("sum", 2.5, provider))  # more than the whole lifetime budget
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await ask(consumer, spec("sum", -1.0, provider))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await ask(consumer, spec("stddev", 0.1, provider))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "(allowed: count, sum, mean)" in err.value.details()
+
+
+def test_no_noise_at_all_would_be_caught():
+    """Sanity of the statistical oracle itself: an exact release has mean |noise| 0, far outside."""
+    assert not math.isclose(0.0, 1 / 0.75, abs_tol=0.11 / 0.75 + 0.25)
+
+
+async def test_the_query_command_shows_the_budget_left(pair):
+    consumer, provider, agreement = pair
+    shown = await asyncio.to_thread(
+        cli, "query", "run", "--data-dir", str(consumer.data_dir), "--dataset", "air_quality", "--metric", "temperature",
+        "--aggregate", "count", "--from", "2019-01-01", "--to", "2019-02-01", "--bucket", "month", "--group-by", "municipality",
+        "--ask-hub", provider.hub.config.hub_id, "--purpose", "environmental_monitoring", "--epsilon", "0.1")
+    assert shown.returncode == 0, shown.stderr
+    assert f"budget of agreement {agreement}: 0.1 of 2 spent, 1.9 left" in " ".join(shown.stdout.split()), shown.stdout

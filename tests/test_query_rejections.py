@@ -39,6 +39,7 @@ from query_helpers import (
     deliver,
     eventually,
     ms,
+    open_partial,
     refused,
     relay,
     signed,
@@ -77,11 +78,12 @@ async def region(tmp_path_factory):
     try:
         soon = dt.datetime.now(UTC) + dt.timedelta(seconds=EXPIRES_IN_S)
         agreements = {"expired": await agree(b, a, terms_toml(
-            until=soon, datasets=["electricity"], metrics=["energy"], consent_required=True))}
+            until=soon, datasets=["electricity"], metrics=["energy"], consent_required=True, dp_epsilon=1.0,
+            dp_max_contributions=24))}
         agreements["main"] = await agree(b, a, terms_toml(group_by=["time_bucket"]))
         agreements["quota"] = await agree(b, a, terms_toml(datasets=["traffic"], metrics=["vehicles"], queries_per_day=2))
         agreements["revoked"] = await agree(b, a, terms_toml(datasets=["water_consumption"], metrics=["water_volume"],
-                                                              consent_required=True))
+                                                              consent_required=True, dp_epsilon=1.0, dp_max_contributions=24))
         await b.admin("RevokeAgreement", admin_pb2.RevokeAgreementRequest(agreement_id=agreements["revoked"], reason="test: revoked"))
 
         partner = partners.PartnerKey(Ed25519PrivateKey.generate(), "Universitetet i Stavanger")
@@ -317,7 +319,7 @@ async def test_a_relayed_query_is_answered_once(region):
     a, b = region.a, region.b
     original = asked(a.key, a.id, a, spec(hub_ids=[b.id]))
     first = await b.query.Partial(relay(a, b, original), timeout=10)
-    assert query_pb2.PartialResult.FromString(first.partial).agreement_id == region.agreements["main"]
+    assert open_partial(first, b.id, original).agreement_id == region.agreements["main"]
     seq = await b.audit_seq()
     await refused(lambda: b.query.Partial(relay(a, b, original), timeout=10), EXISTS,
                   "this query was already answered (replayed)")

@@ -16,8 +16,8 @@ import { parseArgs } from 'node:util';
 import { status as GrpcStatus } from '@grpc/grpc-js';
 
 import {
-  DEFAULT_PROTO_DIR, SmartregionError, answerFile, connectPinned, loadContract, loadPartnerKey, readableRows, runQuery,
-  signQuery, verifyAnswer,
+  DEFAULT_PROTO_DIR, SmartregionError, answerFile, connectPinned, loadContract, loadPartnerKey, newAnswerKey, openAnswer,
+  readableRows, runQuery, signQuery,
 } from './smartregion.mjs';
 
 const USAGE = `usage: node query.mjs --key FILE --hub HOST:PORT --hub-id ID --dataset D --metric M --aggregate A
@@ -78,6 +78,8 @@ const spec = {
   purpose_code: options.purpose,
   deadline_ms: deadlineMs,
 };
+const answerKey = newAnswerKey(); // for this one query: only this process can open the partials
+spec.answer_key = answerKey.raw;
 
 let client;
 try {
@@ -86,8 +88,8 @@ try {
   client = await connectPinned(contract, options.hub, hubId);
   const signed = signQuery(contract, key, hubId, spec);
   const answer = await runQuery(client, signed, deadlineMs);
-  const verified = verifyAnswer(contract, answer, signed.payload, hubId);
-  if (options.save) fs.writeFileSync(options.save, answerFile(contract, answer, spec));
+  const verified = openAnswer(contract, answer, signed.payload, hubId, answerKey, spec, key.publicKey);
+  if (options.save) fs.writeFileSync(options.save, answerFile(contract, answer));
   const out = {
     rows: readableRows(answer),
     partial: answer.partial,

@@ -8,8 +8,10 @@
 //     "smartregion/v1/request" || 0x00 || payload;
 //   * signed partials: Ed25519 over "smartregion/v1/partial-result" || 0x00 || partial, by a
 //     key whose hub id is the first 16 bytes of SHA-256("smartregion/v1/hub-id" || 0x00 || key);
-//   * the signed answer: the merging hub's Ed25519 over "smartregion/v1/query-answer" || 0x00 ||
-//     summary, an AnswerSummary of the rows and of every hub asked with its status.
+//   * sealed partials: each provider encrypts its signed partial to this query's X25519 key
+//     (HPKE, RFC 9180 base mode), so the entry hub relays what it cannot read; we open and merge;
+//   * the signed answer: the entry hub's Ed25519 over "smartregion/v1/query-answer" || 0x00 ||
+//     summary, an AnswerSummary of every hub asked with its status and sealed partial's digest.
 //
 // Dependencies: @grpc/grpc-js (the calls), @grpc/proto-loader (the service, from proto/ at run
 // time) and protobufjs (the messages that are signed or carried as bytes: a gRPC stub alone
@@ -278,6 +280,7 @@ export function loadContract(protoDir = DEFAULT_PROTO_DIR) {
   return {
     Request: root.lookupType('smartregion.v1.Request'),
     PartialResult: root.lookupType('smartregion.v1.PartialResult'),
+    SignedPartial: root.lookupType('smartregion.v1.SignedPartial'),
     AnswerSummary: root.lookupType('smartregion.v1.AnswerSummary'),
     QueryAnswer: root.lookupType('smartregion.v1.QueryAnswer'),
     QueryClient: api.Query,
@@ -325,71 +328,229 @@ export function runQuery(client, signed, deadlineMs) {
   });
 }
 
-/** Check an answer before using it: it answers the query you signed, the hub you asked merged
- * it and signed what it says (rows, every hub asked, statuses), and every answered hub signed
- * its partial for this query. Throws on any mismatch; returns the hub ids whose partials verified. */
-export function verifyAnswer(contract, answer, sentPayload, entryHubId) {
+// -- the answer: each hub's partial sealed to this query's key (HPKE, RFC 9180) -------------------
+
+const SPKI_X25519_PREFIX = Buffer.from('302a300506032b656e032100', 'hex');
+const SEAL_INFO_PREFIX = domain('sealed-partial');
+
+/** A fresh X25519 key pair for one query; `raw` is the 32-byte public key for QuerySpec.answer_key. */
+export function newAnswerKey() {
+  const { privateKey, publicKey } = crypto.generateKeyPairSync('x25519');
+  const raw = Buffer.from(publicKey.export({ format: 'jwk' }).x, 'base64url');
+  return { privateKey, raw };
+}
+
+const i2osp = (n, length) => { const b = Buffer.alloc(length); b.writeUIntBE(n, 0, length); return b; };
+const hmac = (key, ...parts) => crypto.createHmac('sha256', key).update(Buffer.concat(parts)).digest();
+const HPKE_V1 = Buffer.from('HPKE-v1', 'latin1');
+const labeledExtract = (suiteId, salt, label, ikm) => hmac(salt.length ? salt : Buffer.alloc(32), HPKE_V1, suiteId, Buffer.from(label, 'latin1'), ikm);
+// HKDF-Expand for L <= 32: one block of HMAC-SHA256.
+const labeledExpand = (suiteId, prk, label, info, length) =>
+  hmac(prk, i2osp(length, 2), HPKE_V1, suiteId, Buffer.from(label, 'latin1'), info, Buffer.from([1])).subarray(0, length);
+
+/** RFC 9180 base mode, single shot: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-128-GCM, empty
+ * associated data. `sealed` is enc (32 bytes) || ciphertext || tag (16 bytes). */
+export function hpkeOpen(sealed, answerKey, info) {
+  if (sealed.length < 32 + 16) throw new SmartregionError('a sealed partial is too short');
+  const enc = sealed.subarray(0, 32);
+  const ephemeral = crypto.createPublicKey({ key: Buffer.concat([SPKI_X25519_PREFIX, enc]), format: 'der', type: 'spki' });
+  const dh = crypto.diffieHellman({ privateKey: answerKey.privateKey, publicKey: ephemeral });
+  const kemSuite = Buffer.concat([Buffer.from('KEM', 'latin1'), i2osp(0x0020, 2)]);
+  const eaePrk = labeledExtract(kemSuite, Buffer.alloc(0), 'eae_prk', dh);
+  const sharedSecret = labeledExpand(kemSuite, eaePrk, 'shared_secret', Buffer.concat([enc, answerKey.raw]), 32);
+  const suite = Buffer.concat([Buffer.from('HPKE', 'latin1'), i2osp(0x0020, 2), i2osp(0x0001, 2), i2osp(0x0001, 2)]);
+  const context = Buffer.concat([Buffer.from([0]), labeledExtract(suite, Buffer.alloc(0), 'psk_id_hash', Buffer.alloc(0)),
+    labeledExtract(suite, Buffer.alloc(0), 'info_hash', info)]);
+  const secret = labeledExtract(suite, sharedSecret, 'secret', Buffer.alloc(0));
+  const key = labeledExpand(suite, secret, 'key', context, 16);
+  const nonce = labeledExpand(suite, secret, 'base_nonce', context, 12); // sequence number 0
+  const body = sealed.subarray(32, sealed.length - 16);
+  const decipher = crypto.createDecipheriv('aes-128-gcm', key, nonce);
+  decipher.setAuthTag(sealed.subarray(sealed.length - 16));
+  return Buffer.concat([decipher.update(body), decipher.final()]);
+}
+
+/** Check an answer before using it: it answers the query you signed, the hub you asked signed
+ * what every hub answered; open every sealed partial, check each provider's signature, and
+ * merge. Throws on any mismatch; returns { rows, verified } and fills each provenance's partial. */
+export function openAnswer(contract, answer, sentPayload, entryHubId, answerKey, spec, askerPublicKey) {
   const echoed = Buffer.from(answer.query?.payload ?? []);
   if (!echoed.equals(sentPayload)) throw new SmartregionError('the hub answered a different query than the one signed');
   const digest = sha256(echoed);
   verifySummary(contract, answer, digest, entryHubId);
-  return verifyPartials(contract, answer, digest);
+  const partials = openPartials(contract, answer, digest, answerKey, spec);
+  answer.rows = mergePartials(partials, spec);
+  answer.asker_public_key = askerPublicKey; // so the answer file's query signature checks offline
+  return answer.provenance.filter((p) => p.status === 'answered').map((p) => p.hub_id);
 }
 
-/** The merging hub's signature over an AnswerSummary, and that the summary is this answer. */
+/** The entry hub's signature over an AnswerSummary, and that the summary is this answer. */
 export function verifySummary(contract, answer, digest, entryHubId) {
   const key = Buffer.from(answer.answered_by_public_key ?? []);
   if (key.length !== 32 || hubIdFromPublicKey(key) !== answer.answered_by) {
-    throw new SmartregionError('the answer names a merging hub whose key it does not carry');
+    throw new SmartregionError('the answer names an entry hub whose key it does not carry');
   }
-  if (answer.answered_by !== entryHubId) throw new SmartregionError(`the answer was merged by hub ${answer.answered_by}, not by hub ${entryHubId}`);
+  if (answer.answered_by !== entryHubId) throw new SmartregionError(`the answer was signed by hub ${answer.answered_by}, not by hub ${entryHubId}`);
   const bytes = Buffer.from(answer.summary ?? []);
   if (!verifyEd25519(key, Buffer.concat([DOMAIN.answer, bytes]), answer.summary_signature ?? [])) {
-    throw new SmartregionError("the merging hub's signature over the answer does not verify");
+    throw new SmartregionError("the entry hub's signature over the answer does not verify");
   }
   const signed = contract.AnswerSummary.toObject(contract.AnswerSummary.decode(bytes), { longs: Number, defaults: true });
-  const rowFields = ['group', 'bucket_start_ms', 'bucket_label', 'value', 'readings', 'contributors', 'suppressed'];
-  const sameRow = (r, i) => rowFields.every((f) => r[f] === answer.rows[i][f] || Object.is(r[f], answer.rows[i][f]));
   const sameSource = (p, i) => {
     const q = answer.provenance[i];
-    const partialBytes = Buffer.from(q.partial?.partial ?? []);
-    const expectedDigest = partialBytes.length ? sha256(partialBytes) : Buffer.alloc(0);
-    return p.hub_id === q.hub_id && p.status === q.status && p.reason === q.reason && p.agreement_id === q.agreement_id
-      && Buffer.from(p.partial_digest).equals(expectedDigest);
+    const sealed = Buffer.from(q.sealed_partial ?? []);
+    const expectedDigest = sealed.length ? sha256(sealed) : Buffer.alloc(0);
+    return p.hub_id === q.hub_id && p.municipality === q.municipality && p.status === q.status && p.reason === q.reason
+      && p.agreement_id === q.agreement_id && Buffer.from(p.partial_digest).equals(expectedDigest);
   };
   const matches = Buffer.from(signed.query_digest).equals(digest)
     && signed.answered_by === answer.answered_by
     && signed.partial === answer.partial
     && signed.merged_at_ms > 0
+    && signed.rows.length === 0
     && signed.missing_hubs.length === answer.missing_hubs.length && signed.missing_hubs.every((h, i) => h === answer.missing_hubs[i])
-    && signed.rows.length === answer.rows.length && signed.rows.every(sameRow)
     && signed.provenance.length === answer.provenance.length && signed.provenance.every(sameSource);
-  if (!matches) throw new SmartregionError('the answer differs from what the merging hub signed (rows, hubs asked, statuses or partial flag)');
+  if (!matches) throw new SmartregionError('the answer differs from what the entry hub signed');
 }
 
-/** Every answered hub's signed partial: signature, hub id derived from the signing key, and
- * that it answers this exact query; and no hub listed twice (its figures would count twice). */
-export function verifyPartials(contract, answer, digest) {
-  const verified = [];
+/** Open every answered hub's sealed partial and check it: the provider's signature, the hub id
+ * derived from the signing key, this exact query, the municipality and agreement the entry hub
+ * signed, cells of this query only; and no hub listed twice (its figures would count twice). */
+export function openPartials(contract, answer, digest, answerKey, spec) {
+  const opened = [];
   const seen = new Set();
+  const starts = new Set(bucketStarts(spec));
   for (const p of answer.provenance) {
     if (seen.has(p.hub_id)) throw new SmartregionError(`hub ${p.hub_id} is listed twice in the answer`);
     seen.add(p.hub_id);
     if (p.status !== 'answered') continue;
-    const signed = p.partial ?? {};
+    let plain;
+    try {
+      plain = hpkeOpen(Buffer.from(p.sealed_partial ?? []), answerKey, Buffer.concat([SEAL_INFO_PREFIX, digest, Buffer.from(p.hub_id, 'latin1')]));
+    } catch {
+      throw new SmartregionError(`hub ${p.hub_id}: the sealed partial does not open with this query's key`);
+    }
+    const signed = contract.SignedPartial.toObject(contract.SignedPartial.decode(plain), { defaults: true });
     const key = Buffer.from(signed.provider_public_key ?? []);
     const bytes = Buffer.from(signed.partial ?? []);
     if (!verifyEd25519(key, Buffer.concat([DOMAIN.partial, bytes]), signed.signature ?? [])) {
       throw new SmartregionError(`hub ${p.hub_id}: the partial result's signature does not verify`);
     }
-    const partial = contract.PartialResult.decode(bytes);
+    const partial = contract.PartialResult.toObject(contract.PartialResult.decode(bytes), { longs: Number, defaults: true });
     if (partial.provider_hub_id !== hubIdFromPublicKey(key) || partial.provider_hub_id !== p.hub_id) {
       throw new SmartregionError(`hub ${p.hub_id}: the partial result names another provider than its signer`);
     }
     if (!Buffer.from(partial.query_digest).equals(digest)) throw new SmartregionError(`hub ${p.hub_id}: the partial result answers another query`);
-    verified.push(p.hub_id);
+    if (partial.municipality !== p.municipality || partial.agreement_id !== p.agreement_id) {
+      throw new SmartregionError(`hub ${p.hub_id}: the partial's municipality or agreement is not the one the entry hub signed`);
+    }
+    const group = spec.group_by === 'municipality' ? p.municipality : 'region';
+    const cells = partial.cells.map((c) => c.bucket_start_ms);
+    if (partial.cells.some((c) => c.group !== group || !starts.has(c.bucket_start_ms)) || new Set(cells).size !== cells.length) {
+      throw new SmartregionError(`hub ${p.hub_id}: the partial holds a cell outside the query`);
+    }
+    p.partial = signed;
+    opened.push(partial);
   }
-  return verified;
+  return opened;
+}
+
+/** The start of every bucket of an aligned window (UTC). */
+export function bucketStarts(spec) {
+  if (spec.bucket === 'window') return [spec.start_ms];
+  const starts = [];
+  const at = new Date(spec.start_ms);
+  const step = { hour: () => at.setUTCHours(at.getUTCHours() + 1), day: () => at.setUTCDate(at.getUTCDate() + 1),
+    week: () => at.setUTCDate(at.getUTCDate() + 7), month: () => at.setUTCMonth(at.getUTCMonth() + 1),
+    year: () => at.setUTCFullYear(at.getUTCFullYear() + 1) }[spec.bucket];
+  while (at.getTime() < spec.end_ms) { starts.push(at.getTime()); step(); }
+  return starts;
+}
+
+/** A bucket's label, as the hubs write it: 2019-03-04T05:00Z, 2019-03-04, 2019-W10, 2019-03, 2019. */
+export function bucketLabel(bucket, startMs) {
+  const iso = new Date(startMs).toISOString();
+  if (bucket === 'hour') return `${iso.slice(0, 13)}:00Z`;
+  if (bucket === 'day') return iso.slice(0, 10);
+  if (bucket === 'month') return iso.slice(0, 7);
+  if (bucket === 'year') return iso.slice(0, 4);
+  if (bucket === 'week') { // ISO week: the year and number of the week's Thursday
+    const thursday = new Date(startMs + 3 * 86_400_000);
+    const year = thursday.getUTCFullYear();
+    const week = Math.floor((thursday - Date.UTC(year, 0, 1)) / (7 * 86_400_000)) + 1;
+    return `${year}-W${String(week).padStart(2, '0')}`;
+  }
+  return 'window';
+}
+
+const GAMMA = (1 + 0.01) / (1 - 0.01); // the sketch's accuracy alpha = 0.01
+
+/** A sketch ordinal's representative: 0, or +-2 gamma^k / (gamma + 1) with k = |o| - 2048. */
+export function ordinalValue(o) {
+  return o === 0 ? 0 : Math.sign(o) * ((2 * GAMMA ** (Math.abs(o) - 2048)) / (GAMMA + 1));
+}
+
+/** Region-wide quantile: all coarse sketches at the coarsest level, counts added, then the
+ * middle ordinal of the first bin whose cumulative count exceeds q * (n - 1). */
+export function coarseQuantile(parts, q) {
+  const level = Math.max(...parts.map((c) => c.coarse.level));
+  const bins = new Map();
+  for (const c of parts) {
+    for (const [key, n] of Object.entries(c.coarse.bins)) {
+      const index = Math.floor(Number(key) / 2 ** (level - c.coarse.level));
+      bins.set(index, (bins.get(index) ?? 0) + Number(n));
+    }
+  }
+  const total = [...bins.values()].reduce((a, b) => a + b, 0);
+  const width = 2 ** level;
+  let seen = 0;
+  let found = 0;
+  for (const index of [...bins.keys()].sort((x, y) => x - y)) {
+    seen += bins.get(index);
+    found = index;
+    if (seen > q * (total - 1)) break;
+  }
+  return ordinalValue(found * width + Math.floor(width / 2));
+}
+
+/** docs/querying.md 7.6: per municipality each cell is one provider's final value, taken as is;
+ * region-wide the providers' exact sums add (stddev from sums of squares, sample formula). */
+export function mergePartials(partials, spec) {
+  const cells = new Map();
+  for (const partial of partials) {
+    for (const c of partial.cells) {
+      const k = `${String(c.bucket_start_ms).padStart(16, '0')}|${c.group}`;
+      if (!cells.has(k)) cells.set(k, []);
+      cells.get(k).push(c);
+    }
+  }
+  const rows = [];
+  for (const k of [...cells.keys()].sort()) {
+    const parts = cells.get(k);
+    const { group, bucket_start_ms: start } = parts[0];
+    const base = { group, bucket_start_ms: start, bucket_label: bucketLabel(spec.bucket, start) };
+    if (parts.some((c) => c.suppressed)) {
+      rows.push({ ...base, value: 0, readings: 0, contributors: 0, suppressed: true, noisy: false });
+      continue;
+    }
+    let n = 0; let s = 0; let s2 = 0; let contributors = 0;
+    for (const c of parts) { n += c.count; s += c.sum; s2 += c.sum_squares; contributors += c.contributors; }
+    let value;
+    if (spec.group_by === 'municipality') {
+      if (parts.length !== 1) throw new SmartregionError(`two hubs answered for municipality ${group}`);
+      value = parts[0].value;
+    } else if (spec.aggregate === 'quantile') {
+      value = coarseQuantile(parts, spec.quantile);
+    } else {
+      value = {
+        count: () => n, sum: () => s, mean: () => (n ? s / n : 0),
+        min: () => Math.min(...parts.map((c) => c.min)), max: () => Math.max(...parts.map((c) => c.max)),
+        stddev: () => (n > 1 ? Math.sqrt(Math.max(0, (s2 - (s * s) / n) / (n - 1))) : 0),
+      }[spec.aggregate]();
+    }
+    rows.push({ ...base, value, readings: n, contributors, suppressed: false, noisy: parts.some((c) => c.noisy) });
+  }
+  return rows;
 }
 
 /** The rows as `smartregion query run -o json` prints them. */
@@ -402,23 +563,33 @@ export function readableRows(answer) {
     readings: Number(r.readings),
     contributors: r.contributors,
     suppressed: r.suppressed,
+    noisy: r.noisy,
   }));
 }
 
+/** The query as `smartregion query verify` reads it (federation/answers.py readable_query). */
+export function readableQuery(contract, answer) {
+  const { query } = contract.Request.toObject(contract.Request.decode(Buffer.from(answer.query.payload)), { longs: Number, defaults: true });
+  return { ...query, answer_key: Buffer.from(query.answer_key).toString('hex') };
+}
+
 /** The whole answer as a `smartregion query verify` file (federation/answers.py). */
-export function answerFile(contract, answer, spec) {
+export function answerFile(contract, answer) {
   const bytes = contract.QueryAnswer.encode(contract.QueryAnswer.fromObject(answer)).finish();
+  const request = contract.Request.decode(Buffer.from(answer.query.payload));
   const doc = {
     format: 'smartregion-query-answer',
-    version: 1,
-    query: spec,
+    version: 2,
+    query: readableQuery(contract, answer),
+    asked_by: request.caller_id,
+    answered_by: answer.answered_by,
     rows: readableRows(answer),
     partial: answer.partial,
     missing_hubs: answer.missing_hubs,
     provenance: answer.provenance.map((p) => ({
-      hub_id: p.hub_id, municipality: p.municipality, status: p.status, reason: p.reason,
-      agreement_id: p.agreement_id, latency_ms: Math.round(p.latency_ms * 10) / 10,
+      hub_id: p.hub_id, municipality: p.municipality, status: p.status, reason: p.reason, agreement_id: p.agreement_id,
     })),
+    unsigned: { latency_ms: Object.fromEntries(answer.provenance.map((p) => [p.hub_id, Math.round(p.latency_ms * 10) / 10])) },
     answer: Buffer.from(bytes).toString('base64'),
   };
   return `${JSON.stringify(doc, null, 2)}\n`;

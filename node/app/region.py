@@ -15,12 +15,11 @@ from pathlib import Path
 
 import grpc
 
-from federation import envelope
 from federation.partner_client import PartnerSession
 from federation.partners import PartnerKey, public_file_path
 from federation.peers import channel_to, fetch_certificate
-from federation.query_service import RUN_METHOD
-from node.api.v1 import admin_pb2, query_pb2, query_service_pb2_grpc
+from federation.query import asker
+from node.api.v1 import admin_pb2, query_pb2
 from node.app.sensor_client import Sensor, SensorCredential, read_station_csv, replay
 from node.client import AdminClient
 from node.fileio import write_private_file
@@ -193,8 +192,7 @@ def monthly_pm25_spec(**overrides) -> query_pb2.QuerySpec:
 async def ask_as_partner(partner: PartnerKey, hub: RegionHub, spec: query_pb2.QuerySpec):
     cert = await fetch_certificate(hub.address)
     async with channel_to(hub.address, hub.hub_id, cert) as channel:
-        signed = envelope.make(partner.key, partner.partner_id, hub.hub_id, RUN_METHOD, query=spec)
-        return await query_service_pb2_grpc.QueryStub(channel).Run(signed, timeout=(spec.deadline_ms or 10_000) / 1000 + 5)
+        return await asker.ask(channel, partner.key, partner.partner_id, hub.hub_id, spec)
 
 
 @dataclass

@@ -145,7 +145,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE agreement_usage ADD COLUMN epsilon_spent REAL NOT NULL DEFAULT 0
         """,
     ),
-    # branch `networks` (issue 10): LoRaWAN devices and join-server KEKs (node/networks/devices.py).
+    # issue 10: LoRaWAN devices and join-server KEKs (node/networks/devices.py).
     (
         5,
         """
@@ -200,6 +200,31 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         INSERT INTO metric_totals (dataset, metric, readings)
             SELECT s.dataset, r.metric, count(*) FROM readings r JOIN sensors s ON s.ref = r.sensor_ref GROUP BY s.dataset, r.metric
+        """,
+    ),
+    (
+        # branch privacy (issue 9): the lifetime privacy budget and the release log.
+        7,
+        """
+        -- The lifetime differential-privacy budget spent per agreement, integer micro-epsilon.
+        CREATE TABLE privacy_budget (
+            agreement_id TEXT PRIMARY KEY,
+            spent_micro INTEGER NOT NULL CHECK (spent_micro >= 0)
+        );
+        -- What a provider released per agreement (federation/query/releases.py): the cell, its
+        -- contributor count, and a fingerprint per contributor of what that contributor added.
+        CREATE TABLE release_log (
+            agreement_id TEXT NOT NULL,
+            dataset TEXT NOT NULL,
+            metric TEXT NOT NULL,
+            start_ms INTEGER NOT NULL,
+            end_ms INTEGER NOT NULL,
+            contributors INTEGER NOT NULL,
+            digest BLOB NOT NULL,
+            fingerprints BLOB NOT NULL,
+            released_at_ms INTEGER NOT NULL
+        );
+        CREATE INDEX release_log_cell ON release_log (agreement_id, dataset, metric, start_ms, end_ms)
         """,
     ),
 ]

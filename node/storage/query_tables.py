@@ -30,27 +30,67 @@ class QueryTables(Connected):
             params.append(req.consent_purpose)
         return sql, params
 
-    def aggregate(self, req: AggregateRequest) -> list[CellRow]:
+    def _readings(self, req: AggregateRequest) -> tuple[str, list]:
+        """The readings of the request as a subquery (b: bucket start, c: contributor, v: value),
+        with at most `max_contributions` readings (the earliest) per contributor and bucket."""
         bucket = _BUCKET_SQL.get(req.bucket, str(int(req.start_ms)))
         contributor = "s.subject_id" if req.consent_purpose is not None else "s.ref"
         where, params = self._where(req)
         value = "r.value" if req.clamp is None else f"max(min(r.value, {float(req.clamp[1])!r}), {float(req.clamp[0])!r})"
+        rows = (f"SELECT {bucket} AS b, {contributor} AS c, {value} AS v, r.time_ms AS t "
+                f"FROM readings r JOIN sensors s ON s.ref = r.sensor_ref WHERE {where}")
+        if req.max_contributions is not None:
+            rows = (f"SELECT b, c, v, t FROM (SELECT b, c, v, t, ROW_NUMBER() OVER (PARTITION BY b, c ORDER BY t) AS n "
+                    f"FROM ({rows})) WHERE n <= {int(req.max_contributions)}")
+        return rows, params
+
+    def aggregate(self, req: AggregateRequest) -> list[CellRow]:
+        rows_sql, params = self._readings(req)
         rows = self.conn.execute(
-            f"SELECT {bucket} AS b, count(*), sum({value}), sum({value} * {value}), min({value}), max({value}), "
-            f"count(DISTINCT {contributor}) FROM readings r JOIN sensors s ON s.ref = r.sensor_ref "
-            f"WHERE {where} GROUP BY b ORDER BY b",
+            f"SELECT b, count(*), sum(v), sum(v * v), min(v), max(v), count(DISTINCT c) FROM ({rows_sql}) GROUP BY b ORDER BY b",
             params,
         ).fetchall()
         cells = {row[0]: CellRow(*row) for row in rows}
         if req.with_sketch and cells:
-            sign, key = bin_sql("r.value")
+            sign, key = bin_sql("v")
             for b, sg, k, n in self.conn.execute(
-                f"SELECT {bucket} AS b, {sign} AS sg, {key} AS k, count(*) FROM readings r "
-                f"JOIN sensors s ON s.ref = r.sensor_ref WHERE {where} GROUP BY b, sg, k",
-                params,
+                f"SELECT b, {sign} AS sg, {key} AS k, count(*) FROM ({rows_sql}) GROUP BY b, sg, k", params,
             ):
                 cells[b].sketch_bins.append((sg, k, n))
         return list(cells.values())
+
+    def sketch_bins_by_contributor(self, req: AggregateRequest) -> list[tuple[int, int, int, str, int]]:
+        """(bucket, sign, key, contributor, readings) for coarsening a sketch (partials.coarsen);
+        stays in the hub."""
+        rows_sql, params = self._readings(req)
+        sign, key = bin_sql("v")
+        return [(b, sg, k, str(c), n) for b, sg, k, c, n in self.conn.execute(
+            f"SELECT b, {sign} AS sg, {key} AS k, c, count(*) FROM ({rows_sql}) GROUP BY b, sg, k, c", params)]
+
+    def contributions(self, req: AggregateRequest) -> dict[int, list[tuple[str, int, float]]]:
+        """Per bucket: (contributor, readings, sum) of each contributor, for the release log.
+        Stays in the hub: only keyed fingerprints of it are stored (federation/query/releases.py)."""
+        rows_sql, params = self._readings(req)
+        out: dict[int, list[tuple[str, int, float]]] = {}
+        for b, c, n, s in self.conn.execute(f"SELECT b, c, count(*), sum(v) FROM ({rows_sql}) GROUP BY b, c ORDER BY b, c", params):
+            out.setdefault(b, []).append((str(c), n, s))
+        return out
+
+    # -- release log -------------------------------------------------------------------
+    def earlier_releases(self, agreement_id: str, dataset: str, metric: str, start_ms: int,
+                         end_ms: int) -> dict[tuple[int, int], list[bytes]]:
+        """The fingerprints of every earlier release of a cell within [start_ms, end_ms), by extent."""
+        out: dict[tuple[int, int], list[bytes]] = {}
+        for s, e, prints in self.conn.execute(
+                "SELECT start_ms, end_ms, fingerprints FROM release_log WHERE agreement_id = ? AND dataset = ? AND metric = ? "
+                "AND start_ms >= ? AND end_ms <= ?", (agreement_id, dataset, metric, start_ms, end_ms)):
+            out.setdefault((s, e), []).append(prints)
+        return out
+
+    def log_releases(self, rows: list[tuple[str, str, str, int, int, int, bytes, bytes, int]]) -> None:
+        self._transaction(lambda: self.conn.executemany(
+            "INSERT INTO release_log (agreement_id, dataset, metric, start_ms, end_ms, contributors, digest, fingerprints, "
+            "released_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows))
 
     # -- consent -----------------------------------------------------------------------
     def grant_consent(self, subject_id: str, purpose_code: str, at_ms: int) -> bool:
@@ -112,3 +152,30 @@ class QueryTables(Connected):
         row = self.conn.execute("SELECT queries, epsilon_spent FROM agreement_usage WHERE agreement_id = ? AND day = ?",
                                 (agreement_id, day)).fetchone()
         return (row[0], row[1]) if row else (0, 0.0)
+
+    # -- lifetime privacy budget (integer micro-epsilon) -------------------------------------
+    def spend_budget(self, agreement_id: str, micro: int, budget_micro: int) -> bool:
+        """Spend `micro` of the agreement's lifetime budget atomically; False (and nothing spent)
+        if it would go over."""
+
+        def work():
+            row = self.conn.execute("SELECT spent_micro FROM privacy_budget WHERE agreement_id = ?", (agreement_id,)).fetchone()
+            spent = row[0] if row else 0
+            if micro < 0 or spent + micro > budget_micro:
+                return False
+            self.conn.execute(
+                "INSERT INTO privacy_budget (agreement_id, spent_micro) VALUES (?, ?) "
+                "ON CONFLICT(agreement_id) DO UPDATE SET spent_micro = spent_micro + excluded.spent_micro",
+                (agreement_id, micro))
+            return True
+
+        return self._transaction(work)
+
+    def refund_budget(self, agreement_id: str, micro: int) -> None:
+        """Give back what a query spent when it then failed before releasing anything."""
+        self._transaction(lambda: self.conn.execute(
+            "UPDATE privacy_budget SET spent_micro = max(0, spent_micro - ?) WHERE agreement_id = ?", (micro, agreement_id)))
+
+    def budget_spent(self, agreement_id: str) -> int:
+        row = self.conn.execute("SELECT spent_micro FROM privacy_budget WHERE agreement_id = ?", (agreement_id,)).fetchone()
+        return int(row[0]) if row else 0

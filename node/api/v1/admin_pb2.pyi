@@ -336,6 +336,22 @@ class AgreementView(_message.Message):
     awaiting_my_signature: bool
     def __init__(self, terms: _Optional[_Union[_agreement_pb2.AgreementTerms, _Mapping]] = ..., state: _Optional[_Union[_agreement_pb2.AgreementState, str]] = ..., signatures: _Optional[_Iterable[_Union[SignatureCheck, _Mapping]]] = ..., revocations: _Optional[_Iterable[_Union[_agreement_pb2.Revocation, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[AgreementEvent, _Mapping]]] = ..., role: _Optional[str] = ..., counterparty_id: _Optional[str] = ..., counterparty_name: _Optional[str] = ..., awaiting_my_signature: _Optional[bool] = ...) -> None: ...
 
+class AgreementBudget(_message.Message):
+    __slots__ = ("agreement_id", "budget_micro", "spent_micro", "remaining_micro", "role", "max_contributions")
+    AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_MICRO_FIELD_NUMBER: _ClassVar[int]
+    SPENT_MICRO_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_MICRO_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
+    agreement_id: str
+    budget_micro: int
+    spent_micro: int
+    remaining_micro: int
+    role: str
+    max_contributions: int
+    def __init__(self, agreement_id: _Optional[str] = ..., budget_micro: _Optional[int] = ..., spent_micro: _Optional[int] = ..., remaining_micro: _Optional[int] = ..., role: _Optional[str] = ..., max_contributions: _Optional[int] = ...) -> None: ...
+
 class ListAgreementsResponse(_message.Message):
     __slots__ = ("agreements",)
     AGREEMENTS_FIELD_NUMBER: _ClassVar[int]

@@ -116,6 +116,11 @@ class AdminStub:
                 request_serializer=smartregion_dot_v1_dot_admin__pb2.AgreementRef.SerializeToString,
                 response_deserializer=smartregion_dot_v1_dot_admin__pb2.ExportedAgreement.FromString,
                 _registered_method=True)
+        self.GetAgreementBudget = channel.unary_unary(
+                '/smartregion.v1.Admin/GetAgreementBudget',
+                request_serializer=smartregion_dot_v1_dot_admin__pb2.AgreementRef.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_admin__pb2.AgreementBudget.FromString,
+                _registered_method=True)
         self.RunQuery = channel.unary_unary(
                 '/smartregion.v1.Admin/RunQuery',
                 request_serializer=smartregion_dot_v1_dot_query__pb2.QuerySpec.SerializeToString,
@@ -262,6 +267,14 @@ class AdminServicer:
 
     def ExportAgreement(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAgreementBudget(self, request, context):
+        """The agreement's lifetime differential-privacy budget and what this hub, as its provider,
+        has spent of it (docs/privacy.md).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -414,6 +427,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ExportAgreement,
                     request_deserializer=smartregion_dot_v1_dot_admin__pb2.AgreementRef.FromString,
                     response_serializer=smartregion_dot_v1_dot_admin__pb2.ExportedAgreement.SerializeToString,
+            ),
+            'GetAgreementBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAgreementBudget,
+                    request_deserializer=smartregion_dot_v1_dot_admin__pb2.AgreementRef.FromString,
+                    response_serializer=smartregion_dot_v1_dot_admin__pb2.AgreementBudget.SerializeToString,
             ),
             'RunQuery': grpc.unary_unary_rpc_method_handler(
                     servicer.RunQuery,
@@ -893,6 +911,33 @@ class Admin:
             '/smartregion.v1.Admin/ExportAgreement',
             smartregion_dot_v1_dot_admin__pb2.AgreementRef.SerializeToString,
             smartregion_dot_v1_dot_admin__pb2.ExportedAgreement.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAgreementBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/GetAgreementBudget',
+            smartregion_dot_v1_dot_admin__pb2.AgreementRef.SerializeToString,
+            smartregion_dot_v1_dot_admin__pb2.AgreementBudget.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,7 +46,7 @@ class Party(_message.Message):
     def __init__(self, kind: _Optional[_Union[PartyKind, str]] = ..., id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., name: _Optional[str] = ...) -> None: ...
 
 class AgreementTerms(_message.Message):
-    __slots__ = ("agreement_id", "version", "supersedes", "provider", "consumer", "purpose_code", "purpose_description", "datasets", "metrics", "aggregates", "group_by", "smallest_bucket", "longest_window_days", "min_group_size", "consent_required", "queries_per_day", "dp_epsilon", "valid_from_ms", "valid_until_ms", "created_at_ms")
+    __slots__ = ("agreement_id", "version", "supersedes", "provider", "consumer", "purpose_code", "purpose_description", "datasets", "metrics", "aggregates", "group_by", "smallest_bucket", "longest_window_days", "min_group_size", "consent_required", "queries_per_day", "dp_epsilon", "valid_from_ms", "valid_until_ms", "created_at_ms", "dp_max_contributions")
     AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SUPERSEDES_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,7 @@ class AgreementTerms(_message.Message):
     VALID_FROM_MS_FIELD_NUMBER: _ClassVar[int]
     VALID_UNTIL_MS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    DP_MAX_CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
     agreement_id: str
     version: int
     supersedes: str
@@ -87,7 +88,8 @@ class AgreementTerms(_message.Message):
     valid_from_ms: int
     valid_until_ms: int
     created_at_ms: int
-    def __init__(self, agreement_id: _Optional[str] = ..., version: _Optional[int] = ..., supersedes: _Optional[str] = ..., provider: _Optional[_Union[Party, _Mapping]] = ..., consumer: _Optional[_Union[Party, _Mapping]] = ..., purpose_code: _Optional[str] = ..., purpose_description: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Iterable[str]] = ..., aggregates: _Optional[_Iterable[str]] = ..., group_by: _Optional[_Iterable[str]] = ..., smallest_bucket: _Optional[str] = ..., longest_window_days: _Optional[int] = ..., min_group_size: _Optional[int] = ..., consent_required: _Optional[bool] = ..., queries_per_day: _Optional[int] = ..., dp_epsilon: _Optional[float] = ..., valid_from_ms: _Optional[int] = ..., valid_until_ms: _Optional[int] = ..., created_at_ms: _Optional[int] = ...) -> None: ...
+    dp_max_contributions: int
+    def __init__(self, agreement_id: _Optional[str] = ..., version: _Optional[int] = ..., supersedes: _Optional[str] = ..., provider: _Optional[_Union[Party, _Mapping]] = ..., consumer: _Optional[_Union[Party, _Mapping]] = ..., purpose_code: _Optional[str] = ..., purpose_description: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Iterable[str]] = ..., aggregates: _Optional[_Iterable[str]] = ..., group_by: _Optional[_Iterable[str]] = ..., smallest_bucket: _Optional[str] = ..., longest_window_days: _Optional[int] = ..., min_group_size: _Optional[int] = ..., consent_required: _Optional[bool] = ..., queries_per_day: _Optional[int] = ..., dp_epsilon: _Optional[float] = ..., valid_from_ms: _Optional[int] = ..., valid_until_ms: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., dp_max_contributions: _Optional[int] = ...) -> None: ...
 
 class PartySignature(_message.Message):
     __slots__ = ("signer_id", "signature")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asmartregion/v1/query.proto\x12\x0esmartregion.v1\"\xfa\x01\n\tQuerySpec\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x11\n\taggregate\x18\x03 \x01(\t\x12\x10\n\x08quantile\x18\x04 \x01(\x01\x12\x10\n\x08start_ms\x18\x05 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x06 \x01(\x03\x12\x0e\n\x06\x62ucket\x18\x07 \x01(\t\x12\x10\n\x08group_by\x18\x08 \x01(\t\x12\x16\n\x0emunicipalities\x18\t \x03(\t\x12\x0f\n\x07hub_ids\x18\n \x03(\t\x12\x14\n\x0cpurpose_code\x18\x0b \x01(\t\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x0c \x01(\r\x12\x0f\n\x07\x65psilon\x18\r \x01(\x01\"\xe2\x01\n\x04\x43\x65ll\x12\r\n\x05group\x18\x01 \x01(\t\x12\x17\n\x0f\x62ucket_start_ms\x18\x02 \x01(\x03\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\x0b\n\x03sum\x18\x04 \x01(\x01\x12\x13\n\x0bsum_squares\x18\x05 \x01(\x01\x12\x0b\n\x03min\x18\x06 \x01(\x01\x12\x0b\n\x03max\x18\x07 \x01(\x01\x12\x14\n\x0c\x63ontributors\x18\x08 \x01(\r\x12.\n\x06sketch\x18\t \x01(\x0b\x32\x1e.smartregion.v1.QuantileSketch\x12\x12\n\nsuppressed\x18\n \x01(\x08\x12\r\n\x05noisy\x18\x0b \x01(\x08\"\x90\x02\n\x0eQuantileSketch\x12\r\n\x05\x61lpha\x18\x01 \x01(\x01\x12>\n\x08positive\x18\x02 \x03(\x0b\x32,.smartregion.v1.QuantileSketch.PositiveEntry\x12>\n\x08negative\x18\x03 \x03(\x0b\x32,.smartregion.v1.QuantileSketch.NegativeEntry\x12\r\n\x05zeros\x18\x04 \x01(\x04\x1a/\n\rPositiveEntry\x12\x0b\n\x03key\x18\x01 \x01(\x11\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a/\n\rNegativeEntry\x12\x0b\n\x03key\x18\x01 \x01(\x11\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xbf\x01\n\rPartialResult\x12\x14\n\x0cquery_digest\x18\x01 \x01(\x0c\x12\x17\n\x0fprovider_hub_id\x18\x02 \x01(\t\x12\x14\n\x0cmunicipality\x18\x03 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x04 \x01(\t\x12\x16\n\x0e\x63omputed_at_ms\x18\x05 \x01(\x03\x12\x16\n\x0emin_group_size\x18\x06 \x01(\r\x12#\n\x05\x63\x65lls\x18\x07 \x03(\x0b\x32\x14.smartregion.v1.Cell\"P\n\rSignedPartial\x12\x0f\n\x07partial\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x1b\n\x13provider_public_key\x18\x03 \x01(\x0c\"\x9d\x01\n\x03Row\x12\r\n\x05group\x18\x01 \x01(\t\x12\x17\n\x0f\x62ucket_start_ms\x18\x02 \x01(\x03\x12\x14\n\x0c\x62ucket_label\x18\x03 \x01(\t\x12\r\n\x05value\x18\x04 \x01(\x01\x12\x10\n\x08readings\x18\x05 \x01(\x04\x12\x14\n\x0c\x63ontributors\x18\x06 \x01(\r\x12\x12\n\nsuppressed\x18\x07 \x01(\x08\x12\r\n\x05noisy\x18\x08 \x01(\x08\"\xac\x01\n\nProvenance\x12\x0e\n\x06hub_id\x18\x01 \x01(\t\x12\x14\n\x0cmunicipality\x18\x02 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12.\n\x07partial\x18\x06 \x01(\x0b\x32\x1d.smartregion.v1.SignedPartial\x12\x12\n\nlatency_ms\x18\x07 \x01(\x01\"\xd1\x01\n\rAnswerSummary\x12\x14\n\x0cquery_digest\x18\x01 \x01(\x0c\x12\x13\n\x0b\x61nswered_by\x18\x02 \x01(\t\x12!\n\x04rows\x18\x03 \x03(\x0b\x32\x13.smartregion.v1.Row\x12\x35\n\nprovenance\x18\x04 \x03(\x0b\x32!.smartregion.v1.ProvenanceSummary\x12\x0f\n\x07partial\x18\x05 \x01(\x08\x12\x14\n\x0cmissing_hubs\x18\x06 \x03(\t\x12\x14\n\x0cmerged_at_ms\x18\x07 \x01(\x03\"q\n\x11ProvenanceSummary\x12\x0e\n\x06hub_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x04 \x01(\t\x12\x16\n\x0epartial_digest\x18\x05 \x01(\x0c\x42K\n\x11no.smartregion.v1P\x01Z4smartregion.example/api/smartregion/v1;smartregionv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asmartregion/v1/query.proto\x12\x0esmartregion.v1\"\x8e\x02\n\tQuerySpec\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x11\n\taggregate\x18\x03 \x01(\t\x12\x10\n\x08quantile\x18\x04 \x01(\x01\x12\x10\n\x08start_ms\x18\x05 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x06 \x01(\x03\x12\x0e\n\x06\x62ucket\x18\x07 \x01(\t\x12\x10\n\x08group_by\x18\x08 \x01(\t\x12\x16\n\x0emunicipalities\x18\t \x03(\t\x12\x0f\n\x07hub_ids\x18\n \x03(\t\x12\x14\n\x0cpurpose_code\x18\x0b \x01(\t\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x0c \x01(\r\x12\x0f\n\x07\x65psilon\x18\r \x01(\x01\x12\x12\n\nanswer_key\x18\x0e \x01(\x0c\"\x9f\x02\n\x04\x43\x65ll\x12\r\n\x05group\x18\x01 \x01(\t\x12\x17\n\x0f\x62ucket_start_ms\x18\x02 \x01(\x03\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\x0b\n\x03sum\x18\x04 \x01(\x01\x12\x13\n\x0bsum_squares\x18\x05 \x01(\x01\x12\x0b\n\x03min\x18\x06 \x01(\x01\x12\x0b\n\x03max\x18\x07 \x01(\x01\x12\x14\n\x0c\x63ontributors\x18\x08 \x01(\r\x12.\n\x06sketch\x18\t \x01(\x0b\x32\x1e.smartregion.v1.QuantileSketch\x12\x12\n\nsuppressed\x18\n \x01(\x08\x12\r\n\x05noisy\x18\x0b \x01(\x08\x12\r\n\x05value\x18\x0c \x01(\x01\x12,\n\x06\x63oarse\x18\r \x01(\x0b\x32\x1c.smartregion.v1.CoarseSketch\"\x80\x01\n\x0c\x43oarseSketch\x12\r\n\x05level\x18\x01 \x01(\r\x12\x34\n\x04\x62ins\x18\x02 \x03(\x0b\x32&.smartregion.v1.CoarseSketch.BinsEntry\x1a+\n\tBinsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x11\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x90\x02\n\x0eQuantileSketch\x12\r\n\x05\x61lpha\x18\x01 \x01(\x01\x12>\n\x08positive\x18\x02 \x03(\x0b\x32,.smartregion.v1.QuantileSketch.PositiveEntry\x12>\n\x08negative\x18\x03 \x03(\x0b\x32,.smartregion.v1.QuantileSketch.NegativeEntry\x12\r\n\x05zeros\x18\x04 \x01(\x04\x1a/\n\rPositiveEntry\x12\x0b\n\x03key\x18\x01 \x01(\x11\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a/\n\rNegativeEntry\x12\x0b\n\x03key\x18\x01 \x01(\x11\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xf0\x01\n\rPartialResult\x12\x14\n\x0cquery_digest\x18\x01 \x01(\x0c\x12\x17\n\x0fprovider_hub_id\x18\x02 \x01(\t\x12\x14\n\x0cmunicipality\x18\x03 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x04 \x01(\t\x12\x16\n\x0e\x63omputed_at_ms\x18\x05 \x01(\x03\x12\x16\n\x0emin_group_size\x18\x06 \x01(\r\x12#\n\x05\x63\x65lls\x18\x07 \x03(\x0b\x32\x14.smartregion.v1.Cell\x12\x17\n\x0f\x64p_budget_micro\x18\x08 \x01(\x04\x12\x16\n\x0e\x64p_spent_micro\x18\t \x01(\x04\"P\n\rSignedPartial\x12\x0f\n\x07partial\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x1b\n\x13provider_public_key\x18\x03 \x01(\x0c\"\x9d\x01\n\x03Row\x12\r\n\x05group\x18\x01 \x01(\t\x12\x17\n\x0f\x62ucket_start_ms\x18\x02 \x01(\x03\x12\x14\n\x0c\x62ucket_label\x18\x03 \x01(\t\x12\r\n\x05value\x18\x04 \x01(\x01\x12\x10\n\x08readings\x18\x05 \x01(\x04\x12\x14\n\x0c\x63ontributors\x18\x06 \x01(\r\x12\x12\n\nsuppressed\x18\x07 \x01(\x08\x12\r\n\x05noisy\x18\x08 \x01(\x08\"\xc4\x01\n\nProvenance\x12\x0e\n\x06hub_id\x18\x01 \x01(\t\x12\x14\n\x0cmunicipality\x18\x02 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12.\n\x07partial\x18\x06 \x01(\x0b\x32\x1d.smartregion.v1.SignedPartial\x12\x12\n\nlatency_ms\x18\x07 \x01(\x01\x12\x16\n\x0esealed_partial\x18\x08 \x01(\x0c\"\xd1\x01\n\rAnswerSummary\x12\x14\n\x0cquery_digest\x18\x01 \x01(\x0c\x12\x13\n\x0b\x61nswered_by\x18\x02 \x01(\t\x12!\n\x04rows\x18\x03 \x03(\x0b\x32\x13.smartregion.v1.Row\x12\x35\n\nprovenance\x18\x04 \x03(\x0b\x32!.smartregion.v1.ProvenanceSummary\x12\x0f\n\x07partial\x18\x05 \x01(\x08\x12\x14\n\x0cmissing_hubs\x18\x06 \x03(\t\x12\x14\n\x0cmerged_at_ms\x18\x07 \x01(\x03\"\x87\x01\n\x11ProvenanceSummary\x12\x0e\n\x06hub_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x04 \x01(\t\x12\x16\n\x0epartial_digest\x18\x05 \x01(\x0c\x12\x14\n\x0cmunicipality\x18\x06 \x01(\tBK\n\x11no.smartregion.v1P\x01Z4smartregion.example/api/smartregion/v1;smartregionv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,30 +32,36 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'smartregion.v1.query_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\021no.smartregion.v1P\001Z4smartregion.example/api/smartregion/v1;smartregionv1'
+  _globals['_COARSESKETCH_BINSENTRY']._loaded_options = None
+  _globals['_COARSESKETCH_BINSENTRY']._serialized_options = b'8\001'
   _globals['_QUANTILESKETCH_POSITIVEENTRY']._loaded_options = None
   _globals['_QUANTILESKETCH_POSITIVEENTRY']._serialized_options = b'8\001'
   _globals['_QUANTILESKETCH_NEGATIVEENTRY']._loaded_options = None
   _globals['_QUANTILESKETCH_NEGATIVEENTRY']._serialized_options = b'8\001'
   _globals['_QUERYSPEC']._serialized_start=47
-  _globals['_QUERYSPEC']._serialized_end=297
-  _globals['_CELL']._serialized_start=300
-  _globals['_CELL']._serialized_end=526
-  _globals['_QUANTILESKETCH']._serialized_start=529
-  _globals['_QUANTILESKETCH']._serialized_end=801
-  _globals['_QUANTILESKETCH_POSITIVEENTRY']._serialized_start=705
-  _globals['_QUANTILESKETCH_POSITIVEENTRY']._serialized_end=752
-  _globals['_QUANTILESKETCH_NEGATIVEENTRY']._serialized_start=754
-  _globals['_QUANTILESKETCH_NEGATIVEENTRY']._serialized_end=801
-  _globals['_PARTIALRESULT']._serialized_start=804
-  _globals['_PARTIALRESULT']._serialized_end=995
-  _globals['_SIGNEDPARTIAL']._serialized_start=997
-  _globals['_SIGNEDPARTIAL']._serialized_end=1077
-  _globals['_ROW']._serialized_start=1080
-  _globals['_ROW']._serialized_end=1237
-  _globals['_PROVENANCE']._serialized_start=1240
-  _globals['_PROVENANCE']._serialized_end=1412
-  _globals['_ANSWERSUMMARY']._serialized_start=1415
-  _globals['_ANSWERSUMMARY']._serialized_end=1624
-  _globals['_PROVENANCESUMMARY']._serialized_start=1626
-  _globals['_PROVENANCESUMMARY']._serialized_end=1739
+  _globals['_QUERYSPEC']._serialized_end=317
+  _globals['_CELL']._serialized_start=320
+  _globals['_CELL']._serialized_end=607
+  _globals['_COARSESKETCH']._serialized_start=610
+  _globals['_COARSESKETCH']._serialized_end=738
+  _globals['_COARSESKETCH_BINSENTRY']._serialized_start=695
+  _globals['_COARSESKETCH_BINSENTRY']._serialized_end=738
+  _globals['_QUANTILESKETCH']._serialized_start=741
+  _globals['_QUANTILESKETCH']._serialized_end=1013
+  _globals['_QUANTILESKETCH_POSITIVEENTRY']._serialized_start=917
+  _globals['_QUANTILESKETCH_POSITIVEENTRY']._serialized_end=964
+  _globals['_QUANTILESKETCH_NEGATIVEENTRY']._serialized_start=966
+  _globals['_QUANTILESKETCH_NEGATIVEENTRY']._serialized_end=1013
+  _globals['_PARTIALRESULT']._serialized_start=1016
+  _globals['_PARTIALRESULT']._serialized_end=1256
+  _globals['_SIGNEDPARTIAL']._serialized_start=1258
+  _globals['_SIGNEDPARTIAL']._serialized_end=1338
+  _globals['_ROW']._serialized_start=1341
+  _globals['_ROW']._serialized_end=1498
+  _globals['_PROVENANCE']._serialized_start=1501
+  _globals['_PROVENANCE']._serialized_end=1697
+  _globals['_ANSWERSUMMARY']._serialized_start=1700
+  _globals['_ANSWERSUMMARY']._serialized_end=1909
+  _globals['_PROVENANCESUMMARY']._serialized_start=1912
+  _globals['_PROVENANCESUMMARY']._serialized_end=2047
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class QuerySpec(_message.Message):
-    __slots__ = ("dataset", "metric", "aggregate", "quantile", "start_ms", "end_ms", "bucket", "group_by", "municipalities", "hub_ids", "purpose_code", "deadline_ms", "epsilon")
+    __slots__ = ("dataset", "metric", "aggregate", "quantile", "start_ms", "end_ms", "bucket", "group_by", "municipalities", "hub_ids", "purpose_code", "deadline_ms", "epsilon", "answer_key")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
     AGGREGATE_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,7 @@ class QuerySpec(_message.Message):
     PURPOSE_CODE_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_KEY_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     metric: str
     aggregate: str
@@ -34,10 +35,11 @@ class QuerySpec(_message.Message):
     purpose_code: str
     deadline_ms: int
     epsilon: float
-    def __init__(self, dataset: _Optional[str] = ..., metric: _Optional[str] = ..., aggregate: _Optional[str] = ..., quantile: _Optional[float] = ..., start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ..., bucket: _Optional[str] = ..., group_by: _Optional[str] = ..., municipalities: _Optional[_Iterable[str]] = ..., hub_ids: _Optional[_Iterable[str]] = ..., purpose_code: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., epsilon: _Optional[float] = ...) -> None: ...
+    answer_key: bytes
+    def __init__(self, dataset: _Optional[str] = ..., metric: _Optional[str] = ..., aggregate: _Optional[str] = ..., quantile: _Optional[float] = ..., start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ..., bucket: _Optional[str] = ..., group_by: _Optional[str] = ..., municipalities: _Optional[_Iterable[str]] = ..., hub_ids: _Optional[_Iterable[str]] = ..., purpose_code: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., epsilon: _Optional[float] = ..., answer_key: _Optional[bytes] = ...) -> None: ...
 
 class Cell(_message.Message):
-    __slots__ = ("group", "bucket_start_ms", "count", "sum", "sum_squares", "min", "max", "contributors", "sketch", "suppressed", "noisy")
+    __slots__ = ("group", "bucket_start_ms", "count", "sum", "sum_squares", "min", "max", "contributors", "sketch", "suppressed", "noisy", "value", "coarse")
     GROUP_FIELD_NUMBER: _ClassVar[int]
     BUCKET_START_MS_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +51,8 @@ class Cell(_message.Message):
     SKETCH_FIELD_NUMBER: _ClassVar[int]
     SUPPRESSED_FIELD_NUMBER: _ClassVar[int]
     NOISY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    COARSE_FIELD_NUMBER: _ClassVar[int]
     group: str
     bucket_start_ms: int
     count: int
@@ -60,7 +64,24 @@ class Cell(_message.Message):
     sketch: QuantileSketch
     suppressed: bool
     noisy: bool
-    def __init__(self, group: _Optional[str] = ..., bucket_start_ms: _Optional[int] = ..., count: _Optional[int] = ..., sum: _Optional[float] = ..., sum_squares: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., contributors: _Optional[int] = ..., sketch: _Optional[_Union[QuantileSketch, _Mapping]] = ..., suppressed: _Optional[bool] = ..., noisy: _Optional[bool] = ...) -> None: ...
+    value: float
+    coarse: CoarseSketch
+    def __init__(self, group: _Optional[str] = ..., bucket_start_ms: _Optional[int] = ..., count: _Optional[int] = ..., sum: _Optional[float] = ..., sum_squares: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., contributors: _Optional[int] = ..., sketch: _Optional[_Union[QuantileSketch, _Mapping]] = ..., suppressed: _Optional[bool] = ..., noisy: _Optional[bool] = ..., value: _Optional[float] = ..., coarse: _Optional[_Union[CoarseSketch, _Mapping]] = ...) -> None: ...
+
+class CoarseSketch(_message.Message):
+    __slots__ = ("level", "bins")
+    class BinsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    BINS_FIELD_NUMBER: _ClassVar[int]
+    level: int
+    bins: _containers.ScalarMap[int, int]
+    def __init__(self, level: _Optional[int] = ..., bins: _Optional[_Mapping[int, int]] = ...) -> None: ...
 
 class QuantileSketch(_message.Message):
     __slots__ = ("alpha", "positive", "negative", "zeros")
@@ -89,7 +110,7 @@ class QuantileSketch(_message.Message):
     def __init__(self, alpha: _Optional[float] = ..., positive: _Optional[_Mapping[int, int]] = ..., negative: _Optional[_Mapping[int, int]] = ..., zeros: _Optional[int] = ...) -> None: ...
 
 class PartialResult(_message.Message):
-    __slots__ = ("query_digest", "provider_hub_id", "municipality", "agreement_id", "computed_at_ms", "min_group_size", "cells")
+    __slots__ = ("query_digest", "provider_hub_id", "municipality", "agreement_id", "computed_at_ms", "min_group_size", "cells", "dp_budget_micro", "dp_spent_micro")
     QUERY_DIGEST_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_HUB_ID_FIELD_NUMBER: _ClassVar[int]
     MUNICIPALITY_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +118,8 @@ class PartialResult(_message.Message):
     COMPUTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     MIN_GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
     CELLS_FIELD_NUMBER: _ClassVar[int]
+    DP_BUDGET_MICRO_FIELD_NUMBER: _ClassVar[int]
+    DP_SPENT_MICRO_FIELD_NUMBER: _ClassVar[int]
     query_digest: bytes
     provider_hub_id: str
     municipality: str
@@ -104,7 +127,9 @@ class PartialResult(_message.Message):
     computed_at_ms: int
     min_group_size: int
     cells: _containers.RepeatedCompositeFieldContainer[Cell]
-    def __init__(self, query_digest: _Optional[bytes] = ..., provider_hub_id: _Optional[str] = ..., municipality: _Optional[str] = ..., agreement_id: _Optional[str] = ..., computed_at_ms: _Optional[int] = ..., min_group_size: _Optional[int] = ..., cells: _Optional[_Iterable[_Union[Cell, _Mapping]]] = ...) -> None: ...
+    dp_budget_micro: int
+    dp_spent_micro: int
+    def __init__(self, query_digest: _Optional[bytes] = ..., provider_hub_id: _Optional[str] = ..., municipality: _Optional[str] = ..., agreement_id: _Optional[str] = ..., computed_at_ms: _Optional[int] = ..., min_group_size: _Optional[int] = ..., cells: _Optional[_Iterable[_Union[Cell, _Mapping]]] = ..., dp_budget_micro: _Optional[int] = ..., dp_spent_micro: _Optional[int] = ...) -> None: ...
 
 class SignedPartial(_message.Message):
     __slots__ = ("partial", "signature", "provider_public_key")
@@ -137,7 +162,7 @@ class Row(_message.Message):
     def __init__(self, group: _Optional[str] = ..., bucket_start_ms: _Optional[int] = ..., bucket_label: _Optional[str] = ..., value: _Optional[float] = ..., readings: _Optional[int] = ..., contributors: _Optional[int] = ..., suppressed: _Optional[bool] = ..., noisy: _Optional[bool] = ...) -> None: ...
 
 class Provenance(_message.Message):
-    __slots__ = ("hub_id", "municipality", "agreement_id", "status", "reason", "partial", "latency_ms")
+    __slots__ = ("hub_id", "municipality", "agreement_id", "status", "reason", "partial", "latency_ms", "sealed_partial")
     HUB_ID_FIELD_NUMBER: _ClassVar[int]
     MUNICIPALITY_FIELD_NUMBER: _ClassVar[int]
     AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +170,7 @@ class Provenance(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    SEALED_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     hub_id: str
     municipality: str
     agreement_id: str
@@ -152,7 +178,8 @@ class Provenance(_message.Message):
     reason: str
     partial: SignedPartial
     latency_ms: float
-    def __init__(self, hub_id: _Optional[str] = ..., municipality: _Optional[str] = ..., agreement_id: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., partial: _Optional[_Union[SignedPartial, _Mapping]] = ..., latency_ms: _Optional[float] = ...) -> None: ...
+    sealed_partial: bytes
+    def __init__(self, hub_id: _Optional[str] = ..., municipality: _Optional[str] = ..., agreement_id: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., partial: _Optional[_Union[SignedPartial, _Mapping]] = ..., latency_ms: _Optional[float] = ..., sealed_partial: _Optional[bytes] = ...) -> None: ...
 
 class AnswerSummary(_message.Message):
     __slots__ = ("query_digest", "answered_by", "rows", "provenance", "partial", "missing_hubs", "merged_at_ms")
@@ -173,15 +200,17 @@ class AnswerSummary(_message.Message):
     def __init__(self, query_digest: _Optional[bytes] = ..., answered_by: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., provenance: _Optional[_Iterable[_Union[ProvenanceSummary, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_hubs: _Optional[_Iterable[str]] = ..., merged_at_ms: _Optional[int] = ...) -> None: ...
 
 class ProvenanceSummary(_message.Message):
-    __slots__ = ("hub_id", "status", "reason", "agreement_id", "partial_digest")
+    __slots__ = ("hub_id", "status", "reason", "agreement_id", "partial_digest", "municipality")
     HUB_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    MUNICIPALITY_FIELD_NUMBER: _ClassVar[int]
     hub_id: str
     status: str
     reason: str
     agreement_id: str
     partial_digest: bytes
-    def __init__(self, hub_id: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., agreement_id: _Optional[str] = ..., partial_digest: _Optional[bytes] = ...) -> None: ...
+    municipality: str
+    def __init__(self, hub_id: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., agreement_id: _Optional[str] = ..., partial_digest: _Optional[bytes] = ..., municipality: _Optional[str] = ...) -> None: ...

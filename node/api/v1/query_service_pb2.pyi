@@ -8,8 +8,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SealedPartial(_message.Message):
+    __slots__ = ("sealed", "agreement_id")
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    sealed: bytes
+    agreement_id: str
+    def __init__(self, sealed: _Optional[bytes] = ..., agreement_id: _Optional[str] = ...) -> None: ...
+
 class QueryAnswer(_message.Message):
-    __slots__ = ("query", "rows", "provenance", "partial", "missing_hubs", "answered_by", "summary", "summary_signature", "answered_by_public_key")
+    __slots__ = ("query", "rows", "provenance", "partial", "missing_hubs", "answered_by", "summary", "summary_signature", "answered_by_public_key", "asker_public_key")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     PROVENANCE_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +27,7 @@ class QueryAnswer(_message.Message):
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     ANSWERED_BY_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    ASKER_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     query: _envelope_pb2.SignedRequest
     rows: _containers.RepeatedCompositeFieldContainer[_query_pb2.Row]
     provenance: _containers.RepeatedCompositeFieldContainer[_query_pb2.Provenance]
@@ -28,4 +37,5 @@ class QueryAnswer(_message.Message):
     summary: bytes
     summary_signature: bytes
     answered_by_public_key: bytes
-    def __init__(self, query: _Optional[_Union[_envelope_pb2.SignedRequest, _Mapping]] = ..., rows: _Optional[_Iterable[_Union[_query_pb2.Row, _Mapping]]] = ..., provenance: _Optional[_Iterable[_Union[_query_pb2.Provenance, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_hubs: _Optional[_Iterable[str]] = ..., answered_by: _Optional[str] = ..., summary: _Optional[bytes] = ..., summary_signature: _Optional[bytes] = ..., answered_by_public_key: _Optional[bytes] = ...) -> None: ...
+    asker_public_key: bytes
+    def __init__(self, query: _Optional[_Union[_envelope_pb2.SignedRequest, _Mapping]] = ..., rows: _Optional[_Iterable[_Union[_query_pb2.Row, _Mapping]]] = ..., provenance: _Optional[_Iterable[_Union[_query_pb2.Provenance, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_hubs: _Optional[_Iterable[str]] = ..., answered_by: _Optional[str] = ..., summary: _Optional[bytes] = ..., summary_signature: _Optional[bytes] = ..., answered_by_public_key: _Optional[bytes] = ..., asker_public_key: _Optional[bytes] = ...) -> None: ...

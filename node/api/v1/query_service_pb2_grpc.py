@@ -4,7 +4,6 @@ import grpc
 import warnings
 
 from node.api.v1 import envelope_pb2 as smartregion_dot_v1_dot_envelope__pb2
-from node.api.v1 import query_pb2 as smartregion_dot_v1_dot_query__pb2
 from node.api.v1 import query_service_pb2 as smartregion_dot_v1_dot_query__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -44,7 +43,7 @@ class QueryStub:
         self.Partial = channel.unary_unary(
                 '/smartregion.v1.Query/Partial',
                 request_serializer=smartregion_dot_v1_dot_envelope__pb2.SignedRequest.SerializeToString,
-                response_deserializer=smartregion_dot_v1_dot_query__pb2.SignedPartial.FromString,
+                response_deserializer=smartregion_dot_v1_dot_query__service__pb2.SealedPartial.FromString,
                 _registered_method=True)
 
 
@@ -59,7 +58,8 @@ class QueryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Partial(self, request, context):
-        """Hub to hub. body: relayed (the asker's original SignedRequest, unchanged).
+        """Hub to hub. body: relayed (the asker's original SignedRequest, unchanged). The provider
+        answers with its SignedPartial sealed to the query's answer_key: the relay cannot read it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -76,7 +76,7 @@ def add_QueryServicer_to_server(servicer, server):
             'Partial': grpc.unary_unary_rpc_method_handler(
                     servicer.Partial,
                     request_deserializer=smartregion_dot_v1_dot_envelope__pb2.SignedRequest.FromString,
-                    response_serializer=smartregion_dot_v1_dot_query__pb2.SignedPartial.SerializeToString,
+                    response_serializer=smartregion_dot_v1_dot_query__service__pb2.SealedPartial.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,7 +132,7 @@ class Query:
             target,
             '/smartregion.v1.Query/Partial',
             smartregion_dot_v1_dot_envelope__pb2.SignedRequest.SerializeToString,
-            smartregion_dot_v1_dot_query__pb2.SignedPartial.FromString,
+            smartregion_dot_v1_dot_query__service__pb2.SealedPartial.FromString,
             options,
             channel_credentials,
             insecure,

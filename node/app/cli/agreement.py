@@ -101,6 +101,29 @@ def revoke(
     _show(view, json_output)
 
 
+@app.command("budget")
+def budget(data_dir: DataDir, agreement_id: AgreementId, json_output: JsonFlag = False) -> None:
+    """The agreement's lifetime differential-privacy budget: total, spent and remaining epsilon."""
+    with user_errors(), AdminClient(data_dir) as client:
+        b = client.call("GetAgreementBudget", admin_pb2.AgreementRef(agreement_id=agreement_id))
+    figures = {"agreement_id": b.agreement_id, "role": b.role, "budget_epsilon": b.budget_micro / 1e6,
+               "spent_epsilon": b.spent_micro / 1e6 if b.role == "provider" else None,
+               "remaining_epsilon": b.remaining_micro / 1e6 if b.role == "provider" else None,
+               "max_contributions": b.max_contributions}
+    if json_output:
+        print_json(figures)
+        return
+    if not b.budget_micro:
+        console.print(f"agreement {b.agreement_id} has no differential-privacy budget")
+        return
+    console.print(f"agreement {b.agreement_id}: lifetime budget epsilon {b.budget_micro / 1e6:g}, "
+                  f"at most {b.max_contributions} readings per data subject and cell")
+    if b.role == "provider":
+        console.print(f"spent {b.spent_micro / 1e6:g}, remaining {b.remaining_micro / 1e6:g} (this hub keeps the ledger)")
+    else:
+        console.print("this hub is the consumer: the provider keeps the ledger; each signed partial shows what is spent")
+
+
 @app.command("export")
 def export(
     data_dir: DataDir,

@@ -13,10 +13,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from federation import answers, envelope, partners
+from federation import answers, partners
 from federation.peers import PeerError
-from federation.query_service import RUN_METHOD
-from node.api.v1 import query_pb2, query_service_pb2_grpc
+from federation.query import asker
+from node.api.v1 import query_pb2
 from node.app.cli import names
 from node.app.cli.common import console, err_console, fail, passphrase, user_errors
 from node.client import AdminClient
@@ -40,9 +40,10 @@ async def _run_as_partner(key_file: Path, hub: str, hub_id: str, spec: query_pb2
     except partners.PartnerKeyError as exc:
         raise fail(str(exc)) from None
     async with PartnerSession(key, hub, hub_id) as session:
-        signed = envelope.make(key.key, key.partner_id, hub_id, RUN_METHOD, query=spec)
-        timeout = (spec.deadline_ms or 10_000) / 1000 + 5
-        return await query_service_pb2_grpc.QueryStub(session.channel).Run(signed, timeout=timeout)
+        try:
+            return await asker.ask(session.channel, key.key, key.partner_id, hub_id, spec)
+        except asker.AnswerRefused as exc:
+            raise fail(f"the answer does not verify, nothing of it is shown: {exc}") from None
 
 
 def print_answer(answer) -> None:
@@ -56,6 +57,12 @@ def print_answer(answer) -> None:
     for p in answer.provenance:
         sources.add_row(p.hub_id[:12] + "…", p.municipality, p.status, p.agreement_id or "-", f"{p.latency_ms:.0f} ms", p.reason)
     console.print(sources)
+    for p in answer.provenance:
+        signed = query_pb2.PartialResult.FromString(p.partial.partial) if p.partial.partial else None
+        if signed is not None and signed.dp_budget_micro:
+            left = (signed.dp_budget_micro - signed.dp_spent_micro) / 1e6
+            console.print(f"hub {p.hub_id}: differential-privacy budget of agreement {p.agreement_id}: "
+                          f"{signed.dp_spent_micro / 1e6:g} of {signed.dp_budget_micro / 1e6:g} spent, {left:g} left")
     if answer.partial:
         console.print(f"PARTIAL answer: no data from {', '.join(answer.missing_hubs)}")
 
@@ -130,12 +137,21 @@ def run(
 def verify(
     file: Annotated[Path, typer.Argument(help="An answer saved with `query run --output json`.", exists=True, dir_okay=False)],
 ) -> None:
-    """Verify an answer offline: which hub signed which partial, and that the rows follow from them."""
+    """Verify an answer offline and print what was signed: the query, each hub's status, the rows."""
     try:
         verified = answers.verify(file.read_bytes())
     except answers.AnswerError as exc:
         raise fail(f"{file} does NOT verify: {exc}") from None
-    for p in verified.answer.provenance:
-        mark = "signature verified ✓" if p.hub_id in verified.verified_hubs else f"{p.status}: {p.reason}"
-        console.print(f"hub {p.hub_id} ({p.municipality}): {mark}")
-    console.print(f"{file} verifies: {len(verified.answer.rows)} rows follow from {len(verified.verified_hubs)} signed partial results")
+    answer = verified.answer
+    console.print(f"query signed by {answers.readable(answer)['asked_by']}:")
+    for key, value in verified.query.items():
+        if key != "answer_key":
+            console.print(f"  {key}: {value}")
+    console.print(f"statuses signed by entry hub {answer.answered_by}:")
+    for p in answer.provenance:
+        mark = "partial signature verified ✓" if p.hub_id in verified.verified_hubs else f"{p.status}: {p.reason}"
+        console.print(f"  hub {p.hub_id} ({p.municipality}) {p.status} under {p.agreement_id or '-'}: {mark}")
+    if answer.partial:
+        console.print(f"  PARTIAL: no data from {', '.join(answer.missing_hubs)}")
+    console.print(f"unsigned (measured by the entry hub): latency_ms {verified.unsigned['latency_ms']}")
+    console.print(f"{file} verifies: {len(answer.rows)} rows follow from {len(verified.verified_hubs)} signed partial results")

@@ -114,6 +114,10 @@ class QueryAdmin:
         return await self.queries.run_as_hub(request)
 
     @translate_rejections
+    async def GetAgreementBudget(self, request, context):
+        return await self.queries.provider.budget(request.agreement_id)
+
+    @translate_rejections
     async def GrantConsent(self, request, context):
         return consent_message(await consent.grant(self.hub.storage, self.hub.clock, request.subject_id, request.purpose_code))
 

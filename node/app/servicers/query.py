@@ -1,4 +1,4 @@
-"""gRPC Query service: translation only; federation/query_service.py decides.
+"""gRPC Query service: translation only; federation/query/ decides.
 
 Registered with node/app/servicers/authenticated.py: both methods receive an already
 authenticated call."""
@@ -8,8 +8,8 @@ from __future__ import annotations
 import grpc
 
 from federation.auth import Authenticated
-from federation.query_service import QueryService
-from node.api.v1 import query_pb2, query_service_pb2
+from federation.query.fanout import QueryService
+from node.api.v1 import query_service_pb2
 
 PUBLIC_METHODS: frozenset[str] = frozenset()
 
@@ -21,5 +21,5 @@ class QueryServicer:
     async def Run(self, call: Authenticated, context: grpc.aio.ServicerContext) -> query_service_pb2.QueryAnswer:
         return await self.queries.run(call)
 
-    async def Partial(self, call: Authenticated, context: grpc.aio.ServicerContext) -> query_pb2.SignedPartial:
+    async def Partial(self, call: Authenticated, context: grpc.aio.ServicerContext) -> query_service_pb2.SealedPartial:
         return await self.queries.partial(call)

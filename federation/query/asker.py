@@ -1,0 +1,111 @@
+"""The asker's side: open every sealed partial with the query's answer key, verify each
+provider's signature and the entry hub's, check every cell belongs to the query, and merge.
+The Python CLI, a hub asking for itself, and `query verify` (on opened partials) share it."""
+
+from __future__ import annotations
+
+import grpc
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from google.protobuf.message import DecodeError
+
+from federation import envelope, partials, sealing
+from federation.query_spec import DEFAULT_DEADLINE_MS
+from node.api.v1 import query_pb2, query_service_pb2, query_service_pb2_grpc
+from node.signing import Domain, hub_id_from_public_key, partner_id_from_public_key, verify
+
+RUN_METHOD = "/smartregion.v1.Query/Run"
+
+
+class AnswerRefused(ValueError):
+    """An answer that does not verify: nothing of it may be shown."""
+
+
+def _checked(p: query_pb2.Provenance, spec: query_pb2.QuerySpec, digest: bytes) -> query_pb2.PartialResult:
+    try:
+        result = partials.verify_partial(p.partial, digest, expected_hub_id=p.hub_id)
+        partials.check_cells(result, spec, p.municipality)
+    except (partials.PartialError, DecodeError) as exc:
+        raise AnswerRefused(f"hub {p.hub_id}: {exc}") from None
+    if result.agreement_id != p.agreement_id:
+        raise AnswerRefused(f"hub {p.hub_id}: signed its partial under agreement {result.agreement_id!r}, "
+                            f"the answer says {p.agreement_id!r}")
+    return result
+
+
+def _check_asker_signature(answer: query_service_pb2.QueryAnswer) -> None:
+    """The query is exactly what its asker signed: the key carried derives the caller id."""
+    request = envelope.parse(answer.query)
+    key = answer.asker_public_key
+    derived = set()
+    if len(key) == 32:
+        derived = {hub_id_from_public_key(key), partner_id_from_public_key(key)}
+    if request.caller_id not in derived:
+        raise AnswerRefused(f"the answer does not carry the key of its asker {request.caller_id}")
+    if not verify(key, Domain.REQUEST, answer.query.payload, answer.query.signature):
+        raise AnswerRefused(f"the asker {request.caller_id}'s signature over the query does not verify")
+
+
+def merge_opened(answer: query_service_pb2.QueryAnswer) -> list[query_pb2.Row]:
+    """Verify the entry hub's signature and every opened partial, and merge them again."""
+    try:
+        spec = envelope.parse(answer.query).query
+    except envelope.EnvelopeError as exc:
+        raise AnswerRefused(str(exc)) from None
+    _check_asker_signature(answer)
+    digest = partials.query_digest(answer.query.payload)
+    hub_ids = [p.hub_id for p in answer.provenance]
+    if len(hub_ids) != len(set(hub_ids)):
+        raise AnswerRefused("a hub is listed twice: its partial would be counted twice")
+    try:
+        partials.verify_answer_summary(answer, digest)
+    except (partials.PartialError, DecodeError) as exc:
+        raise AnswerRefused(f"hub {answer.answered_by}: {exc}") from None
+    results = []
+    for p in answer.provenance:
+        if p.status == "answered":
+            results.append(_checked(p, spec, digest))
+        elif p.HasField("partial") or p.sealed_partial:
+            raise AnswerRefused(f"hub {p.hub_id} is listed as {p.status} but carries a partial")
+    try:
+        return partials.merge(results, spec)
+    except partials.PartialError as exc:
+        raise AnswerRefused(str(exc)) from None
+
+
+def open_answer(answer: query_service_pb2.QueryAnswer, key: X25519PrivateKey,
+                asker_public_key: bytes) -> query_service_pb2.QueryAnswer:
+    """The answer with every sealed partial opened (Provenance.partial) and the rows merged."""
+    opened = query_service_pb2.QueryAnswer()
+    opened.CopyFrom(answer)
+    opened.asker_public_key = asker_public_key
+    digest = partials.query_digest(answer.query.payload)
+    for p in opened.provenance:
+        p.ClearField("partial")
+        if p.status != "answered":
+            continue
+        try:
+            plain = sealing.open_sealed(p.sealed_partial, key, digest, p.hub_id)
+            p.partial.CopyFrom(query_pb2.SignedPartial.FromString(plain))
+        except (sealing.SealError, DecodeError) as exc:
+            raise AnswerRefused(f"hub {p.hub_id}: {exc}") from None
+    del opened.rows[:]
+    opened.rows.extend(merge_opened(opened))
+    return opened
+
+
+async def ask(channel: grpc.aio.Channel, signing_key: Ed25519PrivateKey, caller_id: str, entry_hub_id: str,
+              spec: query_pb2.QuerySpec) -> query_service_pb2.QueryAnswer:
+    """Ask the region through `entry_hub_id` on `channel` (a pinned channel), as `caller_id`:
+    a fresh answer key for this one query, the signed request, then open, verify and merge."""
+    answer_key = sealing.new_answer_key()
+    asked = query_pb2.QuerySpec()
+    asked.CopyFrom(spec)
+    asked.answer_key = sealing.public_raw(answer_key)
+    signed = envelope.make(signing_key, caller_id, entry_hub_id, RUN_METHOD, query=asked)
+    timeout = (spec.deadline_ms or DEFAULT_DEADLINE_MS) / 1000 + 5
+    stub = query_service_pb2_grpc.QueryStub(channel)  # type: ignore[no-untyped-call]
+    sealed: query_service_pb2.QueryAnswer = await stub.Run(signed, timeout=timeout)
+    public = signing_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return open_answer(sealed, answer_key, public)

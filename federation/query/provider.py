@@ -1,0 +1,281 @@
+"""The providing hub: Query.Partial (a query relayed by a peer) and this hub's own share of a
+query it received. It authenticates the asker's inner envelope, refuses a relayed query that
+does not ask it, decides under its own agreement with the asker, spends quota and budget
+(refunded when the answer then fails), and seals its signed partial to the asker's key."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, replace
+
+from federation import dp, envelope, partials, policy, sealing
+from federation.auth import Authenticated, Caller
+from federation.query import releases
+from federation.query_spec import bucket_start, check_shape, next_bucket
+from federation.service import Federation
+from federation.terms import BUCKETS
+from node import catalog
+from node.api.v1 import admin_pb2, envelope_pb2, query_pb2, query_service_pb2
+from node.clock import utc_day
+from node.errors import Reason, Rejected
+from node.storage.base import AggregateRequest, CellRow
+
+log = logging.getLogger("smartregion.query")
+ReleaseRow = tuple[str, str, str, int, int, int, bytes, bytes, int]
+RUN_METHOD = "/smartregion.v1.Query/Run"
+PARTIAL_METHOD = "/smartregion.v1.Query/Partial"
+
+
+def bucket_finer(a: str, b: str) -> bool:
+    """Bucket `a` is finer than bucket `b`."""
+    return BUCKETS.index(a) < BUCKETS.index(b)
+
+
+def describe(spec: query_pb2.QuerySpec) -> str:
+    def day(ms: int) -> str:
+        return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d")
+
+    what = f"{spec.aggregate}{f'({spec.quantile:g})' if spec.aggregate == 'quantile' else ''}"
+    window = f"{day(spec.start_ms)}..{day(spec.end_ms)}"
+    return f"{what} {spec.dataset}/{spec.metric} by {spec.group_by}/{spec.bucket} {window} for {spec.purpose_code}"
+
+
+def check_releasable(spec: query_pb2.QuerySpec) -> None:
+    """What no agreement can allow: partials sent in the clear."""
+    if len(spec.answer_key) != sealing.KEY_BYTES:
+        raise Rejected(Reason.INVALID_REQUEST, "a query carries the asker's 32-byte X25519 answer key (answer_key): "
+                                               "partial results are sealed to it and never sent in the clear")
+
+
+@dataclass(frozen=True)
+class Sealed:
+    sealed: bytes
+    agreement_id: str
+
+
+class Provider:
+    def __init__(self, federation: Federation) -> None:
+        self.federation = federation
+        self.hub = federation.hub
+        self.own_id = federation.own_id
+
+    # -- Query.Partial ----------------------------------------------------------------------
+    async def partial(self, call: Authenticated) -> query_service_pb2.SealedPartial:
+        relay, request = call.caller, call.request
+        if relay.kind != "hub":
+            message = "only a peer hub may relay a query; partners call Query.Run"
+            await self.federation.audit(relay.id, "query.partial", "", Reason.PERMISSION_DENIED.label, message)
+            raise Rejected(Reason.PERMISSION_DENIED, message)
+        if request.WhichOneof("body") != "relayed":
+            raise Rejected(Reason.INVALID_REQUEST, "Query.Partial takes a request whose body is the relayed query")
+        original = request.relayed
+        asker = await self._authenticate_asker(original, relay)
+        asked = envelope.parse(original)
+        if asked.WhichOneof("body") != "query":
+            raise Rejected(Reason.INVALID_REQUEST, "the relayed request is not a query")
+        await self._check_asked_here(asked.query, asker.id, relay.id)
+        answer = await self.compute(original, asked.query, asker.id)
+        return query_service_pb2.SealedPartial(sealed=answer.sealed, agreement_id=answer.agreement_id)
+
+    async def _check_asked_here(self, spec: query_pb2.QuerySpec, asker_id: str, relay_id: str) -> None:
+        """A relaying hub may only bring this hub a query the asker addressed to it: one whose hub
+        ids and municipality filter include this hub (else an entry hub could fan a query for
+        its own data out to every hub and spend the asker's agreements there)."""
+        municipality = self.hub.config.municipality
+        if spec.hub_ids and self.own_id not in spec.hub_ids:
+            message = f"the asker asked hubs {', '.join(spec.hub_ids)}, not this hub; relayed by {relay_id}"
+        elif spec.municipalities and municipality not in spec.municipalities:
+            message = f"the asker asked municipalities {', '.join(spec.municipalities)}, not {municipality}; relayed by {relay_id}"
+        else:
+            return
+        await self.federation.audit(asker_id, "query.partial", "", Reason.PERMISSION_DENIED.label, message)
+        raise Rejected(Reason.PERMISSION_DENIED, message)
+
+    async def _authenticate_asker(self, original: envelope_pb2.SignedRequest, relay: Caller) -> Caller:
+        """The original asker signed this exact query, for the relaying hub, recently, once."""
+        now_ms = self.hub.clock.now_ms()
+        try:
+            asked = envelope.parse(original)
+        except envelope.EnvelopeError as exc:
+            await self.federation.audit("unknown", "query.partial", "", "unauthenticated", f"relayed by {relay.id}: {exc}")
+            raise Rejected(Reason.UNAUTHENTICATED, str(exc)) from None
+        if asked.caller_id == self.own_id:
+            message = "a query asked by this hub came back to it"
+            await self.federation.audit(relay.id, "query.partial", "", Reason.PERMISSION_DENIED.label, f"relayed by {relay.id}: {message}")
+            raise Rejected(Reason.PERMISSION_DENIED, message)
+        asker = await self.federation.known_caller(asked.caller_id)
+        if asker is None:
+            await self.federation.audit(f"unknown:{asked.caller_id}", "query.partial", "", "unauthenticated", f"relayed by {relay.id}")
+            raise Rejected(Reason.UNAUTHENTICATED, f"the asker {asked.caller_id} is neither a peer nor a partner of this hub")
+        try:
+            envelope.check(original, asked, asker.public_key, relay.id, RUN_METHOD, now_ms)
+        except envelope.EnvelopeError as exc:
+            await self.federation.audit(asker.id, "query.partial", "", "unauthenticated", f"relayed by {relay.id}: {exc}")
+            raise Rejected(Reason.UNAUTHENTICATED, f"the relayed query: {exc}") from None
+        expires = asked.issued_at_ms + 2 * envelope.MAX_CLOCK_SKEW_MS
+        if not await self.hub.storage.write(lambda s: s.remember_nonce(asker.id, asked.nonce, expires, now_ms)):
+            await self.federation.audit(asker.id, "query.partial", "", "replayed", f"relayed by {relay.id}: a query nonce was used again")
+            raise Rejected(Reason.ALREADY_EXISTS, "this query was already answered (replayed)")
+        return asker
+
+    async def budget(self, agreement_id: str) -> admin_pb2.AgreementBudget:
+        """The agreement's lifetime privacy budget, and what this hub (if it provides) has spent."""
+        evidence = await self.federation.ledger.require(agreement_id)
+        t = evidence.terms
+        budget = dp.micro(t.dp_epsilon)
+        providing = t.provider.id == self.own_id
+        spent = await self.hub.storage.read(lambda s: s.budget_spent(t.agreement_id)) if providing else 0
+        return admin_pb2.AgreementBudget(agreement_id=t.agreement_id, budget_micro=budget, spent_micro=spent,
+                                         remaining_micro=max(0, budget - spent), role="provider" if providing else "consumer",
+                                         max_contributions=t.dp_max_contributions)
+
+    # -- deciding and computing ---------------------------------------------------------------
+    async def _cells_hiding_small_subcells(self, request: AggregateRequest, grant: policy.Grant) -> frozenset[int]:
+        """Cells that contain a sub-cell, at the agreement's finest granularity, with fewer
+        contributors than the minimum group size. Releasing them would let an asker subtract
+        released cells (a year minus eleven months) and recover the small one, so they are
+        withheld too: any difference of released cells is then a union of safe sub-cells."""
+        finest = policy.finest_grain(grant.smallest_bucket)  # two allowed windows differ by whole grains
+        if grant.min_group_size <= 1 or not bucket_finer(finest, request.bucket):
+            return frozenset()
+        finer = replace(request, bucket=finest, with_sketch=False)
+        subcells = await self.hub.storage.read(lambda s: s.aggregate(finer))
+        withheld: set[int] = set()
+        for sub in subcells:
+            if sub.contributors < grant.min_group_size:
+                last_ms = min(next_bucket(finest, sub.bucket_start_ms), request.end_ms) - 1
+                # A sub-cell may straddle two request cells (a week across a month's end): both.
+                withheld.add(bucket_start(request.bucket, max(sub.bucket_start_ms, request.start_ms), request.start_ms))
+                withheld.add(bucket_start(request.bucket, last_ms, request.start_ms))
+        return frozenset(withheld)
+
+    @staticmethod
+    def _dp_bounds(spec: query_pb2.QuerySpec) -> tuple[float, float]:
+        try:
+            return dp.clamp_bounds(catalog.dataset(spec.dataset).metrics[spec.metric])
+        except dp.PrivacyError as exc:
+            raise Rejected(Reason.INVALID_REQUEST, str(exc)) from None
+
+    async def _spend(self, grant: policy.Grant, epsilon: float) -> int:
+        """Charge the query: `epsilon` against the agreement's lifetime budget (integer
+        micro-epsilon), then one query against today's quota; all or nothing. Returns the
+        micro-epsilon charged, to refund if the query then fails."""
+        limit = grant.queries_per_day
+        if limit is None:
+            return 0
+        charged = dp.micro(epsilon)
+        budget = dp.micro(grant.dp_budget)
+        aid = grant.agreement_id
+        if charged and not await self.hub.storage.write(lambda s: s.spend_budget(aid, charged, budget)):
+            spent = await self.hub.storage.read(lambda s: s.budget_spent(aid))
+            raise Rejected(Reason.QUOTA_EXHAUSTED,
+                           f"agreement {aid}'s differential-privacy budget of {grant.dp_budget:g} (for its whole lifetime) "
+                           f"cannot pay for epsilon {epsilon:g}: {(budget - spent) / dp.MICRO:g} remains")
+        day = utc_day(self.hub.clock.now_ms())
+        if await self.hub.storage.write(lambda s: s.use_quota(aid, day, limit)) == "quota":
+            await self._refund(grant, charged)
+            raise Rejected(Reason.QUOTA_EXHAUSTED, f"agreement {aid} allows {limit} queries a day; today's are used up")
+        return charged
+
+    async def _refund(self, grant: policy.Grant, charged: int) -> None:
+        if charged:
+            await self.hub.storage.write(lambda s: s.refund_budget(grant.agreement_id, charged))
+
+    async def _coarse_sketches(self, request: AggregateRequest, grant: policy.Grant) -> dict[int, query_pb2.CoarseSketch]:
+        """Per bucket, the sketch coarsened until each bin mixes >= max(k, 2) contributors (a bucket
+        that cannot be coarsened so is left out, and then withheld)."""
+        rows = await self.hub.storage.read(lambda s: s.sketch_bins_by_contributor(request))
+        by_bucket: dict[int, dict[int, tuple[int, set[str]]]] = {}
+        for b, sg, k, c, n in rows:
+            bins = by_bucket.setdefault(b, {})
+            o = partials.ordinal(sg, k)
+            count, who = bins.get(o, (0, set()))
+            bins[o] = (count + n, who | {c})
+        threshold = partials.coarse_threshold(grant.min_group_size)
+        out = {}
+        for b, bins in by_bucket.items():
+            sketch = partials.coarsen(bins, threshold)
+            if sketch is not None:
+                out[b] = sketch
+        return out
+
+    async def _released_before(self, grant: policy.Grant, spec: query_pb2.QuerySpec, request: AggregateRequest,
+                               cells: list[CellRow]) -> tuple[frozenset[int], list[ReleaseRow]]:
+        """Cells the release log withholds (they differ from an earlier release of the same cell
+        by fewer than the minimum group size of contributors), and the log rows of the others."""
+        if not grant.agreement_id:
+            return frozenset(), []
+        by_bucket = await self.hub.storage.read(lambda s: s.contributions(request))
+        earlier = await self.hub.storage.read(
+            lambda s: s.earlier_releases(grant.agreement_id, spec.dataset, spec.metric, spec.start_ms, spec.end_ms))
+        withheld, rows = set(), []
+        now = self.hub.clock.now_ms()
+        for cell in cells:
+            start = cell.bucket_start_ms
+            end = spec.end_ms if spec.bucket == "window" else min(next_bucket(spec.bucket, start), spec.end_ms)
+            prints = releases.fingerprints(by_bucket.get(start, []))
+            if releases.differs_by_a_small_group(earlier.get((start, end), []), prints, grant.min_group_size):
+                withheld.add(start)
+            elif cell.contributors >= grant.min_group_size:
+                rows.append((grant.agreement_id, spec.dataset, spec.metric, start, end, cell.contributors,
+                             releases.digest(prints), prints, now))
+        return frozenset(withheld), rows
+
+    async def compute(self, signed: envelope_pb2.SignedRequest, spec: query_pb2.QuerySpec, asker_id: str) -> Sealed:
+        """This hub's partial answer, under its own agreement with the asker, sealed to the asker."""
+        check_shape(spec)
+        check_releasable(spec)
+        evidences = await self.federation.ledger.all(asker_id)
+        states = await self.federation.ledger.states()
+        try:
+            grant = policy.authorize(spec, asker_id, self.own_id, [(e, states[e.agreement_id]) for e in evidences])
+            epsilon = (spec.epsilon or dp.default_epsilon(grant.dp_budget)) if grant.dp_budget else 0.0
+            bounds = self._dp_bounds(spec) if epsilon else None
+            charged = await self._spend(grant, epsilon)
+        except Rejected as refusal:
+            await self.federation.audit(asker_id, "query.partial", "", refusal.reason.label, f"{describe(spec)}: {refusal.message}")
+            raise
+        try:
+            sealed, suppressed, cells = await self._release(signed, spec, grant, epsilon, bounds)
+        except BaseException:  # nothing was released: give the budget back (fail closed, not open)
+            await self._refund(grant, charged)
+            raise
+        await self.federation.audit(asker_id, "query.partial", grant.agreement_id, "ok",
+                                    f"{describe(spec)}: {cells} cells, {suppressed} suppressed"
+                                    + (f", epsilon {epsilon:g} spent" if epsilon else ""))
+        return Sealed(sealed, grant.agreement_id)
+
+    async def _release(self, signed: envelope_pb2.SignedRequest, spec: query_pb2.QuerySpec, grant: policy.Grant,
+                       epsilon: float, bounds: tuple[float, float] | None) -> tuple[bytes, int, int]:
+        request = AggregateRequest(spec.dataset, spec.metric, spec.start_ms, spec.end_ms, spec.bucket,
+                                   grant.consent_purpose, with_sketch=spec.aggregate == "quantile", clamp=bounds,
+                                   max_contributions=grant.dp_max_contributions if epsilon else None)
+        cells = await self.hub.storage.read(lambda s: s.aggregate(request))
+        log_rows: list[ReleaseRow] = []
+        min_group_size = grant.min_group_size
+        if epsilon and bounds:
+            # Every bucket of the window is released (an absent one would tell it is empty) unless
+            # its NOISY contributor count is below the group size; never decided on exact counts.
+            noised = dp.noisy_cells(dp.every_bucket(cells, spec), spec.aggregate, epsilon, bounds,
+                                    grant.dp_max_contributions, grant.min_group_size)
+            cells, withheld, min_group_size = noised.cells, noised.withheld, 0
+        else:
+            withheld = await self._cells_hiding_small_subcells(request, grant)
+            again, log_rows = await self._released_before(grant, spec, request, cells)
+            withheld |= again
+            log_rows = [r for r in log_rows if r[3] not in withheld]
+        group = self.hub.config.municipality if spec.group_by == "municipality" else "region"
+        coarse = await self._coarse_sketches(request, grant) if spec.aggregate == "quantile" and group == "region" else None
+        digest = partials.query_digest(signed.payload)
+        result = partials.build(digest, self.own_id, self.hub.config.municipality, grant.agreement_id, min_group_size, group,
+                                cells, self.hub.clock.now_ms(), spec.aggregate, withheld, noisy=bool(epsilon), quantile=spec.quantile,
+                                coarse=coarse)
+        if epsilon:
+            result.dp_budget_micro = dp.micro(grant.dp_budget)
+            result.dp_spent_micro = await self.hub.storage.read(lambda s: s.budget_spent(grant.agreement_id))
+        signed_partial = partials.sign_partial(self.hub.identity, result).SerializeToString()
+        sealed = sealing.seal(signed_partial, spec.answer_key, digest, self.own_id)
+        if log_rows:
+            await self.hub.storage.write(lambda s: s.log_releases(log_rows))
+        return sealed, sum(1 for c in result.cells if c.suppressed), len(result.cells)

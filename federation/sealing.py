@@ -1,0 +1,55 @@
+"""Sealed partials: a provider encrypts its signed partial to the asker's one-query key.
+
+HPKE (RFC 9180) base mode, suite DHKEM(X25519, HKDF-SHA256) / HKDF-SHA256 / AES-128-GCM, from
+`cryptography`. The sealed bytes are `enc (32) || ciphertext || tag (16)`, the AEAD's
+associated data is empty, and the HPKE `info` binds the ciphertext to the query and the
+provider, so a relaying hub can neither read a partial nor move it to another query:
+
+    info = "smartregion/v1/sealed-partial" || 0x00 || query_digest (32) || provider hub id (ASCII)
+
+The asker makes a fresh X25519 key pair for every query and signs its public key into the
+query (QuerySpec.answer_key), so no relaying hub can substitute its own.
+"""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives import hpke, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+INFO_PREFIX = b"smartregion/v1/sealed-partial\x00"
+KEY_BYTES = 32
+SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_128_GCM)
+
+
+class SealError(ValueError):
+    pass
+
+
+def info(query_digest: bytes, provider_hub_id: str) -> bytes:
+    return INFO_PREFIX + query_digest + provider_hub_id.encode("ascii")
+
+
+def new_answer_key() -> X25519PrivateKey:
+    return X25519PrivateKey.generate()
+
+
+def public_raw(key: X25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def seal(plaintext: bytes, answer_key: bytes, query_digest: bytes, provider_hub_id: str) -> bytes:
+    if len(answer_key) != KEY_BYTES:
+        raise SealError(f"the query's answer key must be a {KEY_BYTES}-byte X25519 public key")
+    try:
+        public = X25519PublicKey.from_public_bytes(answer_key)
+        return SUITE.encrypt(plaintext, public, info=info(query_digest, provider_hub_id))
+    except ValueError as exc:  # a low-order point gives an all-zero shared secret
+        raise SealError(f"the query's answer key is not a usable X25519 key: {exc}") from None
+
+
+def open_sealed(sealed: bytes, key: X25519PrivateKey, query_digest: bytes, provider_hub_id: str) -> bytes:
+    try:
+        return SUITE.decrypt(sealed, key, info=info(query_digest, provider_hub_id))
+    except Exception as exc:  # InvalidTag, or a malformed encapsulated key
+        raise SealError(f"the sealed partial of hub {provider_hub_id} does not open with this query's key "
+                        f"(altered, or sealed for another query): {type(exc).__name__}") from None
