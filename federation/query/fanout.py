@@ -60,7 +60,7 @@ class QueryService:
         asked = query_pb2.QuerySpec()
         asked.CopyFrom(spec)
         asked.answer_key = sealing.public_raw(key)
-        signed = envelope.make(self.hub.identity.identity_key, self.own_id, self.own_id, RUN_METHOD, query=asked)
+        signed = envelope.make(self.hub.identity.identity_key, self.own_id, self.own_id, RUN_METHOD, clock=self.hub.clock, query=asked)
         answer = await self._answer(signed, asked, self.own_id)
         try:
             return asker.open_answer(answer, key, self.hub.identity.public_key_raw)
@@ -138,7 +138,15 @@ class QueryService:
 
     async def _ask_peer(self, peer: PeerRecord, signed: envelope_pb2.SignedRequest, deadline_s: float) -> Asked:
         base = query_pb2.Provenance(hub_id=peer.hub_id, municipality=peer.municipality)
-        outer = envelope.make(self.hub.identity.identity_key, self.own_id, peer.hub_id, PARTIAL_METHOD, relayed=signed)
+        outer = envelope.make(self.hub.identity.identity_key, self.own_id, peer.hub_id, PARTIAL_METHOD, clock=self.hub.clock,
+                              relayed=signed)
+        breaker = self.federation.channels
+        if breaker.is_failing(peer.hub_id):
+            # It failed moments ago: name it absent at once rather than wait out the deadline
+            # for every query (the breaker lets a call through again after a bounded delay).
+            base.status, base.reason = "unavailable", "it failed recently; not asked again yet (circuit breaker)"
+            self._observe(peer, base)
+            return Asked(base)
         stub = query_service_pb2_grpc.QueryStub(self.federation.channel(peer))  # type: ignore[no-untyped-call]
         started = self.hub.clock.monotonic()
         try:
@@ -151,8 +159,11 @@ class QueryService:
                 base.status = "timed_out"
             else:
                 base.status = "denied" if denial else "unavailable"
+            if denial is None:  # unreachable or frozen; a refusal is an answer
+                breaker.record_failure(peer.hub_id)
             self._observe(peer, base)
             return Asked(base, denial=denial)
+        breaker.record_success(peer.hub_id)
         base.latency_ms = (self.hub.clock.monotonic() - started) * 1000
         if not response.sealed:
             base.status, base.reason = "unavailable", "its answer was refused: it carries no sealed partial"
