@@ -48,7 +48,7 @@ def configured_days(hub: Hub, dataset: str) -> int:
 def plan(hub: Hub, promises: Promises, now_ms: int) -> list[DatasetRetention]:
     """Each catalog dataset's retention and, if readings expire, the cutoff a run uses now."""
     plans = []
-    for name in catalog.DATASETS:
+    for name in hub.catalog.datasets:
         days, promised = configured_days(hub, name), promises.get(name, 0)
         keep = max(days, promised) if days else 0
         plans.append(DatasetRetention(name, days, promised, now_ms - keep * DAY_MS if keep else 0))
@@ -77,7 +77,7 @@ async def run(hub: Hub, promises: Promises) -> list[DatasetRetention]:
 async def set_days(hub: Hub, dataset: str, days: int, promises: Promises) -> list[DatasetRetention]:
     """Set a dataset's retention in hub.toml (0: for ever); refused if an agreement promises more."""
     try:
-        catalog.dataset(dataset)
+        hub.catalog.dataset(dataset)
     except catalog.CatalogError as exc:
         raise Rejected(Reason.INVALID_REQUEST, str(exc)) from None
     if not 0 <= days <= MAX_RETENTION_DAYS:

@@ -132,7 +132,7 @@ async def wait_for(condition, timeout: float = 30.0):
 
 
 async def rejections(live) -> dict[str, int]:
-    return await live.hub.storage.read(lambda s: s.rejection_counts())
+    return await live.hub.ingest.rejection_counts()  # stored, plus those tallied but not yet written
 
 
 async def post(live, path: str, body: bytes | dict, *, secret: str = SECRET, content_type: str = "application/json"):

@@ -18,11 +18,21 @@ class LifecycleTables:
         raise NotImplementedError
 
     def _recount(self, refs: list[int]) -> None:
-        """Keep each sensor's `readings` counter equal to the rows it still has."""
+        """Keep each sensor's `readings` counter equal to the rows it still has, and the
+        per-metric totals `status` reads (metric_totals) equal to what its dataset still holds."""
         self.conn.executemany(
             "UPDATE sensors SET readings = (SELECT count(*) FROM readings WHERE sensor_ref = ?) WHERE ref = ?",
             [(ref, ref) for ref in refs],
         )
+        marks = ",".join("?" * len(refs))
+        datasets = [r[0] for r in self.conn.execute(f"SELECT DISTINCT dataset FROM sensors WHERE ref IN ({marks})", refs)]
+        for dataset in datasets:  # a daily task or an erasure: a scan of the dataset is affordable
+            self.conn.execute("DELETE FROM metric_totals WHERE dataset = ?", (dataset,))
+            self.conn.execute(
+                "INSERT INTO metric_totals (dataset, metric, readings) SELECT s.dataset, r.metric, count(*) "
+                "FROM readings r JOIN sensors s ON s.ref = r.sensor_ref WHERE s.dataset = ? GROUP BY r.metric",
+                (dataset,),
+            )
 
     def delete_readings_before(self, dataset: str, before_ms: int) -> int:
         """Delete every reading of the dataset's sensors timed before `before_ms`; return how many."""
@@ -55,6 +65,7 @@ class LifecycleTables:
                 "WHERE subject_id = ?",
                 (at_ms, subject_id),
             )
+            self._recount([ref for ref, _ in sensors])
             return Erasure(subject_id, readings, consents, [sensor_id for _, sensor_id in sensors])
 
         return self._transaction(work)
