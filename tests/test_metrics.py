@@ -25,7 +25,8 @@ async def scrape(node) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     hub = node.live.hub
     connector = aiohttp.TCPConnector(ssl=pinned_client_ssl_context(hub.identity.tls_cert_pem))
     async with aiohttp.ClientSession(connector=connector) as session:
-        async with session.get(hub.endpoint.http_url + "/metrics", server_hostname=hub.config.hub_id) as response:
+        headers = dict(node.live.admin_metadata)  # /metrics needs the admin token (docs/limits.md)
+        async with session.get(hub.endpoint.http_url + "/metrics", server_hostname=hub.config.hub_id, headers=headers) as response:
             assert response.status == 200
             assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
             text = await response.text()

@@ -134,7 +134,11 @@ async def start(
     )
     fed_config = hub.config.federation
     federation = Federation(hub, fed_config.refresh_seconds, fed_config.retry_base_seconds, fed_config.retry_max_seconds)
-    await catalog_guard.check_and_record(hub, federation.ledger)
+    try:
+        await catalog_guard.check_and_record(hub, federation.ledger)
+    except BaseException:
+        hub.close()  # a hub that will not serve lets go of its data directory
+        raise
     ingest_pb2_grpc.add_IngestServicer_to_server(IngestServicer(hub), server)
     queries = QueryService(federation)
     admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(hub, federation, queries), server)
