@@ -17,9 +17,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP) mosquitto
 	$(BIN)/smartregion demo $(DEMO_ARGS)
 
-# `make test` will run `lint` first once the files other branches are rewriting are clean
-# (see the integrator's note in the gates branch): test: $(STAMP) browser lint
-test: $(STAMP) browser mosquitto lorawan-encoder
+# The gates (ruff, mypy) run first: a lint or type error fails the run like a test.
+test: $(STAMP) browser mosquitto lorawan-encoder lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The gates: ruff (rule set in pyproject.toml) and mypy (strict on the modules listed there).

@@ -64,7 +64,7 @@ def _laplace(sensitivity: float, epsilon: float) -> Any:
     """An OpenDP Laplace measurement whose privacy map confirms it costs at most epsilon."""
     scale = sensitivity / epsilon
     measurement = dp.m.make_laplace(dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float), scale=scale)
-    if measurement.map(sensitivity) > epsilon * (1 + 1e-9):  # type: ignore[no-untyped-call]
+    if measurement.map(sensitivity) > epsilon * (1 + 1e-9):
         raise PrivacyError("the noise would cost more than the epsilon granted")
     return measurement
 

@@ -35,7 +35,7 @@ _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, gr
 
 
 def _stub(channel: grpc.aio.Channel) -> Any:
-    return federation_pb2_grpc.FederationStub(channel)  # type: ignore[no-untyped-call]  # generated, untyped
+    return federation_pb2_grpc.FederationStub(channel)  # generated, untyped
 
 
 def _error_text(exc: BaseException) -> str:

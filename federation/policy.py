@@ -13,7 +13,7 @@ from federation.dp import DP_AGGREGATES, MIN_EPSILON
 from federation.query_spec import DAY_MS, aligned
 from federation.terms import bucket_allowed
 from node import catalog
-from node.api.v1 import query_pb2
+from node.api.v1 import agreement_pb2, query_pb2
 from node.errors import Reason, Rejected
 
 
@@ -42,7 +42,7 @@ def _deny(message: str) -> Rejected:
     return Rejected(Reason.PERMISSION_DENIED, message)
 
 
-def check_terms(spec: query_pb2.QuerySpec, terms) -> None:
+def check_terms(spec: query_pb2.QuerySpec, terms: agreement_pb2.AgreementTerms) -> None:
     """Raise Rejected naming the first rule of `terms` the query breaks."""
     aid = terms.agreement_id
     if spec.purpose_code != terms.purpose_code:
@@ -108,4 +108,5 @@ def authorize(spec: query_pb2.QuerySpec, asker_id: str, provider_id: str,
             dp_budget=t.dp_epsilon,
             dp_max_contributions=t.dp_max_contributions,
         )
+    assert first_refusal is not None  # `active` is not empty, and every agreement in it refused
     raise first_refusal

@@ -42,7 +42,7 @@ SENML_UNITS = frozenset(
 )
 
 
-class Classification(str, Enum):
+class Classification(str, Enum):  # noqa: UP042 (StrEnum would change str() of members)
     OPEN = "open"
     RESTRICTED = "restricted"
     PERSONAL = "personal"

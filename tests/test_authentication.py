@@ -28,7 +28,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 SERVICES = [module.DESCRIPTOR.services_by_name[name] for module, name in (
     (ingest_pb2, "Ingest"), (admin_pb2, "Admin"), (federation_pb2, "Federation"), (query_service_pb2, "Query"))]
-PUBLIC = {"/smartregion.v1.Federation/GetDescriptor", "/smartregion.v1.Federation/RegionCatalog"}  # signed descriptors: who a hub is, what it offers
+# Signed descriptors are public: how others learn who a hub is and what it offers.
+PUBLIC = {"/smartregion.v1.Federation/GetDescriptor", "/smartregion.v1.Federation/RegionCatalog"}
 METHODS = [(f"/{s.full_name}/{m.name}", m) for s in SERVICES for m in s.methods]
 
 

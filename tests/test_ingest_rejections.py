@@ -224,8 +224,10 @@ SENML_CASES = [
     # records SenML allows but this hub must refuse
     pytest.param(b"[" + OK + b',{"n":"pm25","vs":"5.3"}]', "malformed_senml", "record 1: 'vs'", id="vs-string-value"),
     pytest.param(b'[{"n":"pm25","vb":true}]', "malformed_senml", "record 0: 'vb'", id="vb-boolean-value"),
-    pytest.param(b"[" + OK + b',{"n":"pm25","v":5.3,"foo_":1}]', "malformed_senml", "record 1: must-understand field 'foo_'", id="must-understand-field"),
-    pytest.param(b'[{"bn":"","bfoo_":1},{"n":"pm25","v":5.3}]', "malformed_senml", "record 0: must-understand field 'bfoo_'", id="must-understand-base-field"),
+    pytest.param(b"[" + OK + b',{"n":"pm25","v":5.3,"foo_":1}]', "malformed_senml", "record 1: must-understand field 'foo_'",
+                 id="must-understand-field"),
+    pytest.param(b'[{"bn":"","bfoo_":1},{"n":"pm25","v":5.3}]', "malformed_senml", "record 0: must-understand field 'bfoo_'",
+                 id="must-understand-base-field"),
     pytest.param(b'[{"bver":99,"n":"pm25","v":5.3}]', "malformed_senml", 'record 0: unsupported SenML version', id="unsupported-bver"),
     # wrongly typed or missing fields
     pytest.param(b"[" + OK + b',{"n":"pm25","v":"5.3"}]', "malformed_senml", "record 1: 'v' must be a number", id="value-is-string"),
@@ -237,7 +239,8 @@ SENML_CASES = [
     # metrics
     pytest.param(b"[" + OK + b',{"n":"pm10","v":5.3}]', "unknown_metric", "record 1: metric 'pm10'", id="metric-not-enrolled"),
     pytest.param(b'[{"n":"co2","v":400}]', "unknown_metric", "record 0: metric 'co2'", id="metric-not-in-catalog"),
-    pytest.param(b'[{"bn":"urn:dev:x:","n":"pm25","v":5.3}]', "unknown_metric", "metric 'urn:dev:x:pm25'", id="base-name-makes-unknown-metric"),
+    pytest.param(b'[{"bn":"urn:dev:x:","n":"pm25","v":5.3}]', "unknown_metric", "metric 'urn:dev:x:pm25'",
+                 id="base-name-makes-unknown-metric"),
     # non-finite numbers
     pytest.param(b"[" + OK + b',{"n":"pm25","v":NaN}]', "non_finite_value", 'NaN', id="NaN-literal"),
     pytest.param(b'[{"n":"pm25","v":Infinity}]', "non_finite_value", 'Infinity', id="Infinity-literal"),
@@ -246,7 +249,8 @@ SENML_CASES = [
     pytest.param(b'[{"n":"temperature","v":-1e400}]', "non_finite_value", "record 0: 'v'", id="minus-1e400"),
     pytest.param(b'[{"n":"pm25","v":1' + b"0" * 400 + b"}]", "non_finite_value", "record 0: 'v'", id="integer-too-large-for-a-float"),
     pytest.param(b'[{"n":"pm25","v":5.3,"t":1e400}]', "non_finite_value", "record 0: 't'", id="time-1e400"),
-    pytest.param(b'[{"bt":1' + b"0" * 400 + b',"n":"pm25","v":5.3}]', "non_finite_value", "record 0: 'bt'", id="base-time-integer-too-large"),
+    pytest.param(b'[{"bt":1' + b"0" * 400 + b',"n":"pm25","v":5.3}]', "non_finite_value", "record 0: 'bt'",
+                 id="base-time-integer-too-large"),
     pytest.param(b'[{"bt":Infinity,"n":"pm25","v":5.3}]', "non_finite_value", 'Infinity', id="base-time-Infinity"),
     pytest.param(b'[{"n":"pm25","v":5.3,"x":NaN}]', "non_finite_value", "NaN", id="NaN-in-an-ignored-field"),
     pytest.param(b'[{"bv":NaN,"n":"pm25","v":5.3}]', "non_finite_value", 'NaN', id="base-value-NaN"),

@@ -257,7 +257,8 @@ def test_consent_erase_and_retention_from_the_command_line(hub, tmp_path):
     user_error(run("consent", "erase", "--data-dir", data_dir, "--subject", "meter-17"), "NOT_FOUND", "knows no data subject")
 
     shown = as_json(run("retention", "show", "--data-dir", data_dir, "--json"))
-    assert {d["dataset"]: d["retention_days"] for d in shown["datasets"]}["air_quality"] == 3650  # the shipped catalog's retention (node/data/catalog.toml)
+    # The shipped catalog's retention (node/data/catalog.toml).
+    assert {d["dataset"]: d["retention_days"] for d in shown["datasets"]}["air_quality"] == 3650
     ok(run("retention", "set", "--data-dir", data_dir, "--dataset", "air_quality", "--days", 36500))
     user_error(cli("retention", "set", "--data-dir", data_dir, "--dataset", "nonsense", "--days", 3), "unknown dataset 'nonsense'")
     report = as_json(run("retention", "run", "--data-dir", data_dir, "--json"))

@@ -105,7 +105,7 @@ async def ask(channel: grpc.aio.Channel, signing_key: Ed25519PrivateKey, caller_
     asked.answer_key = sealing.public_raw(answer_key)
     signed = envelope.make(signing_key, caller_id, entry_hub_id, RUN_METHOD, query=asked)
     timeout = (spec.deadline_ms or DEFAULT_DEADLINE_MS) / 1000 + 5
-    stub = query_service_pb2_grpc.QueryStub(channel)  # type: ignore[no-untyped-call]
+    stub = query_service_pb2_grpc.QueryStub(channel)
     sealed: query_service_pb2.QueryAnswer = await stub.Run(signed, timeout=timeout)
     public = signing_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return open_answer(sealed, answer_key, public)

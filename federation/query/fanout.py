@@ -147,7 +147,7 @@ class QueryService:
             base.status, base.reason = "unavailable", "it failed recently; not asked again yet (circuit breaker)"
             self._observe(peer, base)
             return Asked(base)
-        stub = query_service_pb2_grpc.QueryStub(self.federation.channel(peer))  # type: ignore[no-untyped-call]
+        stub = query_service_pb2_grpc.QueryStub(self.federation.channel(peer))
         started = self.hub.clock.monotonic()
         try:
             response = await stub.Partial(outer, timeout=deadline_s)

@@ -94,7 +94,7 @@ def _checked(method: str, deserialize: Callable[[bytes], Any] | None) -> Callabl
 OnRefused = Callable[[str, Rejected], Awaitable[None]]
 
 
-class RequestLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no stubs
+class RequestLimitInterceptor(grpc.aio.ServerInterceptor):  # grpc ships no stubs
     """Checks every request message's size (and that it parses) before the servicer sees it."""
 
     def __init__(self, on_refused: OnRefused) -> None:

@@ -42,7 +42,7 @@ async def _check(data_dir: Path, passphrase: bytes) -> CheckResult:
     running.stopping.set()  # no federation round, no retention run: only serve
     channel = open_channel(hub.endpoint.grpc_address, hub_id=hub.config.hub_id, cert_pem=hub.identity.tls_cert_pem, aio=True)
     try:
-        stub = admin_pb2_grpc.AdminStub(channel)  # type: ignore[no-untyped-call]
+        stub = admin_pb2_grpc.AdminStub(channel)
         metadata = (("authorization", f"Bearer {hubdir.HubDir(data_dir).admin_token()}"),)
         status = await stub.GetStatus(admin_pb2.GetStatusRequest(), metadata=metadata, timeout=30)
         exported = await stub.ExportAudit(admin_pb2.ExportAuditRequest(), metadata=metadata, timeout=30)

@@ -241,8 +241,8 @@ RETRYABLE_REASONS = {"rate_limited", "storage_full"}
 
 
 def retryable(exc: grpc.RpcError) -> bool:
-    reason = dict(exc.trailing_metadata() or ()).get("smartregion-reason")  # type: ignore[attr-defined]
-    return exc.code() in RETRYABLE or reason in RETRYABLE_REASONS  # type: ignore[attr-defined]
+    reason = dict(exc.trailing_metadata() or ()).get("smartregion-reason")
+    return exc.code() in RETRYABLE or reason in RETRYABLE_REASONS
 
 
 def replay(

@@ -27,7 +27,7 @@ _DEVICE_COLUMNS = "dev_eui, sensor_id, confidentiality, wrapped_app_s_key, codec
 class NetworkTables:
     conn: sqlite3.Connection
     _transaction: Callable[[Callable[[], Any]], Any]
-    _insert_sensor: Callable[[SensorRecord], None]
+    _insert_sensor: Callable[[SensorRecord], bool]
 
     def add_lorawan_sensor(self, sensor: SensorRecord, device: LorawanDeviceRecord) -> bool:
         """Enrol the sensor and its LoRaWAN device in one transaction; False (and nothing

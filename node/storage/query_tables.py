@@ -30,7 +30,7 @@ class QueryTables(Connected):
             params.append(req.consent_purpose)
         return sql, params
 
-    def _readings(self, req: AggregateRequest) -> tuple[str, list]:
+    def _readings(self, req: AggregateRequest) -> tuple[str, list[Any]]:
         """The readings of the request as a subquery (b: bucket start, c: contributor, v: value),
         with at most `max_contributions` readings (the earliest) per contributor and bucket."""
         bucket = _BUCKET_SQL.get(req.bucket, str(int(req.start_ms)))
@@ -158,7 +158,7 @@ class QueryTables(Connected):
         """Spend `micro` of the agreement's lifetime budget atomically; False (and nothing spent)
         if it would go over."""
 
-        def work():
+        def work() -> bool:
             row = self.conn.execute("SELECT spent_micro FROM privacy_budget WHERE agreement_id = ?", (agreement_id,)).fetchone()
             spent = row[0] if row else 0
             if micro < 0 or spent + micro > budget_micro:
