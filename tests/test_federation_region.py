@@ -40,7 +40,7 @@ until = 2030-01-01T00:00:00Z
 
 @pytest.fixture
 async def region(tmp_path):
-    hubs = [ProcessHub(tmp_path / name, number) for name, number in (("stavanger", "1103"), ("bergen", "4601"), ("porsgrunn", "3806"))]
+    hubs = [ProcessHub(tmp_path / name, number) for name, number in (("stavanger", "1103"), ("bergen", "4601"), ("porsgrunn", "4001"))]
     for hub in hubs:
         hub.start()
     try:

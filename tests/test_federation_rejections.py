@@ -44,7 +44,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 State = agreement_pb2.AgreementState
 UTC = dt.UTC
 INVALID, DENIED, UNAUTH = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED
-TOWNS = (("stavanger", "1103"), ("bergen", "4601"), ("porsgrunn", "3806"))
+TOWNS = (("stavanger", "1103"), ("bergen", "4601"), ("porsgrunn", "4001"))
 
 
 # -- hubs -----------------------------------------------------------------------------------------

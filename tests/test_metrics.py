@@ -40,7 +40,7 @@ def by_state(samples, name: str) -> dict[str, float]:
 
 @pytest.fixture
 async def region(tmp_path):
-    nodes = await start_nodes(tmp_path, (("stavanger", "1103"), ("bergen", "4601"), ("porsgrunn", "3806")))
+    nodes = await start_nodes(tmp_path, (("stavanger", "1103"), ("bergen", "4601"), ("porsgrunn", "4001")))
     yield nodes
     await stop_nodes([n for n in nodes if not n.live.running.stopping.is_set()])
 

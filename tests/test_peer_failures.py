@@ -23,7 +23,7 @@ State = agreement_pb2.AgreementState
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def region(tmp_path_factory):
     base = tmp_path_factory.mktemp("peer-failures")
-    hubs = [ProcessHub(base / name, number) for name, number in (("stavanger", "1103"), ("bergen", "4601"), ("porsgrunn", "3806"))]
+    hubs = [ProcessHub(base / name, number) for name, number in (("stavanger", "1103"), ("bergen", "4601"), ("porsgrunn", "4001"))]
     await start_all(hubs)
     try:
         for a in hubs:

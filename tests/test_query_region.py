@@ -49,9 +49,9 @@ State = agreement_pb2.AgreementState
 STATIONS = [
     ("stavanger", "1103", "Valand.csv"),
     ("bergen", "4601", "Klosterhaugen.csv"),
-    ("porsgrunn", "3806", "Knarrdalstranda.csv"),
-    ("fredrikstad", "3004", "Nygaardsgata.csv"),
-    ("tonsberg", "3803", "Nedre-Langgate.csv"),
+    ("porsgrunn", "4001", "Knarrdalstranda.csv"),
+    ("fredrikstad", "3107", "Nygaardsgata.csv"),
+    ("tonsberg", "3905", "Nedre-Langgate.csv"),
 ]
 CSV_COLUMN = {"pm25": "pm25", "temperature": "temperature", "wind_speed": "windSpeed", "rain": "rain"}
 UNTIL = (dt.date.today() + dt.timedelta(days=365)).isoformat()
@@ -333,7 +333,7 @@ async def test_daily_mean_per_municipality_for_one_month_matches_the_csv(region)
 
 
 async def test_a_municipality_filter_asks_only_those_hubs(region):
-    chosen = ["4601", "3803"]
+    chosen = ["4601", "3905"]
     _, answer = await region.ask(metric="pm25", aggregate="max", start_ms=Y2019, end_ms=Y2020, bucket="year",
                                  group_by="municipality", municipalities=chosen)
     assert not answer.partial
@@ -435,7 +435,7 @@ async def _everyone_answers(region: Region) -> bool:
 
 
 async def test_a_frozen_provider_times_out_at_the_deadline(region):
-    tonsberg = region.by_number["3803"]
+    tonsberg = region.by_number["3905"]
     deadline_ms = 2000
     os.kill(tonsberg.process.process.pid, signal.SIGSTOP)  # alive but silent: only the deadline ends the wait
     try:
@@ -450,12 +450,12 @@ async def test_a_frozen_provider_times_out_at_the_deadline(region):
     assert answer.partial and list(answer.missing_hubs) == [tonsberg.hub_id]
     assert _provenance(answer)[tonsberg.hub_id].status == "timed_out"
     [row] = answer.rows
-    assert (row.readings, row.contributors) == (sum(len(REFERENCE[n]["pm25"]) for n in REFERENCE if n != "3803"), 4)
+    assert (row.readings, row.contributors) == (sum(len(REFERENCE[n]["pm25"]) for n in REFERENCE if n != "3905"), 4)
     await eventually(lambda: _everyone_answers(region), timeout=30)
 
 
 async def test_a_provider_killed_mid_query_gives_a_partial_answer_within_the_deadline(region):
-    porsgrunn = region.by_number["3806"]
+    porsgrunn = region.by_number["4001"]
     deadline_ms = 10_000
     # Freeze the provider first, so that its Query.Partial is certainly in flight, then SIGKILL
     # it while the entry hub's fan-out is waiting for it (the other four have long answered).
@@ -485,7 +485,7 @@ async def test_a_provider_killed_mid_query_gives_a_partial_answer_within_the_dea
     assert _provenance(answer)[porsgrunn.hub_id].reason
     print(f"killed hub: {_provenance(answer)[porsgrunn.hub_id].status}: {_provenance(answer)[porsgrunn.hub_id].reason}")
     # The answer holds exactly the four others' months, still right, and still verifies.
-    assert {r.group for r in answer.rows} == {"1103", "4601", "3004", "3803"}
+    assert {r.group for r in answer.rows} == {"1103", "4601", "3107", "3905"}
     for row in answer.rows:
         values = [v for when, v in REFERENCE[row.group]["pm25"] if month_of(when) == row.bucket_start_ms]
         assert row.readings == len(values) and close(row.value, statistics.fmean(values))
@@ -503,7 +503,7 @@ async def test_a_provider_killed_mid_query_gives_a_partial_answer_within_the_dea
 
 # -- 4. a revoked agreement --------------------------------------------------------------------
 async def test_a_revoked_agreement_makes_that_hub_deny(region):
-    fredrikstad = region.by_number["3004"]
+    fredrikstad = region.by_number["3107"]
     agreement_id = region.agreements[fredrikstad.hub_id]
     revoked = await fredrikstad.admin("RevokeAgreement", admin_pb2.RevokeAgreementRequest(
         agreement_id=agreement_id, reason="test: the research project ended"))
@@ -515,7 +515,7 @@ async def test_a_revoked_agreement_makes_that_hub_deny(region):
     denied = _provenance(answer)[fredrikstad.hub_id]
     assert denied.status == "denied"
     assert agreement_id in denied.reason and "revoked" in denied.reason, denied.reason
-    others = [number for number in REFERENCE if number != "3004"]
+    others = [number for number in REFERENCE if number != "3107"]
     [row] = answer.rows
     assert (row.readings, row.contributors) == (sum(len(REFERENCE[n]["pm25"]) for n in others), 4)
     assert {p.hub_id: p.status for p in answer.provenance if p.hub_id != fredrikstad.hub_id} == {

@@ -53,7 +53,7 @@ HOURLY = [10.0 + 1.7 * h for h in range(24)]  # the one station's readings that 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def region(tmp_path_factory):
     base = tmp_path_factory.mktemp("privacy-region")
-    a, b, c = await start_nodes(base, (("stavanger", "1103"), ("bergen", "4601"), ("porsgrunn", "3806")))
+    a, b, c = await start_nodes(base, (("stavanger", "1103"), ("bergen", "4601"), ("porsgrunn", "4001")))
     try:
         partner = partners.PartnerKey(Ed25519PrivateKey.generate(), "Universitetet i Stavanger")
         agreements = {}
