@@ -97,15 +97,22 @@ async def set_days(hub: Hub, dataset: str, days: int, promises: Promises) -> lis
     return plan(hub, promises, hub.clock.now_ms())
 
 
+async def run_logged(hub: Hub, promises: Callable[[], Awaitable[Promises]]) -> None:
+    """One run; a failure is logged (the next interval retries), never raised."""
+    try:
+        await run(hub, await promises())
+    except Exception:
+        log.exception("retention run failed")
+
+
 async def loop(hub: Hub, promises: Callable[[], Awaitable[Promises]], stopping: asyncio.Event) -> None:
-    """Run retention at start and then every `[retention] interval_seconds`, until `stopping`."""
+    """Every `[retention] interval_seconds` a run, until `stopping` (the server runs the first one
+    itself before `start` returns, so a started hub has done its start-up work)."""
     while not stopping.is_set():
-        try:
-            await run(hub, await promises())
-        except Exception:  # keep the task alive; the next round retries
-            log.exception("retention run failed")
         sleep = asyncio.ensure_future(hub.clock.sleep(hub.config.retention.interval_seconds))
         stop = asyncio.ensure_future(stopping.wait())
         await asyncio.wait({sleep, stop}, return_when=asyncio.FIRST_COMPLETED)
         for task in (sleep, stop):
             task.cancel()
+        if not stopping.is_set():
+            await run_logged(hub, promises)

@@ -111,8 +111,6 @@ async def test_a_message_over_the_ceiling_is_refused_by_grpc_itself(live_hub):
 @pytest.mark.parametrize("method, reason", [
     ("/smartregion.v1.Ingest/SubmitBatch", "malformed_frame"),
     ("/smartregion.v1.Federation/GetDescriptor", "invalid_request"),
-    ("/smartregion.v1.Federation/ExchangeAgreements", "invalid_request"),
-    ("/smartregion.v1.Query/Partial", "invalid_request"),
 ])
 async def test_undecodable_protobuf_gets_a_precise_reason_and_is_counted(live_hub, method, reason):
     """Before: UNKNOWN, an ERROR traceback per message, not counted."""
@@ -120,6 +118,15 @@ async def test_undecodable_protobuf_gets_a_precise_reason_and_is_counted(live_hu
     err = await raw_unary(live_hub, method, b"\xff\xff\xff\xff")
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and reason_of(err) == reason, err.details()
     assert live_hub.hub.metrics.frames_rejected.labels(reason)._value.get() == before + 1
+
+
+@pytest.mark.parametrize("method", ["/smartregion.v1.Federation/ExchangeAgreements", "/smartregion.v1.Query/Partial"])
+async def test_undecodable_protobuf_to_an_authenticated_method_is_unauthenticated(live_hub, method):
+    """The one authentication path parses the envelope first: garbage cannot name a caller, so
+    it is refused as unauthenticated, with the reason trailer, and counted in the refusal tally."""
+    err = await raw_unary(live_hub, method, b"\xff\xff\xff\xff")
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED and reason_of(err) == "unauthenticated", err.details()
+    assert "does not parse" in err.details()
 
 
 async def test_an_oversized_stream_message_ends_the_stream_after_committing_the_frames_before(live_hub, tmp_path):

@@ -111,16 +111,19 @@ def month_spec(aggregate: str, provider) -> query_pb2.QuerySpec:
                                hub_ids=[provider.hub.config.hub_id])
 
 
-@pytest.mark.parametrize("aggregate, released", [
-    ("mean", {"sum"}), ("count", set()), ("min", {"min"}), ("max", {"max"}), ("stddev", {"sum", "sum_squares"})])
-async def test_a_partial_releases_only_what_the_aggregate_needs(provider_and_consumer, aggregate, released):
+@pytest.mark.parametrize("aggregate, value", [
+    ("mean", 5.0 + 400.0 / (24 * 31)), ("count", 24 * 31), ("min", 5.0), ("max", 405.0), ("stddev", None)])
+async def test_a_per_municipality_partial_releases_only_its_final_value(provider_and_consumer, aggregate, value):
+    """Issue 9: a per-municipality cell carries the provider's final value and its counts, never
+    the sums, squares or extremes it was computed from (which recombine into single readings)."""
     consumer, provider = provider_and_consumer
     await sign_agreement(provider, consumer, ONLY)
     answer = await consumer.admin.RunQuery(month_spec(aggregate, provider), metadata=consumer.admin_metadata)
     [cell] = query_pb2.PartialResult.FromString(answer.provenance[0].partial.partial).cells
-    figures = {"sum": cell.sum, "sum_squares": cell.sum_squares, "min": cell.min, "max": cell.max}
-    assert {name for name, value in figures.items() if value} == released
+    assert (cell.sum, cell.sum_squares, cell.min, cell.max) == (0, 0, 0, 0)
     assert cell.count == 24 * 31 and not cell.HasField("sketch")
+    if value is not None:
+        assert cell.value == pytest.approx(value)
 
 
 async def test_months_are_refused_under_a_weekly_agreement(provider_and_consumer):

@@ -215,7 +215,9 @@ async def start(
     stopping = asyncio.Event()
     background = asyncio.create_task(federation.run(stopping), name="federation")
     networks.start()
-    housekeeping = asyncio.create_task(retention.loop(hub, lambda: promised_history(federation), stopping), name="retention")
+    promises = lambda: promised_history(federation)  # noqa: E731
+    await retention.run_logged(hub, promises)  # expired readings go before the first answer
+    housekeeping = asyncio.create_task(retention.loop(hub, promises, stopping), name="retention")
     return RunningHub(hub, server, runner, health, federation, background, stopping, housekeeping, networks)
 
 
