@@ -9,8 +9,7 @@ from node.errors import Reason, Rejected
 from node.hub import Hub
 from node.networks.devices import add_kek, device_record
 from node.sensors import Enrolment, credential_json, new_sensor, unwrap_key
-from node.storage.base import MetricSummary, SensorRecord
-from node.storage.network_tables import LorawanDeviceRecord
+from node.storage.base import LorawanDeviceRecord, MetricSummary, SensorRecord
 
 
 @dataclass

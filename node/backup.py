@@ -27,9 +27,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from node import __version__, audit, credentials, keystore
+from node import __version__, audit, keystore
 from node.fileio import write_private_file
-from node.hubdir import ADMIN_TOKEN_FILE, CERT_FILE, CONFIG_FILE, DB_FILE, KEYS_FILE, HubDir, HubDirError, hash_token
+from node.hubdir import ADMIN_TOKEN_FILE, CERT_FILE, CONFIG_FILE, DB_FILE, KEYS_FILE, HubDir, HubDirError, hash_token, new_admin_token
 
 FORMAT = "smartregion-backup"
 MANIFEST = "manifest.json"
@@ -194,7 +194,7 @@ def restore(archive: Path, target: Path, passphrase: bytes) -> Manifest:
         except keystore.KeystoreError as exc:
             raise BackupError(f"the passphrase does not open the backup's keys ({exc}); nothing restored") from None
         staged.identity(passphrase)  # the keys are this hub's
-        token = credentials.new_admin_token()
+        token = new_admin_token()
         write_private_file(staged.file(ADMIN_TOKEN_FILE), (token + "\n").encode())
         config = staged.config()
         config.admin_token_sha256 = hash_token(token)

@@ -12,20 +12,15 @@ affected; it needs the new passphrase at its next start.
 
 from __future__ import annotations
 
-import base64
 import os
 import secrets
 from pathlib import Path
 
 from node import keystore
 from node.fileio import write_private_file
-from node.hubdir import ADMIN_TOKEN_FILE, ADMIN_TOKEN_PREFIX, KEYS_FILE, HubConfig, HubDir, HubDirError, hash_token
+from node.hubdir import ADMIN_TOKEN_FILE, KEYS_FILE, HubConfig, HubDir, HubDirError, hash_token, new_admin_token
 
 PENDING_TOKEN_FILE = ADMIN_TOKEN_FILE + ".new"
-
-
-def new_admin_token() -> str:
-    return ADMIN_TOKEN_PREFIX + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
 
 
 def rotate_admin_token(hub_dir: HubDir, config: HubConfig) -> HubConfig:

@@ -12,12 +12,14 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import fcntl
 import hashlib
 import hmac
 import json
 import os
+import secrets
 import socket
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -253,8 +255,6 @@ def init_hub(
         raise HubDirError(f"the passphrase must be at least {keystore.MIN_PASSPHRASE_LENGTH} characters")
     make_private_dir(hub_dir.path)
     ident = identity_mod.generate(hostnames)
-    from node.credentials import new_admin_token
-
     token = new_admin_token()
     config = HubConfig(
         hub_id=ident.hub_id_text,
@@ -275,3 +275,8 @@ def init_hub(
     # The config goes last: its presence marks a complete hub.
     write_private_file(hub_dir.file(CONFIG_FILE), config.to_toml(), exclusive=True)
     return config, ident
+
+
+def new_admin_token() -> str:
+    """A fresh admin bearer token: the prefix and 256 random bits (node/credentials.py rotates it)."""
+    return ADMIN_TOKEN_PREFIX + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")

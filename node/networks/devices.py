@@ -25,8 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from node.errors import Reason, Rejected
 from node.networks import lorawan
 from node.storage import Storage
-from node.storage.base import SensorRecord
-from node.storage.network_tables import LorawanDeviceRecord
+from node.storage.base import LorawanDeviceRecord, SensorRecord
 
 APP_S_KEY_DOMAIN = b"smartregion/v1/lorawan-appskey\x00"
 KEK_DOMAIN = b"smartregion/v1/lorawan-kek\x00"

@@ -24,7 +24,7 @@ from node.networks import codecs, lorawan
 from node.networks.devices import Confidentiality, unwrap_app_s_key, unwrap_kek
 from node.observability import HubMetrics
 from node.storage import Storage
-from node.storage.network_tables import LorawanDeviceRecord
+from node.storage.base import LorawanDeviceRecord
 
 log = logging.getLogger("smartregion.networks")
 

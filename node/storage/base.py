@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from node.storage.network_tables import LorawanDeviceRecord
+
+@dataclass(frozen=True)
+class LorawanDeviceRecord:
+    dev_eui: str
+    sensor_id: str
+    confidentiality: str  # "end-to-end" | "network-decrypted"
+    wrapped_app_s_key: bytes | None
+    codec: str
 
 
 @dataclass

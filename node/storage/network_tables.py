@@ -6,20 +6,9 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from node.storage.base import SensorRecord
-
-
-@dataclass(frozen=True)
-class LorawanDeviceRecord:
-    dev_eui: str
-    sensor_id: str
-    confidentiality: str  # "end-to-end" | "network-decrypted"
-    wrapped_app_s_key: bytes | None
-    codec: str
-
+from node.storage.base import LorawanDeviceRecord, SensorRecord
 
 _DEVICE_COLUMNS = "dev_eui, sensor_id, confidentiality, wrapped_app_s_key, codec"
 

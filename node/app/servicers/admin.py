@@ -10,8 +10,7 @@ from node.app.servicers.common import translate_rejections
 from node.errors import Reason, Rejected
 from node.hub import Hub
 from node.sensors import Enrolment
-from node.storage.base import SensorRecord
-from node.storage.network_tables import LorawanDeviceRecord
+from node.storage.base import LorawanDeviceRecord, SensorRecord
 
 
 def sensor_message(s: SensorRecord, device: LorawanDeviceRecord | None = None) -> admin_pb2.Sensor:
