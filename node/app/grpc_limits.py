@@ -31,6 +31,7 @@ REQUEST_BYTES = {
     INGEST_PREFIX + "SubmitBatch": SUBMIT_BATCH_BYTES,
     INGEST_PREFIX + "StreamFrames": MAX_FRAME + 64,  # one SealedFrame: the frame and its field tag
     "/smartregion.v1.Federation/GetDescriptor": 4 * KiB,
+    "/smartregion.v1.Federation/RegionCatalog": 4 * KiB,  # public, like GetDescriptor: an empty request
     "/smartregion.v1.Federation/ExchangeAgreements": 512 * KiB,
     "/smartregion.v1.Query/Run": 64 * KiB,
     "/smartregion.v1.Query/Partial": 64 * KiB,
