@@ -2,9 +2,13 @@
 a contribution bound, small cells withheld on a NOISY contributor count, and a lifetime budget
 in integer micro-epsilon that runs out, refuses without spending, and is refunded on failure.
 
-The noise tests are statistical: thousands of draws of the real noise function, compared with
-the documented Laplace scale; they fail (by more than 7 standard errors) when the scale is
-halved or the noise on counts dropped, and pass by a wide margin otherwise."""
+One subject contributes to every cell of a query, so a query of N cells is calibrated to the
+sensitivity of the whole vector (N * L for counts): each cell's Laplace scale is N times that of
+a one-cell query. The noise tests are statistical: thousands of noise draws of the real noise
+function (queries of several cells), compared with the documented Laplace scale; they fail (by
+more than 7 standard errors) when the scale is halved, the noise on counts dropped, or a query
+charged as if its cells were disjoint (N times too little noise), and pass by a wide margin
+otherwise. tests/privacy/test_privacy_dp_composition.py tests the guarantee itself."""
 
 from __future__ import annotations
 
@@ -28,62 +32,78 @@ from tests.test_cli import cli
 from tests.test_federation_region import TERMS
 
 BOUNDS = (-80.0, 70.0)  # temperature
-DRAWS = 4000
+DRAWS = 4000  # noise draws per measurement: queries of CELLS cells, DRAWS / CELLS of them
+CELLS = 40
 
 
-def _mean_abs_noise(aggregate: str, epsilon: float, max_contributions: int, true: CellRow) -> tuple[float, float, float]:
-    """Mean |noise| of the count, the sum and the contributor count over DRAWS releases."""
+def _noise(aggregate: str, epsilon: float, max_contributions: int, true: CellRow, min_group_size: int = 0,
+           cells: int = CELLS) -> tuple[float, float, float]:
+    """Mean |noise| of the count and the sum, and the share of cells kept, over DRAWS cells
+    released by queries of `cells` cells that all equal `true`."""
     counts, sums, kept = [], [], 0
-    for _ in range(DRAWS):
-        noised = dp.noisy_cells([true], aggregate, epsilon, BOUNDS, max_contributions, min_group_size=true.contributors)
-        counts.append(abs(noised.cells[0].count - true.count))
-        sums.append(abs(noised.cells[0].sum - true.sum))
-        kept += not noised.withheld
-    return statistics.fmean(counts), statistics.fmean(sums), kept / DRAWS
+    for _ in range(DRAWS // cells):
+        query = [CellRow(i * 3_600_000, true.count, true.sum, 0.0, 0.0, 0.0, true.contributors) for i in range(cells)]
+        noised = dp.noisy_cells(query, aggregate, epsilon, BOUNDS, max_contributions, min_group_size)
+        counts += [abs(c.count - true.count) for c in noised.cells]
+        sums += [abs(c.sum - true.sum) for c in noised.cells]
+        kept += cells - len(noised.withheld)
+    return statistics.fmean(counts), statistics.fmean(sums), kept / len(counts)
 
 
-@pytest.mark.parametrize("max_contributions", [1, 24])
-def test_count_noise_has_the_documented_laplace_scale(max_contributions):
-    """count: 3/4 of epsilon on the count, sensitivity = the contribution bound L; E|Laplace(b)| = b.
-    The count is rounded, so E|rounded noise| lies within 0.25 of b for b >= 1."""
+@pytest.mark.parametrize(("max_contributions", "cells"), [(1, 1), (24, CELLS)])
+def test_count_noise_has_the_documented_laplace_scale(max_contributions, cells):
+    """count: 3/4 of epsilon on the counts, whose L1 sensitivity over the query is N * L; every
+    cell gets Laplace(b), b = N * L / (3 epsilon / 4), and E|Laplace(b)| = b. The count is
+    rounded, so E|rounded noise| lies within 0.25 of b for b >= 1."""
     epsilon = 1.0
-    cell = CellRow(0, 10_000, 0.0, 0.0, 0.0, 0.0, 50)
-    b = max_contributions / (epsilon * (1 - dp.THRESHOLD_SHARE))
-    mean_count, _, _ = _mean_abs_noise("count", epsilon, max_contributions, cell)
+    cell = CellRow(0, 10_000_000, 0.0, 0.0, 0.0, 0.0, 50)  # far above the noise: never clipped at 0
+    b = cells * max_contributions / (epsilon * 3 / 4)
+    mean_count, _, _ = _noise("count", epsilon, max_contributions, cell, cells=cells)
     # standard error of the mean of |Laplace(b)| is b / sqrt(DRAWS) (its sd is b): 7 SE ~ 0.11 b
     assert abs(mean_count - b) < 0.11 * b + 0.25, (mean_count, b)
 
 
 def test_sum_noise_has_the_documented_laplace_scale():
-    """sum: 3/4 of epsilon on the sum, sensitivity L * max(|low|, |high|) = 2 * 80."""
+    """sum: 3/4 of epsilon on the sums, sensitivity N * L * max(|low|, |high|) = N * 2 * 80."""
     epsilon, bound = 2.0, 2
     cell = CellRow(0, 100, 1234.5, 0.0, 0.0, 0.0, 50)
-    b = bound * 80.0 / (epsilon * (1 - dp.THRESHOLD_SHARE))
-    _, mean_sum, _ = _mean_abs_noise("sum", epsilon, bound, cell)
+    b = CELLS * bound * 80.0 / (epsilon * 3 / 4)
+    _, mean_sum, _ = _noise("sum", epsilon, bound, cell)
     assert abs(mean_sum - b) < 0.11 * b, (mean_sum, b)
 
 
 def test_mean_noises_both_count_and_sum_with_half_of_the_rest_each():
     epsilon, bound = 1.0, 1
-    cell = CellRow(0, 1000, 5000.0, 0.0, 0.0, 0.0, 50)
-    share = epsilon * (1 - dp.THRESHOLD_SHARE) / 2
-    mean_count, mean_sum, _ = _mean_abs_noise("mean", epsilon, bound, cell)
-    assert abs(mean_count - 1 / share) < 0.11 / share + 0.25, mean_count
-    assert abs(mean_sum - 80.0 / share) < 0.11 * 80.0 / share, mean_sum
+    cell = CellRow(0, 10_000_000, 5000.0, 0.0, 0.0, 0.0, 50)
+    share = epsilon * 3 / 8
+    mean_count, mean_sum, _ = _noise("mean", epsilon, bound, cell)
+    assert abs(mean_count - CELLS / share) < 0.11 * CELLS / share + 0.25, mean_count
+    assert abs(mean_sum - CELLS * 80.0 / share) < 0.11 * CELLS * 80.0 / share, mean_sum
 
 
 def test_small_cells_are_withheld_on_a_noisy_contributor_count():
-    """Threshold = min group size; the contributor count gets Laplace(1 / (epsilon / 4)). A cell of
-    exactly k contributors is withheld about half the time (noise below 0), never always or never."""
-    epsilon = 1.0
-    at_threshold = CellRow(0, 100, 0.0, 0.0, 0.0, 0.0, 5)
-    _, _, kept = _mean_abs_noise("count", epsilon, 1, at_threshold)
+    """Threshold = min group size; the contributor counts get Laplace(b), b = N / (epsilon / 4)
+    (one subject is in every cell). A cell of exactly k contributors is withheld about half the
+    time (noise below 0); one of k + b contributors with probability e^-1 / 2 = 0.184."""
+    epsilon, k = 1.0, 5
+    _, _, kept = _noise("count", epsilon, 1, CellRow(0, 100, 0.0, 0.0, 0.0, 0.0, k), min_group_size=k)
     assert abs(kept - 0.5) < 0.06, kept  # 7 SE of a proportion over 4000 draws is 0.055
-    # Far above the threshold (60 scales of 4): kept always; far below: never.
+    b = CELLS / (epsilon / 4)
+    _, _, kept = _noise("count", epsilon, 1, CellRow(0, 100, 0.0, 0.0, 0.0, 0.0, k + int(b)), min_group_size=k)
+    assert abs((1 - kept) - math.exp(-1) / 2) < 0.045, kept  # halved b: 0.068; b of one cell: 0.000
+    # Far above the threshold (60 scales): kept always; far below: never.
     big = [dp.noisy_cells([CellRow(0, 100, 0.0, 0.0, 0.0, 0.0, 250)], "count", epsilon, BOUNDS, 1, 5) for _ in range(200)]
     assert not any(n.withheld for n in big)
     empty = [dp.noisy_cells([CellRow(0, 0, 0.0, 0.0, 0.0, 0.0, 0)], "count", epsilon, BOUNDS, 1, 250) for _ in range(200)]
     assert all(n.withheld for n in empty)
+
+
+def test_the_calibration_is_the_documented_table():
+    """docs/privacy.md, section 3: the split and the scales of a query of N cells."""
+    c = dp.calibrate("mean", 2.0, (-80.0, 70.0), 24, 365)
+    assert (c.subjects_epsilon, c.count_epsilon, c.sum_epsilon) == (0.5, 0.75, 0.75)
+    assert (c.subjects_scale, c.count_scale, c.sum_scale) == (365 / 0.5, 365 * 24 / 0.75, 365 * 24 * 80 / 0.75)
+    assert dp.calibrate("count", 1.0, (0.0, 1.0), 1, 1).sum_scale == 0 and dp.calibrate("sum", 1.0, (0.0, 1.0), 1, 1).count_scale == 0
 
 
 def test_micro_epsilon_never_undercharges():
@@ -189,11 +209,6 @@ async def test_epsilon_outside_a_budget_is_refused(pair):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await ask(consumer, spec("stddev", 0.1, provider))
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "(allowed: count, sum, mean)" in err.value.details()
-
-
-def test_no_noise_at_all_would_be_caught():
-    """Sanity of the statistical oracle itself: an exact release has mean |noise| 0, far outside."""
-    assert not math.isclose(0.0, 1 / 0.75, abs_tol=0.11 / 0.75 + 0.25)
 
 
 async def test_the_query_command_shows_the_budget_left(pair):
