@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 
-from federation.terms import AGGREGATES, BUCKETS
+from federation.terms import AGGREGATES, BUCKETS, MAX_DP_EPSILON, MIN_DP_EPSILON
 from node import catalog
 from node.api.v1 import query_pb2
 from node.errors import Reason, Rejected
@@ -120,6 +120,11 @@ def check_shape(spec: query_pb2.QuerySpec) -> None:
         raise bad("a query states its purpose (a purpose code)")
     if not (math.isfinite(spec.epsilon) and spec.epsilon >= 0):
         raise bad("epsilon must be a finite number >= 0")
+    if spec.epsilon > MAX_DP_EPSILON:
+        raise bad(f"epsilon {spec.epsilon:g} is above the ceiling of {MAX_DP_EPSILON:g}: no agreement's lifetime budget is larger")
+    if 0 < spec.epsilon < MIN_DP_EPSILON:
+        raise bad(f"epsilon {spec.epsilon:g} is below {MIN_DP_EPSILON:g}: the noise would drown every figure "
+                  "(0 spends a tenth of the agreement's budget)")
     if spec.deadline_ms > MAX_DEADLINE_MS:
         raise bad(f"the deadline may be at most {MAX_DEADLINE_MS} ms")
     for number in spec.municipalities:
