@@ -3,6 +3,7 @@ dashboard and sees its peers, agreements, chart and map. Saves test-artifacts/da
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -16,6 +17,7 @@ import time
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.test_query_dp import pair  # noqa: F401  (a fixture)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -88,3 +90,37 @@ def test_dashboard_shows_the_region(demo_region):
             page.screenshot(path=str(ARTIFACTS / "dashboard-top.png"))
         finally:
             browser.close()
+
+
+async def test_the_dashboard_shows_the_lifetime_privacy_budget(pair):  # noqa: F811
+    """The agreements table shows the LIFETIME differential-privacy budget from the provider's
+    ledger (what `smartregion agreement budget ID` shows), on a real page in Chromium."""
+    from node import hubdir
+    from tests.test_query_dp import ask, spec
+
+    consumer, provider, _ = pair
+    await ask(consumer, spec("count", 0.5, provider))
+    await ask(consumer, spec("sum", 0.25, provider))
+
+    def agreement_rows_in_browser(*hubs) -> list[list[str]]:
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+                "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--ignore-certificate-errors"])
+            try:
+                tables = []
+                for live in hubs:
+                    page = browser.new_page(ignore_https_errors=True)
+                    page.goto(live.hub.endpoint.http_url + "/")
+                    page.fill("#token", hubdir.HubDir(live.data_dir).admin_token())
+                    page.click("#login-form button")
+                    page.wait_for_selector("body[data-loaded='true']", timeout=30_000)
+                    tables.append(page.locator("#agreements tr").all_inner_texts())
+                return tables
+            finally:
+                browser.close()
+
+    [header, row], [_, seen] = await asyncio.to_thread(agreement_rows_in_browser, provider, consumer)
+    assert "privacy budget (lifetime)" in header and "ε 0.75 of 2 spent, 1.25 left" in row, row
+    assert "ε 2 (ledger at the provider)" in seen, seen

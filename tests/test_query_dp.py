@@ -18,6 +18,7 @@ import json
 import math
 import statistics
 
+import aiohttp
 import grpc
 import pytest
 
@@ -219,3 +220,39 @@ async def test_the_query_command_shows_the_budget_left(pair):
         "--ask-hub", provider.hub.config.hub_id, "--purpose", "environmental_monitoring", "--epsilon", "0.1")
     assert shown.returncode == 0, shown.stderr
     assert f"budget of agreement {agreement}: 0.1 of 2 spent, 1.9 left" in " ".join(shown.stdout.split()), shown.stdout
+
+
+async def _dashboard_agreements(live) -> list[dict]:
+    """GET /api/agreements of a live hub's dashboard, logged in with its admin credential (HTTPS)."""
+    from node import hubdir
+    from node.app.dashboard.routes import SESSION_COOKIE
+    from tests.ingest_helpers import client_ssl_context
+
+    url, tls, name = live.hub.endpoint.http_url, client_ssl_context(live), live.hub.config.hub_id
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/api/login", json={"token": hubdir.HubDir(live.data_dir).admin_token()}, ssl=tls,
+                             server_hostname=name) as response:
+            assert response.status == 200
+            cookie = response.cookies[SESSION_COOKIE].value
+        async with http.get(f"{url}/api/agreements", cookies={SESSION_COOKIE: cookie}, ssl=tls, server_hostname=name) as response:
+            assert response.status == 200
+            return await response.json()
+
+
+async def test_the_dashboard_shows_the_lifetime_budget_the_command_and_the_answer_show(pair):
+    """The dashboard's agreements table reads the lifetime ledger (not today's quota row): what
+    `smartregion agreement budget ID --json` shows, and what the provider signed into the answer."""
+    consumer, provider, agreement = pair
+    await ask(consumer, spec("count", 0.5, provider))
+    answer = await ask(consumer, spec("sum", 0.25, provider))
+    partial = query_pb2.PartialResult.FromString(answer.provenance[0].partial.partial)
+    shown = await asyncio.to_thread(cli, "agreement", "budget", "--data-dir", str(provider.data_dir), agreement, "--json")
+    figures = json.loads(shown.stdout)
+    [row] = [a for a in await _dashboard_agreements(provider) if a["agreement_id"] == agreement]
+    assert (row["dp_budget"], row["dp_spent"], row["dp_remaining"]) == (2.0, 0.75, 1.25)
+    assert (row["dp_budget"], row["dp_spent"], row["dp_remaining"]) == (
+        figures["budget_epsilon"], figures["spent_epsilon"], figures["remaining_epsilon"])
+    assert (partial.dp_budget_micro / dp.MICRO, partial.dp_spent_micro / dp.MICRO) == (row["dp_budget"], row["dp_spent"])
+    # The consumer does not keep the ledger: it shows the budget, and no made-up spent figure.
+    [seen] = [a for a in await _dashboard_agreements(consumer) if a["agreement_id"] == agreement]
+    assert (seen["dp_budget"], seen["dp_spent"], seen["dp_remaining"]) == (2.0, None, None)

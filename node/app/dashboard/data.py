@@ -9,6 +9,7 @@ import json
 import operator
 
 from federation import agreements as ag
+from federation.dp import MICRO
 from federation.query_service import QueryService
 from federation.query_spec import label
 from federation.service import Federation
@@ -81,7 +82,7 @@ class DashboardData:
         out = []
         for info in await self.federation.book.list():
             t = info.evidence.terms
-            used, epsilon_spent = await self.hub.storage.read(operator.methodcaller("quota_used", t.agreement_id, day))
+            used, _ = await self.hub.storage.read(operator.methodcaller("quota_used", t.agreement_id, day))
             out.append({
                 "agreement_id": t.agreement_id, "version": t.version, "role": info.role,
                 "counterparty": info.counterparty.name or info.counterparty.id, "counterparty_id": info.counterparty.id,
@@ -90,9 +91,21 @@ class DashboardData:
                 "state": ag.STATE_NAMES[info.state], "signatures_verified": sorted(info.evidence.signatures),
                 "fully_signed": info.evidence.fully_signed(), "valid_until_ms": t.valid_until_ms,
                 "queries_today": used, "queries_per_day": t.queries_per_day,
-                "dp_budget": t.dp_epsilon, "dp_spent_today": round(epsilon_spent, 6),
+                **await self._privacy_budget(t.agreement_id, t.dp_epsilon),
             })
         return out
+
+    async def _privacy_budget(self, agreement_id: str, epsilon: float) -> dict:
+        """The agreement's LIFETIME differential-privacy budget from the ledger (the figures
+        `smartregion agreement budget ID` and each answer show); spent and remaining are known
+        only where the ledger is kept, at the provider (None at the consumer)."""
+        if not epsilon:
+            return {"dp_budget": 0.0, "dp_spent": None, "dp_remaining": None}
+        budget = await self.queries.provider.budget(agreement_id)
+        providing = budget.role == "provider"
+        return {"dp_budget": budget.budget_micro / MICRO,
+                "dp_spent": budget.spent_micro / MICRO if providing else None,
+                "dp_remaining": budget.remaining_micro / MICRO if providing else None}
 
     async def audit(self, limit: int = 50) -> list[dict]:
         rows = await self.hub.storage.read(lambda s: s.audit_rows(limit=500, newest_first=True))

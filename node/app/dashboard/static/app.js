@@ -115,17 +115,24 @@ function renderMap(map) {
   $("map").replaceChildren(svg);
 }
 
+// The lifetime budget from the provider's ledger; a consumer hub does not keep it.
+function privacyBudget(a) {
+  if (!a.dp_budget) return "–";
+  if (a.dp_remaining === null) return `ε ${a.dp_budget} (ledger at the provider)`;
+  return `ε ${a.dp_spent} of ${a.dp_budget} spent, ${a.dp_remaining} left`;
+}
+
 async function load() {
   const [overview, peers, agreements, sensors, audit] = await Promise.all(["overview", "peers", "agreements", "sensors", "audit"].map(api));
   renderIdentity(overview);
   table("peers", ["municipality", "hub id", "state", "last contact", "latency", "pending", "last error"], peers.map((p) => [
     `${p.municipality_name} (${p.municipality})`, { text: p.hub_id, cls: "mono" }, { text: p.state, cls: `state-${p.state}` },
     when(p.last_contact_ms), p.latency_ms ? `${p.latency_ms.toFixed(1)} ms` : "–", p.pending_deliveries, p.last_error || ""]));
-  table("agreements", ["agreement", "role", "counterparty", "purpose", "data", "state", "signatures verified", "queries today", "privacy budget today", "valid until"],
+  table("agreements", ["agreement", "role", "counterparty", "purpose", "data", "state", "signatures verified", "queries today", "privacy budget (lifetime)", "valid until"],
     agreements.map((a) => [{ text: a.agreement_id.replace("urn:uuid:", "").slice(0, 8) + "…", cls: "mono" }, a.role, a.counterparty,
       a.purpose, `${a.datasets.join(",")}: ${a.metrics.join(",")}`, { text: a.state, cls: `state-${a.state}` },
       a.fully_signed ? "both ✓" : `${a.signatures_verified.length} of 2`, `${a.queries_today} / ${a.queries_per_day}`,
-      a.dp_budget ? `ε ${a.dp_spent_today} / ${a.dp_budget}` : "–", when(a.valid_until_ms)]));
+      privacyBudget(a), when(a.valid_until_ms)]));
   table("sensors", ["sensor", "label", "dataset", "confidentiality", "readings", "last seen", "rejected", "state"], sensors.map((s) => [
     { text: s.sensor_id, cls: "mono" }, s.label, s.dataset,
     { text: s.lorawan_dev_eui ? `${s.confidentiality} (LoRaWAN)` : s.confidentiality, cls: `state-${s.confidentiality}` },
