@@ -5,6 +5,7 @@ does not ask it, decides under its own agreement with the asker, spends quota an
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from dataclasses import dataclass, replace
@@ -257,8 +258,9 @@ class Provider:
         if epsilon and bounds:
             # Every bucket of the window is released (an absent one would tell it is empty) unless
             # its NOISY contributor count is below the group size; never decided on exact counts.
-            noised = dp.noisy_cells(dp.every_bucket(cells, spec), spec.aggregate, epsilon, bounds,
-                                    grant.dp_max_contributions, grant.min_group_size)
+            # OpenDP's exact sampler takes ~65 us a figure (87 600 hourly cells: seconds): off the loop.
+            noised = await asyncio.to_thread(dp.noisy_cells, dp.every_bucket(cells, spec), spec.aggregate, epsilon, bounds,
+                                             grant.dp_max_contributions, grant.min_group_size)
             cells, withheld, min_group_size = noised.cells, noised.withheld, 0
         else:
             withheld = await self._cells_hiding_small_subcells(request, grant)
