@@ -69,6 +69,25 @@ def test_membership_of_one_household_over_a_month_of_days_is_bounded_by_epsilon(
     assert _within_epsilon_dp(tpr, fpr), (tpr, fpr)
 
 
+def test_which_cells_are_withheld_does_not_tell_membership_either():
+    """The withholding decisions are released too (a suppressed row), so their noise must be
+    charged for every cell as well: count the released cells of 60 daily cells, k = 6 (the
+    household tips each cell's contributors from 5 to 6). With noise for one cell only,
+    TPR ~ 0.8 at FPR 0.2 (e * 0.2 = 0.54 allowed)."""
+    cells, trials, k = 60, 120, 6
+
+    def released(with_target: bool) -> list[int]:
+        return [cells - len(dp.noisy_cells(_query(cells, with_target), "count", EPS, (0.0, 10.0), L, k).withheld)
+                for _ in range(trials)]
+
+    absent = sorted(released(False))
+    threshold = absent[int(0.8 * trials)]
+    fpr = sum(s > threshold for s in absent) / trials
+    tpr = sum(s > threshold for s in released(True)) / trials
+    print(f"{cells} daily cells, released-cell count: TPR={tpr:.3f} FPR={fpr:.3f}")
+    assert _within_epsilon_dp(tpr, fpr), (tpr, fpr)
+
+
 def test_the_likelihood_ratio_of_one_cell_is_at_most_e_to_the_epsilon():
     """Where the epsilon-DP bound is tight: one cell, the event "noisy count above the count
     with the household". For Laplace noise TPR / FPR = e^(L / b) exactly in that tail: with the
