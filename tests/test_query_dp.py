@@ -21,6 +21,8 @@ import statistics
 import aiohttp
 import grpc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from federation import dp, envelope, sealing
 from federation.query.provider import RUN_METHOD, Provider
@@ -105,6 +107,25 @@ def test_the_calibration_is_the_documented_table():
     assert (c.subjects_epsilon, c.count_epsilon, c.sum_epsilon) == (0.5, 0.75, 0.75)
     assert (c.subjects_scale, c.count_scale, c.sum_scale) == (365 / 0.5, 365 * 24 / 0.75, 365 * 24 * 80 / 0.75)
     assert dp.calibrate("count", 1.0, (0.0, 1.0), 1, 1).sum_scale == 0 and dp.calibrate("sum", 1.0, (0.0, 1.0), 1, 1).count_scale == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(aggregate=st.sampled_from(dp.DP_AGGREGATES), epsilon=st.floats(dp.MIN_EPSILON, 10.0),
+       bound=st.integers(1, 10_000), cells=st.integers(1, 87_600),
+       low=st.floats(-1e6, 0.0), high=st.floats(0.0, 1e6))
+def test_a_query_never_spends_more_than_its_epsilon_over_all_its_cells(aggregate, epsilon, bound, cells, low, high):
+    """Whatever the query: the shares add up to its epsilon, each figure's sensitivity is that of
+    the whole vector (cells x the per-cell bound), and OpenDP's privacy map of the mechanism
+    drawn for it, at that sensitivity, is within its share."""
+    c = dp.calibrate(aggregate, epsilon, (low, high), bound, cells)
+    assert math.isclose(c.subjects_epsilon + c.count_epsilon + c.sum_epsilon, epsilon, rel_tol=1e-12)
+    assert c.subjects_sensitivity == cells
+    assert c.count_sensitivity == (cells * bound if aggregate != "sum" else 0)
+    assert c.sum_sensitivity == (cells * bound * max(-low, high) if aggregate != "count" else 0)
+    for sensitivity, share in [(c.subjects_sensitivity, c.subjects_epsilon), (c.count_sensitivity, c.count_epsilon),
+                               (c.sum_sensitivity, c.sum_epsilon)]:
+        if share and sensitivity:
+            assert dp._vector_laplace(sensitivity, share).map(sensitivity) <= share * (1 + 1e-9)
 
 
 def test_micro_epsilon_never_undercharges():
