@@ -258,7 +258,7 @@ class Provider:
         if epsilon and bounds:
             # Every bucket of the window is released (an absent one would tell it is empty) unless
             # its NOISY contributor count is below the group size; never decided on exact counts.
-            # OpenDP's exact sampler takes ~65 us a figure (87 600 hourly cells: seconds): off the loop.
+            # OpenDP's exact sampler is slow (bench/dp_noise.py: 0.1-0.4 ms a cell): off the event loop.
             noised = await asyncio.to_thread(dp.noisy_cells, dp.every_bucket(cells, spec), spec.aggregate, epsilon, bounds,
                                              grant.dp_max_contributions, grant.min_group_size)
             cells, withheld, min_group_size = noised.cells, noised.withheld, 0
