@@ -177,6 +177,8 @@ def shape_problems(spec: query_pb2.QuerySpec) -> list[str]:
         problems.append("purpose")
     if spec.deadline_ms > 60_000:
         problems.append("deadline")
+    if not (spec.epsilon == 0 or MIN_EPSILON <= spec.epsilon <= 10):  # docs/querying.md 3.7 and 5: NaN fails both
+        problems.append("epsilon")
     if any(not re.fullmatch(r"[0-9]{4}", m) for m in spec.municipalities):
         problems.append("municipality")
     if spec.start_ms >= spec.end_ms:
@@ -619,6 +621,8 @@ def any_specs(draw) -> query_pb2.QuerySpec:
         municipalities=draw(st.lists(st.sampled_from(TRICKY_MUNICIPALITIES) | st.from_regex(r"\A[0-9]{4}\Z"), max_size=3)),
         purpose_code=draw(st.sampled_from(PURPOSES) | st.just("")),
         deadline_ms=draw(st.sampled_from([0, 1, 10_000, 60_000, 60_001]) | st.integers(0, 2**32 - 1)),
+        epsilon=draw(st.sampled_from([0.0, 0.0, 0.0, MIN_EPSILON, MIN_EPSILON / 2, 10.0, math.nextafter(10.0, math.inf), -0.0])
+                     | st.floats(allow_nan=True, allow_infinity=True)),
     )
 
 
@@ -631,6 +635,12 @@ def any_specs(draw) -> query_pb2.QuerySpec:
 @example(query_pb2.QuerySpec(dataset="air_quality", metric="pm25", aggregate="count", bucket="year", group_by="region",
                              start_ms=int(dt.datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1000),
                              end_ms=int(dt.datetime(2010, 1, 1, tzinfo=UTC).timestamp() * 1000), purpose_code="research"))
+@example(query_pb2.QuerySpec(dataset="air_quality", metric="pm25", aggregate="sum", bucket="day", group_by="region",
+                             start_ms=0, end_ms=DAY_MS, purpose_code="research", epsilon=10.5))
+@example(query_pb2.QuerySpec(dataset="air_quality", metric="pm25", aggregate="sum", bucket="day", group_by="region",
+                             start_ms=0, end_ms=DAY_MS, purpose_code="research", epsilon=MIN_EPSILON / 2))
+@example(query_pb2.QuerySpec(dataset="air_quality", metric="pm25", aggregate="sum", bucket="day", group_by="region",
+                             start_ms=0, end_ms=DAY_MS, purpose_code="research", epsilon=math.nan))
 def test_check_shape_refuses_exactly_the_malformed_queries(spec):
     problems = shape_problems(spec)
     try:
