@@ -67,7 +67,7 @@ class Region:
         self.partner = partner
         self.air: dict[str, str] = {}  # hub id -> the partner's air-quality agreement there
         self.electricity: dict[str, str] = {}  # B and C only
-        self.channels: dict[str, object] = {}
+        self.channels: dict[str, grpc.aio.Channel] = {}
 
     def channel(self, hub: ProcessHub):
         """A channel pinned to the hub's certificate, as a partner or a peer opens it."""
