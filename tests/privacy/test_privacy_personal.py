@@ -108,6 +108,8 @@ async def region(tmp_path_factory):
      "only count, sum, mean are released, not min, max"),
     (dict(aggregates=["count", "sum", "stddev"], dp_epsilon=1.0, dp_max_contributions=24),
      "only count, sum, mean are released, not stddev"),
+    (dict(aggregates=["count", "quantile"], dp_epsilon=1.0, dp_max_contributions=24),  # attack 1 on household meters
+     "only count, sum, mean are released, not quantile"),
 ])
 async def test_a_personal_agreement_without_a_sound_budget_is_refused_at_proposal(region, data, message):
     hub, newcomer = region.stavanger, region.newcomer  # a partner with no agreement yet: nothing to overlap
@@ -129,10 +131,10 @@ async def test_five_hourly_aggregates_no_longer_recombine_into_household_reading
     hub = region.stavanger
     aid = region.agreements[hub.hub_id]
     refused = {}
-    for aggregate in ("stddev", "min", "max"):
+    for aggregate in ("stddev", "min", "max", "quantile"):  # quantile: attack 1 on household meters
         spent = await budget_spent(hub, aid)
         with pytest.raises(grpc.aio.AioRpcError) as refusal:
-            await region.ask(hub, aggregate=aggregate, epsilon=1.0)
+            await region.ask(hub, aggregate=aggregate, epsilon=1.0, quantile=0.5 if aggregate == "quantile" else 0.0)
         refused[aggregate] = refusal.value.code()
         assert await budget_spent(hub, aid) == spent, f"the refused {aggregate} query spent budget"
         assert refusal.value.code() == grpc.StatusCode.PERMISSION_DENIED, refusal.value.details()
@@ -155,7 +157,7 @@ async def test_five_hourly_aggregates_no_longer_recombine_into_household_reading
             recovered += any(_within(e, truth) for e in estimates)
             errors.append(min(abs(e - truth) / truth for e in estimates))
     median_error = statistics.median(errors) if errors else float("inf")
-    print(f"\nattack 2: stddev/min/max refused ({', '.join(f'{a}: {c.name}' for a, c in refused.items())}); "
+    print(f"\nattacks 1 and 2: stddev/min/max/quantile refused ({', '.join(f'{a}: {c.name}' for a, c in refused.items())}); "
           f"from noisy hourly count, sum, mean: {recovered} of 96 household-hours within 5 % "
           f"(median error {median_error:.3g}x the reading; was 96 of 96 exact)")
     assert recovered == 0, f"{recovered} of 96 household-hours recovered"

@@ -185,6 +185,34 @@ async def test_what_the_entry_hub_relays_for_an_allowed_query_is_ciphertext_it_c
           f"0 of {len(guesses)} keys of A's open it; the partner's answer key does")
 
 
+async def test_the_entry_hub_can_neither_swap_in_its_own_answer_key_nor_ask_under_its_own_name(region):
+    """A's operator's other two moves for reading B's figures in the clear: replace the answer
+    key in the partner's signed query with one of A's (the partner's signature no longer
+    covers the request), or ask B as A itself (A holds no agreement with B)."""
+    a, b = region.a, region.b
+    operator = operator_identity(a)
+    own_key = sealing.new_answer_key()
+    spec = query(hub_ids=[a.hub_id, b.hub_id])
+    spec.answer_key = sealing.public_raw(sealing.new_answer_key())
+    original = envelope.make(region.partner.key, region.partner.partner_id, a.hub_id, RUN_METHOD, query=spec)
+    swapped_request = envelope.parse(original)
+    swapped_request.query.answer_key = sealing.public_raw(own_key)
+    swapped = type(original)(payload=swapped_request.SerializeToString(), signature=original.signature)
+    as_itself = envelope.make(operator.identity_key, a.hub_id, a.hub_id, RUN_METHOD,
+                              query=query(hub_ids=[b.hub_id], answer_key=sealing.public_raw(own_key)))
+    charged = queries_charged(b, region.air[b.hub_id])
+    outcomes = {}
+    for move, inner, code in (("answer key swapped", swapped, grpc.StatusCode.UNAUTHENTICATED),
+                              ("asked as A", as_itself, grpc.StatusCode.PERMISSION_DENIED)):
+        relayed = envelope.make(operator.identity_key, a.hub_id, b.hub_id, PARTIAL_METHOD, relayed=inner)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await query_service_pb2_grpc.QueryStub(region.channel(b)).Partial(relayed, timeout=20)
+        assert refused.value.code() == code, (move, refused.value.details())
+        outcomes[move] = refused.value.code().name
+    assert queries_charged(b, region.air[b.hub_id]) == charged
+    print(f"\nattack 4: A's operator at B: {outcomes}; nothing charged, nothing released")
+
+
 # -- attack 1: quantile sketches --------------------------------------------------------------
 async def test_a_daily_quantile_of_a_one_station_municipality_releases_one_value_not_its_readings(region):
     answer = await region.ask(aggregate="quantile", quantile=0.5, hub_ids=[region.b.hub_id])
@@ -264,10 +292,10 @@ def _without_latency(message: query_service_pb2.QueryAnswer) -> query_service_pb
     return copy
 
 
-def _edits_that_verify(data: bytes) -> tuple[int, list, int, int]:
-    """Every readable leaf edited, and every byte of the signed answer flipped, one at a time:
-    (edits tried, JSON edits that still verify, byte flips that still verify, of which
-    latency-only)."""
+def _edits_that_verify(data: bytes, flip: slice | None = None) -> tuple[int, list, int, int]:
+    """Every readable leaf edited, and every byte of the signed answer (or of its `flip` range)
+    flipped, one at a time: (edits tried, JSON edits that still verify, byte flips that still
+    verify, of which latency-only)."""
     doc = json.loads(data)
     tried, passed = 0, []
     for path, value in _leaves(doc):
@@ -287,7 +315,7 @@ def _edits_that_verify(data: bytes) -> tuple[int, list, int, int]:
     raw = base64.b64decode(doc["answer"])
     original = _without_latency(query_service_pb2.QueryAnswer.FromString(raw))
     flipped_ok = latency_only = 0
-    for i in range(len(raw)):
+    for i in range(len(raw))[flip or slice(None)]:
         flipped = bytearray(raw)
         flipped[i] ^= 0x01
         tried += 1
@@ -309,16 +337,23 @@ async def test_every_one_byte_edit_of_an_answer_file_fails_verification_or_is_re
                                group_by="region", epsilon=0.5)
     statuses = {p.hub_id: p.status for p in refused.provenance}
     assert statuses[region.a.hub_id] != "answered" and statuses[region.b.hub_id] == "answered", statuses
-    for answer in (answered, refused):
+    # Every byte of the first answer; of the second, the bytes of the refusing hub's entry (the
+    # rest is built as in the first, and flipping it all again would double the test's time).
+    [denied] = [p for p in refused.provenance if p.status != "answered"]
+    raw = refused.SerializeToString()
+    entry = raw.index(denied.SerializeToString())
+    for answer, flip in ((answered, None), (refused, slice(entry, entry + denied.ByteSize()))):
         data = answers.to_json(answer)
         answers.verify(data)
-        tried, passed, flipped_ok, latency_only = _edits_that_verify(data)
+        assert base64.b64decode(json.loads(data)["answer"]) == answer.SerializeToString()
+        tried, passed, flipped_ok, latency_only = _edits_that_verify(data, flip)
         print(f"\nattack 7: {tried} one-place edits of an answer file ({[p.status for p in answer.provenance]}): "
               f"{len(passed)} JSON edits verify (all under 'unsigned'), {flipped_ok} byte flips verify, "
               f"{latency_only} of them latency-only")
         assert all(p[0] == "unsigned" for p in passed), passed
         assert flipped_ok == latency_only, "a byte of a signed field was edited and the answer still verifies"
         assert flipped_ok <= 9 * len(answer.provenance)  # at most each latency: its tag byte and 8 bytes of double
+        assert tried > 200
 
     # The documented command, on the saved file and on one with the refusing hub's municipality edited.
     saved = tmp_path / "answer.json"
