@@ -112,11 +112,16 @@ async def start_region(base, towns: tuple[tuple[str, str], ...]) -> list[Process
 
 
 async def stop_region(hubs: list[ProcessHub]) -> None:
+    """Stop every hub side by side; a hub that did not exit cleanly (crashed under an attack,
+    or had to be killed) fails the module, with the end of its log."""
     for hub in hubs:
         if hub.channel is not None:
             await hub.channel.close()
             hub.channel = None
-    HubProcess.stop_all([hub.process for hub in hubs])
+    await asyncio.to_thread(HubProcess.stop_all, [hub.process for hub in hubs])
+    unclean = [hub for hub in hubs if hub.process.process is not None and hub.process.process.returncode != 0]
+    assert not unclean, "\n".join(f"hub {hub.hub_id} exited with {hub.process.process.returncode}:\n{hub.process.log_tail()}"
+                                   for hub in unclean)
 
 
 async def enrol(hub: ProcessHub, tmp, name: str, dataset: str, metrics: list[str], subject_id: str = "") -> Sensor:
