@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import sqlite3
+import subprocess
 import time
 
 import grpc
@@ -118,10 +120,25 @@ async def stop_region(hubs: list[ProcessHub]) -> None:
         if hub.channel is not None:
             await hub.channel.close()
             hub.channel = None
-    await asyncio.to_thread(HubProcess.stop_all, [hub.process for hub in hubs])
+    await asyncio.to_thread(_terminate_once, [hub.process for hub in hubs])
     unclean = [hub for hub in hubs if hub.process.process is not None and hub.process.process.returncode != 0]
     assert not unclean, "\n".join(f"hub {hub.hub_id} exited with {hub.process.process.returncode}:\n{hub.process.log_tail()}"
                                    for hub in unclean)
+
+
+def _terminate_once(processes: list[HubProcess], timeout: float = 15.0) -> None:
+    """One SIGTERM to each hub, then wait. (HubProcess.stop_all signals a hub a second time when
+    it is still finishing its clean shutdown, and that second SIGTERM, arriving after the hub
+    has removed its handler, kills it: exit -15.)"""
+    running = [p.process for p in processes if p.process is not None and p.process.poll() is None]
+    for process in running:
+        process.send_signal(signal.SIGTERM)
+    for process in running:
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 async def enrol(hub: ProcessHub, tmp, name: str, dataset: str, metrics: list[str], subject_id: str = "") -> Sensor:
