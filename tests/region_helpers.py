@@ -4,14 +4,23 @@ stub on each, and polling for conditions that settle asynchronously."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import signal
+import sqlite3
+import subprocess
 import time
 
 import grpc
 
-from node import hubdir
-from node.api.v1 import admin_pb2, admin_pb2_grpc
+from federation import partners
+from federation.partner_client import PartnerSession
+from node import hubdir, senml
+from node.api.v1 import admin_pb2, admin_pb2_grpc, agreement_pb2
 from node.app.launcher import HubProcess
+from node.app.sensor_client import Sensor, SensorCredential, replay
 from node.client import open_channel
+from node.clock import SYSTEM_CLOCK, utc_day
 from tests.conftest import PASSPHRASE, make_hub_dir
 
 
@@ -83,3 +92,106 @@ async def eventually(check, timeout: float = 20.0):
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(0.2)
+
+
+# -- for attacks against a live region (tests/privacy/) ---------------------------------------
+# Added for issue 9's live attacks: what a hub's operator, a sensor and a partner can each do
+# from outside the hub processes, and read-only looks into a provider's own records.
+
+async def start_region(base, towns: tuple[tuple[str, str], ...]) -> list[ProcessHub]:
+    """Hub processes (directory name, kommunenummer), started side by side, every pair peered."""
+    hubs = [ProcessHub(base / name, number) for name, number in towns]
+    try:
+        await start_all(hubs)
+        for a in hubs:
+            for b in hubs:
+                if a is not b:
+                    await a.admin("AddPeer", admin_pb2.AddPeerRequest(address=b.address, hub_id=b.hub_id))
+    except BaseException:
+        await stop_region(hubs)
+        raise
+    return hubs
+
+
+async def stop_region(hubs: list[ProcessHub]) -> None:
+    """Stop every hub side by side; a hub that did not exit cleanly (crashed under an attack,
+    or had to be killed) fails the module, with the end of its log."""
+    for hub in hubs:
+        if hub.channel is not None:
+            await hub.channel.close()
+            hub.channel = None
+    await asyncio.to_thread(_terminate_once, [hub.process for hub in hubs])
+    unclean = [hub for hub in hubs if hub.process.process is not None and hub.process.process.returncode != 0]
+    assert not unclean, "\n".join(f"hub {hub.hub_id} exited with {hub.process.process.returncode}:\n{hub.process.log_tail()}"
+                                   for hub in unclean)
+
+
+def _terminate_once(processes: list[HubProcess], timeout: float = 15.0) -> None:
+    """One SIGTERM to each hub, then wait. (HubProcess.stop_all signals a hub a second time when
+    it is still finishing its clean shutdown, and that second SIGTERM, arriving after the hub
+    has removed its handler, kills it: exit -15.)"""
+    running = [p.process for p in processes if p.process is not None and p.process.poll() is None]
+    for process in running:
+        process.send_signal(signal.SIGTERM)
+    for process in running:
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def enrol(hub: ProcessHub, tmp, name: str, dataset: str, metrics: list[str], subject_id: str = "") -> Sensor:
+    """Enrol a sensor through the admin API; the sensor holds its own credential file."""
+    response = await hub.admin("AddSensor", admin_pb2.AddSensorRequest(
+        dataset=dataset, metrics=metrics, latitude=59.0, longitude=6.0, subject_id=subject_id, label=name))
+    path = tmp / f"{hub.hub_id[:8]}-{name}.credential.json"
+    path.write_bytes(response.credential_json)
+    return Sensor(SensorCredential.load(path))
+
+
+async def send(sensor: Sensor, readings: list[senml.Reading]) -> None:
+    """The sensor seals and streams its readings (the reference sensor's replay); all stored."""
+    summary = await asyncio.to_thread(replay, sensor, readings)
+    assert summary.readings_stored == len(readings), summary
+
+
+async def offer_to_partner(hub: ProcessHub, partner: partners.PartnerKey, terms_toml: str) -> str:
+    """The hub registers the partner (idempotently) and proposes the terms; the partner signs
+    them with its own key over gRPC. Returns the active agreement's id."""
+    known = await hub.admin("ListPartners", admin_pb2.ListPartnersRequest())
+    if partner.partner_id not in {p.partner_id for p in known.partners}:
+        await hub.admin("AddPartner", admin_pb2.AddPartnerRequest(name=partner.name, org_number="971564679",
+                                                                  public_key_file=partners.public_document(partner)))
+    proposal = await hub.admin("ProposeAgreement", admin_pb2.ProposeAgreementRequest(terms_toml=terms_toml, to=partner.partner_id))
+    async with PartnerSession(partner, hub.address, hub.hub_id) as session:
+        outcome = await session.accept(proposal.terms.agreement_id)
+    assert outcome.state == agreement_pb2.AGREEMENT_STATE_ACTIVE, outcome
+    return proposal.terms.agreement_id
+
+
+def operator_identity(hub: ProcessHub):
+    """The hub's identity, unlocked from its data directory with the passphrase, as the hub's
+    operator (who holds both) can: what a dishonest operator signs with."""
+    return hub.hub_dir.identity(PASSPHRASE.encode())
+
+
+def queries_charged(hub: ProcessHub, agreement_id: str) -> int:
+    """Queries the hub has charged today to the agreement's quota, read from its own SQLite
+    file (read-only, beside the running process): what the hub itself counts."""
+    day = utc_day(SYSTEM_CLOCK.now_ms())
+    with contextlib.closing(sqlite3.connect(f"file:{hub.hub_dir.file(hubdir.DB_FILE)}?mode=ro", uri=True, timeout=10)) as db:
+        row = db.execute("SELECT queries FROM agreement_usage WHERE agreement_id = ? AND day = ?", (agreement_id, day)).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def budget_spent(hub: ProcessHub, agreement_id: str) -> int:
+    """Micro-epsilon the providing hub has spent of the agreement's lifetime budget (admin API)."""
+    return (await hub.admin("GetAgreementBudget", admin_pb2.AgreementRef(agreement_id=agreement_id))).spent_micro
+
+
+async def audit_entries(hub: ProcessHub) -> list[dict]:
+    """The hub's audit log as its operator exports it (admin ExportAudit), entries only."""
+    export = await hub.admin("ExportAudit", admin_pb2.ExportAuditRequest())
+    lines = [json.loads(line) for line in export.jsonl.decode().splitlines() if line.strip()]
+    return [json.loads(line["entry"]) for line in lines if "entry" in line]

@@ -1,73 +1,101 @@
-"""Issue 9, attack 3: differencing over time, against live hubs.
+"""Issue 9, attack 3: differencing over time (late readings, sensor enrolment and revocation),
+against a live hub process and a partner.
 
-Tried: the same daily cell before and after a late reading, and after a sensor enrolment.
-Before, both were released and their difference was one station's figures (recovery error 0).
-Now the provider's release log withholds the second release; see the test's docstring."""
+The hub (Stavanger) has four air-quality stations reporting 12 hourly readings on 2019-01-01;
+it grants the partner daily means with k = 3. The partner asks the same daily mean again and
+again while the data changes under it. Before issue 9 every answer was released and the
+difference of two answers was one station's figures (recovery error 0). Tried again:
+* nothing changed: released again, identical (the difference is 0: nothing new);
+* one station revoked: its readings stay in the cell, so the cell is unchanged and released
+  identically (or, were they dropped, it would have to be withheld);
+* a late reading of one station: withheld, recovered nothing;
+* one more station enrolled with readings that day: withheld, recovered nothing;
+* three more stations (a group the agreement allows): released; the difference then mixes
+  three stations' readings with the late one, and matches no single one within 5 %.
+A withdrawal of consent is the same attack on personal data: test_privacy_personal.py.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
+import pytest
+import pytest_asyncio
 
-from node.api.v1 import query_pb2
-from node.app.sensor_client import replay
+from federation import partners, peers
+from federation.query import asker
+from node.api.v1 import admin_pb2, query_pb2
 from node.senml import Reading
-from tests.conftest import sign_agreement, start_peered
-from tests.test_federation_region import TERMS
+from tests.conftest import PASSPHRASE
+from tests.query_helpers import DAY_MS, HOUR_MS, ms, terms_toml
+from tests.region_helpers import enrol, offer_to_partner, send, start_region, stop_region
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+DAY = ms(2019, 1, 1)
+THREE_PER_CELL = terms_toml(aggregates=["mean", "count"], smallest_bucket="day", min_group_size=3)
 
 
-def ms(year: int, month: int) -> int:
-    return int(dt.datetime(year, month, 1, tzinfo=dt.UTC).timestamp() * 1000)
+def readings(value: float, hours: range = range(12)) -> list[Reading]:
+    return [Reading("pm25", DAY + h * HOUR_MS, value) for h in hours]
 
 
-def _send(sensor, readings):
-    replay(sensor, readings)
-
-
-THREE_PER_CELL = TERMS.replace("min_group_size = 1", "min_group_size = 3").replace('smallest_bucket = "month"', 'smallest_bucket = "day"')
-DAY = 86_400_000
-
-
-async def test_a_cell_that_changed_by_fewer_than_k_contributors_is_not_released_again(tmp_path):
-    """Tried: the same daily sum before and after (a) a late reading of one station, (b) one
-    station enrolled with readings in that day. Before issue 9 both answers were released and
-    their difference was that one station's figure (recovery error 0). Now the second release
-    is withheld; a change by k = 3 new stations (a group the agreement allows) is released."""
-    consumer, provider = await start_peered(tmp_path, "1103", "4601")
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("privacy-differencing")
+    [hub] = await start_region(base, (("stavanger", "1103"),))
+    channel = None
     try:
-        stations = [await provider.add_sensor(tmp_path, f"station{n}", metrics=["pm25"]) for n in range(4)]
-        day = ms(2019, 1)
+        partner = partners.keygen(base / "uis.key", "Universitetet i Stavanger", PASSPHRASE.encode())
+        stations = [await enrol(hub, base, f"station{n}", "air_quality", ["pm25"]) for n in range(4)]
         for n, sensor in enumerate(stations):
-            await asyncio.to_thread(_send, sensor, [Reading("pm25", day + h * 3_600_000, 5.0 + n) for h in range(12)])
-        await sign_agreement(provider, consumer, THREE_PER_CELL)
+            await send(sensor, readings(5.0 + n))
+        await offer_to_partner(hub, partner, THREE_PER_CELL)
+        channel = peers.channel_to(hub.address, hub.hub_id, hub.hub_dir.tls_cert_pem())
 
-        async def daily_sum():
-            spec = query_pb2.QuerySpec(dataset="air_quality", metric="pm25", aggregate="mean", start_ms=day, end_ms=day + DAY,
+        async def daily_mean() -> query_pb2.Row:
+            spec = query_pb2.QuerySpec(dataset="air_quality", metric="pm25", aggregate="mean", start_ms=DAY, end_ms=DAY + DAY_MS,
                                        bucket="day", group_by="municipality", purpose_code="environmental_monitoring",
-                                       hub_ids=[provider.hub.config.hub_id])
-            [row] = (await consumer.admin.RunQuery(spec, metadata=consumer.admin_metadata)).rows
+                                       hub_ids=[hub.hub_id])
+            [row] = (await asker.ask(channel, partner.key, partner.partner_id, hub.hub_id, spec)).rows
             return row
 
-        first = await daily_sum()
-        assert not first.suppressed and first.contributors == 4
-        assert not (await daily_sum()).suppressed  # nothing changed: the same release again reveals nothing new
-
-        # (a) a late reading from station 0: one contributor changed what it added
-        await asyncio.to_thread(_send, stations[0], [Reading("pm25", day + 20 * 3_600_000, 500.0)])
-        late = await daily_sum()
-        assert late.suppressed and late.value == 0, "the difference would be station 0's late reading"
-
-        # (b) one more station enrolled with readings that day: still fewer than 3 changed
-        newcomer = await provider.add_sensor(tmp_path, "station-new", metrics=["pm25"])
-        await asyncio.to_thread(_send, newcomer, [Reading("pm25", day + h * 3_600_000, 42.0) for h in range(12)])
-        assert (await daily_sum()).suppressed
-
-        # three contributors changed against every earlier release: a group of k, released
-        for n in range(2):
-            extra = await provider.add_sensor(tmp_path, f"station-extra{n}", metrics=["pm25"])
-            await asyncio.to_thread(_send, extra, [Reading("pm25", day + h * 3_600_000, 7.0) for h in range(12)])
-        released = await daily_sum()
-        assert not released.suppressed and released.contributors == 7
+        yield hub, base, stations, daily_mean
     finally:
-        await consumer.stop()
-        await provider.stop()
+        if channel is not None:
+            await channel.close()
+        await stop_region([hub])
+
+
+async def test_a_cell_that_changed_by_fewer_than_k_contributors_is_not_released_again(world):
+    hub, base, stations, daily_mean = world
+    first = await daily_mean()
+    assert (first.suppressed, first.contributors, first.readings) == (False, 4, 48)
+    again = await daily_mean()
+    assert (again.suppressed, again.value, again.readings) == (False, first.value, 48)  # the same release: nothing new
+
+    await hub.admin("RevokeSensor", admin_pb2.RevokeSensorRequest(sensor_id=stations[3].credential.sensor_id))
+    revoked = await daily_mean()
+    assert revoked.suppressed or (revoked.value, revoked.readings) == (first.value, first.readings), \
+        "a revocation changed the cell by one station and it was released: the difference is that station"
+
+    await send(stations[0], [Reading("pm25", DAY + 20 * HOUR_MS, 500.0)])  # a late reading of one station
+    late = await daily_mean()
+    assert late.suppressed and late.value == 0, "the difference would be station 0's late reading"
+
+    newcomer = await enrol(hub, base, "station-new", "air_quality", ["pm25"])
+    await send(newcomer, readings(42.0))  # one more station, fewer than 3 changed
+    enrolled = await daily_mean()
+    assert enrolled.suppressed, "the difference would be the new station's readings"
+    print(f"\nattack 3: the same daily mean after a revocation: {'withheld' if revoked.suppressed else 'identical'}; "
+          "after a late reading of one station: withheld; after one station enrolled: withheld (recovered nothing)")
+
+    extras = [await enrol(hub, base, f"station-extra{n}", "air_quality", ["pm25"]) for n in range(2)]
+    for n, sensor in enumerate(extras):
+        await send(sensor, readings(7.0 + 3 * n))
+    released = await daily_mean()
+    assert (released.suppressed, released.contributors, released.readings) == (False, 7, 48 + 1 + 36)
+    # The attacker's difference of the two released sums, and what it would recover per station.
+    difference = released.value * released.readings - first.value * first.readings
+    singles = {"late reading": 500.0, "new station": 42.0 * 12, "extra 0": 7.0 * 12, "extra 1": 10.0 * 12}
+    matched = [name for name, total in singles.items() if abs(difference - total) <= 0.05 * total]
+    print(f"attack 3: three stations more: released; the difference ({difference:g}) matches {len(matched)} of "
+          f"{len(singles)} single contributions within 5 %")
+    assert matched == []
