@@ -73,13 +73,15 @@ class HubProcess:
             if process.process is not None and process.process.poll() is None:
                 process.process.send_signal(signal.SIGTERM)
         for process in processes:
-            process.stop(timeout)
+            process.stop(timeout, signalled=True)
 
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM, wait for a clean exit; SIGKILL if it does not come."""
+    def stop(self, timeout: float = 15.0, *, signalled: bool = False) -> int | None:
+        """SIGTERM (unless already sent: a second one would cut the clean shutdown short), wait
+        for a clean exit; SIGKILL if it does not come."""
         if self.process is None or self.process.poll() is not None:
             return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
+        if not signalled:
+            self.process.send_signal(signal.SIGTERM)
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
