@@ -13,7 +13,8 @@ flagged although the partner's own signed query names B. Dropping B as `timed_ou
 hub's word: providers sign no refusals.
 Smallest fix: federation/query/asker.py merge_opened: when the signed query names `hub_ids`,
 require the provenance to list exactly those hubs (and, with a `municipalities` filter, a
-provenance entry for each named municipality); otherwise AnswerRefused.
+provenance entry for each named municipality), and require `partial` and `missing_hubs` to
+be exactly the hubs whose status is not "answered"; otherwise AnswerRefused.
 """
 
 from __future__ import annotations
@@ -83,3 +84,20 @@ async def test_a_hub_silently_dropped_by_the_entry_hub_is_detected(attacked):
         verified_file = False
     assert opened.partial or not verified_file, (
         f"the answer without B verifies as complete: mean {row.value:g} instead of {TRUE_MEAN:.2f} (error {error:.0%})")
+
+
+@pytest.mark.xfail(strict=True, reason="BROKE: the partial flag and missing hubs are not checked against the statuses; "
+                                       "a hub listed as denied with partial = false reads as a complete answer")
+async def test_a_not_answering_hub_cannot_be_hidden_behind_a_complete_flag(attacked):
+    a, b, c = attacked.hubs
+    sealed, key = await attacked.ask_sealed(a, day_query(bucket="window", hub_ids=[a.id, b.id, c.id]))
+    hidden = _without(sealed, b.id, "denied")
+    hidden.partial = False
+    del hidden.missing_hubs[:]
+    try:
+        opened = attacked.open(resign(a, hidden), key)
+        answers.verify(answers.to_json(opened))
+    except (asker.AnswerRefused, answers.AnswerError):
+        return
+    raise AssertionError(f"accepted as complete (partial={opened.partial}, missing={list(opened.missing_hubs)}) "
+                         f"although hub {b.id} is listed as denied")
