@@ -50,11 +50,12 @@ class Region:
 
 
 @contextlib.asynccontextmanager
-async def region(base, terms: str, stations: dict[int, list[list[float]]], towns=TOWNS) -> AsyncIterator[Region]:
+async def region(base, terms: str, stations: dict[int, list[list[float]]], towns=TOWNS,
+                 partner: partners.PartnerKey | None = None) -> AsyncIterator[Region]:
     """`stations[i]`: hub i's stations, each a list of hourly pm25 readings from DAY on."""
     hubs = await start_nodes(base, towns)
     try:
-        partner = partners.PartnerKey(Ed25519PrivateKey.generate(), "Angriper AS")
+        partner = partner or partners.PartnerKey(Ed25519PrivateKey.generate(), "Angriper AS")
         agreements = {}
         for node in hubs:
             await node.admin("AddPartner", admin_pb2.AddPartnerRequest(name=partner.name, org_number="971564679",
