@@ -37,7 +37,7 @@ async def saved(tmp_path_factory):
 
 
 def _first_wins(pairs):
-    out = {}
+    out: dict[str, object] = {}
     for k, v in pairs:
         out.setdefault(k, v)
     return out
