@@ -27,12 +27,12 @@ STATIONS = [[12.0 + 0.8 * h for h in range(24)], [30.0 - 0.6 * h for h in range(
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def attacked(tmp_path_factory):
     terms = terms_toml(aggregates=["mean", "stddev"], smallest_bucket="hour", min_group_size=2)
-    async with region(tmp_path_factory.mktemp("pair"), terms, {2: STATIONS}) as r:
+    async with region(tmp_path_factory.mktemp("pair"), terms, {0: STATIONS}, towns=(("porsgrunn", "4001"),)) as r:
         yield r
 
 
 async def _hourly(r, aggregate: str) -> list[float]:
-    _a, _b, c = r.hubs
+    [c] = r.hubs
     answer = await r.ask(c, day_query(bucket="hour", aggregate=aggregate, group_by="municipality", hub_ids=[c.id]))
     assert all(row.contributors == 2 and not row.suppressed for row in answer.rows), aggregate
     return [row.value for row in answer.rows]
