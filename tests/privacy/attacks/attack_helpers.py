@@ -75,7 +75,7 @@ async def region(base, terms: str, stations: dict[int, list[list[float]]], towns
 
 
 def day_query(**fields) -> query_pb2.QuerySpec:
-    return spec(start_ms=DAY, end_ms=DAY + 24 * HOUR_MS, **fields)
+    return spec(**{"start_ms": DAY, "end_ms": DAY + 24 * HOUR_MS, **fields})
 
 
 def resign(entry: Node, answer: query_service_pb2.QueryAnswer) -> query_service_pb2.QueryAnswer:
