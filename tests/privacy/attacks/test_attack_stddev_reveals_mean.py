@@ -54,7 +54,10 @@ async def test_per_municipality_stddev_releases_its_final_value_only(attacked):
                                        "the exact mean (15.0) and sum (720.0) the agreement does not grant")
 async def test_a_region_wide_stddev_does_not_reveal_the_mean(attacked):
     [b] = attacked.hubs
-    answer = await attacked.ask(b, day_query(bucket="window", aggregate="stddev", group_by="region", hub_ids=[b.id]))
+    try:
+        answer = await attacked.ask(b, day_query(bucket="window", aggregate="stddev", group_by="region", hub_ids=[b.id]))
+    except grpc.aio.AioRpcError:
+        return  # refused region-wide: held
     [cell] = partial_of(answer.provenance[0]).cells
     recovered_mean = cell.sum / cell.count if cell.count else float("nan")
     assert not abs(recovered_mean - TRUE_MEAN) < 0.01 * TRUE_MEAN, (
