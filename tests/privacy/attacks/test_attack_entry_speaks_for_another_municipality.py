@@ -13,9 +13,11 @@ RESULT: BROKE. The partner's CLI accepts the answer and shows Stavanger's mean a
 municipality: the provenance's municipality is the entry hub's word, and here the entry hub
 is the liar.
 Smallest fix: federation/query/asker.py _checked: check `partial.municipality` against a
-binding the asker holds independently of the entry hub, e.g. the municipality in the provider
-party of the agreement the partial is signed under (add the kommunenummer to Party, which the
-partner co-signs), or the provider's self-signed descriptor as pinned by the partner.
+binding the asker holds independently of the entry hub: the agreement the partial names is
+co-signed by the asker, and its provider Party carries the hub id and the municipality's name
+(federation/service.py own_party); require that agreement's provider to be the partial's hub
+and `register.lookup(partial.municipality).name` to be its party name (better: add the
+kommunenummer to Party). The example clients need the same check.
 """
 
 from __future__ import annotations
