@@ -1,0 +1,95 @@
+"""Attack (a neighbour hub as entry hub): claim another municipality in a partner's answer.
+
+Tried: the partner asks Porsgrunn's hub C (its entry hub) for the daily mean per municipality,
+region-wide. C's operator drops Stavanger's (A's) sealed partial, and puts in its place a
+partial C signs with its own key under its own agreement with the partner, but naming
+municipality 1103 (Stavanger) with a made-up mean of 99; C lists itself in the provenance as
+municipality 1103, seals the partial to the partner's answer key and signs the summary again.
+A provider relayed through an honest entry hub cannot do this (check_cells compares the
+partial's municipality with the entry hub's peer record: test_the_provider_alone_cannot...).
+
+RESULT: BROKE. The partner's CLI accepts the answer and shows Stavanger's mean as 99.0 (true
+5.0); `query verify` accepts the saved file. Nothing the asker holds ties a hub id to its
+municipality: the provenance's municipality is the entry hub's word, and here the entry hub
+is the liar.
+Smallest fix: federation/query/asker.py _checked: check `partial.municipality` against a
+binding the asker holds independently of the entry hub: the agreement the partial names is
+co-signed by the asker, and its provider Party carries the hub id and the municipality's name
+(federation/service.py own_party); require that agreement's provider to be the partial's hub
+and `register.lookup(partial.municipality).name` to be its party name (better: add the
+kommunenummer to Party). The example clients need the same check.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_asyncio
+from attack_helpers import DAY, day_query, region, resign, terms_toml
+
+from federation import answers, partials, sealing
+from federation.query import asker
+from node.api.v1 import query_pb2
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def attacked(tmp_path_factory):
+    async with region(tmp_path_factory.mktemp("claims"), terms_toml(aggregates=["mean", "count"]),
+                      {0: [[5.0] * 24], 1: [[50.0] * 24], 2: [[7.0] * 24]}) as r:
+        yield r
+
+
+def _forged_partial(liar, agreement_id: str, municipality: str, digest: bytes, answer_key: bytes) -> bytes:
+    result = query_pb2.PartialResult(
+        query_digest=digest, provider_hub_id=liar.id, municipality=municipality, agreement_id=agreement_id,
+        computed_at_ms=liar.live.hub.clock.now_ms(), min_group_size=1,
+        cells=[query_pb2.Cell(group=municipality, bucket_start_ms=DAY, count=24, value=99.0, contributors=1)])
+    signed = partials.sign_partial(liar.live.hub.identity, result).SerializeToString()
+    return sealing.seal(signed, answer_key, digest, liar.id)
+
+
+def _claiming(sealed, liar, agreement_id: str, victim_municipality: str, forged_partial: bytes):
+    forged = type(sealed)()
+    forged.CopyFrom(sealed)
+    kept = [p for p in forged.provenance if p.municipality not in (victim_municipality, liar.municipality)]
+    del forged.provenance[:]
+    forged.provenance.extend(kept)
+    forged.provenance.add(hub_id=liar.id, municipality=victim_municipality, status="answered",
+                          agreement_id=agreement_id, sealed_partial=forged_partial)
+    return forged
+
+
+@pytest.mark.xfail(strict=True, reason="BROKE: an entry hub can put its own signed figures under another municipality's "
+                                       "number; the asker accepts Stavanger's mean as 99.0 (true 5.0)")
+async def test_an_entry_hub_cannot_answer_for_another_municipality(attacked):
+    a, _b, c = attacked.hubs
+    sealed, key = await attacked.ask_sealed(c, day_query(bucket="window", group_by="municipality"))
+    honest = attacked.open(sealed, key)
+    assert {r.group: r.value for r in honest.rows} == {"1103": 5.0, "4601": 50.0, "4001": 7.0}
+
+    digest = partials.query_digest(sealed.query.payload)
+    aid = attacked.agreements[c.id]
+    lie = _forged_partial(c, aid, a.municipality, digest, sealing.public_raw(key))  # the answer key is in the signed query
+    forged = resign(c, _claiming(sealed, c, aid, a.municipality, lie))
+    try:
+        opened = attacked.open(forged, key)
+        answers.verify(answers.to_json(opened))
+    except (asker.AnswerRefused, answers.AnswerError):
+        return
+    shown = {r.group: r.value for r in opened.rows}
+    raise AssertionError(f"accepted: Stavanger (1103) shown as {shown['1103']:g} by hub {c.id} (true 5.0); rows {shown}")
+
+
+async def test_the_provider_alone_cannot_speak_for_another_municipality(attacked):
+    """Through an honest entry hub A, C's partial naming 1103 is refused: A's peer record says 4001."""
+    a, _b, c = attacked.hubs
+    sealed, key = await attacked.ask_sealed(a, day_query(bucket="window", group_by="municipality"))
+    digest = partials.query_digest(sealed.query.payload)
+    forged = type(sealed)()
+    forged.CopyFrom(sealed)
+    [mine] = [p for p in forged.provenance if p.hub_id == c.id]
+    mine.sealed_partial = _forged_partial(c, attacked.agreements[c.id], a.municipality, digest, sealing.public_raw(key))
+    forged = resign(a, forged)  # even with the summary signed again over C's new ciphertext
+    with pytest.raises(asker.AnswerRefused, match="speaks for municipality 1103, not 4001"):
+        attacked.open(forged, key)
