@@ -86,6 +86,24 @@ def coarsen(bins: dict[int, tuple[int, set[str]]], threshold: int) -> query_pb2.
     return None
 
 
+def coarse_sketches(rows: list[tuple[int, int, int, str, int]], threshold: int) -> dict[int, query_pb2.CoarseSketch]:
+    """Per bucket, the coarsened sketch of (bucket, sign, key, contributor, readings) rows (as
+    the storage's sketch_bins_by_contributor yields them); a bucket that cannot be coarsened
+    is left out (and then withheld)."""
+    by_bucket: dict[int, dict[int, tuple[int, set[str]]]] = {}
+    for b, sg, k, c, n in rows:
+        bins = by_bucket.setdefault(b, {})
+        o = ordinal(sg, k)
+        count, who = bins.get(o, (0, set()))
+        bins[o] = (count + n, who | {c})
+    out = {}
+    for b, bins in by_bucket.items():
+        sketch = coarsen(bins, threshold)
+        if sketch is not None:
+            out[b] = sketch
+    return out
+
+
 def coarse_quantile(sketch: query_pb2.CoarseSketch, q: float) -> float:
     """The representative (middle ordinal) of the first coarse bin whose cumulative count
     exceeds q * (n - 1); nan if empty."""

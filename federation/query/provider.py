@@ -190,19 +190,7 @@ class Provider:
         """Per bucket, the sketch coarsened as partials.coarsen rules (a bucket that cannot be
         coarsened so is left out, and then withheld), per municipality as region-wide."""
         rows = await self.hub.storage.read(lambda s: s.sketch_bins_by_contributor(request))
-        by_bucket: dict[int, dict[int, tuple[int, set[str]]]] = {}
-        for b, sg, k, c, n in rows:
-            bins = by_bucket.setdefault(b, {})
-            o = partials.ordinal(sg, k)
-            count, who = bins.get(o, (0, set()))
-            bins[o] = (count + n, who | {c})
-        threshold = partials.coarse_threshold(grant.min_group_size)
-        out = {}
-        for b, bins in by_bucket.items():
-            sketch = partials.coarsen(bins, threshold)
-            if sketch is not None:
-                out[b] = sketch
-        return out
+        return partials.coarse_sketches(rows, partials.coarse_threshold(grant.min_group_size))
 
     async def _released_before(self, grant: policy.Grant, spec: query_pb2.QuerySpec, request: AggregateRequest,
                                cells: list[CellRow]) -> tuple[frozenset[int], list[ReleaseRow]]:

@@ -90,7 +90,8 @@ async def test_a_quantile_sweep_returns_the_coarse_bins_not_the_readings(tmp_pat
             [p] = answer.provenance
             assert p.status == "answered"
             lengths.add(len(p.sealed_partial))
-            print(f"day {(start - day) // DAY}: rows {[(r.suppressed, r.readings) for r in answer.rows]}, sealed {len(p.sealed_partial)} bytes")
+            rows = [(r.suppressed, r.readings) for r in answer.rows]
+            print(f"day {(start - day) // DAY}: rows {rows}, sealed {len(p.sealed_partial)} bytes")
         assert len(lengths) == 1, f"the sealed length tells released, withheld and empty days apart: {lengths}"
     finally:
         await consumer.stop()
