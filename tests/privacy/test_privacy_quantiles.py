@@ -128,9 +128,24 @@ def test_twin_stations_do_not_release_their_readings():
     assert within <= 8, "the coarse sketch still locates most of A's readings within 4.5 %"
 
 
-readings_of_contributors = st.lists(
-    st.tuples(st.sampled_from("ABCDEF"), st.floats(-1e6, 1e6, allow_nan=False).filter(lambda v: v == 0 or abs(v) >= 1e-9)),
-    min_size=1, max_size=300)
+def test_many_identical_readings_are_still_known_only_to_a_wide_bin():
+    """Twenty readings of 10.0 from two stations fill one fine bin: enough readings and
+    contributors at level 0, which would release them to 1 %. The width rule keeps L >= 3."""
+    sketch = partials.coarsen(bins_of([("A", 10.0)] * 10 + [("B", 10.0)] * 10), 2)
+    assert sketch is not None and sketch.level >= partials.MIN_LEVEL
+
+
+def test_a_coarse_sketch_has_at_most_max_coarse_bins():
+    """40 well-separated values, each read ten times by two stations: every level-3 bin passes
+    the other rules, but there would be 40 of them; the sketch coarsens until <= 32."""
+    readings = [(who, 2.0 * 1.5 ** i) for i in range(40) for who in "AB" for _ in range(5)]
+    sketch = partials.coarsen(bins_of(readings), 2)
+    assert sketch is not None and len(sketch.bins) <= partials.MAX_COARSE_BINS
+
+
+values_with_repeats = st.floats(-1e6, 1e6, allow_nan=False).filter(lambda v: v == 0 or abs(v) >= 1e-9) | st.sampled_from(
+    [1.0, 1.001, 10.0, 10.05, 100.0, -3.0, 0.0])
+readings_of_contributors = st.lists(st.tuples(st.sampled_from("ABCDEF"), values_with_repeats), min_size=1, max_size=300)
 
 
 @settings(max_examples=300, deadline=None)
@@ -237,6 +252,31 @@ def test_every_partial_of_a_query_fits_its_padded_size(rows, aggregate, group, k
                             quantile=0.5, coarse={r.bucket_start_ms: sketch for r in rows})
     result.dp_budget_micro, result.dp_spent_micro = spent, spent
     assert sealed_len(spec, result) == partials.padded_size(spec, PROVIDER, "4601", AGREEMENT) + 48
+
+
+@pytest.mark.parametrize(("aggregate", "group"), [(a, g) for a in sorted(partials.RELEASED_FIELDS) for g in ("region", "4601")])
+def test_the_padded_size_is_that_of_the_largest_partial(aggregate, group):
+    """The largest partial a provider can build for the query (every bucket present, every
+    count and contributor count at its maximum, doubles set, 32 coarse bins at the extreme
+    keys) fits, and the padded size exceeds it by at most the suppressed/noisy flags a
+    released cell cannot carry together (4 bytes a cell) plus the marker: the padding is an
+    upper bound, and not a loose one."""
+    assert 4096 <= partials.LARGEST_COARSE_INDEX + 1 < 8192  # so -4000 encodes as long as any real key
+    spec = query_pb2.QuerySpec(aggregate=aggregate, group_by="region" if group == "region" else "municipality", bucket="day",
+                               start_ms=ms(2019, 1), end_ms=ms(2019, 2))
+    n = 31
+    rows = [CellRow(spec.start_ms + d * DAY, 2**64 - 1, 1.5, 2.5, -1.0, 1.0, 2**32 - 1) for d in range(n)]
+    # keys of the longest zigzag encoding real readings reach (2 bytes: |index| < 8192), and
+    # values a per-municipality quantile can still be read from
+    widest = query_pb2.CoarseSketch(level=partials.MIN_LEVEL, bins={
+        -4000 + i: 2**64 - 1 for i in range(partials.MAX_COARSE_BINS)})
+    result = partials.build(b"d" * 32, PROVIDER, "4601", AGREEMENT, 2**32 - 1, group, rows, 2**63 - 1, aggregate,
+                            quantile=0.5, coarse={r.bucket_start_ms: widest for r in rows})
+    result.min_group_size = 2**32 - 1
+    result.dp_budget_micro = result.dp_spent_micro = 2**64 - 1
+    signed = query_pb2.SignedPartial(partial=result.SerializeToString(), signature=bytes(64), provider_public_key=bytes(32))
+    size = partials.padded_size(spec, PROVIDER, "4601", AGREEMENT)
+    assert len(signed.SerializeToString()) + 1 <= size <= len(signed.SerializeToString()) + 1 + 4 * n
 
 
 @settings(max_examples=300, deadline=None)
