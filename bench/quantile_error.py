@@ -16,6 +16,11 @@ one municipality), "two hubs" (three stations and two). The error of a released 
 measured against the true reading at that rank (sorted readings, index floor(q (n - 1))), as
 |released - true| / true over readings >= 1 ug/m3; cells a hub withholds are counted apart.
 Pure computation on the real binning code: no hub processes (their cost is bench.query's).
+
+Second, the cost of padding sealed partials (federation/partials.py `padded_size`): for the
+demo's one-station hub and queries over 2019 (daily and hourly cells), the padded length
+against the actual signed partial's, and the time of computing the padded size against the
+time of building and serializing the partial itself (the baseline, measured in the same run).
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ import csv
 import datetime as dt
 import math
 import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from federation import partials
 from node.api.v1 import query_pb2
 from node.sketch import Sketch, bin_of
+from node.storage.base import CellRow
 
 DATA = Path(__file__).resolve().parent.parent / "node" / "data" / "air-quality-norway"
 STATIONS = ["Valand", "Knarrdalstranda", "Nedre-Langgate", "Nygaardsgata", "Klosterhaugen"]
@@ -149,6 +156,48 @@ def main() -> None:
                 figures = "none released"
             row.append(f"{withheld}/{asked}, {figures}")
         print(f"| {layout} | {grouping} | {bucket} | {k} | {row[0]} | {row[1]} |")
+    padding(readings)
+
+
+def cell_rows(series: list[tuple[dt.datetime, float]], bucket: str) -> list[CellRow]:
+    key = (lambda t: t.replace(minute=0, second=0)) if bucket == "hour" else (lambda t: t.replace(hour=0, minute=0, second=0))
+    by: dict[dt.datetime, list[float]] = {}
+    for t, v in series:
+        by.setdefault(key(t), []).append(v)
+    return [CellRow(int(b.replace(tzinfo=dt.UTC).timestamp() * 1000), len(vs), math.fsum(vs), math.fsum(v * v for v in vs),
+                    min(vs), max(vs), 1) for b, vs in sorted(by.items())]
+
+
+def best_of(fn: Callable[[], object], repeat: int = 5) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def padding(readings: Readings) -> None:
+    start, end = (int(dt.datetime(year, 1, 1, tzinfo=dt.UTC).timestamp() * 1000) for year in (2019, 2020))
+    hub, municipality, agreement = "0" * 32, "1103", "urn:uuid:" + "0" * 36
+    print()
+    print("| query (Valand, 2019) | cells | signed partial | padded | padded / actual | padded_size time / build+serialize time |")
+    print("|---|---|---|---|---|---|")
+    for aggregate, group_by, bucket in [("mean", "region", "day"), ("mean", "municipality", "day"), ("stddev", "region", "day"),
+                                        ("mean", "region", "hour")]:
+        spec = query_pb2.QuerySpec(aggregate=aggregate, group_by=group_by, bucket=bucket, start_ms=start, end_ms=end)
+        rows = cell_rows(readings["Valand"], bucket)
+        group = municipality if group_by == "municipality" else "region"
+
+        def build() -> bytes:
+            result = partials.build(bytes(32), hub, municipality, agreement, 1, group, rows, 1, aggregate)  # noqa: B023
+            return query_pb2.SignedPartial(partial=result.SerializeToString(), signature=bytes(64),
+                                           provider_public_key=bytes(32)).SerializeToString()
+
+        actual = len(build())
+        padded = partials.padded_size(spec, hub, municipality, agreement)
+        ratio = best_of(lambda: partials.padded_size(spec, hub, municipality, agreement)) / best_of(build)  # noqa: B023
+        print(f"| {aggregate} by {group_by}/{bucket} | {len(rows)} | {actual} B | {padded} B | {padded / actual:.2f} | {ratio:.2f} |")
 
 
 if __name__ == "__main__":
