@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from dataclasses import dataclass
 
 from federation.query_spec import buckets, label
 from node.api.v1 import query_pb2, query_service_pb2
 from node.identity import HubIdentity
 from node.signing import Domain, hub_id_from_public_key, sign, verify
-from node.sketch import representative
+from node.sketch import bin_of, representative
 from node.storage.base import CellRow
 
 
@@ -182,6 +183,8 @@ def build(digest: bytes, provider: str, municipality: str, agreement_id: str, mi
 # the length says nothing about which cells were withheld or how many readings they hold.
 MAX_SEALED_PARTIAL_BYTES = 2 * 1024 * 1024  # refused above: a few hubs' partials fit one 16 MiB answer
 _U64, _U32, _I64 = 2**64 - 1, 2**32 - 1, 2**63 - 1
+# The largest |coarse bin index| (at MIN_LEVEL) of any finite reading.
+LARGEST_COARSE_INDEX = (ORDINAL_OFFSET + bin_of(sys.float_info.max)[1]) >> MIN_LEVEL
 
 
 def _varint_len(n: int) -> int:
@@ -205,7 +208,7 @@ def _largest_cell(group: str, aggregate: str, per_municipality: bool) -> query_p
     if "coarse" in released:
         cell.coarse.level = MAX_LEVEL
         for i in range(MAX_COARSE_BINS):
-            cell.coarse.bins[-(2**31) + i] = _U64  # zigzag of these keys: 5 bytes each
+            cell.coarse.bins[-LARGEST_COARSE_INDEX - 1 + i] = _U64  # keys of the longest zigzag encoding a sketch can have
     return cell
 
 
