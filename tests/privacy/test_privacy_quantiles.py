@@ -254,8 +254,9 @@ def test_every_partial_of_a_query_fits_its_padded_size(rows, aggregate, group, k
     assert sealed_len(spec, result) == partials.padded_size(spec, PROVIDER, "4601", AGREEMENT) + 48
 
 
+@pytest.mark.parametrize("n", [1, 31])
 @pytest.mark.parametrize(("aggregate", "group"), [(a, g) for a in sorted(partials.RELEASED_FIELDS) for g in ("region", "4601")])
-def test_the_padded_size_is_that_of_the_largest_partial(aggregate, group):
+def test_the_padded_size_is_that_of_the_largest_partial(aggregate, group, n):
     """The largest partial a provider can build for the query (every bucket present, every
     count and contributor count at its maximum, doubles set, 32 coarse bins at the extreme
     keys) fits, and the padded size exceeds it by at most the suppressed/noisy flags a
@@ -263,8 +264,7 @@ def test_the_padded_size_is_that_of_the_largest_partial(aggregate, group):
     upper bound, and not a loose one."""
     assert 4096 <= partials.LARGEST_COARSE_INDEX + 1 < 8192  # so -4000 encodes as long as any real key
     spec = query_pb2.QuerySpec(aggregate=aggregate, group_by="region" if group == "region" else "municipality", bucket="day",
-                               start_ms=ms(2019, 1), end_ms=ms(2019, 2))
-    n = 31
+                               start_ms=ms(2019, 1), end_ms=ms(2019, 1) + n * DAY)
     rows = [CellRow(spec.start_ms + d * DAY, 2**64 - 1, 1.5, 2.5, -1.0, 1.0, 2**32 - 1) for d in range(n)]
     # keys of the longest zigzag encoding real readings reach (2 bytes: |index| < 8192), and
     # values a per-municipality quantile can still be read from
