@@ -29,7 +29,7 @@ see docs/benchmarks.md, section "Federated query vs centralised (issue 4)".
     cells are finished by the code that finishes the federated answer
     (federation.partials.build + merge, without signing).
 Both answers are compared: same groups, buckets, counts and contributors, values equal to
-1e-9 (relative); the quantile (sketch) must be identical.
+1e-9 (relative); the quantile (from the coarsened sketch) must be identical.
 
 Data: the real hourly readings of the five stations (pm25, temperature, wind_speed, rain),
 2017-2021 from ../shared/data/air-quality-norway/ if it exists, else the 2019 copies in
@@ -406,8 +406,7 @@ def _cpu_seconds(stat_path: Path) -> float:
 def _request(spec: query_pb2.QuerySpec) -> AggregateRequest:
     # As QueryService.compute builds it; the partner's agreement needs no consent (air quality
     # is not personal data), so consent_purpose is None at every hub as well.
-    return AggregateRequest(spec.dataset, spec.metric, spec.start_ms, spec.end_ms, spec.bucket, None,
-                            with_sketch=spec.aggregate == "quantile")
+    return AggregateRequest(spec.dataset, spec.metric, spec.start_ms, spec.end_ms, spec.bucket, None)
 
 
 MUNICIPALITY_SQL = "substr(s.label, 1, 4)"  # the label is "<kommunenummer> <station> #<k>"
@@ -418,20 +417,27 @@ def municipalities(store: SqliteStore, dataset: str) -> list[str]:
         f"SELECT DISTINCT {MUNICIPALITY_SQL} FROM sensors s WHERE s.dataset = ? ORDER BY 1", (dataset,))]
 
 
-def aggregate_in(store: SqliteStore, req: AggregateRequest, municipality: str) -> list[CellRow]:
+def aggregate_in(store: SqliteStore, req: AggregateRequest, municipality: str | None, quantile: bool,
+                 ) -> tuple[list[CellRow], dict[int, query_pb2.CoarseSketch] | None]:
     """SqliteStore.aggregate() itself, its WHERE clause restricted to the municipality's sensors
-    (one more condition on the sensors table: the rest of the SQL is exactly what hubs run)."""
+    (one more condition on the sensors table: the rest of the SQL is exactly what hubs run),
+    and for a quantile each bucket's coarse sketch, as a provider coarsens it (k = 1)."""
     original = store._where
 
     def where(r: AggregateRequest) -> tuple[str, list]:
         sql, params = original(r)
         return f"{sql} AND {MUNICIPALITY_SQL} = ?", [*params, municipality]
 
-    store._where = where  # an instance attribute: shadows the method for this call only
+    if municipality is not None:
+        store._where = where  # an instance attribute: shadows the method for this call only
     try:
-        return store.aggregate(req)
+        cells = store.aggregate(req)
+        if not quantile:
+            return cells, None
+        return cells, partials.coarse_sketches(store.sketch_bins_by_contributor(req), partials.coarse_threshold(1))
     finally:
-        del store._where
+        if municipality is not None:
+            del store._where
 
 
 def single_group_by(store: SqliteStore, req: AggregateRequest) -> int:
@@ -446,12 +452,13 @@ def single_group_by(store: SqliteStore, req: AggregateRequest) -> int:
 
 
 def central_answer(store: SqliteStore, spec: query_pb2.QuerySpec) -> list[query_pb2.Row]:
-    req = _request(spec)
-    if spec.group_by == "region":
-        groups = {"region": store.aggregate(req)}
+    req, quantile = _request(spec), spec.aggregate == "quantile"
+    if spec.group_by == "region":  # (a region-wide quantile is coarsened per hub: not comparable, not asked)
+        groups = {"region": aggregate_in(store, req, None, quantile)}
     else:
-        groups = {m: aggregate_in(store, req, m) for m in municipalities(store, spec.dataset)}
-    built = [partials.build(b"", "", g, "", 1, g, cells, 0, spec.aggregate, quantile=spec.quantile) for g, cells in groups.items()]
+        groups = {m: aggregate_in(store, req, m, quantile) for m in municipalities(store, spec.dataset)}
+    built = [partials.build(b"", "", g, "", 1, g, cells, 0, spec.aggregate, quantile=spec.quantile, coarse=coarse)
+             for g, (cells, coarse) in groups.items()]
     return partials.merge(built, spec)
 
 

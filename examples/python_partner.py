@@ -173,6 +173,14 @@ def verify_summary(answer, digest: bytes, entry_hub_id: str) -> None:
         raise ClientError("the answer differs from what the entry hub signed")
 
 
+def unpad(padded: bytes, hub_id: str) -> bytes:
+    """Strip the ISO/IEC 7816-4 padding: trailing 0x00 bytes, then one 0x80."""
+    body = padded.rstrip(b"\x00")
+    if not body.endswith(b"\x80"):
+        raise ClientError(f"hub {hub_id}: the opened partial is not padded (no 0x80 marker)")
+    return body[:-1]
+
+
 def open_partials(answer, digest: bytes, answer_key: X25519PrivateKey, spec: query_pb2.QuerySpec) -> list:
     """Open each sealed partial (HPKE), check its signature, query, municipality, agreement and cells."""
     opened, seen = [], set()
@@ -184,10 +192,10 @@ def open_partials(answer, digest: bytes, answer_key: X25519PrivateKey, spec: que
         if p.status != "answered":
             continue
         try:
-            plain = HPKE.decrypt(p.sealed_partial, answer_key, info=SEAL_INFO_PREFIX + digest + p.hub_id.encode())
+            padded = HPKE.decrypt(p.sealed_partial, answer_key, info=SEAL_INFO_PREFIX + digest + p.hub_id.encode())
         except Exception:
             raise ClientError(f"hub {p.hub_id}: the sealed partial does not open with this query's key") from None
-        signed = query_pb2.SignedPartial.FromString(plain)
+        signed = query_pb2.SignedPartial.FromString(unpad(padded, p.hub_id))
         try:
             Ed25519PublicKey.from_public_bytes(signed.provider_public_key).verify(signed.signature, PARTIAL_DOMAIN + signed.partial)
         except (InvalidSignature, ValueError):

@@ -2,23 +2,27 @@
 merged by the asker (docs/querying.md 6).
 
 What leaves a provider is no finer than its agreement:
-* grouped by municipality, a cell carries the provider's FINAL value (quantiles included),
-  the count of readings and of contributors, nothing else: no sketch, no bins, no sums;
+* grouped by municipality, a cell carries the provider's FINAL value (a quantile read from the
+  coarsened sketch below), the count of readings and of contributors, nothing else: no
+  sketch, no bins, no sums;
 * region-wide, a cell carries only what merging the aggregate exactly needs (RELEASED_FIELDS);
-  a quantile, a sketch coarsened until every bin mixes readings of >= max(k, 2) contributors;
-* a cell with fewer contributors than the minimum group size carries no values at all."""
+  a quantile, the coarsened sketch itself (`coarsen`: bins of >= max(k, 2) contributors,
+  >= MIN_BIN_READINGS readings, >= 2^MIN_LEVEL fine bins wide);
+* a cell with fewer contributors than the minimum group size carries no values at all;
+* the sealed partial is padded to a length fixed by the query (`padded_size`)."""
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass
 
 from federation.query_spec import buckets, label
 from node.api.v1 import query_pb2, query_service_pb2
 from node.identity import HubIdentity
 from node.signing import Domain, hub_id_from_public_key, sign, verify
-from node.sketch import Sketch, representative
+from node.sketch import bin_of, representative
 from node.storage.base import CellRow
 
 
@@ -43,8 +47,17 @@ RELEASED_FIELDS = {
     "quantile": {"coarse"},
 }
 
-# -- region-wide quantiles: a coarsened sketch ---------------------------------------------------
+# -- quantiles: a coarsened sketch ---------------------------------------------------------------
+# A quantile is an order statistic: read from a fine sketch it IS one reading (to 1 %), and an
+# asker chooses q. So every quantile that leaves a hub, per municipality or region-wide, is read
+# from a sketch coarsened until each released bin mixes readings of >= max(k, 2) contributors,
+# holds >= MIN_BIN_READINGS readings, spans >= 2^MIN_LEVEL fine bins (a factor gamma^8, 17 %),
+# and there are at most MAX_COARSE_BINS bins (so a sealed partial's size is bounded). What an
+# asker can learn, by sweeping q, is that histogram: never a reading to better than its bin.
 ORDINAL_OFFSET = 2048  # keys of |v| >= MIN_INDEXABLE are > -1100: positive ordinals stay positive
+MIN_LEVEL = 3          # a released bin is >= 8 fine bins wide: values within a factor gamma^8 = 1.173
+MIN_BIN_READINGS = 10  # and holds at least this many readings
+MAX_COARSE_BINS = 32   # and there are at most this many bins in one cell's sketch
 MAX_LEVEL = 13         # at 2^13 every positive ordinal (and zero) shares bin 0, every negative bin -1
 
 
@@ -59,17 +72,37 @@ def ordinal_value(o: int) -> float:
 
 
 def coarsen(bins: dict[int, tuple[int, set[str]]], threshold: int) -> query_pb2.CoarseSketch | None:
-    """The finest level at which every coarse bin holds readings of >= threshold distinct
-    contributors; None if even the coarsest does not (the cell is then withheld)."""
-    for level in range(MAX_LEVEL + 1):
+    """The finest level >= MIN_LEVEL at which every coarse bin holds readings of >= threshold
+    distinct contributors and >= MIN_BIN_READINGS readings, and there are at most
+    MAX_COARSE_BINS bins; None if even the coarsest level does not (the cell is then withheld)."""
+    for level in range(MIN_LEVEL, MAX_LEVEL + 1):
         coarse: dict[int, tuple[int, set[str]]] = {}
         for o, (n, who) in bins.items():
             index = o >> level  # floor division by 2^level, negatives included
             count, members = coarse.get(index, (0, set()))
             coarse[index] = (count + n, members | who)
-        if all(len(members) >= threshold for _, members in coarse.values()):
+        if len(coarse) <= MAX_COARSE_BINS and all(
+                len(members) >= threshold and count >= MIN_BIN_READINGS for count, members in coarse.values()):
             return query_pb2.CoarseSketch(level=level, bins={i: n for i, (n, _) in coarse.items()})
     return None
+
+
+def coarse_sketches(rows: list[tuple[int, int, int, str, int]], threshold: int) -> dict[int, query_pb2.CoarseSketch]:
+    """Per bucket, the coarsened sketch of (bucket, sign, key, contributor, readings) rows (as
+    the storage's sketch_bins_by_contributor yields them); a bucket that cannot be coarsened
+    is left out (and then withheld)."""
+    by_bucket: dict[int, dict[int, tuple[int, set[str]]]] = {}
+    for b, sg, k, c, n in rows:
+        bins = by_bucket.setdefault(b, {})
+        o = ordinal(sg, k)
+        count, who = bins.get(o, (0, set()))
+        bins[o] = (count + n, who | {c})
+    out = {}
+    for b, bins in by_bucket.items():
+        sketch = coarsen(bins, threshold)
+        if sketch is not None:
+            out[b] = sketch
+    return out
 
 
 def coarse_quantile(sketch: query_pb2.CoarseSketch, q: float) -> float:
@@ -102,12 +135,12 @@ def coarse_threshold(min_group_size: int) -> int:
     return max(2, min_group_size)
 
 
-def cell_value(row: CellRow, aggregate: str, quantile: float) -> float:
-    """The final value of one provider's cell (what a per-municipality answer releases)."""
-    m = Merged(count=row.count, sum=row.sum, sum_squares=row.sum_squares, min=row.min, max=row.max)
+def cell_value(row: CellRow, aggregate: str, quantile: float, sketch: query_pb2.CoarseSketch | None = None) -> float:
+    """The final value of one provider's cell (what a per-municipality answer releases); a
+    quantile is read from the cell's coarsened sketch, never from the fine one."""
     if aggregate == "quantile":
-        for sg, key, n in row.sketch_bins:
-            m.sketch.add_bin(sg, key, n)
+        return coarse_quantile(sketch, quantile) if sketch is not None else math.nan
+    m = Merged(count=row.count, sum=row.sum, sum_squares=row.sum_squares, min=row.min, max=row.max)
     return m.value(aggregate, quantile)
 
 
@@ -117,26 +150,93 @@ def build(digest: bytes, provider: str, municipality: str, agreement_id: str, mi
           coarse: dict[int, query_pb2.CoarseSketch] | None = None) -> query_pb2.PartialResult:
     """`group` is the municipality (per-municipality answer: final values only) or "region".
     `withheld`: bucket starts of cells to suppress although they look large enough (they hide a
-    small sub-cell, or the release log forbids them; see federation/query/provider.py)."""
+    small sub-cell, or the release log forbids them; see federation/query/provider.py).
+    `coarse`: for a quantile, each bucket's coarsened sketch (`coarsen`); a bucket without one
+    is withheld, per municipality as region-wide."""
     per_municipality = group != "region"
     released = set() if per_municipality else RELEASED_FIELDS[aggregate]
+    is_quantile = aggregate == "quantile"
     cells = []
     for r in rows:
-        sketch = (coarse or {}).get(r.bucket_start_ms) if "coarse" in released else None
-        if r.contributors < min_group_size or r.bucket_start_ms in withheld or ("coarse" in released and sketch is None):
+        sketch = (coarse or {}).get(r.bucket_start_ms) if is_quantile else None
+        if r.contributors < min_group_size or r.bucket_start_ms in withheld or (is_quantile and sketch is None):
             cells.append(query_pb2.Cell(group=group, bucket_start_ms=r.bucket_start_ms, suppressed=True))
             continue
         cells.append(query_pb2.Cell(group=group, bucket_start_ms=r.bucket_start_ms, count=r.count,
-                                    value=cell_value(r, aggregate, quantile) if per_municipality else 0.0,
+                                    value=cell_value(r, aggregate, quantile, sketch) if per_municipality else 0.0,
                                     sum=r.sum if "sum" in released else 0.0,
                                     sum_squares=r.sum_squares if "sum_squares" in released else 0.0,
                                     min=r.min if "min" in released else 0.0, max=r.max if "max" in released else 0.0,
-                                    coarse=sketch, noisy=noisy,
+                                    coarse=sketch if "coarse" in released else None, noisy=noisy,
                                     # an exact count of contributors would leak past the noise
                                     contributors=0 if noisy else r.contributors))
     return query_pb2.PartialResult(query_digest=digest, provider_hub_id=provider, municipality=municipality,
                                    agreement_id=agreement_id, computed_at_ms=computed_at_ms,
                                    min_group_size=min_group_size, cells=cells)
+
+
+# -- the size of a sealed partial ----------------------------------------------------------------
+# The entry hub sees each sealed partial's length. It is padded (federation/sealing.py) to the
+# length of the LARGEST signed partial the query could yield: every bucket of the window present,
+# every field the aggregate releases set at its longest encoding. That depends only on the
+# query, the provider's id and municipality and the agreement id, which the entry hub knows:
+# the length says nothing about which cells were withheld or how many readings they hold.
+MAX_SEALED_PARTIAL_BYTES = 2 * 1024 * 1024  # refused above: a few hubs' partials fit one 16 MiB answer
+_U64, _U32, _I64 = 2**64 - 1, 2**32 - 1, 2**63 - 1
+# The largest |coarse bin index| (at MIN_LEVEL) of any finite reading.
+LARGEST_COARSE_INDEX = (ORDINAL_OFFSET + bin_of(sys.float_info.max)[1]) >> MIN_LEVEL
+
+
+def _varint_len(n: int) -> int:
+    """Bytes of a protobuf varint (negative int64: ten)."""
+    if n < 0:
+        return 10
+    length = 1
+    while n >= 0x80:
+        n >>= 7
+        length += 1
+    return length
+
+
+def _largest_cell(group: str, aggregate: str, per_municipality: bool) -> query_pb2.Cell:
+    """A cell with every field this aggregate may carry at its longest encoding (no bucket start)."""
+    released = set() if per_municipality else RELEASED_FIELDS[aggregate]
+    cell = query_pb2.Cell(group=group, count=_U64, contributors=_U32, suppressed=True, noisy=True,
+                          value=1.0 if per_municipality else 0.0)
+    for name in released - {"coarse"}:
+        setattr(cell, name, 1.0)  # a double is 8 bytes whatever its value (0.0 is left out)
+    if "coarse" in released:
+        cell.coarse.level = MAX_LEVEL
+        for i in range(MAX_COARSE_BINS):
+            cell.coarse.bins[-LARGEST_COARSE_INDEX - 1 + i] = _U64  # keys of the longest zigzag encoding a sketch can have
+    return cell
+
+
+def padded_size(spec: query_pb2.QuerySpec, provider_hub_id: str, municipality: str, agreement_id: str) -> int:
+    """The length every sealed partial of this query is padded to before sealing: the longest
+    serialized SignedPartial it could be, plus the one-byte padding marker."""
+    per_municipality = spec.group_by == "municipality"
+    group = municipality if per_municipality else "region"
+    cell_body = int(_largest_cell(group, spec.aggregate, per_municipality).ByteSize())
+    cells = 0
+    for start, _ in buckets(spec.bucket, spec.start_ms, spec.end_ms):
+        size = cell_body + 1 + _varint_len(start) if start else cell_body  # bucket_start_ms = 0 is left out
+        cells += 1 + _varint_len(size) + size  # the repeated field's tag and length
+    header = query_pb2.PartialResult(query_digest=bytes(32), provider_hub_id=provider_hub_id, municipality=municipality,
+                                     agreement_id=agreement_id, computed_at_ms=_I64, min_group_size=_U32,
+                                     dp_budget_micro=_U64, dp_spent_micro=_U64).ByteSize()
+    partial = int(header) + cells
+    signed = 1 + _varint_len(partial) + partial + (2 + 64) + (2 + 32)  # partial, signature, public key
+    return signed + 1
+
+
+def check_size(spec: query_pb2.QuerySpec) -> None:
+    """Refuse, before anything is computed, a query whose padded partial would be too large;
+    decided on the query alone, by the entry hub and every provider alike."""
+    size = padded_size(spec, "0" * 32, "0000", "urn:uuid:" + "0" * 36)
+    if size > MAX_SEALED_PARTIAL_BYTES:
+        raise PartialError(f"this query asks too many cells: each hub's partial would be {size} bytes, "
+                           f"more than {MAX_SEALED_PARTIAL_BYTES}; ask a shorter window or a coarser bucket")
 
 
 def sign_partial(identity: HubIdentity, partial: query_pb2.PartialResult) -> query_pb2.SignedPartial:
@@ -184,7 +284,6 @@ class Merged:
     contributors: int = 0
     suppressed: bool = False
     noisy: bool = False
-    sketch: Sketch = field(default_factory=Sketch)
     final: float | None = None  # a provider's final value (per-municipality cells)
     coarse: query_pb2.CoarseSketch | None = None  # region-wide quantiles
     cells: int = 0
@@ -223,9 +322,7 @@ class Merged:
             return self.max
         if aggregate == "stddev":  # sample standard deviation
             return math.sqrt(max(0.0, (self.sum_squares - self.sum * self.sum / n) / (n - 1))) if n > 1 else 0.0
-        if self.coarse is not None:
-            return coarse_quantile(self.coarse, quantile)
-        return self.sketch.quantile(quantile)
+        return coarse_quantile(self.coarse, quantile) if self.coarse is not None else math.nan
 
 
 def merge(partials: list[query_pb2.PartialResult], spec: query_pb2.QuerySpec) -> list[query_pb2.Row]:

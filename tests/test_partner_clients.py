@@ -62,11 +62,13 @@ until = {until}
 
 
 # Three stations in January 2019 (released), one in February (fewer than min_group_size = 2
-# contributors: suppressed).
+# contributors: suppressed). January holds 11 readings: a quantile's coarse bins need >= 10.
 READINGS = {
-    "station-a": [(utc_ms(2019, 1, 3, 10), 7.5), (utc_ms(2019, 1, 17, 4), 12.25), (utc_ms(2019, 2, 9, 8), 30.0)],
-    "station-b": [(utc_ms(2019, 1, 5, 12), 3.0), (utc_ms(2019, 1, 21), 9.75)],
-    "station-c": [(utc_ms(2019, 1, 30, 23), 21.5)],
+    "station-a": [(utc_ms(2019, 1, 3, 10), 7.5), (utc_ms(2019, 1, 17, 4), 12.25), (utc_ms(2019, 1, 18, 4), 11.0),
+                  (utc_ms(2019, 1, 19, 4), 10.5), (utc_ms(2019, 2, 9, 8), 30.0)],
+    "station-b": [(utc_ms(2019, 1, 5, 12), 3.0), (utc_ms(2019, 1, 21), 9.75), (utc_ms(2019, 1, 22), 10.25),
+                  (utc_ms(2019, 1, 23), 8.5)],
+    "station-c": [(utc_ms(2019, 1, 30, 23), 21.5), (utc_ms(2019, 1, 31, 1), 11.5), (utc_ms(2019, 1, 31, 2), 9.0)],
 }
 
 
@@ -226,8 +228,9 @@ async def assert_refuses_the_wrong_purpose(world: World, client: list[str], env:
 async def test_node_client_gets_the_rows_python_gets(node_client, world, tmp_path):
     outputs = await assert_same_rows_as_python(world, node_client, tmp_path, save=True)
     january, february = outputs["mean-by-month"]["rows"]
-    assert (january["bucket"], january["readings"], january["contributors"]) == ("2019-01", 5, 3)
-    assert january["value"] == pytest.approx((7.5 + 12.25 + 3.0 + 9.75 + 21.5) / 5)
+    in_january = [v for points in READINGS.values() for t, v in points if t < utc_ms(2019, 2)]
+    assert (january["bucket"], january["readings"], january["contributors"]) == ("2019-01", len(in_january), 3)
+    assert january["value"] == pytest.approx(sum(in_january) / len(in_january))
     assert february == {"group": "1103", "bucket": "2019-02", "bucket_start_ms": utc_ms(2019, 2), "value": None,
                         "readings": 0, "contributors": 0, "suppressed": True, "noisy": False}
 

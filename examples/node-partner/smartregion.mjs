@@ -370,6 +370,14 @@ export function hpkeOpen(sealed, answerKey, info) {
   return Buffer.concat([decipher.update(body), decipher.final()]);
 }
 
+/** Strip the ISO/IEC 7816-4 padding of an opened partial: trailing 0x00 bytes, then one 0x80. */
+export function unpad(padded, hubId) {
+  let end = padded.length;
+  while (end > 0 && padded[end - 1] === 0x00) end -= 1;
+  if (end === 0 || padded[end - 1] !== 0x80) throw new SmartregionError(`hub ${hubId}: the opened partial is not padded (no 0x80 marker)`);
+  return padded.subarray(0, end - 1);
+}
+
 /** Check an answer before using it: it answers the query you signed, the hub you asked signed
  * what every hub answered; open every sealed partial, check each provider's signature, and
  * merge. Throws on any mismatch; returns { rows, verified } and fills each provenance's partial. */
@@ -430,7 +438,7 @@ export function openPartials(contract, answer, digest, answerKey, spec) {
     } catch {
       throw new SmartregionError(`hub ${p.hub_id}: the sealed partial does not open with this query's key`);
     }
-    const signed = contract.SignedPartial.toObject(contract.SignedPartial.decode(plain), { defaults: true });
+    const signed = contract.SignedPartial.toObject(contract.SignedPartial.decode(unpad(plain, p.hub_id)), { defaults: true });
     const key = Buffer.from(signed.provider_public_key ?? []);
     const bytes = Buffer.from(signed.partial ?? []);
     if (!verifyEd25519(key, Buffer.concat([DOMAIN.partial, bytes]), signed.signature ?? [])) {

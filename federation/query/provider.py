@@ -43,10 +43,14 @@ def describe(spec: query_pb2.QuerySpec) -> str:
 
 
 def check_releasable(spec: query_pb2.QuerySpec) -> None:
-    """What no agreement can allow: partials sent in the clear."""
+    """What no agreement can allow: partials sent in the clear, or too large to pad and send."""
     if len(spec.answer_key) != sealing.KEY_BYTES:
         raise Rejected(Reason.INVALID_REQUEST, "a query carries the asker's 32-byte X25519 answer key (answer_key): "
                                                "partial results are sealed to it and never sent in the clear")
+    try:
+        partials.check_size(spec)
+    except partials.PartialError as exc:
+        raise Rejected(Reason.INVALID_REQUEST, str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -184,22 +188,10 @@ class Provider:
             await self.hub.storage.write(lambda s: s.refund_budget(grant.agreement_id, charged))
 
     async def _coarse_sketches(self, request: AggregateRequest, grant: policy.Grant) -> dict[int, query_pb2.CoarseSketch]:
-        """Per bucket, the sketch coarsened until each bin mixes >= max(k, 2) contributors (a bucket
-        that cannot be coarsened so is left out, and then withheld)."""
+        """Per bucket, the sketch coarsened as partials.coarsen rules (a bucket that cannot be
+        coarsened so is left out, and then withheld), per municipality as region-wide."""
         rows = await self.hub.storage.read(lambda s: s.sketch_bins_by_contributor(request))
-        by_bucket: dict[int, dict[int, tuple[int, set[str]]]] = {}
-        for b, sg, k, c, n in rows:
-            bins = by_bucket.setdefault(b, {})
-            o = partials.ordinal(sg, k)
-            count, who = bins.get(o, (0, set()))
-            bins[o] = (count + n, who | {c})
-        threshold = partials.coarse_threshold(grant.min_group_size)
-        out = {}
-        for b, bins in by_bucket.items():
-            sketch = partials.coarsen(bins, threshold)
-            if sketch is not None:
-                out[b] = sketch
-        return out
+        return partials.coarse_sketches(rows, partials.coarse_threshold(grant.min_group_size))
 
     async def _released_before(self, grant: policy.Grant, spec: query_pb2.QuerySpec, request: AggregateRequest,
                                cells: list[CellRow]) -> tuple[frozenset[int], list[ReleaseRow]]:
@@ -250,7 +242,7 @@ class Provider:
     async def _release(self, signed: envelope_pb2.SignedRequest, spec: query_pb2.QuerySpec, grant: policy.Grant,
                        epsilon: float, bounds: tuple[float, float] | None) -> tuple[bytes, int, int]:
         request = AggregateRequest(spec.dataset, spec.metric, spec.start_ms, spec.end_ms, spec.bucket,
-                                   grant.consent_purpose, with_sketch=spec.aggregate == "quantile", clamp=bounds,
+                                   grant.consent_purpose, clamp=bounds,
                                    max_contributions=grant.dp_max_contributions if epsilon else None)
         cells = await self.hub.storage.read(lambda s: s.aggregate(request))
         log_rows: list[ReleaseRow] = []
@@ -268,7 +260,7 @@ class Provider:
             withheld |= again
             log_rows = [r for r in log_rows if r[3] not in withheld]
         group = self.hub.config.municipality if spec.group_by == "municipality" else "region"
-        coarse = await self._coarse_sketches(request, grant) if spec.aggregate == "quantile" and group == "region" else None
+        coarse = await self._coarse_sketches(request, grant) if spec.aggregate == "quantile" else None
         digest = partials.query_digest(signed.payload)
         result = partials.build(digest, self.own_id, self.hub.config.municipality, grant.agreement_id, min_group_size, group,
                                 cells, self.hub.clock.now_ms(), spec.aggregate, withheld, noisy=bool(epsilon), quantile=spec.quantile,
@@ -277,7 +269,8 @@ class Provider:
             result.dp_budget_micro = dp.micro(grant.dp_budget)
             result.dp_spent_micro = await self.hub.storage.read(lambda s: s.budget_spent(grant.agreement_id))
         signed_partial = partials.sign_partial(self.hub.identity, result).SerializeToString()
-        sealed = sealing.seal(signed_partial, spec.answer_key, digest, self.own_id)
+        size = partials.padded_size(spec, self.own_id, self.hub.config.municipality, grant.agreement_id)
+        sealed = sealing.seal(signed_partial, spec.answer_key, digest, self.own_id, size)
         if log_rows:
             await self.hub.storage.write(lambda s: s.log_releases(log_rows))
         return sealed, sum(1 for c in result.cells if c.suppressed), len(result.cells)

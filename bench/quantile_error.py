@@ -1,0 +1,204 @@
+"""What the quantile rule costs in accuracy, on the shipped PM2.5 readings (issue 9).
+
+    .venv/bin/python -m bench.quantile_error
+
+The five shipped stations (node/data/air-quality-norway/, hourly PM2.5 of 2019) are placed in
+hubs as three layouts, and every daily and monthly cell's quantiles (q = 0.1, 0.5, 0.9) are
+computed the way a provider releases them, BEFORE and AFTER the rule of federation/partials.py
+`coarsen` (MIN_LEVEL, MIN_BIN_READINGS, MAX_COARSE_BINS):
+
+* before: per municipality, the fine DDSketch's quantile (1 %); region-wide, each hub's sketch
+  coarsened only until every bin mixes >= max(k, 2) contributors;
+* after: both from the sketch coarsened under the current rule (`partials.coarsen`).
+
+Layouts: "demo" (one station per hub, as `smartregion demo`), "one hub" (all five stations in
+one municipality), "two hubs" (three stations and two). The error of a released quantile is
+measured against the true reading at that rank (sorted readings, index floor(q (n - 1))), as
+|released - true| / true over readings >= 1 ug/m3; cells a hub withholds are counted apart.
+Pure computation on the real binning code: no hub processes (their cost is bench.query's).
+
+Second, the cost of padding sealed partials (federation/partials.py `padded_size`): for the
+demo's one-station hub and queries over 2019 (daily and hourly cells), the padded length
+against the actual signed partial's, and the time of computing the padded size against the
+time of building and serializing the partial itself (the baseline, measured in the same run).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import math
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from federation import partials
+from node.api.v1 import query_pb2
+from node.sketch import Sketch, bin_of
+from node.storage.base import CellRow
+
+DATA = Path(__file__).resolve().parent.parent / "node" / "data" / "air-quality-norway"
+STATIONS = ["Valand", "Knarrdalstranda", "Nedre-Langgate", "Nygaardsgata", "Klosterhaugen"]
+QS = (0.1, 0.5, 0.9)
+LAYOUTS = {"demo": [[s] for s in STATIONS], "one hub": [STATIONS], "two hubs": [STATIONS[:3], STATIONS[3:]]}
+Readings = dict[str, list[tuple[dt.datetime, float]]]
+Bins = dict[int, tuple[int, set[str]]]
+
+
+def load() -> Readings:
+    out: Readings = {}
+    for station in STATIONS:
+        with (DATA / f"{station}.csv").open(newline="") as f:
+            out[station] = [(dt.datetime.fromisoformat(f"{r['date']}T{r['time']}"), float(r["pm25"]))
+                            for r in csv.DictReader(f) if r["pm25"]]
+    return out
+
+
+def old_coarsen(bins: Bins, threshold: int) -> query_pb2.CoarseSketch | None:
+    """The rule before issue 9's second round: from level 0, contributors only."""
+    for level in range(partials.MAX_LEVEL + 1):
+        coarse: Bins = {}
+        for o, (n, who) in bins.items():
+            count, members = coarse.get(o >> level, (0, set()))
+            coarse[o >> level] = (count + n, members | who)
+        if all(len(m) >= threshold for _, m in coarse.values()):
+            return query_pb2.CoarseSketch(level=level, bins={i: n for i, (n, _) in coarse.items()})
+    return None
+
+
+def bins_of(cell: list[tuple[str, float]]) -> Bins:
+    bins: Bins = {}
+    for who, v in cell:
+        o = partials.ordinal(*bin_of(v))
+        n, members = bins.get(o, (0, set()))
+        bins[o] = (n + 1, members | {who})
+    return bins
+
+
+def released(cells_by_hub: list[list[tuple[str, float]]], q: float, k: int, grouping: str,
+             coarsen: Callable[[Bins, int], query_pb2.CoarseSketch | None], fine_per_municipality: bool) -> float | None:
+    """The released quantile of one cell (None: withheld)."""
+    threshold = partials.coarse_threshold(k)
+    if grouping == "municipality":
+        [cell] = cells_by_hub
+        if fine_per_municipality:
+            s = Sketch()
+            for _, v in cell:
+                s.add(v)
+            return s.quantile(q)
+        sketch = coarsen(bins_of(cell), threshold)
+        return None if sketch is None else partials.coarse_quantile(sketch, q)
+    merged = None
+    for cell in cells_by_hub:
+        sketch = coarsen(bins_of(cell), threshold)
+        if sketch is None:
+            return None
+        merged = partials.merge_coarse(merged, sketch)
+    return None if merged is None else partials.coarse_quantile(merged, q)
+
+
+def cells(readings: Readings, hubs: list[list[str]], bucket: str) -> dict[str, list[list[tuple[str, float]]]]:
+    """Per bucket label, per hub, the (station, value) readings."""
+    key = (lambda t: t.strftime("%Y-%m-%d")) if bucket == "day" else (lambda t: t.strftime("%Y-%m"))
+    out: dict[str, list[list[tuple[str, float]]]] = {}
+    for h, stations in enumerate(hubs):
+        for station in stations:
+            for t, v in readings[station]:
+                per_hub = out.setdefault(key(t), [[] for _ in hubs])
+                per_hub[h].append((station, v))
+    return out
+
+
+def measure(readings: Readings, layout: str, grouping: str, bucket: str, k: int, after: bool) -> tuple[int, int, list[float]]:
+    """(cells asked, cells withheld, relative errors of the released quantiles)."""
+    hubs = LAYOUTS[layout]
+    asked = withheld = 0
+    errors: list[float] = []
+    for per_hub in cells(readings, hubs, bucket).values():
+        groups = [[c] for c in per_hub] if grouping == "municipality" else [per_hub]
+        for group in groups:
+            values = sorted(v for c in group for _, v in c)
+            if len({who for c in group for who, _ in c}) < k:
+                continue  # below the group size either way: not a quantile question
+            for q in QS:
+                asked += 1
+                got = released(group, q, k, grouping, partials.coarsen if after else old_coarsen, not after)
+                if got is None:
+                    withheld += 1
+                    continue
+                true = values[math.floor(q * (len(values) - 1))]
+                if true >= 1.0:
+                    errors.append(abs(got - true) / true)
+    return asked, withheld, errors
+
+
+def main() -> None:
+    readings = load()
+    print(f"{sum(map(len, readings.values()))} hourly PM2.5 readings of {len(STATIONS)} stations; q = {QS}; "
+          f"rule: level >= {partials.MIN_LEVEL}, >= {partials.MIN_BIN_READINGS} readings and >= max(k, 2) "
+          f"contributors a bin, <= {partials.MAX_COARSE_BINS} bins")
+    print("| layout | grouping | bucket | k | before: withheld, median / p95 / max error | after: withheld, median / p95 / max error |")
+    print("|---|---|---|---|---|---|")
+    for layout, grouping, bucket, k in [
+        ("demo", "municipality", "day", 1), ("demo", "region", "day", 1),
+        ("one hub", "municipality", "day", 1), ("one hub", "municipality", "day", 3),
+        ("one hub", "municipality", "month", 3),
+        ("two hubs", "region", "day", 1), ("two hubs", "region", "day", 2), ("two hubs", "region", "month", 2),
+    ]:
+        row = []
+        for after in (False, True):
+            asked, withheld, errors = measure(readings, layout, grouping, bucket, k, after)
+            if errors:
+                p95 = statistics.quantiles(errors, n=20)[-1] if len(errors) > 1 else errors[0]
+                figures = f"{statistics.median(errors):.1%} / {p95:.1%} / {max(errors):.1%}"
+            else:
+                figures = "none released"
+            row.append(f"{withheld}/{asked}, {figures}")
+        print(f"| {layout} | {grouping} | {bucket} | {k} | {row[0]} | {row[1]} |")
+    padding(readings)
+
+
+def cell_rows(series: list[tuple[dt.datetime, float]], bucket: str) -> list[CellRow]:
+    key = (lambda t: t.replace(minute=0, second=0)) if bucket == "hour" else (lambda t: t.replace(hour=0, minute=0, second=0))
+    by: dict[dt.datetime, list[float]] = {}
+    for t, v in series:
+        by.setdefault(key(t), []).append(v)
+    return [CellRow(int(b.replace(tzinfo=dt.UTC).timestamp() * 1000), len(vs), math.fsum(vs), math.fsum(v * v for v in vs),
+                    min(vs), max(vs), 1) for b, vs in sorted(by.items())]
+
+
+def best_of(fn: Callable[[], object], repeat: int = 5) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def padding(readings: Readings) -> None:
+    start, end = (int(dt.datetime(year, 1, 1, tzinfo=dt.UTC).timestamp() * 1000) for year in (2019, 2020))
+    hub, municipality, agreement = "0" * 32, "1103", "urn:uuid:" + "0" * 36
+    print()
+    print("| query (Valand, 2019) | cells | signed partial | padded | padded / actual | padded_size time / build+serialize time |")
+    print("|---|---|---|---|---|---|")
+    for aggregate, group_by, bucket in [("mean", "region", "day"), ("mean", "municipality", "day"), ("stddev", "region", "day"),
+                                        ("mean", "region", "hour")]:
+        spec = query_pb2.QuerySpec(aggregate=aggregate, group_by=group_by, bucket=bucket, start_ms=start, end_ms=end)
+        rows = cell_rows(readings["Valand"], bucket)
+        group = municipality if group_by == "municipality" else "region"
+
+        def build() -> bytes:
+            result = partials.build(bytes(32), hub, municipality, agreement, 1, group, rows, 1, aggregate)  # noqa: B023
+            return query_pb2.SignedPartial(partial=result.SerializeToString(), signature=bytes(64),
+                                           provider_public_key=bytes(32)).SerializeToString()
+
+        actual = len(build())
+        padded = partials.padded_size(spec, hub, municipality, agreement)
+        ratio = best_of(lambda: partials.padded_size(spec, hub, municipality, agreement)) / best_of(build)  # noqa: B023
+        print(f"| {aggregate} by {group_by}/{bucket} | {len(rows)} | {actual} B | {padded} B | {padded / actual:.2f} | {ratio:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

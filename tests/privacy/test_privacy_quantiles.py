@@ -1,0 +1,313 @@
+"""Issue 9, quantiles and partial sizes: the independent attacker's three findings, as
+regression tests (federation/partials.py `coarsen`, `padded_size`; federation/sealing.py).
+
+* Quantile sweep (live hubs): per-municipality quantiles were the fine sketch's value, so 23
+  daily quantile queries (q = (i + 0.5) / (n - 1)) gave 23 of 24 hourly readings to 1 %. Now a
+  per-municipality quantile is read from the coarsened sketch: the sweep returns only its bins.
+* Twin stations: two stations reading within 0.1 % shared every fine bin, so the coarse sketch
+  left at level 0/1 and carried each reading to ~3 %. Now every bin is >= 2^MIN_LEVEL fine
+  bins wide and holds >= MIN_BIN_READINGS readings.
+* Sealed size: the sealed partial's length told the entry hub which cells were withheld and
+  how large counts were. Now it is padded to a length fixed by the query."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from federation import partials, sealing
+from federation.query.provider import check_releasable
+from node.api.v1 import query_pb2
+from node.errors import Reason, Rejected
+from node.senml import Reading
+from node.sketch import bin_of, gamma
+from node.storage.base import CellRow
+from tests.conftest import sign_agreement, start_peered
+from tests.privacy.test_privacy_differencing import DAY, THREE_PER_CELL, _send, ms
+
+QUANTILE_ONLY = THREE_PER_CELL.replace('aggregates = ["mean", "count", "min", "max"]', 'aggregates = ["quantile", "mean"]')
+HOUR = 3_600_000
+
+
+def spec_for(provider_id: str, start_ms: int, end_ms: int, aggregate: str = "quantile", q: float = 0.5,
+             group_by: str = "municipality") -> query_pb2.QuerySpec:
+    return query_pb2.QuerySpec(dataset="air_quality", metric="pm25", aggregate=aggregate, quantile=q if aggregate == "quantile" else 0.0,
+                               start_ms=start_ms, end_ms=end_ms, bucket="day", group_by=group_by,
+                               purpose_code="environmental_monitoring", hub_ids=[provider_id])
+
+
+async def test_a_quantile_sweep_returns_the_coarse_bins_not_the_readings(tmp_path):
+    """Tried: the attacker's sweep, 23 daily quantiles of one municipality's day (4 stations,
+    6 hourly readings each, k = 3), one per rank. Before: 23 of 24 readings recovered, worst
+    error 2 %. Now each released value is a coarse bin's middle: the sweep yields at most
+    n / MIN_BIN_READINGS distinct values, and (measured) none of the readings within 2 %.
+    Also: the sealed partials of a day with data, a day of only withheld readings and a day
+    with none are all of one length (the entry hub cannot tell them apart)."""
+    consumer, provider = await start_peered(tmp_path, "1103", "4601")
+    try:
+        truth: list[float] = []
+        day = ms(2019, 1)
+        for n in range(4):
+            sensor = await provider.add_sensor(tmp_path, f"station{n}", metrics=["pm25"])
+            values = [3.0 + 7.3 * n + 1.1 * h for h in range(6)]
+            truth += values
+            readings = [Reading("pm25", day + h * HOUR, v) for h, v in enumerate(values)]
+            if n == 0:  # one station alone on the next day: a cell below k = 3
+                readings.append(Reading("pm25", day + DAY + HOUR, 42.0))
+            await asyncio.to_thread(_send, sensor, readings)
+        await sign_agreement(provider, consumer, QUANTILE_ONLY)
+        provider_id = provider.hub.config.hub_id
+
+        async def ask(spec: query_pb2.QuerySpec):
+            return await consumer.admin.RunQuery(spec, metadata=consumer.admin_metadata)
+
+        async def quantile(q: float) -> query_pb2.Row:
+            [row] = (await ask(spec_for(provider_id, day, day + DAY, q=q))).rows
+            return row
+
+        n = (await quantile(0.5)).readings
+        assert n == len(truth) == 24
+        recovered = []
+        for i in range(n - 1):
+            row = await quantile((i + 0.5) / (n - 1))
+            assert not row.suppressed
+            recovered.append(row.value)
+        truth.sort()
+        close = sum(1 for got, true in zip(recovered, truth, strict=False) if abs(got - true) / true < 0.02)
+        worst = max(abs(got - true) / true for got, true in zip(recovered, truth, strict=False))
+        print(f"{n - 1} queries: {len(set(recovered))} distinct values, {close} readings within 2 %, worst error {worst:.2f}")
+        assert len(set(recovered)) <= n // partials.MIN_BIN_READINGS
+        assert close <= 1, "the sweep recovers readings: the quantile is read from a fine sketch"
+
+        # The entry hub's view: one length for a released day, a withheld one, an empty one.
+        lengths = set()
+        for start in (day, day + DAY, day + 2 * DAY):
+            answer = await ask(spec_for(provider_id, start, start + DAY))
+            [p] = answer.provenance
+            assert p.status == "answered"
+            lengths.add(len(p.sealed_partial))
+            rows = [(r.suppressed, r.readings) for r in answer.rows]
+            print(f"day {(start - day) // DAY}: rows {rows}, sealed {len(p.sealed_partial)} bytes")
+        assert len(lengths) == 1, f"the sealed length tells released, withheld and empty days apart: {lengths}"
+    finally:
+        await consumer.stop()
+        await provider.stop()
+
+
+# -- the coarsening rule ---------------------------------------------------------------------------
+
+def bins_of(readings: list[tuple[str, float]]) -> dict[int, tuple[int, set[str]]]:
+    bins: dict[int, tuple[int, set[str]]] = {}
+    for who, v in readings:
+        o = partials.ordinal(*bin_of(v))
+        n, members = bins.get(o, (0, set()))
+        bins[o] = (n + 1, members | {who})
+    return bins
+
+
+def test_twin_stations_do_not_release_their_readings():
+    """Tried: the attacker's twins, stations A and B reading within 0.1 % (24 hourly readings
+    each, 5 % apart). Before: level 0, every reading of A recovered within 4.5 % (worst 2-4 %).
+    Now: level >= MIN_LEVEL, every bin >= MIN_BIN_READINGS readings, and most readings are
+    recovered no better than a bin's half-width (measured and printed)."""
+    a = [10.0 * 1.05 ** h for h in range(24)]
+    b = [v * 1.001 for v in a]
+    sketch = partials.coarsen(bins_of([("A", v) for v in a] + [("B", v) for v in b]), partials.coarse_threshold(1))
+    assert sketch is not None
+    assert sketch.level >= partials.MIN_LEVEL
+    assert all(n >= partials.MIN_BIN_READINGS for n in sketch.bins.values())
+    w = 1 << sketch.level
+    recovered = sorted(partials.ordinal_value(i * w + w // 2) for i in sketch.bins for _ in range(sketch.bins[i] // 2))
+    errors = [abs(r - t) / t for r, t in zip(recovered, a, strict=True)]
+    within = sum(1 for e in errors if e < 0.045)
+    print(f"level {sketch.level}, {len(sketch.bins)} bins; A's readings within 4.5 %: {within} of 24, worst error {max(errors):.3f}")
+    assert within <= 8, "the coarse sketch still locates most of A's readings within 4.5 %"
+
+
+def test_many_identical_readings_are_still_known_only_to_a_wide_bin():
+    """Twenty readings of 10.0 from two stations fill one fine bin: enough readings and
+    contributors at level 0, which would release them to 1 %. The width rule keeps L >= 3."""
+    sketch = partials.coarsen(bins_of([("A", 10.0)] * 10 + [("B", 10.0)] * 10), 2)
+    assert sketch is not None and sketch.level >= partials.MIN_LEVEL
+
+
+def test_a_coarse_sketch_has_at_most_max_coarse_bins():
+    """40 well-separated values, each read ten times by two stations: every level-3 bin passes
+    the other rules, but there would be 40 of them; the sketch coarsens until <= 32."""
+    readings = [(who, 2.0 * 1.5 ** i) for i in range(40) for who in "AB" for _ in range(5)]
+    sketch = partials.coarsen(bins_of(readings), 2)
+    assert sketch is not None and len(sketch.bins) <= partials.MAX_COARSE_BINS
+
+
+values_with_repeats = st.floats(-1e6, 1e6, allow_nan=False).filter(lambda v: v == 0 or abs(v) >= 1e-9) | st.sampled_from(
+    [1.0, 1.001, 10.0, 10.05, 100.0, -3.0, 0.0])
+readings_of_contributors = st.lists(st.tuples(st.sampled_from("ABCDEF"), values_with_repeats), min_size=1, max_size=300)
+
+
+@settings(max_examples=300, deadline=None)
+@given(readings_of_contributors, st.integers(1, 5))
+def test_every_released_bin_is_wide_full_and_mixed(readings, k):
+    """What any released coarse sketch satisfies, for any readings: level >= MIN_LEVEL, at most
+    MAX_COARSE_BINS bins, each with >= MIN_BIN_READINGS readings of >= max(k, 2) contributors,
+    no reading lost; and it is the finest level that does (else accuracy is thrown away)."""
+    bins = bins_of(readings)
+    threshold = partials.coarse_threshold(k)
+    sketch = partials.coarsen(bins, threshold)
+
+    def satisfies(level: int) -> bool:
+        coarse: dict[int, tuple[int, set[str]]] = {}
+        for o, (n, who) in bins.items():
+            count, members = coarse.get(o >> level, (0, set()))
+            coarse[o >> level] = (count + n, members | who)
+        return len(coarse) <= partials.MAX_COARSE_BINS and all(
+            n >= partials.MIN_BIN_READINGS and len(m) >= threshold for n, m in coarse.values())
+
+    if sketch is None:
+        assert not any(satisfies(level) for level in range(partials.MIN_LEVEL, partials.MAX_LEVEL + 1))
+        return
+    assert partials.MIN_LEVEL <= sketch.level <= partials.MAX_LEVEL and satisfies(sketch.level)
+    assert sum(sketch.bins.values()) == len(readings)
+    assert sketch.level == partials.MIN_LEVEL or not satisfies(sketch.level - 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.5, 500.0), min_size=10, max_size=200), st.floats(0.01, 0.99))
+def test_a_released_quantile_is_within_the_documented_bound(values, q):
+    """docs/querying.md 7.6: the true reading at the rank lies in the released bin, so the error
+    is at most gamma^(2^L) - 1 at level L (17.3 % at the minimum level 3)."""
+    readings = [(f"s{i % 3}", v) for i, v in enumerate(values)]
+    sketch = partials.coarsen(bins_of(readings), 2)
+    if sketch is None:
+        return
+    got = partials.coarse_quantile(sketch, q)
+    true = sorted(values)[math.floor(q * (len(values) - 1))]
+    bound = gamma() ** (2 ** sketch.level) - 1
+    assert abs(got - true) / true <= bound + 1e-12
+
+
+def test_a_per_municipality_quantile_is_read_from_the_coarse_sketch():
+    """build() releases, per municipality, the coarse sketch's quantile, and withholds a cell
+    without a coarse sketch (it could not be coarsened enough) even with enough contributors."""
+    row = CellRow(0, 30, 0.0, 0.0, 0.0, 0.0, 3)
+    readings = [(f"s{i % 3}", 10.0 + i) for i in range(30)]
+    sketch = partials.coarsen(bins_of(readings), 3)
+    assert sketch is not None
+    [cell] = partials.build(b"d" * 32, "hub", "4601", "", 3, "4601", [row], 1, "quantile", quantile=0.5, coarse={0: sketch}).cells
+    assert not cell.suppressed and cell.value == partials.coarse_quantile(sketch, 0.5)
+    assert not cell.HasField("coarse"), "per municipality only the final value leaves"
+    [cell] = partials.build(b"d" * 32, "hub", "4601", "", 3, "4601", [row], 1, "quantile", quantile=0.5, coarse={}).cells
+    assert cell.suppressed
+
+
+# -- the sealed partial's size -----------------------------------------------------------------------
+
+AGREEMENT = "urn:uuid:00000000-0000-4000-8000-000000000000"
+PROVIDER = "0123456789abcdef0123456789abcdef"
+
+
+def sealed_len(spec: query_pb2.QuerySpec, result: query_pb2.PartialResult) -> int:
+    key = sealing.public_raw(sealing.new_answer_key())
+    signed = query_pb2.SignedPartial(partial=result.SerializeToString(), signature=bytes(64), provider_public_key=bytes(32))
+    size = partials.padded_size(spec, PROVIDER, "4601", AGREEMENT)
+    return len(sealing.seal(signed.SerializeToString(), key, b"d" * 32, PROVIDER, size))
+
+
+def test_withheld_cells_and_counts_do_not_change_the_sealed_length():
+    """The attacker's three partials (all released; 5 of 10 withheld; counts 2000 times larger)
+    sealed to three lengths. Now one length."""
+    spec = query_pb2.QuerySpec(aggregate="mean", group_by="region", bucket="day", start_ms=0, end_ms=10 * 86_400_000)
+    big = [CellRow(d * 86_400_000, 48, 300.0, 0.0, 0.0, 0.0, 4) for d in range(10)]
+    small = [CellRow(d * 86_400_000, 48, 300.0, 0.0, 0.0, 0.0, 4 if d % 2 else 2) for d in range(10)]
+    many = [CellRow(d * 86_400_000, 100_000, 300.0, 0.0, 0.0, 0.0, 400) for d in range(10)]
+    sizes = {sealed_len(spec, partials.build(b"d" * 32, PROVIDER, "4601", AGREEMENT, 3, "region", rows, 1, "mean"))
+             for rows in (big, small, many, [])}
+    assert len(sizes) == 1, sizes
+
+
+cell_rows = st.lists(st.builds(
+    CellRow, st.integers(0, 9).map(lambda d: d * 86_400_000), st.integers(0, 2**64 - 1),
+    st.floats(allow_nan=False), st.floats(allow_nan=False), st.floats(allow_nan=False), st.floats(allow_nan=False),
+    st.integers(0, 2**32 - 1)), max_size=10, unique_by=lambda r: r.bucket_start_ms)
+LARGEST_ORDINAL = partials.ordinal(*bin_of(1.7e308))
+coarse_sketches = st.integers(partials.MIN_LEVEL, partials.MAX_LEVEL).flatmap(lambda level: st.builds(
+    query_pb2.CoarseSketch, level=st.just(level),
+    bins=st.dictionaries(st.integers(-(LARGEST_ORDINAL >> level) - 1, LARGEST_ORDINAL >> level), st.integers(1, 2**64 - 1),
+                         max_size=partials.MAX_COARSE_BINS)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(cell_rows, st.sampled_from(sorted(partials.RELEASED_FIELDS)), st.sampled_from(["region", "4601"]),
+       st.integers(0, 2**32 - 1), st.booleans(), coarse_sketches, st.integers(0, 2**63 - 1), st.integers(0, 2**64 - 1))
+def test_every_partial_of_a_query_fits_its_padded_size(rows, aggregate, group, k, noisy, sketch, computed_at, spent):
+    """Whatever the provider holds (any counts, sums, contributors, withheld cells, coarse
+    sketches, DP figures), its signed partial fits the query's padded size: sealing never fails
+    and the length is that size plus HPKE's fixed 48 bytes."""
+    spec = query_pb2.QuerySpec(aggregate=aggregate, group_by="region" if group == "region" else "municipality", bucket="day",
+                               start_ms=0, end_ms=10 * 86_400_000)
+    result = partials.build(b"d" * 32, PROVIDER, "4601", AGREEMENT, k, group, rows, computed_at, aggregate, noisy=noisy,
+                            quantile=0.5, coarse={r.bucket_start_ms: sketch for r in rows})
+    result.dp_budget_micro, result.dp_spent_micro = spent, spent
+    assert sealed_len(spec, result) == partials.padded_size(spec, PROVIDER, "4601", AGREEMENT) + 48
+
+
+@pytest.mark.parametrize("n", [1, 31])
+@pytest.mark.parametrize(("aggregate", "group"), [(a, g) for a in sorted(partials.RELEASED_FIELDS) for g in ("region", "4601")])
+def test_the_padded_size_is_that_of_the_largest_partial(aggregate, group, n):
+    """The largest partial a provider can build for the query (every bucket present, every
+    count and contributor count at its maximum, doubles set, 32 coarse bins at the extreme
+    keys) fits, and the padded size exceeds it by at most the suppressed/noisy flags a
+    released cell cannot carry together (4 bytes a cell) plus the marker: the padding is an
+    upper bound, and not a loose one."""
+    assert 4096 <= partials.LARGEST_COARSE_INDEX + 1 < 8192  # so -4000 encodes as long as any real key
+    spec = query_pb2.QuerySpec(aggregate=aggregate, group_by="region" if group == "region" else "municipality", bucket="day",
+                               start_ms=ms(2019, 1), end_ms=ms(2019, 1) + n * DAY)
+    rows = [CellRow(spec.start_ms + d * DAY, 2**64 - 1, 1.5, 2.5, -1.0, 1.0, 2**32 - 1) for d in range(n)]
+    # keys of the longest zigzag encoding real readings reach (2 bytes: |index| < 8192), and
+    # values a per-municipality quantile can still be read from
+    widest = query_pb2.CoarseSketch(level=partials.MIN_LEVEL, bins={
+        -4000 + i: 2**64 - 1 for i in range(partials.MAX_COARSE_BINS)})
+    result = partials.build(b"d" * 32, PROVIDER, "4601", AGREEMENT, 2**32 - 1, group, rows, 2**63 - 1, aggregate,
+                            quantile=0.5, coarse={r.bucket_start_ms: widest for r in rows})
+    result.min_group_size = 2**32 - 1
+    result.dp_budget_micro = result.dp_spent_micro = 2**64 - 1
+    signed = query_pb2.SignedPartial(partial=result.SerializeToString(), signature=bytes(64), provider_public_key=bytes(32))
+    size = partials.padded_size(spec, PROVIDER, "4601", AGREEMENT)
+    assert len(signed.SerializeToString()) + 1 <= size <= len(signed.SerializeToString()) + 1 + 4 * n
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.integers(1, 100))
+def test_padding_strips_back_to_the_exact_bytes(plain, extra):
+    padded = sealing.pad(plain, len(plain) + extra)
+    assert len(padded) == len(plain) + extra
+    assert sealing.unpad(padded) == plain
+
+
+@pytest.mark.parametrize("padded", [b"", b"\x00\x00", b"abc", b"abc\x81\x00", b"\x80abc"])
+def test_a_partial_without_the_padding_marker_is_refused(padded):
+    with pytest.raises(sealing.SealError, match="not padded"):
+        sealing.unpad(padded)
+
+
+def test_a_partial_larger_than_its_padded_size_is_not_sealed():
+    with pytest.raises(sealing.SealError, match="does not fit"):
+        sealing.pad(b"x" * 10, 10)
+
+
+def test_a_query_whose_padded_partial_is_too_large_is_refused_before_anything_runs():
+    """Ten years of hourly region-wide quantiles would pad each partial to hundreds of MiB:
+    refused (INVALID_ARGUMENT) by check_releasable, which the entry hub and every provider run."""
+    key = sealing.public_raw(sealing.new_answer_key())
+    huge = query_pb2.QuerySpec(aggregate="quantile", quantile=0.5, group_by="region", bucket="hour", start_ms=0,
+                               end_ms=3650 * 86_400_000, answer_key=key)
+    with pytest.raises(Rejected) as refused:
+        check_releasable(huge)
+    assert refused.value.reason is Reason.INVALID_REQUEST and "too many cells" in refused.value.message
+    month = query_pb2.QuerySpec(aggregate="quantile", quantile=0.5, group_by="region", bucket="day", start_ms=0,
+                                end_ms=31 * 86_400_000, answer_key=key)
+    check_releasable(month)
+    assert partials.padded_size(month, PROVIDER, "4601", AGREEMENT) < partials.MAX_SEALED_PARTIAL_BYTES
