@@ -22,12 +22,22 @@ from hypothesis import strategies as st
 from federation import partials, sealing
 from federation.query.provider import check_releasable
 from node.api.v1 import query_pb2
+from node.app.sensor_client import replay
 from node.errors import Reason, Rejected
 from node.senml import Reading
 from node.sketch import bin_of, gamma
 from node.storage.base import CellRow
 from tests.conftest import sign_agreement, start_peered
-from tests.privacy.test_privacy_differencing import DAY, THREE_PER_CELL, _send, ms
+from tests.query_helpers import DAY_MS as DAY
+from tests.query_helpers import ms as _utc_ms
+from tests.test_federation_region import TERMS
+
+
+def ms(year: int, month: int) -> int:
+    return _utc_ms(year, month, 1)
+
+
+THREE_PER_CELL = TERMS.replace("min_group_size = 1", "min_group_size = 3").replace('smallest_bucket = "month"', 'smallest_bucket = "day"')
 
 QUANTILE_ONLY = THREE_PER_CELL.replace('aggregates = ["mean", "count", "min", "max"]', 'aggregates = ["quantile", "mean"]')
 HOUR = 3_600_000
@@ -58,7 +68,7 @@ async def test_a_quantile_sweep_returns_the_coarse_bins_not_the_readings(tmp_pat
             readings = [Reading("pm25", day + h * HOUR, v) for h, v in enumerate(values)]
             if n == 0:  # one station alone on the next day: a cell below k = 3
                 readings.append(Reading("pm25", day + DAY + HOUR, 42.0))
-            await asyncio.to_thread(_send, sensor, readings)
+            await asyncio.to_thread(replay, sensor, readings)
         await sign_agreement(provider, consumer, QUANTILE_ONLY)
         provider_id = provider.hub.config.hub_id
 
