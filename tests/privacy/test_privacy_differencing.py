@@ -28,11 +28,11 @@ THREE_PER_CELL = TERMS.replace("min_group_size = 1", "min_group_size = 3").repla
 DAY = 86_400_000
 
 
-async def test_a_cell_that_changed_by_fewer_than_k_contributors_is_not_released_again(tmp_path):
+async def test_a_released_cell_is_not_released_again_with_other_content(tmp_path):
     """Tried: the same daily sum before and after (a) a late reading of one station, (b) one
     station enrolled with readings in that day. Before issue 9 both answers were released and
     their difference was that one station's figure (recovery error 0). Now the second release
-    is withheld; a change by k = 3 new stations (a group the agreement allows) is released."""
+    is withheld, and so is a change by k = 3 new stations: a released day is frozen."""
     consumer, provider = await start_peered(tmp_path, "1103", "4601")
     try:
         stations = [await provider.add_sensor(tmp_path, f"station{n}", metrics=["pm25"]) for n in range(4)]
@@ -62,12 +62,21 @@ async def test_a_cell_that_changed_by_fewer_than_k_contributors_is_not_released_
         await asyncio.to_thread(_send, newcomer, [Reading("pm25", day + h * 3_600_000, 42.0) for h in range(12)])
         assert (await daily_sum()).suppressed
 
-        # three contributors changed against every earlier release: a group of k, released
+        # Three more stations: a change by k contributors. Still withheld: a released sub-cell
+        # (here the day) is never released again with other content, since even a k-sized
+        # difference is a group's figures for a part of the day (tests/privacy/test_privacy_live_day.py).
         for n in range(2):
             extra = await provider.add_sensor(tmp_path, f"station-extra{n}", metrics=["pm25"])
             await asyncio.to_thread(_send, extra, [Reading("pm25", day + h * 3_600_000, 7.0) for h in range(12)])
-        released = await daily_sum()
-        assert not released.suppressed and released.contributors == 7
+        assert (await daily_sum()).suppressed
+        # The next day, never released before, is released with all seven stations.
+        for sensor in [*stations, newcomer]:
+            await asyncio.to_thread(_send, sensor, [Reading("pm25", day + DAY + 3_600_000, 6.0)])
+        spec = query_pb2.QuerySpec(dataset="air_quality", metric="pm25", aggregate="mean", start_ms=day + DAY, end_ms=day + 2 * DAY,
+                                   bucket="day", group_by="municipality", purpose_code="environmental_monitoring",
+                                   hub_ids=[provider.hub.config.hub_id])
+        [next_day] = (await consumer.admin.RunQuery(spec, metadata=consumer.admin_metadata)).rows
+        assert not next_day.suppressed and next_day.contributors == 5
     finally:
         await consumer.stop()
         await provider.stop()
