@@ -17,11 +17,13 @@ import asyncio
 
 import pytest
 
-from federation import envelope, partials, sealing
+from federation import envelope, partials, policy, sealing
+from federation.query import releases
 from federation.query.provider import RUN_METHOD, Provider
 from node.api.v1 import admin_pb2, query_pb2
 from node.clock import SYSTEM_CLOCK, ManualClock
 from node.senml import Reading
+from node.storage.base import AggregateRequest, ReleasedSubcell, ReleaseLine
 from tests.conftest import LiveHub, make_hub_dir, sign_agreement, start_live_hub, start_peered
 from tests.privacy.test_privacy_differencing import DAY, THREE_PER_CELL, _send, ms
 
@@ -215,6 +217,47 @@ async def test_two_concurrent_queries_cannot_both_pass_the_check_before_either_l
         a, b = await asyncio.gather(first, answer())
         assert sorted([a.suppressed, b.suppressed]) == [False, True], (a, b)
         assert (a.count or b.count) in (48, 49)  # A's data had no late reading, B's had it
+    finally:
+        await consumer.stop()
+        await provider.stop()
+
+
+async def test_a_reading_during_the_answer_withholds_the_cell_and_rows_of_the_old_log_still_count(tmp_path):
+    """(1) A late reading lands between the provider's aggregate and its release-log check:
+    the figures computed would not match the fingerprints logged, so the cell is withheld
+    (changed while answering) and nothing is logged. (2) A row of the log before schema
+    version 8 (a whole cell, old fingerprints) still holds: the same content is released
+    again, a late reading in it withholds the cell."""
+    consumer, provider = await start_peered(tmp_path, "1103", "4601")
+    try:
+        stations = [await provider.add_sensor(tmp_path, f"station{n}", metrics=["pm25"]) for n in range(4)]
+        day = ms(2019, 1)
+        for n, sensor in enumerate(stations):
+            await asyncio.to_thread(_send, sensor, [Reading("pm25", day + d * DAY + h * HOUR, 5.0 + n)
+                                                    for d in range(2) for h in range(12)])
+        agreement = await sign_agreement(provider, consumer, THREE_PER_CELL)
+        asker = consumer.hub.config.hub_id
+        line = ReleaseLine(asker, "air_quality", "pm25")
+        grant = policy.Grant(agreement, 3, None, 100, "day", asker_id=asker)
+        spec = query_pb2.QuerySpec(dataset="air_quality", metric="pm25", aggregate="mean", start_ms=day, end_ms=day + DAY, bucket="day",
+                                   group_by="municipality", purpose_code="environmental_monitoring")
+        request = AggregateRequest("air_quality", "pm25", day, day + DAY, "day", None)
+        cells = await provider.hub.storage.read(lambda s: s.aggregate(request))
+        await asyncio.to_thread(_send, stations[0], [Reading("pm25", day + 20 * HOUR, 500.0)])
+        answering = Provider(provider.running.federation)
+        assert await answering._released_before(grant, spec, request, cells, frozenset()) == {day: releases.Withholding.RACED}
+        assert await provider.hub.storage.read(lambda s: s.released_overlapping(line, day, day + DAY)) == []
+
+        second = day + DAY
+        whole = AggregateRequest("air_quality", "pm25", second, second + DAY, "window", None)
+        then = (await provider.hub.storage.read(lambda s: s.contributions(whole)))[second]
+        old = ReleasedSubcell(second, second + DAY, releases.LEGACY, "window", releases.legacy_fingerprint(then), 4, agreement, 0)
+        await provider.hub.storage.write(lambda s: s.log_releases_checked(line, second, second + DAY, lambda _: [old]))
+        [same] = await _ask(consumer, provider, second, second + DAY)
+        assert not same.suppressed and same.contributors == 4
+        await asyncio.to_thread(_send, stations[1], [Reading("pm25", second + 20 * HOUR, 500.0)])
+        [changed] = await _ask(consumer, provider, second, second + DAY)
+        assert changed.suppressed, "the old log's release minus this one would be the late reading"
     finally:
         await consumer.stop()
         await provider.stop()
