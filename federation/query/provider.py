@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from federation import dp, envelope, partials, policy, sealing
 from federation.auth import Authenticated, Caller
 from federation.query import releases
-from federation.query_spec import bucket_start, buckets, check_shape, next_bucket
+from federation.query_spec import bucket_start, buckets, check_shape, label, next_bucket
 from federation.service import Federation
 from federation.terms import BUCKETS
 from node import catalog
@@ -258,7 +258,22 @@ class Provider:
         if self.release_hooks.before_check:
             await self.release_hooks.before_check()
         await self.hub.storage.write(lambda s: s.log_releases_checked(line, spec.start_ms, spec.end_ms, check_and_log))
+        await self._audit_withheld(grant, spec, outcome)
         return outcome
+
+    async def _audit_withheld(self, grant: policy.Grant, spec: query_pb2.QuerySpec,
+                              outcome: dict[int, releases.Withholding]) -> None:
+        """One audit entry per query that the release log withheld cells of: why, and which."""
+        if not outcome:
+            return
+        parts = []
+        for why in releases.Withholding:
+            starts = sorted(start for start, reason in outcome.items() if reason is why)
+            if starts:
+                shown = ", ".join(label(spec.bucket, start) for start in starts[:5]) + (", ..." if len(starts) > 5 else "")
+                parts.append(f"{why.value}: {len(starts)} ({shown})")
+        await self.federation.audit(grant.asker_id, "query.release_log", grant.agreement_id, "withheld",
+                                    f"{describe(spec)}: " + "; ".join(parts))
 
     async def _contributions(self, request: AggregateRequest) -> dict[int, list[Contribution]]:
         return await self.hub.storage.read(lambda s: s.contributions(request))

@@ -14,6 +14,7 @@ agreement grants (federation/query/releases.py; docs/privacy.md section 2)."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 
 import pytest
 
@@ -21,13 +22,24 @@ from federation import envelope, partials, policy, sealing
 from federation.query import releases
 from federation.query.provider import RUN_METHOD, Provider
 from node.api.v1 import admin_pb2, query_pb2
+from node.app.sensor_client import replay
 from node.clock import SYSTEM_CLOCK, ManualClock
 from node.senml import Reading
 from node.storage.base import AggregateRequest, ReleasedSubcell, ReleaseLine
 from tests.conftest import LiveHub, make_hub_dir, sign_agreement, start_live_hub, start_peered
-from tests.privacy.test_privacy_differencing import DAY, THREE_PER_CELL, _send, ms
+from tests.test_federation_region import TERMS
 
 HOUR = 3_600_000
+DAY = 24 * HOUR
+THREE_PER_CELL = TERMS.replace("min_group_size = 1", "min_group_size = 3").replace('smallest_bucket = "month"', 'smallest_bucket = "day"')
+
+
+def ms(year: int, month: int) -> int:
+    return int(dt.datetime(year, month, 1, tzinfo=dt.UTC).timestamp() * 1000)
+
+
+def _send(sensor, readings) -> None:
+    replay(sensor, readings)
 
 
 async def _ask(consumer: LiveHub, provider: LiveHub, start: int, end: int, bucket: str = "day") -> list[query_pb2.Row]:
@@ -63,6 +75,8 @@ async def test_a_late_reading_is_not_recovered_by_changing_the_extent(tmp_path):
         [window] = await _ask(consumer, provider, day, day + 2 * DAY, "window")
         assert window.suppressed and window.value == 0, "window - day1 - day2 would be the late reading"
         assert [r.suppressed for r in await _ask(consumer, provider, day, day + 2 * DAY)] == [True, False]
+        audit = [r.entry for r in await provider.hub.storage.read(lambda s: s.audit_rows())]
+        assert any(b'"query.release_log"' in e and b"changed_since_released: 1 (2019-01-01)" in e for e in audit)
 
         # Days 3 and 4 first as one window, then a late reading on day 3, then the days.
         [window] = await _ask(consumer, provider, day + 2 * DAY, day + 4 * DAY, "window")
