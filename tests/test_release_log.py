@@ -31,12 +31,18 @@ def test_a_fingerprint_depends_on_the_content_not_on_the_order(content, rng):
     rng.shuffle(shuffled)
     assert releases.fingerprint(shuffled) == releases.fingerprint(content)
     assert len(releases.fingerprint(content)) == 32
+    assert releases.fingerprint([]) == releases.EMPTY
+
+
+def test_a_sum_of_squares_that_overflowed_still_has_a_fingerprint():
+    big = Contribution("s", 2, 2e200, float("inf"), 1e200, 1e200, 1, 2)
+    assert releases.fingerprint([big]) != releases.fingerprint([replace(big, sum_squares=1e308)])
 
 
 CHANGES = {
     "readings": lambda c: replace(c, readings=c.readings + 1),
-    "sum": lambda c: replace(c, sum=c.sum + max(1.0, abs(c.sum)) * 1e-9),
-    "sum_squares": lambda c: replace(c, sum_squares=c.sum_squares + max(1.0, c.sum_squares) * 1e-9),
+    "sum": lambda c: replace(c, sum=c.sum + max(1.0, abs(c.sum)) * 1e-10),
+    "sum_squares": lambda c: replace(c, sum_squares=c.sum_squares + max(1.0, c.sum_squares) * 1e-10),
     "min": lambda c: replace(c, min=c.min - 0.5),
     "max": lambda c: replace(c, max=c.max + 0.5),
     "hour_sum": lambda c: replace(c, hour_sum=c.hour_sum + 1),

@@ -20,7 +20,10 @@ pays for.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import hashlib
+import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,23 +48,36 @@ class Withholding(StrEnum):
     RACED = "changed_while_answering"              # the data changed while the answer was computed: ask again
 
 
+@functools.lru_cache(maxsize=65_536)
 def _who(contributor: str) -> bytes:
     return hashlib.sha256(FINGERPRINT_DOMAIN + b"who\x00" + contributor.encode()).digest()[:16]
 
 
+def _quantized(x: float) -> tuple[int, int]:
+    """`x` to 40 significant bits (about 12 digits): SQLite may add floats in another order."""
+    if not math.isfinite(x):  # a sum of squares can overflow; beyond any float's exponent
+        return 0, 2001 if x > 0 else 2002 if x < 0 else 2003
+    mantissa, exponent = math.frexp(x)
+    return round(mantissa * _MANTISSA), exponent
+
+
+_MANTISSA = float(1 << 40)
+_RECORD = struct.Struct(">qqhqhddqq")
+
+
 def fingerprint(contributions: Sequence[Contribution]) -> bytes:
-    """SHA-256 over the sorted records of one sub-cell's contributors. Sums are compared to 12
-    significant digits (SQLite may add floats in another order); counts, extremes and the
-    (exact, integer) sums of times change with any reading added, removed or moved."""
-    records = []
-    for c in contributions:
-        who = _who(c.contributor)
-        what = f"{c.readings}|{c.sum:.12g}|{c.sum_squares:.12g}|{c.min!r}|{c.max!r}|{c.hour_sum}|{c.ms_in_hour_sum}"
-        records.append(who + hashlib.sha256(FINGERPRINT_DOMAIN + who + what.encode()).digest()[:16])
-    return hashlib.sha256(FINGERPRINT_DOMAIN + b"subcell\x00" + b"".join(sorted(records))).digest()
+    """SHA-256 over the sorted records of one sub-cell's contributors: who, how many readings,
+    their sum and sum of squares (to 40 significant bits), the extremes, and the exact integer
+    sums of the readings' hours and milliseconds within the hour, so that any reading added,
+    removed or moved changes it."""
+    if not contributions:
+        return EMPTY
+    records = sorted(_who(c.contributor) + _RECORD.pack(c.readings, *_quantized(c.sum), *_quantized(c.sum_squares), c.min, c.max,
+                                                        c.hour_sum, c.ms_in_hour_sum) for c in contributions)
+    return hashlib.sha256(FINGERPRINT_DOMAIN + b"subcell\x00" + b"".join(records)).digest()
 
 
-EMPTY = fingerprint([])
+EMPTY = hashlib.sha256(FINGERPRINT_DOMAIN + b"subcell\x00").digest()  # the fingerprint of no contributor
 
 
 def legacy_fingerprint(contributions: Sequence[Contribution]) -> bytes:
@@ -88,20 +104,21 @@ def decide(candidates: Sequence[Candidate], current: Mapping[ExtentKey, bytes],
            earlier: Sequence[ReleasedSubcell]) -> tuple[dict[int, Withholding], list[ReleasedSubcell]]:
     """Which candidates the log withholds, and the rows to log for the others. `current` holds
     the fingerprint, in this answer's data, of every extent in `earlier` the query computed; an
-    earlier row it lacks appeared while the answer was computed (another query logged it)."""
+    earlier row it lacks appeared while the answer was computed (another query logged it).
+    Candidates are disjoint; each earlier row is matched to those it overlaps by bisection."""
+    ordered = sorted(candidates, key=lambda c: c.start_ms)
+    starts = [c.start_ms for c in ordered]
     withheld: dict[int, Withholding] = {}
-    rows: list[ReleasedSubcell] = []
-    for cell in candidates:
-        for row in earlier:
-            if row.end_ms <= cell.start_ms or row.start_ms >= cell.end_ms:
-                continue
-            now = current.get((row.scheme, row.start_ms, row.end_ms))
-            if now is None:
-                withheld[cell.bucket_start_ms] = Withholding.RACED
-                break
-            if now != row.fingerprint:
-                withheld[cell.bucket_start_ms] = Withholding.CHANGED
-                break
-        else:
-            rows.extend(cell.subcells)
+    for row in earlier:
+        now = current.get((row.scheme, row.start_ms, row.end_ms))
+        if now == row.fingerprint:
+            continue
+        why = Withholding.RACED if now is None else Withholding.CHANGED
+        i = max(0, bisect.bisect_right(starts, row.start_ms) - 1)
+        while i < len(ordered) and ordered[i].start_ms < row.end_ms:
+            cell = ordered[i]
+            if cell.end_ms > row.start_ms:
+                withheld.setdefault(cell.bucket_start_ms, why)
+            i += 1
+    rows = [r for c in candidates if c.bucket_start_ms not in withheld for r in c.subcells]
     return withheld, rows
