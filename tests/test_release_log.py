@@ -24,7 +24,7 @@ contributions = st.builds(
 subcell_contents = st.lists(contributions, max_size=6, unique_by=lambda c: c.contributor)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(subcell_contents, st.randoms())
 def test_a_fingerprint_depends_on_the_content_not_on_the_order(content, rng):
     shuffled = list(content)
@@ -51,7 +51,7 @@ CHANGES = {
 }
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(subcell_contents.filter(bool), st.sampled_from(sorted(CHANGES)), st.data())
 def test_any_change_of_one_contributor_changes_the_fingerprint(content, what, data):
     """A late reading, a withdrawn consent, an enrolled or revoked sensor, an erasure: each
