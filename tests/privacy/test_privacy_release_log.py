@@ -66,7 +66,7 @@ async def test_a_late_reading_is_not_recovered_by_changing_the_extent(tmp_path):
         day = ms(2019, 1)
         for n, sensor in enumerate(stations):
             await asyncio.to_thread(_send, sensor, [Reading("pm25", day + d * DAY + h * HOUR, 5.0 + n)
-                                                    for d in range(4) for h in range(12)])
+                                                    for d in range(5) for h in range(12)])
         await sign_agreement(provider, consumer, THREE_PER_CELL)
 
         before = await _ask(consumer, provider, day, day + 2 * DAY)
@@ -85,6 +85,15 @@ async def test_a_late_reading_is_not_recovered_by_changing_the_extent(tmp_path):
         third, fourth = await _ask(consumer, provider, day + 2 * DAY, day + 4 * DAY)
         assert third.suppressed, "day 3 minus its share of the window would be the late reading"
         assert not fourth.suppressed and fourth.contributors == 4
+
+        # Days 5 and 6 as one window while day 6 is empty; then day 6 fills: the empty day was
+        # released as part of the window, so the window is not released again.
+        [window] = await _ask(consumer, provider, day + 4 * DAY, day + 6 * DAY, "window")
+        assert not window.suppressed and window.readings == 48
+        for n, sensor in enumerate(stations):
+            await asyncio.to_thread(_send, sensor, [Reading("pm25", day + 5 * DAY + h * HOUR, 9.0 + n) for h in range(3)])
+        [window] = await _ask(consumer, provider, day + 4 * DAY, day + 6 * DAY, "window")
+        assert window.suppressed, "the window minus the first would be day 6 as it filled"
     finally:
         await consumer.stop()
         await provider.stop()
@@ -152,8 +161,9 @@ async def test_a_daily_cell_asked_every_hour_gives_no_hourly_values(tmp_path, k,
 async def test_asking_the_last_seven_days_every_morning_releases_the_closed_days(tmp_path):
     """A partner's normal use survives: each morning (06:00 UTC) it asks the last seven days and
     today by day, while four stations report every hour. Today is withheld as still open; every
-    closed day is released, the same figures each morning; a day released stays released."""
-    clock = ManualClock(SYSTEM_CLOCK.now_ms() // DAY * DAY + 6 * HOUR)  # today 06:00 UTC, both hubs' time
+    closed day is released, the same figures each morning; a day released stays released. Asked
+    at 01:00, yesterday (ended less than two hours ago) is withheld as open too, and released at 06:00."""
+    clock = ManualClock(SYSTEM_CLOCK.now_ms() // DAY * DAY + HOUR)  # today 01:00 UTC, both hubs' time
     consumer = await start_live_hub(make_hub_dir(tmp_path / "consumer", "1103"), clock=clock)
     provider = await start_live_hub(make_hub_dir(tmp_path / "provider", "4601"), clock=clock)
     try:
@@ -166,6 +176,13 @@ async def test_asking_the_last_seven_days_every_morning_releases_the_closed_days
         for n, sensor in enumerate(stations):  # the last seven days, and today until 06:00
             await asyncio.to_thread(_send, sensor, [Reading("pm25", t, 5.0 + n + t % 7)
                                                     for t in range(today - 7 * DAY, clock.now_ms(), HOUR)])
+        # At 01:00 yesterday ended only an hour ago: still open, withheld, and not frozen.
+        rows = await _ask(consumer, provider, today - 7 * DAY, today + DAY)
+        assert [r.suppressed for r in rows] == [False] * 6 + [True, True]
+        before = clock.now_ms()
+        clock.advance(5 * 3600)  # 06:00; the readings of the five hours arrive on time
+        for n, sensor in enumerate(stations):
+            await asyncio.to_thread(_send, sensor, [Reading("pm25", t, 5.0 + n + t % 7) for t in range(before, clock.now_ms(), HOUR)])
         released: dict[str, float] = {}
         for morning in range(3):
             rows = await _ask(consumer, provider, today - 7 * DAY, today + DAY)
@@ -241,7 +258,8 @@ async def test_a_reading_during_the_answer_withholds_the_cell_and_rows_of_the_ol
     the figures computed would not match the fingerprints logged, so the cell is withheld
     (changed while answering) and nothing is logged. (2) A row of the log before schema
     version 8 (a whole cell, old fingerprints) still holds: the same content is released
-    again, a late reading in it withholds the cell."""
+    again, a late reading in it withholds the cell. (3) Days of a released month: only the day
+    that changed is withheld."""
     consumer, provider = await start_peered(tmp_path, "1103", "4601")
     try:
         stations = [await provider.add_sensor(tmp_path, f"station{n}", metrics=["pm25"]) for n in range(4)]
@@ -272,6 +290,17 @@ async def test_a_reading_during_the_answer_withholds_the_cell_and_rows_of_the_ol
         await asyncio.to_thread(_send, stations[1], [Reading("pm25", second + 20 * HOUR, 500.0)])
         [changed] = await _ask(consumer, provider, second, second + DAY)
         assert changed.suppressed, "the old log's release minus this one would be the late reading"
+
+        # (3) A month released, then a late reading on its second day: by day, only that day is
+        # withheld (the log is kept per day, the agreement's grain, not per cell asked).
+        february = ms(2019, 2)
+        for n, sensor in enumerate(stations):
+            await asyncio.to_thread(_send, sensor, [Reading("pm25", february + d * DAY + h * HOUR, 5.0 + n)
+                                                    for d in range(3) for h in range(12)])
+        [month] = await _ask(consumer, provider, february, ms(2019, 3), "month")
+        assert not month.suppressed and month.readings == 144
+        await asyncio.to_thread(_send, stations[2], [Reading("pm25", february + DAY + 20 * HOUR, 500.0)])
+        assert [r.suppressed for r in await _ask(consumer, provider, february, february + 3 * DAY)] == [False, True, False]
     finally:
         await consumer.stop()
         await provider.stop()
