@@ -103,16 +103,20 @@ async def test_a_renewal_or_a_new_agreement_continues_the_release_log(tmp_path):
     """Tried: a daily cell released under v1, a late reading (withheld under v1), then v2
     superseding v1 with identical terms. Before: v2 released the cell again and the difference
     was 500.0 exactly. Now the log belongs to the agreement line (the asker, dataset and metric):
-    withheld under v2, and under a brand-new agreement signed after v2 is revoked: nothing recovered."""
+    withheld under v2, and under a brand-new agreement signed after v2 is revoked (which releases
+    months: the month holding the changed day is withheld, a month of unchanged released days
+    is released): nothing recovered."""
     consumer, provider = await start_peered(tmp_path, "1103", "4601")
     try:
         stations = [await provider.add_sensor(tmp_path, f"station{n}", metrics=["pm25"]) for n in range(4)]
         day = ms(2019, 1)
         for n, sensor in enumerate(stations):
-            await asyncio.to_thread(_send, sensor, [Reading("pm25", day + h * HOUR, 5.0 + n) for h in range(12)])
+            await asyncio.to_thread(_send, sensor, [Reading("pm25", t + h * HOUR, 5.0 + n) for t in (day, ms(2019, 2)) for h in range(12)])
         v1 = await sign_agreement(provider, consumer, THREE_PER_CELL)
         [first] = await _ask(consumer, provider, day, day + DAY)
         assert not first.suppressed
+        [february_first] = await _ask(consumer, provider, ms(2019, 2), ms(2019, 2) + DAY)
+        assert not february_first.suppressed
         await asyncio.to_thread(_send, stations[0], [Reading("pm25", day + 20 * HOUR, 500.0)])
         [under_v1] = await _ask(consumer, provider, day, day + DAY)
         assert under_v1.suppressed
@@ -123,9 +127,12 @@ async def test_a_renewal_or_a_new_agreement_continues_the_release_log(tmp_path):
 
         await provider.admin.RevokeAgreement(admin_pb2.RevokeAgreementRequest(agreement_id=v2, reason="ends the line"),
                                              metadata=provider.admin_metadata)
-        await sign_agreement(provider, consumer, THREE_PER_CELL)  # a fresh line of agreements, same partner and dataset
-        [fresh] = await _ask(consumer, provider, day, day + DAY)
-        assert fresh.suppressed, "a new agreement minus v1 would be the late reading"
+        # A fresh agreement, same partner and dataset, that releases months only: January holds
+        # the changed day, February only days released unchanged.
+        await sign_agreement(provider, consumer, THREE_PER_CELL.replace('smallest_bucket = "day"', 'smallest_bucket = "month"'))
+        january, february = await _ask(consumer, provider, day, ms(2019, 3), "month")
+        assert january.suppressed, "the new agreement's January minus v1's day would be the late reading"
+        assert not february.suppressed and february.value == february_first.value
     finally:
         await consumer.stop()
         await provider.stop()
