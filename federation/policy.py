@@ -26,6 +26,7 @@ class Grant:
     smallest_bucket: str = "window"  # the finest granularity the agreement releases
     dp_budget: float = 0.0           # the agreement's lifetime differential-privacy epsilon; 0 = none
     dp_max_contributions: int = 0    # under DP: readings one data subject adds to a cell, at most
+    asker_id: str = ""               # the agreement's consumer: whose release log (line) a cell joins
 
 
 def own_data_grant() -> Grant:
@@ -107,6 +108,7 @@ def authorize(spec: query_pb2.QuerySpec, asker_id: str, provider_id: str,
             smallest_bucket=t.smallest_bucket,
             dp_budget=t.dp_epsilon,
             dp_max_contributions=t.dp_max_contributions,
+            asker_id=t.consumer.id,
         )
     assert first_refusal is not None  # `active` is not empty, and every agreement in it refused
     raise first_refusal

@@ -439,7 +439,7 @@ def assert_grant(grant: policy.Grant, spec: query_pb2.QuerySpec, terms: agreemen
         agreement_id=terms.agreement_id, min_group_size=terms.min_group_size,
         consent_purpose=terms.purpose_code if (terms.consent_required or personal) else None,
         queries_per_day=terms.queries_per_day, smallest_bucket=terms.smallest_bucket, dp_budget=terms.dp_epsilon,
-        dp_max_contributions=terms.dp_max_contributions,
+        dp_max_contributions=terms.dp_max_contributions, asker_id=terms.consumer.id,
     )
 
 

@@ -8,22 +8,22 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from federation import dp, envelope, partials, policy, sealing
 from federation.auth import Authenticated, Caller
 from federation.query import releases
-from federation.query_spec import bucket_start, check_shape, next_bucket
+from federation.query_spec import bucket_start, buckets, check_shape, label, next_bucket
 from federation.service import Federation
 from federation.terms import BUCKETS
 from node import catalog
 from node.api.v1 import admin_pb2, envelope_pb2, query_pb2, query_service_pb2
 from node.clock import utc_day
 from node.errors import Reason, Rejected
-from node.storage.base import AggregateRequest, CellRow
+from node.storage.base import AggregateRequest, CellRow, Contribution, ReleasedSubcell, ReleaseLine
 
 log = logging.getLogger("smartregion.query")
-ReleaseRow = tuple[str, str, str, int, int, int, bytes, bytes, int]
 RUN_METHOD = "/smartregion.v1.Query/Run"
 PARTIAL_METHOD = "/smartregion.v1.Query/Partial"
 
@@ -53,6 +53,14 @@ def check_releasable(spec: query_pb2.QuerySpec) -> None:
         raise Rejected(Reason.INVALID_REQUEST, str(exc)) from None
 
 
+@dataclass
+class ReleaseHooks:
+    """A test hook that forces an interleaving: runs after a query computed its release-log
+    fingerprints and before it checks and logs them."""
+
+    before_check: Callable[[], Awaitable[None]] | None = None
+
+
 @dataclass(frozen=True)
 class Sealed:
     sealed: bytes
@@ -64,6 +72,7 @@ class Provider:
         self.federation = federation
         self.hub = federation.hub
         self.own_id = federation.own_id
+        self.release_hooks = ReleaseHooks()
 
     # -- Query.Partial ----------------------------------------------------------------------
     async def partial(self, call: Authenticated) -> query_service_pb2.SealedPartial:
@@ -194,26 +203,89 @@ class Provider:
         return partials.coarse_sketches(rows, partials.coarse_threshold(grant.min_group_size))
 
     async def _released_before(self, grant: policy.Grant, spec: query_pb2.QuerySpec, request: AggregateRequest,
-                               cells: list[CellRow]) -> tuple[frozenset[int], list[ReleaseRow]]:
-        """Cells the release log withholds (they differ from an earlier release of the same cell
-        by fewer than the minimum group size of contributors), and the log rows of the others."""
+                               cells: list[CellRow], withheld: frozenset[int]) -> dict[int, releases.Withholding]:
+        """The cells the release log withholds, and why (federation/query/releases.py): still
+        open, or overlapping a sub-cell released to this agreement line with other content.
+        Logs the sub-cells of the cells it lets through, checked and logged in one transaction."""
         if not grant.agreement_id:
-            return frozenset(), []
-        by_bucket = await self.hub.storage.read(lambda s: s.contributions(request))
-        earlier = await self.hub.storage.read(
-            lambda s: s.earlier_releases(grant.agreement_id, spec.dataset, spec.metric, spec.start_ms, spec.end_ms))
-        withheld, rows = set(), []
+            return {}
         now = self.hub.clock.now_ms()
+        line = ReleaseLine(grant.asker_id, spec.dataset, spec.metric)
+        grain = policy.finest_grain(grant.smallest_bucket)
+        exact = replace(request, with_sketch=False, clamp=None, max_contributions=None)
+        outcome: dict[int, releases.Withholding] = {}
+        extents: dict[int, tuple[int, int]] = {}
         for cell in cells:
             start = cell.bucket_start_ms
             end = spec.end_ms if spec.bucket == "window" else min(next_bucket(spec.bucket, start), spec.end_ms)
-            prints = releases.fingerprints(by_bucket.get(start, []))
-            if releases.differs_by_a_small_group(earlier.get((start, end), []), prints, grant.min_group_size):
-                withheld.add(start)
-            elif cell.contributors >= grant.min_group_size:
-                rows.append((grant.agreement_id, spec.dataset, spec.metric, start, end, cell.contributors,
-                             releases.digest(prints), prints, now))
-        return frozenset(withheld), rows
+            if end > now - releases.SETTLE_MS:
+                outcome[start] = releases.Withholding.STILL_OPEN
+            elif start not in withheld and cell.contributors >= grant.min_group_size:
+                extents[start] = (start, end)
+        if not extents:
+            return outcome
+        earlier = await self.hub.storage.read(lambda s: s.released_overlapping(line, spec.start_ms, spec.end_ms))
+        by_subcell = await self._contributions(replace(exact, bucket=grain))
+        current = {(releases.SUBCELL, s, e): releases.fingerprint(by_subcell.get(s, []))
+                   for s, e in buckets(grain, spec.start_ms, spec.end_ms)}
+        current.update(await self._fingerprints_of(exact, [r for r in earlier if (r.scheme, r.start_ms, r.end_ms) not in current]))
+        candidates = []
+        for cell in cells:
+            if cell.bucket_start_ms not in extents:
+                continue
+            lo, hi = extents[cell.bucket_start_ms]
+            subcells = buckets(grain, lo, hi)
+            added = [c for s, _ in subcells for c in by_subcell.get(s, [])]
+            if sum(c.readings for c in added) != cell.count or len({c.contributor for c in added}) != cell.contributors:
+                outcome[cell.bucket_start_ms] = releases.Withholding.RACED  # a reading came or went between the two reads
+                continue
+            rows = tuple(ReleasedSubcell(s, e, releases.SUBCELL, grain, current[(releases.SUBCELL, s, e)],
+                                         len(by_subcell.get(s, [])), grant.agreement_id, now) for s, e in subcells)
+            candidates.append(releases.Candidate(cell.bucket_start_ms, lo, hi, rows))
+
+        def check_and_log(logged: list[ReleasedSubcell]) -> list[ReleasedSubcell]:
+            refused, rows = releases.decide(candidates, current, logged)
+            outcome.update(refused)
+            return rows
+
+        if self.release_hooks.before_check:
+            await self.release_hooks.before_check()
+        await self.hub.storage.write(lambda s: s.log_releases_checked(line, spec.start_ms, spec.end_ms, check_and_log))
+        await self._audit_withheld(grant, spec, outcome)
+        return outcome
+
+    async def _audit_withheld(self, grant: policy.Grant, spec: query_pb2.QuerySpec,
+                              outcome: dict[int, releases.Withholding]) -> None:
+        """One audit entry per query that the release log withheld cells of: why, and which."""
+        if not outcome:
+            return
+        parts = []
+        for why in releases.Withholding:
+            starts = sorted(start for start, reason in outcome.items() if reason is why)
+            if starts:
+                shown = ", ".join(label(spec.bucket, start) for start in starts[:5]) + (", ..." if len(starts) > 5 else "")
+                parts.append(f"{why.value}: {len(starts)} ({shown})")
+        await self.federation.audit(grant.asker_id, "query.release_log", grant.agreement_id, "withheld",
+                                    f"{describe(spec)}: " + "; ".join(parts))
+
+    async def _contributions(self, request: AggregateRequest) -> dict[int, list[Contribution]]:
+        return await self.hub.storage.read(lambda s: s.contributions(request))
+
+    async def _fingerprints_of(self, exact: AggregateRequest, rows: list[ReleasedSubcell]) -> dict[releases.ExtentKey, bytes]:
+        """Fingerprints, in the data now, of logged extents of another grain than this query's
+        (the line's terms changed their smallest bucket) or of the old per-cell log."""
+        out: dict[releases.ExtentKey, bytes] = {}
+        for grain in sorted({r.grain for r in rows if r.scheme == releases.SUBCELL}):
+            same = [r for r in rows if r.scheme == releases.SUBCELL and r.grain == grain]
+            wide = replace(exact, bucket=grain, start_ms=min(r.start_ms for r in same), end_ms=max(r.end_ms for r in same))
+            contents = await self._contributions(wide)
+            out.update({(r.scheme, r.start_ms, r.end_ms): releases.fingerprint(contents.get(r.start_ms, [])) for r in same})
+        for r in rows:
+            if r.scheme == releases.LEGACY:
+                whole = replace(exact, bucket="window", start_ms=r.start_ms, end_ms=r.end_ms)
+                contents = await self._contributions(whole)
+                out[(r.scheme, r.start_ms, r.end_ms)] = releases.legacy_fingerprint(contents.get(r.start_ms, []))
+        return out
 
     async def compute(self, signed: envelope_pb2.SignedRequest, spec: query_pb2.QuerySpec, asker_id: str) -> Sealed:
         """This hub's partial answer, under its own agreement with the asker, sealed to the asker."""
@@ -245,7 +317,6 @@ class Provider:
                                    grant.consent_purpose, clamp=bounds,
                                    max_contributions=grant.dp_max_contributions if epsilon else None)
         cells = await self.hub.storage.read(lambda s: s.aggregate(request))
-        log_rows: list[ReleaseRow] = []
         min_group_size = grant.min_group_size
         if epsilon and bounds:
             # Every bucket of the window is released (an absent one would tell it is empty) unless
@@ -256,9 +327,7 @@ class Provider:
             cells, withheld, min_group_size = noised.cells, noised.withheld, 0
         else:
             withheld = await self._cells_hiding_small_subcells(request, grant)
-            again, log_rows = await self._released_before(grant, spec, request, cells)
-            withheld |= again
-            log_rows = [r for r in log_rows if r[3] not in withheld]
+            withheld |= frozenset(await self._released_before(grant, spec, request, cells, withheld))
         group = self.hub.config.municipality if spec.group_by == "municipality" else "region"
         coarse = await self._coarse_sketches(request, grant) if spec.aggregate == "quantile" else None
         digest = partials.query_digest(signed.payload)
@@ -271,6 +340,4 @@ class Provider:
         signed_partial = partials.sign_partial(self.hub.identity, result).SerializeToString()
         size = partials.padded_size(spec, self.own_id, self.hub.config.municipality, grant.agreement_id)
         sealed = sealing.seal(signed_partial, spec.answer_key, digest, self.own_id, size)
-        if log_rows:
-            await self.hub.storage.write(lambda s: s.log_releases(log_rows))
         return sealed, sum(1 for c in result.cells if c.suppressed), len(result.cells)

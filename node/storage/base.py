@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -188,6 +188,43 @@ class CellRow:
     sketch_bins: list[tuple[int, int, int]] = field(default_factory=list)  # (sign, key, count)
 
 
+@dataclass(frozen=True)
+class Contribution:
+    """What one contributor added to one cell, for the release log (stays in the hub). Times
+    are summed as whole hours and the milliseconds within them, so the sums stay exact."""
+    contributor: str
+    readings: int
+    sum: float
+    sum_squares: float
+    min: float
+    max: float
+    hour_sum: int
+    ms_in_hour_sum: int
+
+
+@dataclass(frozen=True)
+class ReleaseLine:
+    """Whose release history a cell joins: every agreement between this hub and the asker over
+    the dataset (at most one is live at a time), so a renewal or new version continues it."""
+    asker_id: str
+    dataset: str
+    metric: str
+
+
+@dataclass(frozen=True)
+class ReleasedSubcell:
+    """One row of the release log: a sub-cell released to a line, with a fingerprint of what
+    its contributors added then (federation/query/releases.py)."""
+    start_ms: int
+    end_ms: int
+    scheme: int        # 2: a sub-cell at the agreement's finest grain; 1: a whole cell of the old log
+    grain: str         # hour, day, week, month, year ("window" for scheme 1)
+    fingerprint: bytes
+    contributors: int
+    agreement_id: str
+    released_at_ms: int
+
+
 @dataclass
 class AggregateRequest:
     dataset: str
@@ -267,11 +304,11 @@ class Store(Protocol):
 
     # -- queries: aggregates, consent, quotas
     def aggregate(self, req: AggregateRequest) -> list[CellRow]: ...
-    def contributions(self, req: AggregateRequest) -> dict[int, list[tuple[str, int, float]]]: ...
+    def contributions(self, req: AggregateRequest) -> dict[int, list[Contribution]]: ...
     def sketch_bins_by_contributor(self, req: AggregateRequest) -> list[tuple[int, int, int, str, int]]: ...
-    def earlier_releases(self, agreement_id: str, dataset: str, metric: str, start_ms: int,
-                         end_ms: int) -> dict[tuple[int, int], list[bytes]]: ...
-    def log_releases(self, rows: list[tuple[str, str, str, int, int, int, bytes, bytes, int]]) -> None: ...
+    def released_overlapping(self, line: ReleaseLine, start_ms: int, end_ms: int) -> list[ReleasedSubcell]: ...
+    def log_releases_checked(self, line: ReleaseLine, start_ms: int, end_ms: int,
+                             decide: Callable[[list[ReleasedSubcell]], list[ReleasedSubcell]]) -> None: ...
     def grant_consent(self, subject_id: str, purpose_code: str, at_ms: int) -> bool: ...
     def withdraw_consent(self, subject_id: str, purpose_code: str, at_ms: int) -> bool: ...
     def list_consents(self, subject_id: str | None = None) -> list[ConsentRow]: ...

@@ -227,6 +227,38 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX release_log_cell ON release_log (agreement_id, dataset, metric, start_ms, end_ms)
         """,
     ),
+    (
+        # branch releaselog (issue 9): the release log keyed by the agreement LINE (the asker: at
+        # most one live agreement per asker and dataset, so renewals and new versions share it),
+        # one row per released sub-cell at the agreement's finest grain, found by overlap.
+        # Rows of the old per-agreement log carry over as whole-cell rows (scheme 1), compared
+        # by their old fingerprints (federation/query/releases.py); none is lost.
+        8,
+        """
+        CREATE TABLE released_subcells (
+            asker_id TEXT NOT NULL,        -- the partner or hub: every agreement it holds over the dataset
+            dataset TEXT NOT NULL,
+            metric TEXT NOT NULL,
+            start_ms INTEGER NOT NULL,
+            end_ms INTEGER NOT NULL,
+            scheme INTEGER NOT NULL,       -- 2: a sub-cell of grain `grain`; 1: a whole cell of the old log
+            grain TEXT NOT NULL,           -- hour, day, week, month, year; 'window' for scheme 1
+            fingerprint BLOB NOT NULL,     -- of what its contributors added (releases.py)
+            contributors INTEGER NOT NULL,
+            agreement_id TEXT NOT NULL,    -- the agreement it was first released under
+            released_at_ms INTEGER NOT NULL,
+            PRIMARY KEY (asker_id, dataset, metric, start_ms, end_ms, scheme, fingerprint)
+        ) WITHOUT ROWID;
+        -- The overlap lookup: rows of one asker, dataset and metric ending after a window starts.
+        CREATE INDEX released_subcells_overlap ON released_subcells (asker_id, dataset, metric, end_ms);
+        INSERT OR IGNORE INTO released_subcells (asker_id, dataset, metric, start_ms, end_ms, scheme, grain, fingerprint,
+                                                 contributors, agreement_id, released_at_ms)
+            SELECT coalesce(a.consumer_id, 'agreement:' || l.agreement_id), l.dataset, l.metric, l.start_ms, l.end_ms, 1,
+                   'window', l.fingerprints, l.contributors, l.agreement_id, l.released_at_ms
+            FROM release_log l LEFT JOIN agreements a ON a.agreement_id = l.agreement_id;
+        DROP TABLE release_log
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -3,10 +3,11 @@ Mixed into SqliteStore. Aggregation runs inside SQLite; no raw reading is return
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from node.sketch.sql import bin_sql
-from node.storage.base import AggregateRequest, CellRow, ConsentRow
+from node.storage.base import AggregateRequest, CellRow, ConsentRow, Contribution, ReleasedSubcell, ReleaseLine
 from node.storage.connected import Connected
 
 _WEEK_SHIFT_MS = 3 * 86_400_000  # 1970-01-01 was a Thursday; ISO weeks start on Monday
@@ -67,30 +68,45 @@ class QueryTables(Connected):
         return [(b, sg, k, str(c), n) for b, sg, k, c, n in self.conn.execute(
             f"SELECT b, {sign} AS sg, {key} AS k, c, count(*) FROM ({rows_sql}) GROUP BY b, sg, k, c", params)]
 
-    def contributions(self, req: AggregateRequest) -> dict[int, list[tuple[str, int, float]]]:
-        """Per bucket: (contributor, readings, sum) of each contributor, for the release log.
-        Stays in the hub: only keyed fingerprints of it are stored (federation/query/releases.py)."""
+    def contributions(self, req: AggregateRequest) -> dict[int, list[Contribution]]:
+        """Per bucket: what each contributor added (readings, sums, extremes, times), for the
+        release log. Stays in the hub: only fingerprints of it are stored (federation/query/releases.py)."""
         rows_sql, params = self._readings(req)
-        out: dict[int, list[tuple[str, int, float]]] = {}
-        for b, c, n, s in self.conn.execute(f"SELECT b, c, count(*), sum(v) FROM ({rows_sql}) GROUP BY b, c ORDER BY b, c", params):
-            out.setdefault(b, []).append((str(c), n, s))
+        out: dict[int, list[Contribution]] = {}
+        for b, c, n, total, squares, low, high, hours, within in self.conn.execute(
+                f"SELECT b, c, count(*), sum(v), sum(v * v), min(v), max(v), sum(t / 3600000), sum(t % 3600000) "
+                f"FROM ({rows_sql}) GROUP BY b, c ORDER BY b, c", params):
+            out.setdefault(b, []).append(Contribution(str(c), n, total, squares, low, high, hours, within))
         return out
 
-    # -- release log -------------------------------------------------------------------
-    def earlier_releases(self, agreement_id: str, dataset: str, metric: str, start_ms: int,
-                         end_ms: int) -> dict[tuple[int, int], list[bytes]]:
-        """The fingerprints of every earlier release of a cell within [start_ms, end_ms), by extent."""
-        out: dict[tuple[int, int], list[bytes]] = {}
-        for s, e, prints in self.conn.execute(
-                "SELECT start_ms, end_ms, fingerprints FROM release_log WHERE agreement_id = ? AND dataset = ? AND metric = ? "
-                "AND start_ms >= ? AND end_ms <= ?", (agreement_id, dataset, metric, start_ms, end_ms)):
-            out.setdefault((s, e), []).append(prints)
-        return out
+    # -- release log (federation/query/releases.py) ---------------------------------------
+    _RELEASED_COLUMNS = "start_ms, end_ms, scheme, grain, fingerprint, contributors, agreement_id, released_at_ms"
 
-    def log_releases(self, rows: list[tuple[str, str, str, int, int, int, bytes, bytes, int]]) -> None:
-        self._transaction(lambda: self.conn.executemany(
-            "INSERT INTO release_log (agreement_id, dataset, metric, start_ms, end_ms, contributors, digest, fingerprints, "
-            "released_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows))
+    def released_overlapping(self, line: ReleaseLine, start_ms: int, end_ms: int) -> list[ReleasedSubcell]:
+        """Every sub-cell released to `line` that overlaps [start_ms, end_ms). By the end-time
+        index: a partner's usual window is recent, so few rows end after its start (the primary
+        key would scan the line's whole history before the window's end)."""
+        return [ReleasedSubcell(*row) for row in self.conn.execute(
+            f"SELECT {self._RELEASED_COLUMNS} FROM released_subcells INDEXED BY released_subcells_overlap "
+            "WHERE asker_id = ? AND dataset = ? AND metric = ? "
+            "AND end_ms > ? AND start_ms < ? ORDER BY start_ms, end_ms",
+            (line.asker_id, line.dataset, line.metric, start_ms, end_ms))]
+
+    def log_releases_checked(self, line: ReleaseLine, start_ms: int, end_ms: int,
+                             decide: Callable[[list[ReleasedSubcell]], list[ReleasedSubcell]]) -> None:
+        """Check and log in ONE write transaction: `decide` sees every sub-cell released to the
+        line overlapping [start_ms, end_ms) and returns the rows to log; two concurrent queries
+        cannot both pass the check before either has logged."""
+
+        def work() -> None:
+            rows = decide(self.released_overlapping(line, start_ms, end_ms))
+            self.conn.executemany(
+                f"INSERT OR IGNORE INTO released_subcells (asker_id, dataset, metric, {self._RELEASED_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(line.asker_id, line.dataset, line.metric, r.start_ms, r.end_ms, r.scheme, r.grain, r.fingerprint,
+                  r.contributors, r.agreement_id, r.released_at_ms) for r in rows])
+
+        self._transaction(work)
 
     # -- consent -----------------------------------------------------------------------
     def grant_consent(self, subject_id: str, purpose_code: str, at_ms: int) -> bool:
