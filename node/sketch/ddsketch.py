@@ -33,7 +33,10 @@ def bin_of(value: float, alpha: float = ALPHA) -> tuple[int, int]:
 
 def representative(key: int, alpha: float = ALPHA) -> float:
     g = gamma(alpha)
-    return 2 * g**key / (g + 1)
+    try:
+        return 2 * g**key / (g + 1)
+    except OverflowError:  # a coarse bin's edge past the largest double (readings near 1.8e308)
+        return math.inf
 
 
 @dataclass

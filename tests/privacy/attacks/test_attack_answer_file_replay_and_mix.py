@@ -43,8 +43,10 @@ async def two_answers(tmp_path_factory):
         query = day_query(bucket="window", hub_ids=[a.id, b.id])
         q1_sealed, q1_key = await r.ask_sealed(a, query)
         late = await add_sensor(b, base, "late-station", "air_quality", ["pm25"])
-        await deliver(b, late, [senml.Reading("pm25", DAY + h * HOUR_MS, 11.0) for h in range(24)])
-        q2_sealed, q2_key = await r.ask_sealed(a, query)
+        # The late station reports the next day: a released day is never released again with
+        # other content (the release log), so the second query asks both days as one window.
+        await deliver(b, late, [senml.Reading("pm25", DAY + (24 + h) * HOUR_MS, 11.0) for h in range(24)])
+        q2_sealed, q2_key = await r.ask_sealed(a, day_query(bucket="window", hub_ids=[a.id, b.id], end_ms=DAY + 48 * HOUR_MS))
         yield r, (q1_sealed, q1_key), (q2_sealed, q2_key)
 
 
