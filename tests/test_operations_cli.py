@@ -8,6 +8,7 @@ retention and the audit log's filters and extension check."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import os
@@ -20,14 +21,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 from test_cli import PASSPHRASE, REPO_ROOT, VALAND, ok, one_line, user_error
 from typer.testing import CliRunner
 
 from node import hubdir, keystore
+from node.api.v1 import ingest_pb2_grpc
 from node.app.cli.main import app
 from node.app.launcher import HubProcess
-from node.app.sensor_client import Sensor, SensorCredential
+from node.app.sensor_client import Sensor, SensorCredential, read_station_csv, replay
 from node.senml import Reading
 
 HANDBOOK = REPO_ROOT / "docs" / "operations.md"
@@ -294,6 +297,88 @@ def test_audit_show_filters_and_verify_checks_an_extension(hub, tmp_path):
     entry["hash"] = "00" * 32
     forged.write_text("\n".join([lines[0], json.dumps(entry), *lines[2:]]) + "\n")
     user_error(cli("audit", "verify", second, "--extends", forged), "earlier export does not verify")
+
+
+# -- sensor rekey ------------------------------------------------------------------------------
+
+def _refusal(exc: grpc.RpcError) -> tuple[grpc.StatusCode, str | None]:
+    return exc.code(), dict(exc.trailing_metadata() or ()).get("smartregion-reason")
+
+
+def test_rekey_mid_replay_loses_and_duplicates_nothing_and_retires_the_old_key(hub):
+    """A sensor replays a day under its old key; half way the admin rekeys it; the rest of the
+    day goes under the old key (still accepted), the next day under the new credential, and
+    then a frame under the old key is refused as retired_key. One sensor id, one history."""
+    data_dir, base = hub
+    old_path, new_path = base / "rekey-old.json", base / "rekey-new.json"
+    doc = as_json(run("sensor", "add", "--data-dir", data_dir, "--dataset", "air_quality", "--metrics", "pm25,temperature",
+                      "--location", "58.97,5.73", "--label", "Rekeyed", "--out", old_path, "--json"))
+    sensor_id = doc["sensor"]["sensor_id"]
+    old = Sensor(SensorCredential.load(old_path))
+    day1 = list(read_station_csv(VALAND, ["pm25", "temperature"], dt.date(2019, 1, 1), dt.date(2019, 1, 2)))
+    day2 = list(read_station_csv(VALAND, ["pm25", "temperature"], dt.date(2019, 1, 2), dt.date(2019, 1, 3)))
+    assert len(day1) > 20 and len(day2) > 20
+    rekeyed: list[Result] = []
+
+    def rekey_half_way(sent: int) -> None:
+        if not rekeyed and sum_sent.append(sent) is None and sum(sum_sent) >= len(day1) // 2:
+            rekeyed.append(run("sensor", "rekey", "--data-dir", data_dir, sensor_id[:10], "--out", new_path,
+                               "--request-id", "rekey-1", "--json"))
+
+    sum_sent: list[int] = []
+    first = replay(old, day1, readings_per_frame=4, frames_per_call=1, progress=rekey_half_way)
+    assert len(rekeyed) == 1 and 0 < sum(sum_sent[:-1]) < len(day1)  # the rekey came between two streams of the replay
+    shown = as_json(rekeyed[0])
+    assert shown["sensor"]["sensor_id"] == sensor_id and shown["credential"] == str(new_path)
+    assert stat.S_IMODE(new_path.stat().st_mode) == 0o600
+    new = SensorCredential.load(new_path)
+    assert new.sensor_id == sensor_id and new.key != old.credential.key
+    # a retry with the same request id (the answer was lost) hands out the same key again
+    again = base / "rekey-again.json"
+    ok(run("sensor", "rekey", "--data-dir", data_dir, sensor_id, "--out", again, "--request-id", "rekey-1"))
+    assert SensorCredential.load(again).key == new.key
+
+    second = as_json(run("sensor", "replay", "--credential", new_path, "--csv", VALAND, "--since", "2019-01-02",
+                         "--until", "2019-01-03", "--frame-size", 4, "--json"))
+    assert (first.readings_stored, first.readings_duplicate) == (len(day1), 0)
+    assert (second["sensor_id"], second["readings_stored"], second["readings_duplicate"]) == (sensor_id, len(day2), 0)
+    listed = next(s for s in as_json(run("sensor", "list", "--data-dir", data_dir, "--json")) if s["sensor_id"] == sensor_id)
+    assert int(listed["readings"]) == len(day1) + len(day2)  # one history under one id
+    assert int(listed["old_key_until_ms"]) <= int(listed["last_seen_ms"])  # the first new-key frame ended the grace
+
+    late = old.seal([[Reading("pm25", START_MS + 7 * 86_400_000, 5.0)]])[0]  # a counter above every accepted one
+    with old.channel() as channel, pytest.raises(grpc.RpcError) as refused:
+        old.send_stream(ingest_pb2_grpc.IngestStub(channel), [late])
+    assert _refusal(refused.value) == (grpc.StatusCode.PERMISSION_DENIED, "retired_key")
+    assert "previous key of sensor" in refused.value.details()
+    assert old.send_http(late)["error"] == "retired_key"
+    assert [e["subject"] for e in as_json(run("audit", "show", "--data-dir", data_dir, "--kind", "sensor", "--json"))
+            if e["action"] == "sensor.rekey"] == [sensor_id]  # once: the retry changed nothing
+
+
+def test_rekey_refusals_change_nothing(hub):
+    data_dir, base = hub
+    credential = base / "refused.json"
+    sensor_id = as_json(run("sensor", "add", "--data-dir", data_dir, "--dataset", "air_quality", "--metrics", "pm25",
+                            "--location", "58.97,5.73", "--out", credential, "--json"))["sensor"]["sensor_id"]
+    before = as_json(run("sensor", "list", "--data-dir", data_dir, "--all", "--json"))
+    user_error(cli("sensor", "rekey", "--data-dir", data_dir, "ab" * 16, "--out", base / "x.json"), "NOT_FOUND", "no sensor")
+    user_error(cli("sensor", "rekey", "--data-dir", data_dir, "zz", "--out", base / "x.json"), "INVALID_ARGUMENT", "32 hexadecimal digits")
+    user_error(cli("sensor", "rekey", "--data-dir", data_dir, sensor_id, "--out", credential), "exists", "--force")
+    ok(cli("sensor", "rekey", "--data-dir", data_dir, sensor_id, "--out", base / "first.json", "--request-id", "used-once"))
+    other = as_json(cli("sensor", "add", "--data-dir", data_dir, "--dataset", "air_quality", "--metrics", "pm25",
+                        "--location", "58.97,5.73", "--out", base / "other.json", "--json"))["sensor"]["sensor_id"]
+    user_error(cli("sensor", "rekey", "--data-dir", data_dir, other, "--out", base / "y.json", "--request-id", "used-once"),
+               "ALREADY_EXISTS", "another sensor")
+    ok(cli("sensor", "revoke", "--data-dir", data_dir, other))
+    user_error(cli("sensor", "rekey", "--data-dir", data_dir, other, "--out", base / "z.json"),
+               "PERMISSION_DENIED", "was revoked", "cannot be rekeyed")
+    for refused in ("x.json", "y.json", "z.json"):
+        assert not (base / refused).exists()  # no credential for a key that does not exist
+    after = as_json(cli("sensor", "list", "--data-dir", data_dir, "--all", "--json"))
+    unchanged = {s["sensor_id"]: s for s in after if s["sensor_id"] != sensor_id}
+    assert unchanged[other].get("rekeyed_at_ms", "0") == "0"
+    assert len(after) == len(before) + 1
 
 
 def test_every_command_in_the_handbook_was_run():
