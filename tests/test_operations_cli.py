@@ -381,6 +381,55 @@ def test_rekey_refusals_change_nothing(hub):
     assert len(after) == len(before) + 1
 
 
+# -- partner remove ----------------------------------------------------------------------------
+
+PARTNER_TERMS = """\
+[purpose]
+code = "research"
+description = "A study that ends"
+[data]
+datasets = ["air_quality"]
+metrics = ["pm25"]
+aggregates = ["mean"]
+group_by = ["time_bucket"]
+smallest_bucket = "day"
+longest_window_days = 31
+min_group_size = 1
+queries_per_day = 10
+[validity]
+until = 2030-12-31
+"""
+
+
+def test_partner_remove_revokes_its_agreements_and_refuses_it(hub, tmp_path):
+    data_dir, _ = hub
+    key = tmp_path / "nors.key"
+    made = ok(cli("partner", "keygen", "--out", key, "--name", "NORCE"))
+    partner_id = made.stdout.split("Partner id ")[1].split()[0]
+    ok(cli("partner", "add", "--data-dir", data_dir, "--name", "NORCE", "--org-number", "919408049",
+           "--public-key", tmp_path / "nors.key.pub.json"))
+    terms = tmp_path / "terms.toml"
+    terms.write_text(PARTNER_TERMS)
+    agreement_id = as_json(cli("agreement", "propose", "--data-dir", data_dir, "--terms", terms, "--to", partner_id[:12],
+                               "--json"))["terms"]["agreement_id"]
+    endpoint = json.loads((data_dir / hubdir.ENDPOINT_FILE).read_text())
+    at_hub = ["--hub", endpoint["grpc_address"], "--hub-id", hubdir.HubDir(data_dir).config().hub_id]
+    ok(cli("partner", "accept", agreement_id, "--key", key, *at_hub))
+
+    user_error(cli("partner", "remove", "--data-dir", data_dir, "ff" * 16), "NOT_FOUND", "is not a partner registered at this hub")
+    user_error(cli("partner", "remove", "--data-dir", data_dir, "zz-no"), "no partner id starts with 'zz-no'")
+    removed = one_line(ok(run("partner", "remove", "--data-dir", data_dir, partner_id[:10], "--reason", "contract ended")).stdout)
+    assert f"Removed partner {partner_id}" in removed and f"Revoked 1 agreement(s): {agreement_id}" in removed
+    [view] = [a for a in as_json(cli("agreement", "list", "--data-dir", data_dir, "--json"))
+              if a["terms"]["agreement_id"] == agreement_id]
+    assert view["state"] == "AGREEMENT_STATE_REVOKED"
+    user_error(cli("partner", "agreements", "--key", key, *at_hub), "UNAUTHENTICATED", "was removed from this hub")
+    assert partner_id not in ok(run("partner", "list", "--data-dir", data_dir)).stdout
+    assert "removed" in one_line(ok(cli("partner", "list", "--data-dir", data_dir, "--all")).stdout)
+    shown = as_json(cli("audit", "show", "--data-dir", data_dir, "--kind", "partner", "--json"))
+    assert [e["action"] for e in shown if e["subject"] == partner_id][-1] == "partner.remove"
+
+
 def test_every_command_in_the_handbook_was_run():
     """Each `smartregion ...` command docs/operations.md shows was run by a test of this module."""
     if not RUN:

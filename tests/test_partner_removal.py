@@ -112,3 +112,25 @@ async def test_removing_an_unknown_partner_changes_nothing(region):
                   grpc.StatusCode.NOT_FOUND, "is not a partner registered at this hub")
     assert await stavanger.audit_seq() == audit_before
     assert (await stavanger.admin("ListPartners", admin_pb2.ListPartnersRequest(include_removed=True))).partners == []
+
+
+async def test_a_removed_peer_is_no_longer_asked_nor_answered(region, tmp_path):
+    stavanger, sandnes = region
+    for node in region:
+        sensor = await node.live.add_sensor(tmp_path, f"station-{node.municipality}", metrics=["pm25"])
+        await deliver(node, sensor, [Reading("pm25", ms(2019, 1, 2), 10.0)])
+    await agree(stavanger, sandnes, terms_toml())
+    await agree(sandnes, stavanger, terms_toml())
+    asked = await sandnes.run_query(spec())
+    assert {p.hub_id for p in asked.provenance if p.status == "answered"} == {stavanger.id, sandnes.id}
+
+    await stavanger.admin("RemovePeer", admin_pb2.RemovePeerRequest(hub_id=sandnes.id))
+    # Stavanger no longer asks Sandnes, and refuses what Sandnes asks, telling it why
+    own = await stavanger.run_query(spec())
+    assert [p.hub_id for p in own.provenance] == [stavanger.id] and not own.partial
+    from_sandnes = await sandnes.run_query(spec())
+    parts = {p.hub_id: p for p in from_sandnes.provenance}
+    assert parts[stavanger.id].status == "denied" and "was removed as a peer of this hub" in parts[stavanger.id].reason
+    assert parts[sandnes.id].status == "answered"
+    rows = await stavanger.live.hub.storage.read(lambda s: s.audit_rows())
+    assert [json.loads(r.entry)["subject"] for r in rows if json.loads(r.entry)["action"] == "peer.remove"] == [sandnes.id]
