@@ -107,7 +107,8 @@ class Registry:
         found = await self._storage.read(lambda s: s.list_peers(include_removed))
         pending = await self._storage.read(lambda s: s.pending_deliveries())
         now = self._clock.now_ms()
-        return [(p, peers.peer_state(p, now), 1 if p.hub_id in pending else 0) for p in found]
+        return [(p, peers.peer_state(p, now, pending[p.hub_id].last_error if p.hub_id in pending else ""),
+                 1 if p.hub_id in pending else 0) for p in found]
 
     # -- partners ------------------------------------------------------------------------
     async def add_partner(self, name: str, org_number: str, public_key_file: bytes) -> PartnerRecord:

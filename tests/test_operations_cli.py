@@ -430,6 +430,46 @@ def test_partner_remove_revokes_its_agreements_and_refuses_it(hub, tmp_path):
     assert [e["action"] for e in shown if e["subject"] == partner_id][-1] == "partner.remove"
 
 
+# -- peers: the wrong port, the other side's part, remove -----------------------------------------
+
+def test_peer_add_names_the_wrong_port_and_what_the_other_side_must_do(hub, tmp_path):
+    data_dir, _ = hub
+    bergen_dir = tmp_path / "bergen"
+    ok(cli("init", "--data-dir", bergen_dir, "--municipality", "Bergen", "--grpc-port", 0, "--http-port", 0))
+    bergen = HubProcess(bergen_dir, PASSPHRASE)
+    bergen.start()
+    try:
+        bergen_id = hubdir.HubDir(bergen_dir).config().hub_id
+        own = json.loads((data_dir / hubdir.ENDPOINT_FILE).read_text())
+        own_id = hubdir.HubDir(data_dir).config().hub_id
+        http_address = bergen.endpoint["http_url"].removeprefix("https://")
+        user_error(cli("peer", "add", "--data-dir", data_dir, "--address", http_address, "--hub-id", bergen_id),
+                   "UNAVAILABLE", f"{http_address} answers HTTP/1.1, not gRPC", "gRPC port")
+        assert as_json(cli("peer", "list", "--data-dir", data_dir, "--all", "--json")) == []  # nothing pinned
+
+        added = one_line(ok(run("peer", "add", "--data-dir", data_dir, "--address", bergen.endpoint["grpc_address"],
+                                "--hub-id", bergen_id)).stdout)
+        assert "Bergen has not pinned this hub yet" in added
+        assert f"smartregion peer add --data-dir DATA_DIR --address {own['grpc_address']} --hub-id {own_id}" in added
+        [listed] = as_json(run("peer", "list", "--data-dir", data_dir, "--json"))
+        assert listed["state"] == "waiting-for-pin"
+        assert "waiting for them to pin us" in one_line(ok(cli("peer", "list", "--data-dir", data_dir)).stdout)
+        back = one_line(ok(cli("peer", "add", "--data-dir", bergen_dir, "--address", own["grpc_address"],
+                               "--hub-id", own_id)).stdout)
+        assert "Stavanger has pinned this hub too" in back
+        deadline = time.monotonic() + 30
+        while as_json(cli("peer", "list", "--data-dir", data_dir, "--json"))[0]["state"] != "reachable":
+            assert time.monotonic() < deadline, "the pending exchange did not go through once both had pinned"
+            time.sleep(0.2)
+
+        removed = one_line(ok(run("peer", "remove", "--data-dir", data_dir, bergen_id[:8])).stdout)
+        assert f"Removed peer {bergen_id}" in removed
+        assert as_json(cli("peer", "list", "--data-dir", data_dir, "--json")) == []
+    finally:
+        bergen.stop(timeout=10)
+        bergen.kill()
+
+
 def test_every_command_in_the_handbook_was_run():
     """Each `smartregion ...` command docs/operations.md shows was run by a test of this module."""
     if not RUN:

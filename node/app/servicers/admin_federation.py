@@ -53,7 +53,7 @@ class FederationAdmin:
     @translate_rejections
     async def AddPeer(self, request, context):
         record = await self.federation.registry.add_peer(request.address.strip(), request.hub_id)
-        return peer_message(record, "reachable", 0)
+        return peer_message(record, await self.federation.first_contact(record), 0)
 
     @translate_rejections
     async def ListPeers(self, request, context):
