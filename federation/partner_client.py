@@ -8,6 +8,7 @@ import grpc
 
 from federation import agreements as ag
 from federation import envelope, peers
+from federation.ledger import Ledger
 from federation.outbox import EXCHANGE_METHOD
 from federation.partners import PartnerKey
 from node.api.v1 import agreement_pb2, federation_pb2, federation_pb2_grpc
@@ -62,7 +63,8 @@ class PartnerSession:
         response = await self.exchange([])
         now_ms = self.clock.now_ms()
         held = [ag.from_document(d) for d in response.documents.documents]
-        return [HeldAgreement(e, ag.state(e, now_ms)) for e in held]
+        superseded = Ledger.superseded_ids(held)  # a version both parties replaced is superseded, not active
+        return [HeldAgreement(e, ag.state(e, now_ms, e.agreement_id in superseded)) for e in held]
 
     async def _find(self, agreement_id: str) -> ag.Evidence:
         for held in await self.agreements():

@@ -430,6 +430,27 @@ def test_partner_remove_revokes_its_agreements_and_refuses_it(hub, tmp_path):
     assert [e["action"] for e in shown if e["subject"] == partner_id][-1] == "partner.remove"
 
 
+def test_partner_agreements_shows_a_replaced_version_as_superseded(hub, tmp_path):
+    data_dir, _ = hub
+    key = tmp_path / "hvl.key"
+    partner_id = ok(cli("partner", "keygen", "--out", key, "--name", "HVL")).stdout.split("Partner id ")[1].split()[0]
+    ok(cli("partner", "add", "--data-dir", data_dir, "--name", "HVL", "--org-number", "917641404",
+           "--public-key", tmp_path / "hvl.key.pub.json"))
+    endpoint = json.loads((data_dir / hubdir.ENDPOINT_FILE).read_text())
+    at_hub = ["--hub", endpoint["grpc_address"], "--hub-id", hubdir.HubDir(data_dir).config().hub_id]
+    first, second = tmp_path / "v1.toml", tmp_path / "v2.toml"
+    first.write_text(PARTNER_TERMS)
+    v1 = as_json(cli("agreement", "propose", "--data-dir", data_dir, "--terms", first, "--to", partner_id, "--json"))["terms"]["agreement_id"]
+    ok(cli("partner", "accept", v1, "--key", key, *at_hub))
+    second.write_text(f'version = 2\nsupersedes = "{v1}"\n' + PARTNER_TERMS.replace("queries_per_day = 10", "queries_per_day = 20"))
+    v2 = as_json(cli("agreement", "propose", "--data-dir", data_dir, "--terms", second, "--to", partner_id, "--json"))["terms"]["agreement_id"]
+    ok(cli("partner", "accept", v2, "--key", key, *at_hub))
+    states = {a["agreement_id"]: a["state"] for a in as_json(cli("partner", "agreements", "--key", key, *at_hub, "--json"))}
+    assert states == {v1: "superseded", v2: "active"}
+    text = one_line(ok(cli("partner", "agreements", "--key", key, *at_hub)).stdout)
+    assert f"version 1, state superseded — replaced by version 2, {v2}" in text and "version 2, state active" in text
+
+
 # -- peers: the wrong port, the other side's part, remove -----------------------------------------
 
 def test_peer_add_names_the_wrong_port_and_what_the_other_side_must_do(hub, tmp_path):

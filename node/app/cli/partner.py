@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from federation import agreements as ag
 from federation import partners as partners_mod
 from federation.partner_client import PartnerSession
 from federation.peers import PeerError
@@ -134,10 +135,14 @@ def agreements(key: KeyFile, hub: HubAddress, hub_id: HubId, json_output: JsonFl
         return
     if not held:
         console.print(f"Hub {hub_id} holds no agreement with you.")
+    replaced_by = {h.evidence.terms.supersedes: h.evidence for h in held if h.evidence.terms.supersedes}
     for h in held:
         console.print(terms_table(h.evidence.terms))
         awaiting = "  — awaiting your signature: smartregion partner accept ID" if h.awaiting_partner else ""
-        console.print(f"state {state_name(h.state)}{awaiting}\n")
+        newer = replaced_by.get(h.evidence.agreement_id)
+        if h.state == ag.State.AGREEMENT_STATE_SUPERSEDED and newer is not None:
+            awaiting = f"  — replaced by version {newer.terms.version}, {newer.agreement_id}"
+        console.print(f"version {h.evidence.terms.version}, state {state_name(h.state)}{awaiting}\n")
 
 
 @app.command("accept")
