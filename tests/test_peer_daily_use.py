@@ -71,3 +71,47 @@ def test_only_an_unknown_caller_refusal_means_waiting():
     assert peers.refusal_state("UNAUTHENTICATED: the signature does not verify") is None
     assert peers.refusal_state("UNAVAILABLE: caller 'ab' is not a peer or partner of this hub") is None
     assert peers.refusal_state("UNAVAILABLE: failed to connect to all addresses") is None
+
+
+async def test_the_dashboard_chart_drops_a_peer_as_soon_as_its_agreement_is_revoked(tmp_path):
+    """The chart is cached for an hour, but not past a change of the peers it may ask."""
+    import ssl
+
+    import aiohttp
+    from query_helpers import agree, deliver, eventually, ms, settle, start_nodes, state_is, stop_nodes, terms_toml
+
+    from node import hubdir
+    from node.api.v1 import agreement_pb2
+    from node.senml import Reading
+
+    stavanger, bergen = nodes = await start_nodes(tmp_path, (("stavanger", "1103"), ("bergen", "4601")))
+    try:
+        for node in nodes:
+            sensor = await node.live.add_sensor(tmp_path, f"station-{node.municipality}", metrics=["pm25"])
+            await deliver(node, sensor, [Reading("pm25", ms(2019, 3, 2), 10.0), Reading("pm25", ms(2019, 4, 2), 12.0)])
+        agreement_id = await agree(bergen, stavanger, terms_toml(longest_window_days=366))  # Bergen provides, Stavanger's chart asks it
+        hub = stavanger.live.hub
+        context = ssl.create_default_context(cadata=hub.identity.tls_cert_pem.decode())
+        async with aiohttp.ClientSession() as http:
+            async with http.post(hub.endpoint.http_url + "/api/login", json={"token": hubdir.HubDir(stavanger.live.data_dir).admin_token()},
+                                 ssl=context, server_hostname=hub.config.hub_id) as login:
+                cookie = f"sr_session={login.cookies['sr_session'].value}"
+
+            async def chart() -> dict:
+                async with http.get(hub.endpoint.http_url + "/api/chart", ssl=context, server_hostname=hub.config.hub_id,
+                                    headers={"Cookie": cookie}) as response:
+                    assert response.status == 200
+                    return await response.json()
+
+            before = await chart()
+            assert {p["hub_id"]: p["status"] for p in before["provenance"]} == {stavanger.id: "answered", bergen.id: "answered"}
+            assert {s["group"] for s in before["series"]} == {"1103", "4601"}
+            await bergen.admin("RevokeAgreement", admin_pb2.RevokeAgreementRequest(agreement_id=agreement_id, reason="ended"))
+            await eventually(lambda: state_is(stavanger, agreement_id, agreement_pb2.AGREEMENT_STATE_REVOKED),
+                             what="the revocation to reach Stavanger")
+            await settle(nodes)
+            after = await chart()  # well within the hour the chart is otherwise cached for
+            assert [p["hub_id"] for p in after["provenance"]] == [stavanger.id]
+            assert [s["group"] for s in after["series"]] == ["1103"]
+    finally:
+        await stop_nodes(nodes)
