@@ -180,17 +180,15 @@ async def rekey_sensor(hub: Hub, sensor_id: str, request_id: str = "",
     if not 0 <= old_key_grace_s <= MAX_OLD_KEY_GRACE_S:
         raise Rejected(Reason.INVALID_REQUEST, f"the old key's grace is 0 to {MAX_OLD_KEY_GRACE_S} seconds (90 days)")
     kek, hub_id = hub.identity.key_encryption_key, hub.identity.hub_id
-    if request_id:
-        earlier = await hub.storage.read(lambda s: s.get_sensor_by_key_request(request_id))
-        if earlier is not None:
-            return _rekey_retried(hub, sensor_id, request_id, earlier)
-    _refuse_rekey(sensor_id, await hub.storage.read(lambda s: s.get_sensor(sensor_id)), await lorawan_devices(hub))
+    current = await hub.storage.read(lambda s: s.get_sensor(sensor_id))
+    if not (request_id and current is not None and current.key_request_id == request_id):  # a retry is answered below
+        _refuse_rekey(sensor_id, current, await lorawan_devices(hub))
     key = secrets.token_bytes(32)
     now_ms = hub.clock.now_ms()
     until_ms = now_ms + old_key_grace_s * 1000
     wrapped = wrap_key(kek, hub_id, bytes.fromhex(sensor_id), key)
     record, changed = await hub.storage.write(lambda s: s.rekey_sensor(sensor_id, wrapped, request_id or None, now_ms, until_ms))
-    if not changed:  # a concurrent retry with this request id, or a revocation, came first
+    if not changed:  # a retry with this request id (the store checks it in the same transaction), or a revocation
         if record is not None and request_id and record.key_request_id == request_id:
             return _rekey_retried(hub, sensor_id, request_id, record)
         _refuse_rekey(sensor_id, record, {})

@@ -66,6 +66,10 @@ async def test_a_second_rekey_before_the_switch_keeps_the_key_the_sensor_holds(c
     assert_rejected(await deliver(live, unused.seal([fresh_readings()]), "batch"), "authentication_failed")
     assert (await deliver(live, new.seal([fresh_readings()]), "batch")).ok
     assert_rejected(await deliver(live, old.seal([fresh_readings()]), "batch"), "retired_key")
+    [stored] = (await live.admin.ListSensors(admin_pb2.ListSensorsRequest(), metadata=live.admin_metadata)).sensors
+    assert stored.old_key_until_ms == stored.last_seen_ms  # the switch is stored, not only remembered
+    live.hub.ingest.forget(stored.sensor_id)  # as after a restart: read again from the database
+    assert_rejected(await deliver(live, old.seal([fresh_readings()]), "batch"), "retired_key")
 
 
 async def test_an_old_key_frame_after_a_new_key_frame_in_one_batch_is_refused(clocked_hub, tmp_path):
