@@ -440,11 +440,16 @@ def test_partner_agreements_shows_a_replaced_version_as_superseded(hub, tmp_path
     at_hub = ["--hub", endpoint["grpc_address"], "--hub-id", hubdir.HubDir(data_dir).config().hub_id]
     first, second = tmp_path / "v1.toml", tmp_path / "v2.toml"
     first.write_text(PARTNER_TERMS)
-    v1 = as_json(cli("agreement", "propose", "--data-dir", data_dir, "--terms", first, "--to", partner_id, "--json"))["terms"]["agreement_id"]
+    def propose(terms: Path) -> str:
+        return as_json(cli("agreement", "propose", "--data-dir", data_dir, "--terms", terms, "--to", partner_id, "--json"))["terms"]["agreement_id"]
+
+    v1 = propose(first)
     ok(cli("partner", "accept", v1, "--key", key, *at_hub))
     second.write_text(f'version = 2\nsupersedes = "{v1}"\n' + PARTNER_TERMS.replace("queries_per_day = 10", "queries_per_day = 20"))
-    v2 = as_json(cli("agreement", "propose", "--data-dir", data_dir, "--terms", second, "--to", partner_id, "--json"))["terms"]["agreement_id"]
-    ok(cli("partner", "accept", v2, "--key", key, *at_hub))
+    v2 = propose(second)
+    shared = next(i for i in range(len("urn:uuid:"), len(v1)) if v1[i] != v2[i])  # the ids agree up to here
+    user_error(cli("partner", "accept", v2[:shared], "--key", key, *at_hub), "is ambiguous", v1, v2)
+    ok(cli("partner", "accept", v2.removeprefix("urn:uuid:")[:shared + 1 - len("urn:uuid:")], "--key", key, *at_hub))
     states = {a["agreement_id"]: a["state"] for a in as_json(cli("partner", "agreements", "--key", key, *at_hub, "--json"))}
     assert states == {v1: "superseded", v2: "active"}
     text = one_line(ok(cli("partner", "agreements", "--key", key, *at_hub)).stdout)
