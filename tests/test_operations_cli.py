@@ -441,7 +441,8 @@ def test_partner_agreements_shows_a_replaced_version_as_superseded(hub, tmp_path
     first, second = tmp_path / "v1.toml", tmp_path / "v2.toml"
     first.write_text(PARTNER_TERMS)
     def propose(terms: Path) -> str:
-        return as_json(cli("agreement", "propose", "--data-dir", data_dir, "--terms", terms, "--to", partner_id, "--json"))["terms"]["agreement_id"]
+        proposed = as_json(cli("agreement", "propose", "--data-dir", data_dir, "--terms", terms, "--to", partner_id, "--json"))
+        return proposed["terms"]["agreement_id"]
 
     v1 = propose(first)
     ok(cli("partner", "accept", v1, "--key", key, *at_hub))
