@@ -61,6 +61,12 @@ async def test_a_hub_that_has_not_pinned_us_is_waiting_not_unreachable(two_hubs)
     assert added.state == peers.WAITING_FOR_PIN
     listed = await stavanger.admin.ListPeers(admin_pb2.ListPeersRequest(), metadata=stavanger.admin_metadata)
     assert [p.state for p in listed.peers] == [peers.WAITING_FOR_PIN]
+    from federation.query_service import QueryService
+    from node.app.dashboard.data import DashboardData
+
+    federation = stavanger.running.federation
+    shown = await DashboardData(federation, QueryService(federation)).peers()  # what the dashboard's peer table shows
+    assert [p["state_text"] for p in shown] == ["waiting for them to pin us"]
     back = await add_peer(bergen, stavanger.hub.endpoint.grpc_address, stavanger.hub.config.hub_id)
     assert back.state == "reachable"
 

@@ -9,6 +9,7 @@ import json
 import operator
 
 from federation import agreements as ag
+from federation.peers import STATE_TEXT
 from federation.query_service import QueryService
 from federation.query_spec import label
 from federation.service import Federation
@@ -72,7 +73,8 @@ class DashboardData:
 
     async def peers(self) -> list[dict]:
         return [{"hub_id": p.hub_id, "municipality": p.municipality, "municipality_name": register.lookup(p.municipality).name,
-                 "address": p.grpc_address, "state": state, "last_contact_ms": p.last_contact_ms, "latency_ms": p.latency_ms,
+                 "address": p.grpc_address, "state": state, "state_text": STATE_TEXT.get(state, state),
+                 "last_contact_ms": p.last_contact_ms, "latency_ms": p.latency_ms,
                  "last_error": p.last_error, "pending_deliveries": pending}
                 for p, state, pending in await self.federation.registry.list_peers(include_removed=False)]
 
