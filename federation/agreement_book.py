@@ -12,7 +12,7 @@ from federation import agreements as ag
 from federation import export
 from federation import terms as terms_mod
 from federation.auth import Caller
-from federation.ledger import Ledger, Merged
+from federation.ledger import LIVE_STATES, Ledger, Merged
 from federation.registry import AuditFn, Registry
 from node.api.v1 import agreement_pb2
 from node.errors import Reason, Rejected
@@ -112,12 +112,39 @@ class AgreementBook:
                 raise Rejected(Reason.PERMISSION_DENIED, f"this hub is not a party to {agreement_id}")
             if self._own_id in evidence.revocations:
                 raise Rejected(Reason.ALREADY_EXISTS, f"agreement {agreement_id} is already revoked by this hub")
-            return ag.revoke(evidence, self._own_id, self._identity.identity_key, reason.strip(), self._ledger.clock.now_ms())
+            return self._revoked(evidence, reason)
 
         evidence = await self._ledger.update(agreement_id.strip(), revoke, self._notify)
         self._wake_outbox()
         await self._audit("admin", "agreement.revoke", evidence.agreement_id, "ok", reason.strip())
         return await self.info(evidence.agreement_id)
+
+    def _revoked(self, evidence: ag.Evidence, reason: str) -> ag.Evidence:
+        return ag.revoke(evidence, self._own_id, self._identity.identity_key, reason.strip(), self._ledger.clock.now_ms())
+
+    async def revoke_all_with(self, party_id: str, reason: str) -> list[str]:
+        """Revoke every agreement with `party_id` that is still in force or awaiting signatures
+        (a partner being removed), each in its own ledger transaction like an admin's revoke,
+        and delivered to a hub counterparty the same way. Returns the ids revoked now; those
+        ended already (revoked, expired, superseded) are left as they are."""
+        revoked = []
+        for evidence in await self._ledger.all(party_id):
+            ended = False
+
+            def revoke(current: ag.Evidence, state: int) -> ag.Evidence | None:
+                nonlocal ended
+                if state not in LIVE_STATES or self._own_id in current.revocations:
+                    return None  # ended meanwhile: nothing to do
+                ended = True
+                return self._revoked(current, reason)
+
+            await self._ledger.update(evidence.agreement_id, revoke, self._notify)
+            if ended:
+                revoked.append(evidence.agreement_id)
+                await self._audit("admin", "agreement.revoke", evidence.agreement_id, "ok", reason.strip())
+        if revoked:
+            self._wake_outbox()
+        return revoked
 
     def _notify(self, evidence: ag.Evidence) -> list[str]:
         """Peers to deliver a change to: the counterparty if it is a hub (partners fetch)."""

@@ -45,8 +45,10 @@ class Authenticator:
 
     def __init__(self, storage: Storage, own_id: str, clock: Clock,
                  known_caller: Callable[[str], Awaitable[Caller | None]],
-                 heard_from: Callable[[Caller], Awaitable[None]], refusals: RefusalTally) -> None:
+                 heard_from: Callable[[Caller], Awaitable[None]], refusals: RefusalTally,
+                 former_caller: Callable[[str], Awaitable[tuple[Caller, str] | None]] | None = None) -> None:
         self._storage = storage
+        self._former_caller = former_caller
         self._own_id = own_id
         self._clock = clock
         self._known_caller = known_caller
@@ -65,7 +67,7 @@ class Authenticator:
         caller = await self._known_caller(request.caller_id)
         if caller is None:
             raise await self._refuse(source, f"unknown:{request.caller_id}", method, Reason.UNAUTHENTICATED,
-                                     f"caller {request.caller_id!r} is not a peer or partner of this hub")
+                                     await self._unknown_caller_message(signed, request, method))
         at = self._clock.now_ms()
         try:
             envelope.check(signed, request, caller.public_key, self._own_id, method, at)
@@ -77,6 +79,20 @@ class Authenticator:
                                      "this request was already received (replayed nonce)")
         await self._heard_from(caller)
         return Authenticated(caller, request, signed)
+
+    async def _unknown_caller_message(self, signed: envelope_pb2.SignedRequest, request: envelope_pb2.Request,
+                                      method: str) -> str:
+        """A removed peer or partner is told so, but only if it proves to be that party (its
+        request verifies under the key it had); anyone else learns nothing of who was known."""
+        former = await self._former_caller(request.caller_id) if self._former_caller else None
+        if former is not None:
+            caller, message = former
+            try:
+                envelope.check(signed, request, caller.public_key, self._own_id, method, self._clock.now_ms())
+                return message
+            except envelope.EnvelopeError:
+                pass
+        return f"caller {request.caller_id!r} is not a peer or partner of this hub"
 
     async def _refuse(self, source: str, actor: str, method: str, reason: Reason, message: str) -> Rejected:
         outcome = "replayed" if reason is Reason.ALREADY_EXISTS else "unauthenticated"

@@ -8,6 +8,7 @@ import grpc
 
 from federation import agreements as ag
 from federation import envelope, peers
+from federation.ledger import Ledger
 from federation.outbox import EXCHANGE_METHOD
 from federation.partners import PartnerKey
 from node.api.v1 import agreement_pb2, federation_pb2, federation_pb2_grpc
@@ -62,12 +63,21 @@ class PartnerSession:
         response = await self.exchange([])
         now_ms = self.clock.now_ms()
         held = [ag.from_document(d) for d in response.documents.documents]
-        return [HeldAgreement(e, ag.state(e, now_ms)) for e in held]
+        superseded = Ledger.superseded_ids(held)  # a version both parties replaced is superseded, not active
+        return [HeldAgreement(e, ag.state(e, now_ms, e.agreement_id in superseded)) for e in held]
 
     async def _find(self, agreement_id: str) -> ag.Evidence:
-        for held in await self.agreements():
-            if held.evidence.agreement_id == agreement_id.strip():
-                return held.evidence
+        """The agreement with this id, or with this unique prefix of its id (also without "urn:uuid:")."""
+        given = agreement_id.strip()
+        held = [h.evidence for h in await self.agreements()]
+        exact = [e for e in held if e.agreement_id == given]
+        matches = exact or [e for e in held if given and (e.agreement_id.startswith(given)
+                                                         or e.agreement_id.removeprefix("urn:uuid:").startswith(given))]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise LookupError(f"{given!r} is ambiguous: it starts {len(matches)} agreement ids "
+                              f"({', '.join(e.agreement_id for e in matches[:10])}); give more characters")
         raise LookupError(f"hub {self.hub_id} holds no agreement {agreement_id} with this partner")
 
     async def accept(self, agreement_id: str) -> federation_pb2.DocumentOutcome:

@@ -4,6 +4,7 @@ hub id an admin pinned; open channels pinned to that certificate."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 
 import grpc
@@ -35,13 +36,48 @@ def split_address(address: str) -> tuple[str, int]:
 
 async def fetch_certificate(address: str) -> bytes:
     """The certificate the server at `address` presents. Not trusted yet: the caller checks
-    it against the pinned hub id."""
+    it against the pinned hub id. A server that is not gRPC (a hub's HTTP port, which has the
+    same certificate, or a plain HTTP server) is refused here, saying so."""
     host, port = split_address(address)
     try:
-        pem = await asyncio.wait_for(asyncio.to_thread(ssl.get_server_certificate, (host, port)), CALL_TIMEOUT_S)
-    except (TimeoutError, OSError, ssl.SSLError) as exc:
+        pem, protocol = await asyncio.wait_for(asyncio.to_thread(_tls_handshake, host, port), CALL_TIMEOUT_S)
+    except ssl.SSLError as exc:
+        if await asyncio.to_thread(_answers_plain_http, host, port):
+            raise PeerError(f"{address} answers plain HTTP, without TLS: that is no hub's gRPC port. {WRONG_PORT_HINT}") from None
         raise PeerError(f"cannot reach {address} over TLS: {exc or type(exc).__name__}") from None
+    except (TimeoutError, OSError) as exc:
+        raise PeerError(f"cannot reach {address} over TLS: {exc or type(exc).__name__}") from None
+    if protocol != "h2":
+        raise PeerError(f"{address} answers HTTP/1.1, not gRPC (HTTP/2): it is probably the hub's HTTP port (dashboard, "
+                        f"/v1/frames). {WRONG_PORT_HINT}")
     return pem.encode()
+
+
+WRONG_PORT_HINT = "Give the hub's gRPC port (50051 unless its admin chose another; `smartregion status` shows it)."
+
+
+def _tls_handshake(host: str, port: int) -> tuple[str, str | None]:
+    """(the server's certificate as PEM, the application protocol it chose: "h2" for gRPC)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # not trusted here: checked against the pinned hub id next
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with socket.create_connection((host, port), timeout=CALL_TIMEOUT_S) as sock, \
+            context.wrap_socket(sock, server_hostname=host) as tls:
+        der = tls.getpeercert(binary_form=True)
+        if der is None:
+            raise ssl.SSLError("the server presented no certificate")
+        return ssl.DER_cert_to_PEM_cert(der), tls.selected_alpn_protocol()
+
+
+def _answers_plain_http(host: str, port: int) -> bool:
+    """Whether the server answers an HTTP/1.0 request in plaintext (after a failed TLS handshake)."""
+    try:
+        with socket.create_connection((host, port), timeout=CALL_TIMEOUT_S) as sock:
+            sock.sendall(b"HEAD / HTTP/1.0\r\n\r\n")
+            return sock.recv(5) == b"HTTP/"
+    except OSError:
+        return False
 
 
 def hub_id_of_certificate(cert_pem: bytes) -> str:
@@ -106,11 +142,34 @@ def municipality_conflict(record: PeerRecord, own_municipality: str, current: li
     return None
 
 
-def peer_state(peer: PeerRecord, now_ms: int) -> str:
+# Our signed calls reached the peer, which refused them because it does not know us (yet), or
+# no longer: told apart from a network failure by the refusal the Authenticator sends.
+WAITING_FOR_PIN = "waiting-for-pin"
+REMOVED_BY_THEM = "removed-by-them"
+STATE_TEXT = {WAITING_FOR_PIN: "waiting for them to pin us", REMOVED_BY_THEM: "they removed us"}
+
+
+def refusal_state(error: str) -> str | None:
+    """WAITING_FOR_PIN or REMOVED_BY_THEM if `error` (as the outbox records it) is the peer
+    refusing us as an unknown caller; None for anything else."""
+    if not error.startswith("UNAUTHENTICATED:"):
+        return None
+    if "was removed as a peer of this hub" in error:
+        return REMOVED_BY_THEM
+    if "is not a peer or partner of this hub" in error:
+        return WAITING_FOR_PIN
+    return None
+
+
+def peer_state(peer: PeerRecord, now_ms: int, delivery_error: str = "") -> str:
+    """`delivery_error`: why the pending delivery of agreements to the peer last failed."""
     if peer.removed_at_ms:
         return "removed"
     if peer.descriptor_valid_until_ms <= now_ms:
         return "descriptor-expired"
+    refused = refusal_state(delivery_error) or refusal_state(peer.last_error)
+    if refused:
+        return refused
     if peer.last_error:
         return "unreachable"
     return "reachable"

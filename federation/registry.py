@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Awaitable, Callable
 
 from federation import partners, peers
@@ -106,7 +107,8 @@ class Registry:
         found = await self._storage.read(lambda s: s.list_peers(include_removed))
         pending = await self._storage.read(lambda s: s.pending_deliveries())
         now = self._clock.now_ms()
-        return [(p, peers.peer_state(p, now), 1 if p.hub_id in pending else 0) for p in found]
+        return [(p, peers.peer_state(p, now, pending[p.hub_id].last_error if p.hub_id in pending else ""),
+                 1 if p.hub_id in pending else 0) for p in found]
 
     # -- partners ------------------------------------------------------------------------
     async def add_partner(self, name: str, org_number: str, public_key_file: bytes) -> PartnerRecord:
@@ -118,12 +120,46 @@ class Registry:
             partner_id, key = partners.parse_public(public_key_file)
         except partners.PartnerKeyError as exc:
             raise Rejected(Reason.INVALID_REQUEST, str(exc)) from None
-        if await self._storage.read(lambda s: s.get_partner(partner_id)):
+        existing = await self._storage.read(lambda s: s.get_partner(partner_id))
+        if existing and existing.removed_at_ms:
+            raise Rejected(Reason.ALREADY_EXISTS, f"partner {partner_id} was removed from this hub at {_utc(existing.removed_at_ms)}; "
+                                                  "a removed partner's key is not registered again (it makes a new one: "
+                                                  "smartregion partner keygen)")
+        if existing:
             raise Rejected(Reason.ALREADY_EXISTS, f"partner {partner_id} is already registered")
         record = PartnerRecord(partner_id, name.strip(), org_number, key, self._clock.now_ms())
         await self._storage.write(lambda s: s.add_partner(record))
         await self._audit("admin", "partner.add", partner_id, "ok", f"{record.name} ({org_number})")
         return record
 
-    async def list_partners(self) -> list[PartnerRecord]:
-        return await self._storage.read(lambda s: s.list_partners())
+    async def list_partners(self, include_removed: bool = False) -> list[PartnerRecord]:
+        return await self._storage.read(lambda s: s.list_partners(include_removed))
+
+    async def remove_partner(self, partner_id: str) -> PartnerRecord:
+        """Stop accepting the partner's calls (at once: every call is authenticated on its own).
+        Removing a removed partner again changes nothing and succeeds (a retry)."""
+        partner = await self._storage.read(lambda s: s.get_partner(partner_id.strip()))
+        if partner is None:
+            raise Rejected(Reason.NOT_FOUND, f"{partner_id.strip()!r} is not a partner registered at this hub")
+        if partner.removed_at_ms is None:
+            await self._storage.write(lambda s: s.remove_partner(partner.partner_id, self._clock.now_ms()))
+        removed = await self._storage.read(lambda s: s.get_partner(partner.partner_id))
+        assert removed is not None and removed.removed_at_ms is not None
+        return removed
+
+    async def former_caller(self, caller_id: str) -> tuple[Caller, str] | None:
+        """A removed peer or partner with this id, and what its refusal says (the Authenticator
+        tells it only to a caller whose request verifies under that party's key)."""
+        peer = await self._storage.read(lambda s: s.get_peer(caller_id))
+        if peer and peer.removed_at_ms:
+            return (Caller("hub", peer.hub_id, peer.public_key, f"hub {peer.municipality}"),
+                    f"hub {caller_id} was removed as a peer of this hub at {_utc(peer.removed_at_ms)}")
+        partner = await self._storage.read(lambda s: s.get_partner(caller_id))
+        if partner and partner.removed_at_ms:
+            return (Caller("partner", partner.partner_id, partner.public_key, partner.name),
+                    f"partner {caller_id} was removed from this hub at {_utc(partner.removed_at_ms)}; "
+                    "its agreements with this hub were revoked")
+        return None
+
+def _utc(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")

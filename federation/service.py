@@ -17,7 +17,7 @@ import asyncio
 import grpc
 
 from federation import agreements as ag
-from federation import descriptors
+from federation import descriptors, peers
 from federation.agreement_book import AgreementBook
 from federation.auth import Authenticator, Caller
 from federation.channels import ChannelPool
@@ -29,7 +29,7 @@ from node.api.v1 import agreement_pb2, federation_pb2
 from node.audit import AuditEntry, RefusalTally
 from node.hub import Hub
 from node.signing import Domain, sign
-from node.storage.base import PeerRecord
+from node.storage.base import PartnerRecord, PeerRecord
 
 __all__ = ["EXCHANGE_METHOD", "Federation"]
 
@@ -50,7 +50,7 @@ class Federation:
                                   self.outbox.wake)
         self.refusals = RefusalTally(storage, self.clock)
         self.authenticator = Authenticator(storage, self.own_id, self.clock, self.registry.known_caller,
-                                           self._heard_from, self.refusals)
+                                           self._heard_from, self.refusals, self.registry.former_caller)
         self._descriptor: federation_pb2.SignedDescriptor | None = None
 
     # -- who we are ----------------------------------------------------------------------
@@ -72,6 +72,33 @@ class Federation:
     def own_party(self) -> agreement_pb2.Party:
         return agreement_pb2.Party(kind=agreement_pb2.PARTY_KIND_HUB, id=self.own_id,
                                    public_key=self.hub.identity.public_key_raw, name=self.hub.config.municipality_name)
+
+    # -- peers ---------------------------------------------------------------------------
+    async def first_contact(self, peer: PeerRecord) -> str:
+        """Right after pinning `peer`: exchange agreements with it once and say what that showed,
+        "reachable", or peers.WAITING_FOR_PIN when it refuses us as a caller it does not know
+        (its admin has not pinned this hub yet), or "unreachable"."""
+        try:
+            await self.outbox.sync_with(peer)
+        except (grpc.aio.AioRpcError, OSError) as exc:
+            error = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+            at = self.clock.now_ms()
+            await self.hub.storage.write(lambda s: s.record_peer_contact(peer.hub_id, at, None, error))
+            return peers.refusal_state(error) or "unreachable"
+        return "reachable"
+
+    # -- partners ------------------------------------------------------------------------
+    async def remove_partner(self, partner_id: str, reason: str) -> tuple[PartnerRecord, list[str]]:
+        """Remove a partner: its calls are refused from now on (first, so that nothing new can
+        start meanwhile), then every agreement with it still in force is revoked by this hub
+        through the ledger. Returns the partner and the agreements revoked now. Repeating it
+        finishes an interrupted removal and changes nothing else."""
+        reason = reason.strip() or "the partner was removed from this hub"
+        partner = await self.registry.remove_partner(partner_id)
+        revoked = await self.book.revoke_all_with(partner.partner_id, reason)
+        await self.audit("admin", "partner.remove", partner.partner_id, "ok",
+                         f"{partner.name}: {reason}; revoked {', '.join(revoked) if revoked else 'no agreement'}")
+        return partner, revoked
 
     # -- shared by the query side --------------------------------------------------------
     async def audit(self, actor: str, action: str, subject: str, outcome: str = "ok", detail: str = "") -> None:
@@ -116,7 +143,8 @@ class Federation:
         peer_counts: dict[str, int] = {}
         for _, state, _ in await self.registry.list_peers(include_removed=False):
             peer_counts[state] = peer_counts.get(state, 0) + 1
-        metrics.set_states(metrics.peers, peer_counts, ("reachable", "unreachable", "descriptor-expired"))
+        metrics.set_states(metrics.peers, peer_counts, ("reachable", "unreachable", "descriptor-expired",
+                                                                         peers.WAITING_FOR_PIN))
 
     async def close(self) -> None:
         """After the server stopped: write the refusal counts still held, close the channels."""

@@ -18,6 +18,7 @@ class Reason(Enum):
     UNKNOWN_SENSOR = ("UNAUTHENTICATED", 401, "no sensor with this id is enrolled at this hub")
     REVOKED_SENSOR = ("PERMISSION_DENIED", 403, "the sensor was revoked")
     AUTHENTICATION_FAILED = ("UNAUTHENTICATED", 401, "the frame does not authenticate under the sensor's key")
+    RETIRED_KEY = ("PERMISSION_DENIED", 403, "the frame is sealed under a key the sensor's rekey retired")
     REPLAYED = ("FAILED_PRECONDITION", 409, "the counter is not above the last one accepted (replay or reordering)")
     MALFORMED_SENML = ("INVALID_ARGUMENT", 422, "the plaintext is not valid SenML JSON (RFC 8428)")
     UNKNOWN_METRIC = ("INVALID_ARGUMENT", 422, "a record names a metric the sensor is not enrolled for")

@@ -10,6 +10,7 @@ but a rejection count.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import threading
 from collections import Counter
@@ -39,6 +40,7 @@ class _KnownSensor:
     record: SensorRecord
     aead: AESGCM
     metrics: dict[str, catalog.Metric]
+    previous_aead: AESGCM | None = None  # the key a rekey replaced (node/admin.py rekey_sensor)
 
 
 @dataclass(frozen=True)
@@ -178,11 +180,14 @@ class IngestService:
                 return None
             try:
                 key = unwrap_key(self._kek, self.hub_id, bytes.fromhex(sensor_id), record.wrapped_key)
+                previous = (unwrap_key(self._kek, self.hub_id, bytes.fromhex(sensor_id), record.previous_wrapped_key)
+                            if record.previous_wrapped_key is not None else None)
             except ValueError as exc:  # a damaged or tampered database: the operator must know
                 log.error("sensor key does not unwrap", extra={"sensor_id": sensor_id})
                 raise await self.reject(Reason.INTERNAL, str(exc), sensor_id) from None
             dataset_metrics = self.catalog.dataset(record.dataset).metrics
-            known = _KnownSensor(record, AESGCM(key), {m: dataset_metrics[m] for m in record.metrics})
+            known = _KnownSensor(record, AESGCM(key), {m: dataset_metrics[m] for m in record.metrics},
+                                 AESGCM(previous) if previous is not None else None)
             self._sensors[sensor_id] = known
         return known
 
@@ -294,13 +299,37 @@ class IngestService:
             raise await self.reject(Reason.UNKNOWN_SENSOR, f"no sensor {sensor_id} is enrolled at this hub")
         if not known.record.active:
             raise await self.reject(Reason.REVOKED_SENSOR, f"sensor {sensor_id} was revoked", sensor_id)
+        under_previous_key = False
         try:
             _, plaintext = frames.open_frame(known.aead, frame)
+        except frames.InvalidTag:
+            plaintext = await self._open_under_previous_key(known, frame)
+            under_previous_key = True
+        return await self._checked(known, header.counter, plaintext, pending, under_previous_key)
+
+    async def _open_under_previous_key(self, known: _KnownSensor, frame: bytes) -> bytes:
+        """A frame that does not open under the sensor's key: under the key its rekey replaced,
+        accepted during the rekey's grace and refused as `retired_key` after it."""
+        record = known.record
+        sensor_id = record.sensor_id
+        try:
+            if known.previous_aead is None:
+                raise frames.InvalidTag
+            _, plaintext = frames.open_frame(known.previous_aead, frame)
         except frames.InvalidTag:
             raise await self.reject(
                 Reason.AUTHENTICATION_FAILED, f"the frame does not authenticate under the key of sensor {sensor_id}", sensor_id
             ) from None
-        return await self._checked(known, header.counter, plaintext, pending)
+        if not record.previous_key_accepted(self._clock.now_ms()):
+            until = record.previous_key_until_ms or 0
+            raise await self.reject(
+                Reason.RETIRED_KEY,
+                f"the frame is sealed under the previous key of sensor {sensor_id}, retired at "
+                f"{_utc(until)} when the sensor was rekeyed {_utc(record.rekeyed_at_ms or 0)}: "
+                "seal with the key of the new credential",
+                sensor_id,
+            )
+        return plaintext
 
     async def open_authenticated(self, sensor_id: str, counter: int, plaintext: bytes) -> FrameToCommit:
         """Validate readings that a network door (node/networks) has authenticated itself (a
@@ -313,7 +342,8 @@ class IngestService:
             raise await self.reject(Reason.REVOKED_SENSOR, f"sensor {sensor_id} was revoked", sensor_id)
         return await self._checked(known, counter, plaintext, None)
 
-    async def _checked(self, known: _KnownSensor, counter: int, plaintext: bytes, pending: dict[str, int] | None) -> FrameToCommit:
+    async def _checked(self, known: _KnownSensor, counter: int, plaintext: bytes, pending: dict[str, int] | None,
+                       under_previous_key: bool = False) -> FrameToCommit:
         sensor_id = known.record.sensor_id
         last = max(known.record.last_counter, (pending or {}).get(sensor_id, 0))
         if counter <= last:
@@ -335,7 +365,7 @@ class IngestService:
             )
         if pending is not None:
             pending[sensor_id] = counter
-        return FrameToCommit(sensor_id, counter, readings, now_ms)
+        return FrameToCommit(sensor_id, counter, readings, now_ms, under_previous_key)
 
     async def commit(self, batch: list[FrameToCommit]) -> list[Receipt]:
         tally = self.unwritten_rejections
@@ -358,7 +388,7 @@ class IngestService:
             conflict = failure
             # Another request for the same sensor committed first; refresh and report.
             self.forget(conflict.sensor_id)
-            reason = Reason.REVOKED_SENSOR if conflict.revoked else Reason.REPLAYED
+            reason = Reason.REVOKED_SENSOR if conflict.revoked else Reason.RETIRED_KEY if conflict.key_retired else Reason.REPLAYED
             raise await self.reject(reason, str(conflict), conflict.sensor_id) from None
         self._set_writable(True)
         receipts = []
@@ -366,6 +396,8 @@ class IngestService:
             known = self._sensors.get(frame.sensor_id)
             if known is not None:
                 known.record.last_counter = max(known.record.last_counter, frame.counter)
+                if not frame.under_previous_key and known.record.previous_key_accepted(frame.received_at_ms):
+                    known.record.previous_key_until_ms = frame.received_at_ms  # switched: as the commit wrote
             receipts.append(Receipt(frame.sensor_id, frame.counter, outcome.stored, outcome.duplicate))
             self._on_accepted(outcome.stored)
         return receipts
@@ -473,6 +505,10 @@ class StreamSession:
             self.readings_stored += receipt.stored
             self.readings_duplicate += receipt.duplicate
             self.last_counter[receipt.sensor_id] = receipt.counter
+
+
+def _utc(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

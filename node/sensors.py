@@ -21,6 +21,10 @@ from node.storage.base import SensorRecord
 
 KEY_WRAP_DOMAIN = b"smartregion/v1/sensor-key\x00"
 CREDENTIAL_FORMAT = "smartregion-sensor-credential"
+# After a rekey, frames under the old key are accepted until the first frame under the new key,
+# or for this long (docs/operations.md, "Rekeying a sensor"); 0 refuses them at once.
+DEFAULT_OLD_KEY_GRACE_S = 7 * 24 * 3600
+MAX_OLD_KEY_GRACE_S = 90 * 24 * 3600
 
 
 def _wrap_aad(hub_id: bytes, sensor_id: bytes) -> bytes:

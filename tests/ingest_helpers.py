@@ -28,6 +28,7 @@ EXPECTED = {
     "revoked_sensor": (grpc.StatusCode.PERMISSION_DENIED, 403),
     "authentication_failed": (grpc.StatusCode.UNAUTHENTICATED, 401),
     "replayed": (grpc.StatusCode.FAILED_PRECONDITION, 409),
+    "retired_key": (grpc.StatusCode.PERMISSION_DENIED, 403),
     "malformed_senml": (grpc.StatusCode.INVALID_ARGUMENT, 422),
     "unknown_metric": (grpc.StatusCode.INVALID_ARGUMENT, 422),
     "non_finite_value": (grpc.StatusCode.INVALID_ARGUMENT, 422),

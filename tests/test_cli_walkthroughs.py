@@ -376,6 +376,8 @@ def test_the_readme_walk_throughs_run_as_documented(walk):
             walk.subst["<hub or partner id>"] = re.search(r"Partner id ([0-9a-f]{32})", result.stdout)[1]
         elif step.argv[:2] == ["agreement", "propose"]:
             walk.subst["<agreement id>"] = UUID.search(result.stdout)[0]
+        elif step.argv[:2] == ["sensor", "add"]:
+            walk.subst["<sensor id>"] = re.search(r"Enrolled sensor ([0-9a-f]{32})", result.stdout)[1]
 
     # The partner makes its key before the admin registers it ("send uis.key.pub.json to each
     # hub's admin"): its keygen line runs first.

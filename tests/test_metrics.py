@@ -51,7 +51,7 @@ async def test_metrics_count_ingest_agreements_and_peers_by_their_real_values(re
     assert start[("smartregion_readings_ingested_total", ())] == 0
     assert start[("smartregion_frames_accepted_total", ())] == 0
     assert by_state(start, "smartregion_agreements") == dict.fromkeys(AGREEMENT_STATES, 0)
-    assert by_state(start, "smartregion_peers") == {"reachable": 2, "unreachable": 0, "descriptor-expired": 0}
+    assert by_state(start, "smartregion_peers") == {"reachable": 2, "unreachable": 0, "descriptor-expired": 0, "waiting-for-pin": 0}
 
     # Ingest: 3 frames of 7 readings in all are stored; one forged frame and one replay are refused.
     sensor = await add_sensor(stavanger, tmp_path, "kannik", "air_quality", ["pm25", "temperature"])
@@ -82,7 +82,7 @@ async def test_metrics_count_ingest_agreements_and_peers_by_their_real_values(re
     assert rejected == {"authentication_failed": 1, "replayed": 1}
     assert by_state(samples, "smartregion_agreements") == {**dict.fromkeys(AGREEMENT_STATES, 0),
                                                            "active": 1, "proposed": 1, "revoked": 1}
-    assert by_state(samples, "smartregion_peers") == {"reachable": 1, "unreachable": 1, "descriptor-expired": 0}
+    assert by_state(samples, "smartregion_peers") == {"reachable": 1, "unreachable": 1, "descriptor-expired": 0, "waiting-for-pin": 0}
 
     # Gauges follow the state down as well as up: the agreement Bergen held active is revoked.
     active = [a for a, s in (await bergen.live.running.federation.ledger.states()).items() if s == agreement_pb2.AGREEMENT_STATE_ACTIVE]

@@ -8,6 +8,7 @@ retention and the audit log's filters and extension check."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import os
@@ -20,14 +21,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 from test_cli import PASSPHRASE, REPO_ROOT, VALAND, ok, one_line, user_error
 from typer.testing import CliRunner
 
 from node import hubdir, keystore
+from node.api.v1 import ingest_pb2_grpc
 from node.app.cli.main import app
 from node.app.launcher import HubProcess
-from node.app.sensor_client import Sensor, SensorCredential
+from node.app.sensor_client import Sensor, SensorCredential, read_station_csv, replay
 from node.senml import Reading
 
 HANDBOOK = REPO_ROOT / "docs" / "operations.md"
@@ -294,6 +297,204 @@ def test_audit_show_filters_and_verify_checks_an_extension(hub, tmp_path):
     entry["hash"] = "00" * 32
     forged.write_text("\n".join([lines[0], json.dumps(entry), *lines[2:]]) + "\n")
     user_error(cli("audit", "verify", second, "--extends", forged), "earlier export does not verify")
+
+
+# -- sensor rekey ------------------------------------------------------------------------------
+
+def _refusal(exc: grpc.RpcError) -> tuple[grpc.StatusCode, str | None]:
+    return exc.code(), dict(exc.trailing_metadata() or ()).get("smartregion-reason")
+
+
+def test_rekey_mid_replay_loses_and_duplicates_nothing_and_retires_the_old_key(hub):
+    """A sensor replays a day under its old key; half way the admin rekeys it; the rest of the
+    day goes under the old key (still accepted), the next day under the new credential, and
+    then a frame under the old key is refused as retired_key. One sensor id, one history."""
+    data_dir, base = hub
+    old_path, new_path = base / "rekey-old.json", base / "rekey-new.json"
+    doc = as_json(run("sensor", "add", "--data-dir", data_dir, "--dataset", "air_quality", "--metrics", "pm25,temperature",
+                      "--location", "58.97,5.73", "--label", "Rekeyed", "--out", old_path, "--json"))
+    sensor_id = doc["sensor"]["sensor_id"]
+    old = Sensor(SensorCredential.load(old_path))
+    day1 = list(read_station_csv(VALAND, ["pm25", "temperature"], dt.date(2019, 1, 1), dt.date(2019, 1, 2)))
+    day2 = list(read_station_csv(VALAND, ["pm25", "temperature"], dt.date(2019, 1, 2), dt.date(2019, 1, 3)))
+    assert len(day1) > 20 and len(day2) > 20
+    rekeyed: list[Result] = []
+
+    def rekey_half_way(sent: int) -> None:
+        if not rekeyed and sum_sent.append(sent) is None and sum(sum_sent) >= len(day1) // 2:
+            rekeyed.append(run("sensor", "rekey", "--data-dir", data_dir, sensor_id[:10], "--out", new_path,
+                               "--request-id", "rekey-1", "--json"))
+
+    sum_sent: list[int] = []
+    first = replay(old, day1, readings_per_frame=4, frames_per_call=1, progress=rekey_half_way)
+    assert len(rekeyed) == 1 and 0 < sum(sum_sent[:-1]) < len(day1)  # the rekey came between two streams of the replay
+    shown = as_json(rekeyed[0])
+    assert shown["sensor"]["sensor_id"] == sensor_id and shown["credential"] == str(new_path)
+    assert stat.S_IMODE(new_path.stat().st_mode) == 0o600
+    new = SensorCredential.load(new_path)
+    assert new.sensor_id == sensor_id and new.key != old.credential.key
+    # a retry with the same request id (the answer was lost) hands out the same key again
+    again = base / "rekey-again.json"
+    ok(run("sensor", "rekey", "--data-dir", data_dir, sensor_id, "--out", again, "--request-id", "rekey-1"))
+    assert SensorCredential.load(again).key == new.key
+
+    second = as_json(run("sensor", "replay", "--credential", new_path, "--csv", VALAND, "--since", "2019-01-02",
+                         "--until", "2019-01-03", "--frame-size", 4, "--json"))
+    assert (first.readings_stored, first.readings_duplicate) == (len(day1), 0)
+    assert (second["sensor_id"], second["readings_stored"], second["readings_duplicate"]) == (sensor_id, len(day2), 0)
+    listed = next(s for s in as_json(run("sensor", "list", "--data-dir", data_dir, "--json")) if s["sensor_id"] == sensor_id)
+    assert int(listed["readings"]) == len(day1) + len(day2)  # one history under one id
+    assert int(listed["old_key_until_ms"]) <= int(listed["last_seen_ms"])  # the first new-key frame ended the grace
+
+    late = old.seal([[Reading("pm25", START_MS + 7 * 86_400_000, 5.0)]])[0]  # a counter above every accepted one
+    with old.channel() as channel, pytest.raises(grpc.RpcError) as refused:
+        old.send_stream(ingest_pb2_grpc.IngestStub(channel), [late])
+    assert _refusal(refused.value) == (grpc.StatusCode.PERMISSION_DENIED, "retired_key")
+    assert "previous key of sensor" in refused.value.details()
+    assert old.send_http(late)["error"] == "retired_key"
+    assert [e["subject"] for e in as_json(run("audit", "show", "--data-dir", data_dir, "--kind", "sensor", "--json"))
+            if e["action"] == "sensor.rekey"] == [sensor_id]  # once: the retry changed nothing
+
+
+def test_rekey_refusals_change_nothing(hub):
+    data_dir, base = hub
+    credential = base / "refused.json"
+    sensor_id = as_json(run("sensor", "add", "--data-dir", data_dir, "--dataset", "air_quality", "--metrics", "pm25",
+                            "--location", "58.97,5.73", "--out", credential, "--json"))["sensor"]["sensor_id"]
+    before = as_json(run("sensor", "list", "--data-dir", data_dir, "--all", "--json"))
+    user_error(cli("sensor", "rekey", "--data-dir", data_dir, "ab" * 16, "--out", base / "x.json"), "NOT_FOUND", "no sensor")
+    user_error(cli("sensor", "rekey", "--data-dir", data_dir, "zz", "--out", base / "x.json"), "INVALID_ARGUMENT", "32 hexadecimal digits")
+    user_error(cli("sensor", "rekey", "--data-dir", data_dir, sensor_id, "--out", credential), "exists", "--force")
+    ok(cli("sensor", "rekey", "--data-dir", data_dir, sensor_id, "--out", base / "first.json", "--request-id", "used-once"))
+    other = as_json(cli("sensor", "add", "--data-dir", data_dir, "--dataset", "air_quality", "--metrics", "pm25",
+                        "--location", "58.97,5.73", "--out", base / "other.json", "--json"))["sensor"]["sensor_id"]
+    user_error(cli("sensor", "rekey", "--data-dir", data_dir, other, "--out", base / "y.json", "--request-id", "used-once"),
+               "ALREADY_EXISTS", "another sensor")
+    ok(cli("sensor", "revoke", "--data-dir", data_dir, other))
+    user_error(cli("sensor", "rekey", "--data-dir", data_dir, other, "--out", base / "z.json"),
+               "PERMISSION_DENIED", "was revoked", "cannot be rekeyed")
+    for refused in ("x.json", "y.json", "z.json"):
+        assert not (base / refused).exists()  # no credential for a key that does not exist
+    after = as_json(cli("sensor", "list", "--data-dir", data_dir, "--all", "--json"))
+    unchanged = {s["sensor_id"]: s for s in after if s["sensor_id"] != sensor_id}
+    assert unchanged[other].get("rekeyed_at_ms", "0") == "0"
+    assert len(after) == len(before) + 1
+
+
+# -- partner remove ----------------------------------------------------------------------------
+
+PARTNER_TERMS = """\
+[purpose]
+code = "research"
+description = "A study that ends"
+[data]
+datasets = ["air_quality"]
+metrics = ["pm25"]
+aggregates = ["mean"]
+group_by = ["time_bucket"]
+smallest_bucket = "day"
+longest_window_days = 31
+min_group_size = 1
+queries_per_day = 10
+[validity]
+until = 2030-12-31
+"""
+
+
+def test_partner_remove_revokes_its_agreements_and_refuses_it(hub, tmp_path):
+    data_dir, _ = hub
+    key = tmp_path / "nors.key"
+    made = ok(cli("partner", "keygen", "--out", key, "--name", "NORCE"))
+    partner_id = made.stdout.split("Partner id ")[1].split()[0]
+    ok(cli("partner", "add", "--data-dir", data_dir, "--name", "NORCE", "--org-number", "919408049",
+           "--public-key", tmp_path / "nors.key.pub.json"))
+    terms = tmp_path / "terms.toml"
+    terms.write_text(PARTNER_TERMS)
+    agreement_id = as_json(cli("agreement", "propose", "--data-dir", data_dir, "--terms", terms, "--to", partner_id[:12],
+                               "--json"))["terms"]["agreement_id"]
+    endpoint = json.loads((data_dir / hubdir.ENDPOINT_FILE).read_text())
+    at_hub = ["--hub", endpoint["grpc_address"], "--hub-id", hubdir.HubDir(data_dir).config().hub_id]
+    ok(cli("partner", "accept", agreement_id, "--key", key, *at_hub))
+
+    user_error(cli("partner", "remove", "--data-dir", data_dir, "ff" * 16), "NOT_FOUND", "is not a partner registered at this hub")
+    user_error(cli("partner", "remove", "--data-dir", data_dir, "zz-no"), "no partner id starts with 'zz-no'")
+    removed = one_line(ok(run("partner", "remove", "--data-dir", data_dir, partner_id[:10], "--reason", "contract ended")).stdout)
+    assert f"Removed partner {partner_id}" in removed and f"Revoked 1 agreement(s): {agreement_id}" in removed
+    [view] = [a for a in as_json(cli("agreement", "list", "--data-dir", data_dir, "--json"))
+              if a["terms"]["agreement_id"] == agreement_id]
+    assert view["state"] == "AGREEMENT_STATE_REVOKED"
+    user_error(cli("partner", "agreements", "--key", key, *at_hub), "UNAUTHENTICATED", "was removed from this hub")
+    assert partner_id not in ok(run("partner", "list", "--data-dir", data_dir)).stdout
+    assert "removed" in one_line(ok(cli("partner", "list", "--data-dir", data_dir, "--all")).stdout)
+    shown = as_json(cli("audit", "show", "--data-dir", data_dir, "--kind", "partner", "--json"))
+    assert [e["action"] for e in shown if e["subject"] == partner_id][-1] == "partner.remove"
+
+
+def test_partner_agreements_shows_a_replaced_version_as_superseded(hub, tmp_path):
+    data_dir, _ = hub
+    key = tmp_path / "hvl.key"
+    partner_id = ok(cli("partner", "keygen", "--out", key, "--name", "HVL")).stdout.split("Partner id ")[1].split()[0]
+    ok(cli("partner", "add", "--data-dir", data_dir, "--name", "HVL", "--org-number", "917641404",
+           "--public-key", tmp_path / "hvl.key.pub.json"))
+    endpoint = json.loads((data_dir / hubdir.ENDPOINT_FILE).read_text())
+    at_hub = ["--hub", endpoint["grpc_address"], "--hub-id", hubdir.HubDir(data_dir).config().hub_id]
+    first, second = tmp_path / "v1.toml", tmp_path / "v2.toml"
+    first.write_text(PARTNER_TERMS)
+    def propose(terms: Path) -> str:
+        proposed = as_json(cli("agreement", "propose", "--data-dir", data_dir, "--terms", terms, "--to", partner_id, "--json"))
+        return proposed["terms"]["agreement_id"]
+
+    v1 = propose(first)
+    ok(cli("partner", "accept", v1, "--key", key, *at_hub))
+    second.write_text(f'version = 2\nsupersedes = "{v1}"\n' + PARTNER_TERMS.replace("queries_per_day = 10", "queries_per_day = 20"))
+    v2 = propose(second)
+    shared = next(i for i in range(len("urn:uuid:"), len(v1)) if v1[i] != v2[i])  # the ids agree up to here
+    user_error(cli("partner", "accept", v2[:shared], "--key", key, *at_hub), "is ambiguous", v1, v2)
+    ok(cli("partner", "accept", v2.removeprefix("urn:uuid:")[:shared + 1 - len("urn:uuid:")], "--key", key, *at_hub))
+    states = {a["agreement_id"]: a["state"] for a in as_json(cli("partner", "agreements", "--key", key, *at_hub, "--json"))}
+    assert states == {v1: "superseded", v2: "active"}
+    text = one_line(ok(cli("partner", "agreements", "--key", key, *at_hub)).stdout)
+    assert f"version 1, state superseded — replaced by version 2, {v2}" in text and "version 2, state active" in text
+
+
+# -- peers: the wrong port, the other side's part, remove -----------------------------------------
+
+def test_peer_add_names_the_wrong_port_and_what_the_other_side_must_do(hub, tmp_path):
+    data_dir, _ = hub
+    bergen_dir = tmp_path / "bergen"
+    ok(cli("init", "--data-dir", bergen_dir, "--municipality", "Bergen", "--grpc-port", 0, "--http-port", 0))
+    bergen = HubProcess(bergen_dir, PASSPHRASE)
+    bergen.start()
+    try:
+        bergen_id = hubdir.HubDir(bergen_dir).config().hub_id
+        own = json.loads((data_dir / hubdir.ENDPOINT_FILE).read_text())
+        own_id = hubdir.HubDir(data_dir).config().hub_id
+        http_address = bergen.endpoint["http_url"].removeprefix("https://")
+        user_error(cli("peer", "add", "--data-dir", data_dir, "--address", http_address, "--hub-id", bergen_id),
+                   "UNAVAILABLE", f"{http_address} answers HTTP/1.1, not gRPC", "gRPC port")
+        assert as_json(cli("peer", "list", "--data-dir", data_dir, "--all", "--json")) == []  # nothing pinned
+
+        added = one_line(ok(run("peer", "add", "--data-dir", data_dir, "--address", bergen.endpoint["grpc_address"],
+                                "--hub-id", bergen_id)).stdout)
+        assert "Bergen has not pinned this hub yet" in added
+        assert f"smartregion peer add --data-dir DATA_DIR --address {own['grpc_address']} --hub-id {own_id}" in added
+        [listed] = as_json(run("peer", "list", "--data-dir", data_dir, "--json"))
+        assert listed["state"] == "waiting-for-pin"
+        assert "waiting for them to pin us" in one_line(ok(cli("peer", "list", "--data-dir", data_dir)).stdout)
+        back = one_line(ok(cli("peer", "add", "--data-dir", bergen_dir, "--address", own["grpc_address"],
+                               "--hub-id", own_id)).stdout)
+        assert "Stavanger has pinned this hub too" in back
+        deadline = time.monotonic() + 30
+        while as_json(cli("peer", "list", "--data-dir", data_dir, "--json"))[0]["state"] != "reachable":
+            assert time.monotonic() < deadline, "the pending exchange did not go through once both had pinned"
+            time.sleep(0.2)
+
+        removed = one_line(ok(run("peer", "remove", "--data-dir", data_dir, bergen_id[:8])).stdout)
+        assert f"Removed peer {bergen_id}" in removed
+        assert as_json(cli("peer", "list", "--data-dir", data_dir, "--json")) == []
+    finally:
+        bergen.stop(timeout=10)
+        bergen.kill()
 
 
 def test_every_command_in_the_handbook_was_run():

@@ -34,10 +34,20 @@ class SensorRecord:
     frames_rejected: int = 0
     readings: int = 0
     request_id: str | None = None  # the client-chosen id of the AddSensor call, if any
+    # After a rekey (node/admin.py rekey_sensor): the key it replaced, accepted for frames
+    # received before previous_key_until_ms; the request id and time of the rekey.
+    previous_wrapped_key: bytes | None = None
+    previous_key_until_ms: int | None = None
+    key_request_id: str | None = None
+    rekeyed_at_ms: int | None = None
 
     @property
     def active(self) -> bool:
         return self.revoked_at_ms is None
+
+    def previous_key_accepted(self, at_ms: int) -> bool:
+        """Whether a frame under the previous key, received at `at_ms`, is still accepted."""
+        return self.previous_key_until_ms is not None and at_ms < self.previous_key_until_ms
 
 
 @dataclass
@@ -48,6 +58,7 @@ class FrameToCommit:
     counter: int
     readings: Sequence[tuple[str, int, float]]
     received_at_ms: int
+    under_previous_key: bool = False  # sealed under the key a rekey replaced (still accepted)
 
 
 @dataclass
@@ -60,10 +71,16 @@ class CounterConflict(Exception):
     """A frame's counter was no longer above the sensor's last one when committing
     (another request for the same sensor committed first), or the sensor was revoked."""
 
-    def __init__(self, index: int, sensor_id: str, counter: int, last_counter: int, revoked: bool) -> None:
-        super().__init__(f"frame {index}: counter {counter} of sensor {sensor_id} is not above {last_counter}")
+    def __init__(self, index: int, sensor_id: str, counter: int, last_counter: int, revoked: bool,
+                 key_retired: bool = False) -> None:
+        if key_retired:
+            message = (f"frame {index}: sensor {sensor_id} switched to its new key before this frame under its previous key "
+                       "was committed")
+        else:
+            message = f"frame {index}: counter {counter} of sensor {sensor_id} is not above {last_counter}"
+        super().__init__(message)
         self.index, self.sensor_id, self.counter = index, sensor_id, counter
-        self.last_counter, self.revoked = last_counter, revoked
+        self.last_counter, self.revoked, self.key_retired = last_counter, revoked, key_retired
 
 
 class StorageError(Exception):
@@ -267,6 +284,9 @@ class Store(Protocol):
     def get_sensor(self, sensor_id: str) -> SensorRecord | None: ...
     def list_sensors(self, include_revoked: bool = True) -> list[SensorRecord]: ...
     def revoke_sensor(self, sensor_id: str, at_ms: int) -> SensorRecord | None: ...
+    def rekey_sensor(self, sensor_id: str, wrapped_key: bytes, request_id: str | None, at_ms: int,
+                     previous_until_ms: int) -> tuple[SensorRecord | None, bool]: ...
+    def get_sensor_by_key_request(self, request_id: str) -> SensorRecord | None: ...
     def commit_frames(
         self, frames: Sequence[FrameToCommit], rejections: tuple[Mapping[str, int], Mapping[str, int]] | None = None
     ) -> list[FrameOutcome]: ...
@@ -284,7 +304,8 @@ class Store(Protocol):
     def record_peer_contact(self, hub_id: str, at_ms: int, latency_ms: float | None, error: str) -> None: ...
     def add_partner(self, partner: PartnerRecord) -> None: ...
     def get_partner(self, partner_id: str) -> PartnerRecord | None: ...
-    def list_partners(self) -> list[PartnerRecord]: ...
+    def list_partners(self, include_removed: bool = False) -> list[PartnerRecord]: ...
+    def remove_partner(self, partner_id: str, at_ms: int) -> None: ...
     def touch_partner(self, partner_id: str, at_ms: int) -> None: ...
     def get_agreement(self, agreement_id: str) -> AgreementRow | None: ...
     def list_agreements(self, party_id: str | None = None) -> list[AgreementRow]: ...

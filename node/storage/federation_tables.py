@@ -72,8 +72,14 @@ class FederationTables(Connected):
         row = self.conn.execute(f"SELECT {_columns(PartnerRecord)} FROM partners WHERE partner_id = ?", (partner_id,)).fetchone()
         return PartnerRecord(*row) if row else None
 
-    def list_partners(self) -> list[PartnerRecord]:
-        return [PartnerRecord(*r) for r in self.conn.execute(f"SELECT {_columns(PartnerRecord)} FROM partners ORDER BY added_at_ms")]
+    def list_partners(self, include_removed: bool = False) -> list[PartnerRecord]:
+        where = "" if include_removed else "WHERE removed_at_ms IS NULL"
+        rows = self.conn.execute(f"SELECT {_columns(PartnerRecord)} FROM partners {where} ORDER BY added_at_ms")
+        return [PartnerRecord(*r) for r in rows]
+
+    def remove_partner(self, partner_id: str, at_ms: int) -> None:
+        self._transaction(lambda: self.conn.execute(
+            "UPDATE partners SET removed_at_ms = ? WHERE partner_id = ? AND removed_at_ms IS NULL", (at_ms, partner_id)))
 
     def touch_partner(self, partner_id: str, at_ms: int) -> None:
         self._transaction(lambda: self.conn.execute("UPDATE partners SET last_contact_ms = ? WHERE partner_id = ?", (at_ms, partner_id)))

@@ -259,6 +259,20 @@ MIGRATIONS: list[tuple[int, str]] = [
         DROP TABLE release_log
         """,
     ),
+    (
+        # branch ops (issue 12, sensor rekey): a sensor's key replaced under the same id. The
+        # previous key stays (wrapped) so that a frame under it is told apart from garbage;
+        # it is accepted while previous_key_until_ms is in the future, and that moment is
+        # brought forward to the first frame accepted under the new key.
+        9,
+        """
+        ALTER TABLE sensors ADD COLUMN previous_wrapped_key BLOB;
+        ALTER TABLE sensors ADD COLUMN previous_key_until_ms INTEGER;
+        ALTER TABLE sensors ADD COLUMN key_request_id TEXT;
+        ALTER TABLE sensors ADD COLUMN rekeyed_at_ms INTEGER;
+        CREATE UNIQUE INDEX sensors_key_request_id ON sensors(key_request_id) WHERE key_request_id IS NOT NULL
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -31,7 +31,8 @@ from node.storage.query_tables import QueryTables
 
 _SENSOR_COLUMNS = (
     "sensor_id, dataset, metrics, latitude, longitude, wrapped_key, enrolled_at_ms, subject_id, label, "
-    "revoked_at_ms, last_counter, last_seen_ms, frames_accepted, frames_rejected, readings, request_id"
+    "revoked_at_ms, last_counter, last_seen_ms, frames_accepted, frames_rejected, readings, request_id, "
+    "previous_wrapped_key, previous_key_until_ms, key_request_id, rekeyed_at_ms"
 )
 
 
@@ -64,6 +65,17 @@ def _insert_readings(conn: sqlite3.Connection, sensor_ref: int, readings: Sequen
 # holds counter - 2**63 (migration 5), which keeps order, so `last_counter < ?` still compares.
 COUNTER_BIAS = 2**63
 _LAST_COUNTER = _SENSOR_COLUMNS.split(", ").index("last_counter")
+
+
+# A frame advances its sensor's counter only above the last one and only while the sensor is
+# active. A frame under the current key also ends a rekey's grace for the previous key (the
+# sensor has switched; min() of NULL stays NULL); a frame under the previous key counts only
+# while that grace lasts, so a frame under the old key committed in the same transaction after
+# one under the new key is refused too.
+_ADVANCE = ("UPDATE sensors SET last_counter = ?1, last_seen_ms = ?2, frames_accepted = frames_accepted + 1{} "
+            "WHERE sensor_id = ?3 AND last_counter < ?4 AND revoked_at_ms IS NULL{} RETURNING ref, dataset")
+_ADVANCE_UNDER_KEY = _ADVANCE.format(", previous_key_until_ms = min(previous_key_until_ms, ?2)", "")
+_ADVANCE_UNDER_PREVIOUS_KEY = _ADVANCE.format("", " AND previous_key_until_ms > ?2")
 
 
 def _stored_counter(counter: int) -> int:
@@ -141,6 +153,38 @@ class SqliteStore(FederationTables, QueryTables, LifecycleTables, NetworkTables)
 
         return self._transaction(work)
 
+    def get_sensor_by_key_request(self, request_id: str) -> SensorRecord | None:
+        row = self.conn.execute(f"SELECT {_SENSOR_COLUMNS} FROM sensors WHERE key_request_id = ?", (request_id,)).fetchone()
+        return _sensor(row) if row else None
+
+    def rekey_sensor(self, sensor_id: str, wrapped_key: bytes, request_id: str | None, at_ms: int,
+                     previous_until_ms: int) -> tuple[SensorRecord | None, bool]:
+        """Give an active sensor a new key; the key it had is accepted until `previous_until_ms`
+        (or the first frame under the new one). If a rekey is still pending (its new key was
+        never used), the sensor still holds the key before it: that one stays the previous key
+        and the unused one is dropped. Returns (the sensor now, True), or for a request id used
+        already (the sensor that rekey changed, False) and nothing changes; (None or the revoked
+        sensor, False) if there is no active sensor to rekey."""
+
+        def work() -> tuple[SensorRecord | None, bool]:
+            if request_id is not None:
+                earlier = self.get_sensor_by_key_request(request_id)
+                if earlier is not None:
+                    return earlier, False
+            current = self.get_sensor(sensor_id)
+            if current is None or not current.active:
+                return current, False
+            pending = current.previous_wrapped_key is not None and current.previous_key_accepted(at_ms)
+            previous = current.previous_wrapped_key if pending else current.wrapped_key
+            self.conn.execute(
+                "UPDATE sensors SET wrapped_key = ?, previous_wrapped_key = ?, previous_key_until_ms = ?, key_request_id = ?, "
+                "rekeyed_at_ms = ? WHERE sensor_id = ?",
+                (wrapped_key, previous, previous_until_ms, request_id, at_ms, sensor_id),
+            )
+            return self.get_sensor(sensor_id), True
+
+        return self._transaction(work)
+
     # -- ingest --------------------------------------------------------------------------
     def commit_frames(
         self, frames: Sequence[FrameToCommit], rejections: tuple[Mapping[str, int], Mapping[str, int]] | None = None
@@ -160,8 +204,7 @@ class SqliteStore(FederationTables, QueryTables, LifecycleTables, NetworkTables)
             for index, frame in enumerate(frames):
                 stored_counter = _stored_counter(frame.counter)
                 ref = self.conn.execute(
-                    "UPDATE sensors SET last_counter = ?, last_seen_ms = ?, frames_accepted = frames_accepted + 1 "
-                    "WHERE sensor_id = ? AND last_counter < ? AND revoked_at_ms IS NULL RETURNING ref, dataset",
+                    _ADVANCE_UNDER_PREVIOUS_KEY if frame.under_previous_key else _ADVANCE_UNDER_KEY,
                     (stored_counter, frame.received_at_ms, frame.sensor_id, stored_counter),
                 ).fetchone()
                 if ref is None:
@@ -172,6 +215,7 @@ class SqliteStore(FederationTables, QueryTables, LifecycleTables, NetworkTables)
                         frame.counter,
                         current.last_counter if current else 0,
                         revoked=bool(current and not current.active),
+                        key_retired=bool(frame.under_previous_key and current and not current.previous_key_accepted(frame.received_at_ms)),
                     )
                 stored = self._insert_counted(ref[0], ref[1], frame.readings, totals)
                 if stored:

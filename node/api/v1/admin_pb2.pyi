@@ -101,7 +101,7 @@ class AddSensorRequest(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., latitude: _Optional[float] = ..., longitude: _Optional[float] = ..., subject_id: _Optional[str] = ..., label: _Optional[str] = ..., lorawan_dev_eui: _Optional[str] = ..., lorawan_app_s_key: _Optional[str] = ..., confidentiality: _Optional[str] = ..., codec: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Sensor(_message.Message):
-    __slots__ = ("sensor_id", "dataset", "metrics", "latitude", "longitude", "subject_id", "label", "enrolled_at_ms", "revoked_at_ms", "last_counter", "last_seen_ms", "frames_accepted", "frames_rejected", "readings", "confidentiality", "lorawan_dev_eui")
+    __slots__ = ("sensor_id", "dataset", "metrics", "latitude", "longitude", "subject_id", "label", "enrolled_at_ms", "revoked_at_ms", "last_counter", "last_seen_ms", "frames_accepted", "frames_rejected", "readings", "confidentiality", "lorawan_dev_eui", "rekeyed_at_ms", "old_key_until_ms")
     SENSOR_ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +118,8 @@ class Sensor(_message.Message):
     READINGS_FIELD_NUMBER: _ClassVar[int]
     CONFIDENTIALITY_FIELD_NUMBER: _ClassVar[int]
     LORAWAN_DEV_EUI_FIELD_NUMBER: _ClassVar[int]
+    REKEYED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    OLD_KEY_UNTIL_MS_FIELD_NUMBER: _ClassVar[int]
     sensor_id: str
     dataset: str
     metrics: _containers.RepeatedScalarFieldContainer[str]
@@ -134,7 +136,9 @@ class Sensor(_message.Message):
     readings: int
     confidentiality: str
     lorawan_dev_eui: str
-    def __init__(self, sensor_id: _Optional[str] = ..., dataset: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., latitude: _Optional[float] = ..., longitude: _Optional[float] = ..., subject_id: _Optional[str] = ..., label: _Optional[str] = ..., enrolled_at_ms: _Optional[int] = ..., revoked_at_ms: _Optional[int] = ..., last_counter: _Optional[int] = ..., last_seen_ms: _Optional[int] = ..., frames_accepted: _Optional[int] = ..., frames_rejected: _Optional[int] = ..., readings: _Optional[int] = ..., confidentiality: _Optional[str] = ..., lorawan_dev_eui: _Optional[str] = ...) -> None: ...
+    rekeyed_at_ms: int
+    old_key_until_ms: int
+    def __init__(self, sensor_id: _Optional[str] = ..., dataset: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., latitude: _Optional[float] = ..., longitude: _Optional[float] = ..., subject_id: _Optional[str] = ..., label: _Optional[str] = ..., enrolled_at_ms: _Optional[int] = ..., revoked_at_ms: _Optional[int] = ..., last_counter: _Optional[int] = ..., last_seen_ms: _Optional[int] = ..., frames_accepted: _Optional[int] = ..., frames_rejected: _Optional[int] = ..., readings: _Optional[int] = ..., confidentiality: _Optional[str] = ..., lorawan_dev_eui: _Optional[str] = ..., rekeyed_at_ms: _Optional[int] = ..., old_key_until_ms: _Optional[int] = ...) -> None: ...
 
 class AddLorawanKekRequest(_message.Message):
     __slots__ = ("label", "kek")
@@ -241,24 +245,28 @@ class AddPartnerRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., org_number: _Optional[str] = ..., public_key_file: _Optional[bytes] = ...) -> None: ...
 
 class Partner(_message.Message):
-    __slots__ = ("partner_id", "name", "org_number", "public_key", "added_at_ms", "last_contact_ms")
+    __slots__ = ("partner_id", "name", "org_number", "public_key", "added_at_ms", "last_contact_ms", "removed_at_ms")
     PARTNER_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ORG_NUMBER_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     ADDED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     LAST_CONTACT_MS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     partner_id: str
     name: str
     org_number: str
     public_key: str
     added_at_ms: int
     last_contact_ms: int
-    def __init__(self, partner_id: _Optional[str] = ..., name: _Optional[str] = ..., org_number: _Optional[str] = ..., public_key: _Optional[str] = ..., added_at_ms: _Optional[int] = ..., last_contact_ms: _Optional[int] = ...) -> None: ...
+    removed_at_ms: int
+    def __init__(self, partner_id: _Optional[str] = ..., name: _Optional[str] = ..., org_number: _Optional[str] = ..., public_key: _Optional[str] = ..., added_at_ms: _Optional[int] = ..., last_contact_ms: _Optional[int] = ..., removed_at_ms: _Optional[int] = ...) -> None: ...
 
 class ListPartnersRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("include_removed",)
+    INCLUDE_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    include_removed: bool
+    def __init__(self, include_removed: _Optional[bool] = ...) -> None: ...
 
 class ListPartnersResponse(_message.Message):
     __slots__ = ("partners",)
@@ -475,3 +483,29 @@ class SetRetentionRequest(_message.Message):
     dataset: str
     retention_days: int
     def __init__(self, dataset: _Optional[str] = ..., retention_days: _Optional[int] = ...) -> None: ...
+
+class RekeySensorRequest(_message.Message):
+    __slots__ = ("sensor_id", "request_id", "old_key_grace_seconds")
+    SENSOR_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OLD_KEY_GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    sensor_id: str
+    request_id: str
+    old_key_grace_seconds: int
+    def __init__(self, sensor_id: _Optional[str] = ..., request_id: _Optional[str] = ..., old_key_grace_seconds: _Optional[int] = ...) -> None: ...
+
+class RemovePartnerRequest(_message.Message):
+    __slots__ = ("partner_id", "reason")
+    PARTNER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    partner_id: str
+    reason: str
+    def __init__(self, partner_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RemovePartnerResponse(_message.Message):
+    __slots__ = ("partner", "agreements_revoked")
+    PARTNER_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENTS_REVOKED_FIELD_NUMBER: _ClassVar[int]
+    partner: Partner
+    agreements_revoked: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, partner: _Optional[_Union[Partner, _Mapping]] = ..., agreements_revoked: _Optional[_Iterable[str]] = ...) -> None: ...

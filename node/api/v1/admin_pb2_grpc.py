@@ -166,6 +166,16 @@ class AdminStub:
                 request_serializer=smartregion_dot_v1_dot_admin__pb2.SetRetentionRequest.SerializeToString,
                 response_deserializer=smartregion_dot_v1_dot_admin__pb2.RetentionReport.FromString,
                 _registered_method=True)
+        self.RekeySensor = channel.unary_unary(
+                '/smartregion.v1.Admin/RekeySensor',
+                request_serializer=smartregion_dot_v1_dot_admin__pb2.RekeySensorRequest.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_admin__pb2.AddSensorResponse.FromString,
+                _registered_method=True)
+        self.RemovePartner = channel.unary_unary(
+                '/smartregion.v1.Admin/RemovePartner',
+                request_serializer=smartregion_dot_v1_dot_admin__pb2.RemovePartnerRequest.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_admin__pb2.RemovePartnerResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -345,6 +355,24 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RekeySensor(self, request, context):
+        """A sensor's new key under the same sensor id (branch ops): the new credential, written like
+        AddSensor's. Frames under the old key are accepted until the first frame under the new key
+        or the grace ends; the counter goes on. NOT_FOUND for an unknown sensor, PERMISSION_DENIED
+        (revoked_sensor) for a revoked one, INVALID_ARGUMENT for a LoRaWAN device.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemovePartner(self, request, context):
+        """Remove a partner (branch ops): every agreement with it still in force is revoked by this
+        hub (signed, in the ledger), and its calls are refused from now on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -477,6 +505,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.SetRetention,
                     request_deserializer=smartregion_dot_v1_dot_admin__pb2.SetRetentionRequest.FromString,
                     response_serializer=smartregion_dot_v1_dot_admin__pb2.RetentionReport.SerializeToString,
+            ),
+            'RekeySensor': grpc.unary_unary_rpc_method_handler(
+                    servicer.RekeySensor,
+                    request_deserializer=smartregion_dot_v1_dot_admin__pb2.RekeySensorRequest.FromString,
+                    response_serializer=smartregion_dot_v1_dot_admin__pb2.AddSensorResponse.SerializeToString,
+            ),
+            'RemovePartner': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemovePartner,
+                    request_deserializer=smartregion_dot_v1_dot_admin__pb2.RemovePartnerRequest.FromString,
+                    response_serializer=smartregion_dot_v1_dot_admin__pb2.RemovePartnerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1181,6 +1219,60 @@ class Admin:
             '/smartregion.v1.Admin/SetRetention',
             smartregion_dot_v1_dot_admin__pb2.SetRetentionRequest.SerializeToString,
             smartregion_dot_v1_dot_admin__pb2.RetentionReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RekeySensor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/RekeySensor',
+            smartregion_dot_v1_dot_admin__pb2.RekeySensorRequest.SerializeToString,
+            smartregion_dot_v1_dot_admin__pb2.AddSensorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemovePartner(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/RemovePartner',
+            smartregion_dot_v1_dot_admin__pb2.RemovePartnerRequest.SerializeToString,
+            smartregion_dot_v1_dot_admin__pb2.RemovePartnerResponse.FromString,
             options,
             channel_credentials,
             insecure,

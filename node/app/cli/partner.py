@@ -1,4 +1,4 @@
-"""`smartregion partner ...`: for hub admins (add, list) and for partners themselves
+"""`smartregion partner ...`: for hub admins (add, list, remove) and for partners themselves
 (keygen, agreements, accept, revoke) — a partner's private key never leaves its machine."""
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from federation import agreements as ag
 from federation import partners as partners_mod
 from federation.partner_client import PartnerSession
 from federation.peers import PeerError
 from node.api.v1 import admin_pb2
 from node.app.cli.common import DataDir, JsonFlag, console, fail, passphrase, print_json, user_errors
+from node.app.cli.names import resolve_id
 from node.app.cli.views import as_dict, state_name, terms_table, when
 from node.client import AdminClient
 
@@ -60,17 +62,46 @@ def add(
 
 
 @app.command("list")
-def list_partners(data_dir: DataDir, json_output: JsonFlag = False) -> None:
+def list_partners(
+    data_dir: DataDir,
+    all_: Annotated[bool, typer.Option("--all", help="Include removed partners.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
     """The partners registered at this hub (hub admin)."""
     with user_errors(), AdminClient(data_dir) as client:
-        response = client.call("ListPartners", admin_pb2.ListPartnersRequest())
+        response = client.call("ListPartners", admin_pb2.ListPartnersRequest(include_removed=all_))
     if json_output:
         print_json([as_dict(p) for p in response.partners])
         return
-    table = Table("partner id", "name", "org number", "added", "last contact")
+    table = Table("partner id", "name", "org number", "added", "last contact", "state")
     for p in response.partners:
-        table.add_row(p.partner_id, p.name, p.org_number, when(p.added_at_ms), when(p.last_contact_ms))
+        table.add_row(p.partner_id, p.name, p.org_number, when(p.added_at_ms), when(p.last_contact_ms),
+                      f"removed {when(p.removed_at_ms)}" if p.removed_at_ms else "registered")
     console.print(table)
+
+
+@app.command("remove")
+def remove(
+    data_dir: DataDir,
+    partner_id: Annotated[str, typer.Argument(help="The partner's id, or a unique prefix.")],
+    reason: Annotated[str, typer.Option(help="Why; recorded in each revocation and the audit log.")] = "",
+    json_output: JsonFlag = False,
+) -> None:
+    """Remove a partner (hub admin): its agreements with this hub are revoked and its calls
+    refused from now on."""
+    with user_errors(), AdminClient(data_dir) as client:
+        known = client.call("ListPartners", admin_pb2.ListPartnersRequest(include_removed=True)).partners
+        partner_id = resolve_id("partner", partner_id, (p.partner_id for p in known))
+        response = client.call("RemovePartner", admin_pb2.RemovePartnerRequest(partner_id=partner_id, reason=reason))
+    if json_output:
+        print_json(as_dict(response))
+        return
+    p = response.partner
+    console.print(f"Removed partner {p.partner_id} — {p.name} ({p.org_number}) at {when(p.removed_at_ms)}; its calls are refused")
+    if response.agreements_revoked:
+        console.print(f"Revoked {len(response.agreements_revoked)} agreement(s): {', '.join(response.agreements_revoked)}")
+    else:
+        console.print("No agreement with it was in force.")
 
 
 def _session(key: Path, hub: str, hub_id: str) -> PartnerSession:
@@ -104,10 +135,14 @@ def agreements(key: KeyFile, hub: HubAddress, hub_id: HubId, json_output: JsonFl
         return
     if not held:
         console.print(f"Hub {hub_id} holds no agreement with you.")
+    replaced_by = {h.evidence.terms.supersedes: h.evidence for h in held if h.evidence.terms.supersedes}
     for h in held:
         console.print(terms_table(h.evidence.terms))
         awaiting = "  — awaiting your signature: smartregion partner accept ID" if h.awaiting_partner else ""
-        console.print(f"state {state_name(h.state)}{awaiting}\n")
+        newer = replaced_by.get(h.evidence.agreement_id)
+        if h.state == ag.State.AGREEMENT_STATE_SUPERSEDED and newer is not None:
+            awaiting = f"  — replaced by version {newer.terms.version}, {newer.agreement_id}"
+        console.print(f"version {h.evidence.terms.version}, state {state_name(h.state)}{awaiting}\n")
 
 
 @app.command("accept")

@@ -1,4 +1,4 @@
-"""`smartregion sensor ...`: enrol, list, revoke, and replay collection points."""
+"""`smartregion sensor ...`: enrol, list, rekey, revoke, and replay collection points."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from node.app.sensor_client import Sensor, SensorCredential, read_station_csv, r
 from node.client import AdminClient
 from node.fileio import write_private_file
 from node.senml import Reading
+from node.sensors import DEFAULT_OLD_KEY_GRACE_S, MAX_OLD_KEY_GRACE_S
 
-app = typer.Typer(help="Enrol, list, revoke and replay sensors (collection points).", no_args_is_help=True)
+app = typer.Typer(help="Enrol, list, rekey, revoke and replay sensors (collection points).", no_args_is_help=True)
 
 
 def _ms(value: int) -> str:
@@ -116,6 +117,44 @@ def revoke(
         sensor_id = resolve_id("sensor", sensor_id, (s.sensor_id for s in listed), hex_only=True) if listed else sensor_id
         sensor = client.call("RevokeSensor", admin_pb2.RevokeSensorRequest(sensor_id=sensor_id))
     console.print(f"Revoked sensor {sensor.sensor_id} at {_ms(sensor.revoked_at_ms)}")
+
+
+@app.command("rekey")
+def rekey(
+    data_dir: DataDir,
+    sensor_id: Annotated[str, typer.Argument(help="The sensor's id (32 hex digits), or a unique prefix.")],
+    out: Annotated[Path, typer.Option(help="Where to write the sensor's new credential file (0600).")],
+    old_key_hours: Annotated[int, typer.Option(
+        min=0, max=MAX_OLD_KEY_GRACE_S // 3600,
+        help="Frames under the old key stay accepted this long, unless the sensor sends under the new key first "
+             "(0: refuse them at once, for a leaked key).")] = DEFAULT_OLD_KEY_GRACE_S // 3600,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing credential file.")] = False,
+    request_id: Annotated[str, typer.Option(
+        help="Makes a retry safe: the same command with the same id returns the same new credential.")] = "",
+    json_output: JsonFlag = False,
+) -> None:
+    """Give a sensor a new key under the same id and write its new credential; its history and
+    counter go on (docs/operations.md, "Rekeying a sensor")."""
+    if out.exists() and not force:
+        raise fail(f"{out} exists; refusing to overwrite a credential (use --force)")
+    if not out.parent.is_dir():  # check before rekeying: the credential is the new key's only copy
+        raise fail(f"{out.parent} is not a directory; cannot write the credential there")
+    with user_errors(), AdminClient(data_dir) as client:
+        listed = client.call("ListSensors", admin_pb2.ListSensorsRequest(include_revoked=True)).sensors
+        sensor_id = resolve_id("sensor", sensor_id, (s.sensor_id for s in listed), hex_only=True) if listed else sensor_id
+        response = client.call("RekeySensor", admin_pb2.RekeySensorRequest(
+            sensor_id=sensor_id, request_id=request_id, old_key_grace_seconds=old_key_hours * 3600))
+        write_private_file(out, response.credential_json)
+    sensor = response.sensor
+    if json_output:
+        print_json({"sensor": MessageToDict(sensor, preserving_proto_field_name=True), "credential": str(out)})
+        return
+    console.print(f"Rekeyed sensor {sensor.sensor_id}; its new credential is in {out} (keep it secret: it holds the new key)")
+    if sensor.old_key_until_ms > sensor.rekeyed_at_ms:
+        console.print(f"Frames under the old key are accepted until {_ms(sensor.old_key_until_ms)} "
+                      "or the first frame under the new key, whichever comes first.")
+    else:
+        console.print("Frames under the old key are refused from now on.")
 
 
 def _date(value: str | None, name: str) -> dt.date | None:

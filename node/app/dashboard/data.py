@@ -10,6 +10,7 @@ import operator
 
 from federation import agreements as ag
 from federation.dp import MICRO
+from federation.peers import STATE_TEXT
 from federation.query_service import QueryService
 from federation.query_spec import label
 from federation.service import Federation
@@ -35,7 +36,7 @@ class DashboardData:
         self.federation = federation
         self.queries = queries
         self.hub = federation.hub
-        self._chart: tuple[float, dict] | None = None
+        self._chart: tuple[float, list[str], dict] | None = None  # (made at, the peers asked, the chart)
         self._chart_lock = asyncio.Lock()  # one refresh at a time, however many pages are open
 
     async def overview(self) -> dict:
@@ -73,7 +74,8 @@ class DashboardData:
 
     async def peers(self) -> list[dict]:
         return [{"hub_id": p.hub_id, "municipality": p.municipality, "municipality_name": register.lookup(p.municipality).name,
-                 "address": p.grpc_address, "state": state, "last_contact_ms": p.last_contact_ms, "latency_ms": p.latency_ms,
+                 "address": p.grpc_address, "state": state, "state_text": STATE_TEXT.get(state, state),
+                 "last_contact_ms": p.last_contact_ms, "latency_ms": p.latency_ms,
                  "last_error": p.last_error, "pending_deliveries": pending}
                 for p, state, pending in await self.federation.registry.list_peers(include_removed=False)]
 
@@ -134,15 +136,18 @@ class DashboardData:
 
     async def regional_chart(self, metric: str = "pm25") -> dict:
         """Monthly mean per municipality for the latest year this hub holds data for, asked of
-        this hub and the peers whose agreements allow it (at most once an hour)."""
+        this hub and the peers whose agreements allow it (at most once an hour, and again as soon
+        as those peers change: a peer whose agreement was revoked leaves the chart at once)."""
         async with self._chart_lock:
-            if self._chart and self.federation.clock.monotonic() - self._chart[0] < CHART_CACHE_SECONDS:
-                return self._chart[1]
-            chart = await self._regional_chart(metric)
-            self._chart = (self.federation.clock.monotonic(), chart)
+            peers = await self._chart_peers(metric)
+            now = self.federation.clock.monotonic()
+            if self._chart and self._chart[1] == peers and now - self._chart[0] < CHART_CACHE_SECONDS:
+                return self._chart[2]
+            chart = await self._regional_chart(metric, peers)
+            self._chart = (now, peers, chart)
             return chart
 
-    async def _regional_chart(self, metric: str) -> dict:
+    async def _regional_chart(self, metric: str, peers: list[str]) -> dict:
         counts = await self.hub.storage.read(lambda s: s.metric_summaries())
         latest = max((c.last_time_ms for c in counts if c.dataset == "air_quality" and c.metric == metric), default=None)
         if latest is None:
@@ -151,7 +156,7 @@ class DashboardData:
         spec = query_pb2.QuerySpec(dataset="air_quality", metric=metric, aggregate="mean", start_ms=_year_start_ms(year),
                                    end_ms=_year_start_ms(year + 1), bucket="month", group_by="municipality",
                                    purpose_code=CHART_PURPOSE, deadline_ms=5000,
-                                   hub_ids=[self.hub.config.hub_id, *await self._chart_peers(metric)])
+                                   hub_ids=[self.hub.config.hub_id, *peers])
         answer = await self.queries.run_as_hub(spec)
         buckets = sorted({r.bucket_start_ms for r in answer.rows})
         series: dict[str, dict] = {}

@@ -9,7 +9,7 @@ from node.app.servicers.admin_lifecycle import LifecycleAdmin
 from node.app.servicers.common import translate_rejections
 from node.errors import Reason, Rejected
 from node.hub import Hub
-from node.sensors import Enrolment
+from node.sensors import DEFAULT_OLD_KEY_GRACE_S, Enrolment
 from node.storage.base import LorawanDeviceRecord, SensorRecord
 
 
@@ -31,6 +31,8 @@ def sensor_message(s: SensorRecord, device: LorawanDeviceRecord | None = None) -
         readings=s.readings,
         confidentiality=device.confidentiality if device else "end-to-end",
         lorawan_dev_eui=device.dev_eui if device else "",
+        rekeyed_at_ms=s.rekeyed_at_ms or 0,
+        old_key_until_ms=s.previous_key_until_ms or 0,
     )
 
 
@@ -101,3 +103,9 @@ class AdminServicer(FederationAdmin, QueryAdmin, AuditAdmin, LifecycleAdmin, adm
     @translate_rejections
     async def RevokeSensor(self, request, context):
         return sensor_message(await admin.revoke_sensor(self.hub, request.sensor_id))
+
+    @translate_rejections
+    async def RekeySensor(self, request, context):
+        grace = request.old_key_grace_seconds if request.HasField("old_key_grace_seconds") else DEFAULT_OLD_KEY_GRACE_S
+        record, credential = await admin.rekey_sensor(self.hub, request.sensor_id, request.request_id, grace)
+        return admin_pb2.AddSensorResponse(sensor=sensor_message(record), credential_json=credential)

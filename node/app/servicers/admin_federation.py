@@ -29,7 +29,7 @@ def peer_message(peer: PeerRecord, state: str, pending: int) -> admin_pb2.Peer:
 
 def partner_message(p: PartnerRecord) -> admin_pb2.Partner:
     return admin_pb2.Partner(partner_id=p.partner_id, name=p.name, org_number=p.org_number, public_key=p.public_key.hex(),
-                             added_at_ms=p.added_at_ms, last_contact_ms=p.last_contact_ms or 0)
+                             added_at_ms=p.added_at_ms, last_contact_ms=p.last_contact_ms or 0, removed_at_ms=p.removed_at_ms or 0)
 
 
 def agreement_view(info: AgreementInfo) -> admin_pb2.AgreementView:
@@ -53,7 +53,7 @@ class FederationAdmin:
     @translate_rejections
     async def AddPeer(self, request, context):
         record = await self.federation.registry.add_peer(request.address.strip(), request.hub_id)
-        return peer_message(record, "reachable", 0)
+        return peer_message(record, await self.federation.first_contact(record), 0)
 
     @translate_rejections
     async def ListPeers(self, request, context):
@@ -71,7 +71,13 @@ class FederationAdmin:
 
     @translate_rejections
     async def ListPartners(self, request, context):
-        return admin_pb2.ListPartnersResponse(partners=[partner_message(p) for p in await self.federation.registry.list_partners()])
+        found = await self.federation.registry.list_partners(request.include_removed)
+        return admin_pb2.ListPartnersResponse(partners=[partner_message(p) for p in found])
+
+    @translate_rejections
+    async def RemovePartner(self, request, context):
+        partner, revoked = await self.federation.remove_partner(request.partner_id, request.reason)
+        return admin_pb2.RemovePartnerResponse(partner=partner_message(partner), agreements_revoked=revoked)
 
     @translate_rejections
     async def ProposeAgreement(self, request, context):

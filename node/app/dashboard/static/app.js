@@ -126,7 +126,7 @@ async function load() {
   const [overview, peers, agreements, sensors, audit] = await Promise.all(["overview", "peers", "agreements", "sensors", "audit"].map(api));
   renderIdentity(overview);
   table("peers", ["municipality", "hub id", "state", "last contact", "latency", "pending", "last error"], peers.map((p) => [
-    `${p.municipality_name} (${p.municipality})`, { text: p.hub_id, cls: "mono" }, { text: p.state, cls: `state-${p.state}` },
+    `${p.municipality_name} (${p.municipality})`, { text: p.hub_id, cls: "mono" }, { text: p.state_text || p.state, cls: `state-${p.state}` },
     when(p.last_contact_ms), p.latency_ms ? `${p.latency_ms.toFixed(1)} ms` : "–", p.pending_deliveries, p.last_error || ""]));
   table("agreements", ["agreement", "role", "counterparty", "purpose", "data", "state", "signatures verified", "queries today", "privacy budget (lifetime)", "valid until"],
     agreements.map((a) => [{ text: a.agreement_id.replace("urn:uuid:", "").slice(0, 8) + "…", cls: "mono" }, a.role, a.counterparty,
