@@ -239,11 +239,13 @@ async def serve_forever(hub: Hub, **options) -> None:
     """Serve until SIGTERM or SIGINT, then shut down cleanly."""
     limit = raise_open_file_limit()
     log.info("open-file limit", extra={"nofile": limit})
-    running = await start(hub, **options)
+    # Handlers first: start() publishes the endpoint file, and a SIGTERM sent as soon as a
+    # launcher sees it must still shut the hub down cleanly (not kill it with exit -15).
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    running = await start(hub, **options)
     try:
         await stop.wait()
         log.info("shutting down", extra={"hub_id": hub.config.hub_id})

@@ -66,9 +66,6 @@ async def test_revoking_the_newer_version_never_reactivates_the_older(world):
           f"({refusals['hour']})")
 
 
-@pytest.mark.xfail(strict=True, reason="federation/partner_client.py PartnerSession.agreements() computes each agreement's "
-                   "state alone (agreements.state without `superseded`), so the partner's own view (`smartregion partner "
-                   "agreements`) shows a superseded v1 as ACTIVE; the hubs refuse it (the test above), the view misleads")
 async def test_the_partners_own_view_shows_the_superseded_version_as_superseded(world):
     hub, partner = world
     v1 = await offer_to_partner(hub, partner, terms_toml(purpose="research", smallest_bucket="hour"))
