@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint proto bench clean venv browser mosquitto lorawan-encoder fuzz crash soak
+.PHONY: demo test lint proto bench clean venv browser mosquitto nginx lorawan-encoder fuzz crash soak
 
 venv: $(STAMP)
 
@@ -18,7 +18,7 @@ demo: $(STAMP) mosquitto
 	$(BIN)/smartregion demo $(DEMO_ARGS)
 
 # The gates (ruff, mypy) run first: a lint or type error fails the run like a test.
-test: $(STAMP) browser mosquitto lorawan-encoder lint
+test: $(STAMP) browser mosquitto nginx lorawan-encoder lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The gates: ruff (rule set in pyproject.toml) and mypy (strict on the modules listed there).
@@ -42,6 +42,11 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 # The network-door tests and the demo's LoRaWAN station use Debian's Mosquitto as the broker.
+nginx:
+	@test -x /usr/sbin/nginx || command -v nginx >/dev/null 2>&1 || { \
+	  echo "installing Debian's nginx-light for the reverse-proxy test (deploy/nginx-dashboard.conf)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; }
+
 mosquitto:
 	@test -x /usr/sbin/mosquitto || command -v mosquitto >/dev/null 2>&1 || { \
 	  echo "installing Debian's mosquitto for the network-door tests and the demo"; \
