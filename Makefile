@@ -41,12 +41,13 @@ browser:
 	  echo "installing Debian's chromium for the browser test"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-# The network-door tests and the demo's LoRaWAN station use Debian's Mosquitto as the broker.
+# The reverse-proxy test runs deploy/nginx-dashboard.conf in Debian's nginx-light.
 nginx:
 	@test -x /usr/sbin/nginx || command -v nginx >/dev/null 2>&1 || { \
 	  echo "installing Debian's nginx-light for the reverse-proxy test (deploy/nginx-dashboard.conf)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; }
 
+# The network-door tests and the demo's LoRaWAN station use Debian's Mosquitto as the broker.
 mosquitto:
 	@test -x /usr/sbin/mosquitto || command -v mosquitto >/dev/null 2>&1 || { \
 	  echo "installing Debian's mosquitto for the network-door tests and the demo"; \
