@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from federation import dp, envelope, sealing
 from federation.query.provider import RUN_METHOD, Provider
-from node.api.v1 import query_pb2
+from node.api.v1 import admin_pb2, query_pb2
 from node.app.sensor_client import replay
 from node.senml import Reading
 from node.storage.base import CellRow
@@ -277,3 +277,24 @@ async def test_the_dashboard_shows_the_lifetime_budget_the_command_and_the_answe
     # The consumer does not keep the ledger: it shows the budget, and no made-up spent figure.
     [seen] = [a for a in await _dashboard_agreements(consumer) if a["agreement_id"] == agreement]
     assert (seen["dp_budget"], seen["dp_spent"], seen["dp_remaining"]) == (2.0, None, None)
+
+
+async def test_a_renewal_does_not_hand_the_asker_a_fresh_budget(pair):
+    """Superseding a DP agreement with an identical version 2, or revoking it and signing a new
+    one, continues its line: what v1 spent counts against v2's lifetime budget. Only what a
+    renewal raises the budget to is granted anew."""
+    consumer, provider, v1 = pair
+    await ask(consumer, spec("sum", 1.5, provider))
+    v2 = await sign_agreement(provider, consumer, f'version = 2\nsupersedes = "{v1}"\n' + DP_TERMS)
+    budget = await provider.admin.GetAgreementBudget(admin_pb2.AgreementRef(agreement_id=v2), metadata=provider.admin_metadata)
+    assert (budget.budget_micro, budget.spent_micro, budget.remaining_micro) == (2_000_000, 1_500_000, 500_000)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await ask(consumer, spec("sum", 1.0, provider))
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "earlier versions included" in refused.value.details()
+    assert await spent(provider, v2) == 0  # the refusal spent nothing
+    raised = DP_TERMS.replace("dp_epsilon = 2.0", "dp_epsilon = 3.0")
+    v3 = await sign_agreement(provider, consumer, f'version = 3\nsupersedes = "{v2}"\n' + raised)
+    answer = await ask(consumer, spec("sum", 1.0, provider))  # v3 grants one more: 1.5 + 1.0 <= 3.0
+    partial = query_pb2.PartialResult.FromString(answer.provenance[0].partial.partial)
+    assert (partial.dp_budget_micro, partial.dp_spent_micro) == (3_000_000, 2_500_000)
+    assert (await spent(provider, v3), await spent(provider, v1)) == (1_000_000, 1_500_000)

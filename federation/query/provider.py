@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 
 from federation import dp, envelope, partials, policy, sealing
@@ -139,10 +139,21 @@ class Provider:
         t = evidence.terms
         budget = dp.micro(t.dp_epsilon)
         providing = t.provider.id == self.own_id
-        spent = await self.hub.storage.read(lambda s: s.budget_spent(t.agreement_id)) if providing else 0
+        pooled = await self._budget_line(t.agreement_id, t.consumer.id, t.datasets) if providing else []
+        spent = await self.hub.storage.read(lambda s: s.budget_spent(t.agreement_id, pooled)) if providing else 0
         return admin_pb2.AgreementBudget(agreement_id=t.agreement_id, budget_micro=budget, spent_micro=spent,
                                          remaining_micro=max(0, budget - spent), role="provider" if providing else "consumer",
                                          max_contributions=t.dp_max_contributions)
+
+    async def _budget_line(self, agreement_id: str, consumer_id: str, datasets: Iterable[str]) -> list[str]:
+        """The other agreements of this hub with the same asker over any of these datasets:
+        earlier versions, and agreements revoked and signed anew. A lifetime budget is the
+        line's, not one document's: a renewal must not hand the asker a fresh budget (what it
+        raises the budget to is what it grants anew)."""
+        wanted = set(datasets)
+        return [e.agreement_id for e in await self.federation.ledger.all(consumer_id)
+                if e.agreement_id != agreement_id and e.terms.provider.id == self.own_id
+                and e.terms.consumer.id == consumer_id and wanted & set(e.terms.datasets)]
 
     # -- deciding and computing ---------------------------------------------------------------
     async def _cells_hiding_small_subcells(self, request: AggregateRequest, grant: policy.Grant) -> frozenset[int]:
@@ -171,7 +182,7 @@ class Provider:
         except dp.PrivacyError as exc:
             raise Rejected(Reason.INVALID_REQUEST, str(exc)) from None
 
-    async def _spend(self, grant: policy.Grant, epsilon: float) -> int:
+    async def _spend(self, grant: policy.Grant, epsilon: float, dataset: str) -> int:
         """Charge the query: `epsilon` against the agreement's lifetime budget (integer
         micro-epsilon), then one query against today's quota; all or nothing. Returns the
         micro-epsilon charged, to refund if the query then fails."""
@@ -181,11 +192,12 @@ class Provider:
         charged = dp.micro(epsilon)
         budget = dp.micro(grant.dp_budget)
         aid = grant.agreement_id
-        if charged and not await self.hub.storage.write(lambda s: s.spend_budget(aid, charged, budget)):
-            spent = await self.hub.storage.read(lambda s: s.budget_spent(aid))
+        pooled = await self._budget_line(aid, grant.asker_id, [dataset]) if charged else []
+        if charged and not await self.hub.storage.write(lambda s: s.spend_budget(aid, charged, budget, pooled)):
+            spent = await self.hub.storage.read(lambda s: s.budget_spent(aid, pooled))
             raise Rejected(Reason.QUOTA_EXHAUSTED,
-                           f"agreement {aid}'s differential-privacy budget of {grant.dp_budget:g} (for its whole lifetime) "
-                           f"cannot pay for epsilon {epsilon:g}: {(budget - spent) / dp.MICRO:g} remains")
+                           f"agreement {aid}'s differential-privacy budget of {grant.dp_budget:g} (for its whole lifetime, "
+                           f"earlier versions included) cannot pay for epsilon {epsilon:g}: {max(0, budget - spent) / dp.MICRO:g} remains")
         day = utc_day(self.hub.clock.now_ms())
         if await self.hub.storage.write(lambda s: s.use_quota(aid, day, limit)) == "quota":
             await self._refund(grant, charged)
@@ -297,7 +309,7 @@ class Provider:
             grant = policy.authorize(spec, asker_id, self.own_id, [(e, states[e.agreement_id]) for e in evidences])
             epsilon = (spec.epsilon or dp.default_epsilon(grant.dp_budget)) if grant.dp_budget else 0.0
             bounds = self._dp_bounds(spec) if epsilon else None
-            charged = await self._spend(grant, epsilon)
+            charged = await self._spend(grant, epsilon, spec.dataset)
         except Rejected as refusal:
             await self.federation.audit(asker_id, "query.partial", "", refusal.reason.label, f"{describe(spec)}: {refusal.message}")
             raise
@@ -336,7 +348,8 @@ class Provider:
                                 coarse=coarse)
         if epsilon:
             result.dp_budget_micro = dp.micro(grant.dp_budget)
-            result.dp_spent_micro = await self.hub.storage.read(lambda s: s.budget_spent(grant.agreement_id))
+            pooled = await self._budget_line(grant.agreement_id, grant.asker_id, [spec.dataset])
+            result.dp_spent_micro = await self.hub.storage.read(lambda s: s.budget_spent(grant.agreement_id, pooled))
         signed_partial = partials.sign_partial(self.hub.identity, result).SerializeToString()
         size = partials.padded_size(spec, self.own_id, self.hub.config.municipality, grant.agreement_id)
         sealed = sealing.seal(signed_partial, spec.answer_key, digest, self.own_id, size)

@@ -3,7 +3,7 @@ Mixed into SqliteStore. Aggregation runs inside SQLite; no raw reading is return
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from node.sketch.sql import bin_sql
@@ -170,13 +170,13 @@ class QueryTables(Connected):
         return (row[0], row[1]) if row else (0, 0.0)
 
     # -- lifetime privacy budget (integer micro-epsilon) -------------------------------------
-    def spend_budget(self, agreement_id: str, micro: int, budget_micro: int) -> bool:
-        """Spend `micro` of the agreement's lifetime budget atomically; False (and nothing spent)
-        if it would go over."""
+    def spend_budget(self, agreement_id: str, micro: int, budget_micro: int, pooled: Sequence[str] = ()) -> bool:
+        """Spend `micro` of a lifetime budget atomically, charged to `agreement_id`; False (and
+        nothing spent) if it would go over. What the `pooled` agreements (earlier versions and
+        replacements in the same line: the same asker and dataset) spent counts against it too."""
 
         def work() -> bool:
-            row = self.conn.execute("SELECT spent_micro FROM privacy_budget WHERE agreement_id = ?", (agreement_id,)).fetchone()
-            spent = row[0] if row else 0
+            spent = self._spent([agreement_id, *pooled])
             if micro < 0 or spent + micro > budget_micro:
                 return False
             self.conn.execute(
@@ -187,11 +187,16 @@ class QueryTables(Connected):
 
         return self._transaction(work)
 
+    def _spent(self, agreement_ids: Sequence[str]) -> int:
+        ids = sorted(set(agreement_ids))
+        marks = ", ".join("?" * len(ids))
+        row = self.conn.execute(f"SELECT coalesce(sum(spent_micro), 0) FROM privacy_budget WHERE agreement_id IN ({marks})", ids).fetchone()
+        return int(row[0])
+
     def refund_budget(self, agreement_id: str, micro: int) -> None:
         """Give back what a query spent when it then failed before releasing anything."""
         self._transaction(lambda: self.conn.execute(
             "UPDATE privacy_budget SET spent_micro = max(0, spent_micro - ?) WHERE agreement_id = ?", (micro, agreement_id)))
 
-    def budget_spent(self, agreement_id: str) -> int:
-        row = self.conn.execute("SELECT spent_micro FROM privacy_budget WHERE agreement_id = ?", (agreement_id,)).fetchone()
-        return int(row[0]) if row else 0
+    def budget_spent(self, agreement_id: str, pooled: Sequence[str] = ()) -> int:
+        return self._spent([agreement_id, *pooled])
