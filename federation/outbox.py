@@ -38,6 +38,10 @@ def _stub(channel: grpc.aio.Channel) -> Any:
     return federation_pb2_grpc.FederationStub(channel)  # generated, untyped
 
 
+def signed_bytes(verified: descriptors.VerifiedDescriptor) -> bytes:
+    return verified.signed.SerializeToString()
+
+
 def _error_text(exc: BaseException) -> str:
     return f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
 
@@ -191,22 +195,32 @@ class Outbox:
 
     # -- descriptor refreshes ------------------------------------------------------------
     async def refresh(self, peer: PeerRecord) -> None:
-        """Fetch the peer's current descriptor through its pinned channel."""
+        """Fetch and verify the peer's current descriptor. Its key history must continue the
+        one followed so far (a rotation is followed; a fork or a replayed older history is
+        refused and the last good state kept), and the certificate it serves is re-pinned when
+        it is bound to the hub's current key (a renewal or a rotation), not by fingerprint."""
         started = self._clock.monotonic()
+        known = descriptors.stored_chain(peer.descriptor)  # verified when it was stored
         try:
-            signed = await _stub(self.channel(peer)).GetDescriptor(
-                federation_pb2.GetDescriptorRequest(), timeout=peers.CALL_TIMEOUT_S
-            )
-            verified = descriptors.verify_descriptor(signed, peer.hub_id, peer.tls_cert_pem.encode(), self._clock.now_ms())
-        except (grpc.aio.AioRpcError, descriptors.DescriptorError) as exc:
-            error = _error_text(exc)
+            verified, cert_pem = await peers.fetch_descriptor(peer.grpc_address, peer.hub_id, self._clock.now_ms(), known)
+        except peers.PeerError as exc:
+            error = str(exc)
             await self._storage.write(lambda s: s.record_peer_contact(peer.hub_id, self._clock.now_ms(), None, error))
-            if isinstance(exc, grpc.aio.AioRpcError):
+            if exc.impostor:  # a broken key history, a certificate bound elsewhere: nothing changes
+                await self._audit(peer.hub_id, "peer.refresh", "", "refused", error)
+            else:
                 self._channels.record_failure(peer.hub_id)
             return
         latency = (self._clock.monotonic() - started) * 1000
-        descriptor, valid_until, http_url = signed.SerializeToString(), verified.descriptor.valid_until_ms, verified.descriptor.http_url
+        descriptor, valid_until, http_url = signed_bytes(verified), verified.descriptor.valid_until_ms, verified.descriptor.http_url
         now = self._clock.now_ms()
-        await self._storage.write(lambda s: s.refresh_peer(peer.hub_id, descriptor, valid_until, http_url, now, latency))
+        new_cert = cert_pem.decode() if cert_pem.decode() != peer.tls_cert_pem else ""
+        await self._storage.write(lambda s: s.refresh_peer(peer.hub_id, descriptor, valid_until, http_url, now, latency,
+                                                           tls_cert_pem=new_cert))
+        if known is not None and len(verified.chain.statements) > len(known.statements):
+            await self._audit(peer.hub_id, "peer.key_rotated", "", "ok",
+                              f"followed to rotation {len(verified.chain.statements)}")
+        if new_cert:
+            await self._audit(peer.hub_id, "peer.certificate", "", "ok", "re-pinned a certificate bound to its current key")
         self._channels.record_success(peer.hub_id)
         await self.heard_from(peer.hub_id)

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from federation.query_spec import buckets, label
 from node.api.v1 import query_pb2, query_service_pb2
 from node.identity import HubIdentity
-from node.signing import Domain, hub_id_from_public_key, sign, verify
+from node.keychain import key_of_hub
+from node.signing import Domain, sign, verify
 from node.sketch import Sketch, representative
 from node.storage.base import CellRow
 
@@ -142,7 +143,7 @@ def build(digest: bytes, provider: str, municipality: str, agreement_id: str, mi
 def sign_partial(identity: HubIdentity, partial: query_pb2.PartialResult) -> query_pb2.SignedPartial:
     payload = partial.SerializeToString()
     return query_pb2.SignedPartial(partial=payload, signature=sign(identity.identity_key, Domain.PARTIAL_RESULT, payload),
-                                   provider_public_key=identity.public_key_raw)
+                                   provider_public_key=identity.public_key_raw, provider_key_history=identity.key_history)
 
 
 def verify_partial(signed: query_pb2.SignedPartial, digest: bytes, expected_hub_id: str | None = None,
@@ -153,7 +154,8 @@ def verify_partial(signed: query_pb2.SignedPartial, digest: bytes, expected_hub_
     if not verify(key, Domain.PARTIAL_RESULT, signed.partial, signed.signature):
         raise PartialError("the partial result's signature does not verify")
     partial: query_pb2.PartialResult = query_pb2.PartialResult.FromString(signed.partial)
-    if partial.provider_hub_id != hub_id_from_public_key(key) or (expected_hub_id and partial.provider_hub_id != expected_hub_id):
+    if key_of_hub(partial.provider_hub_id, key, signed.provider_key_history) or (
+            expected_hub_id and partial.provider_hub_id != expected_hub_id):
         raise PartialError("the partial result names another provider than its signer")
     if partial.query_digest != digest:
         raise PartialError("the partial result answers another query")
@@ -270,12 +272,14 @@ def sign_answer(identity: HubIdentity, answer: query_service_pb2.QueryAnswer, di
     answer.summary = summary
     answer.summary_signature = sign(identity.identity_key, Domain.QUERY_ANSWER, summary)
     answer.answered_by_public_key = identity.public_key_raw
+    del answer.answered_by_key_history[:]
+    answer.answered_by_key_history.extend(identity.key_history)
 
 
 def verify_answer_summary(answer: query_service_pb2.QueryAnswer, digest: bytes) -> None:
     """The entry hub signed exactly this answer (hubs asked, statuses, sealed partials, partial flag)."""
     key = answer.answered_by_public_key
-    if len(key) != 32 or hub_id_from_public_key(key) != answer.answered_by:
+    if len(key) != 32 or key_of_hub(answer.answered_by, key, answer.answered_by_key_history):
         raise PartialError("the answer names a merging hub whose key it does not carry")
     if not verify(key, Domain.QUERY_ANSWER, answer.summary, answer.summary_signature):
         raise PartialError("the merging hub's signature over the answer does not verify")

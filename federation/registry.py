@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from federation import partners, peers
+from federation import descriptors, partners, peers
 from federation.auth import Caller
 from federation.channels import ChannelPool
 from node import ids
@@ -34,7 +34,9 @@ class Registry:
         """The pinned peer or registered partner with this id, unless removed."""
         peer = await self._storage.read(lambda s: s.get_peer(caller_id))
         if peer and not peer.removed_at_ms:
-            return Caller("hub", peer.hub_id, peer.public_key, f"hub {peer.municipality}")
+            chain = descriptors.stored_chain(peer.descriptor)  # verified when stored
+            current = chain.current if chain else peer.public_key
+            return Caller("hub", peer.hub_id, current, f"hub {peer.municipality}", identity_key=peer.public_key)
         partner = await self._storage.read(lambda s: s.get_partner(caller_id))
         if partner and not partner.removed_at_ms:
             return Caller("partner", partner.partner_id, partner.public_key, partner.name)
@@ -48,7 +50,7 @@ class Registry:
         if caller.kind == "hub":
             peer = await self._storage.read(lambda s: s.get_peer(caller.id))
             assert peer is not None
-            return agreement_pb2.Party(kind=agreement_pb2.PARTY_KIND_HUB, id=caller.id, public_key=caller.public_key,
+            return agreement_pb2.Party(kind=agreement_pb2.PARTY_KIND_HUB, id=caller.id, public_key=caller.agreement_key,
                                        name=lookup(peer.municipality).name)
         return agreement_pb2.Party(kind=agreement_pb2.PARTY_KIND_PARTNER, id=caller.id, public_key=caller.public_key, name=caller.name)
 
