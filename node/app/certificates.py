@@ -118,7 +118,7 @@ class ServedCertificate:
         if not status.renewal_due:
             log.info("certificate", extra=extra)
             return status
-        log.warning("certificate", extra={**extra, "message": status.message})
+        log.warning("certificate", extra={**extra, "advice": status.message})
         try:
             return await self.renew("automatic: fewer than 30 days left")
         except Rejected as exc:
@@ -127,7 +127,10 @@ class ServedCertificate:
 
     async def monitor(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
-            await self.check()
+            try:
+                await self.check()
+            except Exception:  # keep watching: tomorrow's check may succeed
+                log.exception("certificate check failed")
             sleeper = asyncio.ensure_future(self.hub.clock.sleep(CHECK_INTERVAL_S))
             stopper = asyncio.ensure_future(stopping.wait())
             try:
