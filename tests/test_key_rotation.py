@@ -360,3 +360,31 @@ def test_audit_exports_before_and_after_a_rotation_verify_offline(tmp_path):
     broken = (replace(RotationStatement.from_bytes(new.key_history[0]), old_signature=bytes(64)).to_bytes(),)
     with pytest.raises(audit.AuditError, match=r"signing key is not the hub's: .*not signed by the old key"):
         audit.verify_export(exported(new, history=broken))
+
+
+def test_the_python_example_client_checks_histories_as_the_hub_does():
+    """examples/python_partner.py (standalone, no smartregion imports) accepts exactly the keys
+    node/keychain.py accepts, for a valid history and for each kind of break."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("python_partner", Path(__file__).parents[1] / "examples" / "python_partner.py")
+    assert spec and spec.loader
+    client = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(client)
+    a, b, c = rotated_chain(2)
+    first, second = _statement(c, 0), _statement(c, 1)
+    histories = {
+        "valid": list(c.key_history),
+        "none": [],
+        "old signature missing": [first.to_bytes(), replace(second, old_signature=bytes(64)).to_bytes()],
+        "new signature missing": [replace(first, new_signature=bytes(64)).to_bytes(), second.to_bytes()],
+        "renumbered": [first.to_bytes(), _resign(replace(second, sequence=3), b.identity_key, c.identity_key)],
+        "gap": [second.to_bytes()],
+        "truncated": [first.to_bytes()[:-1]],
+    }
+    for name, history in histories.items():
+        for key in (a.public_key_raw, b.public_key_raw, c.public_key_raw, Ed25519PrivateKey.generate().public_key().public_bytes_raw()):
+            expected = keychain.signer_key_ok(a.hub_id_text, key, history)
+            assert client.is_key_of_hub(a.hub_id_text, key, history) == expected, name
+    assert client.is_key_of_hub(a.hub_id_text, c.public_key_raw, histories["valid"])

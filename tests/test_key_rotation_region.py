@@ -18,9 +18,11 @@ import asyncio
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -282,9 +284,41 @@ async def test_rotation_while_two_peers_and_a_partner_query(region):
     assert any(e["action"] == "peer.key_rotated" and e["actor"] == bergen.hub_id for e in entries)
     history = json.loads(cli("key", "history", "--data-dir", str(bergen.hub_dir.path), "--json").stdout)
     assert [k["key"] for k in history["keys"]] == [old.public_key_raw.hex(), new.public_key_raw.hex()]
+    await node_client_verifies_through_the_rotated_hub(region)
     # The running hub refuses a rotation and says what to do.
     refused = cli("key", "rotate", "--data-dir", str(bergen.hub_dir.path), check=False)
     assert refused.returncode != 0 and "is running, and an identity-key rotation needs it stopped" in refused.stdout + refused.stderr
+
+
+NODE_CLIENT = Path(__file__).resolve().parents[1] / "examples" / "node-partner"
+
+
+async def node_client_verifies_through_the_rotated_hub(region: Region) -> None:
+    """The Node.js partner client (examples/node-partner) asks the ROTATED hub as entry: it pins
+    the certificate through the key history in Bergen's descriptor and verifies Bergen's summary
+    and partial, signed by the new key, by that history."""
+    node = shutil.which("node")
+    if node is None or not (NODE_CLIENT / "node_modules").is_dir():
+        pytest.skip("node or examples/node-partner/node_modules missing (`make examples`)")
+    args = [node, str(NODE_CLIENT / "query.mjs"), "--key", str(region.tmp / "uis.key"), "--hub", region.bergen.address,
+            "--hub-id", region.bergen.hub_id, "--dataset", "air_quality", "--metric", "pm25", "--aggregate", "mean",
+            "--from", "2019-01-01", "--to", "2019-01-08", "--bucket", "day", "--group-by", "municipality",
+            "--purpose", "research", "--deadline-ms", "4000"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTREGION_")} | {"SMARTREGION_PASSPHRASE": PASSPHRASE}
+    done = await asyncio.to_thread(subprocess.run, args, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["answered_by"] == region.bergen.hub_id
+    assert {p["hub_id"]: p["signature_verified"] for p in out["provenance"]} == {h.hub_id: True for h in region.hubs.values()}
+    # The same client's chain check refuses a history with a signature removed.
+    history = [s.hex() for s in region.bergen.hub_dir.identity(PASSPHRASE.encode()).key_history]
+    broken = history[0][:-128] + "00" * 64
+    script = ("import('./smartregion.mjs').then((m) => { const h = process.argv[1]; const ok = m.keysOfHub(h, "
+              "[Buffer.from(process.argv[2], 'hex')]); try { m.keysOfHub(h, [Buffer.from(process.argv[3], 'hex')]); "
+              "console.log('accepted'); } catch (e) { console.log(ok.length + ' ' + e.message); } })")
+    checked = await asyncio.to_thread(subprocess.run, [node, "-e", script, region.bergen.hub_id, history[0], broken],
+                                      capture_output=True, text=True, timeout=30, cwd=NODE_CLIENT)
+    assert checked.stdout.strip() == f"2 rotation 1 of hub {region.bergen.hub_id} is not signed by the new key", checked.stderr
 
 
 # -- 2. a forged or replayed history at Bergen's address --------------------------------------------
