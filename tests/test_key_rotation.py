@@ -414,3 +414,61 @@ def test_the_documented_statement_vector_is_what_the_code_signs():
     statement = keychain.sign_rotation(hub_id, int(fields["sequence"]), old, new, int(fields["rotated_at"]))
     assert statement.to_bytes().hex() == fields["statement"]
     assert KeyChain.verify(fields["hub_id"], [statement.to_bytes()]).current.hex() == fields["new_key"]
+
+
+def test_the_documented_cert_commands_on_a_stopped_hub(tmp_path):
+    """`smartregion cert status` and `cert renew` on a stopped hub (docs/operations.md): the
+    renewal is offline, bound to the same identity key, and audited."""
+    import os
+    import subprocess
+    import sys
+
+    from cryptography import x509
+
+    path = make_hub_dir(tmp_path / "hub")
+    hub_dir = hubdir.HubDir(path)
+    before = hub_dir.identity(PASSPHRASE.encode())
+    env = dict(os.environ, SMARTREGION_PASSPHRASE=PASSPHRASE, COLUMNS="200")
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "node.app.cli.main", *args], capture_output=True, text=True,
+                              timeout=60, env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    status = json.loads(cli("cert", "status", "--data-dir", str(path), "--json"))
+    assert status["not_after_ms"] == before.certificate_expires_ms and not status["renewal_due"]
+    assert "the hub serves it when it starts" in cli("cert", "renew", "--data-dir", str(path))
+    after = hub_dir.identity(PASSPHRASE.encode())
+    assert after.tls_cert_pem != before.tls_cert_pem and after.tls_cert_pem == hub_dir.tls_cert_pem()
+    assert identity.verify_tls_binding(x509.load_pem_x509_certificate(hub_dir.tls_cert_pem())) == before.public_key_raw
+    assert after.identity_key.private_bytes_raw() == before.identity_key.private_bytes_raw()
+    assert any(json.loads(r.entry)["action"] == "cert.renew" for r in _audit_rows(path))
+
+
+def test_partials_and_answer_summaries_signed_by_a_rotated_key_verify_only_with_its_history():
+    from federation import partials
+    from node.api.v1 import query_pb2, query_service_pb2
+
+    a, b = rotated_chain(1)
+    digest = bytes(32)
+    partial = query_pb2.PartialResult(query_digest=digest, provider_hub_id=a.hub_id_text, municipality="1103")
+    signed = partials.sign_partial(b, partial)
+    assert list(signed.provider_key_history) == list(b.key_history)
+    assert partials.verify_partial(signed, digest, expected_hub_id=a.hub_id_text).provider_hub_id == a.hub_id_text
+    # Without the history, or with a history that does not hold the signing key: refused.
+    bare = query_pb2.SignedPartial(partial=signed.partial, signature=signed.signature, provider_public_key=signed.provider_public_key)
+    stranger = identity.generate()
+    foreign = partials.sign_partial(replace(stranger, key_history=()), partial)
+    foreign.provider_key_history.extend(b.key_history)  # a's genuine history, a stranger's key
+    for refused in (bare, foreign):
+        with pytest.raises(partials.PartialError, match="names another provider than its signer"):
+            partials.verify_partial(refused, digest)
+
+    answer = query_service_pb2.QueryAnswer(answered_by=a.hub_id_text)
+    partials.sign_answer(b, answer, digest, merged_at_ms=5)
+    assert list(answer.answered_by_key_history) == list(b.key_history)
+    partials.verify_answer_summary(answer, digest)
+    del answer.answered_by_key_history[:]
+    with pytest.raises(partials.PartialError, match="whose key it does not carry"):
+        partials.verify_answer_summary(answer, digest)
