@@ -42,12 +42,7 @@ def rotate(data_dir: DataDir, as_json: JsonFlag = False) -> None:
     hub_dir = hubdir.HubDir(data_dir)
     with user_errors():
         hub_dir.config()
-        if _running(hub_dir):
-            raise fail(str(rotation.RotationError(
-                f"the hub in {hub_dir.path} is running, and an identity-key rotation needs it stopped: stop it (Ctrl-C, or "
-                f"`systemctl stop smartregion`), run `smartregion key rotate --data-dir {hub_dir.path}` again, then start it "
-                "with `smartregion serve`. Peers follow the new key at their next descriptor refresh.")))
-        try:
+        try:  # refused, with what to do, while the hub serves (it holds the serving lock)
             old, new = rotation.rotate_identity(hub_dir, passphrase(), SYSTEM_CLOCK)
         except rotation.RotationError as exc:
             raise fail(str(exc)) from None
