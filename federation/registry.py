@@ -28,19 +28,30 @@ class Registry:
         self._channels = channels
         self._audit = audit
         self._on_new_peer = on_new_peer  # the outbox schedules a first delivery
+        self._current_keys: dict[str, tuple[bytes, bytes]] = {}  # hub id -> (stored descriptor, its current key)
 
     # -- lookups -------------------------------------------------------------------------
     async def known_caller(self, caller_id: str) -> Caller | None:
         """The pinned peer or registered partner with this id, unless removed."""
         peer = await self._storage.read(lambda s: s.get_peer(caller_id))
         if peer and not peer.removed_at_ms:
-            chain = descriptors.stored_chain(peer.descriptor)  # verified when stored
-            current = chain.current if chain else peer.public_key
-            return Caller("hub", peer.hub_id, current, f"hub {peer.municipality}", identity_key=peer.public_key)
+            return Caller("hub", peer.hub_id, self._current_key(peer), f"hub {peer.municipality}", identity_key=peer.public_key)
         partner = await self._storage.read(lambda s: s.get_partner(caller_id))
         if partner and not partner.removed_at_ms:
             return Caller("partner", partner.partner_id, partner.public_key, partner.name)
         return None
+
+    def _current_key(self, peer: PeerRecord) -> bytes:
+        """The key the peer signs with now: the last of its stored descriptor's key history
+        (verified when stored), or its pinned key. Cached per descriptor: checking a history
+        costs two signature verifications per rotation, and every request asks."""
+        cached = self._current_keys.get(peer.hub_id)
+        if cached is not None and cached[0] == peer.descriptor:
+            return cached[1]
+        chain = descriptors.stored_chain(peer.descriptor)
+        current = chain.current if chain else peer.public_key
+        self._current_keys[peer.hub_id] = (peer.descriptor, current)
+        return current
 
     async def party(self, party_id: str) -> agreement_pb2.Party:
         """The counterparty of an agreement this hub proposes, as named in its terms."""
