@@ -85,12 +85,14 @@ class Registry:
             peers.split_address(address)
         except peers.PeerError as exc:
             raise Rejected(Reason.INVALID_REQUEST, str(exc)) from None
+        existing = await self._storage.read(lambda s: s.get_peer(hub_id))
+        # Pinning a known peer again must not undo its followed key history (a fork or replay).
+        known = descriptors.stored_chain(existing.descriptor) if existing else None
         try:
-            verified, cert_pem = await peers.fetch_descriptor(address, hub_id, self._clock.now_ms())
+            verified, cert_pem = await peers.fetch_descriptor(address, hub_id, self._clock.now_ms(), known)
         except peers.PeerError as exc:
             await self._audit("admin", "peer.add", hub_id, "refused", str(exc))
             raise Rejected(Reason.PERMISSION_DENIED if exc.impostor else Reason.UNAVAILABLE, str(exc)) from None
-        existing = await self._storage.read(lambda s: s.get_peer(hub_id))
         now = self._clock.now_ms()
         record = peers.peer_record(verified, address, cert_pem, existing.added_at_ms if existing else now, now)
         conflict = peers.municipality_conflict(record, self._own_municipality,

@@ -20,19 +20,22 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 import pytest_asyncio
 from cryptography import x509
+from typer.testing import CliRunner
 
 from federation import answers, descriptors, export, partners, peers
 from federation.partner_client import PartnerSession
 from federation.query import asker
 from node import audit, hubdir, identity, keychain, keystore, senml
 from node.api.v1 import admin_pb2, agreement_pb2, query_pb2
+from node.app.cli.main import app
 from node.app.sensor_client import Sensor, SensorCredential, replay
 from tests.conftest import PASSPHRASE
 from tests.region_helpers import ProcessHub, eventually, start_all
@@ -61,15 +64,25 @@ until = {UNTIL}
 START_MS = int(dt.datetime(2019, 1, 1, tzinfo=dt.UTC).timestamp() * 1000)
 END_MS = START_MS + 7 * 86_400_000
 HOURS = 7 * 24
-ENV = dict(os.environ, SMARTREGION_PASSPHRASE=PASSPHRASE, COLUMNS="200")
 
 
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "node.app.cli.main", *args], capture_output=True, text=True,
-                            timeout=120, env=ENV)
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+
+
+def cli_sync(*args: str, check: bool = True) -> Ran:
+    """`smartregion ARGS`, in this process (the passphrase comes from the test environment)."""
+    outcome = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"}, catch_exceptions=False)
     if check:
-        assert result.returncode == 0, result.stdout + result.stderr
-    return result
+        assert outcome.exit_code == 0, outcome.output
+    return Ran(outcome.exit_code, outcome.output)
+
+
+async def cli(*args: str, check: bool = True) -> Ran:
+    """In a thread, so the askers keep querying meanwhile (the admin commands call the hubs)."""
+    return await asyncio.to_thread(cli_sync, *args, check=check)
 
 
 def spec() -> query_pb2.QuerySpec:
@@ -228,8 +241,8 @@ async def test_rotation_while_two_peers_and_a_partner_query(region):
     querying = asyncio.create_task(query_continuously(region, stop, outcomes))
     try:
         await bergen.stop()
-        refused = cli("key", "rotate", "--data-dir", str(bergen.hub_dir.path), check=False)  # documented command
-        assert refused.returncode == 0, refused.stdout + refused.stderr
+        refused = await cli("key", "rotate", "--data-dir", str(bergen.hub_dir.path), check=False)  # documented command
+        assert refused.returncode == 0, refused.stdout
         assert f"Rotated the identity key of hub {bergen.hub_id} (rotation 1; the hub id stays)" in refused.stdout
         await asyncio.to_thread(bergen.launch)
         bergen.connect()
@@ -264,9 +277,9 @@ async def test_rotation_while_two_peers_and_a_partner_query(region):
             == new.public_key_raw
 
     # Offline, with the documented commands: everything from before still verifies...
-    assert "verifies" in cli("query", "verify", str(files / "answer-partner.json")).stdout
+    assert "verifies" in (await cli("query", "verify", str(files / "answer-partner.json"))).stdout
     assert answers.verify((files / "answer-stavanger.json").read_bytes()).verified_hubs
-    assert "verifies" in cli("agreement", "verify", str(files / "agreement.json")).stdout
+    assert "verifies" in (await cli("agreement", "verify", str(files / "agreement.json"))).stdout
     # ...and so does what is signed under the new key, an agreement signed after the rotation
     # included (proposed by Porsgrunn, countersigned by Bergen with its new key, over the wire).
     assert bergen.hub_id in answers.verify(answers.to_json(answer)).verified_hubs
@@ -275,19 +288,19 @@ async def test_rotation_while_two_peers_and_a_partner_query(region):
     assert "exporter_key_history" in json.loads(exported.document_json)
     assert export.verify(exported.document_json, int(time.time() * 1000)).evidence.fully_signed()
     (after / "audit.jsonl").write_bytes((await bergen.admin("ExportAudit", admin_pb2.ExportAuditRequest())).jsonl)
-    extended = cli("audit", "verify", str(after / "audit.jsonl"), "--extends", str(files / "audit.jsonl"),
-                   "--hub-id", bergen.hub_id).stdout
+    extended = (await cli("audit", "verify", str(after / "audit.jsonl"), "--extends", str(files / "audit.jsonl"),
+                   "--hub-id", bergen.hub_id)).stdout
     assert "those entries are unchanged" in extended
     header = json.loads((after / "audit.jsonl").read_text().splitlines()[0])
     assert header["key_history"] == [s.hex() for s in new.key_history]
     entries = await audit_of(region.stavanger)
     assert any(e["action"] == "peer.key_rotated" and e["actor"] == bergen.hub_id for e in entries)
-    history = json.loads(cli("key", "history", "--data-dir", str(bergen.hub_dir.path), "--json").stdout)
+    history = json.loads((await cli("key", "history", "--data-dir", str(bergen.hub_dir.path), "--json")).stdout)
     assert [k["key"] for k in history["keys"]] == [old.public_key_raw.hex(), new.public_key_raw.hex()]
     await node_client_verifies_through_the_rotated_hub(region)
     # The running hub refuses a rotation and says what to do.
-    refused = cli("key", "rotate", "--data-dir", str(bergen.hub_dir.path), check=False)
-    assert refused.returncode != 0 and "is running, and an identity-key rotation needs it stopped" in refused.stdout + refused.stderr
+    refused = await cli("key", "rotate", "--data-dir", str(bergen.hub_dir.path), check=False)
+    assert refused.returncode != 0 and "is running, and an identity-key rotation needs it stopped" in refused.stdout
 
 
 NODE_CLIENT = Path(__file__).resolve().parents[1] / "examples" / "node-partner"
@@ -346,6 +359,11 @@ async def test_a_forked_or_replayed_key_history_is_refused_and_the_last_good_sta
                 chain = pinned_chain(peer, bergen.hub_id)  # the last good state, unchanged
                 assert chain is not None and chain.current == real.public_key_raw
                 assert pinned_cert(peer, bergen.hub_id) == real.tls_cert_pem.decode()
+            # Pinning it again by hand (`peer add`) does not undo the followed history either.
+            with pytest.raises(grpc.aio.AioRpcError) as again:
+                await region.stavanger.admin("AddPeer", admin_pb2.AddPeerRequest(address=bergen.address, hub_id=bergen.hub_id))
+            assert again.value.code() == grpc.StatusCode.PERMISSION_DENIED and fragment in again.value.details()
+            assert pinned_chain(region.stavanger, bergen.hub_id).current == real.public_key_raw
             # Queries go on; the impostor is named unavailable, never its figures verified.
             answer = await region.ask_as_hub(region.stavanger)
             assert bergen_status(region, answer) != "answered"
@@ -373,7 +391,7 @@ async def test_certificate_renewal_while_peers_query(region):
     querying = asyncio.create_task(query_continuously(region, stop, outcomes))
     try:
         await asyncio.sleep(0.5)
-        renewed = cli("cert", "renew", "--data-dir", str(bergen.hub_dir.path))  # the running hub: no restart
+        renewed = await cli("cert", "renew", "--data-dir", str(bergen.hub_dir.path))  # the running hub: no restart
         assert "the running hub serves it from now on" in renewed.stdout
         served = await peers.fetch_certificate(bergen.address)
         assert served != before and served == bergen.hub_dir.tls_cert_pem()
@@ -413,5 +431,5 @@ async def test_certificate_renewal_while_peers_query(region):
     cert = x509.load_pem_x509_certificate(served)
     line = next(line for line in body.splitlines() if line.startswith("smartregion_tls_certificate_expiry_timestamp_seconds"))
     assert float(line.split()[-1]) == cert.not_valid_after_utc.timestamp()
-    status_line = cli("cert", "status", "--data-dir", str(bergen.hub_dir.path)).stdout
+    status_line = (await cli("cert", "status", "--data-dir", str(bergen.hub_dir.path))).stdout
     assert "valid for 1095 more days" in status_line or "valid for 1094 more days" in status_line
