@@ -26,6 +26,7 @@ from node.api.v1 import agreement_pb2, federation_pb2, federation_pb2_grpc
 from node.clock import Clock
 from node.errors import Rejected
 from node.identity import HubIdentity
+from node.keychain import KeyChain
 from node.storage import Storage
 from node.storage.base import Delivery, PeerRecord
 
@@ -194,6 +195,17 @@ class Outbox:
         return response
 
     # -- descriptor refreshes ------------------------------------------------------------
+    async def _fetch_descriptor(self, peer: PeerRecord, known: KeyChain | None) -> tuple[descriptors.VerifiedDescriptor, bytes]:
+        """Through the pooled channel pinned to the stored certificate, as usual; if that fails
+        (the hub renewed its certificate or rotated its key and restarted) or the descriptor
+        names another certificate, fetch certificate and descriptor afresh (peers.fetch_descriptor)."""
+        try:
+            signed = await _stub(self.channel(peer)).GetDescriptor(federation_pb2.GetDescriptorRequest(), timeout=peers.CALL_TIMEOUT_S)
+            pinned = peer.tls_cert_pem.encode()
+            return descriptors.verify_descriptor(signed, peer.hub_id, pinned, self._clock.now_ms(), known), pinned
+        except (grpc.aio.AioRpcError, descriptors.DescriptorError):
+            return await peers.fetch_descriptor(peer.grpc_address, peer.hub_id, self._clock.now_ms(), known)
+
     async def refresh(self, peer: PeerRecord) -> None:
         """Fetch and verify the peer's current descriptor. Its key history must continue the
         one followed so far (a rotation is followed; a fork or a replayed older history is
@@ -202,7 +214,7 @@ class Outbox:
         started = self._clock.monotonic()
         known = descriptors.stored_chain(peer.descriptor)  # verified when it was stored
         try:
-            verified, cert_pem = await peers.fetch_descriptor(peer.grpc_address, peer.hub_id, self._clock.now_ms(), known)
+            verified, cert_pem = await self._fetch_descriptor(peer, known)
         except peers.PeerError as exc:
             error = str(exc)
             await self._storage.write(lambda s: s.record_peer_contact(peer.hub_id, self._clock.now_ms(), None, error))
