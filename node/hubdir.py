@@ -208,6 +208,14 @@ class HubDir:
             raise HubDirError(f"the hub in {self.path} is not running (process {pid} is gone); start it with `smartregion serve`")
         return info
 
+    def running(self) -> bool:
+        """Whether a hub serves from this directory now (its endpoint file names a live process)."""
+        try:
+            self.endpoint()
+        except HubDirError:
+            return False
+        return True
+
     def write_endpoint(self, info: dict) -> None:
         make_private_dir(self.file("run"))
         write_private_file(self.file(ENDPOINT_FILE), json.dumps(info, indent=2).encode())

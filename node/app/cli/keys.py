@@ -22,14 +22,6 @@ def _when(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _running(hub_dir: hubdir.HubDir) -> bool:
-    try:
-        hub_dir.endpoint()
-    except hubdir.HubDirError:
-        return False
-    return True
-
-
 def _history_rows(chain: KeyChain) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = [{"sequence": 0, "key": chain.genesis.hex(), "since": "genesis (the hub id is its hash)"}]
     rows += [{"sequence": s.sequence, "key": s.new_key.hex(), "since": _when(s.rotated_at_ms)} for s in chain.statements]
@@ -95,7 +87,7 @@ def renew(data_dir: DataDir, as_json: JsonFlag = False) -> None:
     hub_dir = hubdir.HubDir(data_dir)
     with user_errors():
         hub_dir.config()
-        if _running(hub_dir):
+        if hub_dir.running():
             with AdminClient(data_dir) as client:
                 response = client.call("RenewCertificate", admin_pb2.RenewCertificateRequest())
             expires, sha256, how = response.not_after_ms, response.certificate_sha256, "the running hub serves it from now on"
