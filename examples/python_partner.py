@@ -69,6 +69,38 @@ def hub_id_of(public_key: bytes) -> str:
     return hashlib.sha256(HUB_ID_DOMAIN + public_key).digest()[:16].hex()
 
 
+KEY_ROTATION_DOMAIN = b"smartregion/v1/key-rotation\x00"
+
+
+def is_key_of_hub(hub_id: str, key: bytes, history) -> bool:
+    """`key` is hub `hub_id`'s: it hashes to the id, or a valid key history (rotation statements,
+    docs/protocol.md "Key rotation statements") leads from the key that does to it."""
+    if not history:
+        return len(key) == 32 and hub_id_of(key) == hub_id
+    keys: list[bytes] = []
+    previous_at_ms = 0
+    for position, statement in enumerate(history, start=1):
+        if len(statement) != 220:
+            return False
+        payload, old_key, new_key = statement[:92], statement[20:52], statement[52:84]
+        if position == 1:
+            if hub_id_of(old_key) != hub_id:
+                return False
+            keys.append(old_key)
+        at_ms = int.from_bytes(statement[84:92], "big")
+        if (statement[:16].hex() != hub_id or int.from_bytes(statement[16:20], "big") != position or old_key != keys[-1]
+                or new_key in keys or at_ms < previous_at_ms):
+            return False
+        try:
+            Ed25519PublicKey.from_public_bytes(old_key).verify(statement[92:156], KEY_ROTATION_DOMAIN + payload)
+            Ed25519PublicKey.from_public_bytes(new_key).verify(statement[156:220], KEY_ROTATION_DOMAIN + payload)
+        except (InvalidSignature, ValueError):
+            return False
+        keys.append(new_key)
+        previous_at_ms = at_ms
+    return key in keys
+
+
 # -- 1. the partner key: a keystore file, scrypt + AES-256-GCM ---------------------------------
 
 def passphrase() -> bytes:
@@ -153,7 +185,7 @@ def sign_query(key: Ed25519PrivateKey, hub_id: str, spec: query_pb2.QuerySpec) -
 def verify_summary(answer, digest: bytes, entry_hub_id: str) -> None:
     """The entry hub signed what every hub it asked answered (docs/querying.md 7.4)."""
     key = answer.answered_by_public_key
-    if len(key) != 32 or hub_id_of(key) != answer.answered_by:
+    if len(key) != 32 or not is_key_of_hub(answer.answered_by, key, answer.answered_by_key_history):
         raise ClientError("the answer names an entry hub whose key it does not carry")
     if answer.answered_by != entry_hub_id:
         raise ClientError(f"the answer was signed by hub {answer.answered_by}, not by hub {entry_hub_id}")
@@ -201,7 +233,8 @@ def open_partials(answer, digest: bytes, answer_key: X25519PrivateKey, spec: que
         except (InvalidSignature, ValueError):
             raise ClientError(f"hub {p.hub_id}: the partial result's signature does not verify") from None
         partial = query_pb2.PartialResult.FromString(signed.partial)
-        if not partial.provider_hub_id == p.hub_id == hub_id_of(signed.provider_public_key):
+        if partial.provider_hub_id != p.hub_id or not is_key_of_hub(p.hub_id, signed.provider_public_key,
+                                                                      signed.provider_key_history):
             raise ClientError(f"hub {p.hub_id}: the partial result names another provider than its signer")
         if partial.query_digest != digest:
             raise ClientError(f"hub {p.hub_id}: the partial result answers another query")

@@ -76,7 +76,7 @@ class AgreementBook:
             terms = terms_mod.from_toml(doc, provider, consumer, self._ledger.clock.now_ms())
         except terms_mod.TermsError as exc:
             raise Rejected(Reason.INVALID_REQUEST, str(exc)) from None
-        evidence = ag.propose(terms, self._own_id, self._identity.identity_key)
+        evidence = ag.propose(terms, self._own_id, self._identity.identity_key, self._identity.key_history)
         await self._ledger.add_new(evidence, self._notify(evidence))
         self._wake_outbox()
         await self._audit("admin", "agreement.propose", evidence.agreement_id, "ok", f"to {counterparty.id}")
@@ -95,7 +95,7 @@ class AgreementBook:
                                f"agreement {agreement_id} is {ag.STATE_NAMES[state]} and not awaiting this hub's signature")
             if evidence.terms.valid_until_ms <= self._ledger.clock.now_ms():
                 raise Rejected(Reason.INVALID_REQUEST, f"agreement {agreement_id} has expired; it can no longer be signed")
-            return ag.countersign(evidence, self._own_id, self._identity.identity_key)
+            return ag.countersign(evidence, self._own_id, self._identity.identity_key, self._identity.key_history)
 
         evidence = await self._ledger.update(agreement_id.strip(), countersign, self._notify)
         self._wake_outbox()
@@ -120,7 +120,8 @@ class AgreementBook:
         return await self.info(evidence.agreement_id)
 
     def _revoked(self, evidence: ag.Evidence, reason: str) -> ag.Evidence:
-        return ag.revoke(evidence, self._own_id, self._identity.identity_key, reason.strip(), self._ledger.clock.now_ms())
+        return ag.revoke(evidence, self._own_id, self._identity.identity_key, reason.strip(), self._ledger.clock.now_ms(),
+                         self._identity.key_history)
 
     async def revoke_all_with(self, party_id: str, reason: str) -> list[str]:
         """Revoke every agreement with `party_id` that is still in force or awaiting signatures
@@ -157,7 +158,7 @@ class AgreementBook:
         this hub holds of agreements with it."""
         subject = ",".join(agreement_id_of(d) for d in documents)
         try:
-            merged = await self._ledger.merge_from(caller.id, caller.public_key, documents)
+            merged = await self._ledger.merge_from(caller.id, caller.agreement_key, documents)
         except Rejected as rejected:
             await self._audit(caller.id, "agreement.exchange", subject, rejected.reason.label, rejected.message)
             raise
@@ -191,7 +192,8 @@ class AgreementBook:
 
     async def export(self, agreement_id: str) -> bytes:
         info = await self.info(agreement_id)
-        return export.export(info.evidence, info.state, self._own_id, self._ledger.clock.now_ms(), self._identity.identity_key)
+        return export.export(info.evidence, info.state, self._own_id, self._ledger.clock.now_ms(), self._identity.identity_key,
+                             self._identity.key_history)
 
     async def state_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -14,6 +14,7 @@ from google.protobuf.message import DecodeError
 
 from federation import terms as terms_mod
 from node.api.v1 import agreement_pb2
+from node.keychain import verify_by_history
 from node.signing import Domain, sign, verify
 
 State = agreement_pb2.AgreementState
@@ -34,6 +35,7 @@ class SignedRevocation:
     payload: bytes
     signature: bytes
     revocation: agreement_pb2.Revocation
+    key_history: tuple[bytes, ...] = ()  # the revoker's, when it signed with a rotated key
 
 
 @dataclass
@@ -42,6 +44,8 @@ class Evidence:
     terms: agreement_pb2.AgreementTerms
     signatures: dict[str, bytes] = field(default_factory=dict)  # signer id -> signature
     revocations: dict[str, SignedRevocation] = field(default_factory=dict)  # revoker id -> revocation
+    # signer id -> the key history its signature needs (a hub that signed with a rotated key)
+    histories: dict[str, tuple[bytes, ...]] = field(default_factory=dict)
 
     @property
     def agreement_id(self) -> str:
@@ -68,10 +72,11 @@ class Evidence:
         return agreement_pb2.AgreementDocument(
             signed_terms=agreement_pb2.SignedTerms(
                 terms=self.terms_bytes,
-                signatures=[agreement_pb2.PartySignature(signer_id=k, signature=v) for k, v in sorted(self.signatures.items())],
+                signatures=[agreement_pb2.PartySignature(signer_id=k, signature=v, key_history=self.histories.get(k, ()))
+                            for k, v in sorted(self.signatures.items())],
             ),
             revocations=[
-                agreement_pb2.SignedRevocation(revocation=r.payload, signature=r.signature)
+                agreement_pb2.SignedRevocation(revocation=r.payload, signature=r.signature, key_history=r.key_history)
                 for _, r in sorted(self.revocations.items())
             ],
         )
@@ -103,14 +108,27 @@ def from_document(doc: agreement_pb2.AgreementDocument, check_terms: bool = True
         party = parties.get(sig.signer_id)
         if party is None:
             raise AgreementError("not_party", f"agreement {terms.agreement_id} is signed by {sig.signer_id}, who is not a party")
-        if not verify(party.public_key, Domain.AGREEMENT, terms_bytes, sig.signature):
+        if not party_signed(party, Domain.AGREEMENT, terms_bytes, sig.signature, sig.key_history):
             raise AgreementError(
                 "invalid", f"agreement {terms.agreement_id}: the signature of {sig.signer_id} does not verify (tampered terms or wrong key)"
             )
         evidence.signatures[sig.signer_id] = sig.signature
+        if sig.key_history:
+            evidence.histories[sig.signer_id] = tuple(sig.key_history)
     for signed in doc.revocations:
         evidence = merge(evidence, Evidence(terms_bytes, terms, revocations={**_check_revocation(evidence, signed)}))
     return evidence
+
+
+def party_signed(party: agreement_pb2.Party, domain: Domain, message: bytes, signature: bytes,
+                 key_history: list[bytes] | tuple[bytes, ...]) -> bool:
+    """Signed by the key the terms name, or, for a hub that rotated since, by any key of a valid
+    key history starting at it (node/keychain.py says why any key, not "the key of the day")."""
+    if not key_history:
+        return verify(party.public_key, domain, message, signature)
+    if party.kind != agreement_pb2.PARTY_KIND_HUB:
+        return False  # partners do not rotate keys this way
+    return verify_by_history(party.id, party.public_key, key_history, domain, message, signature)
 
 
 def _check_revocation(evidence: Evidence, signed: agreement_pb2.SignedRevocation) -> dict[str, SignedRevocation]:
@@ -123,9 +141,9 @@ def _check_revocation(evidence: Evidence, signed: agreement_pb2.SignedRevocation
     party = evidence.parties().get(revocation.revoked_by)
     if party is None:
         raise AgreementError("not_party", f"agreement {evidence.agreement_id} is revoked by {revocation.revoked_by}, who is not a party")
-    if not verify(party.public_key, Domain.REVOCATION, signed.revocation, signed.signature):
+    if not party_signed(party, Domain.REVOCATION, signed.revocation, signed.signature, signed.key_history):
         raise AgreementError("invalid", f"the revocation of {evidence.agreement_id} by {revocation.revoked_by} does not verify")
-    return {revocation.revoked_by: SignedRevocation(signed.revocation, signed.signature, revocation)}
+    return {revocation.revoked_by: SignedRevocation(signed.revocation, signed.signature, revocation, tuple(signed.key_history))}
 
 
 def merge(a: Evidence, b: Evidence) -> Evidence:
@@ -138,7 +156,11 @@ def merge(a: Evidence, b: Evidence) -> Evidence:
         # One revocation per party counts: the earliest (ties broken by bytes, so all agree).
         if mine is None or (r.revocation.revoked_at_ms, r.payload) < (mine.revocation.revoked_at_ms, mine.payload):
             revocations[revoker] = r
-    return Evidence(a.terms_bytes, a.terms, {**a.signatures, **b.signatures}, revocations)
+    histories = dict(a.histories)
+    for signer, history in b.histories.items():
+        # Two copies of one signature carry the same history unless re-sent; keep one, the same everywhere.
+        histories[signer] = min(history, histories.get(signer, history))
+    return Evidence(a.terms_bytes, a.terms, {**a.signatures, **b.signatures}, revocations, histories)
 
 
 def state(evidence: Evidence, now_ms: int, superseded: bool = False) -> int:
@@ -156,20 +178,30 @@ def state(evidence: Evidence, now_ms: int, superseded: bool = False) -> int:
     return State.AGREEMENT_STATE_ACTIVE
 
 
-def propose(terms: agreement_pb2.AgreementTerms, signer_id: str, key: Ed25519PrivateKey) -> Evidence:
-    """Serialize the terms once and sign those bytes."""
+def _histories(signer_id: str, key_history: tuple[bytes, ...]) -> dict[str, tuple[bytes, ...]]:
+    return {signer_id: key_history} if key_history else {}
+
+
+def propose(terms: agreement_pb2.AgreementTerms, signer_id: str, key: Ed25519PrivateKey,
+            key_history: tuple[bytes, ...] = ()) -> Evidence:
+    """Serialize the terms once and sign those bytes. `key_history`: the signer's, if `key`
+    is not the key its Party names (a hub that rotated)."""
     terms_bytes = terms.SerializeToString()
     signatures = {signer_id: sign(key, Domain.AGREEMENT, terms_bytes)}
-    return Evidence(terms_bytes, agreement_pb2.AgreementTerms.FromString(terms_bytes), signatures)
+    return Evidence(terms_bytes, agreement_pb2.AgreementTerms.FromString(terms_bytes), signatures,
+                    histories=_histories(signer_id, key_history))
 
 
-def countersign(evidence: Evidence, signer_id: str, key: Ed25519PrivateKey) -> Evidence:
-    return merge(evidence, Evidence(evidence.terms_bytes, evidence.terms, {signer_id: sign(key, Domain.AGREEMENT, evidence.terms_bytes)}))
+def countersign(evidence: Evidence, signer_id: str, key: Ed25519PrivateKey, key_history: tuple[bytes, ...] = ()) -> Evidence:
+    return merge(evidence, Evidence(evidence.terms_bytes, evidence.terms, {signer_id: sign(key, Domain.AGREEMENT, evidence.terms_bytes)},
+                                    histories=_histories(signer_id, key_history)))
 
 
-def revoke(evidence: Evidence, revoker_id: str, key: Ed25519PrivateKey, reason: str, now_ms: int) -> Evidence:
+def revoke(evidence: Evidence, revoker_id: str, key: Ed25519PrivateKey, reason: str, now_ms: int,
+           key_history: tuple[bytes, ...] = ()) -> Evidence:
     payload = agreement_pb2.Revocation(
         agreement_id=evidence.agreement_id, revoked_by=revoker_id, revoked_at_ms=now_ms, reason=reason
     ).SerializeToString()
-    signed = agreement_pb2.SignedRevocation(revocation=payload, signature=sign(key, Domain.REVOCATION, payload))
+    signed = agreement_pb2.SignedRevocation(revocation=payload, signature=sign(key, Domain.REVOCATION, payload),
+                                            key_history=key_history)
     return merge(evidence, Evidence(evidence.terms_bytes, evidence.terms, revocations=_check_revocation(evidence, signed)))

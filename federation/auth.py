@@ -25,8 +25,13 @@ from node.storage import Storage
 class Caller:
     kind: str  # "hub" or "partner"
     id: str
-    public_key: bytes
+    public_key: bytes  # the key its requests are signed with now
     name: str
+    identity_key: bytes = b""  # a hub's genesis key, which agreements name (after rotations, not public_key)
+
+    @property
+    def agreement_key(self) -> bytes:
+        return self.identity_key or self.public_key
 
 
 @dataclass(frozen=True)

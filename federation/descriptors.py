@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from node import catalog, register
 from node import identity as identity_mod
 from node.api.v1 import federation_pb2
-from node.signing import Domain, hub_id_from_public_key, sign, verify
+from node.keychain import ChainError, KeyChain
+from node.signing import Domain, sign, verify
 
 DESCRIPTOR_LIFETIME_MS = 7 * 24 * 3600 * 1000
 
@@ -49,6 +50,7 @@ def issue(identity: identity_mod.HubIdentity, municipality: str, grpc_address: s
         municipality_number=municipality,
         municipality_name=register.lookup(municipality).name,
         identity_public_key=identity.public_key_raw,
+        key_history=identity.key_history,
         tls_certificate_sha256=cert_sha256(identity.tls_cert_pem),
         grpc_addresses=[grpc_address] if grpc_address else [],
         http_url=http_url,
@@ -67,11 +69,24 @@ def verify_signature(signed: federation_pb2.SignedDescriptor) -> federation_pb2.
         d: federation_pb2.NodeDescriptor = federation_pb2.NodeDescriptor.FromString(signed.descriptor)
     except Exception as exc:  # protobuf raises DecodeError, a plain Exception subclass
         raise DescriptorError(f"the descriptor does not parse: {exc}") from None
-    if len(d.identity_public_key) != 32 or hub_id_from_public_key(d.identity_public_key) != d.hub_id:
-        raise DescriptorError(f"the descriptor of {d.hub_id!r} does not carry that hub's key")
+    try:
+        key_chain(d)
+    except DescriptorError:
+        raise DescriptorError(f"the descriptor of {d.hub_id!r} does not carry that hub's key") from None
     if not verify(d.identity_public_key, Domain.DESCRIPTOR, signed.descriptor, signed.signature):
         raise DescriptorError(f"the descriptor of hub {d.hub_id} is not signed by it")
     return d
+
+
+def key_chain(d: federation_pb2.NodeDescriptor) -> KeyChain:
+    """The descriptor's key history, verified: from the key hashing to its hub id to the key it
+    is signed with. Raise DescriptorError naming the break."""
+    try:
+        return KeyChain.verify(d.hub_id, d.key_history, current_key=bytes(d.identity_public_key))
+    except ChainError as exc:
+        raise DescriptorError(f"the key history is broken: {exc}") from None
+    except ValueError:
+        raise DescriptorError(f"the descriptor names no valid hub id ({d.hub_id!r})") from None
 
 
 def needs_refresh(signed: federation_pb2.SignedDescriptor, now_ms: int) -> bool:
@@ -83,20 +98,37 @@ def needs_refresh(signed: federation_pb2.SignedDescriptor, now_ms: int) -> bool:
 class VerifiedDescriptor:
     descriptor: federation_pb2.NodeDescriptor
     signed: federation_pb2.SignedDescriptor
+    chain: KeyChain
+
+
+def stored_chain(descriptor_bytes: bytes) -> KeyChain | None:
+    """The key history of a descriptor this hub verified and stored earlier (None if none)."""
+    if not descriptor_bytes:
+        return None
+    signed = federation_pb2.SignedDescriptor.FromString(descriptor_bytes)
+    return key_chain(federation_pb2.NodeDescriptor.FromString(signed.descriptor))
 
 
 def verify_descriptor(signed: federation_pb2.SignedDescriptor, expected_hub_id: str, served_cert_pem: bytes,
-                      now_ms: int) -> VerifiedDescriptor:
-    """Check a descriptor against the pinned hub id and the certificate the hub really served."""
+                      now_ms: int, known: KeyChain | None = None) -> VerifiedDescriptor:
+    """Check a descriptor against the pinned hub id and the certificate the hub really served.
+    `known`: the key history followed so far; the new one must be it or continue it (a
+    replayed older history or a fork is refused, and the caller keeps what it had)."""
     try:
         d = federation_pb2.NodeDescriptor.FromString(signed.descriptor)
     except Exception as exc:  # protobuf raises DecodeError, a plain Exception subclass
         raise DescriptorError(f"the descriptor does not parse: {exc}") from None
     key = d.identity_public_key
-    if len(key) != 32 or hub_id_from_public_key(key) != expected_hub_id:
+    if not d.key_history and (len(key) != 32 or KeyChain.genesis_only(bytes(key)).hub_id_text != expected_hub_id):
         raise DescriptorError(f"the descriptor's key is not the key of hub {expected_hub_id}")
     if d.hub_id != expected_hub_id:
         raise DescriptorError(f"the descriptor names hub {d.hub_id}, not {expected_hub_id}")
+    chain = key_chain(d)
+    if known is not None:
+        try:
+            known.check_successor(chain)
+        except ChainError as exc:
+            raise DescriptorError(f"the key history is refused: {exc}") from None
     if not verify(key, Domain.DESCRIPTOR, signed.descriptor, signed.signature):
         raise DescriptorError("the descriptor's signature does not verify")
     if d.valid_until_ms <= now_ms:
@@ -105,7 +137,7 @@ def verify_descriptor(signed: federation_pb2.SignedDescriptor, expected_hub_id: 
         raise DescriptorError("the hub served a TLS certificate other than the one its descriptor names (impostor?)")
     cert = x509.load_pem_x509_certificate(served_cert_pem)
     try:
-        bound_key = identity_mod.verify_tls_binding(cert)
+        bound_key = identity_mod.verify_tls_binding(cert, list(d.key_history))
     except identity_mod.IdentityError as exc:
         raise DescriptorError(str(exc)) from None
     if bound_key != key:
@@ -116,4 +148,4 @@ def verify_descriptor(signed: federation_pb2.SignedDescriptor, expected_hub_id: 
         register.lookup(d.municipality_number)
     except register.UnknownMunicipality as exc:
         raise DescriptorError(str(exc)) from None
-    return VerifiedDescriptor(d, signed)
+    return VerifiedDescriptor(d, signed, chain)

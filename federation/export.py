@@ -21,7 +21,6 @@ from google.protobuf.message import DecodeError
 from federation import agreements as ag
 from node.api.v1 import agreement_pb2
 from node.signing import Domain, sign
-from node.signing import verify as verify_signature
 
 FORMAT = "smartregion-agreement"
 
@@ -38,8 +37,11 @@ def canonical(doc: dict) -> bytes:
     return (json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
 
 
-def export(evidence: ag.Evidence, state: int, exported_by: str, exported_at_ms: int, key: Ed25519PrivateKey) -> bytes:
-    """`key`: the exporting party's, so the export metadata cannot be altered unnoticed."""
+def export(evidence: ag.Evidence, state: int, exported_by: str, exported_at_ms: int, key: Ed25519PrivateKey,
+           key_history: tuple[bytes, ...] = ()) -> bytes:
+    """`key`: the exporting party's, so the export metadata cannot be altered unnoticed.
+    `key_history`: the exporter's when it rotated its identity key since the genesis key the
+    terms name (hex statements under "exporter_key_history"; absent otherwise)."""
     doc = {
         "format": FORMAT,
         "version": 1,
@@ -52,6 +54,8 @@ def export(evidence: ag.Evidence, state: int, exported_by: str, exported_at_ms: 
         "exported_by": exported_by,
         "exported_at_ms": exported_at_ms,
     }
+    if key_history:
+        doc["exporter_key_history"] = [s.hex() for s in key_history]
     doc["exporter_signature"] = base64.b64encode(sign(key, Domain.EXPORT, canonical(doc))).decode()
     return canonical(doc)
 
@@ -92,6 +96,10 @@ def verify(data: bytes, now_ms: int) -> Verified:
         signature = base64.b64decode(doc.get("exporter_signature", ""), validate=True)
     except (TypeError, ValueError):
         signature = b""
-    if not verify_signature(exporter.public_key, Domain.EXPORT, canonical(unsigned), signature):
+    try:
+        history = [bytes.fromhex(s) for s in doc.get("exporter_key_history", [])]
+    except (TypeError, ValueError, AttributeError):
+        raise ExportError("the exporter's key history is damaged") from None
+    if not ag.party_signed(exporter, Domain.EXPORT, canonical(unsigned), signature, history):
         raise ExportError("the exporter's signature does not verify (the export details were altered)")
     return Verified(evidence, ag.state(evidence, now_ms))

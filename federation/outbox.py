@@ -26,6 +26,7 @@ from node.api.v1 import agreement_pb2, federation_pb2, federation_pb2_grpc
 from node.clock import Clock
 from node.errors import Rejected
 from node.identity import HubIdentity
+from node.keychain import KeyChain
 from node.storage import Storage
 from node.storage.base import Delivery, PeerRecord
 
@@ -36,6 +37,10 @@ _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, gr
 
 def _stub(channel: grpc.aio.Channel) -> Any:
     return federation_pb2_grpc.FederationStub(channel)  # generated, untyped
+
+
+def signed_bytes(verified: descriptors.VerifiedDescriptor) -> bytes:
+    return verified.signed.SerializeToString()
 
 
 def _error_text(exc: BaseException) -> str:
@@ -190,23 +195,44 @@ class Outbox:
         return response
 
     # -- descriptor refreshes ------------------------------------------------------------
-    async def refresh(self, peer: PeerRecord) -> None:
-        """Fetch the peer's current descriptor through its pinned channel."""
-        started = self._clock.monotonic()
+    async def _fetch_descriptor(self, peer: PeerRecord, known: KeyChain | None) -> tuple[descriptors.VerifiedDescriptor, bytes]:
+        """Through the pooled channel pinned to the stored certificate, as usual; if that fails
+        (the hub renewed its certificate or rotated its key and restarted) or the descriptor
+        names another certificate, fetch certificate and descriptor afresh (peers.fetch_descriptor)."""
         try:
-            signed = await _stub(self.channel(peer)).GetDescriptor(
-                federation_pb2.GetDescriptorRequest(), timeout=peers.CALL_TIMEOUT_S
-            )
-            verified = descriptors.verify_descriptor(signed, peer.hub_id, peer.tls_cert_pem.encode(), self._clock.now_ms())
-        except (grpc.aio.AioRpcError, descriptors.DescriptorError) as exc:
-            error = _error_text(exc)
+            signed = await _stub(self.channel(peer)).GetDescriptor(federation_pb2.GetDescriptorRequest(), timeout=peers.CALL_TIMEOUT_S)
+            pinned = peer.tls_cert_pem.encode()
+            return descriptors.verify_descriptor(signed, peer.hub_id, pinned, self._clock.now_ms(), known), pinned
+        except (grpc.aio.AioRpcError, descriptors.DescriptorError):
+            return await peers.fetch_descriptor(peer.grpc_address, peer.hub_id, self._clock.now_ms(), known)
+
+    async def refresh(self, peer: PeerRecord) -> None:
+        """Fetch and verify the peer's current descriptor. Its key history must continue the
+        one followed so far (a rotation is followed; a fork or a replayed older history is
+        refused and the last good state kept), and the certificate it serves is re-pinned when
+        it is bound to the hub's current key (a renewal or a rotation), not by fingerprint."""
+        started = self._clock.monotonic()
+        known = descriptors.stored_chain(peer.descriptor)  # verified when it was stored
+        try:
+            verified, cert_pem = await self._fetch_descriptor(peer, known)
+        except peers.PeerError as exc:
+            error = str(exc)
             await self._storage.write(lambda s: s.record_peer_contact(peer.hub_id, self._clock.now_ms(), None, error))
-            if isinstance(exc, grpc.aio.AioRpcError):
+            if exc.impostor:  # a broken key history, a certificate bound elsewhere: nothing changes
+                await self._audit(peer.hub_id, "peer.refresh", "", "refused", error)
+            else:
                 self._channels.record_failure(peer.hub_id)
             return
         latency = (self._clock.monotonic() - started) * 1000
-        descriptor, valid_until, http_url = signed.SerializeToString(), verified.descriptor.valid_until_ms, verified.descriptor.http_url
+        descriptor, valid_until, http_url = signed_bytes(verified), verified.descriptor.valid_until_ms, verified.descriptor.http_url
         now = self._clock.now_ms()
-        await self._storage.write(lambda s: s.refresh_peer(peer.hub_id, descriptor, valid_until, http_url, now, latency))
+        new_cert = cert_pem.decode() if cert_pem.decode() != peer.tls_cert_pem else ""
+        await self._storage.write(lambda s: s.refresh_peer(peer.hub_id, descriptor, valid_until, http_url, now, latency,
+                                                           tls_cert_pem=new_cert))
+        if known is not None and len(verified.chain.statements) > len(known.statements):
+            await self._audit(peer.hub_id, "peer.key_rotated", "", "ok",
+                              f"followed to rotation {len(verified.chain.statements)}")
+        if new_cert:
+            await self._audit(peer.hub_id, "peer.certificate", "", "ok", "re-pinned a certificate bound to its current key")
         self._channels.record_success(peer.hub_id)
         await self.heard_from(peer.hub_id)

@@ -16,12 +16,14 @@ from __future__ import annotations
 import hashlib
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from federation.query_spec import buckets, label
 from node.api.v1 import query_pb2, query_service_pb2
 from node.identity import HubIdentity
-from node.signing import Domain, hub_id_from_public_key, sign, verify
+from node.keychain import key_of_hub
+from node.signing import Domain, sign, verify
 from node.sketch import bin_of, representative
 from node.storage.base import CellRow
 
@@ -212,9 +214,11 @@ def _largest_cell(group: str, aggregate: str, per_municipality: bool) -> query_p
     return cell
 
 
-def padded_size(spec: query_pb2.QuerySpec, provider_hub_id: str, municipality: str, agreement_id: str) -> int:
+def padded_size(spec: query_pb2.QuerySpec, provider_hub_id: str, municipality: str, agreement_id: str,
+                key_history: Sequence[bytes] = ()) -> int:
     """The length every sealed partial of this query is padded to before sealing: the longest
-    serialized SignedPartial it could be, plus the one-byte padding marker."""
+    serialized SignedPartial it could be, plus the one-byte padding marker. The provider's key
+    history (public, in its descriptor) rides along whole."""
     per_municipality = spec.group_by == "municipality"
     group = municipality if per_municipality else "region"
     cell_body = int(_largest_cell(group, spec.aggregate, per_municipality).ByteSize())
@@ -226,7 +230,8 @@ def padded_size(spec: query_pb2.QuerySpec, provider_hub_id: str, municipality: s
                                      agreement_id=agreement_id, computed_at_ms=_I64, min_group_size=_U32,
                                      dp_budget_micro=_U64, dp_spent_micro=_U64).ByteSize()
     partial = int(header) + cells
-    signed = 1 + _varint_len(partial) + partial + (2 + 64) + (2 + 32)  # partial, signature, public key
+    history = query_pb2.SignedPartial(provider_key_history=list(key_history)).ByteSize()
+    signed = 1 + _varint_len(partial) + partial + (2 + 64) + (2 + 32) + history  # partial, signature, key, history
     return signed + 1
 
 
@@ -242,7 +247,7 @@ def check_size(spec: query_pb2.QuerySpec) -> None:
 def sign_partial(identity: HubIdentity, partial: query_pb2.PartialResult) -> query_pb2.SignedPartial:
     payload = partial.SerializeToString()
     return query_pb2.SignedPartial(partial=payload, signature=sign(identity.identity_key, Domain.PARTIAL_RESULT, payload),
-                                   provider_public_key=identity.public_key_raw)
+                                   provider_public_key=identity.public_key_raw, provider_key_history=identity.key_history)
 
 
 def verify_partial(signed: query_pb2.SignedPartial, digest: bytes, expected_hub_id: str | None = None,
@@ -253,7 +258,8 @@ def verify_partial(signed: query_pb2.SignedPartial, digest: bytes, expected_hub_
     if not verify(key, Domain.PARTIAL_RESULT, signed.partial, signed.signature):
         raise PartialError("the partial result's signature does not verify")
     partial: query_pb2.PartialResult = query_pb2.PartialResult.FromString(signed.partial)
-    if partial.provider_hub_id != hub_id_from_public_key(key) or (expected_hub_id and partial.provider_hub_id != expected_hub_id):
+    if key_of_hub(partial.provider_hub_id, key, signed.provider_key_history) or (
+            expected_hub_id and partial.provider_hub_id != expected_hub_id):
         raise PartialError("the partial result names another provider than its signer")
     if partial.query_digest != digest:
         raise PartialError("the partial result answers another query")
@@ -367,12 +373,14 @@ def sign_answer(identity: HubIdentity, answer: query_service_pb2.QueryAnswer, di
     answer.summary = summary
     answer.summary_signature = sign(identity.identity_key, Domain.QUERY_ANSWER, summary)
     answer.answered_by_public_key = identity.public_key_raw
+    del answer.answered_by_key_history[:]
+    answer.answered_by_key_history.extend(identity.key_history)
 
 
 def verify_answer_summary(answer: query_service_pb2.QueryAnswer, digest: bytes) -> None:
     """The entry hub signed exactly this answer (hubs asked, statuses, sealed partials, partial flag)."""
     key = answer.answered_by_public_key
-    if len(key) != 32 or hub_id_from_public_key(key) != answer.answered_by:
+    if len(key) != 32 or key_of_hub(answer.answered_by, key, answer.answered_by_key_history):
         raise PartialError("the answer names a merging hub whose key it does not carry")
     if not verify(key, Domain.QUERY_ANSWER, answer.summary, answer.summary_signature):
         raise PartialError("the merging hub's signature over the answer does not verify")

@@ -14,6 +14,7 @@ from federation import descriptors
 from federation.channels import open_peer_channel
 from node import identity as identity_mod
 from node.api.v1 import federation_pb2, federation_pb2_grpc
+from node.keychain import KeyChain
 from node.storage.base import PeerRecord
 
 CALL_TIMEOUT_S = 10.0
@@ -81,22 +82,26 @@ def _answers_plain_http(host: str, port: int) -> bool:
 
 
 def hub_id_of_certificate(cert_pem: bytes) -> str:
-    from node.signing import hub_id_from_public_key
-
+    """The hub id a certificate names, if it carries a valid identity binding. That alone does
+    not prove the hub: a rotated hub's bound key is linked to the id only by its key history,
+    which `fetch_descriptor` checks."""
     try:
-        key = identity_mod.verify_tls_binding(x509.load_pem_x509_certificate(cert_pem))
+        hub_id, _ = identity_mod.read_tls_binding(x509.load_pem_x509_certificate(cert_pem))
     except (identity_mod.IdentityError, ValueError) as exc:
         raise PeerError(f"the server's certificate is not a smartregion hub's: {exc}", impostor=True) from None
-    return hub_id_from_public_key(key)
+    return hub_id
 
 
 def channel_to(address: str, hub_id: str, cert_pem: bytes) -> grpc.aio.Channel:
     return open_peer_channel(address, hub_id, cert_pem)
 
 
-async def fetch_descriptor(address: str, expected_hub_id: str, now_ms: int) -> tuple[descriptors.VerifiedDescriptor, bytes]:
+async def fetch_descriptor(address: str, expected_hub_id: str, now_ms: int,
+                           known: KeyChain | None = None) -> tuple[descriptors.VerifiedDescriptor, bytes]:
     """Fetch and verify the descriptor of hub `expected_hub_id` at `address`; return it with
-    the certificate to pin. Raises PeerError if anything does not match the pin."""
+    the certificate to pin. The certificate is trusted by its BINDING: it must be bound to the
+    current key of the hub's verified key history (which must continue `known`, the history
+    followed so far), whatever its fingerprint. Raises PeerError if anything does not match."""
     cert_pem = await fetch_certificate(address)
     actual = hub_id_of_certificate(cert_pem)
     if actual != expected_hub_id:
@@ -109,7 +114,7 @@ async def fetch_descriptor(address: str, expected_hub_id: str, now_ms: int) -> t
         except grpc.aio.AioRpcError as exc:
             raise PeerError(f"hub {expected_hub_id} at {address} did not give its descriptor: {exc.code().name} {exc.details()}") from None
     try:
-        return descriptors.verify_descriptor(signed, expected_hub_id, cert_pem, now_ms), cert_pem
+        return descriptors.verify_descriptor(signed, expected_hub_id, cert_pem, now_ms, known), cert_pem
     except descriptors.DescriptorError as exc:
         raise PeerError(f"hub {expected_hub_id} at {address}: {exc}", impostor=True) from None
 
@@ -119,7 +124,7 @@ def peer_record(verified: descriptors.VerifiedDescriptor, address: str, cert_pem
     return PeerRecord(
         hub_id=d.hub_id,
         municipality=d.municipality_number,
-        public_key=bytes(d.identity_public_key),
+        public_key=verified.chain.genesis,  # the pinned identity; the current key is in the descriptor
         tls_cert_pem=cert_pem.decode(),
         grpc_address=address,
         http_url=d.http_url,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Awaitable, Callable
 
-from federation import partners, peers
+from federation import descriptors, partners, peers
 from federation.auth import Caller
 from federation.channels import ChannelPool
 from node import ids
@@ -29,17 +29,30 @@ class Registry:
         self._channels = channels
         self._audit = audit
         self._on_new_peer = on_new_peer  # the outbox schedules a first delivery
+        self._current_keys: dict[str, tuple[bytes, bytes]] = {}  # hub id -> (stored descriptor, its current key)
 
     # -- lookups -------------------------------------------------------------------------
     async def known_caller(self, caller_id: str) -> Caller | None:
         """The pinned peer or registered partner with this id, unless removed."""
         peer = await self._storage.read(lambda s: s.get_peer(caller_id))
         if peer and not peer.removed_at_ms:
-            return Caller("hub", peer.hub_id, peer.public_key, f"hub {peer.municipality}")
+            return Caller("hub", peer.hub_id, self._current_key(peer), f"hub {peer.municipality}", identity_key=peer.public_key)
         partner = await self._storage.read(lambda s: s.get_partner(caller_id))
         if partner and not partner.removed_at_ms:
             return Caller("partner", partner.partner_id, partner.public_key, partner.name)
         return None
+
+    def _current_key(self, peer: PeerRecord) -> bytes:
+        """The key the peer signs with now: the last of its stored descriptor's key history
+        (verified when stored), or its pinned key. Cached per descriptor: checking a history
+        costs two signature verifications per rotation, and every request asks."""
+        cached = self._current_keys.get(peer.hub_id)
+        if cached is not None and cached[0] == peer.descriptor:
+            return cached[1]
+        chain = descriptors.stored_chain(peer.descriptor)
+        current = chain.current if chain else peer.public_key
+        self._current_keys[peer.hub_id] = (peer.descriptor, current)
+        return current
 
     async def party(self, party_id: str) -> agreement_pb2.Party:
         """The counterparty of an agreement this hub proposes, as named in its terms."""
@@ -49,7 +62,7 @@ class Registry:
         if caller.kind == "hub":
             peer = await self._storage.read(lambda s: s.get_peer(caller.id))
             assert peer is not None
-            return agreement_pb2.Party(kind=agreement_pb2.PARTY_KIND_HUB, id=caller.id, public_key=caller.public_key,
+            return agreement_pb2.Party(kind=agreement_pb2.PARTY_KIND_HUB, id=caller.id, public_key=caller.agreement_key,
                                        name=lookup(peer.municipality).name)
         return agreement_pb2.Party(kind=agreement_pb2.PARTY_KIND_PARTNER, id=caller.id, public_key=caller.public_key, name=caller.name)
 
@@ -73,12 +86,14 @@ class Registry:
             peers.split_address(address)
         except peers.PeerError as exc:
             raise Rejected(Reason.INVALID_REQUEST, str(exc)) from None
+        existing = await self._storage.read(lambda s: s.get_peer(hub_id))
+        # Pinning a known peer again must not undo its followed key history (a fork or replay).
+        known = descriptors.stored_chain(existing.descriptor) if existing else None
         try:
-            verified, cert_pem = await peers.fetch_descriptor(address, hub_id, self._clock.now_ms())
+            verified, cert_pem = await peers.fetch_descriptor(address, hub_id, self._clock.now_ms(), known)
         except peers.PeerError as exc:
             await self._audit("admin", "peer.add", hub_id, "refused", str(exc))
             raise Rejected(Reason.PERMISSION_DENIED if exc.impostor else Reason.UNAVAILABLE, str(exc)) from None
-        existing = await self._storage.read(lambda s: s.get_peer(hub_id))
         now = self._clock.now_ms()
         record = peers.peer_record(verified, address, cert_pem, existing.added_at_ms if existing else now, now)
         conflict = peers.municipality_conflict(record, self._own_municipality,

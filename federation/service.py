@@ -41,7 +41,7 @@ class Federation:
         self.clock = hub.clock
         self.own_id = hub.config.hub_id
         storage = hub.storage
-        self.ledger = Ledger(storage, self.own_id, hub.identity.public_key_raw, self.clock)
+        self.ledger = Ledger(storage, self.own_id, hub.identity.genesis_public_key, self.clock)
         self.channels = ChannelPool(self.clock)
         self.outbox = Outbox(storage, hub.identity, self.own_id, self.clock, self.ledger, self.channels, self.audit,
                              refresh_seconds, retry_base_seconds, retry_max_seconds)
@@ -63,6 +63,10 @@ class Federation:
                                                  endpoint.http_url, now, datasets=self.hub.catalog)
         return self._descriptor
 
+    def identity_changed(self) -> None:
+        """The hub's certificate was renewed: the next descriptor names the new one."""
+        self._descriptor = None
+
     async def region_descriptors(self) -> list[federation_pb2.SignedDescriptor]:
         """This hub's descriptor, then each current peer's as last fetched and verified."""
         peers_held = await self.hub.storage.read(lambda s: s.list_peers())
@@ -71,7 +75,7 @@ class Federation:
 
     def own_party(self) -> agreement_pb2.Party:
         return agreement_pb2.Party(kind=agreement_pb2.PARTY_KIND_HUB, id=self.own_id,
-                                   public_key=self.hub.identity.public_key_raw, name=self.hub.config.municipality_name)
+                                   public_key=self.hub.identity.genesis_public_key, name=self.hub.config.municipality_name)
 
     # -- peers ---------------------------------------------------------------------------
     async def first_contact(self, peer: PeerRecord) -> str:
@@ -122,7 +126,8 @@ class Federation:
         rows = await self.hub.storage.read(lambda s: s.audit_rows())
         identity = self.hub.identity
         return audit.export_lines(rows, self.own_id, identity.public_key_raw,
-                                  lambda head: sign(identity.identity_key, Domain.AUDIT_HEAD, head), self.clock.now_ms())
+                                  lambda head: sign(identity.identity_key, Domain.AUDIT_HEAD, head), self.clock.now_ms(),
+                                  key_history=identity.key_history)
 
     # -- background work -----------------------------------------------------------------
     async def sync_with(self, peer: PeerRecord) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from node.clock import Clock
+from node.keychain import key_of_hub
 from node.signing import Domain, hub_id_from_public_key, verify
 from node.storage import Storage
 from node.storage.base import AuditRow
@@ -138,8 +139,13 @@ class AuditError(ValueError):
     pass
 
 
-def export_lines(rows, hub_id: str, public_key: bytes, sign_head, now_ms: int) -> bytes:
-    lines = [{"format": EXPORT_FORMAT, "version": 1, "hub_id": hub_id, "public_key": public_key.hex()}]
+def export_lines(rows, hub_id: str, public_key: bytes, sign_head, now_ms: int, key_history: Sequence[bytes] = ()) -> bytes:
+    """`public_key` signs the head; a hub that rotated its identity key adds its key history
+    ("key_history", hex statements, node/keychain.py) linking that key to the hub id."""
+    header: dict[str, Any] = {"format": EXPORT_FORMAT, "version": 1, "hub_id": hub_id, "public_key": public_key.hex()}
+    if key_history:
+        header["key_history"] = [s.hex() for s in key_history]
+    lines = [header]
     for row in rows:
         lines.append({"seq": row.seq, "entry": row.entry.decode(), "prev_hash": row.prev_hash.hex(), "hash": row.hash.hex()})
     head = json.dumps({"hub_id": hub_id, "seq": rows[-1].seq if rows else 0,
@@ -155,12 +161,16 @@ def verify_export(data: bytes) -> dict:
         lines = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
         header, entries, trailer = lines[0], lines[1:-1], lines[-1]
         public_key = bytes.fromhex(header["public_key"])
-    except (ValueError, IndexError, KeyError, UnicodeDecodeError) as exc:
+        history = [bytes.fromhex(s) for s in header.get("key_history", [])]
+    except (ValueError, IndexError, KeyError, UnicodeDecodeError, TypeError) as exc:
         raise AuditError(f"not an audit export: {exc}") from None
     if header.get("format") != EXPORT_FORMAT or header.get("version") != 1:
         raise AuditError("not a smartregion audit export (version 1)")
-    if hub_id_from_public_key(public_key) != header.get("hub_id"):
+    if not history and (len(public_key) != 32 or hub_id_from_public_key(public_key) != header.get("hub_id")):
         raise AuditError("the hub id is not derived from the public key in the export")
+    problem = key_of_hub(str(header.get("hub_id")), public_key, history)
+    if problem:
+        raise AuditError(f"the export's signing key is not the hub's: {problem}")
     previous = bytes(32)
     for expected_seq, line in enumerate(entries, start=1):
         try:

@@ -39,6 +39,8 @@ class Hub:
     started_at_ms: int = 0
     version: str = __version__
     serve_lock: TextIO | None = field(default=None, repr=False)  # held while serving (HubDir.lock_for_serving)
+    # Kept to re-encrypt keys.json when the hub renews its own certificate (node/app/certificates.py).
+    passphrase: bytes = field(default=b"", repr=False)
 
     @classmethod
     def open(cls, path: Path, passphrase: bytes, clock: Clock = SYSTEM_CLOCK) -> Hub:
@@ -64,7 +66,7 @@ class Hub:
             rate_limit=SensorRateLimit(config.ingest.readings_per_second, config.ingest.burst_readings, clock),
         )
         return cls(hub_dir, config, identity, storage, ingest, metrics, catalog=datasets, networks=networks, clock=clock,
-                   started_at_ms=clock.now_ms(), serve_lock=serve_lock)
+                   started_at_ms=clock.now_ms(), serve_lock=serve_lock, passphrase=passphrase)
 
     def close(self) -> None:
         self.storage.close()

@@ -31,6 +31,7 @@ import tomli_w
 from node import catalog as catalog_mod
 from node import identity as identity_mod
 from node import keystore, register
+from node.clock import SYSTEM_CLOCK, Clock
 from node.fileio import make_private_dir, write_private_file
 
 CONFIG_FILE = "hub.toml"
@@ -165,6 +166,12 @@ class HubDir:
             raise HubDirError("the keystore's identity does not match the hub id in hub.toml")
         return ident
 
+    def write_identity(self, ident: identity_mod.HubIdentity, passphrase: bytes) -> None:
+        """Replace the keystore (encrypted as at init) and the public certificate file, after a
+        rotation or a certificate renewal. The keystore goes first: it is what the hub loads."""
+        keystore.write(self.file(KEYS_FILE), ident.to_secrets(), passphrase)
+        write_private_file(self.file(CERT_FILE), ident.tls_cert_pem)
+
     def catalog(self) -> catalog_mod.Catalog:
         """The hub's catalog (catalog.toml here, else the shipped default); raises HubDirError if broken."""
         try:
@@ -200,6 +207,14 @@ class HubDir:
         if pid and info.get("host", socket.gethostname()) == socket.gethostname() and not _process_alive(pid):
             raise HubDirError(f"the hub in {self.path} is not running (process {pid} is gone); start it with `smartregion serve`")
         return info
+
+    def running(self) -> bool:
+        """Whether a hub serves from this directory now (its endpoint file names a live process)."""
+        try:
+            self.endpoint()
+        except HubDirError:
+            return False
+        return True
 
     def write_endpoint(self, info: dict) -> None:
         make_private_dir(self.file("run"))
@@ -245,6 +260,7 @@ def init_hub(
     *,
     hostnames: tuple[str, ...] = (),
     network: NetworkConfig | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> tuple[HubConfig, identity_mod.HubIdentity]:
     """Create a new hub in `path`. Refuses to touch an existing hub."""
     hub_dir = HubDir(Path(path))
@@ -254,12 +270,12 @@ def init_hub(
     if len(passphrase) < keystore.MIN_PASSPHRASE_LENGTH:
         raise HubDirError(f"the passphrase must be at least {keystore.MIN_PASSPHRASE_LENGTH} characters")
     make_private_dir(hub_dir.path)
-    ident = identity_mod.generate(hostnames)
+    ident = identity_mod.generate(hostnames, clock)
     token = new_admin_token()
     config = HubConfig(
         hub_id=ident.hub_id_text,
         municipality=found.number,
-        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        created_at=dt.datetime.fromtimestamp(clock.now_ms() / 1000, dt.UTC).isoformat(timespec="seconds"),
         admin_token_sha256=hash_token(token),
         network=network or NetworkConfig(),
     )

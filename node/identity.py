@@ -3,8 +3,13 @@
 The TLS certificate (ECDSA P-256, self-signed, CN and DNS name = hub id) carries an extension
 with the identity public key and the identity key's signature over
 `TLS_BINDING_DOMAIN || SubjectPublicKeyInfo(DER)`. Anyone holding only the certificate can
-therefore check which identity it belongs to and derive the hub id; clients pin the certificate
-and check the server name equals the hub id.
+therefore check which identity key it is bound to; clients pin the certificate and check the
+server name equals the hub id.
+
+The hub id is the hash of the hub's FIRST (genesis) identity key and never changes. After a
+rotation (`rotate`, node/keychain.py) the hub signs with a newer key; its key history links that
+key to the genesis key, and its certificate is bound to the current key. Without rotations the
+bound key hashes to the hub id, which is all an unrotated hub's certificate needs.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.x509.oid import NameOID
 
 from node import ids
+from node.clock import SYSTEM_CLOCK, Clock
+from node.keychain import STATEMENT_LENGTH, ChainError, KeyChain, RotationStatement, sign_rotation
 
 TLS_BINDING_DOMAIN = b"smartregion/v1/tls-binding\x00"
 # An OID under the UUID arc (ITU-T X.667), so no registration is needed.
@@ -52,14 +59,26 @@ class HubIdentity:
     tls_key: ec.EllipticCurvePrivateKey
     tls_cert: x509.Certificate
     key_encryption_key: bytes  # wraps sensor keys at rest
+    key_history: tuple[bytes, ...] = ()  # rotation statements, oldest first (node/keychain.py)
 
     @property
     def public_key_raw(self) -> bytes:
+        """The identity key the hub signs with now."""
         return raw_public(self.identity_key.public_key())
 
     @property
+    def genesis_public_key(self) -> bytes:
+        """The first identity key: the hub id is its hash, and agreements name it."""
+        if not self.key_history:
+            return self.public_key_raw
+        return RotationStatement.from_bytes(self.key_history[0]).old_key
+
+    @property
     def hub_id(self) -> bytes:
-        return ids.hub_id_from_public_key(self.public_key_raw)
+        return ids.hub_id_from_public_key(self.genesis_public_key)
+
+    def chain(self) -> KeyChain:
+        return KeyChain.verify(self.hub_id, self.key_history, current_key=self.public_key_raw)
 
     @property
     def hub_id_text(self) -> str:
@@ -89,6 +108,7 @@ class HubIdentity:
             "tls_key": self.tls_key_pem,
             "tls_cert": self.tls_cert_pem,
             "key_encryption_key": self.key_encryption_key,
+            "key_history": b"".join(self.key_history),
         }
 
     @classmethod
@@ -97,31 +117,69 @@ class HubIdentity:
             tls_key = serialization.load_pem_private_key(values["tls_key"], password=None)
             if not isinstance(tls_key, ec.EllipticCurvePrivateKey):
                 raise ValueError("the TLS key is not an elliptic-curve key")
+            history = values.get("key_history", b"")  # absent in keystores from before rotations
+            if len(history) % STATEMENT_LENGTH:
+                raise ValueError("the key history is truncated")
             identity = cls(
                 identity_key=Ed25519PrivateKey.from_private_bytes(values["identity_key"]),
                 tls_key=tls_key,
                 tls_cert=x509.load_pem_x509_certificate(values["tls_cert"]),
                 key_encryption_key=values["key_encryption_key"],
+                key_history=tuple(history[i:i + STATEMENT_LENGTH] for i in range(0, len(history), STATEMENT_LENGTH)),
             )
-        except (KeyError, ValueError) as exc:
+            identity.chain()
+        except (KeyError, ValueError) as exc:  # ChainError is a ValueError
             raise IdentityError(f"the keystore does not hold a complete hub identity: {exc}") from exc
-        if verify_tls_binding(identity.tls_cert) != identity.public_key_raw:
+        if verify_tls_binding(identity.tls_cert, identity.key_history) != identity.public_key_raw:
             raise IdentityError("the TLS certificate is not bound to this identity key")
         return identity
 
+    def hostnames(self) -> tuple[str, ...]:
+        """The extra names and addresses the certificate was issued for (kept on renewal)."""
+        standard = {self.hub_id_text, "localhost", "127.0.0.1", "::1"}
+        names = self.tls_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        found = [str(n.value) for n in names if isinstance(n, x509.DNSName | x509.IPAddress)]
+        return tuple(n for n in found if n not in standard)
 
-def generate(hostnames: tuple[str, ...] = ()) -> HubIdentity:
+    def with_renewed_certificate(self, clock: Clock = SYSTEM_CLOCK) -> HubIdentity:
+        """The same identity with a fresh TLS key and certificate (valid from the clock's now)."""
+        tls_key = ec.generate_private_key(ec.SECP256R1())
+        cert = issue_tls_certificate(self.identity_key, tls_key, self.hostnames(), hub_id_text=self.hub_id_text,
+                                     clock=clock)
+        return HubIdentity(self.identity_key, tls_key, cert, self.key_encryption_key, self.key_history)
+
+    def rotated(self, clock: Clock = SYSTEM_CLOCK) -> HubIdentity:
+        """A new identity key, linked to the old by a statement both sign; the hub id stays.
+        The TLS certificate is re-issued (new TLS key too) bound to the new key."""
+        new_key = Ed25519PrivateKey.generate()
+        statement = sign_rotation(self.hub_id, len(self.key_history) + 1, self.identity_key, new_key, clock.now_ms())
+        history = (*self.key_history, statement.to_bytes())
+        tls_key = ec.generate_private_key(ec.SECP256R1())
+        cert = issue_tls_certificate(new_key, tls_key, self.hostnames(), hub_id_text=self.hub_id_text, clock=clock)
+        rotated = HubIdentity(new_key, tls_key, cert, self.key_encryption_key, history)
+        rotated.chain()  # never hand out a history that does not verify
+        return rotated
+
+    @property
+    def certificate_expires_ms(self) -> int:
+        return int(self.tls_cert.not_valid_after_utc.timestamp() * 1000)
+
+
+def generate(hostnames: tuple[str, ...] = (), clock: Clock = SYSTEM_CLOCK) -> HubIdentity:
     identity_key = Ed25519PrivateKey.generate()
     tls_key = ec.generate_private_key(ec.SECP256R1())
-    cert = issue_tls_certificate(identity_key, tls_key, hostnames)
+    cert = issue_tls_certificate(identity_key, tls_key, hostnames, clock=clock)
     return HubIdentity(identity_key, tls_key, cert, secrets.token_bytes(32))
 
 
 def issue_tls_certificate(
-    identity_key: Ed25519PrivateKey, tls_key: ec.EllipticCurvePrivateKey, hostnames: tuple[str, ...] = ()
+    identity_key: Ed25519PrivateKey, tls_key: ec.EllipticCurvePrivateKey, hostnames: tuple[str, ...] = (),
+    *, hub_id_text: str | None = None, clock: Clock = SYSTEM_CLOCK, validity: dt.timedelta = CERT_VALIDITY,
 ) -> x509.Certificate:
+    """`hub_id_text`: the hub's id (the genesis key's hash; by default the key's own, for a hub
+    that never rotated). Validity starts at the clock's now (less 5 minutes of skew)."""
     public_raw = raw_public(identity_key.public_key())
-    hub_id_text = ids.to_text(ids.hub_id_from_public_key(public_raw))
+    hub_id_text = hub_id_text or ids.to_text(ids.hub_id_from_public_key(public_raw))
     binding = identity_key.sign(TLS_BINDING_DOMAIN + _spki(tls_key.public_key()))
     names: list[x509.GeneralName] = [x509.DNSName(hub_id_text), x509.DNSName("localhost")]
     names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "::1")]
@@ -134,7 +192,7 @@ def issue_tls_certificate(
         x509.NameAttribute(NameOID.COMMON_NAME, hub_id_text),
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "smartregion hub"),
     ])
-    now = dt.datetime.now(dt.UTC)
+    now = dt.datetime.fromtimestamp(clock.now_ms() / 1000, dt.UTC)
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -142,7 +200,7 @@ def issue_tls_certificate(
         .public_key(tls_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + CERT_VALIDITY)
+        .not_valid_after(now + validity)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
@@ -156,8 +214,10 @@ def issue_tls_certificate(
     )
 
 
-def verify_tls_binding(cert: x509.Certificate) -> bytes:
-    """Return the identity public key the certificate is bound to; raise IdentityError if none."""
+def read_tls_binding(cert: x509.Certificate) -> tuple[str, bytes]:
+    """The hub id the certificate names and the identity key that signed its binding; raise
+    IdentityError if there is no valid binding. Whether that key is the hub's is for the caller
+    (`verify_tls_binding`) to decide."""
     try:
         ext = cert.extensions.get_extension_for_oid(TLS_BINDING_OID).value
     except x509.ExtensionNotFound:
@@ -175,7 +235,22 @@ def verify_tls_binding(cert: x509.Certificate) -> bytes:
     except InvalidSignature:
         raise IdentityError("the certificate's identity binding signature is invalid") from None
     common_names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    expected = ids.to_text(ids.hub_id_from_public_key(public_raw))
-    if not common_names or common_names[0].value != expected:
+    if not common_names:
+        raise IdentityError("the certificate names no hub id")
+    return str(common_names[0].value), public_raw
+
+
+def verify_tls_binding(cert: x509.Certificate, key_history: tuple[bytes, ...] | list[bytes] = ()) -> bytes:
+    """Return the identity public key the certificate is bound to, after checking that it is the
+    current key of the hub the certificate names, by `key_history` (none: the key hashes to
+    the hub id). Raise IdentityError otherwise."""
+    hub_id_text, public_raw = read_tls_binding(cert)
+    if not key_history and hub_id_text != ids.to_text(ids.hub_id_from_public_key(public_raw)):
         raise IdentityError("the certificate's common name is not the hub id of its identity key")
+    try:
+        KeyChain.verify(hub_id_text, key_history, current_key=public_raw)
+    except ChainError as exc:
+        raise IdentityError(f"the certificate is not bound to the current key of hub {hub_id_text}: {exc}") from None
+    except ValueError:
+        raise IdentityError("the certificate's common name is not the hub id of its identity key") from None
     return public_raw

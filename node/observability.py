@@ -24,6 +24,8 @@ class HubMetrics:
         )
         self.agreements = Gauge("smartregion_agreements", "Agreements this hub is party to, by state", ["state"], registry=self.registry)
         self.peers = Gauge("smartregion_peers", "Peer hubs, by state", ["state"], registry=self.registry)
+        self.certificate_expiry = Gauge("smartregion_tls_certificate_expiry_timestamp_seconds",
+                                        "When the TLS certificate the hub serves expires (UNIX seconds)", registry=self.registry)
 
     def set_states(self, gauge: Gauge, counts: dict[str, int], known: tuple[str, ...]) -> None:
         for state in set(known) | set(counts):

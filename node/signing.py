@@ -27,6 +27,7 @@ class Domain(bytes, Enum):
     AUDIT_HEAD = b"smartregion/v1/audit-head\x00"
     QUERY_ANSWER = b"smartregion/v1/query-answer\x00"
     EXPORT = b"smartregion/v1/agreement-export\x00"
+    KEY_ROTATION = b"smartregion/v1/key-rotation\x00"  # node/keychain.py (branch keys)
 
 
 def sign(key: Ed25519PrivateKey, domain: Domain, message: bytes) -> bytes:

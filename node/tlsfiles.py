@@ -11,6 +11,13 @@ import ssl
 def server_ssl_context(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    load_certificate(context, cert_pem, key_pem)
+    return context
+
+
+def load_certificate(context: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
+    """Put a certificate into a context; a server's context serves it from the next handshake
+    on (a renewal without a restart)."""
     cert_fd = os.memfd_create("smartregion-cert", 0)
     key_fd = os.memfd_create("smartregion-key", 0)
     try:
@@ -20,7 +27,6 @@ def server_ssl_context(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
     finally:
         os.close(cert_fd)
         os.close(key_fd)
-    return context
 
 
 def pinned_client_ssl_context(server_cert_pem: bytes) -> ssl.SSLContext:

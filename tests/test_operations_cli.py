@@ -38,7 +38,8 @@ START_MS = 1_546_300_800_000  # 2019-01-01
 RUN: set[str] = set()  # the command paths this module ran, checked against the handbook at the end
 
 
-GROUPS = {"sensor", "peer", "partner", "agreement", "query", "consent", "region", "audit", "admin", "passphrase", "retention"}
+GROUPS = {"sensor", "peer", "partner", "agreement", "query", "consent", "region", "audit", "admin", "passphrase", "retention",
+          "key", "cert"}
 
 
 def command_path(words: list[str]) -> str:
@@ -495,6 +496,25 @@ def test_peer_add_names_the_wrong_port_and_what_the_other_side_must_do(hub, tmp_
     finally:
         bergen.stop(timeout=10)
         bergen.kill()
+
+
+def test_key_rotation_and_certificate_commands_of_the_handbook(hub, tmp_path):
+    """docs/operations.md "Identity key and TLS certificate": rotate a stopped hub's key (the hub
+    id stays), list the history, see the certificate's expiry, renew it offline and on the
+    running hub. (Rotation with peers querying: tests/test_key_rotation_region.py.)"""
+    stopped = tmp_path / "stopped"
+    ok(run("init", "--data-dir", stopped, "--municipality", "Bergen", "--grpc-port", 0, "--http-port", 0))
+    hub_id = hubdir.HubDir(stopped).config().hub_id
+    rotated = ok(run("key", "rotate", "--data-dir", stopped)).stdout
+    assert f"Rotated the identity key of hub {hub_id} (rotation 1; the hub id stays)" in rotated
+    history = as_json(run("key", "history", "--data-dir", stopped, "--json"))
+    assert history["hub_id"] == hub_id and [k["sequence"] for k in history["keys"]] == [0, 1]
+    assert "valid for 1095 more days" in ok(run("cert", "status", "--data-dir", stopped)).stdout
+    assert "the hub serves it when it starts" in ok(run("cert", "renew", "--data-dir", stopped)).stdout
+    data_dir, _ = hub
+    assert "the running hub serves it from now on" in ok(run("cert", "renew", "--data-dir", data_dir)).stdout
+    refused = cli("key", "rotate", "--data-dir", data_dir)
+    assert refused.returncode != 0 and "needs it stopped: stop it" in refused.stdout + refused.stderr
 
 
 def test_every_command_in_the_handbook_was_run():

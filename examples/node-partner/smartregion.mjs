@@ -39,6 +39,8 @@ const DOMAIN = {
   partial: domain('partial-result'),
   answer: domain('query-answer'),
   tlsBinding: domain('tls-binding'),
+  descriptor: domain('descriptor'),
+  keyRotation: domain('key-rotation'),
   hubId: domain('hub-id'),
   partnerId: domain('partner-id'),
 };
@@ -251,6 +253,15 @@ function extensionValue(certDer, oid) {
 /** The hub id a certificate is bound to (node/identity.py): its extension holds the hub's
  * identity key and that key's signature over "smartregion/v1/tls-binding" || 0x00 || SPKI. */
 export function hubIdOfCertificate(cert) {
+  const { commonName, identityKey } = certificateBinding(cert);
+  const hubId = hubIdFromPublicKey(identityKey);
+  if (commonName !== hubId) throw new SmartregionError("the certificate's common name is not the hub id of its identity key");
+  return hubId;
+}
+
+/** The hub id a certificate names and the identity key that signed its binding. For a hub that
+ * rotated its identity key the two are linked only by its key history (see keysOfHub). */
+export function certificateBinding(cert) {
   const value = extensionValue(cert.raw, TLS_BINDING_OID);
   if (!value) throw new SmartregionError("the server's certificate carries no smartregion identity binding");
   if (value.length !== 2 + 32 + 64 || value[0] !== 0x04 || value[1] !== 0x60) throw new SmartregionError('malformed identity binding in the certificate');
@@ -259,17 +270,65 @@ export function hubIdOfCertificate(cert) {
   if (!verifyEd25519(identityKey, Buffer.concat([DOMAIN.tlsBinding, spki]), value.subarray(34))) {
     throw new SmartregionError("the certificate's identity binding signature is invalid");
   }
-  const hubId = hubIdFromPublicKey(identityKey);
   const commonName = cert.subject.split('\n').find((line) => line.startsWith('CN='))?.slice(3);
-  if (commonName !== hubId) throw new SmartregionError("the certificate's common name is not the hub id of its identity key");
-  return hubId;
+  return { commonName, identityKey };
+}
+
+// -- key histories (node/keychain.py; docs/protocol.md "Key rotation statements") -------------
+
+const STATEMENT_LENGTH = 220; // hub id 16, sequence 4, old key 32, new key 32, time 8; two signatures
+
+/** Every identity key of hub `hubId`, genesis first, by its key history (rotation statements,
+ * oldest first). With no history the hub's one key is `genesis`, which must hash to the id.
+ * Throws naming the first break: a wrong sequence, a missing signature, a gap, a reused key. */
+export function keysOfHub(hubId, history, genesis) {
+  if (history.length === 0) {
+    if (!genesis || genesis.length !== 32 || hubIdFromPublicKey(Buffer.from(genesis)) !== hubId) {
+      throw new SmartregionError(`hub ${hubId} has no key history and the key given is not its genesis key`);
+    }
+    return [Buffer.from(genesis)];
+  }
+  const keys = [];
+  let previousAt = 0n;
+  history.forEach((raw, i) => {
+    const s = Buffer.from(raw);
+    const where = `rotation ${i + 1} of hub ${hubId}`;
+    if (s.length !== STATEMENT_LENGTH) throw new SmartregionError(`${where} is not ${STATEMENT_LENGTH} bytes`);
+    const payload = s.subarray(0, 92);
+    const [oldKey, newKey, at] = [s.subarray(20, 52), s.subarray(52, 84), s.readBigUInt64BE(84)];
+    if (i === 0) {
+      if (hubIdFromPublicKey(oldKey) !== hubId) throw new SmartregionError(`the key history does not start at the genesis key of hub ${hubId}`);
+      keys.push(oldKey);
+    }
+    if (s.subarray(0, 16).toString('hex') !== hubId) throw new SmartregionError(`${where} is a statement of another hub`);
+    if (s.readUInt32BE(16) !== i + 1) throw new SmartregionError(`${where} carries sequence number ${s.readUInt32BE(16)}, expected ${i + 1}`);
+    if (!oldKey.equals(keys[keys.length - 1])) throw new SmartregionError(`${where} does not continue from the key the previous rotation ended with`);
+    if (keys.some((k) => k.equals(newKey))) throw new SmartregionError(`${where} returns to a key the hub used before`);
+    if (at < previousAt) throw new SmartregionError(`${where} is dated before the rotation it follows`);
+    const message = Buffer.concat([DOMAIN.keyRotation, payload]);
+    if (!verifyEd25519(oldKey, message, s.subarray(92, 156))) throw new SmartregionError(`${where} is not signed by the old key`);
+    if (!verifyEd25519(newKey, message, s.subarray(156, 220))) throw new SmartregionError(`${where} is not signed by the new key`);
+    keys.push(newKey);
+    previousAt = at;
+  });
+  return keys;
+}
+
+/** Whether `key` is one of hub `hubId`'s keys by its (possibly empty) key history: a signature
+ * by any key of a valid history is the hub's (node/keychain.py says why). */
+export function isKeyOfHub(hubId, key, history) {
+  try {
+    return keysOfHub(hubId, history ?? [], key).some((k) => k.equals(Buffer.from(key)));
+  } catch {
+    return false;
+  }
 }
 
 // -- protobuf and gRPC ---------------------------------------------------------------------------
 
 /** The message types (protobufjs) and the Query service (proto-loader), from proto/ at run time. */
 export function loadContract(protoDir = DEFAULT_PROTO_DIR) {
-  const file = 'smartregion/v1/query_service.proto';
+  const file = ['smartregion/v1/query_service.proto', 'smartregion/v1/federation.proto'];
   const root = new protobuf.Root();
   root.resolvePath = (_origin, target) => path.join(protoDir, target);
   root.loadSync(file, { keepCase: true });
@@ -283,7 +342,9 @@ export function loadContract(protoDir = DEFAULT_PROTO_DIR) {
     SignedPartial: root.lookupType('smartregion.v1.SignedPartial'),
     AnswerSummary: root.lookupType('smartregion.v1.AnswerSummary'),
     QueryAnswer: root.lookupType('smartregion.v1.QueryAnswer'),
+    NodeDescriptor: root.lookupType('smartregion.v1.NodeDescriptor'),
     QueryClient: api.Query,
+    FederationClient: api.Federation,
   };
 }
 
@@ -291,14 +352,43 @@ export function loadContract(protoDir = DEFAULT_PROTO_DIR) {
  * pin, and open a channel that trusts exactly that certificate under the name `hubId`. */
 export async function connectPinned(contract, address, hubId) {
   const cert = await fetchCertificate(address);
-  const actual = hubIdOfCertificate(cert);
-  if (actual !== hubId) throw new SmartregionError(`the server at ${address} is hub ${actual}, not hub ${hubId}`);
+  const { commonName, identityKey } = certificateBinding(cert);
+  if (commonName !== hubId) throw new SmartregionError(`the server at ${address} is hub ${commonName}, not hub ${hubId}`);
   const credentials = grpc.credentials.createSsl(Buffer.from(cert.toString()));
-  return new contract.QueryClient(address, credentials, {
+  const options = {
     'grpc.ssl_target_name_override': hubId, // the certificate's name is the hub id
     'grpc.default_authority': hubId,
     'grpc.max_receive_message_length': 16 * 1024 * 1024,
-  });
+  };
+  if (hubIdFromPublicKey(identityKey) !== hubId) { // a hub that rotated its identity key
+    await checkRotatedHub(contract, address, credentials, options, hubId, identityKey, cert);
+  }
+  return new contract.QueryClient(address, credentials, options);
+}
+
+/** The certificate of a hub that rotated is bound to its current key; its signed descriptor
+ * (Federation.GetDescriptor) carries the key history linking that key to the hub id. */
+async function checkRotatedHub(contract, address, credentials, options, hubId, identityKey, cert) {
+  const client = new contract.FederationClient(address, credentials, options);
+  const signed = await new Promise((resolve, reject) => {
+    client.GetDescriptor({}, { deadline: new Date(Date.now() + CALL_TIMEOUT_MS) }, (err, reply) => (err ? reject(err) : resolve(reply)));
+  }).finally(() => client.close());
+  const bytes = Buffer.from(signed.descriptor ?? []);
+  const d = contract.NodeDescriptor.toObject(contract.NodeDescriptor.decode(bytes), { longs: Number, defaults: true });
+  const fail = (why) => new SmartregionError(`hub ${hubId} at ${address}: ${why}`);
+  if (d.hub_id !== hubId) throw fail(`the descriptor names hub ${d.hub_id}`);
+  if (!verifyEd25519(d.identity_public_key, Buffer.concat([DOMAIN.descriptor, bytes]), signed.signature ?? [])) throw fail('the descriptor is not signed by its key');
+  let keys;
+  try {
+    keys = keysOfHub(hubId, d.key_history, d.identity_public_key);
+  } catch (err) {
+    throw fail(`the key history is broken: ${err.message}`);
+  }
+  if (!keys[keys.length - 1].equals(Buffer.from(d.identity_public_key)) || !identityKey.equals(Buffer.from(d.identity_public_key))) {
+    throw fail('the certificate is not bound to the current key of its key history');
+  }
+  if (!sha256(cert.raw).equals(Buffer.from(d.tls_certificate_sha256))) throw fail('the descriptor names another certificate');
+  if (d.valid_until_ms <= Date.now()) throw fail('the descriptor has expired');
 }
 
 /** A query spec without the fields left at their defaults (proto3 would not send them). */
@@ -395,7 +485,7 @@ export function openAnswer(contract, answer, sentPayload, entryHubId, answerKey,
 /** The entry hub's signature over an AnswerSummary, and that the summary is this answer. */
 export function verifySummary(contract, answer, digest, entryHubId) {
   const key = Buffer.from(answer.answered_by_public_key ?? []);
-  if (key.length !== 32 || hubIdFromPublicKey(key) !== answer.answered_by) {
+  if (key.length !== 32 || !isKeyOfHub(answer.answered_by, key, answer.answered_by_key_history)) {
     throw new SmartregionError('the answer names an entry hub whose key it does not carry');
   }
   if (answer.answered_by !== entryHubId) throw new SmartregionError(`the answer was signed by hub ${answer.answered_by}, not by hub ${entryHubId}`);
@@ -445,7 +535,7 @@ export function openPartials(contract, answer, digest, answerKey, spec) {
       throw new SmartregionError(`hub ${p.hub_id}: the partial result's signature does not verify`);
     }
     const partial = contract.PartialResult.toObject(contract.PartialResult.decode(bytes), { longs: Number, defaults: true });
-    if (partial.provider_hub_id !== hubIdFromPublicKey(key) || partial.provider_hub_id !== p.hub_id) {
+    if (!isKeyOfHub(partial.provider_hub_id, key, signed.provider_key_history) || partial.provider_hub_id !== p.hub_id) {
       throw new SmartregionError(`hub ${p.hub_id}: the partial result names another provider than its signer`);
     }
     if (!Buffer.from(partial.query_digest).equals(digest)) throw new SmartregionError(`hub ${p.hub_id}: the partial result answers another query`);

@@ -13,6 +13,7 @@ from google.protobuf.message import DecodeError
 from federation import envelope, partials, sealing
 from federation.query_spec import DEFAULT_DEADLINE_MS
 from node.api.v1 import query_pb2, query_service_pb2, query_service_pb2_grpc
+from node.keychain import key_of_hub
 from node.signing import Domain, hub_id_from_public_key, partner_id_from_public_key, verify
 
 RUN_METHOD = "/smartregion.v1.Query/Run"
@@ -39,8 +40,10 @@ def _check_asker_signature(answer: query_service_pb2.QueryAnswer) -> None:
     request = envelope.parse(answer.query)
     key = answer.asker_public_key
     derived = set()
-    if len(key) == 32:
+    if len(key) == 32 and not answer.asker_key_history:
         derived = {hub_id_from_public_key(key), partner_id_from_public_key(key)}
+    elif len(key) == 32 and not key_of_hub(request.caller_id, key, answer.asker_key_history):
+        derived = {request.caller_id}  # a hub that rotated: its history links the key to its id
     if request.caller_id not in derived:
         raise AnswerRefused(f"the answer does not carry the key of its asker {request.caller_id}")
     if not verify(key, Domain.REQUEST, answer.query.payload, answer.query.signature):
@@ -75,11 +78,13 @@ def merge_opened(answer: query_service_pb2.QueryAnswer) -> list[query_pb2.Row]:
 
 
 def open_answer(answer: query_service_pb2.QueryAnswer, key: X25519PrivateKey,
-                asker_public_key: bytes) -> query_service_pb2.QueryAnswer:
+                asker_public_key: bytes, asker_key_history: tuple[bytes, ...] = ()) -> query_service_pb2.QueryAnswer:
     """The answer with every sealed partial opened (Provenance.partial) and the rows merged."""
     opened = query_service_pb2.QueryAnswer()
     opened.CopyFrom(answer)
     opened.asker_public_key = asker_public_key
+    del opened.asker_key_history[:]
+    opened.asker_key_history.extend(asker_key_history)
     digest = partials.query_digest(answer.query.payload)
     for p in opened.provenance:
         p.ClearField("partial")

@@ -63,7 +63,7 @@ class QueryService:
         signed = envelope.make(self.hub.identity.identity_key, self.own_id, self.own_id, RUN_METHOD, clock=self.hub.clock, query=asked)
         answer = await self._answer(signed, asked, self.own_id)
         try:
-            return asker.open_answer(answer, key, self.hub.identity.public_key_raw)
+            return asker.open_answer(answer, key, self.hub.identity.public_key_raw, self.hub.identity.key_history)
         except asker.AnswerRefused as exc:
             raise Rejected(Reason.UNAVAILABLE, f"the region's answer does not verify: {exc}") from None
 

@@ -351,6 +351,7 @@ class Provider:
             pooled = await self._budget_line(grant.agreement_id, grant.asker_id, [spec.dataset])
             result.dp_spent_micro = await self.hub.storage.read(lambda s: s.budget_spent(grant.agreement_id, pooled))
         signed_partial = partials.sign_partial(self.hub.identity, result).SerializeToString()
-        size = partials.padded_size(spec, self.own_id, self.hub.config.municipality, grant.agreement_id)
+        size = partials.padded_size(spec, self.own_id, self.hub.config.municipality, grant.agreement_id,
+                                     self.hub.identity.key_history)
         sealed = sealing.seal(signed_partial, spec.answer_key, digest, self.own_id, size)
         return sealed, sum(1 for c in result.cells if c.suppressed), len(result.cells)

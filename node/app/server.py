@@ -30,6 +30,7 @@ from node.api.v1 import (
     query_service_pb2,
 )
 from node.app import catalog_guard, grpc_limits, network_routes
+from node.app.certificates import ServedCertificate
 from node.app.dashboard.data import DashboardData
 from node.app.dashboard.routes import Dashboard
 from node.app.http_app import build_app
@@ -86,6 +87,8 @@ class RunningHub:
     stopping: asyncio.Event
     housekeeping: asyncio.Task | None = None  # retention (node/retention.py)
     networks: NetworkDoors | None = None
+    certificates: ServedCertificate | None = None  # the served TLS certificate (renewal, expiry)
+    certificate_watch: asyncio.Task | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
         for name in (*SERVICE_NAMES, ""):
@@ -97,6 +100,8 @@ class RunningHub:
         await self.background
         if self.housekeeping is not None:
             await self.housekeeping
+        if self.certificate_watch is not None:
+            await self.certificate_watch
         await self.grpc_server.stop(grace)
         await self.federation.close()
         await self.http_runner.cleanup()
@@ -141,7 +146,8 @@ async def start(
         raise
     ingest_pb2_grpc.add_IngestServicer_to_server(IngestServicer(hub), server)
     queries = QueryService(federation)
-    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(hub, federation, queries), server)
+    certificates = ServedCertificate(hub, federation)
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(hub, federation, queries, certificates), server)
     # Every Federation and Query method is authenticated before its handler runs (but the public ones).
     add_service(server, federation_pb2.DESCRIPTOR.services_by_name["Federation"],
                 federation_servicer.FederationServicer(federation), federation.authenticator, federation_servicer.PUBLIC_METHODS)
@@ -154,11 +160,7 @@ async def start(
     )
     address = f"{_url_host(host)}:{grpc_port}"
     try:
-        if insecure:
-            bound = server.add_insecure_port(address)
-        else:
-            credentials = grpc.ssl_server_credentials([(hub.identity.tls_key_pem, hub.identity.tls_cert_pem)])
-            bound = server.add_secure_port(address, credentials)
+        bound = server.add_insecure_port(address) if insecure else server.add_secure_port(address, certificates.grpc_credentials())
     except RuntimeError:  # grpcio's way of saying the address is taken
         bound = 0
     if bound == 0:
@@ -173,6 +175,8 @@ async def start(
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     ssl_context = None if insecure else server_ssl_context(hub.identity.tls_cert_pem, hub.identity.tls_key_pem)
+    if ssl_context is not None:
+        certificates.serve_http_with(ssl_context)
     site = GuardedSite(runner, host, http_port, ConnectionGuard(http_limits, hub.metrics.rejected), ssl_context=ssl_context)
     try:
         await site.start()
@@ -218,7 +222,9 @@ async def start(
     promises = lambda: promised_history(federation)  # noqa: E731
     await retention.run_logged(hub, promises)  # expired readings go before the first answer
     housekeeping = asyncio.create_task(retention.loop(hub, promises, stopping), name="retention")
-    return RunningHub(hub, server, runner, health, federation, background, stopping, housekeeping, networks)
+    watch = None if insecure else asyncio.create_task(certificates.monitor(stopping), name="certificate")
+    return RunningHub(hub, server, runner, health, federation, background, stopping, housekeeping, networks,
+                      certificates, watch)
 
 
 def raise_open_file_limit() -> int:

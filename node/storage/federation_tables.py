@@ -45,12 +45,14 @@ class FederationTables(Connected):
 
         self._transaction(work)
 
-    def refresh_peer(self, hub_id: str, descriptor: bytes, valid_until_ms: int, http_url: str, at_ms: int, latency_ms: float) -> None:
-        """A fresh descriptor from a peer (never touches a removed peer)."""
+    def refresh_peer(self, hub_id: str, descriptor: bytes, valid_until_ms: int, http_url: str, at_ms: int, latency_ms: float,
+                     *, tls_cert_pem: str = "") -> None:
+        """A fresh descriptor from a peer (never touches a removed peer); `tls_cert_pem`, if
+        given, re-pins the certificate (a renewal or rotation the caller verified)."""
         self._transaction(lambda: self.conn.execute(
             "UPDATE peers SET descriptor = ?, descriptor_valid_until_ms = ?, http_url = ?, last_contact_ms = ?, latency_ms = ?, "
-            "last_error = '' WHERE hub_id = ? AND removed_at_ms IS NULL",
-            (descriptor, valid_until_ms, http_url, at_ms, latency_ms, hub_id),
+            "last_error = '', tls_cert_pem = coalesce(nullif(?, ''), tls_cert_pem) WHERE hub_id = ? AND removed_at_ms IS NULL",
+            (descriptor, valid_until_ms, http_url, at_ms, latency_ms, tls_cert_pem, hub_id),
         ))
 
     def record_peer_contact(self, hub_id: str, at_ms: int, latency_ms: float | None, error: str) -> None:

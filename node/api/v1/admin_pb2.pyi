@@ -509,3 +509,27 @@ class RemovePartnerResponse(_message.Message):
     partner: Partner
     agreements_revoked: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, partner: _Optional[_Union[Partner, _Mapping]] = ..., agreements_revoked: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RenewCertificateRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetCertificateStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CertificateStatus(_message.Message):
+    __slots__ = ("certificate_sha256", "not_after_ms", "days_left", "renewal_due", "message", "key_rotations")
+    CERTIFICATE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    DAYS_LEFT_FIELD_NUMBER: _ClassVar[int]
+    RENEWAL_DUE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    KEY_ROTATIONS_FIELD_NUMBER: _ClassVar[int]
+    certificate_sha256: str
+    not_after_ms: int
+    days_left: float
+    renewal_due: bool
+    message: str
+    key_rotations: int
+    def __init__(self, certificate_sha256: _Optional[str] = ..., not_after_ms: _Optional[int] = ..., days_left: _Optional[float] = ..., renewal_due: _Optional[bool] = ..., message: _Optional[str] = ..., key_rotations: _Optional[int] = ...) -> None: ...

@@ -176,6 +176,16 @@ class AdminStub:
                 request_serializer=smartregion_dot_v1_dot_admin__pb2.RemovePartnerRequest.SerializeToString,
                 response_deserializer=smartregion_dot_v1_dot_admin__pb2.RemovePartnerResponse.FromString,
                 _registered_method=True)
+        self.RenewCertificate = channel.unary_unary(
+                '/smartregion.v1.Admin/RenewCertificate',
+                request_serializer=smartregion_dot_v1_dot_admin__pb2.RenewCertificateRequest.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_admin__pb2.CertificateStatus.FromString,
+                _registered_method=True)
+        self.GetCertificateStatus = channel.unary_unary(
+                '/smartregion.v1.Admin/GetCertificateStatus',
+                request_serializer=smartregion_dot_v1_dot_admin__pb2.GetCertificateStatusRequest.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_admin__pb2.CertificateStatus.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -373,6 +383,21 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewCertificate(self, request, context):
+        """The TLS certificate (docs/operations.md). Appended by branch `keys`.
+        A new certificate bound to the hub's identity key, served from the next connection on
+        (connections already open keep theirs); announced in the descriptor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCertificateStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -515,6 +540,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.RemovePartner,
                     request_deserializer=smartregion_dot_v1_dot_admin__pb2.RemovePartnerRequest.FromString,
                     response_serializer=smartregion_dot_v1_dot_admin__pb2.RemovePartnerResponse.SerializeToString,
+            ),
+            'RenewCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewCertificate,
+                    request_deserializer=smartregion_dot_v1_dot_admin__pb2.RenewCertificateRequest.FromString,
+                    response_serializer=smartregion_dot_v1_dot_admin__pb2.CertificateStatus.SerializeToString,
+            ),
+            'GetCertificateStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCertificateStatus,
+                    request_deserializer=smartregion_dot_v1_dot_admin__pb2.GetCertificateStatusRequest.FromString,
+                    response_serializer=smartregion_dot_v1_dot_admin__pb2.CertificateStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1273,6 +1308,60 @@ class Admin:
             '/smartregion.v1.Admin/RemovePartner',
             smartregion_dot_v1_dot_admin__pb2.RemovePartnerRequest.SerializeToString,
             smartregion_dot_v1_dot_admin__pb2.RemovePartnerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/RenewCertificate',
+            smartregion_dot_v1_dot_admin__pb2.RenewCertificateRequest.SerializeToString,
+            smartregion_dot_v1_dot_admin__pb2.CertificateStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCertificateStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/GetCertificateStatus',
+            smartregion_dot_v1_dot_admin__pb2.GetCertificateStatusRequest.SerializeToString,
+            smartregion_dot_v1_dot_admin__pb2.CertificateStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -92,12 +92,14 @@ class AgreementTerms(_message.Message):
     def __init__(self, agreement_id: _Optional[str] = ..., version: _Optional[int] = ..., supersedes: _Optional[str] = ..., provider: _Optional[_Union[Party, _Mapping]] = ..., consumer: _Optional[_Union[Party, _Mapping]] = ..., purpose_code: _Optional[str] = ..., purpose_description: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Iterable[str]] = ..., aggregates: _Optional[_Iterable[str]] = ..., group_by: _Optional[_Iterable[str]] = ..., smallest_bucket: _Optional[str] = ..., longest_window_days: _Optional[int] = ..., min_group_size: _Optional[int] = ..., consent_required: _Optional[bool] = ..., queries_per_day: _Optional[int] = ..., dp_epsilon: _Optional[float] = ..., valid_from_ms: _Optional[int] = ..., valid_until_ms: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., dp_max_contributions: _Optional[int] = ...) -> None: ...
 
 class PartySignature(_message.Message):
-    __slots__ = ("signer_id", "signature")
+    __slots__ = ("signer_id", "signature", "key_history")
     SIGNER_ID_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    KEY_HISTORY_FIELD_NUMBER: _ClassVar[int]
     signer_id: str
     signature: bytes
-    def __init__(self, signer_id: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    key_history: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, signer_id: _Optional[str] = ..., signature: _Optional[bytes] = ..., key_history: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class SignedTerms(_message.Message):
     __slots__ = ("terms", "signatures")
@@ -120,12 +122,14 @@ class Revocation(_message.Message):
     def __init__(self, agreement_id: _Optional[str] = ..., revoked_by: _Optional[str] = ..., revoked_at_ms: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class SignedRevocation(_message.Message):
-    __slots__ = ("revocation", "signature")
+    __slots__ = ("revocation", "signature", "key_history")
     REVOCATION_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    KEY_HISTORY_FIELD_NUMBER: _ClassVar[int]
     revocation: bytes
     signature: bytes
-    def __init__(self, revocation: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    key_history: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, revocation: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., key_history: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class AgreementDocument(_message.Message):
     __slots__ = ("signed_terms", "revocations")

@@ -26,7 +26,7 @@ from node.api.v1 import agreement_pb2 as smartregion_dot_v1_dot_agreement__pb2
 from node.api.v1 import envelope_pb2 as smartregion_dot_v1_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fsmartregion/v1/federation.proto\x12\x0esmartregion.v1\x1a\x1esmartregion/v1/agreement.proto\x1a\x1dsmartregion/v1/envelope.proto\"J\n\x11RegionDescriptors\x12\x35\n\x0b\x64\x65scriptors\x18\x01 \x03(\x0b\x32 .smartregion.v1.SignedDescriptor\"\xa4\x01\n\x0c\x44\x61tasetOffer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x63lassification\x18\x02 \x01(\t\x12\x13\n\x0b\x66iware_type\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x16\n\x0eretention_days\x18\x05 \x01(\r\x12,\n\x07metrics\x18\x06 \x03(\x0b\x32\x1b.smartregion.v1.MetricOffer\">\n\x0bMetricOffer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04unit\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\x16\n\x14GetDescriptorRequest\"\xa3\x02\n\x0eNodeDescriptor\x12\x0e\n\x06hub_id\x18\x01 \x01(\t\x12\x1b\n\x13municipality_number\x18\x02 \x01(\t\x12\x19\n\x11municipality_name\x18\x03 \x01(\t\x12\x1b\n\x13identity_public_key\x18\x04 \x01(\x0c\x12\x1e\n\x16tls_certificate_sha256\x18\x05 \x01(\x0c\x12\x16\n\x0egrpc_addresses\x18\x06 \x03(\t\x12\x10\n\x08http_url\x18\x07 \x01(\t\x12\x14\n\x0cissued_at_ms\x18\x08 \x01(\x03\x12\x16\n\x0evalid_until_ms\x18\t \x01(\x03\x12.\n\x08\x64\x61tasets\x18\x0b \x03(\x0b\x32\x1c.smartregion.v1.DatasetOfferJ\x04\x08\n\x10\x0b\"9\n\x10SignedDescriptor\x12\x12\n\ndescriptor\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"g\n\x0f\x44ocumentOutcome\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\x12-\n\x05state\x18\x03 \x01(\x0e\x32\x1e.smartregion.v1.AgreementState\"\x85\x01\n\x1a\x45xchangeAgreementsResponse\x12\x31\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1f.smartregion.v1.DocumentOutcome\x12\x34\n\tdocuments\x18\x02 \x01(\x0b\x32!.smartregion.v1.AgreementExchange2\xa0\x02\n\nFederation\x12W\n\rGetDescriptor\x12$.smartregion.v1.GetDescriptorRequest\x1a .smartregion.v1.SignedDescriptor\x12_\n\x12\x45xchangeAgreements\x12\x1d.smartregion.v1.SignedRequest\x1a*.smartregion.v1.ExchangeAgreementsResponse\x12X\n\rRegionCatalog\x12$.smartregion.v1.GetDescriptorRequest\x1a!.smartregion.v1.RegionDescriptorsBK\n\x11no.smartregion.v1P\x01Z4smartregion.example/api/smartregion/v1;smartregionv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fsmartregion/v1/federation.proto\x12\x0esmartregion.v1\x1a\x1esmartregion/v1/agreement.proto\x1a\x1dsmartregion/v1/envelope.proto\"J\n\x11RegionDescriptors\x12\x35\n\x0b\x64\x65scriptors\x18\x01 \x03(\x0b\x32 .smartregion.v1.SignedDescriptor\"\xa4\x01\n\x0c\x44\x61tasetOffer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x63lassification\x18\x02 \x01(\t\x12\x13\n\x0b\x66iware_type\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x16\n\x0eretention_days\x18\x05 \x01(\r\x12,\n\x07metrics\x18\x06 \x03(\x0b\x32\x1b.smartregion.v1.MetricOffer\">\n\x0bMetricOffer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04unit\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\x16\n\x14GetDescriptorRequest\"\xb2\x02\n\x0eNodeDescriptor\x12\x0e\n\x06hub_id\x18\x01 \x01(\t\x12\x1b\n\x13municipality_number\x18\x02 \x01(\t\x12\x19\n\x11municipality_name\x18\x03 \x01(\t\x12\x1b\n\x13identity_public_key\x18\x04 \x01(\x0c\x12\x1e\n\x16tls_certificate_sha256\x18\x05 \x01(\x0c\x12\x16\n\x0egrpc_addresses\x18\x06 \x03(\t\x12\x10\n\x08http_url\x18\x07 \x01(\t\x12\x14\n\x0cissued_at_ms\x18\x08 \x01(\x03\x12\x16\n\x0evalid_until_ms\x18\t \x01(\x03\x12\x13\n\x0bkey_history\x18\n \x03(\x0c\x12.\n\x08\x64\x61tasets\x18\x0b \x03(\x0b\x32\x1c.smartregion.v1.DatasetOffer\"9\n\x10SignedDescriptor\x12\x12\n\ndescriptor\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"g\n\x0f\x44ocumentOutcome\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\x12-\n\x05state\x18\x03 \x01(\x0e\x32\x1e.smartregion.v1.AgreementState\"\x85\x01\n\x1a\x45xchangeAgreementsResponse\x12\x31\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1f.smartregion.v1.DocumentOutcome\x12\x34\n\tdocuments\x18\x02 \x01(\x0b\x32!.smartregion.v1.AgreementExchange2\xa0\x02\n\nFederation\x12W\n\rGetDescriptor\x12$.smartregion.v1.GetDescriptorRequest\x1a .smartregion.v1.SignedDescriptor\x12_\n\x12\x45xchangeAgreements\x12\x1d.smartregion.v1.SignedRequest\x1a*.smartregion.v1.ExchangeAgreementsResponse\x12X\n\rRegionCatalog\x12$.smartregion.v1.GetDescriptorRequest\x1a!.smartregion.v1.RegionDescriptorsBK\n\x11no.smartregion.v1P\x01Z4smartregion.example/api/smartregion/v1;smartregionv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,13 +43,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETDESCRIPTORREQUEST']._serialized_start=421
   _globals['_GETDESCRIPTORREQUEST']._serialized_end=443
   _globals['_NODEDESCRIPTOR']._serialized_start=446
-  _globals['_NODEDESCRIPTOR']._serialized_end=737
-  _globals['_SIGNEDDESCRIPTOR']._serialized_start=739
-  _globals['_SIGNEDDESCRIPTOR']._serialized_end=796
-  _globals['_DOCUMENTOUTCOME']._serialized_start=798
-  _globals['_DOCUMENTOUTCOME']._serialized_end=901
-  _globals['_EXCHANGEAGREEMENTSRESPONSE']._serialized_start=904
-  _globals['_EXCHANGEAGREEMENTSRESPONSE']._serialized_end=1037
-  _globals['_FEDERATION']._serialized_start=1040
-  _globals['_FEDERATION']._serialized_end=1328
+  _globals['_NODEDESCRIPTOR']._serialized_end=752
+  _globals['_SIGNEDDESCRIPTOR']._serialized_start=754
+  _globals['_SIGNEDDESCRIPTOR']._serialized_end=811
+  _globals['_DOCUMENTOUTCOME']._serialized_start=813
+  _globals['_DOCUMENTOUTCOME']._serialized_end=916
+  _globals['_EXCHANGEAGREEMENTSRESPONSE']._serialized_start=919
+  _globals['_EXCHANGEAGREEMENTSRESPONSE']._serialized_end=1052
+  _globals['_FEDERATION']._serialized_start=1055
+  _globals['_FEDERATION']._serialized_end=1343
 # @@protoc_insertion_point(module_scope)

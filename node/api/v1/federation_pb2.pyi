@@ -45,7 +45,7 @@ class GetDescriptorRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeDescriptor(_message.Message):
-    __slots__ = ("hub_id", "municipality_number", "municipality_name", "identity_public_key", "tls_certificate_sha256", "grpc_addresses", "http_url", "issued_at_ms", "valid_until_ms", "datasets")
+    __slots__ = ("hub_id", "municipality_number", "municipality_name", "identity_public_key", "tls_certificate_sha256", "grpc_addresses", "http_url", "issued_at_ms", "valid_until_ms", "key_history", "datasets")
     HUB_ID_FIELD_NUMBER: _ClassVar[int]
     MUNICIPALITY_NUMBER_FIELD_NUMBER: _ClassVar[int]
     MUNICIPALITY_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +55,7 @@ class NodeDescriptor(_message.Message):
     HTTP_URL_FIELD_NUMBER: _ClassVar[int]
     ISSUED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     VALID_UNTIL_MS_FIELD_NUMBER: _ClassVar[int]
+    KEY_HISTORY_FIELD_NUMBER: _ClassVar[int]
     DATASETS_FIELD_NUMBER: _ClassVar[int]
     hub_id: str
     municipality_number: str
@@ -65,8 +66,9 @@ class NodeDescriptor(_message.Message):
     http_url: str
     issued_at_ms: int
     valid_until_ms: int
+    key_history: _containers.RepeatedScalarFieldContainer[bytes]
     datasets: _containers.RepeatedCompositeFieldContainer[DatasetOffer]
-    def __init__(self, hub_id: _Optional[str] = ..., municipality_number: _Optional[str] = ..., municipality_name: _Optional[str] = ..., identity_public_key: _Optional[bytes] = ..., tls_certificate_sha256: _Optional[bytes] = ..., grpc_addresses: _Optional[_Iterable[str]] = ..., http_url: _Optional[str] = ..., issued_at_ms: _Optional[int] = ..., valid_until_ms: _Optional[int] = ..., datasets: _Optional[_Iterable[_Union[DatasetOffer, _Mapping]]] = ...) -> None: ...
+    def __init__(self, hub_id: _Optional[str] = ..., municipality_number: _Optional[str] = ..., municipality_name: _Optional[str] = ..., identity_public_key: _Optional[bytes] = ..., tls_certificate_sha256: _Optional[bytes] = ..., grpc_addresses: _Optional[_Iterable[str]] = ..., http_url: _Optional[str] = ..., issued_at_ms: _Optional[int] = ..., valid_until_ms: _Optional[int] = ..., key_history: _Optional[_Iterable[bytes]] = ..., datasets: _Optional[_Iterable[_Union[DatasetOffer, _Mapping]]] = ...) -> None: ...
 
 class SignedDescriptor(_message.Message):
     __slots__ = ("descriptor", "signature")

@@ -132,14 +132,16 @@ class PartialResult(_message.Message):
     def __init__(self, query_digest: _Optional[bytes] = ..., provider_hub_id: _Optional[str] = ..., municipality: _Optional[str] = ..., agreement_id: _Optional[str] = ..., computed_at_ms: _Optional[int] = ..., min_group_size: _Optional[int] = ..., cells: _Optional[_Iterable[_Union[Cell, _Mapping]]] = ..., dp_budget_micro: _Optional[int] = ..., dp_spent_micro: _Optional[int] = ...) -> None: ...
 
 class SignedPartial(_message.Message):
-    __slots__ = ("partial", "signature", "provider_public_key")
+    __slots__ = ("partial", "signature", "provider_public_key", "provider_key_history")
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_KEY_HISTORY_FIELD_NUMBER: _ClassVar[int]
     partial: bytes
     signature: bytes
     provider_public_key: bytes
-    def __init__(self, partial: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., provider_public_key: _Optional[bytes] = ...) -> None: ...
+    provider_key_history: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, partial: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., provider_public_key: _Optional[bytes] = ..., provider_key_history: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class Row(_message.Message):
     __slots__ = ("group", "bucket_start_ms", "bucket_label", "value", "readings", "contributors", "suppressed", "noisy")

@@ -17,7 +17,7 @@ class SealedPartial(_message.Message):
     def __init__(self, sealed: _Optional[bytes] = ..., agreement_id: _Optional[str] = ...) -> None: ...
 
 class QueryAnswer(_message.Message):
-    __slots__ = ("query", "rows", "provenance", "partial", "missing_hubs", "answered_by", "summary", "summary_signature", "answered_by_public_key", "asker_public_key")
+    __slots__ = ("query", "rows", "provenance", "partial", "missing_hubs", "answered_by", "summary", "summary_signature", "answered_by_public_key", "asker_public_key", "answered_by_key_history", "asker_key_history")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     PROVENANCE_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,8 @@ class QueryAnswer(_message.Message):
     SUMMARY_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     ANSWERED_BY_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     ASKER_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_BY_KEY_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    ASKER_KEY_HISTORY_FIELD_NUMBER: _ClassVar[int]
     query: _envelope_pb2.SignedRequest
     rows: _containers.RepeatedCompositeFieldContainer[_query_pb2.Row]
     provenance: _containers.RepeatedCompositeFieldContainer[_query_pb2.Provenance]
@@ -38,4 +40,6 @@ class QueryAnswer(_message.Message):
     summary_signature: bytes
     answered_by_public_key: bytes
     asker_public_key: bytes
-    def __init__(self, query: _Optional[_Union[_envelope_pb2.SignedRequest, _Mapping]] = ..., rows: _Optional[_Iterable[_Union[_query_pb2.Row, _Mapping]]] = ..., provenance: _Optional[_Iterable[_Union[_query_pb2.Provenance, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_hubs: _Optional[_Iterable[str]] = ..., answered_by: _Optional[str] = ..., summary: _Optional[bytes] = ..., summary_signature: _Optional[bytes] = ..., answered_by_public_key: _Optional[bytes] = ..., asker_public_key: _Optional[bytes] = ...) -> None: ...
+    answered_by_key_history: _containers.RepeatedScalarFieldContainer[bytes]
+    asker_key_history: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, query: _Optional[_Union[_envelope_pb2.SignedRequest, _Mapping]] = ..., rows: _Optional[_Iterable[_Union[_query_pb2.Row, _Mapping]]] = ..., provenance: _Optional[_Iterable[_Union[_query_pb2.Provenance, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_hubs: _Optional[_Iterable[str]] = ..., answered_by: _Optional[str] = ..., summary: _Optional[bytes] = ..., summary_signature: _Optional[bytes] = ..., answered_by_public_key: _Optional[bytes] = ..., asker_public_key: _Optional[bytes] = ..., answered_by_key_history: _Optional[_Iterable[bytes]] = ..., asker_key_history: _Optional[_Iterable[bytes]] = ...) -> None: ...

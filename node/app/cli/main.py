@@ -21,6 +21,7 @@ from node.app.cli import (
     catalog,
     consent,
     credentials,
+    keys,
     lorawan,
     names,
     partner,
@@ -49,6 +50,8 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(credentials.admin_app, name="admin")
 app.add_typer(credentials.passphrase_app, name="passphrase")
 app.add_typer(retention.app, name="retention")
+app.add_typer(keys.key_app, name="key")
+app.add_typer(keys.cert_app, name="cert")
 app.command("backup")(backup.backup)
 app.command("restore")(backup.restore)
 app.add_typer(catalog.app, name="catalog")

@@ -15,9 +15,10 @@ from federation.query_service import QueryService
 from federation.query_spec import label
 from federation.service import Federation
 from federation.terms import bucket_allowed
-from node import admin, catalog, register
+from node import admin, catalog, register, rotation
 from node.api.v1 import query_pb2
 from node.clock import utc_day
+from node.hub import Hub
 
 CHART_CACHE_SECONDS = 3600  # each refresh is a real query, counted against peers' quotas
 CHART_PURPOSE = "environmental_monitoring"
@@ -29,6 +30,15 @@ CROSS_BORDER_ACTIONS = ("query.partial", "query.run", "agreement.exchange", "agr
 
 def _year_start_ms(year: int) -> int:
     return int(dt.datetime(year, 1, 1, tzinfo=dt.UTC).timestamp() * 1000)
+
+
+def certificate_overview(hub: Hub) -> dict | None:
+    """The served certificate's expiry; `warning` from 30 days before it (node/rotation.py)."""
+    if not hub.endpoint.tls:
+        return None
+    state = rotation.certificate_state(hub.identity, hub.clock)
+    return {"not_after_ms": state.expires_at_ms, "days_left": round(state.days_left, 1),
+            "warning": state.describe() if state.renewal_due else None, "key_rotations": len(hub.identity.key_history)}
 
 
 class DashboardData:
@@ -50,6 +60,7 @@ class DashboardData:
             "health": "serving", "sensors_active": st.sensors_active, "sensors_revoked": st.sensors_revoked,
             "counts": [vars(c) for c in st.counts], "rejections": st.rejections,
             "identity_public_key": hub.identity.public_key_raw.hex(),
+            "certificate": certificate_overview(hub),
         }
 
     async def sensors(self, public: bool = False) -> list[dict]:

@@ -4,6 +4,7 @@ import grpc
 
 from node import admin
 from node.api.v1 import admin_pb2, admin_pb2_grpc
+from node.app.certificates import ServedCertificate
 from node.app.servicers.admin_federation import AuditAdmin, FederationAdmin, QueryAdmin
 from node.app.servicers.admin_lifecycle import LifecycleAdmin
 from node.app.servicers.common import translate_rejections
@@ -37,10 +38,24 @@ def sensor_message(s: SensorRecord, device: LorawanDeviceRecord | None = None) -
 
 
 class AdminServicer(FederationAdmin, QueryAdmin, AuditAdmin, LifecycleAdmin, admin_pb2_grpc.AdminServicer):
-    def __init__(self, hub: Hub, federation, queries) -> None:
+    def __init__(self, hub: Hub, federation, queries, certificates: ServedCertificate | None = None) -> None:
         self.hub = hub
         self.federation = federation
         self.queries = queries
+        self.certificates = certificates
+
+    @translate_rejections
+    async def RenewCertificate(self, request, context: grpc.aio.ServicerContext) -> admin_pb2.CertificateStatus:
+        return await self._certificates().renew("asked by the admin")
+
+    @translate_rejections
+    async def GetCertificateStatus(self, request, context: grpc.aio.ServicerContext) -> admin_pb2.CertificateStatus:
+        return self._certificates().status()
+
+    def _certificates(self) -> ServedCertificate:
+        if self.certificates is None:
+            raise Rejected(Reason.INVALID_REQUEST, "this hub serves without TLS (--insecure): it has no certificate to renew")
+        return self.certificates
 
     @translate_rejections
     async def GetStatus(self, request, context: grpc.aio.ServicerContext):

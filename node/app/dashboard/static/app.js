@@ -55,6 +55,10 @@ function renderIdentity(o) {
   const cards = [["Municipality", `${o.municipality_name} (${o.municipality})`], ["County", o.county],
     ["Sensors", `${o.sensors_active} active, ${o.sensors_revoked} revoked`], ["Readings stored", readings.toLocaleString("en")],
     ["Frames rejected", rejected], ["gRPC", o.grpc_address], ["TLS", o.tls ? "on" : "OFF"], ["Version", o.version]];
+  const cert = o.certificate;
+  if (cert) cards.push(["TLS certificate", `${Math.floor(cert.days_left)} days left`]);
+  $("certificate-warning").hidden = !(cert && cert.warning);
+  $("certificate-warning").textContent = cert && cert.warning ? cert.warning : "";
   $("identity").replaceChildren(...cards.map(([label, value]) => {
     const card = el("div", { class: "card" });
     card.append(el("div", { class: "value" }, String(value)), el("div", { class: "label" }, label));

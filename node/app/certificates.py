@@ -1,0 +1,142 @@
+"""The TLS certificate a running hub serves: renewed without a restart, watched for expiry.
+
+gRPC takes the certificate through `dynamic_ssl_server_credentials`: its fetcher is asked at
+every new TLS handshake and returns a new configuration once after a renewal (None otherwise:
+keep the current one). The HTTP side's SSLContext is reloaded in place. Connections already
+open keep the certificate they began with, so peers mid-query are not cut off; new ones get the
+renewed certificate, which peers re-pin at their next descriptor refresh because it is bound to
+the hub's identity key (federation/outbox.py `refresh`).
+
+Expiry monitoring: the gauge smartregion_tls_certificate_expiry_timestamp_seconds, a log line a
+day ("certificate", with days_left), the dashboard's warning from 30 days before, and an
+automatic renewal when fewer than 30 days remain (node/rotation.py RENEW_BEFORE_MS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import threading
+
+import grpc
+
+from federation.descriptors import cert_sha256
+from federation.service import Federation
+from node import audit, keystore, rotation
+from node.api.v1 import admin_pb2
+from node.errors import Reason, Rejected
+from node.hub import Hub
+from node.hubdir import KEYS_FILE
+from node.identity import HubIdentity
+from node.tlsfiles import load_certificate
+
+log = logging.getLogger("smartregion.certificates")
+CHECK_INTERVAL_S = 24 * 3600.0
+
+
+class ServedCertificate:
+    def __init__(self, hub: Hub, federation: Federation) -> None:
+        self.hub = hub
+        self.federation = federation
+        self._pending: grpc.ServerCertificateConfiguration | None = None
+        self._pending_lock = threading.Lock()  # the fetcher runs on a gRPC thread
+        self._renewing = asyncio.Lock()
+        self._ssl_contexts: list[ssl.SSLContext] = []
+        self._publish_metrics()
+
+    # -- serving -------------------------------------------------------------------------
+    def grpc_credentials(self) -> grpc.ServerCredentials:
+        return grpc.dynamic_ssl_server_credentials(self._configuration(self.hub.identity), self._fetch,
+                                                   require_client_authentication=False)
+
+    def serve_http_with(self, context: ssl.SSLContext) -> None:
+        self._ssl_contexts.append(context)
+
+    @staticmethod
+    def _configuration(identity: HubIdentity) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration([(identity.tls_key_pem, identity.tls_cert_pem)])
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        with self._pending_lock:
+            pending, self._pending = self._pending, None
+        return pending
+
+    def _serve(self, identity: HubIdentity) -> None:
+        with self._pending_lock:
+            self._pending = self._configuration(identity)
+        for context in self._ssl_contexts:
+            load_certificate(context, identity.tls_cert_pem, identity.tls_key_pem)
+
+    # -- renewal -------------------------------------------------------------------------
+    def status(self) -> admin_pb2.CertificateStatus:
+        identity = self.hub.identity
+        state = rotation.certificate_state(identity, self.hub.clock)
+        return admin_pb2.CertificateStatus(
+            certificate_sha256=cert_sha256(identity.tls_cert_pem).hex(), not_after_ms=state.expires_at_ms,
+            days_left=state.days_left, renewal_due=state.renewal_due, message=state.describe(),
+            key_rotations=len(identity.key_history))
+
+    async def renew(self, why: str) -> admin_pb2.CertificateStatus:
+        """A new TLS key and certificate bound to the identity key: written to keys.json (under
+        the passphrase the hub started with, which must still open it: a passphrase changed
+        meanwhile is not silently reverted), served from the next handshake, announced in the
+        descriptor, audited."""
+        async with self._renewing:
+            hub = self.hub
+            keys_file = hub.hub_dir.file(KEYS_FILE)
+            try:
+                await asyncio.to_thread(keystore.read, keys_file, hub.passphrase)
+            except (keystore.KeystoreError, OSError) as exc:
+                message = (f"cannot renew the certificate: {keys_file} does not open with the passphrase the hub started "
+                           f"with ({exc}); restart the hub, or stop it and run `smartregion cert renew`")
+                await audit.admin_action(hub.storage, hub.clock.now_ms(), "cert.renew", hub.config.hub_id, message)
+                raise Rejected(Reason.INTERNAL, message) from None
+            renewed = hub.identity.with_renewed_certificate(hub.clock)
+            await asyncio.to_thread(hub.hub_dir.write_identity, renewed, hub.passphrase)
+            hub.identity = renewed
+            self.federation.identity_changed()
+            self._serve(renewed)
+            self._publish_metrics()
+            status = self.status()
+            await audit.admin_action(hub.storage, hub.clock.now_ms(), "cert.renew", hub.config.hub_id,
+                                     f"{why}; sha256 {status.certificate_sha256[:16]}…, {status.message}")
+            log.info("certificate renewed", extra={"why": why, "sha256": status.certificate_sha256,
+                                                   "not_after_ms": status.not_after_ms})
+            return status
+
+    def _publish_metrics(self) -> None:
+        self.hub.metrics.certificate_expiry.set(self.hub.identity.certificate_expires_ms / 1000)
+
+    # -- monitoring ----------------------------------------------------------------------
+    async def check(self) -> admin_pb2.CertificateStatus:
+        """One daily check: the gauge, a log line, and a renewal if fewer than 30 days remain."""
+        self._publish_metrics()
+        status = self.status()
+        extra = {"days_left": round(status.days_left, 1), "not_after_ms": status.not_after_ms}
+        if not status.renewal_due:
+            log.info("certificate", extra=extra)
+            return status
+        log.warning("certificate", extra={**extra, "advice": status.message})
+        try:
+            return await self.renew("automatic: fewer than 30 days left")
+        except Rejected as exc:
+            log.error("certificate renewal failed", extra={"error": exc.message})
+            return status
+
+    async def monitor(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            try:
+                await self.check()
+            except Exception:  # keep watching: tomorrow's check may succeed
+                log.exception("certificate check failed")
+            sleeper = asyncio.ensure_future(self.hub.clock.sleep(CHECK_INTERVAL_S))
+            stopper = asyncio.ensure_future(stopping.wait())
+            try:
+                await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (sleeper, stopper):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task

@@ -1,0 +1,107 @@
+"""`smartregion key rotate|history` and `smartregion cert status|renew` (docs/operations.md)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import typer
+from cryptography import x509
+
+from node import hubdir, rotation
+from node.api.v1 import admin_pb2
+from node.app.cli.common import DataDir, JsonFlag, console, fail, passphrase, print_json, user_errors
+from node.client import AdminClient
+from node.clock import SYSTEM_CLOCK
+from node.keychain import KeyChain
+
+key_app = typer.Typer(help="The hub's identity key: rotate it, show its history.", no_args_is_help=True)
+cert_app = typer.Typer(help="The hub's TLS certificate: when it expires, renew it.", no_args_is_help=True)
+
+
+def _when(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _history_rows(chain: KeyChain) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = [{"sequence": 0, "key": chain.genesis.hex(), "since": "genesis (the hub id is its hash)"}]
+    rows += [{"sequence": s.sequence, "key": s.new_key.hex(), "since": _when(s.rotated_at_ms)} for s in chain.statements]
+    return rows
+
+
+@key_app.command("rotate")
+def rotate(data_dir: DataDir, as_json: JsonFlag = False) -> None:
+    """Replace the identity key (hub stopped); the hub id stays, peers follow the signed history."""
+    hub_dir = hubdir.HubDir(data_dir)
+    with user_errors():
+        hub_dir.config()
+        try:  # refused, with what to do, while the hub serves (it holds the serving lock)
+            old, new = rotation.rotate_identity(hub_dir, passphrase(), SYSTEM_CLOCK)
+        except rotation.RotationError as exc:
+            raise fail(str(exc)) from None
+    if as_json:
+        print_json({"hub_id": new.hub_id_text, "rotation": len(new.key_history), "old_key": old.public_key_raw.hex(),
+                    "new_key": new.public_key_raw.hex(), "history": [s.hex() for s in new.key_history]})
+        return
+    console.print(f"Rotated the identity key of hub {new.hub_id_text} (rotation {len(new.key_history)}; the hub id stays).")
+    console.print(f"  old key {old.public_key_raw.hex()}")
+    console.print(f"  new key {new.public_key_raw.hex()}")
+    console.print("The statement linking them is signed by both keys; the TLS certificate was re-issued for the new key.")
+    console.print(f"Start the hub (`smartregion serve --data-dir {hub_dir.path}`): peers follow the new key at their "
+                  "next descriptor refresh. If the old key leaked, read docs/operations.md, \"Compromise\".")
+
+
+@key_app.command("history")
+def history(data_dir: DataDir, as_json: JsonFlag = False) -> None:
+    """The identity keys, genesis first, with when each took over (needs the passphrase)."""
+    hub_dir = hubdir.HubDir(data_dir)
+    with user_errors():
+        chain = hub_dir.identity(passphrase()).chain()
+    rows = _history_rows(chain)
+    if as_json:
+        print_json({"hub_id": chain.hub_id_text, "keys": rows, "statements": [s.hex() for s in chain.encoded()]})
+        return
+    console.print(f"Hub {chain.hub_id_text}: {len(chain.statements)} rotation(s); it signs with the last key.")
+    for row in rows:
+        console.print(f"  {row['sequence']:>3}  {row['key']}  {row['since']}")
+
+
+@cert_app.command("status")
+def status(data_dir: DataDir, as_json: JsonFlag = False) -> None:
+    """When the certificate the hub serves expires (tls-cert.pem; no passphrase needed)."""
+    hub_dir = hubdir.HubDir(data_dir)
+    with user_errors():
+        hub_dir.config()
+        cert = x509.load_pem_x509_certificate(hub_dir.tls_cert_pem())
+    expires = int(cert.not_valid_after_utc.timestamp() * 1000)
+    state = rotation.CertificateState(expires, SYSTEM_CLOCK.now_ms())
+    if as_json:
+        print_json({"not_after_ms": expires, "days_left": round(state.days_left, 2), "renewal_due": state.renewal_due,
+                    "expired": state.expired, "message": state.describe()})
+        return
+    console.print(f"Valid until {_when(expires)}: {state.describe()}.")
+
+
+@cert_app.command("renew")
+def renew(data_dir: DataDir, as_json: JsonFlag = False) -> None:
+    """A new TLS certificate bound to the identity; a running hub serves it at once."""
+    hub_dir = hubdir.HubDir(data_dir)
+    with user_errors():
+        hub_dir.config()
+        if hub_dir.running():
+            with AdminClient(data_dir) as client:
+                response = client.call("RenewCertificate", admin_pb2.RenewCertificateRequest())
+            expires, sha256, how = response.not_after_ms, response.certificate_sha256, "the running hub serves it from now on"
+        else:
+            try:
+                renewed = rotation.renew_certificate(hub_dir, passphrase(), SYSTEM_CLOCK)
+            except rotation.RotationError as exc:
+                raise fail(str(exc)) from None
+            from federation.descriptors import cert_sha256
+
+            expires, sha256 = renewed.certificate_expires_ms, cert_sha256(renewed.tls_cert_pem).hex()
+            how = "the hub serves it when it starts"
+    if as_json:
+        print_json({"not_after_ms": expires, "certificate_sha256": sha256})
+        return
+    console.print(f"Renewed the TLS certificate (sha256 {sha256[:16]}..., valid until {_when(expires)}); {how}.")
+    console.print("Peers re-pin it at their next descriptor refresh: it is bound to the hub's identity key.")

@@ -1,0 +1,97 @@
+"""Changing a hub's identity key and renewing its TLS certificate (docs/operations.md).
+
+Identity-key rotation happens with the hub stopped: every part of a running hub signs with the
+key it loaded, and a half-rotated hub would sign requests with one key and descriptors with
+another. `rotate_identity` holds the serving lock while it works, so the hub cannot start
+half-way. The certificate, in contrast, is renewed while the hub serves (node/app/server.py
+swaps it in for new connections); `renew_certificate` is the offline path for a stopped hub.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from node import audit, hubdir
+from node.clock import Clock
+from node.identity import HubIdentity
+
+RENEW_BEFORE_MS = 30 * 24 * 3600 * 1000  # renew (and warn) when fewer than 30 days remain
+DAY_MS = 24 * 3600 * 1000
+
+
+class RotationError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class CertificateState:
+    expires_at_ms: int
+    now_ms: int
+
+    @property
+    def days_left(self) -> float:
+        return (self.expires_at_ms - self.now_ms) / DAY_MS
+
+    @property
+    def expired(self) -> bool:
+        return self.now_ms >= self.expires_at_ms
+
+    @property
+    def renewal_due(self) -> bool:
+        return self.expires_at_ms - self.now_ms < RENEW_BEFORE_MS
+
+    def describe(self) -> str:
+        if self.expired:
+            return f"the TLS certificate EXPIRED {-self.days_left:.0f} days ago: run `smartregion cert renew`"
+        if self.renewal_due:
+            return f"the TLS certificate expires in {self.days_left:.0f} days: run `smartregion cert renew`"
+        return f"the TLS certificate is valid for {self.days_left:.0f} more days"
+
+
+def certificate_state(identity: HubIdentity, clock: Clock) -> CertificateState:
+    return CertificateState(identity.certificate_expires_ms, clock.now_ms())
+
+
+def _locked(hub_dir: hubdir.HubDir, what: str):
+    try:
+        return hub_dir.lock_for_serving()
+    except hubdir.HubDirError:
+        raise RotationError(
+            f"the hub in {hub_dir.path} is running, and {what} needs it stopped: stop it (Ctrl-C, or "
+            f"`systemctl stop smartregion`), run this command again, then start it with "
+            f"`smartregion serve --data-dir {hub_dir.path}`. Peers follow the new key at their next "
+            "descriptor refresh (federation.refresh_seconds in their hub.toml, 30 s by default)."
+        ) from None
+
+
+def rotate_identity(hub_dir: hubdir.HubDir, passphrase: bytes, clock: Clock) -> tuple[HubIdentity, HubIdentity]:
+    """Rotate the identity key of the STOPPED hub in `hub_dir`: a new key, a statement signed
+    by old and new key, a new TLS certificate bound to the new key; the keystore is rewritten
+    encrypted under the same passphrase and the rotation is audited. Returns (old, new)."""
+    lock = _locked(hub_dir, "an identity-key rotation")
+    try:
+        old = hub_dir.identity(passphrase)
+        new = old.rotated(clock)
+        hub_dir.write_identity(new, passphrase)
+        audit.record_in_database(hub_dir.file(hubdir.DB_FILE), audit.AuditEntry(
+            "admin", "key.rotate", old.hub_id_text, "ok",
+            f"rotation {len(new.key_history)}: key {old.public_key_raw.hex()[:16]}... -> {new.public_key_raw.hex()[:16]}...",
+            at_ms=clock.now_ms()))
+    finally:
+        lock.close()
+    return old, new
+
+
+def renew_certificate(hub_dir: hubdir.HubDir, passphrase: bytes, clock: Clock) -> HubIdentity:
+    """Renew the TLS certificate of the STOPPED hub in `hub_dir` (a running hub renews its own:
+    the `RenewCertificate` admin call)."""
+    lock = _locked(hub_dir, "renewing the certificate offline")
+    try:
+        renewed = hub_dir.identity(passphrase).with_renewed_certificate(clock)
+        hub_dir.write_identity(renewed, passphrase)
+        audit.record_in_database(hub_dir.file(hubdir.DB_FILE), audit.AuditEntry(
+            "admin", "cert.renew", renewed.hub_id_text, "ok", f"offline; valid until {renewed.tls_cert.not_valid_after_utc:%Y-%m-%d}",
+            at_ms=clock.now_ms()))
+    finally:
+        lock.close()
+    return renewed
