@@ -230,7 +230,7 @@ def padded_size(spec: query_pb2.QuerySpec, provider_hub_id: str, municipality: s
                                      agreement_id=agreement_id, computed_at_ms=_I64, min_group_size=_U32,
                                      dp_budget_micro=_U64, dp_spent_micro=_U64).ByteSize()
     partial = int(header) + cells
-    history = query_pb2.SignedPartial(provider_key_history=list(key_history)).ByteSize()
+    history = int(query_pb2.SignedPartial(provider_key_history=list(key_history)).ByteSize())
     signed = 1 + _varint_len(partial) + partial + (2 + 64) + (2 + 32) + history  # partial, signature, key, history
     return signed + 1
 
