@@ -175,7 +175,7 @@ async def start(
 
     dashboard = Dashboard(DashboardData(federation, queries), lambda: hub.config.admin_token_sha256, dashboard_read_only, hub.clock)
     http_limits = http_limits or HttpLimits()
-    networks = NetworkDoors(hub)  # LoRaWAN, NB-IoT and MQTT doors (DATA_DIR/networks.toml)
+    networks = NetworkDoors(hub, federation.refusals)  # LoRaWAN, NB-IoT and MQTT doors (DATA_DIR/networks.toml)
     app = build_app(hub, dashboard, federation, http_limits)
     network_routes.add_routes(app, networks)
     runner = web.AppRunner(app, access_log=None)
