@@ -30,7 +30,7 @@ fuzz: $(STAMP)
 	FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest tests/test_fuzz.py -s -q $(PYTEST_ARGS)
 
 crash: $(STAMP)
-	CRASH_KILLS=25 $(BIN)/python -m pytest tests/test_crash_durability.py -s -q $(PYTEST_ARGS)
+	CRASH_KILLS=25 $(BIN)/python -m pytest tests/test_crash_durability.py tests/test_crash_federation.py -s -q $(PYTEST_ARGS)
 
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak --seconds $(or $(SOAK_SECONDS),60)

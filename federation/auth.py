@@ -41,6 +41,14 @@ class Authenticated:
     caller: Caller
     request: envelope_pb2.Request  # the parsed envelope body
     signed: envelope_pb2.SignedRequest  # the exact bytes the caller signed
+    retry: bool = False  # the same signed request came before (only for RETRYABLE_METHODS)
+
+
+# Methods whose exact signed request may be sent again: a query whose first answer was lost
+# (the entry hub was killed) is retried with the same bytes, and every hub answers it from
+# the answer it kept, charging nothing again (federation/query/provider.py). Any other
+# replayed request is refused.
+RETRYABLE_METHODS = frozenset({"/smartregion.v1.Query/Run"})
 
 
 class Authenticator:
@@ -79,11 +87,14 @@ class Authenticator:
         except envelope.EnvelopeError as exc:
             raise await self._refuse(source, caller.id, method, Reason.UNAUTHENTICATED, str(exc)) from None
         expires = request.issued_at_ms + 2 * envelope.MAX_CLOCK_SKEW_MS
+        retry = False
         if not await self._storage.write(lambda s: s.remember_nonce(caller.id, request.nonce, expires, at)):
-            raise await self._refuse(source, caller.id, method, Reason.ALREADY_EXISTS,
-                                     "this request was already received (replayed nonce)")
+            if method not in RETRYABLE_METHODS:
+                raise await self._refuse(source, caller.id, method, Reason.ALREADY_EXISTS,
+                                         "this request was already received (replayed nonce)")
+            retry = True
         await self._heard_from(caller)
-        return Authenticated(caller, request, signed)
+        return Authenticated(caller, request, signed, retry)
 
     async def _unknown_caller_message(self, signed: envelope_pb2.SignedRequest, request: envelope_pb2.Request,
                                       method: str) -> str:

@@ -42,6 +42,8 @@ class Reason(Enum):
     PROMISED_BY_AGREEMENT = ("FAILED_PRECONDITION", 409, "an active agreement promises more history than the change would keep")
     QUOTA_EXHAUSTED = ("RESOURCE_EXHAUSTED", 429, "the agreement's query quota for today is used up")
     TOO_MANY_PROPOSALS = ("RESOURCE_EXHAUSTED", 429, "the counterparty has the most open agreement proposals allowed")
+    TOO_MANY_REFUSALS = ("RESOURCE_EXHAUSTED", 429, "the source sent more refused uplinks than its limit allows; retry later")
+    TOO_MANY_CALLS = ("RESOURCE_EXHAUSTED", 429, "the caller's address has the most concurrent calls allowed; retry later")
     UNAVAILABLE = ("UNAVAILABLE", 503, "another hub could not be reached")
     INTERNAL = ("INTERNAL", 500, "the hub cannot process this; its operator must look into it")
 

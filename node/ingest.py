@@ -164,7 +164,8 @@ class IngestService:
         self.rate_limit = rate_limit or SensorRateLimit(20_000.0, 1_000_000, clock)
         self.unwritten_rejections = RejectionTally()
         self._flush_task: asyncio.Task[None] | None = None
-        # False while the last write failed for a full disk; health reports NOT_SERVING then.
+        # False from a write that failed for a full disk until readings are committed again
+        # (hysteresis: a small write of refusal counts does not count); health follows it.
         self.writable = True
         self.on_writable: Callable[[bool], None] = lambda writable: None
 
@@ -208,8 +209,7 @@ class IngestService:
             self._flush_task = asyncio.create_task(self._flush_later(), name="rejection-flush")
 
     async def _flush_later(self) -> None:
-        """Write the tally after a pause; while writes fail, try again every pause (this is
-        also what notices that disk space has returned)."""
+        """Write the tally after a pause; while writes fail, try again every pause."""
         try:
             while True:
                 await self._clock.sleep(REJECTION_FLUSH_SECONDS)
@@ -247,7 +247,8 @@ class IngestService:
             if isinstance(failure, StorageFull):
                 self._set_writable(False)
             raise
-        self._set_writable(True)
+        # Not evidence that ingest can write again: these few bytes can fit in pages SQLite
+        # already holds while no batch does, and taking them as such made health flap.
 
     async def close(self) -> None:
         """Write the tallied rejections (at shutdown)."""

@@ -21,6 +21,7 @@ from ingest_helpers import fresh_readings as _fresh
 
 from node.app.sensor_client import replay
 from node.hub import Hub
+from node.ingest import REJECTION_FLUSH_SECONDS
 from node.senml import Reading
 from node.storage.base import StorageError
 
@@ -149,3 +150,42 @@ async def _more_refusals(live, at_least: int) -> bool:
         return (await snapshot(live)).rejections.get("storage_full", 0) >= at_least
     except grpc.aio.AioRpcError:
         return False
+
+
+async def test_ingest_health_does_not_flap_while_no_reading_can_be_written(small_fs, tmp_path):
+    """Hysteresis. Before: with a few KiB left, the refusal counts (written once a second) still
+    fit while no batch did, and each such write turned ingest health SERVING again until the
+    next batch failed. Now health stays NOT_SERVING while deliveries fail, and turns SERVING
+    again only when readings are committed."""
+    live = await start_live_hub(make_hub_dir(small_fs / "hub"))
+    try:
+        sensor = await live.add_sensor(tmp_path, "station", metrics=["pm25"])
+        filler = small_fs / "filler"
+        fill(filler, leave=400_000)
+        for _ in range(200):
+            delivery = await deliver(live, sensor.seal([fresh_readings(1000)]), "batch")
+            if not delivery.ok:
+                break
+        assert_rejected(delivery, "storage_full")
+        fill(filler, leave=32 * 1024)  # room for the refusal counts' small writes, not for a batch
+        NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+        samples, refused = [], 0
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 4 * REJECTION_FLUSH_SECONDS + 1  # several rounds of the refusal-count writer
+        while loop.time() < until:
+            delivery = await deliver(live, sensor.seal([fresh_readings(1000)]), "batch")
+            assert not delivery.ok, "a batch was acknowledged on a full disk"
+            refused += 1
+            for _ in range(4):
+                samples.append(await ingest_health(live))
+                await asyncio.sleep(0.05)
+        flapped = sum(s != NOT_SERVING for s in samples)
+        print(f"\n{refused} refused batches on a full disk; ingest health sampled {len(samples)} times, "
+              f"{flapped} not NOT_SERVING")
+        assert flapped == 0, f"ingest health left NOT_SERVING {flapped} of {len(samples)} times while every write failed"
+        # Space returns: the next committed batch (a sensor's retry) turns it SERVING.
+        filler.unlink()
+        assert (await deliver(live, sensor.seal([fresh_readings(1000)]), "batch")).ok
+        await eventually(lambda: _is(ingest_health(live), health_pb2.HealthCheckResponse.SERVING))
+    finally:
+        await live.stop()

@@ -9,6 +9,7 @@ import base64
 import json
 import secrets
 import time
+from collections import Counter
 
 import aiohttp
 import aiomqtt
@@ -18,7 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.api.v1 import admin_pb2
-from node.networks import codecs, lorawan
+from node.clock import SYSTEM_CLOCK, ManualClock
+from node.networks import codecs, doors, lorawan
 from tests.conftest import make_hub_dir, start_live_hub
 from tests.network_helpers import LoraEncoder, Mosquitto, chirpstack_up, tts_up
 
@@ -526,3 +528,48 @@ topics = ["application/app1/device/+/event/up"]
             await live.stop()
     finally:
         tls_broker.stop()
+
+
+async def test_a_source_of_refused_uplinks_is_bounded_counted_and_audited_once_a_minute(tmp_path, encoder):
+    """Before: every refused uplink cost a decode and a log line, from any source, without
+    bound. Now a source (here 127.0.0.2, guessing the webhook secret) has REFUSALS_BURST
+    refusals, then REFUSALS_PER_SECOND: beyond them it is refused at once with
+    `too_many_refusals` (429), while the network server on 127.0.0.1 is served; the refusals
+    are one audit entry for the source, not one per request."""
+    data_dir = make_hub_dir(tmp_path / "hub", "3107")
+    networks_toml(data_dir, None)
+    clock = ManualClock(SYSTEM_CLOCK.now_ms())
+    live = await start_live_hub(data_dir, insecure=True, clock=clock)
+    url = f"{live.hub.endpoint.http_url}/v1/networks/chirpstack?event=up"
+    try:
+        device = await enrol(live, "0004a30b001c0530")
+        flood = doors.REFUSALS_BURST + 60
+        statuses = Counter()
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as attacker:
+            async def guess(i: int) -> tuple[int, str]:
+                async with attacker.post(url, data=b"{}", headers={"Authorization": f"Bearer guess-{i:04d}-{'x' * 20}"}) as r:
+                    return r.status, (await r.json())["error"]
+
+            for i in range(flood):
+                statuses[await guess(i)] += 1
+            # The burst, and the one refusal that finds the bucket empty, are read; the rest are not.
+            assert statuses == {(401, "unauthenticated"): doors.REFUSALS_BURST + 1, (429, "too_many_refusals"): 59}, statuses
+            # The honest network server, elsewhere, is served meanwhile.
+            frm = encoder.encrypt(dev_addr=DEV_ADDR, fcnt=1, payload=lpp(7.5, 1.0), app_s_key=APP_S_KEY)
+            status, body = await post(live, "/v1/networks/chirpstack?event=up", chirpstack_up(device.lorawan_dev_eui, 1, frm, T0,
+                                                                                            dev_addr=DEV_ADDR))
+            assert (status, body["readings_stored"]) == (200, 2)
+            # The bucket refills at its rate: one second later, that many more refusals are read.
+            clock.advance(1.0)
+            again = Counter([await guess(flood + i) for i in range(int(doors.REFUSALS_PER_SECOND) + 5)])
+            assert again == {(401, "unauthenticated"): int(doors.REFUSALS_PER_SECOND) + 1, (429, "too_many_refusals"): 4}, again
+        counts = await rejections(live)
+        assert counts["too_many_refusals"] == 63 and counts["unauthenticated"] == doors.REFUSALS_BURST + 22
+        await live.running.federation.refusals.flush()
+        rows = await live.hub.storage.read(lambda s: s.audit_rows())
+        entries = [json.loads(r.entry) for r in rows if json.loads(r.entry)["actor"] == "source:http:127.0.0.2"]
+        assert len(entries) == 1 and entries[0]["detail"].startswith(f"{flood + 25} refused"), entries
+        print(f"\n{flood + 25} refused uplinks from one source: {doors.REFUSALS_BURST + 22} read and refused, 63 refused "
+              "unread (too_many_refusals); one audit entry; the network server served meanwhile")
+    finally:
+        await live.stop()

@@ -1,5 +1,10 @@
 """Dead and frozen peers, with real hub processes: one SIGSTOPped peer does not delay
-deliveries to the others, and a killed peer that comes back is reached again within seconds."""
+deliveries to the others, and a killed peer that comes back is reached again within seconds.
+
+The restart test alone cannot tell the bounded reconnect backoff from gRPC's default (after
+3 s of failures both retry within seconds, and the outbox retries too), so
+`test_a_peer_channel_reconnects_within_its_backoff_cap_after_a_long_outage` measures the
+channel's backoff itself after seven failures, where the default would wait at least 13.4 s."""
 
 from __future__ import annotations
 
@@ -8,12 +13,17 @@ import os
 import signal
 import time
 
+import grpc
 import pytest
 import pytest_asyncio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from federation import peers
+from federation import channels, peers
+from federation.channels import ChannelPool
 from node.api.v1 import admin_pb2, agreement_pb2
+from node.clock import SYSTEM_CLOCK
 from tests.region_helpers import ProcessHub, eventually, start_all
+from tests.relay_helpers import Relay
 from tests.test_federation_region import TERMS
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -94,3 +104,50 @@ async def test_a_restarted_peer_is_reached_again_within_seconds(region):
     await eventually(lambda: proposal_reached(bergen, view.terms.agreement_id), timeout=30)
     waited = time.monotonic() - started
     assert waited < 8, f"the restarted peer was reached only after {waited:.1f} s"
+
+
+async def test_a_peer_channel_reconnects_within_its_backoff_cap_after_a_long_outage(region):
+    """The test that tells the bounded reconnect backoff from gRPC's default. A peer channel of
+    the hub's ChannelPool (federation/channels.py) reaches Porsgrunn through a relay that is
+    down: every connection attempt is accepted and closed. Once the channel has failed
+    ATTEMPTS times, the relay comes back up at once and the time to the first successful call
+    is measured. gRPC's default backoff (1 s x 1.6 per failure, jitter +-20 %, at most 120 s)
+    would wait 16.8 s +- 20 % (at least 13.4 s) after the 7th failure; the cap of
+    RECONNECT_BACKOFF_MS["max"] (5 s, so at most 6 s with jitter) must show well below that."""
+    _, _, porsgrunn = region
+    relay = await Relay(int(porsgrunn.address.rsplit(":", 1)[1])).start()
+    relay.up = False
+    pool = ChannelPool(SYSTEM_CLOCK)
+    channel = pool.channel(porsgrunn.hub_id, relay.address, porsgrunn.hub_dir.tls_cert_pem().decode())
+    health = health_pb2_grpc.HealthStub(channel)
+
+    async def call_succeeds() -> bool:
+        try:
+            await health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+            return True
+        except grpc.aio.AioRpcError:
+            return False
+
+    attempts, cap_s = 7, channels.RECONNECT_BACKOFF_MS["max"] / 1000
+    try:
+        async with asyncio.timeout(attempts * cap_s * 1.2 + 10):
+            while len(relay.refused_at) < attempts:
+                assert not await call_succeeds()
+                await asyncio.sleep(0.05)
+        relay.up = True  # the peer is back, right after the channel's 7th failed attempt
+        back = time.monotonic()
+        gaps = [b - a for a, b in zip(relay.refused_at, relay.refused_at[1:], strict=False)]
+        reached = None
+        while time.monotonic() - back < 30:  # gRPC's default would need at least 13.4 s
+            if await call_succeeds():
+                reached = time.monotonic() - back
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await pool.close()
+        await relay.stop()
+    print(f"\nreconnect: {attempts} failed attempts {', '.join(f'{g:.1f}' for g in gaps)} s apart; "
+          f"first success {reached if reached is None else round(reached, 2)} s after the peer was back "
+          f"(cap {cap_s:g} s; gRPC's default would wait at least 13.4 s)")
+    assert reached is not None and reached < 9, f"the peer was reached {reached} s after it was back"
+    assert max(gaps) < cap_s * 1.2 + 1.5, f"the channel waited {max(gaps):.1f} s between attempts"

@@ -54,6 +54,7 @@ from federation import partners
 from federation.query_service import PARTIAL_METHOD, RUN_METHOD
 from node import senml
 from node.api.v1 import admin_pb2, agreement_pb2, envelope_pb2, query_pb2
+from node.clock import utc_day
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -314,12 +315,39 @@ async def test_malformed_and_forged_requests_are_refused(region, case):
         assert audited(entries, actor=actor_id(region, role), action=action, outcome=outcome), entries
 
 
-async def test_a_relayed_query_is_answered_once(region):
-    """The same asker's query relayed twice (in two fresh outer requests): the second is a replay."""
+async def usage(node, agreement_id: str) -> int:
+    day = utc_day(node.live.hub.clock.now_ms())
+    return (await node.live.hub.storage.read(lambda s: s.quota_used(agreement_id, day)))[0]
+
+
+async def test_a_relayed_query_is_computed_and_charged_once(region):
+    """The same asker's query relayed twice (in two fresh outer requests), as when an entry hub
+    was killed before it delivered the first answer and the asker retried the same signed
+    query: the second gets the kept sealed bytes, and the quota is charged once. Before: the
+    first charge stood and the retry was refused, so a lost answer cost a query and a new one."""
+    a, b = region.a, region.b
+    aid = region.agreements["main"]
+    original = asked(a.key, a.id, a, spec(hub_ids=[b.id]))
+    charged_before = await usage(b, aid)
+    first = await b.query.Partial(relay(a, b, original), timeout=10)
+    assert open_partial(first, b.id, original).agreement_id == aid
+    assert await usage(b, aid) == charged_before + 1
+    seq = await b.audit_seq()
+    again = await b.query.Partial(relay(a, b, original), timeout=10)
+    assert again.sealed == first.sealed and again.agreement_id == aid
+    assert await usage(b, aid) == charged_before + 1, "the retry of the same signed query was charged again"
+    entries = await b.audit_after(seq)
+    assert [e for e in entries if e["action"] == "query.partial" and "nothing charged" in e["detail"]], entries
+
+
+async def test_a_relayed_query_whose_answer_was_not_kept_is_refused_not_computed_again(region):
+    """A retry the hub cannot answer from a kept answer (the first is still being computed, or
+    the hub stopped between charging and keeping it) is a replay: computing it again would be
+    a second release for one signed query."""
     a, b = region.a, region.b
     original = asked(a.key, a.id, a, spec(hub_ids=[b.id]))
-    first = await b.query.Partial(relay(a, b, original), timeout=10)
-    assert open_partial(first, b.id, original).agreement_id == region.agreements["main"]
+    await b.query.Partial(relay(a, b, original), timeout=10)
+    await b.live.hub.storage.write(lambda s: s.conn.execute("DELETE FROM kept_answers"))
     seq = await b.audit_seq()
     await refused(lambda: b.query.Partial(relay(a, b, original), timeout=10), EXISTS,
                   "this query was already answered (replayed)")

@@ -4,6 +4,8 @@ The Python CLI, a hub asking for itself, and `query verify` (on opened partials)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -12,7 +14,8 @@ from google.protobuf.message import DecodeError
 
 from federation import envelope, partials, sealing
 from federation.query_spec import DEFAULT_DEADLINE_MS
-from node.api.v1 import query_pb2, query_service_pb2, query_service_pb2_grpc
+from node.api.v1 import envelope_pb2, query_pb2, query_service_pb2, query_service_pb2_grpc
+from node.clock import SYSTEM_CLOCK, Clock
 from node.keychain import key_of_hub
 from node.signing import Domain, hub_id_from_public_key, partner_id_from_public_key, verify
 
@@ -100,17 +103,51 @@ def open_answer(answer: query_service_pb2.QueryAnswer, key: X25519PrivateKey,
     return opened
 
 
-async def ask(channel: grpc.aio.Channel, signing_key: Ed25519PrivateKey, caller_id: str, entry_hub_id: str,
-              spec: query_pb2.QuerySpec) -> query_service_pb2.QueryAnswer:
-    """Ask the region through `entry_hub_id` on `channel` (a pinned channel), as `caller_id`:
-    a fresh answer key for this one query, the signed request, then open, verify and merge."""
+@dataclass(frozen=True)
+class SignedQuery:
+    """A query signed for one entry hub, with the answer key its partials are sealed to. Sent
+    again unchanged after a lost answer, it is answered from what each hub kept and charged
+    once (federation/query/provider.py); a new SignedQuery is a new, charged query."""
+
+    signed: envelope_pb2.SignedRequest
+    answer_key: X25519PrivateKey
+    asker_public_key: bytes
+    timeout_s: float
+
+
+def sign_query(signing_key: Ed25519PrivateKey, caller_id: str, entry_hub_id: str, spec: query_pb2.QuerySpec) -> SignedQuery:
     answer_key = sealing.new_answer_key()
     asked = query_pb2.QuerySpec()
     asked.CopyFrom(spec)
     asked.answer_key = sealing.public_raw(answer_key)
     signed = envelope.make(signing_key, caller_id, entry_hub_id, RUN_METHOD, query=asked)
-    timeout = (spec.deadline_ms or DEFAULT_DEADLINE_MS) / 1000 + 5
-    stub = query_service_pb2_grpc.QueryStub(channel)
-    sealed: query_service_pb2.QueryAnswer = await stub.Run(signed, timeout=timeout)
     public = signing_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return open_answer(sealed, answer_key, public)
+    return SignedQuery(signed, answer_key, public, (spec.deadline_ms or DEFAULT_DEADLINE_MS) / 1000 + 5)
+
+
+# The entry hub did not answer (down, killed, restarting): the same signed query may be sent again.
+RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+async def send(channel: grpc.aio.Channel, query: SignedQuery, attempts: int = 1, pause_s: float = 1.0,
+               clock: Clock = SYSTEM_CLOCK) -> query_service_pb2.QueryAnswer:
+    """Send the signed query with Query.Run (up to `attempts` times, the same bytes each time,
+    while the entry hub cannot be reached), then open, verify and merge the answer."""
+    stub = query_service_pb2_grpc.QueryStub(channel)
+    for attempt in range(1, attempts + 1):
+        try:
+            sealed: query_service_pb2.QueryAnswer = await stub.Run(query.signed, timeout=query.timeout_s)
+            break
+        except grpc.aio.AioRpcError as exc:
+            if attempt == attempts or exc.code() not in RETRY_CODES:
+                raise
+            await clock.sleep(pause_s)
+    return open_answer(sealed, query.answer_key, query.asker_public_key)
+
+
+async def ask(channel: grpc.aio.Channel, signing_key: Ed25519PrivateKey, caller_id: str, entry_hub_id: str,
+              spec: query_pb2.QuerySpec, attempts: int = 1) -> query_service_pb2.QueryAnswer:
+    """Ask the region through `entry_hub_id` on `channel` (a pinned channel), as `caller_id`:
+    a fresh answer key for this one query, the signed request (sent again unchanged, up to
+    `attempts` times, while the entry hub cannot be reached), then open, verify and merge."""
+    return await send(channel, sign_query(signing_key, caller_id, entry_hub_id, spec), attempts)

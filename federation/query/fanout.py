@@ -48,7 +48,7 @@ class QueryService:
     async def run(self, call: Authenticated) -> query_service_pb2.QueryAnswer:
         if call.request.WhichOneof("body") != "query":
             raise Rejected(Reason.INVALID_REQUEST, "Query.Run takes a request whose body is a query")
-        return await self._answer(call.signed, call.request.query, call.caller.id)
+        return await self._answer(call.signed, call.request.query, call.caller.id, retry=call.retry)
 
     async def partial(self, call: Authenticated) -> query_service_pb2.SealedPartial:
         return await self.provider.partial(call)
@@ -86,7 +86,10 @@ class QueryService:
             raise Rejected(Reason.INVALID_REQUEST, "no hub of this region matches the municipality filter and hub ids")
         return include_self, targets
 
-    async def _answer(self, signed: envelope_pb2.SignedRequest, spec: query_pb2.QuerySpec, asker_id: str) -> query_service_pb2.QueryAnswer:
+    async def _answer(self, signed: envelope_pb2.SignedRequest, spec: query_pb2.QuerySpec, asker_id: str,
+                      retry: bool = False) -> query_service_pb2.QueryAnswer:
+        """`retry`: the asker sent this signed query before (its answer was lost); every hub
+        answers it from its kept answer, or refuses it (provider.py)."""
         try:
             check_shape(spec)
             check_releasable(spec)
@@ -97,7 +100,7 @@ class QueryService:
         deadline_s = (spec.deadline_ms or DEFAULT_DEADLINE_MS) / 1000
         jobs = [self._ask_peer(p, signed, deadline_s) for p in peers]
         if include_self:
-            jobs.append(self._ask_self(signed, spec, asker_id, deadline_s))
+            jobs.append(self._ask_self(signed, spec, asker_id, deadline_s, retry))
         asked: list[Asked] = list(await asyncio.gather(*jobs))  # each job turns its own failures into a status
         missing = [a.provenance.hub_id for a in asked if not a.answered]
         denials = [a.denial for a in asked if a.denial is not None]
@@ -115,11 +118,11 @@ class QueryService:
         return answer
 
     async def _ask_self(self, signed: envelope_pb2.SignedRequest, spec: query_pb2.QuerySpec, asker_id: str,
-                        deadline_s: float) -> Asked:
+                        deadline_s: float, retry: bool = False) -> Asked:
         started = self.hub.clock.monotonic()
         base = query_pb2.Provenance(hub_id=self.own_id, municipality=self.hub.config.municipality)
         try:
-            sealed = await asyncio.wait_for(self.provider.compute(signed, spec, asker_id), deadline_s)
+            sealed = await asyncio.wait_for(self.provider.compute(signed, spec, asker_id, retry), deadline_s)
         except Rejected as refusal:
             base.status, base.reason = "denied", refusal.message
             return Asked(base, denial=refusal.reason)

@@ -1,7 +1,17 @@
 """The providing hub: Query.Partial (a query relayed by a peer) and this hub's own share of a
 query it received. It authenticates the asker's inner envelope, refuses a relayed query that
 does not ask it, decides under its own agreement with the asker, spends quota and budget
-(refunded when the answer then fails), and seals its signed partial to the asker's key."""
+(refunded when the answer then fails), and seals its signed partial to the asker's key.
+
+The charge is made when the answer is computed, and it is final: once sealed, the answer may
+have reached the relaying hub or the asker, and a refund then would let an asker (or a relay
+that drops answers on purpose) get answers free. An entry hub killed before it delivered
+therefore costs the asker that query; the asker's retry with the SAME signed query is not
+charged again: every hub keeps its sealed answer until the query expires (issued_at + twice
+the clock skew) and sends the kept bytes again. A retry whose answer is not kept (still
+being computed, or the hub stopped between charging and keeping) is refused as a replay,
+never computed again: two computations of one signed query would be two releases for one
+charge."""
 
 from __future__ import annotations
 
@@ -84,12 +94,12 @@ class Provider:
         if request.WhichOneof("body") != "relayed":
             raise Rejected(Reason.INVALID_REQUEST, "Query.Partial takes a request whose body is the relayed query")
         original = request.relayed
-        asker = await self._authenticate_asker(original, relay)
+        asker, retry = await self._authenticate_asker(original, relay)
         asked = envelope.parse(original)
         if asked.WhichOneof("body") != "query":
             raise Rejected(Reason.INVALID_REQUEST, "the relayed request is not a query")
         await self._check_asked_here(asked.query, asker.id, relay.id)
-        answer = await self.compute(original, asked.query, asker.id)
+        answer = await self.compute(original, asked.query, asker.id, retry=retry)
         return query_service_pb2.SealedPartial(sealed=answer.sealed, agreement_id=answer.agreement_id)
 
     async def _check_asked_here(self, spec: query_pb2.QuerySpec, asker_id: str, relay_id: str) -> None:
@@ -106,8 +116,9 @@ class Provider:
         await self.federation.audit(asker_id, "query.partial", "", Reason.PERMISSION_DENIED.label, message)
         raise Rejected(Reason.PERMISSION_DENIED, message)
 
-    async def _authenticate_asker(self, original: envelope_pb2.SignedRequest, relay: Caller) -> Caller:
-        """The original asker signed this exact query, for the relaying hub, recently, once."""
+    async def _authenticate_asker(self, original: envelope_pb2.SignedRequest, relay: Caller) -> tuple[Caller, bool]:
+        """The original asker signed this exact query, for the relaying hub, recently; and
+        whether this hub saw it before (a retry: answered only from the kept answer)."""
         now_ms = self.hub.clock.now_ms()
         try:
             asked = envelope.parse(original)
@@ -128,10 +139,8 @@ class Provider:
             await self.federation.audit(asker.id, "query.partial", "", "unauthenticated", f"relayed by {relay.id}: {exc}")
             raise Rejected(Reason.UNAUTHENTICATED, f"the relayed query: {exc}") from None
         expires = asked.issued_at_ms + 2 * envelope.MAX_CLOCK_SKEW_MS
-        if not await self.hub.storage.write(lambda s: s.remember_nonce(asker.id, asked.nonce, expires, now_ms)):
-            await self.federation.audit(asker.id, "query.partial", "", "replayed", f"relayed by {relay.id}: a query nonce was used again")
-            raise Rejected(Reason.ALREADY_EXISTS, "this query was already answered (replayed)")
-        return asker
+        first_time = await self.hub.storage.write(lambda s: s.remember_nonce(asker.id, asked.nonce, expires, now_ms))
+        return asker, not first_time
 
     async def budget(self, agreement_id: str) -> admin_pb2.AgreementBudget:
         """The agreement's lifetime privacy budget, and what this hub (if it provides) has spent."""
@@ -299,10 +308,15 @@ class Provider:
                 out[(r.scheme, r.start_ms, r.end_ms)] = releases.legacy_fingerprint(contents.get(r.start_ms, []))
         return out
 
-    async def compute(self, signed: envelope_pb2.SignedRequest, spec: query_pb2.QuerySpec, asker_id: str) -> Sealed:
-        """This hub's partial answer, under its own agreement with the asker, sealed to the asker."""
+    async def compute(self, signed: envelope_pb2.SignedRequest, spec: query_pb2.QuerySpec, asker_id: str,
+                      retry: bool = False) -> Sealed:
+        """This hub's partial answer, under its own agreement with the asker, sealed to the asker.
+        `retry`: this hub received this signed query before; only a kept answer is sent."""
         check_shape(spec)
         check_releasable(spec)
+        kept = await self._kept(signed, spec, asker_id, retry)
+        if kept is not None:
+            return kept
         evidences = await self.federation.ledger.all(asker_id)
         states = await self.federation.ledger.states()
         try:
@@ -318,10 +332,38 @@ class Provider:
         except BaseException:  # nothing was released: give the budget back (fail closed, not open)
             await self._refund(grant, charged)
             raise
+        await self._keep(signed, asker_id, grant.agreement_id, sealed)
         await self.federation.audit(asker_id, "query.partial", grant.agreement_id, "ok",
                                     f"{describe(spec)}: {cells} cells, {suppressed} suppressed"
                                     + (f", epsilon {epsilon:g} spent" if epsilon else ""))
         return Sealed(sealed, grant.agreement_id)
+
+    # -- retries of the same signed query (the module's docstring) ------------------------------
+    async def _kept(self, signed: envelope_pb2.SignedRequest, spec: query_pb2.QuerySpec, asker_id: str,
+                    retry: bool) -> Sealed | None:
+        """The answer kept for exactly this signed query; None if it is new. A retry without a
+        kept answer is refused."""
+        digest = partials.query_digest(signed.payload)
+        now_ms = self.hub.clock.now_ms()
+        kept = await self.hub.storage.read(lambda s: s.kept_answer(asker_id, digest, now_ms))
+        if kept is not None:
+            agreement_id, sealed = kept
+            await self.federation.audit(asker_id, "query.partial", agreement_id, "ok",
+                                        f"{describe(spec)}: the same signed query again; its kept answer sent, nothing charged")
+            return Sealed(sealed, agreement_id)
+        if retry:
+            message = ("this query was already answered (replayed): its answer is not kept (still being computed, "
+                       "or this hub stopped before keeping it); ask again with a new query")
+            await self.federation.audit(asker_id, "query.partial", "", "replayed", f"{describe(spec)}: {message}")
+            raise Rejected(Reason.ALREADY_EXISTS, message)
+        return None
+
+    async def _keep(self, signed: envelope_pb2.SignedRequest, asker_id: str, agreement_id: str, sealed: bytes) -> None:
+        """Keep the sealed answer while the query can be sent again (its nonce's lifetime)."""
+        digest = partials.query_digest(signed.payload)
+        expires = envelope.parse(signed).issued_at_ms + 2 * envelope.MAX_CLOCK_SKEW_MS
+        now_ms = self.hub.clock.now_ms()
+        await self.hub.storage.write(lambda s: s.keep_answer(asker_id, digest, agreement_id, sealed, expires, now_ms))
 
     async def _release(self, signed: envelope_pb2.SignedRequest, spec: query_pb2.QuerySpec, grant: policy.Grant,
                        epsilon: float, bounds: tuple[float, float] | None) -> tuple[bytes, int, int]:

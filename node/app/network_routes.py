@@ -33,23 +33,35 @@ async def _body(request: web.Request, doors: NetworkDoors, door: str) -> bytes:
     return await read_body(request, events.MAX_EVENT_BYTES + 1)
 
 
+def _source(request: web.Request) -> str:
+    return f"http:{request.remote or 'unknown'}"
+
+
 async def chirpstack(request: web.Request) -> web.Response:
     doors = request.app[DOORS_KEY]
-    try:
+
+    async def handle() -> web.Response:
         body = await _body(request, doors, "chirpstack")
         if request.query.get("event") != "up":
             return web.json_response({"ignored": request.query.get("event", "")})
         marshaler = "protobuf" if request.content_type in PROTOBUF_TYPES else "json"
         return _receipt(await doors.uplink("chirpstack", marshaler, body))
+
+    try:
+        return await doors.from_source(_source(request), "chirpstack", handle)
     except Rejected as rejected:
         return error_response(rejected)
 
 
 async def tts(request: web.Request) -> web.Response:
     doors = request.app[DOORS_KEY]
-    try:
+
+    async def handle() -> web.Response:
         body = await _body(request, doors, "tts")
         return _receipt(await doors.uplink("tts", "json", body))
+
+    try:
+        return await doors.from_source(_source(request), "tts", handle)
     except Rejected as rejected:
         return error_response(rejected)
 

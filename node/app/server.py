@@ -33,6 +33,7 @@ from node.app import catalog_guard, grpc_limits, network_routes
 from node.app.certificates import ServedCertificate
 from node.app.dashboard.data import DashboardData
 from node.app.dashboard.routes import Dashboard
+from node.app.grpc_sources import SourceLimitInterceptor
 from node.app.http_app import build_app
 from node.app.http_guard import ConnectionGuard, GuardedSite, HttpLimits
 from node.app.servicers import federation as federation_servicer
@@ -132,13 +133,20 @@ async def start(
         else:
             hub.metrics.rejected(rejected.reason)
 
+    fed_config = hub.config.federation
+    federation = Federation(hub, fed_config.refresh_seconds, fed_config.retry_base_seconds, fed_config.retry_max_seconds)
+
+    async def count_source_refused(source: str, method: str, rejected: Rejected) -> None:
+        hub.metrics.rejected(rejected.reason)
+        await federation.refusals.count(source, "unknown", method, rejected.reason.label, rejected.message)
+
     server = grpc.aio.server(
-        interceptors=[AdminAuthInterceptor(lambda: hub.config.admin_token_sha256), grpc_limits.RequestLimitInterceptor(count_refused)],
+        interceptors=[AdminAuthInterceptor(lambda: hub.config.admin_token_sha256),
+                      SourceLimitInterceptor(hub.clock, count_source_refused),
+                      grpc_limits.RequestLimitInterceptor(count_refused)],
         options=grpc_limits.SERVER_OPTIONS,
         maximum_concurrent_rpcs=grpc_limits.MAXIMUM_CONCURRENT_RPCS,
     )
-    fed_config = hub.config.federation
-    federation = Federation(hub, fed_config.refresh_seconds, fed_config.retry_base_seconds, fed_config.retry_max_seconds)
     try:
         await catalog_guard.check_and_record(hub, federation.ledger)
     except BaseException:
@@ -169,7 +177,7 @@ async def start(
 
     dashboard = Dashboard(DashboardData(federation, queries), lambda: hub.config.admin_token_sha256, dashboard_read_only, hub.clock)
     http_limits = http_limits or HttpLimits()
-    networks = NetworkDoors(hub)  # LoRaWAN, NB-IoT and MQTT doors (DATA_DIR/networks.toml)
+    networks = NetworkDoors(hub, federation.refusals)  # LoRaWAN, NB-IoT and MQTT doors (DATA_DIR/networks.toml)
     app = build_app(hub, dashboard, federation, http_limits)
     network_routes.add_routes(app, networks)
     runner = web.AppRunner(app, access_log=None)

@@ -273,6 +273,22 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE UNIQUE INDEX sensors_key_request_id ON sensors(key_request_id) WHERE key_request_id IS NOT NULL
         """,
     ),
+    (
+        # branch hardening (issue 11): a provider's answers, kept while the same signed query
+        # may be sent again, so a retry after a lost answer is not charged twice.
+        10,
+        """
+        CREATE TABLE kept_answers (
+            asker_id TEXT NOT NULL,
+            query_digest BLOB NOT NULL,
+            agreement_id TEXT NOT NULL,
+            sealed BLOB NOT NULL,
+            expires_at_ms INTEGER NOT NULL,
+            PRIMARY KEY (asker_id, query_digest)
+        );
+        CREATE INDEX kept_answers_expiry ON kept_answers (expires_at_ms)
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

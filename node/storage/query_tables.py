@@ -108,6 +108,24 @@ class QueryTables(Connected):
 
         self._transaction(work)
 
+    # -- answers kept for a retry of the same signed query (federation/query/provider.py) --
+    def kept_answer(self, asker_id: str, query_digest: bytes, now_ms: int) -> tuple[str, bytes] | None:
+        """(agreement id, sealed partial) this hub released for exactly this signed query, if kept."""
+        row = self.conn.execute("SELECT agreement_id, sealed FROM kept_answers WHERE asker_id = ? AND query_digest = ? "
+                                "AND expires_at_ms >= ?", (asker_id, query_digest, now_ms)).fetchone()
+        return (str(row[0]), bytes(row[1])) if row else None
+
+    def keep_answer(self, asker_id: str, query_digest: bytes, agreement_id: str, sealed: bytes, expires_at_ms: int,
+                    now_ms: int) -> None:
+        """Keep a released answer until its query can no longer be sent again; drop expired ones."""
+
+        def work() -> None:
+            self.conn.execute("DELETE FROM kept_answers WHERE expires_at_ms < ?", (now_ms,))
+            self.conn.execute("INSERT OR IGNORE INTO kept_answers (asker_id, query_digest, agreement_id, sealed, expires_at_ms) "
+                              "VALUES (?, ?, ?, ?, ?)", (asker_id, query_digest, agreement_id, sealed, expires_at_ms))
+
+        self._transaction(work)
+
     # -- consent -----------------------------------------------------------------------
     def grant_consent(self, subject_id: str, purpose_code: str, at_ms: int) -> bool:
         """False if consent for this purpose is already active."""

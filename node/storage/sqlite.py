@@ -228,7 +228,16 @@ class SqliteStore(FederationTables, QueryTables, LifecycleTables, NetworkTables)
             )
             return outcomes
 
-        return self._transaction(work)
+        # The per-frame SAVEPOINT makes SQLite keep a statement journal of every page a frame
+        # changes; spilled to a temporary file it cost 15-25 % of the writer's CPU per reading
+        # (docs/benchmarks.md, "Ingest CPU since the first release"). One commit's journal is
+        # bounded by the commit's size (node/ingest.py STREAM_COMMIT_READINGS), so it is kept in
+        # memory for ingest commits only; other statements keep their temporary files.
+        self.conn.execute("PRAGMA temp_store = MEMORY")
+        try:
+            return self._transaction(work)
+        finally:
+            self.conn.execute("PRAGMA temp_store = DEFAULT")
 
     def _insert_counted(self, ref: int, dataset: str, readings: Sequence[tuple[str, int, float]],
                         totals: dict[tuple[str, str], int]) -> int:
