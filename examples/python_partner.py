@@ -173,6 +173,26 @@ def verify_summary(answer, digest: bytes, entry_hub_id: str) -> None:
         raise ClientError("the answer differs from what the entry hub signed")
 
 
+def check_complete(answer, spec: query_pb2.QuerySpec) -> None:
+    """The answer accounts for every hub and municipality you named, and `partial`/`missing_hubs`
+    are exactly the hubs that did not answer (docs/querying.md 7.4): otherwise the entry hub could
+    drop a hub you asked, or hide one that did not answer, and the merge would look complete."""
+    listed = [p.hub_id for p in answer.provenance]
+    if spec.hub_ids and not spec.municipalities and set(listed) != set(spec.hub_ids):
+        raise ClientError(f"the answer does not list exactly the hubs asked; not listed: {', '.join(sorted(set(spec.hub_ids) - set(listed)))}")
+    if spec.hub_ids and set(listed) - set(spec.hub_ids):
+        raise ClientError(f"the answer lists hubs not asked: {', '.join(sorted(set(listed) - set(spec.hub_ids)))}")
+    if spec.municipalities:
+        named = {p.municipality for p in answer.provenance}
+        if named - set(spec.municipalities):
+            raise ClientError(f"the answer lists municipalities not asked: {', '.join(sorted(named - set(spec.municipalities)))}")
+        if set(spec.municipalities) - named:
+            raise ClientError(f"the answer lists no hub of municipality {', '.join(sorted(set(spec.municipalities) - named))}")
+    not_answered = [p.hub_id for p in answer.provenance if p.status != "answered"]
+    if answer.partial != bool(not_answered) or list(answer.missing_hubs) != not_answered:
+        raise ClientError("the answer's partial flag and missing hubs are not the hubs that did not answer")
+
+
 def unpad(padded: bytes, hub_id: str) -> bytes:
     """Strip the ISO/IEC 7816-4 padding: trailing 0x00 bytes, then one 0x80."""
     body = padded.rstrip(b"\x00")
@@ -342,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ClientError("the hub answered a different query than the one signed")
         digest = hashlib.sha256(signed.payload).digest()
         verify_summary(answer, digest, hub_id)
+        check_complete(answer, spec)
         rows = merge(open_partials(answer, digest, answer_key, spec), spec)
     except ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -386,10 +386,42 @@ export function openAnswer(contract, answer, sentPayload, entryHubId, answerKey,
   if (!echoed.equals(sentPayload)) throw new SmartregionError('the hub answered a different query than the one signed');
   const digest = sha256(echoed);
   verifySummary(contract, answer, digest, entryHubId);
+  checkComplete(answer, spec);
   const partials = openPartials(contract, answer, digest, answerKey, spec);
   answer.rows = mergePartials(partials, spec);
   answer.asker_public_key = askerPublicKey; // so the answer file's query signature checks offline
   return answer.provenance.filter((p) => p.status === 'answered').map((p) => p.hub_id);
+}
+
+/** docs/querying.md 7.4 step 6: the answer lists every hub (and municipality) the signed query
+ * named and no other, and `partial`/`missing_hubs` are exactly the hubs that did not answer;
+ * otherwise the entry hub could drop a hub and present the rest as complete. */
+export function checkComplete(answer, spec) {
+  const listed = answer.provenance.map((p) => p.hub_id);
+  const hubIds = spec.hub_ids ?? [];
+  const municipalities = spec.municipalities ?? [];
+  const missingFrom = (wanted, got) => [...new Set(wanted)].filter((x) => !got.includes(x)).sort();
+  if (hubIds.length && !municipalities.length && missingFrom(hubIds, listed).length) {
+    throw new SmartregionError(`the answer does not list exactly the hubs asked; not listed: ${missingFrom(hubIds, listed).join(', ')}`);
+  }
+  if (hubIds.length && missingFrom(listed, hubIds).length) {
+    throw new SmartregionError(`the answer lists hubs not asked: ${missingFrom(listed, hubIds).join(', ')}`);
+  }
+  if (municipalities.length) {
+    const named = answer.provenance.map((p) => p.municipality);
+    if (missingFrom(named, municipalities).length) {
+      throw new SmartregionError(`the answer lists municipalities not asked: ${missingFrom(named, municipalities).join(', ')}`);
+    }
+    if (missingFrom(municipalities, named).length) {
+      throw new SmartregionError(`the answer lists no hub of municipality ${missingFrom(municipalities, named).join(', ')}`);
+    }
+  }
+  const notAnswered = answer.provenance.filter((p) => p.status !== 'answered').map((p) => p.hub_id);
+  const missing = answer.missing_hubs ?? [];
+  if (Boolean(answer.partial) !== notAnswered.length > 0 || missing.length !== notAnswered.length
+      || missing.some((h, i) => h !== notAnswered[i])) {
+    throw new SmartregionError("the answer's partial flag and missing hubs are not the hubs that did not answer");
+  }
 }
 
 /** The entry hub's signature over an AnswerSummary, and that the summary is this answer. */
@@ -584,18 +616,25 @@ export function readableQuery(contract, answer) {
 /** The whole answer as a `smartregion query verify` file (federation/answers.py). */
 export function answerFile(contract, answer) {
   const bytes = contract.QueryAnswer.encode(contract.QueryAnswer.fromObject(answer)).finish();
-  const request = contract.Request.decode(Buffer.from(answer.query.payload));
+  const request = contract.Request.toObject(contract.Request.decode(Buffer.from(answer.query.payload)), { longs: Number, defaults: true });
+  const summary = contract.AnswerSummary.toObject(contract.AnswerSummary.decode(Buffer.from(answer.summary)), { longs: Number, defaults: true });
+  const computedAt = (p) => (p.partial?.partial?.length
+    ? contract.PartialResult.toObject(contract.PartialResult.decode(Buffer.from(p.partial.partial)), { longs: Number, defaults: true }).computed_at_ms
+    : null);
   const doc = {
     format: 'smartregion-query-answer',
-    version: 2,
+    version: 3,
     query: readableQuery(contract, answer),
     asked_by: request.caller_id,
+    asked_at_ms: request.issued_at_ms,
     answered_by: answer.answered_by,
+    answered_at_ms: summary.merged_at_ms,
     rows: readableRows(answer),
     partial: answer.partial,
     missing_hubs: answer.missing_hubs,
     provenance: answer.provenance.map((p) => ({
       hub_id: p.hub_id, municipality: p.municipality, status: p.status, reason: p.reason, agreement_id: p.agreement_id,
+      computed_at_ms: computedAt(p),
     })),
     unsigned: { latency_ms: Object.fromEntries(answer.provenance.map((p) => [p.hub_id, Math.round(p.latency_ms * 10) / 10])) },
     answer: Buffer.from(bytes).toString('base64'),

@@ -47,6 +47,31 @@ def _check_asker_signature(answer: query_service_pb2.QueryAnswer) -> None:
         raise AnswerRefused(f"the asker {request.caller_id}'s signature over the query does not verify")
 
 
+def _check_complete(answer: query_service_pb2.QueryAnswer, spec: query_pb2.QuerySpec) -> None:
+    """The answer accounts for every hub the asker named, and calls itself complete only when
+    every hub listed answered: the entry hub can neither drop a named hub nor hide one that did
+    not answer behind `partial = false` (docs/querying.md 7.4)."""
+    listed = [p.hub_id for p in answer.provenance]
+    if spec.hub_ids and not spec.municipalities and set(listed) != set(spec.hub_ids):
+        absent = sorted(set(spec.hub_ids) - set(listed))
+        raise AnswerRefused("the answer does not list exactly the hubs the query asked"
+                            + (f"; not listed: {', '.join(absent)}" if absent else ""))
+    if extra := sorted(set(listed) - set(spec.hub_ids)) if spec.hub_ids else []:
+        raise AnswerRefused(f"the answer lists hubs the query did not ask: {', '.join(extra)}")
+    if spec.municipalities:
+        named = [p.municipality for p in answer.provenance]
+        if outside := sorted(set(named) - set(spec.municipalities)):
+            raise AnswerRefused(f"the answer lists hubs of municipalities the query did not ask: {', '.join(outside)}")
+        if absent_municipalities := sorted(set(spec.municipalities) - set(named)):
+            raise AnswerRefused(f"the answer lists no hub of municipality {', '.join(absent_municipalities)}, "
+                                "which the query asked")
+    not_answered = [p.hub_id for p in answer.provenance if p.status != "answered"]
+    if answer.partial != bool(not_answered) or list(answer.missing_hubs) != not_answered:
+        raise AnswerRefused(f"the answer's partial flag ({answer.partial}) and missing hubs "
+                            f"({', '.join(answer.missing_hubs) or 'none'}) are not the hubs that did not answer "
+                            f"({', '.join(not_answered) or 'none'})")
+
+
 def merge_opened(answer: query_service_pb2.QueryAnswer) -> list[query_pb2.Row]:
     """Verify the entry hub's signature and every opened partial, and merge them again."""
     try:
@@ -58,6 +83,7 @@ def merge_opened(answer: query_service_pb2.QueryAnswer) -> list[query_pb2.Row]:
     hub_ids = [p.hub_id for p in answer.provenance]
     if len(hub_ids) != len(set(hub_ids)):
         raise AnswerRefused("a hub is listed twice: its partial would be counted twice")
+    _check_complete(answer, spec)
     try:
         partials.verify_answer_summary(answer, digest)
     except (partials.PartialError, DecodeError) as exc:
@@ -107,5 +133,7 @@ async def ask(channel: grpc.aio.Channel, signing_key: Ed25519PrivateKey, caller_
     timeout = (spec.deadline_ms or DEFAULT_DEADLINE_MS) / 1000 + 5
     stub = query_service_pb2_grpc.QueryStub(channel)
     sealed: query_service_pb2.QueryAnswer = await stub.Run(signed, timeout=timeout)
+    if sealed.query.payload != signed.payload or sealed.query.signature != signed.signature:
+        raise AnswerRefused("the entry hub answered another query than the one just asked")
     public = signing_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return open_answer(sealed, answer_key, public)

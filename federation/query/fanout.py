@@ -82,6 +82,11 @@ class QueryService:
 
         include_self = chosen(self.own_id) and in_filter(self.hub.config.municipality)
         targets = [p for p in peers if chosen(p.hub_id) and in_filter(p.municipality)]
+        # Every municipality the asker names must be answered for (the asker checks it, and
+        # refuses an answer that lists no hub of one): one this region has no hub for is refused.
+        covered = {p.municipality for p in targets} | ({self.hub.config.municipality} if include_self else set())
+        if spec.municipalities and (uncovered := sorted(set(spec.municipalities) - covered)):
+            raise Rejected(Reason.INVALID_REQUEST, f"no hub of this region among those asked holds municipality {', '.join(uncovered)}")
         if not include_self and not targets:
             raise Rejected(Reason.INVALID_REQUEST, "no hub of this region matches the municipality filter and hub ids")
         return include_self, targets

@@ -10,6 +10,8 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, replace
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
 from federation import dp, envelope, partials, policy, sealing
 from federation.auth import Authenticated, Caller
 from federation.query import releases
@@ -47,6 +49,11 @@ def check_releasable(spec: query_pb2.QuerySpec) -> None:
     if len(spec.answer_key) != sealing.KEY_BYTES:
         raise Rejected(Reason.INVALID_REQUEST, "a query carries the asker's 32-byte X25519 answer key (answer_key): "
                                                "partial results are sealed to it and never sent in the clear")
+    try:  # a low-order point (all zeros, ...) gives an all-zero shared secret: refused before anything is spent
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(spec.answer_key))
+    except ValueError:
+        raise Rejected(Reason.INVALID_REQUEST, "the query's answer key is not a usable X25519 public key "
+                                               "(a low-order point): nothing could be sealed to it") from None
     try:
         partials.check_size(spec)
     except partials.PartialError as exc:

@@ -57,8 +57,6 @@ async def test_the_unedited_file_verifies(saved):
     answers.verify(saved)
 
 
-@pytest.mark.xfail(strict=True, reason="BROKE: a repeated JSON member (rows, status) is not refused; a first-wins reader "
-                                       "sees a mean of 999.0 (signed 5.0) and a hub denied that answered")
 async def test_a_file_with_a_repeated_member_fails_verification(saved):
     forged = _inserted(saved)
     first = json.loads(forged, object_pairs_hook=_first_wins)

@@ -44,8 +44,6 @@ async def _hourly(r, aggregate: str) -> list[float | None]:
     return [by_hour.get(DAY + h * HOUR_MS) for h in range(24)]
 
 
-@pytest.mark.xfail(strict=True, reason="BROKE: with k = 2 stations, mean +- stddev/sqrt(2) gives both exact readings: "
-                                       "48 of 48 readings of the day")
 async def test_mean_and_stddev_of_a_two_station_cell_do_not_give_its_readings(attacked):
     means, stddevs = [await _hourly(attacked, agg) for agg in ("mean", "stddev")]
     recovered = 0

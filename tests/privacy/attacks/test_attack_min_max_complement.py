@@ -47,8 +47,6 @@ async def _hourly(r, aggregate: str) -> list[float | None]:
     return [by_hour.get(DAY + h * HOUR_MS) for h in range(24)]
 
 
-@pytest.mark.xfail(strict=True, reason="BROKE: with k = 3 stations, 3*mean - min - max is the middle station's exact "
-                                       "reading: 24 of 24 hours (72 of 72 readings of the three stations)")
 async def test_min_max_and_mean_do_not_single_out_a_station(attacked):
     means, mins, maxes = [await _hourly(attacked, agg) for agg in ("mean", "min", "max")]
     middle = [3 * m - lo - hi if m is not None and lo is not None and hi is not None else None

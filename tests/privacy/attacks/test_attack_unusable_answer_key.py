@@ -27,8 +27,6 @@ from node.clock import utc_day
 pytestmark = pytest.mark.asyncio
 
 
-@pytest.mark.xfail(strict=True, reason="BROKE: an all-zero answer key is charged to the quota and answered as 'unavailable', "
-                                       "not refused with INVALID_ARGUMENT")
 async def test_an_unusable_answer_key_is_refused_and_charges_nothing(tmp_path):
     async with region(tmp_path, terms_toml(), {0: [[5.0] * 24]}, towns=(("stavanger", "1103"),)) as r:
         [a] = r.hubs
