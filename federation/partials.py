@@ -371,7 +371,7 @@ def merge(partials: list[query_pb2.PartialResult], spec: query_pb2.QuerySpec) ->
 
 def summarize(answer: query_service_pb2.QueryAnswer, digest: bytes, merged_at_ms: int) -> query_pb2.AnswerSummary:
     """What the entry hub signs: each hub asked (id, municipality, status, reason, agreement,
-    digest of its sealed partial), the partial flag and the missing hubs. No rows: it cannot
+    digests of its sealed partial and of its co-signed agreement), the partial flag and the missing hubs. No rows: it cannot
     read the partials; the asker merges them and anyone can merge them again to check."""
     return query_pb2.AnswerSummary(
         query_digest=digest, answered_by=answer.answered_by, partial=answer.partial,
@@ -379,6 +379,7 @@ def summarize(answer: query_service_pb2.QueryAnswer, digest: bytes, merged_at_ms
         provenance=[query_pb2.ProvenanceSummary(
             hub_id=p.hub_id, municipality=p.municipality, status=p.status, reason=p.reason, agreement_id=p.agreement_id,
             partial_digest=hashlib.sha256(p.sealed_partial).digest() if p.sealed_partial else b"",
+            agreement_digest=hashlib.sha256(p.agreement).digest() if p.agreement else b"",
         ) for p in answer.provenance],
     )
 

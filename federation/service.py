@@ -71,7 +71,8 @@ class Federation:
 
     def own_party(self) -> agreement_pb2.Party:
         return agreement_pb2.Party(kind=agreement_pb2.PARTY_KIND_HUB, id=self.own_id,
-                                   public_key=self.hub.identity.public_key_raw, name=self.hub.config.municipality_name)
+                                   public_key=self.hub.identity.public_key_raw, name=self.hub.config.municipality_name,
+                                   municipality=self.hub.config.municipality)
 
     # -- shared by the query side --------------------------------------------------------
     async def audit(self, actor: str, action: str, subject: str, outcome: str = "ok", detail: str = "") -> None:

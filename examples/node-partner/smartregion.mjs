@@ -38,6 +38,7 @@ const DOMAIN = {
   request: domain('request'),
   partial: domain('partial-result'),
   answer: domain('query-answer'),
+  agreement: domain('agreement'),
   tlsBinding: domain('tls-binding'),
   hubId: domain('hub-id'),
   partnerId: domain('partner-id'),
@@ -272,7 +273,7 @@ export function loadContract(protoDir = DEFAULT_PROTO_DIR) {
   const file = 'smartregion/v1/query_service.proto';
   const root = new protobuf.Root();
   root.resolvePath = (_origin, target) => path.join(protoDir, target);
-  root.loadSync(file, { keepCase: true });
+  root.loadSync([file, 'smartregion/v1/agreement.proto'], { keepCase: true });
   const packageDefinition = protoLoader.loadSync(file, {
     includeDirs: [protoDir], keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true,
   });
@@ -283,6 +284,8 @@ export function loadContract(protoDir = DEFAULT_PROTO_DIR) {
     SignedPartial: root.lookupType('smartregion.v1.SignedPartial'),
     AnswerSummary: root.lookupType('smartregion.v1.AnswerSummary'),
     QueryAnswer: root.lookupType('smartregion.v1.QueryAnswer'),
+    SignedTerms: root.lookupType('smartregion.v1.SignedTerms'),
+    AgreementTerms: root.lookupType('smartregion.v1.AgreementTerms'),
     QueryClient: api.Query,
   };
 }
@@ -387,7 +390,7 @@ export function openAnswer(contract, answer, sentPayload, entryHubId, answerKey,
   const digest = sha256(echoed);
   verifySummary(contract, answer, digest, entryHubId);
   checkComplete(answer, spec);
-  const partials = openPartials(contract, answer, digest, answerKey, spec);
+  const partials = openPartials(contract, answer, digest, answerKey, spec, partnerIdFromPublicKey(Buffer.from(askerPublicKey)));
   answer.rows = mergePartials(partials, spec);
   answer.asker_public_key = askerPublicKey; // so the answer file's query signature checks offline
   return answer.provenance.filter((p) => p.status === 'answered').map((p) => p.hub_id);
@@ -441,7 +444,8 @@ export function verifySummary(contract, answer, digest, entryHubId) {
     const sealed = Buffer.from(q.sealed_partial ?? []);
     const expectedDigest = sealed.length ? sha256(sealed) : Buffer.alloc(0);
     return p.hub_id === q.hub_id && p.municipality === q.municipality && p.status === q.status && p.reason === q.reason
-      && p.agreement_id === q.agreement_id && Buffer.from(p.partial_digest).equals(expectedDigest);
+      && p.agreement_id === q.agreement_id && Buffer.from(p.partial_digest).equals(expectedDigest)
+      && Buffer.from(p.agreement_digest).equals(q.agreement?.length ? sha256(Buffer.from(q.agreement)) : Buffer.alloc(0));
   };
   const matches = Buffer.from(signed.query_digest).equals(digest)
     && signed.answered_by === answer.answered_by
@@ -453,10 +457,45 @@ export function verifySummary(contract, answer, digest, entryHubId) {
   if (!matches) throw new SmartregionError('the answer differs from what the entry hub signed');
 }
 
+/** docs/querying.md 7.5 step 6: the partial speaks for the municipality YOU co-signed for this
+ * provider. The entry hub relays the agreement (serialized SignedTerms) signed by the provider
+ * and by you; its provider party binds the hub id to a kommunenummer. */
+export function checkAgreement(contract, p, partial, partnerId) {
+  const bytes = Buffer.from(p.agreement ?? []);
+  let signed;
+  let terms;
+  try {
+    signed = contract.SignedTerms.decode(bytes);
+    terms = contract.AgreementTerms.toObject(contract.AgreementTerms.decode(signed.terms), { longs: Number, defaults: true });
+  } catch {
+    throw new SmartregionError(`hub ${p.hub_id}: the agreement it answered under does not parse`);
+  }
+  const { provider, consumer } = terms;
+  if (!bytes.length || terms.agreement_id !== partial.agreement_id || provider.id !== partial.provider_hub_id
+      || provider.public_key.length !== 32 || hubIdFromPublicKey(Buffer.from(provider.public_key)) !== provider.id
+      || consumer.id !== partnerId || consumer.public_key.length !== 32 || partnerIdFromPublicKey(Buffer.from(consumer.public_key)) !== partnerId) {
+    throw new SmartregionError(`hub ${p.hub_id}: the answer does not carry its agreement ${partial.agreement_id} with you`);
+  }
+  const keys = { [provider.id]: provider.public_key, [consumer.id]: consumer.public_key };
+  const signers = signed.signatures.map((s) => s.signer_id).sort();
+  if (signers.length !== 2 || signers.join() !== Object.keys(keys).sort().join()) {
+    throw new SmartregionError(`hub ${p.hub_id}: agreement ${terms.agreement_id} is not signed by both parties`);
+  }
+  for (const s of signed.signatures) {
+    if (!verifyEd25519(keys[s.signer_id], Buffer.concat([DOMAIN.agreement, Buffer.from(signed.terms)]), s.signature)) {
+      throw new SmartregionError(`hub ${p.hub_id}: a signature over agreement ${terms.agreement_id} does not verify`);
+    }
+  }
+  if (provider.municipality !== partial.municipality) {
+    throw new SmartregionError(`hub ${p.hub_id}: the partial speaks for municipality ${partial.municipality}, `
+      + `agreement ${terms.agreement_id} names ${provider.municipality || 'none'}`);
+  }
+}
+
 /** Open every answered hub's sealed partial and check it: the provider's signature, the hub id
  * derived from the signing key, this exact query, the municipality and agreement the entry hub
  * signed, cells of this query only; and no hub listed twice (its figures would count twice). */
-export function openPartials(contract, answer, digest, answerKey, spec) {
+export function openPartials(contract, answer, digest, answerKey, spec, partnerId) {
   const opened = [];
   const seen = new Set();
   const starts = new Set(bucketStarts(spec));
@@ -484,6 +523,7 @@ export function openPartials(contract, answer, digest, answerKey, spec) {
     if (partial.municipality !== p.municipality || partial.agreement_id !== p.agreement_id) {
       throw new SmartregionError(`hub ${p.hub_id}: the partial's municipality or agreement is not the one the entry hub signed`);
     }
+    checkAgreement(contract, p, partial, partnerId);
     const group = spec.group_by === 'municipality' ? p.municipality : 'region';
     const cells = partial.cells.map((c) => c.bucket_start_ms);
     if (partial.cells.some((c) => c.group !== group || !starts.has(c.bucket_start_ms)) || new Set(cells).size !== cells.length) {

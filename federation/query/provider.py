@@ -64,6 +64,7 @@ def check_releasable(spec: query_pb2.QuerySpec) -> None:
 class Sealed:
     sealed: bytes
     agreement_id: str
+    agreement: bytes  # the co-signed agreement (serialized SignedTerms) answered under; b"" for own data
 
 
 class Provider:
@@ -88,7 +89,7 @@ class Provider:
             raise Rejected(Reason.INVALID_REQUEST, "the relayed request is not a query")
         await self._check_asked_here(asked.query, asker.id, relay.id)
         answer = await self.compute(original, asked.query, asker.id)
-        return query_service_pb2.SealedPartial(sealed=answer.sealed, agreement_id=answer.agreement_id)
+        return query_service_pb2.SealedPartial(sealed=answer.sealed, agreement_id=answer.agreement_id, agreement=answer.agreement)
 
     async def _check_asked_here(self, spec: query_pb2.QuerySpec, asker_id: str, relay_id: str) -> None:
         """A relaying hub may only bring this hub a query the asker addressed to it: one whose hub
@@ -230,6 +231,9 @@ class Provider:
         states = await self.federation.ledger.states()
         try:
             grant = policy.authorize(spec, asker_id, self.own_id, [(e, states[e.agreement_id]) for e in evidences])
+            # The asker checks the partial's municipality against this co-signed agreement.
+            agreement = next((e.to_document().signed_terms.SerializeToString() for e in evidences
+                              if e.agreement_id == grant.agreement_id), b"") if grant.agreement_id else b""
             epsilon = (spec.epsilon or dp.default_epsilon(grant.dp_budget)) if grant.dp_budget else 0.0
             bounds = self._dp_bounds(spec) if epsilon else None
             charged = await self._spend(grant, epsilon)
@@ -244,7 +248,7 @@ class Provider:
         await self.federation.audit(asker_id, "query.partial", grant.agreement_id, "ok",
                                     f"{describe(spec)}: {cells} cells, {suppressed} suppressed"
                                     + (f", epsilon {epsilon:g} spent" if epsilon else ""))
-        return Sealed(sealed, grant.agreement_id)
+        return Sealed(sealed, grant.agreement_id, agreement)
 
     async def _release(self, signed: envelope_pb2.SignedRequest, spec: query_pb2.QuerySpec, grant: policy.Grant,
                        epsilon: float, bounds: tuple[float, float] | None) -> tuple[bytes, int, int]:

@@ -12,6 +12,8 @@ signed value is 5.0, and B's status as "denied" where it answered: 2 of 2 insert
 unreported.
 Smallest fix: federation/answers.py verify: parse with
 `json.loads(data, object_pairs_hook=...)` that raises AnswerError on a repeated member name.
+FIXED (askerfix): answers.load parses with an object_pairs_hook that refuses a repeated
+member name anywhere in the file.
 """
 
 from __future__ import annotations

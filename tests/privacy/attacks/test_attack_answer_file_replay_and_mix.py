@@ -15,6 +15,8 @@ Tried, with the same question asked twice (Q1, then Q2: same spec, new nonce and
    which is older.
 Smallest fix: federation/answers.py readable(): add the signed times ("asked_at" from the
 query envelope, "answered_at" from the summary) and print them in node/app/cli/query.py verify.
+FIXED (askerfix): the answer file (version 3) and `query verify` show the signed times:
+asked_at_ms (issued_at_ms), answered_at_ms (merged_at_ms), each partial's computed_at_ms.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ they compare the echoed query with the one they sent. With answered partials the
 (they do not open with Q2's answer key): test_attack_answer_file_replay_and_mix.
 Smallest fix: federation/query/asker.py ask: refuse an answer whose `query.payload` is not
 the request just signed (as both example clients do).
+FIXED (askerfix): asker.ask refuses an answer whose signed query is not the request it sent.
 """
 
 from __future__ import annotations

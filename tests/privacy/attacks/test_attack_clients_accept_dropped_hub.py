@@ -14,6 +14,8 @@ Smallest fix: both clients (python_partner.py merge/open_partials, smartregion.m
 openPartials) and federation/query/asker.py: require the provenance to list exactly the hubs of
 the signed `hub_ids`, and `partial`/`missing_hubs` to match the statuses; and say so in
 docs/querying.md 6.
+FIXED (askerfix): both clients check the same (python_partner.py check_complete,
+smartregion.mjs checkComplete) and exit 1.
 """
 
 from __future__ import annotations

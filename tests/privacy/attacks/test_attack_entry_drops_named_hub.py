@@ -15,6 +15,9 @@ Smallest fix: federation/query/asker.py merge_opened: when the signed query name
 require the provenance to list exactly those hubs (and, with a `municipalities` filter, a
 provenance entry for each named municipality), and require `partial` and `missing_hubs` to
 be exactly the hubs whose status is not "answered"; otherwise AnswerRefused.
+FIXED (askerfix): federation/query/asker.py _check_complete refuses an answer that does not
+list exactly the signed `hub_ids` (a hub for each named municipality), or whose `partial` and
+`missing_hubs` are not exactly the hubs not "answered" (docs/querying.md 7.4 step 6).
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ readings, error < 1e-9), from cells that each have the 2 contributors the agreem
 Smallest fix: federation/query/provider.py _release (or partials.build): release a stddev cell
 only when it has at least max(min_group_size, 3) contributors (with mean and count, a stddev of
 two readings determines both), and say so in docs/privacy.md 2.
+FIXED (askerfix): partials.contributors_needed: a stddev cell needs max(k, 3) contributors
+(k >= 2); docs/privacy.md 2.5.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ Smallest fix: federation/query/provider.py _release (or partials.build): release
 cell only when it has at least min_group_size + 2 contributors, so that sum - min - max still
 covers k contributors; and document in docs/privacy.md that min and max are one station's
 reading.
+FIXED (askerfix): partials.contributors_needed: a min or max cell needs max(k, 3) + 2
+contributors (k >= 2); docs/privacy.md 2.4-2.5 say min and max are single readings.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ Smallest fix: federation/policy.py check_terms: refuse a region-wide `stddev` un
 agreement also allows `mean` (or `sum`), since merging it exactly needs each hub's sum; or
 let federation/terms.py validation refuse terms that grant `stddev` without `mean`, and say
 so in docs/privacy.md 2.3.
+FIXED (askerfix): policy.check_terms refuses a region-wide stddev unless the agreement
+also grants mean or sum (PERMISSION_DENIED); docs/privacy.md 2.3.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ Smallest fix: federation/query/provider.py check_releasable: parse the key
 (X25519PublicKey.from_public_bytes) and refuse the all-zero and other low-order points with
 INVALID_ARGUMENT before anything is charged (or refund the quota too in compute when _release
 fails).
+FIXED (askerfix): provider.check_releasable refuses a low-order answer key
+(INVALID_ARGUMENT) before anything is charged.
 """
 
 from __future__ import annotations
