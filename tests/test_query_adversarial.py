@@ -361,6 +361,15 @@ async def test_a_municipality_filter_that_excludes_the_hub_named_is_refused(worl
     assert await world.b.requests_from(world.a.id) == calls
 
 
+async def test_a_municipality_filter_naming_a_municipality_without_a_hub_is_refused(world):
+    """The asker refuses an answer that lists no hub of a municipality it named (docs/querying.md
+    7.4 step 6), so the entry hub refuses such a query up front instead of answering without it."""
+    calls = await world.b.requests_from(world.a.id)
+    await refused(lambda: world.a.run_query(query(municipalities=[world.b.municipality, "3905"])),
+                  grpc.StatusCode.INVALID_ARGUMENT, "no hub of this region among those asked holds municipality 3905")
+    assert await world.b.requests_from(world.a.id) == calls
+
+
 async def test_the_attackers_own_sensor_cannot_lift_a_small_cell_over_the_threshold(world):
     """Region-wide, A's own no2 sensor would make every day's cell big enough; B's withheld
     cells still withhold the merged row."""

@@ -156,3 +156,17 @@ async def test_the_python_example_refuses_a_partial_under_another_municipality(a
 
 async def test_the_node_client_refuses_a_partial_under_another_municipality(node_client, attacked):  # noqa: F811 (the fixture)
     await _client_refuses(node_client, attacked)
+
+
+async def test_bytes_added_to_a_relayed_agreement_fail_verification(attacked):
+    """The relayed agreement verifies by its own signatures, but bytes appended to it (an
+    unknown protobuf field the signatures do not cover) change the file: the entry hub's signed
+    summary carries the agreement's digest, so `query verify` refuses the edit."""
+    a, _b, _c = attacked.hubs
+    honest = attacked.open(*await attacked.ask_sealed(a, day_query(bucket="window", group_by="municipality")))
+    answers.verify(answers.to_json(honest))
+    edited = type(honest)()
+    edited.CopyFrom(honest)
+    edited.provenance[0].agreement += b"\xf8\x06\x01"  # field 111, varint 1: parses, and is ignored
+    with pytest.raises(answers.AnswerError, match="differs from what the entry hub signed"):
+        answers.verify(answers.to_json(edited))
