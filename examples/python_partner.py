@@ -10,8 +10,11 @@ the hub's own modules — so it shows everything a partner's client has to do
         --group-by municipality --purpose research
 
 Prints {"rows": [...], "partial", "missing_hubs", "provenance": [...], "answered_by"}, after
-checking the entry hub's signature over the statuses, opening every hub's partial (sealed to a
-fresh X25519 key of this one query, HPKE), checking each provider's signature, and merging.
+checking the entry hub's signature over the statuses, that the answer lists exactly the hubs
+(and municipalities) asked and is marked partial exactly when a hub did not answer, opening
+every hub's partial (sealed to a fresh X25519 key of this one query, HPKE), checking each
+provider's signature and that it speaks for the municipality of the agreement you co-signed
+with it, and merging.
 Exit 1 on a refusal or an answer that does not verify, 2 on bad arguments.
 """
 
