@@ -10,8 +10,11 @@ the hub's own modules — so it shows everything a partner's client has to do
         --group-by municipality --purpose research
 
 Prints {"rows": [...], "partial", "missing_hubs", "provenance": [...], "answered_by"}, after
-checking the entry hub's signature over the statuses, opening every hub's partial (sealed to a
-fresh X25519 key of this one query, HPKE), checking each provider's signature, and merging.
+checking the entry hub's signature over the statuses, that the answer lists exactly the hubs
+(and municipalities) asked and is marked partial exactly when a hub did not answer, opening
+every hub's partial (sealed to a fresh X25519 key of this one query, HPKE), checking each
+provider's signature and that it speaks for the municipality of the agreement you co-signed
+with it, and merging.
 Exit 1 on a refusal or an answer that does not verify, 2 on bad arguments.
 """
 
@@ -41,14 +44,15 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.x509.oid import NameOID
 
 try:  # modules generated from proto/:  python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. proto/smartregion/v1/*.proto
-    from smartregion.v1 import envelope_pb2, query_pb2, query_service_pb2_grpc
+    from smartregion.v1 import agreement_pb2, envelope_pb2, query_pb2, query_service_pb2_grpc
 except ImportError:  # the same modules, as shipped in the smartregion package
-    from node.api.v1 import envelope_pb2, query_pb2, query_service_pb2_grpc
+    from node.api.v1 import agreement_pb2, envelope_pb2, query_pb2, query_service_pb2_grpc
 
 RUN_METHOD = "/smartregion.v1.Query/Run"
 REQUEST_DOMAIN = b"smartregion/v1/request\x00"
 PARTIAL_DOMAIN = b"smartregion/v1/partial-result\x00"
 ANSWER_DOMAIN = b"smartregion/v1/query-answer\x00"
+AGREEMENT_DOMAIN = b"smartregion/v1/agreement\x00"
 HUB_ID_DOMAIN = b"smartregion/v1/hub-id\x00"
 PARTNER_ID_DOMAIN = b"smartregion/v1/partner-id\x00"
 TLS_BINDING_DOMAIN = b"smartregion/v1/tls-binding\x00"
@@ -99,6 +103,10 @@ def is_key_of_hub(hub_id: str, key: bytes, history) -> bool:
         keys.append(new_key)
         previous_at_ms = at_ms
     return key in keys
+
+
+def partner_id_of(public_key: bytes) -> str:
+    return hashlib.sha256(PARTNER_ID_DOMAIN + public_key).digest()[:16].hex()
 
 
 # -- 1. the partner key: a keystore file, scrypt + AES-256-GCM ---------------------------------
@@ -173,7 +181,7 @@ def open_channel(address: str, hub_id: str, cert_pem: bytes) -> grpc.Channel:
 # -- 3. the signed request ----------------------------------------------------------------------
 
 def sign_query(key: Ed25519PrivateKey, hub_id: str, spec: query_pb2.QuerySpec) -> envelope_pb2.SignedRequest:
-    partner_id = hashlib.sha256(PARTNER_ID_DOMAIN + raw(key.public_key())).digest()[:16].hex()
+    partner_id = partner_id_of(raw(key.public_key()))
     request = envelope_pb2.Request(caller_id=partner_id, audience_hub_id=hub_id, method=RUN_METHOD,
                                    issued_at_ms=int(time.time() * 1000), nonce=secrets.token_bytes(16), query=spec)
     payload = request.SerializeToString()  # serialize ONCE; these exact bytes are signed and sent
@@ -200,9 +208,58 @@ def verify_summary(answer, digest: bytes, entry_hub_id: str) -> None:
         provenance=[query_pb2.ProvenanceSummary(
             hub_id=p.hub_id, municipality=p.municipality, status=p.status, reason=p.reason, agreement_id=p.agreement_id,
             partial_digest=hashlib.sha256(p.sealed_partial).digest() if p.sealed_partial else b"",
+            agreement_digest=hashlib.sha256(p.agreement).digest() if p.agreement else b"",
         ) for p in answer.provenance])
     if signed.merged_at_ms <= 0 or signed != expected:
         raise ClientError("the answer differs from what the entry hub signed")
+
+
+def check_complete(answer, spec: query_pb2.QuerySpec) -> None:
+    """The answer accounts for every hub and municipality you named, and `partial`/`missing_hubs`
+    are exactly the hubs that did not answer (docs/querying.md 7.4): otherwise the entry hub could
+    drop a hub you asked, or hide one that did not answer, and the merge would look complete."""
+    listed = [p.hub_id for p in answer.provenance]
+    if spec.hub_ids and not spec.municipalities and set(listed) != set(spec.hub_ids):
+        absent = sorted(set(spec.hub_ids) - set(listed))
+        raise ClientError(f"the answer does not list exactly the hubs asked; not listed: {', '.join(absent)}")
+    if spec.hub_ids and set(listed) - set(spec.hub_ids):
+        raise ClientError(f"the answer lists hubs not asked: {', '.join(sorted(set(listed) - set(spec.hub_ids)))}")
+    if spec.municipalities:
+        named = {p.municipality for p in answer.provenance}
+        if named - set(spec.municipalities):
+            raise ClientError(f"the answer lists municipalities not asked: {', '.join(sorted(named - set(spec.municipalities)))}")
+        if set(spec.municipalities) - named:
+            raise ClientError(f"the answer lists no hub of municipality {', '.join(sorted(set(spec.municipalities) - named))}")
+    not_answered = [p.hub_id for p in answer.provenance if p.status != "answered"]
+    if answer.partial != bool(not_answered) or list(answer.missing_hubs) != not_answered:
+        raise ClientError("the answer's partial flag and missing hubs are not the hubs that did not answer")
+
+
+def check_agreement(p, partial, partner_id: str) -> None:
+    """The partial speaks for the municipality YOU co-signed for this provider (docs/querying.md
+    7.5 step 6): the entry hub relays the agreement, signed by the provider and by you, that
+    binds the provider's hub id to its kommunenummer; the provenance's municipality is only the
+    entry hub's word."""
+    try:
+        signed = agreement_pb2.SignedTerms.FromString(p.agreement)
+        terms = agreement_pb2.AgreementTerms.FromString(signed.terms)
+    except Exception:
+        raise ClientError(f"hub {p.hub_id}: the agreement it answered under does not parse") from None
+    provider, consumer = terms.provider, terms.consumer
+    if not p.agreement or terms.agreement_id != partial.agreement_id or provider.id != partial.provider_hub_id \
+            or hub_id_of(provider.public_key) != provider.id or not partner_id_of(consumer.public_key) == consumer.id == partner_id:
+        raise ClientError(f"hub {p.hub_id}: the answer does not carry its agreement {partial.agreement_id} with you")
+    keys = {provider.id: provider.public_key, consumer.id: consumer.public_key}
+    if sorted(s.signer_id for s in signed.signatures) != sorted(keys):
+        raise ClientError(f"hub {p.hub_id}: agreement {terms.agreement_id} is not signed by both parties")
+    for s in signed.signatures:
+        try:
+            Ed25519PublicKey.from_public_bytes(keys[s.signer_id]).verify(s.signature, AGREEMENT_DOMAIN + signed.terms)
+        except (InvalidSignature, ValueError):
+            raise ClientError(f"hub {p.hub_id}: a signature over agreement {terms.agreement_id} does not verify") from None
+    if provider.municipality != partial.municipality:
+        raise ClientError(f"hub {p.hub_id}: the partial speaks for municipality {partial.municipality}, "
+                          f"agreement {terms.agreement_id} names {provider.municipality or 'none'}")
 
 
 def unpad(padded: bytes, hub_id: str) -> bytes:
@@ -213,7 +270,7 @@ def unpad(padded: bytes, hub_id: str) -> bytes:
     return body[:-1]
 
 
-def open_partials(answer, digest: bytes, answer_key: X25519PrivateKey, spec: query_pb2.QuerySpec) -> list:
+def open_partials(answer, digest: bytes, answer_key: X25519PrivateKey, spec: query_pb2.QuerySpec, partner_id: str) -> list:
     """Open each sealed partial (HPKE), check its signature, query, municipality, agreement and cells."""
     opened, seen = [], set()
     starts = set(bucket_starts(spec))
@@ -240,6 +297,7 @@ def open_partials(answer, digest: bytes, answer_key: X25519PrivateKey, spec: que
             raise ClientError(f"hub {p.hub_id}: the partial result answers another query")
         if partial.municipality != p.municipality or partial.agreement_id != p.agreement_id:
             raise ClientError(f"hub {p.hub_id}: the partial's municipality or agreement is not the one the entry hub signed")
+        check_agreement(p, partial, partner_id)
         group = p.municipality if spec.group_by == "municipality" else "region"
         cells = [c.bucket_start_ms for c in partial.cells]
         if any(c.group != group for c in partial.cells) or not set(cells) <= starts or len(cells) != len(set(cells)):
@@ -375,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ClientError("the hub answered a different query than the one signed")
         digest = hashlib.sha256(signed.payload).digest()
         verify_summary(answer, digest, hub_id)
-        rows = merge(open_partials(answer, digest, answer_key, spec), spec)
+        check_complete(answer, spec)
+        rows = merge(open_partials(answer, digest, answer_key, spec, partner_id_of(raw(key.public_key()))), spec)
     except ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -26,7 +26,7 @@ from federation.query import asker
 from node.api.v1 import query_pb2, query_service_pb2
 
 FORMAT = "smartregion-query-answer"
-VERSION = 2
+VERSION = 3  # 3: the signed times (asked_at_ms, answered_at_ms, each partial's computed_at_ms)
 
 
 class AnswerError(ValueError):
@@ -47,17 +47,25 @@ def readable_query(spec: query_pb2.QuerySpec) -> dict[str, Any]:
             "deadline_ms": spec.deadline_ms, "epsilon": spec.epsilon, "answer_key": spec.answer_key.hex()}
 
 
+def _computed_at_ms(p: query_pb2.Provenance) -> int | None:
+    """When the provider computed its partial (signed by it), None for a hub that did not answer."""
+    return query_pb2.PartialResult.FromString(p.partial.partial).computed_at_ms if p.partial.partial else None
+
+
 def readable_provenance(answer: query_service_pb2.QueryAnswer) -> list[dict[str, Any]]:
     return [{"hub_id": p.hub_id, "municipality": p.municipality, "status": p.status, "reason": p.reason,
-             "agreement_id": p.agreement_id} for p in answer.provenance]
+             "agreement_id": p.agreement_id, "computed_at_ms": _computed_at_ms(p)} for p in answer.provenance]
 
 
 def readable(answer: query_service_pb2.QueryAnswer) -> dict[str, Any]:
     """Every field a person reads, each derived from a signed source."""
+    request = envelope.parse(answer.query)
     return {
-        "query": readable_query(envelope.parse(answer.query).query),
-        "asked_by": envelope.parse(answer.query).caller_id,
+        "query": readable_query(request.query),
+        "asked_by": request.caller_id,
+        "asked_at_ms": request.issued_at_ms,  # signed by the asker
         "answered_by": answer.answered_by,
+        "answered_at_ms": query_pb2.AnswerSummary.FromString(answer.summary).merged_at_ms,  # signed by the entry hub
         "rows": readable_rows(answer),
         "partial": answer.partial,
         "missing_hubs": list(answer.missing_hubs),
@@ -94,9 +102,29 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def verify(data: bytes) -> VerifiedAnswer:
+def _refuse_repeated_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose member names are unique (RFC 8259 only says SHOULD): with a repeated
+    name, readers disagree on which value is meant (Python keeps the last, others the first)."""
+    names = [name for name, _ in pairs]
+    if len(names) != len(set(names)):
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        raise AnswerError(f"the file repeats the member {', '.join(map(repr, repeated))}: which one is meant is ambiguous")
+    return dict(pairs)
+
+
+def load(data: bytes) -> Any:
+    """An answer file's JSON, refused if any object repeats a member name."""
     try:
-        doc = json.loads(data)
+        return json.loads(data, object_pairs_hook=_refuse_repeated_names)
+    except ValueError as exc:
+        if isinstance(exc, AnswerError):
+            raise
+        raise AnswerError(f"not a query answer file: {exc}") from None
+
+
+def verify(data: bytes) -> VerifiedAnswer:
+    doc = load(data)
+    try:
         answer = query_service_pb2.QueryAnswer.FromString(base64.b64decode(doc["answer"], validate=True))
     except (ValueError, KeyError, TypeError, DecodeError) as exc:
         raise AnswerError(f"not a query answer file: {exc}") from None

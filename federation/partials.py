@@ -8,7 +8,9 @@ What leaves a provider is no finer than its agreement:
 * region-wide, a cell carries only what merging the aggregate exactly needs (RELEASED_FIELDS);
   a quantile, the coarsened sketch itself (`coarsen`: bins of >= max(k, 2) contributors,
   >= MIN_BIN_READINGS readings, >= 2^MIN_LEVEL fine bins wide);
-* a cell with fewer contributors than the minimum group size carries no values at all;
+* a cell with fewer contributors than the minimum group size carries no values at all, nor a
+  stddev, min or max cell whose figures would together solve for one contributor
+  (`contributors_needed`);
 * the sealed partial is padded to a length fixed by the query (`padded_size`)."""
 
 from __future__ import annotations
@@ -137,6 +139,24 @@ def coarse_threshold(min_group_size: int) -> int:
     return max(2, min_group_size)
 
 
+def contributors_needed(aggregate: str, min_group_size: int) -> int:
+    """The contributors a cell needs before this aggregate of it is released (docs/privacy.md
+    2.5). Each figure an asker can get of one cell is an equation on its contributors' values:
+    the sum (a mean), the sum of squares (a stddev, with the mean), and min and max, each of
+    which IS one contributor's reading. Two equations (sum, sum of squares) solve two unknowns:
+    a stddev needs >= 3 contributors. Min and max pin two contributors and leave the sum and
+    sum of squares over the other c - 2, which must still be a group the agreement allows and
+    not solvable: c - 2 >= max(k, 3). With k = 1 the agreement releases single contributors."""
+    if min_group_size <= 1:
+        return min_group_size
+    unsolvable = max(min_group_size, 3)
+    if aggregate == "stddev":
+        return unsolvable
+    if aggregate in ("min", "max"):
+        return unsolvable + 2
+    return min_group_size
+
+
 def cell_value(row: CellRow, aggregate: str, quantile: float, sketch: query_pb2.CoarseSketch | None = None) -> float:
     """The final value of one provider's cell (what a per-municipality answer releases); a
     quantile is read from the cell's coarsened sketch, never from the fine one."""
@@ -158,10 +178,11 @@ def build(digest: bytes, provider: str, municipality: str, agreement_id: str, mi
     per_municipality = group != "region"
     released = set() if per_municipality else RELEASED_FIELDS[aggregate]
     is_quantile = aggregate == "quantile"
+    needed = contributors_needed(aggregate, min_group_size)
     cells = []
     for r in rows:
         sketch = (coarse or {}).get(r.bucket_start_ms) if is_quantile else None
-        if r.contributors < min_group_size or r.bucket_start_ms in withheld or (is_quantile and sketch is None):
+        if r.contributors < needed or r.bucket_start_ms in withheld or (is_quantile and sketch is None):
             cells.append(query_pb2.Cell(group=group, bucket_start_ms=r.bucket_start_ms, suppressed=True))
             continue
         cells.append(query_pb2.Cell(group=group, bucket_start_ms=r.bucket_start_ms, count=r.count,
@@ -356,7 +377,7 @@ def merge(partials: list[query_pb2.PartialResult], spec: query_pb2.QuerySpec) ->
 
 def summarize(answer: query_service_pb2.QueryAnswer, digest: bytes, merged_at_ms: int) -> query_pb2.AnswerSummary:
     """What the entry hub signs: each hub asked (id, municipality, status, reason, agreement,
-    digest of its sealed partial), the partial flag and the missing hubs. No rows: it cannot
+    digests of its sealed partial and of its co-signed agreement), the partial flag and the missing hubs. No rows: it cannot
     read the partials; the asker merges them and anyone can merge them again to check."""
     return query_pb2.AnswerSummary(
         query_digest=digest, answered_by=answer.answered_by, partial=answer.partial,
@@ -364,6 +385,7 @@ def summarize(answer: query_service_pb2.QueryAnswer, digest: bytes, merged_at_ms
         provenance=[query_pb2.ProvenanceSummary(
             hub_id=p.hub_id, municipality=p.municipality, status=p.status, reason=p.reason, agreement_id=p.agreement_id,
             partial_digest=hashlib.sha256(p.sealed_partial).digest() if p.sealed_partial else b"",
+            agreement_digest=hashlib.sha256(p.agreement).digest() if p.agreement else b"",
         ) for p in answer.provenance],
     )
 

@@ -50,6 +50,11 @@ def check_terms(spec: query_pb2.QuerySpec, terms: agreement_pb2.AgreementTerms) 
         raise _deny(f"purpose {spec.purpose_code!r} does not match agreement {aid} (purpose {terms.purpose_code!r})")
     if spec.aggregate not in terms.aggregates:
         raise _deny(f"aggregate {spec.aggregate!r} is not allowed by agreement {aid} (allowed: {', '.join(terms.aggregates)})")
+    if spec.aggregate == "stddev" and spec.group_by == "region" and not {"mean", "sum"} & set(terms.aggregates):
+        # Merging a stddev across hubs needs each hub's count, sum and sum of squares: the sum
+        # (so the mean) would leave this hub although the agreement grants neither.
+        raise _deny(f"a region-wide stddev releases this hub's sum, and agreement {aid} grants neither mean nor sum; "
+                    "ask per municipality")
     if spec.group_by == "municipality" and "municipality" not in terms.group_by:
         raise _deny(f"grouping by municipality is not allowed by agreement {aid}; ask region-wide")
     if spec.bucket != "window" and "time_bucket" not in terms.group_by:

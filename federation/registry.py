@@ -63,7 +63,7 @@ class Registry:
             peer = await self._storage.read(lambda s: s.get_peer(caller.id))
             assert peer is not None
             return agreement_pb2.Party(kind=agreement_pb2.PARTY_KIND_HUB, id=caller.id, public_key=caller.agreement_key,
-                                       name=lookup(peer.municipality).name)
+                                       name=lookup(peer.municipality).name, municipality=peer.municipality)
         return agreement_pb2.Party(kind=agreement_pb2.PARTY_KIND_PARTNER, id=caller.id, public_key=caller.public_key, name=caller.name)
 
     async def heard_from(self, caller: Caller) -> None:

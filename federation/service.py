@@ -75,7 +75,8 @@ class Federation:
 
     def own_party(self) -> agreement_pb2.Party:
         return agreement_pb2.Party(kind=agreement_pb2.PARTY_KIND_HUB, id=self.own_id,
-                                   public_key=self.hub.identity.genesis_public_key, name=self.hub.config.municipality_name)
+                                   public_key=self.hub.identity.genesis_public_key, name=self.hub.config.municipality_name,
+                                   municipality=self.hub.config.municipality)
 
     # -- peers ---------------------------------------------------------------------------
     async def first_contact(self, peer: PeerRecord) -> str:

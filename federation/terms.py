@@ -12,7 +12,7 @@ import re
 import tomllib
 import uuid
 
-from node import catalog
+from node import catalog, register
 from node.api.v1 import agreement_pb2
 from node.purposes import PURPOSES
 from node.signing import hub_id_from_public_key, partner_id_from_public_key
@@ -127,6 +127,14 @@ def from_toml(doc: dict, provider: agreement_pb2.Party, consumer: agreement_pb2.
     return terms
 
 
+def _is_kommunenummer(number: str, hub: bool) -> bool:
+    """A hub party's municipality: a current four-digit kommunenummer (askers check partials against it)."""
+    try:
+        return hub and register.lookup(number).number == number
+    except register.UnknownMunicipality:
+        return False
+
+
 def party_id_matches_key(party: agreement_pb2.Party) -> bool:
     if len(party.public_key) != 32:
         return False
@@ -152,6 +160,8 @@ def validate(terms: agreement_pb2.AgreementTerms, now_ms: int, *, new: bool) -> 
     for role, party in (("provider", terms.provider), ("consumer", terms.consumer)):
         if not party_id_matches_key(party):
             raise TermsError(f"the {role}'s id {party.id!r} is not derived from its public key")
+        if party.municipality and not _is_kommunenummer(party.municipality, hub=party.kind == agreement_pb2.PARTY_KIND_HUB):
+            raise TermsError(f"the {role}'s municipality {party.municipality!r} is not a hub's current kommunenummer")
     if terms.provider.id == terms.consumer.id:
         raise TermsError("provider and consumer must be different parties")
     if terms.purpose_code not in PURPOSES:

@@ -181,9 +181,11 @@ class Cell:
             days[r.time_ms // DAY_MS].add(r.sensor)
         return min(map(len, days.values()), default=None)
 
-    def withheld_by_b(self, k: int) -> bool:
-        """B withholds a cell with fewer than k of its sensors, or containing such a day."""
-        return "B" in self.per_hub and (len(self.sensors("B")) < k or self.smallest_day("B") < k)
+    def withheld_by_b(self, k: int, aggregate: str) -> bool:
+        """B withholds a cell with fewer than k of its sensors, or containing such a day; a
+        stddev, min or max needs more sensors (docs/privacy.md 2.5: max(k, 3), max(k, 3) + 2)."""
+        needed = k if k <= 1 else {"stddev": max(k, 3), "min": max(k, 3) + 2, "max": max(k, 3) + 2}.get(aggregate, k)
+        return "B" in self.per_hub and (len(self.sensors("B")) < needed or self.smallest_day("B") < k)
 
 
 def cells_of(world: World, q: query_pb2.QuerySpec) -> list[Cell]:
@@ -213,7 +215,7 @@ def assert_exact(world: World, q: query_pb2.QuerySpec, answer: query_service_pb2
     contain a small day, withheld (and every row they touch); A's own cells are never withheld."""
     expected, values = [], []
     for cell in cells_of(world, q):
-        withheld = cell.withheld_by_b(world.k(q.dataset))
+        withheld = cell.withheld_by_b(world.k(q.dataset), q.aggregate)
         readings = [r.value for rs in cell.per_hub.values() for r in rs]
         expected.append((cell.group, cell.bucket_start_ms, withheld, 0 if withheld else len(readings),
                          0 if withheld else len(cell.sensors())))
@@ -346,7 +348,7 @@ TARGETS = {
 @pytest.mark.parametrize("group_by", ["municipality", "region"])
 @pytest.mark.parametrize("dataset,metric", [("air_quality", "pm25"), ("air_quality", "no2"), ("traffic", "vehicles")])
 async def test_isolating_bergen_still_gives_only_large_cells(world, target, group_by, dataset, metric):
-    answer = await ask(world, query(dataset, metric=metric, aggregate="max", group_by=group_by, **TARGETS[target](world)))
+    answer = await ask(world, query(dataset, metric=metric, aggregate="mean", group_by=group_by, **TARGETS[target](world)))
     b_rows = [r for r in answer.rows if r.group in (world.b.municipality, "region")]
     small = [d for d in range(DAYS) if 0 < len(PATTERN[d]) < world.k(dataset)]
     assert {r.bucket_start_ms for r in b_rows if r.suppressed} == {day_ms(d) for d in small}
@@ -356,6 +358,15 @@ async def test_a_municipality_filter_that_excludes_the_hub_named_is_refused(worl
     calls = await world.b.requests_from(world.a.id)
     await refused(lambda: world.a.run_query(query(hub_ids=[world.b.id], municipalities=[world.a.municipality])),
                   grpc.StatusCode.INVALID_ARGUMENT, "no hub of this region matches the municipality filter and hub ids")
+    assert await world.b.requests_from(world.a.id) == calls
+
+
+async def test_a_municipality_filter_naming_a_municipality_without_a_hub_is_refused(world):
+    """The asker refuses an answer that lists no hub of a municipality it named (docs/querying.md
+    7.4 step 6), so the entry hub refuses such a query up front instead of answering without it."""
+    calls = await world.b.requests_from(world.a.id)
+    await refused(lambda: world.a.run_query(query(municipalities=[world.b.municipality, "3905"])),
+                  grpc.StatusCode.INVALID_ARGUMENT, "no hub of this region among those asked holds municipality 3905")
     assert await world.b.requests_from(world.a.id) == calls
 
 

@@ -207,14 +207,21 @@ async def test_a_lifetime_budget_in_micro_epsilon_that_runs_out_and_refuses_with
     assert text.returncode == 0 and "the provider keeps the ledger" in text.stdout, text.stderr
 
 
-async def test_a_query_that_fails_after_spending_is_refunded(pair):
-    """The provider charges, computes, then cannot seal (the answer key is a low-order X25519
-    point): nothing is released, and the charge is given back."""
+async def test_a_query_that_fails_after_spending_is_refunded(pair, monkeypatch):
+    """The provider charges, computes, then cannot seal: nothing is released, and the charge is
+    given back. (A low-order answer key no longer gets that far: it is refused before anything
+    is charged, tests/privacy/attacks/test_attack_unusable_answer_key.py; so the sealing
+    failure is injected here, after the charge.)"""
     consumer, provider, agreement = pair
     query = spec("count", 0.5, provider)
-    query.answer_key = b"\x00" * 32
+    query.answer_key = sealing.public_raw(sealing.new_answer_key())
     signed = envelope.make(consumer.hub.identity.identity_key, consumer.hub.config.hub_id, provider.hub.config.hub_id,
                            RUN_METHOD, query=query)
+
+    def cannot_seal(*_args: object) -> bytes:
+        raise sealing.SealError("injected: sealing failed after the charge")
+
+    monkeypatch.setattr(sealing, "seal", cannot_seal)
     with pytest.raises(sealing.SealError):
         await Provider(provider.running.federation).compute(signed, query, consumer.hub.config.hub_id)
     assert await spent(provider, agreement) == 0

@@ -114,7 +114,7 @@ def on_boundary(grain: str, ms: int) -> bool:
 RULE_WORDS = {
     "purpose": ("purpose",), "aggregate": ("aggregate",), "grouping": ("grouping",), "time grouping": ("grouping by time",),
     "bucket": ("finer than",), "window length": ("longer than",), "alignment": ("boundaries",),
-    "weeks in months": ("whole weeks",),
+    "weeks in months": ("whole weeks",), "region-wide stddev": ("region-wide stddev",),
     "dp": ("differential-privacy", "budget of"), "epsilon without a budget": ("no differential-privacy budget",),
 }
 
@@ -131,6 +131,9 @@ def broken_rules(spec: query_pb2.QuerySpec, t: agreement_pb2.AgreementTerms) -> 
         broken.add("purpose")
     if spec.aggregate not in t.aggregates:
         broken.add("aggregate")
+    # Merging a stddev across hubs releases each hub's sum: only where the mean or sum is granted.
+    if spec.aggregate == "stddev" and spec.group_by == "region" and not {"mean", "sum"} & set(t.aggregates):
+        broken.add("region-wide stddev")
     if spec.group_by == "municipality" and "municipality" not in t.group_by:
         broken.add("grouping")
     if spec.bucket != "window" and "time_bucket" not in t.group_by:
@@ -358,6 +361,9 @@ def one_rule_broken(draw, terms: agreement_pb2.AgreementTerms, rules: tuple[str,
         others = [a for a in AGGREGATES if a not in terms.aggregates]
         assume(others)
         spec.aggregate, spec.quantile = draw(st.sampled_from(others)), 0.5
+    elif rule == "region-wide stddev":  # a stddev the terms grant, region-wide, without mean or sum
+        assume("stddev" in terms.aggregates and not {"mean", "sum"} & set(terms.aggregates))
+        spec.aggregate, spec.quantile, spec.group_by = "stddev", 0.0, "region"
     elif rule == "grouping":
         assume("municipality" not in terms.group_by)
         spec.group_by = "municipality"
@@ -534,6 +540,7 @@ RULE_TERMS = {
     "window length": {"longest_window_days": 92}, "alignment": {"smallest_bucket": "day"},
     "weeks in months": {"smallest_bucket": "week", "group_by": ["time_bucket"], "longest_window_days": 3660},
     "dp": {"dp_epsilon": 0.5}, "epsilon without a budget": {"dp_epsilon": 0.0},
+    "region-wide stddev": {"aggregates": ["stddev", "count"], "dp_epsilon": 0.0},
 }
 
 
@@ -710,8 +717,10 @@ def test_merged_partials_equal_the_aggregate_of_all_readings(readings, aggregate
     assert [(row.bucket_start_ms, row.group) for row in rows] == cells
     for row in rows:
         mine = [r for r in readings if T0 + r.bucket * DAY_MS == row.bucket_start_ms and group_of(r) == row.group]
-        # A hub withholds a cell with fewer than k sensors; then so does the answer.
-        withheld = any(len({r.sensor for r in mine if r.hub == h}) < k for h in {r.hub for r in mine})
+        # A hub withholds a cell with fewer than k sensors (for stddev, min and max with k >= 2:
+        # max(k, 3) and max(k, 3) + 2, docs/privacy.md 2.5); then so does the answer.
+        needed = k if k <= 1 else {"stddev": max(k, 3), "min": max(k, 3) + 2, "max": max(k, 3) + 2}.get(aggregate, k)
+        withheld = any(len({r.sensor for r in mine if r.hub == h}) < needed for h in {r.hub for r in mine})
         assert row.bucket_label == dt.datetime.fromtimestamp(row.bucket_start_ms / 1000, UTC).strftime("%Y-%m-%d")
         if withheld:
             assert (row.suppressed, row.value, row.readings, row.contributors) == (True, 0.0, 0, 0)

@@ -40,3 +40,18 @@ def test_stored_evidence_stays_readable_under_stricter_rules():
     row.document = row.document.replace(b"Stavanger", b"Stavangxr")
     with pytest.raises(ag.AgreementError):
         from_row(row)  # but its signatures are still verified
+
+
+@pytest.mark.parametrize("municipality, valid", [("1103", True), ("4601", True), ("9999", False), ("1103 ", False),
+                                                 ("1201", False), ("stavanger", False)])
+def test_a_hub_partys_municipality_is_a_current_kommunenummer(municipality, valid):
+    """Askers check every partial against the provider party's municipality: terms naming one
+    that is no current kommunenummer (unknown, padded, a pre-2024 number, a name) are refused."""
+    _, provider, consumer = parties()
+    provider.municipality = municipality
+    propose = lambda: terms_mod.from_toml(terms_mod.parse_toml(TERMS), provider, consumer, SYSTEM_CLOCK.now_ms())  # noqa: E731
+    if valid:
+        assert propose().provider.municipality == municipality
+    else:
+        with pytest.raises(terms_mod.TermsError, match="not a hub's current kommunenummer"):
+            propose()

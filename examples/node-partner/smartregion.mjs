@@ -38,6 +38,7 @@ const DOMAIN = {
   request: domain('request'),
   partial: domain('partial-result'),
   answer: domain('query-answer'),
+  agreement: domain('agreement'),
   tlsBinding: domain('tls-binding'),
   descriptor: domain('descriptor'),
   keyRotation: domain('key-rotation'),
@@ -331,7 +332,7 @@ export function loadContract(protoDir = DEFAULT_PROTO_DIR) {
   const file = ['smartregion/v1/query_service.proto', 'smartregion/v1/federation.proto'];
   const root = new protobuf.Root();
   root.resolvePath = (_origin, target) => path.join(protoDir, target);
-  root.loadSync(file, { keepCase: true });
+  root.loadSync([...file, 'smartregion/v1/agreement.proto'], { keepCase: true });
   const packageDefinition = protoLoader.loadSync(file, {
     includeDirs: [protoDir], keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true,
   });
@@ -343,6 +344,8 @@ export function loadContract(protoDir = DEFAULT_PROTO_DIR) {
     AnswerSummary: root.lookupType('smartregion.v1.AnswerSummary'),
     QueryAnswer: root.lookupType('smartregion.v1.QueryAnswer'),
     NodeDescriptor: root.lookupType('smartregion.v1.NodeDescriptor'),
+    SignedTerms: root.lookupType('smartregion.v1.SignedTerms'),
+    AgreementTerms: root.lookupType('smartregion.v1.AgreementTerms'),
     QueryClient: api.Query,
     FederationClient: api.Federation,
   };
@@ -476,10 +479,42 @@ export function openAnswer(contract, answer, sentPayload, entryHubId, answerKey,
   if (!echoed.equals(sentPayload)) throw new SmartregionError('the hub answered a different query than the one signed');
   const digest = sha256(echoed);
   verifySummary(contract, answer, digest, entryHubId);
-  const partials = openPartials(contract, answer, digest, answerKey, spec);
+  checkComplete(answer, spec);
+  const partials = openPartials(contract, answer, digest, answerKey, spec, partnerIdFromPublicKey(Buffer.from(askerPublicKey)));
   answer.rows = mergePartials(partials, spec);
   answer.asker_public_key = askerPublicKey; // so the answer file's query signature checks offline
   return answer.provenance.filter((p) => p.status === 'answered').map((p) => p.hub_id);
+}
+
+/** docs/querying.md 7.4 step 6: the answer lists every hub (and municipality) the signed query
+ * named and no other, and `partial`/`missing_hubs` are exactly the hubs that did not answer;
+ * otherwise the entry hub could drop a hub and present the rest as complete. */
+export function checkComplete(answer, spec) {
+  const listed = answer.provenance.map((p) => p.hub_id);
+  const hubIds = spec.hub_ids ?? [];
+  const municipalities = spec.municipalities ?? [];
+  const missingFrom = (wanted, got) => [...new Set(wanted)].filter((x) => !got.includes(x)).sort();
+  if (hubIds.length && !municipalities.length && missingFrom(hubIds, listed).length) {
+    throw new SmartregionError(`the answer does not list exactly the hubs asked; not listed: ${missingFrom(hubIds, listed).join(', ')}`);
+  }
+  if (hubIds.length && missingFrom(listed, hubIds).length) {
+    throw new SmartregionError(`the answer lists hubs not asked: ${missingFrom(listed, hubIds).join(', ')}`);
+  }
+  if (municipalities.length) {
+    const named = answer.provenance.map((p) => p.municipality);
+    if (missingFrom(named, municipalities).length) {
+      throw new SmartregionError(`the answer lists municipalities not asked: ${missingFrom(named, municipalities).join(', ')}`);
+    }
+    if (missingFrom(municipalities, named).length) {
+      throw new SmartregionError(`the answer lists no hub of municipality ${missingFrom(municipalities, named).join(', ')}`);
+    }
+  }
+  const notAnswered = answer.provenance.filter((p) => p.status !== 'answered').map((p) => p.hub_id);
+  const missing = answer.missing_hubs ?? [];
+  if (Boolean(answer.partial) !== notAnswered.length > 0 || missing.length !== notAnswered.length
+      || missing.some((h, i) => h !== notAnswered[i])) {
+    throw new SmartregionError("the answer's partial flag and missing hubs are not the hubs that did not answer");
+  }
 }
 
 /** The entry hub's signature over an AnswerSummary, and that the summary is this answer. */
@@ -499,7 +534,8 @@ export function verifySummary(contract, answer, digest, entryHubId) {
     const sealed = Buffer.from(q.sealed_partial ?? []);
     const expectedDigest = sealed.length ? sha256(sealed) : Buffer.alloc(0);
     return p.hub_id === q.hub_id && p.municipality === q.municipality && p.status === q.status && p.reason === q.reason
-      && p.agreement_id === q.agreement_id && Buffer.from(p.partial_digest).equals(expectedDigest);
+      && p.agreement_id === q.agreement_id && Buffer.from(p.partial_digest).equals(expectedDigest)
+      && Buffer.from(p.agreement_digest).equals(q.agreement?.length ? sha256(Buffer.from(q.agreement)) : Buffer.alloc(0));
   };
   const matches = Buffer.from(signed.query_digest).equals(digest)
     && signed.answered_by === answer.answered_by
@@ -511,10 +547,45 @@ export function verifySummary(contract, answer, digest, entryHubId) {
   if (!matches) throw new SmartregionError('the answer differs from what the entry hub signed');
 }
 
+/** docs/querying.md 7.5 step 6: the partial speaks for the municipality YOU co-signed for this
+ * provider. The entry hub relays the agreement (serialized SignedTerms) signed by the provider
+ * and by you; its provider party binds the hub id to a kommunenummer. */
+export function checkAgreement(contract, p, partial, partnerId) {
+  const bytes = Buffer.from(p.agreement ?? []);
+  let signed;
+  let terms;
+  try {
+    signed = contract.SignedTerms.decode(bytes);
+    terms = contract.AgreementTerms.toObject(contract.AgreementTerms.decode(signed.terms), { longs: Number, defaults: true });
+  } catch {
+    throw new SmartregionError(`hub ${p.hub_id}: the agreement it answered under does not parse`);
+  }
+  const { provider, consumer } = terms;
+  if (!bytes.length || terms.agreement_id !== partial.agreement_id || provider.id !== partial.provider_hub_id
+      || provider.public_key.length !== 32 || hubIdFromPublicKey(Buffer.from(provider.public_key)) !== provider.id
+      || consumer.id !== partnerId || consumer.public_key.length !== 32 || partnerIdFromPublicKey(Buffer.from(consumer.public_key)) !== partnerId) {
+    throw new SmartregionError(`hub ${p.hub_id}: the answer does not carry its agreement ${partial.agreement_id} with you`);
+  }
+  const keys = { [provider.id]: provider.public_key, [consumer.id]: consumer.public_key };
+  const signers = signed.signatures.map((s) => s.signer_id).sort();
+  if (signers.length !== 2 || signers.join() !== Object.keys(keys).sort().join()) {
+    throw new SmartregionError(`hub ${p.hub_id}: agreement ${terms.agreement_id} is not signed by both parties`);
+  }
+  for (const s of signed.signatures) {
+    if (!verifyEd25519(keys[s.signer_id], Buffer.concat([DOMAIN.agreement, Buffer.from(signed.terms)]), s.signature)) {
+      throw new SmartregionError(`hub ${p.hub_id}: a signature over agreement ${terms.agreement_id} does not verify`);
+    }
+  }
+  if (provider.municipality !== partial.municipality) {
+    throw new SmartregionError(`hub ${p.hub_id}: the partial speaks for municipality ${partial.municipality}, `
+      + `agreement ${terms.agreement_id} names ${provider.municipality || 'none'}`);
+  }
+}
+
 /** Open every answered hub's sealed partial and check it: the provider's signature, the hub id
  * derived from the signing key, this exact query, the municipality and agreement the entry hub
  * signed, cells of this query only; and no hub listed twice (its figures would count twice). */
-export function openPartials(contract, answer, digest, answerKey, spec) {
+export function openPartials(contract, answer, digest, answerKey, spec, partnerId) {
   const opened = [];
   const seen = new Set();
   const starts = new Set(bucketStarts(spec));
@@ -542,6 +613,7 @@ export function openPartials(contract, answer, digest, answerKey, spec) {
     if (partial.municipality !== p.municipality || partial.agreement_id !== p.agreement_id) {
       throw new SmartregionError(`hub ${p.hub_id}: the partial's municipality or agreement is not the one the entry hub signed`);
     }
+    checkAgreement(contract, p, partial, partnerId);
     const group = spec.group_by === 'municipality' ? p.municipality : 'region';
     const cells = partial.cells.map((c) => c.bucket_start_ms);
     if (partial.cells.some((c) => c.group !== group || !starts.has(c.bucket_start_ms)) || new Set(cells).size !== cells.length) {
@@ -674,18 +746,25 @@ export function readableQuery(contract, answer) {
 /** The whole answer as a `smartregion query verify` file (federation/answers.py). */
 export function answerFile(contract, answer) {
   const bytes = contract.QueryAnswer.encode(contract.QueryAnswer.fromObject(answer)).finish();
-  const request = contract.Request.decode(Buffer.from(answer.query.payload));
+  const request = contract.Request.toObject(contract.Request.decode(Buffer.from(answer.query.payload)), { longs: Number, defaults: true });
+  const summary = contract.AnswerSummary.toObject(contract.AnswerSummary.decode(Buffer.from(answer.summary)), { longs: Number, defaults: true });
+  const computedAt = (p) => (p.partial?.partial?.length
+    ? contract.PartialResult.toObject(contract.PartialResult.decode(Buffer.from(p.partial.partial)), { longs: Number, defaults: true }).computed_at_ms
+    : null);
   const doc = {
     format: 'smartregion-query-answer',
-    version: 2,
+    version: 3,
     query: readableQuery(contract, answer),
     asked_by: request.caller_id,
+    asked_at_ms: request.issued_at_ms,
     answered_by: answer.answered_by,
+    answered_at_ms: summary.merged_at_ms,
     rows: readableRows(answer),
     partial: answer.partial,
     missing_hubs: answer.missing_hubs,
     provenance: answer.provenance.map((p) => ({
       hub_id: p.hub_id, municipality: p.municipality, status: p.status, reason: p.reason, agreement_id: p.agreement_id,
+      computed_at_ms: computedAt(p),
     })),
     unsigned: { latency_ms: Object.fromEntries(answer.provenance.map((p) => [p.hub_id, Math.round(p.latency_ms * 10) / 10])) },
     answer: Buffer.from(bytes).toString('base64'),

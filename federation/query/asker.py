@@ -12,9 +12,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from google.protobuf.message import DecodeError
 
-from federation import envelope, partials, sealing
+from federation import agreements, envelope, partials, sealing
 from federation.query_spec import DEFAULT_DEADLINE_MS
-from node.api.v1 import envelope_pb2, query_pb2, query_service_pb2, query_service_pb2_grpc
+from node import register
+from node.api.v1 import agreement_pb2, envelope_pb2, query_pb2, query_service_pb2, query_service_pb2_grpc
 from node.clock import SYSTEM_CLOCK, Clock
 from node.keychain import key_of_hub
 from node.signing import Domain, hub_id_from_public_key, partner_id_from_public_key, verify
@@ -26,7 +27,43 @@ class AnswerRefused(ValueError):
     """An answer that does not verify: nothing of it may be shown."""
 
 
-def _checked(p: query_pb2.Provenance, spec: query_pb2.QuerySpec, digest: bytes) -> query_pb2.PartialResult:
+def _provider_municipality(provider: agreement_pb2.Party) -> str | None:
+    """The kommunenummer the asker co-signed for this provider: the party's own field, or (for
+    agreements signed before it existed) the number of the municipality its name is."""
+    if provider.municipality:
+        return provider.municipality
+    try:
+        return register.lookup(provider.name).number
+    except register.UnknownMunicipality:
+        return None
+
+
+def _check_agreement(p: query_pb2.Provenance, result: query_pb2.PartialResult, asker_id: str) -> None:
+    """The partial speaks for the municipality the asker itself co-signed for this provider.
+    The provenance's municipality is the entry hub's word; a dishonest entry hub could sign its
+    own partial under another municipality's number. The agreement the partial names, signed
+    by the provider AND the asker, binds the provider's hub id to its kommunenummer."""
+    if not result.agreement_id:
+        if result.provider_hub_id != asker_id:  # a hub's own data, asked by that hub itself
+            raise AnswerRefused(f"hub {p.hub_id}: answered without an agreement, and the asker is not that hub")
+        return
+    try:
+        document = agreement_pb2.AgreementDocument(signed_terms=agreement_pb2.SignedTerms.FromString(p.agreement))
+        evidence = agreements.from_document(document, check_terms=False)
+    except (DecodeError, agreements.AgreementError) as exc:
+        raise AnswerRefused(f"hub {p.hub_id}: the agreement it answered under does not verify: {exc}") from None
+    terms = evidence.terms
+    if not p.agreement or terms.agreement_id != result.agreement_id or not evidence.fully_signed():
+        raise AnswerRefused(f"hub {p.hub_id}: the answer does not carry agreement {result.agreement_id} signed by both parties")
+    if terms.provider.id != result.provider_hub_id or terms.consumer.id != asker_id:
+        raise AnswerRefused(f"hub {p.hub_id}: agreement {terms.agreement_id} is not between this provider and the asker")
+    if _provider_municipality(terms.provider) != result.municipality:
+        raise AnswerRefused(f"hub {p.hub_id}: the partial speaks for municipality {result.municipality}, but agreement "
+                            f"{terms.agreement_id} names its provider as {terms.provider.name} "
+                            f"({terms.provider.municipality or 'no number'})")
+
+
+def _checked(p: query_pb2.Provenance, spec: query_pb2.QuerySpec, digest: bytes, asker_id: str) -> query_pb2.PartialResult:
     try:
         result = partials.verify_partial(p.partial, digest, expected_hub_id=p.hub_id)
         partials.check_cells(result, spec, p.municipality)
@@ -35,6 +72,7 @@ def _checked(p: query_pb2.Provenance, spec: query_pb2.QuerySpec, digest: bytes) 
     if result.agreement_id != p.agreement_id:
         raise AnswerRefused(f"hub {p.hub_id}: signed its partial under agreement {result.agreement_id!r}, "
                             f"the answer says {p.agreement_id!r}")
+    _check_agreement(p, result, asker_id)
     return result
 
 
@@ -53,12 +91,38 @@ def _check_asker_signature(answer: query_service_pb2.QueryAnswer) -> None:
         raise AnswerRefused(f"the asker {request.caller_id}'s signature over the query does not verify")
 
 
+def _check_complete(answer: query_service_pb2.QueryAnswer, spec: query_pb2.QuerySpec) -> None:
+    """The answer accounts for every hub the asker named, and calls itself complete only when
+    every hub listed answered: the entry hub can neither drop a named hub nor hide one that did
+    not answer behind `partial = false` (docs/querying.md 7.4)."""
+    listed = [p.hub_id for p in answer.provenance]
+    if spec.hub_ids and not spec.municipalities and set(listed) != set(spec.hub_ids):
+        absent = sorted(set(spec.hub_ids) - set(listed))
+        raise AnswerRefused("the answer does not list exactly the hubs the query asked"
+                            + (f"; not listed: {', '.join(absent)}" if absent else ""))
+    if extra := sorted(set(listed) - set(spec.hub_ids)) if spec.hub_ids else []:
+        raise AnswerRefused(f"the answer lists hubs the query did not ask: {', '.join(extra)}")
+    if spec.municipalities:
+        named = [p.municipality for p in answer.provenance]
+        if outside := sorted(set(named) - set(spec.municipalities)):
+            raise AnswerRefused(f"the answer lists hubs of municipalities the query did not ask: {', '.join(outside)}")
+        if absent_municipalities := sorted(set(spec.municipalities) - set(named)):
+            raise AnswerRefused(f"the answer lists no hub of municipality {', '.join(absent_municipalities)}, "
+                                "which the query asked")
+    not_answered = [p.hub_id for p in answer.provenance if p.status != "answered"]
+    if answer.partial != bool(not_answered) or list(answer.missing_hubs) != not_answered:
+        raise AnswerRefused(f"the answer's partial flag ({answer.partial}) and missing hubs "
+                            f"({', '.join(answer.missing_hubs) or 'none'}) are not the hubs that did not answer "
+                            f"({', '.join(not_answered) or 'none'})")
+
+
 def merge_opened(answer: query_service_pb2.QueryAnswer) -> list[query_pb2.Row]:
     """Verify the entry hub's signature and every opened partial, and merge them again."""
     try:
-        spec = envelope.parse(answer.query).query
+        request = envelope.parse(answer.query)
     except envelope.EnvelopeError as exc:
         raise AnswerRefused(str(exc)) from None
+    spec = request.query
     _check_asker_signature(answer)
     digest = partials.query_digest(answer.query.payload)
     hub_ids = [p.hub_id for p in answer.provenance]
@@ -68,10 +132,11 @@ def merge_opened(answer: query_service_pb2.QueryAnswer) -> list[query_pb2.Row]:
         partials.verify_answer_summary(answer, digest)
     except (partials.PartialError, DecodeError) as exc:
         raise AnswerRefused(f"hub {answer.answered_by}: {exc}") from None
+    _check_complete(answer, spec)
     results = []
     for p in answer.provenance:
         if p.status == "answered":
-            results.append(_checked(p, spec, digest))
+            results.append(_checked(p, spec, digest, request.caller_id))
         elif p.HasField("partial") or p.sealed_partial:
             raise AnswerRefused(f"hub {p.hub_id} is listed as {p.status} but carries a partial")
     try:
@@ -142,6 +207,8 @@ async def send(channel: grpc.aio.Channel, query: SignedQuery, attempts: int = 1,
             if attempt == attempts or exc.code() not in RETRY_CODES:
                 raise
             await clock.sleep(pause_s)
+    if sealed.query.payload != query.signed.payload or sealed.query.signature != query.signed.signature:
+        raise AnswerRefused("the entry hub answered another query than the one just asked")
     return open_answer(sealed, query.answer_key, query.asker_public_key)
 
 

@@ -84,6 +84,11 @@ class QueryService:
         targets = [p for p in peers if chosen(p.hub_id) and in_filter(p.municipality)]
         if not include_self and not targets:
             raise Rejected(Reason.INVALID_REQUEST, "no hub of this region matches the municipality filter and hub ids")
+        # Every municipality the asker names must be answered for (the asker checks it, and
+        # refuses an answer that lists no hub of one): one this region has no hub for is refused.
+        covered = {p.municipality for p in targets} | ({self.hub.config.municipality} if include_self else set())
+        if spec.municipalities and (uncovered := sorted(set(spec.municipalities) - covered)):
+            raise Rejected(Reason.INVALID_REQUEST, f"no hub of this region among those asked holds municipality {', '.join(uncovered)}")
         return include_self, targets
 
     async def _answer(self, signed: envelope_pb2.SignedRequest, spec: query_pb2.QuerySpec, asker_id: str,
@@ -134,7 +139,7 @@ class QueryService:
             log.exception("computing this hub's own partial failed")
             base.status, base.reason = "unavailable", "this hub could not compute its partial (see its log)"
             return Asked(base)
-        base.status, base.agreement_id = "answered", sealed.agreement_id
+        base.status, base.agreement_id, base.agreement = "answered", sealed.agreement_id, sealed.agreement
         base.latency_ms = (self.hub.clock.monotonic() - started) * 1000
         base.sealed_partial = sealed.sealed
         return Asked(base, answered=True)
@@ -173,6 +178,7 @@ class QueryService:
             return Asked(base)
         # Sealed to the asker: this hub cannot read or check it; the asker does (asker.py).
         base.status, base.agreement_id, base.sealed_partial = "answered", response.agreement_id, response.sealed
+        base.agreement = response.agreement
         self._observe(peer, base)
         return Asked(base, answered=True)
 

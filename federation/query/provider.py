@@ -21,6 +21,8 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
 from federation import dp, envelope, partials, policy, sealing
 from federation.auth import Authenticated, Caller
 from federation.query import releases
@@ -57,6 +59,11 @@ def check_releasable(spec: query_pb2.QuerySpec) -> None:
     if len(spec.answer_key) != sealing.KEY_BYTES:
         raise Rejected(Reason.INVALID_REQUEST, "a query carries the asker's 32-byte X25519 answer key (answer_key): "
                                                "partial results are sealed to it and never sent in the clear")
+    try:  # a low-order point (all zeros, ...) gives an all-zero shared secret: refused before anything is spent
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(spec.answer_key))
+    except ValueError:
+        raise Rejected(Reason.INVALID_REQUEST, "the query's answer key is not a usable X25519 public key "
+                                               "(a low-order point): nothing could be sealed to it") from None
     try:
         partials.check_size(spec)
     except partials.PartialError as exc:
@@ -75,6 +82,7 @@ class ReleaseHooks:
 class Sealed:
     sealed: bytes
     agreement_id: str
+    agreement: bytes  # the co-signed agreement (serialized SignedTerms) answered under; b"" for own data
 
 
 class Provider:
@@ -100,7 +108,7 @@ class Provider:
             raise Rejected(Reason.INVALID_REQUEST, "the relayed request is not a query")
         await self._check_asked_here(asked.query, asker.id, relay.id)
         answer = await self.compute(original, asked.query, asker.id, retry=retry)
-        return query_service_pb2.SealedPartial(sealed=answer.sealed, agreement_id=answer.agreement_id)
+        return query_service_pb2.SealedPartial(sealed=answer.sealed, agreement_id=answer.agreement_id, agreement=answer.agreement)
 
     async def _check_asked_here(self, spec: query_pb2.QuerySpec, asker_id: str, relay_id: str) -> None:
         """A relaying hub may only bring this hub a query the asker addressed to it: one whose hub
@@ -321,6 +329,7 @@ class Provider:
         states = await self.federation.ledger.states()
         try:
             grant = policy.authorize(spec, asker_id, self.own_id, [(e, states[e.agreement_id]) for e in evidences])
+            agreement = await self._agreement_document(grant.agreement_id)
             epsilon = (spec.epsilon or dp.default_epsilon(grant.dp_budget)) if grant.dp_budget else 0.0
             bounds = self._dp_bounds(spec) if epsilon else None
             charged = await self._spend(grant, epsilon, spec.dataset)
@@ -336,7 +345,15 @@ class Provider:
         await self.federation.audit(asker_id, "query.partial", grant.agreement_id, "ok",
                                     f"{describe(spec)}: {cells} cells, {suppressed} suppressed"
                                     + (f", epsilon {epsilon:g} spent" if epsilon else ""))
-        return Sealed(sealed, grant.agreement_id)
+        return Sealed(sealed, grant.agreement_id, agreement)
+
+    async def _agreement_document(self, agreement_id: str) -> bytes:
+        """The co-signed agreement (serialized SignedTerms) an answer is given under, for the
+        asker to check the partial's municipality against; b"" for a hub's own data."""
+        if not agreement_id:
+            return b""
+        evidence = await self.federation.ledger.load(agreement_id)
+        return evidence.to_document().signed_terms.SerializeToString() if evidence is not None else b""
 
     # -- retries of the same signed query (the module's docstring) ------------------------------
     async def _kept(self, signed: envelope_pb2.SignedRequest, spec: query_pb2.QuerySpec, asker_id: str,
@@ -350,7 +367,7 @@ class Provider:
             agreement_id, sealed = kept
             await self.federation.audit(asker_id, "query.partial", agreement_id, "ok",
                                         f"{describe(spec)}: the same signed query again; its kept answer sent, nothing charged")
-            return Sealed(sealed, agreement_id)
+            return Sealed(sealed, agreement_id, await self._agreement_document(agreement_id))
         if retry:
             message = ("this query was already answered (replayed): its answer is not kept (still being computed, "
                        "or this hub stopped before keeping it); ask again with a new query")

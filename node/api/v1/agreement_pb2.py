@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esmartregion/v1/agreement.proto\x12\x0esmartregion.v1\"^\n\x05Party\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.smartregion.v1.PartyKind\x12\n\n\x02id\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\x12\x0c\n\x04name\x18\x04 \x01(\t\"\x92\x04\n\x0e\x41greementTerms\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x12\n\nsupersedes\x18\x03 \x01(\t\x12\'\n\x08provider\x18\x04 \x01(\x0b\x32\x15.smartregion.v1.Party\x12\'\n\x08\x63onsumer\x18\x05 \x01(\x0b\x32\x15.smartregion.v1.Party\x12\x14\n\x0cpurpose_code\x18\x06 \x01(\t\x12\x1b\n\x13purpose_description\x18\x07 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\x08 \x03(\t\x12\x0f\n\x07metrics\x18\t \x03(\t\x12\x12\n\naggregates\x18\n \x03(\t\x12\x10\n\x08group_by\x18\x0b \x03(\t\x12\x17\n\x0fsmallest_bucket\x18\x0c \x01(\t\x12\x1b\n\x13longest_window_days\x18\r \x01(\r\x12\x16\n\x0emin_group_size\x18\x0e \x01(\r\x12\x18\n\x10\x63onsent_required\x18\x0f \x01(\x08\x12\x17\n\x0fqueries_per_day\x18\x10 \x01(\r\x12\x12\n\ndp_epsilon\x18\x11 \x01(\x01\x12\x15\n\rvalid_from_ms\x18\x12 \x01(\x03\x12\x16\n\x0evalid_until_ms\x18\x13 \x01(\x03\x12\x15\n\rcreated_at_ms\x18\x14 \x01(\x03\x12\x1c\n\x14\x64p_max_contributions\x18\x15 \x01(\r\"K\n\x0ePartySignature\x12\x11\n\tsigner_id\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x13\n\x0bkey_history\x18\x03 \x03(\x0c\"P\n\x0bSignedTerms\x12\r\n\x05terms\x18\x01 \x01(\x0c\x12\x32\n\nsignatures\x18\x02 \x03(\x0b\x32\x1e.smartregion.v1.PartySignature\"]\n\nRevocation\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x12\n\nrevoked_by\x18\x02 \x01(\t\x12\x15\n\rrevoked_at_ms\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\"N\n\x10SignedRevocation\x12\x12\n\nrevocation\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x13\n\x0bkey_history\x18\x03 \x03(\x0c\"}\n\x11\x41greementDocument\x12\x31\n\x0csigned_terms\x18\x01 \x01(\x0b\x32\x1b.smartregion.v1.SignedTerms\x12\x35\n\x0brevocations\x18\x02 \x03(\x0b\x32 .smartregion.v1.SignedRevocation\"I\n\x11\x41greementExchange\x12\x34\n\tdocuments\x18\x01 \x03(\x0b\x32!.smartregion.v1.AgreementDocument*S\n\tPartyKind\x12\x1a\n\x16PARTY_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0ePARTY_KIND_HUB\x10\x01\x12\x16\n\x12PARTY_KIND_PARTNER\x10\x02*\xe2\x01\n\x0e\x41greementState\x12\x1f\n\x1b\x41GREEMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41GREEMENT_STATE_PROPOSED\x10\x01\x12\x1b\n\x17\x41GREEMENT_STATE_PENDING\x10\x02\x12\x1a\n\x16\x41GREEMENT_STATE_ACTIVE\x10\x03\x12\x1b\n\x17\x41GREEMENT_STATE_EXPIRED\x10\x04\x12\x1b\n\x17\x41GREEMENT_STATE_REVOKED\x10\x05\x12\x1e\n\x1a\x41GREEMENT_STATE_SUPERSEDED\x10\x06\x42K\n\x11no.smartregion.v1P\x01Z4smartregion.example/api/smartregion/v1;smartregionv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esmartregion/v1/agreement.proto\x12\x0esmartregion.v1\"t\n\x05Party\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.smartregion.v1.PartyKind\x12\n\n\x02id\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x14\n\x0cmunicipality\x18\x05 \x01(\t\"\x92\x04\n\x0e\x41greementTerms\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x12\n\nsupersedes\x18\x03 \x01(\t\x12\'\n\x08provider\x18\x04 \x01(\x0b\x32\x15.smartregion.v1.Party\x12\'\n\x08\x63onsumer\x18\x05 \x01(\x0b\x32\x15.smartregion.v1.Party\x12\x14\n\x0cpurpose_code\x18\x06 \x01(\t\x12\x1b\n\x13purpose_description\x18\x07 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\x08 \x03(\t\x12\x0f\n\x07metrics\x18\t \x03(\t\x12\x12\n\naggregates\x18\n \x03(\t\x12\x10\n\x08group_by\x18\x0b \x03(\t\x12\x17\n\x0fsmallest_bucket\x18\x0c \x01(\t\x12\x1b\n\x13longest_window_days\x18\r \x01(\r\x12\x16\n\x0emin_group_size\x18\x0e \x01(\r\x12\x18\n\x10\x63onsent_required\x18\x0f \x01(\x08\x12\x17\n\x0fqueries_per_day\x18\x10 \x01(\r\x12\x12\n\ndp_epsilon\x18\x11 \x01(\x01\x12\x15\n\rvalid_from_ms\x18\x12 \x01(\x03\x12\x16\n\x0evalid_until_ms\x18\x13 \x01(\x03\x12\x15\n\rcreated_at_ms\x18\x14 \x01(\x03\x12\x1c\n\x14\x64p_max_contributions\x18\x15 \x01(\r\"K\n\x0ePartySignature\x12\x11\n\tsigner_id\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x13\n\x0bkey_history\x18\x03 \x03(\x0c\"P\n\x0bSignedTerms\x12\r\n\x05terms\x18\x01 \x01(\x0c\x12\x32\n\nsignatures\x18\x02 \x03(\x0b\x32\x1e.smartregion.v1.PartySignature\"]\n\nRevocation\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x12\n\nrevoked_by\x18\x02 \x01(\t\x12\x15\n\rrevoked_at_ms\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\"N\n\x10SignedRevocation\x12\x12\n\nrevocation\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x13\n\x0bkey_history\x18\x03 \x03(\x0c\"}\n\x11\x41greementDocument\x12\x31\n\x0csigned_terms\x18\x01 \x01(\x0b\x32\x1b.smartregion.v1.SignedTerms\x12\x35\n\x0brevocations\x18\x02 \x03(\x0b\x32 .smartregion.v1.SignedRevocation\"I\n\x11\x41greementExchange\x12\x34\n\tdocuments\x18\x01 \x03(\x0b\x32!.smartregion.v1.AgreementDocument*S\n\tPartyKind\x12\x1a\n\x16PARTY_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0ePARTY_KIND_HUB\x10\x01\x12\x16\n\x12PARTY_KIND_PARTNER\x10\x02*\xe2\x01\n\x0e\x41greementState\x12\x1f\n\x1b\x41GREEMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41GREEMENT_STATE_PROPOSED\x10\x01\x12\x1b\n\x17\x41GREEMENT_STATE_PENDING\x10\x02\x12\x1a\n\x16\x41GREEMENT_STATE_ACTIVE\x10\x03\x12\x1b\n\x17\x41GREEMENT_STATE_EXPIRED\x10\x04\x12\x1b\n\x17\x41GREEMENT_STATE_REVOKED\x10\x05\x12\x1e\n\x1a\x41GREEMENT_STATE_SUPERSEDED\x10\x06\x42K\n\x11no.smartregion.v1P\x01Z4smartregion.example/api/smartregion/v1;smartregionv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,24 +32,24 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'smartregion.v1.agreement_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\021no.smartregion.v1P\001Z4smartregion.example/api/smartregion/v1;smartregionv1'
-  _globals['_PARTYKIND']._serialized_start=1215
-  _globals['_PARTYKIND']._serialized_end=1298
-  _globals['_AGREEMENTSTATE']._serialized_start=1301
-  _globals['_AGREEMENTSTATE']._serialized_end=1527
+  _globals['_PARTYKIND']._serialized_start=1237
+  _globals['_PARTYKIND']._serialized_end=1320
+  _globals['_AGREEMENTSTATE']._serialized_start=1323
+  _globals['_AGREEMENTSTATE']._serialized_end=1549
   _globals['_PARTY']._serialized_start=50
-  _globals['_PARTY']._serialized_end=144
-  _globals['_AGREEMENTTERMS']._serialized_start=147
-  _globals['_AGREEMENTTERMS']._serialized_end=677
-  _globals['_PARTYSIGNATURE']._serialized_start=679
-  _globals['_PARTYSIGNATURE']._serialized_end=754
-  _globals['_SIGNEDTERMS']._serialized_start=756
-  _globals['_SIGNEDTERMS']._serialized_end=836
-  _globals['_REVOCATION']._serialized_start=838
-  _globals['_REVOCATION']._serialized_end=931
-  _globals['_SIGNEDREVOCATION']._serialized_start=933
-  _globals['_SIGNEDREVOCATION']._serialized_end=1011
-  _globals['_AGREEMENTDOCUMENT']._serialized_start=1013
-  _globals['_AGREEMENTDOCUMENT']._serialized_end=1138
-  _globals['_AGREEMENTEXCHANGE']._serialized_start=1140
-  _globals['_AGREEMENTEXCHANGE']._serialized_end=1213
+  _globals['_PARTY']._serialized_end=166
+  _globals['_AGREEMENTTERMS']._serialized_start=169
+  _globals['_AGREEMENTTERMS']._serialized_end=699
+  _globals['_PARTYSIGNATURE']._serialized_start=701
+  _globals['_PARTYSIGNATURE']._serialized_end=776
+  _globals['_SIGNEDTERMS']._serialized_start=778
+  _globals['_SIGNEDTERMS']._serialized_end=858
+  _globals['_REVOCATION']._serialized_start=860
+  _globals['_REVOCATION']._serialized_end=953
+  _globals['_SIGNEDREVOCATION']._serialized_start=955
+  _globals['_SIGNEDREVOCATION']._serialized_end=1033
+  _globals['_AGREEMENTDOCUMENT']._serialized_start=1035
+  _globals['_AGREEMENTDOCUMENT']._serialized_end=1160
+  _globals['_AGREEMENTEXCHANGE']._serialized_start=1162
+  _globals['_AGREEMENTEXCHANGE']._serialized_end=1235
 # @@protoc_insertion_point(module_scope)

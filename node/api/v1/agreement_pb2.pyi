@@ -34,16 +34,18 @@ AGREEMENT_STATE_REVOKED: AgreementState
 AGREEMENT_STATE_SUPERSEDED: AgreementState
 
 class Party(_message.Message):
-    __slots__ = ("kind", "id", "public_key", "name")
+    __slots__ = ("kind", "id", "public_key", "name", "municipality")
     KIND_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    MUNICIPALITY_FIELD_NUMBER: _ClassVar[int]
     kind: PartyKind
     id: str
     public_key: bytes
     name: str
-    def __init__(self, kind: _Optional[_Union[PartyKind, str]] = ..., id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., name: _Optional[str] = ...) -> None: ...
+    municipality: str
+    def __init__(self, kind: _Optional[_Union[PartyKind, str]] = ..., id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., name: _Optional[str] = ..., municipality: _Optional[str] = ...) -> None: ...
 
 class AgreementTerms(_message.Message):
     __slots__ = ("agreement_id", "version", "supersedes", "provider", "consumer", "purpose_code", "purpose_description", "datasets", "metrics", "aggregates", "group_by", "smallest_bucket", "longest_window_days", "min_group_size", "consent_required", "queries_per_day", "dp_epsilon", "valid_from_ms", "valid_until_ms", "created_at_ms", "dp_max_contributions")

@@ -164,7 +164,7 @@ class Row(_message.Message):
     def __init__(self, group: _Optional[str] = ..., bucket_start_ms: _Optional[int] = ..., bucket_label: _Optional[str] = ..., value: _Optional[float] = ..., readings: _Optional[int] = ..., contributors: _Optional[int] = ..., suppressed: _Optional[bool] = ..., noisy: _Optional[bool] = ...) -> None: ...
 
 class Provenance(_message.Message):
-    __slots__ = ("hub_id", "municipality", "agreement_id", "status", "reason", "partial", "latency_ms", "sealed_partial")
+    __slots__ = ("hub_id", "municipality", "agreement_id", "status", "reason", "partial", "latency_ms", "sealed_partial", "agreement")
     HUB_ID_FIELD_NUMBER: _ClassVar[int]
     MUNICIPALITY_FIELD_NUMBER: _ClassVar[int]
     AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +173,7 @@ class Provenance(_message.Message):
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     SEALED_PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
     hub_id: str
     municipality: str
     agreement_id: str
@@ -181,7 +182,8 @@ class Provenance(_message.Message):
     partial: SignedPartial
     latency_ms: float
     sealed_partial: bytes
-    def __init__(self, hub_id: _Optional[str] = ..., municipality: _Optional[str] = ..., agreement_id: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., partial: _Optional[_Union[SignedPartial, _Mapping]] = ..., latency_ms: _Optional[float] = ..., sealed_partial: _Optional[bytes] = ...) -> None: ...
+    agreement: bytes
+    def __init__(self, hub_id: _Optional[str] = ..., municipality: _Optional[str] = ..., agreement_id: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., partial: _Optional[_Union[SignedPartial, _Mapping]] = ..., latency_ms: _Optional[float] = ..., sealed_partial: _Optional[bytes] = ..., agreement: _Optional[bytes] = ...) -> None: ...
 
 class AnswerSummary(_message.Message):
     __slots__ = ("query_digest", "answered_by", "rows", "provenance", "partial", "missing_hubs", "merged_at_ms")
@@ -202,17 +204,19 @@ class AnswerSummary(_message.Message):
     def __init__(self, query_digest: _Optional[bytes] = ..., answered_by: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., provenance: _Optional[_Iterable[_Union[ProvenanceSummary, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_hubs: _Optional[_Iterable[str]] = ..., merged_at_ms: _Optional[int] = ...) -> None: ...
 
 class ProvenanceSummary(_message.Message):
-    __slots__ = ("hub_id", "status", "reason", "agreement_id", "partial_digest", "municipality")
+    __slots__ = ("hub_id", "status", "reason", "agreement_id", "partial_digest", "municipality", "agreement_digest")
     HUB_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_DIGEST_FIELD_NUMBER: _ClassVar[int]
     MUNICIPALITY_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     hub_id: str
     status: str
     reason: str
     agreement_id: str
     partial_digest: bytes
     municipality: str
-    def __init__(self, hub_id: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., agreement_id: _Optional[str] = ..., partial_digest: _Optional[bytes] = ..., municipality: _Optional[str] = ...) -> None: ...
+    agreement_digest: bytes
+    def __init__(self, hub_id: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., agreement_id: _Optional[str] = ..., partial_digest: _Optional[bytes] = ..., municipality: _Optional[str] = ..., agreement_digest: _Optional[bytes] = ...) -> None: ...

@@ -26,7 +26,7 @@ from node.api.v1 import envelope_pb2 as smartregion_dot_v1_dot_envelope__pb2
 from node.api.v1 import query_pb2 as smartregion_dot_v1_dot_query__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"smartregion/v1/query_service.proto\x12\x0esmartregion.v1\x1a\x1dsmartregion/v1/envelope.proto\x1a\x1asmartregion/v1/query.proto\"5\n\rSealedPartial\x12\x0e\n\x06sealed\x18\x01 \x01(\x0c\x12\x14\n\x0c\x61greement_id\x18\x02 \x01(\t\"\xec\x02\n\x0bQueryAnswer\x12,\n\x05query\x18\x01 \x01(\x0b\x32\x1d.smartregion.v1.SignedRequest\x12!\n\x04rows\x18\x02 \x03(\x0b\x32\x13.smartregion.v1.Row\x12.\n\nprovenance\x18\x03 \x03(\x0b\x32\x1a.smartregion.v1.Provenance\x12\x0f\n\x07partial\x18\x04 \x01(\x08\x12\x14\n\x0cmissing_hubs\x18\x05 \x03(\t\x12\x13\n\x0b\x61nswered_by\x18\x06 \x01(\t\x12\x0f\n\x07summary\x18\x07 \x01(\x0c\x12\x19\n\x11summary_signature\x18\x08 \x01(\x0c\x12\x1e\n\x16\x61nswered_by_public_key\x18\t \x01(\x0c\x12\x18\n\x10\x61sker_public_key\x18\n \x01(\x0c\x12\x1f\n\x17\x61nswered_by_key_history\x18\x0b \x03(\x0c\x12\x19\n\x11\x61sker_key_history\x18\x0c \x03(\x0c\x32\x93\x01\n\x05Query\x12\x41\n\x03Run\x12\x1d.smartregion.v1.SignedRequest\x1a\x1b.smartregion.v1.QueryAnswer\x12G\n\x07Partial\x12\x1d.smartregion.v1.SignedRequest\x1a\x1d.smartregion.v1.SealedPartialBK\n\x11no.smartregion.v1P\x01Z4smartregion.example/api/smartregion/v1;smartregionv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"smartregion/v1/query_service.proto\x12\x0esmartregion.v1\x1a\x1dsmartregion/v1/envelope.proto\x1a\x1asmartregion/v1/query.proto\"H\n\rSealedPartial\x12\x0e\n\x06sealed\x18\x01 \x01(\x0c\x12\x14\n\x0c\x61greement_id\x18\x02 \x01(\t\x12\x11\n\tagreement\x18\x03 \x01(\x0c\"\xec\x02\n\x0bQueryAnswer\x12,\n\x05query\x18\x01 \x01(\x0b\x32\x1d.smartregion.v1.SignedRequest\x12!\n\x04rows\x18\x02 \x03(\x0b\x32\x13.smartregion.v1.Row\x12.\n\nprovenance\x18\x03 \x03(\x0b\x32\x1a.smartregion.v1.Provenance\x12\x0f\n\x07partial\x18\x04 \x01(\x08\x12\x14\n\x0cmissing_hubs\x18\x05 \x03(\t\x12\x13\n\x0b\x61nswered_by\x18\x06 \x01(\t\x12\x0f\n\x07summary\x18\x07 \x01(\x0c\x12\x19\n\x11summary_signature\x18\x08 \x01(\x0c\x12\x1e\n\x16\x61nswered_by_public_key\x18\t \x01(\x0c\x12\x18\n\x10\x61sker_public_key\x18\n \x01(\x0c\x12\x1f\n\x17\x61nswered_by_key_history\x18\x0b \x03(\x0c\x12\x19\n\x11\x61sker_key_history\x18\x0c \x03(\x0c\x32\x93\x01\n\x05Query\x12\x41\n\x03Run\x12\x1d.smartregion.v1.SignedRequest\x1a\x1b.smartregion.v1.QueryAnswer\x12G\n\x07Partial\x12\x1d.smartregion.v1.SignedRequest\x1a\x1d.smartregion.v1.SealedPartialBK\n\x11no.smartregion.v1P\x01Z4smartregion.example/api/smartregion/v1;smartregionv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\021no.smartregion.v1P\001Z4smartregion.example/api/smartregion/v1;smartregionv1'
   _globals['_SEALEDPARTIAL']._serialized_start=113
-  _globals['_SEALEDPARTIAL']._serialized_end=166
-  _globals['_QUERYANSWER']._serialized_start=169
-  _globals['_QUERYANSWER']._serialized_end=533
-  _globals['_QUERY']._serialized_start=536
-  _globals['_QUERY']._serialized_end=683
+  _globals['_SEALEDPARTIAL']._serialized_end=185
+  _globals['_QUERYANSWER']._serialized_start=188
+  _globals['_QUERYANSWER']._serialized_end=552
+  _globals['_QUERY']._serialized_start=555
+  _globals['_QUERY']._serialized_end=702
 # @@protoc_insertion_point(module_scope)

@@ -9,12 +9,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SealedPartial(_message.Message):
-    __slots__ = ("sealed", "agreement_id")
+    __slots__ = ("sealed", "agreement_id", "agreement")
     SEALED_FIELD_NUMBER: _ClassVar[int]
     AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
     sealed: bytes
     agreement_id: str
-    def __init__(self, sealed: _Optional[bytes] = ..., agreement_id: _Optional[str] = ...) -> None: ...
+    agreement: bytes
+    def __init__(self, sealed: _Optional[bytes] = ..., agreement_id: _Optional[str] = ..., agreement: _Optional[bytes] = ...) -> None: ...
 
 class QueryAnswer(_message.Message):
     __slots__ = ("query", "rows", "provenance", "partial", "missing_hubs", "answered_by", "summary", "summary_signature", "answered_by_public_key", "asker_public_key", "answered_by_key_history", "asker_key_history")

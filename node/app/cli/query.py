@@ -24,6 +24,11 @@ from node.client import AdminClient
 app = typer.Typer(help="Federated aggregate queries.", no_args_is_help=True)
 
 
+def _utc(ms: int) -> str:
+    """A signed time as an ISO 8601 UTC instant (and the milliseconds it was signed as)."""
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z") + f" ({ms} ms)"
+
+
 def _date_ms(text: str, option: str) -> int:
     try:
         day = dt.date.fromisoformat(text)
@@ -143,13 +148,15 @@ def verify(
     except answers.AnswerError as exc:
         raise fail(f"{file} does NOT verify: {exc}") from None
     answer = verified.answer
-    console.print(f"query signed by {answers.readable(answer)['asked_by']}:")
+    shown = answers.readable(answer)
+    console.print(f"query signed by {shown['asked_by']} at {_utc(shown['asked_at_ms'])}:")
     for key, value in verified.query.items():
         if key != "answer_key":
             console.print(f"  {key}: {value}")
-    console.print(f"statuses signed by entry hub {answer.answered_by}:")
-    for p in answer.provenance:
-        mark = "partial signature verified ✓" if p.hub_id in verified.verified_hubs else f"{p.status}: {p.reason}"
+    console.print(f"statuses signed by entry hub {answer.answered_by} at {_utc(shown['answered_at_ms'])}:")
+    for p, signed in zip(answer.provenance, shown["provenance"], strict=True):
+        mark = (f"partial computed at {_utc(signed['computed_at_ms'])}, signature verified ✓"
+                if p.hub_id in verified.verified_hubs else f"{p.status}: {p.reason}")
         console.print(f"  hub {p.hub_id} ({p.municipality}) {p.status} under {p.agreement_id or '-'}: {mark}")
     if answer.partial:
         console.print(f"  PARTIAL: no data from {', '.join(answer.missing_hubs)}")

@@ -30,7 +30,8 @@ def terms_table(t: agreement_pb2.AgreementTerms) -> Table:
     table = Table(show_header=False, box=None)
     rows = [
         ("agreement", f"{t.agreement_id} (version {t.version}{', supersedes ' + t.supersedes if t.supersedes else ''})"),
-        ("provider", f"{t.provider.name} {t.provider.id}"),
+        # The provider's kommunenummer: every answer's partials are checked against it (docs/querying.md 7.5).
+        ("provider", f"{t.provider.name}{f' ({t.provider.municipality})' if t.provider.municipality else ''} {t.provider.id}"),
         ("consumer", f"{t.consumer.name} {t.consumer.id}"),
         ("purpose", f"{t.purpose_code}: {t.purpose_description}"),
         ("datasets", ", ".join(t.datasets)),

@@ -12,6 +12,8 @@ signed value is 5.0, and B's status as "denied" where it answered: 2 of 2 insert
 unreported.
 Smallest fix: federation/answers.py verify: parse with
 `json.loads(data, object_pairs_hook=...)` that raises AnswerError on a repeated member name.
+FIXED (askerfix): answers.load parses with an object_pairs_hook that refuses a repeated
+member name anywhere in the file.
 """
 
 from __future__ import annotations
@@ -57,8 +59,6 @@ async def test_the_unedited_file_verifies(saved):
     answers.verify(saved)
 
 
-@pytest.mark.xfail(strict=True, reason="BROKE: a repeated JSON member (rows, status) is not refused; a first-wins reader "
-                                       "sees a mean of 999.0 (signed 5.0) and a hub denied that answered")
 async def test_a_file_with_a_repeated_member_fails_verification(saved):
     forged = _inserted(saved)
     first = json.loads(forged, object_pairs_hook=_first_wins)

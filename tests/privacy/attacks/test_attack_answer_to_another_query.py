@@ -13,6 +13,7 @@ they compare the echoed query with the one they sent. With answered partials the
 (they do not open with Q2's answer key): test_attack_answer_file_replay_and_mix.
 Smallest fix: federation/query/asker.py ask: refuse an answer whose `query.payload` is not
 the request just signed (as both example clients do).
+FIXED (askerfix): asker.ask refuses an answer whose signed query is not the request it sent.
 """
 
 from __future__ import annotations
@@ -64,8 +65,6 @@ async def attacked(tmp_path_factory):
             await server.stop(0)
 
 
-@pytest.mark.xfail(strict=True, reason="BROKE: asker.ask does not check that the answer's query is the one it sent; an old "
-                                       "answer (Q1, 2019-01-01) is accepted for a new question (2019-01-02)")
 async def test_an_answer_to_another_query_is_refused(attacked):
     r, stale, address = attacked
     [a] = r.hubs

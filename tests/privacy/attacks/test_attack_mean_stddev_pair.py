@@ -10,6 +10,8 @@ readings, error < 1e-9), from cells that each have the 2 contributors the agreem
 Smallest fix: federation/query/provider.py _release (or partials.build): release a stddev cell
 only when it has at least max(min_group_size, 3) contributors (with mean and count, a stddev of
 two readings determines both), and say so in docs/privacy.md 2.
+FIXED (askerfix): partials.contributors_needed: a stddev cell needs max(k, 3) contributors
+(k >= 2); docs/privacy.md 2.5.
 """
 
 from __future__ import annotations
@@ -44,8 +46,6 @@ async def _hourly(r, aggregate: str) -> list[float | None]:
     return [by_hour.get(DAY + h * HOUR_MS) for h in range(24)]
 
 
-@pytest.mark.xfail(strict=True, reason="BROKE: with k = 2 stations, mean +- stddev/sqrt(2) gives both exact readings: "
-                                       "48 of 48 readings of the day")
 async def test_mean_and_stddev_of_a_two_station_cell_do_not_give_its_readings(attacked):
     means, stddevs = [await _hourly(attacked, agg) for agg in ("mean", "stddev")]
     recovered = 0

@@ -13,6 +13,8 @@ Smallest fix: federation/policy.py check_terms: refuse a region-wide `stddev` un
 agreement also allows `mean` (or `sum`), since merging it exactly needs each hub's sum; or
 let federation/terms.py validation refuse terms that grant `stddev` without `mean`, and say
 so in docs/privacy.md 2.3.
+FIXED (askerfix): policy.check_terms refuses a region-wide stddev unless the agreement
+also grants mean or sum (PERMISSION_DENIED); docs/privacy.md 2.3.
 """
 
 from __future__ import annotations
@@ -50,8 +52,6 @@ async def test_per_municipality_stddev_releases_its_final_value_only(attacked):
     assert (cell.sum, cell.sum_squares) == (0.0, 0.0) and cell.count == 48 and abs(cell.value - math.sqrt(48 * 25 / 47)) < 1e-9
 
 
-@pytest.mark.xfail(strict=True, reason="BROKE: a region-wide stddev partial carries sum and count: the partner recovers "
-                                       "the exact mean (15.0) and sum (720.0) the agreement does not grant")
 async def test_a_region_wide_stddev_does_not_reveal_the_mean(attacked):
     [b] = attacked.hubs
     try:

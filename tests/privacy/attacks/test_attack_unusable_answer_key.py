@@ -12,6 +12,8 @@ Smallest fix: federation/query/provider.py check_releasable: parse the key
 (X25519PublicKey.from_public_bytes) and refuse the all-zero and other low-order points with
 INVALID_ARGUMENT before anything is charged (or refund the quota too in compute when _release
 fails).
+FIXED (askerfix): provider.check_releasable refuses a low-order answer key
+(INVALID_ARGUMENT) before anything is charged.
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ from node.clock import utc_day
 pytestmark = pytest.mark.asyncio
 
 
-@pytest.mark.xfail(strict=True, reason="BROKE: an all-zero answer key is charged to the quota and answered as 'unavailable', "
-                                       "not refused with INVALID_ARGUMENT")
 async def test_an_unusable_answer_key_is_refused_and_charges_nothing(tmp_path):
     async with region(tmp_path, terms_toml(), {0: [[5.0] * 24]}, towns=(("stavanger", "1103"),)) as r:
         [a] = r.hubs
