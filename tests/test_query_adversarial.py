@@ -55,7 +55,7 @@ from query_helpers import (
     terms_toml,
 )
 
-from federation import partners
+from federation import partials, partners, policy
 from federation.partner_client import PartnerSession
 from node import senml, sketch
 from node.api.v1 import admin_pb2, query_pb2, query_service_pb2
@@ -210,6 +210,17 @@ def aggregate(values: list[float], q: query_pb2.QuerySpec) -> float:
             "stddev": lambda: statistics.stdev(values) if len(values) > 1 else 0.0}[q.aggregate]()
 
 
+def coarse_quantile(world: World, q: query_pb2.QuerySpec, cell: Cell) -> float | None:
+    """A quantile as the providing hub releases it (quantiles are per municipality, so one hub's
+    cell): read from its readings' sketch coarsened under the hub's k (docs/querying.md 7.6),
+    None when no coarsening satisfies the rules (the cell is withheld)."""
+    [(hub, rs)] = [(h, rs) for h, rs in cell.per_hub.items() if rs]
+    k = world.k(q.dataset) if hub == "B" else policy.own_data_grant().min_group_size
+    rows = [(0, *sketch.bin_of(r.value), r.sensor, 1) for r in rs]
+    coarse = partials.coarse_sketches(rows, partials.coarse_threshold(k)).get(0)
+    return None if coarse is None else partials.coarse_quantile(coarse, q.quantile)
+
+
 def assert_exact(world: World, q: query_pb2.QuerySpec, answer: query_service_pb2.QueryAnswer) -> None:
     """The answer is exactly what the readings give, with B's small cells, and B's cells that
     contain a small day, withheld (and every row they touch); A's own cells are never withheld."""
@@ -217,9 +228,15 @@ def assert_exact(world: World, q: query_pb2.QuerySpec, answer: query_service_pb2
     for cell in cells_of(world, q):
         withheld = cell.withheld_by_b(world.k(q.dataset), q.aggregate)
         readings = [r.value for rs in cell.per_hub.values() for r in rs]
+        value = 0.0
+        if not withheld and q.aggregate == "quantile":  # read from the coarsened sketch, or withheld
+            value_or_none = coarse_quantile(world, q, cell)
+            withheld, value = value_or_none is None, value_or_none or 0.0
+        elif not withheld:
+            value = aggregate(readings, q)
         expected.append((cell.group, cell.bucket_start_ms, withheld, 0 if withheld else len(readings),
                          0 if withheld else len(cell.sensors())))
-        values.append(0.0 if withheld else aggregate(readings, q))
+        values.append(value)
     assert [(r.group, r.bucket_start_ms, r.suppressed, r.readings, r.contributors) for r in answer.rows] == expected
     for row, want in zip(answer.rows, values, strict=True):
         if q.aggregate == "stddev":

@@ -280,7 +280,9 @@ def test_the_padded_size_is_that_of_the_largest_partial(aggregate, group, n):
     # values a per-municipality quantile can still be read from
     widest = query_pb2.CoarseSketch(level=partials.MIN_LEVEL, bins={
         -4000 + i: 2**64 - 1 for i in range(partials.MAX_COARSE_BINS)})
-    result = partials.build(b"d" * 32, PROVIDER, "4601", AGREEMENT, 2**32 - 1, group, rows, 2**63 - 1, aggregate,
+    # k = 1 so that every cell is released (min/max need max(k, 3) + 2 contributors), then the
+    # header's min_group_size at its longest encoding
+    result = partials.build(b"d" * 32, PROVIDER, "4601", AGREEMENT, 1, group, rows, 2**63 - 1, aggregate,
                             quantile=0.5, coarse={r.bucket_start_ms: widest for r in rows})
     result.min_group_size = 2**32 - 1
     result.dp_budget_micro = result.dp_spent_micro = 2**64 - 1

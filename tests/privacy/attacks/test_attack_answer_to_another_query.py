@@ -25,10 +25,10 @@ import pytest
 import pytest_asyncio
 from attack_helpers import DAY, HOUR_MS, day_query, region, terms_toml
 
-from federation import envelope, partials
+from federation import envelope, partials, peers
 from federation.partner_client import PartnerSession
 from federation.query import asker
-from node.api.v1 import query_service_pb2, query_service_pb2_grpc
+from node.api.v1 import federation_pb2_grpc, query_service_pb2, query_service_pb2_grpc
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -49,6 +49,18 @@ class StaleEntryHub(query_service_pb2_grpc.QueryServicer):
         return stale
 
 
+class RealDescriptor(federation_pb2_grpc.FederationServicer):
+    """The dishonest entry hub hands out A's genuine signed descriptor (a client pins by it)."""
+
+    def __init__(self, entry) -> None:
+        self.entry = entry
+
+    async def GetDescriptor(self, request, context):
+        identity = self.entry.live.hub.identity
+        async with peers.channel_to(self.entry.address, self.entry.id, identity.tls_cert_pem) as channel:
+            return await federation_pb2_grpc.FederationStub(channel).GetDescriptor(request, timeout=10)
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def attacked(tmp_path_factory):
     async with region(tmp_path_factory.mktemp("stale"), terms_toml(), {0: [[5.0] * 48]}, towns=(("stavanger", "1103"),)) as r:
@@ -56,6 +68,7 @@ async def attacked(tmp_path_factory):
         stale = StaleEntryHub(a)
         server = grpc.aio.server()
         query_service_pb2_grpc.add_QueryServicer_to_server(stale, server)
+        federation_pb2_grpc.add_FederationServicer_to_server(RealDescriptor(a), server)
         identity = a.live.hub.identity
         port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(identity.tls_key_pem, identity.tls_cert_pem)]))
         await server.start()
