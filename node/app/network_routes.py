@@ -12,10 +12,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from node.app.http_app import error_response, read_body
+from node.app.network_doors import NetworkDoors
 from node.errors import Rejected
 from node.ingest import Receipt
 from node.networks import events
-from node.networks.doors import NetworkDoors
 
 DOORS_KEY = web.AppKey("network_doors", NetworkDoors)
 PROTOBUF_TYPES = ("application/octet-stream", "application/x-protobuf", "application/protobuf")

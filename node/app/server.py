@@ -36,6 +36,7 @@ from node.app.dashboard.routes import Dashboard
 from node.app.grpc_sources import SourceLimitInterceptor
 from node.app.http_app import build_app
 from node.app.http_guard import ConnectionGuard, GuardedSite, HttpLimits
+from node.app.network_doors import NetworkDoors
 from node.app.servicers import federation as federation_servicer
 from node.app.servicers import query as query_servicer
 from node.app.servicers.admin import AdminServicer
@@ -44,7 +45,6 @@ from node.app.servicers.authenticated import add_service
 from node.app.servicers.ingest import IngestServicer
 from node.errors import Rejected
 from node.hub import Endpoint, Hub
-from node.networks.doors import NetworkDoors
 from node.tlsfiles import server_ssl_context
 
 log = logging.getLogger("smartregion.server")
