@@ -19,8 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.api.v1 import admin_pb2
+from node.app import network_doors as doors
 from node.clock import SYSTEM_CLOCK, ManualClock
-from node.networks import codecs, doors, lorawan
+from node.networks import codecs, lorawan
 from tests.conftest import make_hub_dir, start_live_hub
 from tests.network_helpers import LoraEncoder, Mosquitto, chirpstack_up, tts_up
 
