@@ -19,7 +19,7 @@ demo: $(STAMP) mosquitto
 
 # The gates (ruff, mypy) run first: a lint or type error fails the run like a test.
 test: $(STAMP) browser mosquitto nginx lorawan-encoder lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 # The gates: ruff (rule set in pyproject.toml) and mypy (strict on the modules listed there).
 lint: $(STAMP)

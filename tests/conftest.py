@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,10 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
+
+# The CLI's rich consoles are made once, when their module is first imported, with the width
+# they then see: the same for every test, whichever file (or pytest-xdist worker) imports first.
+os.environ["COLUMNS"] = "200"
 
 from node import hubdir
 from node.api.v1 import admin_pb2, admin_pb2_grpc, agreement_pb2, ingest_pb2_grpc

@@ -239,11 +239,11 @@ async def test_add_peer_reports_an_unreachable_hub_or_one_without_a_descriptor_a
     ("127.0.0.1:1", "ab" * 15, "hub id"),
     ("127.0.0.1:1", "ab" * 17, "hub id"),
     ("127.0.0.1:1", "AB" * 15 + "A", "hub id"),
-    ("localhost", X.hub_id_text, "is not HOST:PORT"),
-    ("localhost:", X.hub_id_text, "is not HOST:PORT"),
-    (":8443", X.hub_id_text, "is not HOST:PORT"),
-    ("localhost:https", X.hub_id_text, "is not HOST:PORT"),
-    ("", X.hub_id_text, "is not HOST:PORT"),
+    ("localhost", "3c7b16c11a6c61fd59503d9503796bd2", "is not HOST:PORT"),
+    ("localhost:", "3c7b16c11a6c61fd59503d9503796bd2", "is not HOST:PORT"),
+    (":8443", "3c7b16c11a6c61fd59503d9503796bd2", "is not HOST:PORT"),
+    ("localhost:https", "3c7b16c11a6c61fd59503d9503796bd2", "is not HOST:PORT"),
+    ("", "3c7b16c11a6c61fd59503d9503796bd2", "is not HOST:PORT"),
 ])
 @on_the_hubs_loop
 async def test_add_peer_refuses_malformed_input_before_fetching_anything(world, address, hub_id, fragment):
@@ -262,7 +262,7 @@ async def test_add_peer_refuses_the_hubs_own_id(world):
     await assert_no_peers(live)
 
 
-@pytest.mark.parametrize("hub_id", [X.hub_id_text, "", "   ", "not-a-hub"])
+@pytest.mark.parametrize("hub_id", [X.hub_id_text, "", "   ", "not-a-hub"], ids=["unknown-hub", "empty", "blank", "not-a-hub"])
 @on_the_hubs_loop
 async def test_remove_peer_refuses_a_hub_that_is_not_a_peer(world, hub_id):
     live, *_ = world
