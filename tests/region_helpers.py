@@ -113,6 +113,15 @@ async def start_region(base, towns: tuple[tuple[str, str], ...]) -> list[Process
     return hubs
 
 
+async def stop_frozen_or_killed(hubs: list[ProcessHub]) -> None:
+    """Stop a region whose hubs a test froze (SIGSTOP) or killed: thaw the frozen ones first,
+    then stop each, whatever its exit (for the failure tests; stop_region insists on clean exits)."""
+    for hub in hubs:
+        if hub.process.process is not None and hub.process.process.poll() is None:
+            hub.process.process.send_signal(signal.SIGCONT)
+        await hub.stop()
+
+
 async def stop_region(hubs: list[ProcessHub]) -> None:
     """Stop every hub side by side; a hub that did not exit cleanly (crashed under an attack,
     or had to be killed) fails the module, with the end of its log."""

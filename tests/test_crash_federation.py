@@ -33,7 +33,7 @@ from node.api.v1 import admin_pb2, agreement_pb2, query_pb2
 from node.app.sensor_client import Sensor, SensorCredential, replay
 from node.senml import Reading
 from tests.conftest import PASSPHRASE
-from tests.region_helpers import ProcessHub, eventually, start_all
+from tests.region_helpers import ProcessHub, eventually, start_region, stop_frozen_or_killed
 from tests.test_federation_region import TERMS
 from tests.test_query_region import AIR_TERMS
 
@@ -78,19 +78,11 @@ async def restart(hub: ProcessHub) -> None:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def region(tmp_path_factory):
     base = tmp_path_factory.mktemp("crash-federation")
-    hubs = [ProcessHub(base / name, number) for name, number in (("stavanger", "1103"), ("bergen", "4601"), ("porsgrunn", "4001"))]
-    await start_all(hubs)
+    hubs = await start_region(base, (("stavanger", "1103"), ("bergen", "4601"), ("porsgrunn", "4001")))
     try:
-        for a in hubs:
-            for b in hubs:
-                if a is not b:
-                    await a.admin("AddPeer", admin_pb2.AddPeerRequest(address=b.address, hub_id=b.hub_id))
         yield hubs
     finally:
-        for hub in hubs:
-            if hub.process.process is not None and hub.process.process.poll() is None:
-                os.kill(hub.process.process.pid, signal.SIGCONT)
-            await hub.stop()
+        await stop_frozen_or_killed(hubs)
 
 
 async def test_sigkill_during_agreement_acceptance_leaves_it_in_force_on_both_sides_after_a_retry(region):

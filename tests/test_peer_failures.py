@@ -22,7 +22,7 @@ from federation import channels, peers
 from federation.channels import ChannelPool
 from node.api.v1 import admin_pb2, agreement_pb2
 from node.clock import SYSTEM_CLOCK
-from tests.region_helpers import ProcessHub, eventually, start_all
+from tests.region_helpers import ProcessHub, eventually, start_region, stop_frozen_or_killed
 from tests.relay_helpers import Relay
 from tests.test_federation_region import TERMS
 
@@ -33,19 +33,11 @@ State = agreement_pb2.AgreementState
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def region(tmp_path_factory):
     base = tmp_path_factory.mktemp("peer-failures")
-    hubs = [ProcessHub(base / name, number) for name, number in (("stavanger", "1103"), ("bergen", "4601"), ("porsgrunn", "4001"))]
-    await start_all(hubs)
+    hubs = await start_region(base, (("stavanger", "1103"), ("bergen", "4601"), ("porsgrunn", "4001")))
     try:
-        for a in hubs:
-            for b in hubs:
-                if a is not b:
-                    await a.admin("AddPeer", admin_pb2.AddPeerRequest(address=b.address, hub_id=b.hub_id))
         yield hubs
     finally:
-        for hub in hubs:
-            if hub.process.process is not None and hub.process.process.poll() is None:
-                os.kill(hub.process.process.pid, signal.SIGCONT)
-            await hub.stop()
+        await stop_frozen_or_killed(hubs)
 
 
 async def proposal_reached(hub: ProcessHub, agreement_id: str) -> bool:
