@@ -6,6 +6,7 @@ bytes, so removing or altering any entry breaks every hash after it.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import json
@@ -85,23 +86,33 @@ class RefusalTally:
         self._clock = clock
         self._minute_ms: int | None = None
         self._sources: dict[str, _SourceTally] = {}
+        # One lock over counting and writing: a refusal counted while the background round writes
+        # the last minute waits for that write, so once a refusal returns, every minute before it
+        # is in the log (never half-swapped out and still in flight).
+        self._lock = asyncio.Lock()
 
     async def count(self, source: str, actor: str, action: str, outcome: str, detail: str) -> None:
-        minute_ms = self._clock.now_ms() // 60_000 * 60_000
-        if self._minute_ms is not None and minute_ms != self._minute_ms:
-            await self.flush()
-        self._minute_ms = minute_ms
-        if source not in self._sources and len(self._sources) >= REFUSAL_SOURCES_PER_MINUTE:
-            source = "other"
-        self._sources.setdefault(source, _SourceTally()).add(actor, action, outcome, detail)
+        async with self._lock:
+            minute_ms = self._clock.now_ms() // 60_000 * 60_000
+            if self._minute_ms is not None and minute_ms != self._minute_ms:
+                await self._write_held()
+            self._minute_ms = minute_ms
+            if source not in self._sources and len(self._sources) >= REFUSAL_SOURCES_PER_MINUTE:
+                source = "other"
+            self._sources.setdefault(source, _SourceTally()).add(actor, action, outcome, detail)
 
     async def flush_due(self) -> None:
         """Write the counts of a minute that has ended (called by the hub's background round)."""
-        if self._minute_ms is not None and self._clock.now_ms() // 60_000 * 60_000 != self._minute_ms:
-            await self.flush()
+        async with self._lock:
+            if self._minute_ms is not None and self._clock.now_ms() // 60_000 * 60_000 != self._minute_ms:
+                await self._write_held()
 
     async def flush(self) -> None:
         """Write the counts held so far, one entry per source, in one transaction."""
+        async with self._lock:
+            await self._write_held()
+
+    async def _write_held(self) -> None:
         if self._minute_ms is None or not self._sources:
             return
         minute_ms, sources = self._minute_ms, self._sources
@@ -109,6 +120,8 @@ class RefusalTally:
         entries = [AuditEntry(f"source:{source}", "auth.refused", "", "refused", tally.describe(minute_ms), minute_ms)
                    for source, tally in sources.items()]
         await record(self._storage, self._clock, *entries)
+
+
 async def admin_action(storage: Storage, now_ms: int, action: str, subject: str, detail: str = "", outcome: str = "ok") -> None:
     """Record something the hub's admin did (docs/operations.md lists the actions)."""
     entry = AuditEntry("admin", action, subject, outcome, detail, at_ms=now_ms)

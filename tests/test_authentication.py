@@ -19,7 +19,7 @@ from node import frames, identity
 from node.api.v1 import admin_pb2, envelope_pb2, federation_pb2, ingest_pb2, query_service_pb2
 from node.app.servicers.authenticated import add_service
 from node.app.servicers.federation import FederationServicer
-from node.audit import REFUSAL_SOURCES_PER_MINUTE
+from node.audit import REFUSAL_SOURCES_PER_MINUTE, RefusalTally
 from node.clock import SYSTEM_CLOCK, ManualClock
 from node.signing import hub_id_from_public_key
 from tests.conftest import LiveHub, make_hub_dir, start_live_hub
@@ -161,6 +161,40 @@ async def test_many_sources_share_one_entry_beyond_the_bound(hub):
     added = (await audit_entries(hub))[before:]
     assert len(added) == REFUSAL_SOURCES_PER_MINUTE + 1
     assert added[-1]["actor"] == "source:other" and added[-1]["detail"].startswith("50 refused")
+
+
+class _GatedStorage:
+    """The hub's real storage, with each write held until the test opens the gate."""
+
+    def __init__(self, storage):
+        self._storage, self.gate, self.writing = storage, asyncio.Event(), asyncio.Event()
+
+    async def write(self, fn):
+        self.writing.set()
+        await self.gate.wait()
+        return await self._storage.write(fn)
+
+
+async def test_a_refusal_counted_while_the_background_round_writes_waits_for_that_write(hub):
+    """Once a refusal's count returns, every earlier minute is in the log: a count during the
+    background round's write of the last minute neither races past it nor loses it."""
+    clock: ManualClock = hub.hub.clock
+    gated = _GatedStorage(hub.hub.storage)
+    tally = RefusalTally(gated, clock)  # type: ignore[arg-type]
+    before = len(await audit_entries(hub))
+    await tally.count("ipv4:10.9.9.9", "unknown", "/x", "unauthenticated", "test")
+    clock.advance(60)
+    background = asyncio.create_task(tally.flush_due())
+    await gated.writing.wait()  # the round has taken the minute and is writing it
+    counted = asyncio.create_task(tally.count("ipv4:10.9.9.9", "unknown", "/x", "unauthenticated", "test"))
+    await asyncio.sleep(0.05)
+    assert not counted.done(), "the count must wait for the write in flight"
+    gated.gate.set()
+    await asyncio.gather(background, counted)
+    added = (await audit_entries(hub))[before:]
+    assert [e["detail"][:9] for e in added] == ["1 refused"]
+    await tally.flush()
+    assert len((await audit_entries(hub))[before:]) == 2
 
 
 class _OnlyRun:
