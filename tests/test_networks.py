@@ -531,6 +531,52 @@ topics = ["application/app1/device/+/event/up"]
         tls_broker.stop()
 
 
+async def test_an_mqtt_subscription_carrying_garbage_is_bounded_like_an_http_source(tmp_path, broker, encoder):
+    """A broker's subscription is one source: after REFUSALS_BURST refused messages it is read
+    no further (`too_many_refusals`, before decoding) until its bucket refills, honest uplinks
+    on it included (the documented price of not reading a flood), and then it is served again.
+    The flood is one audit entry for the subscription."""
+    data_dir = make_hub_dir(tmp_path / "hub", "3805")
+    networks_toml(data_dir, broker.port)
+    clock = ManualClock(SYSTEM_CLOCK.now_ms())
+    live = await start_live_hub(data_dir, insecure=True, clock=clock)
+    try:
+        dev_eui = "70b3d57ed005a1c3"
+        sensor = await enrol(live, dev_eui)
+        for sub in live.running.networks.subscriptions:
+            await asyncio.wait_for(sub.subscribed.wait(), 20)
+        topic = f"application/app1/device/{dev_eui}/event/up"
+
+        def uplink(fcnt: int) -> bytes:
+            frm = encoder.encrypt(dev_addr=DEV_ADDR, fcnt=fcnt, payload=lpp(5.0 + fcnt, 1.0), app_s_key=APP_S_KEY)
+            return json.dumps(chirpstack_up(dev_eui, fcnt, frm, T0 + fcnt * 3_600_000, dev_addr=DEV_ADDR)).encode()
+
+        flood = doors.REFUSALS_BURST + 60
+        async with aiomqtt.Client("127.0.0.1", broker.port) as publisher:
+            for _ in range(flood):
+                await publisher.publish(topic, b"{not json", qos=1)
+            await publisher.publish(topic, uplink(1), qos=1)  # honest, but on the throttled subscription
+
+        async def refused() -> bool:
+            counts = await rejections(live)
+            return counts.get("malformed_uplink", 0) + counts.get("too_many_refusals", 0) == flood + 1
+
+        await wait_for(refused)
+        counts = await rejections(live)
+        assert (counts["malformed_uplink"], counts["too_many_refusals"]) == (doors.REFUSALS_BURST + 1, 60), counts
+        assert await stored(live, sensor.sensor_id) == 0
+        clock.advance(60.0)  # the bucket refills (and the minute of refusals ends)
+        async with aiomqtt.Client("127.0.0.1", broker.port) as publisher:
+            await publisher.publish(topic, uplink(2), qos=1)
+        await wait_for(lambda: _equals(stored(live, sensor.sensor_id), 2))  # pm25 and temperature of one uplink
+        await live.running.federation.refusals.flush()
+        rows = await live.hub.storage.read(lambda s: s.audit_rows())
+        entries = [json.loads(r.entry) for r in rows if json.loads(r.entry)["actor"] == "source:mqtt:regional-lorawan"]
+        assert len(entries) == 1 and entries[0]["detail"].startswith(f"{flood + 1} refused"), entries
+    finally:
+        await live.stop()
+
+
 async def test_a_source_of_refused_uplinks_is_bounded_counted_and_audited_once_a_minute(tmp_path, encoder):
     """Before: every refused uplink cost a decode and a log line, from any source, without
     bound. Now a source (here 127.0.0.2, guessing the webhook secret) has REFUSALS_BURST
