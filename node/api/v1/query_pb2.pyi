@@ -69,7 +69,7 @@ class Cell(_message.Message):
     def __init__(self, group: _Optional[str] = ..., bucket_start_ms: _Optional[int] = ..., count: _Optional[int] = ..., sum: _Optional[float] = ..., sum_squares: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., contributors: _Optional[int] = ..., sketch: _Optional[_Union[QuantileSketch, _Mapping]] = ..., suppressed: _Optional[bool] = ..., noisy: _Optional[bool] = ..., value: _Optional[float] = ..., coarse: _Optional[_Union[CoarseSketch, _Mapping]] = ...) -> None: ...
 
 class CoarseSketch(_message.Message):
-    __slots__ = ("level", "bins")
+    __slots__ = ("level", "bins", "intervals")
     class BinsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -79,9 +79,21 @@ class CoarseSketch(_message.Message):
         def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
     LEVEL_FIELD_NUMBER: _ClassVar[int]
     BINS_FIELD_NUMBER: _ClassVar[int]
+    INTERVALS_FIELD_NUMBER: _ClassVar[int]
     level: int
     bins: _containers.ScalarMap[int, int]
-    def __init__(self, level: _Optional[int] = ..., bins: _Optional[_Mapping[int, int]] = ...) -> None: ...
+    intervals: _containers.RepeatedCompositeFieldContainer[CoarseBin]
+    def __init__(self, level: _Optional[int] = ..., bins: _Optional[_Mapping[int, int]] = ..., intervals: _Optional[_Iterable[_Union[CoarseBin, _Mapping]]] = ...) -> None: ...
+
+class CoarseBin(_message.Message):
+    __slots__ = ("level", "index", "count")
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    level: int
+    index: int
+    count: int
+    def __init__(self, level: _Optional[int] = ..., index: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
 
 class QuantileSketch(_message.Message):
     __slots__ = ("alpha", "positive", "negative", "zeros")
