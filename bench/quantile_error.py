@@ -108,12 +108,13 @@ def uniform_merge(sketches: list[query_pb2.CoarseSketch]) -> query_pb2.CoarseSke
 def middle_quantile(sketch: query_pb2.CoarseSketch, q: float) -> float:
     """The previous reading: the middle ordinal of the bin holding rank q (n - 1)."""
     bins = sorted(partials.dyadic_bins([sketch]).items(), key=lambda item: item[0].first)
-    rank, seen = q * (sum(n for _, n in bins) - 1), 0
+    rank, seen, holding = q * (sum(n for _, n in bins) - 1), 0, bins[-1][0]
     for b, n in bins:
         seen += n
         if seen > rank:
+            holding = b
             break
-    return partials.ordinal_value((b.first + b.end) // 2)
+    return partials.ordinal_value((holding.first + holding.end) // 2)
 
 
 def dyadic_merge(sketches: list[query_pb2.CoarseSketch]) -> query_pb2.CoarseSketch:

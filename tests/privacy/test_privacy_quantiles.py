@@ -13,6 +13,7 @@ regression tests (federation/partials.py `coarsen`, `padded_size`; federation/se
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 
 import pytest
@@ -140,7 +141,7 @@ def assert_every_bin_follows_the_rule(readings: list[tuple[str, float]], sketch:
     assert sum(n for _, n in bins) == len(readings)
     ordered = [b for b, _ in bins]
     assert ordered == sorted(ordered, key=lambda b: b.first)
-    assert all(a.end <= b.first for a, b in zip(ordered, ordered[1:], strict=False)), "bins overlap"
+    assert all(a.end <= b.first for a, b in itertools.pairwise(ordered)), "bins overlap"
     below = above = 0
     for b, n in bins:
         inside = [(who, v) for who, v in readings if b.first <= partials.ordinal(*bin_of(v)) < b.end]
@@ -263,9 +264,10 @@ def test_a_released_quantile_is_within_the_documented_bound(values, q):
         return
     got = partials.coarse_quantile(sketch, q)
     bins = released_bins(sketch)
-    rank, before = q * (len(values) - 1), 0
-    for holding, n in bins:
+    rank, before, holding = q * (len(values) - 1), 0, bins[-1][0]
+    for b, n in bins:
         if before + n > rank:
+            holding = b
             break
         before += n
     low, high = partials.ordinal_value(holding.first), partials.ordinal_value(holding.end)
@@ -404,3 +406,38 @@ def test_a_query_whose_padded_partial_is_too_large_is_refused_before_anything_ru
                                 end_ms=31 * 86_400_000, answer_key=key)
     check_releasable(month)
     assert partials.padded_size(month, PROVIDER, "4601", AGREEMENT) < partials.MAX_SEALED_PARTIAL_BYTES
+
+
+# -- merging variable-width sketches (the asker, docs/querying.md 7.6) ---------------------------------
+
+hub_sketches = st.lists(st.tuples(st.sampled_from("ABCD"), st.floats(0.1, 1e4) | st.sampled_from([0.0, -2.0, 1.0, 10.0])),
+                        min_size=10, max_size=120).map(lambda r: partials.coarsen(bins_of(r), 2)).filter(lambda s: s is not None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(hub_sketches, hub_sketches, hub_sketches)
+def test_merging_is_commutative_associative_count_preserving_and_never_finer(a, b, c):
+    ab, ba = partials.merge_coarse(a, b), partials.merge_coarse(b, a)
+    assert ab == ba
+    assert partials.merge_coarse(ab, c) == partials.merge_coarse(a, partials.merge_coarse(b, c))
+    merged = released_bins(partials.merge_coarse(ab, c))
+    assert sum(n for _, n in merged) == sum(x.count for s in (a, b, c) for x in s.intervals)
+    assert all(x.end <= y.first for (x, _), (y, _) in itertools.pairwise(merged)), "merged bins overlap"
+    for s in (a, b, c):
+        for given_bin, _ in released_bins(s):
+            holders = [m for m, _ in merged if m.first <= given_bin.first and given_bin.end <= m.end]
+            assert len(holders) == 1, f"{given_bin} is not inside exactly one merged bin: finer than an input"
+
+
+def test_a_merged_sketch_of_an_impossible_level_is_refused():
+    bad = query_pb2.CoarseSketch(intervals=[query_pb2.CoarseBin(level=0, index=2050, count=10)])
+    with pytest.raises(partials.PartialError, match="level 0"):
+        partials.merge_coarse(None, bad)
+
+
+def test_the_older_uniform_form_is_still_read():
+    """A hub before this version sends (level, bins): it merges as bins (level, index, count)."""
+    old = query_pb2.CoarseSketch(level=4, bins={130: 10, 131: 12})
+    new = query_pb2.CoarseSketch(intervals=[query_pb2.CoarseBin(level=3, index=262, count=5)])
+    merged = released_bins(partials.merge_coarse(old, new))
+    assert merged == [(partials.DyadicBin(4, 130), 10), (partials.DyadicBin(4, 131), 17)]
