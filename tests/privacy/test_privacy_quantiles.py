@@ -116,6 +116,51 @@ async def test_a_quantile_sweep_returns_the_coarse_bins_not_the_readings(tmp_pat
         await provider.stop()
 
 
+ONE_PER_CELL_QUANTILES = TERMS.replace('smallest_bucket = "month"', 'smallest_bucket = "day"').replace(
+    'aggregates = ["mean", "count", "min", "max"]', 'aggregates = ["quantile", "mean"]')
+
+
+async def test_a_sweep_over_two_stations_does_not_single_out_a_station_alone_in_a_tail(tmp_path):
+    """Tried: a day of two stations (k = 1, so every bin needs both): A reads 24 values near 10;
+    B reads 12 near 10 and 12 near 80, alone up there. The asker sweeps q over every rank of
+    the day's per-municipality quantile. The bins may not give B's tail its own bin (one
+    contributor) nor fold it (12 readings): the bin holding B's high readings must also hold
+    readings of A, and every released value is the rule's sketch read at that rank."""
+    consumer, provider = await start_peered(tmp_path, "1103", "4601")
+    try:
+        day = ms(2019, 1)
+        a = [9.0 + 0.2 * h for h in range(24)]
+        b = [9.5 + 0.2 * h for h in range(12)] + [80.0 + h for h in range(12)]
+        stations = [("A", v) for v in a] + [("B", v) for v in b]
+        for name, values in (("A", a), ("B", b)):
+            sensor = await provider.add_sensor(tmp_path, f"station-{name}", metrics=["pm25"])
+            await asyncio.to_thread(replay, sensor, [Reading("pm25", day + h * HOUR, v) for h, v in enumerate(values)])
+        await sign_agreement(provider, consumer, ONE_PER_CELL_QUANTILES)
+        provider_id = provider.hub.config.hub_id
+        n = len(stations)
+        swept = []
+        for i in range(n):
+            answer = await consumer.admin.RunQuery(spec_for(provider_id, day, day + DAY, q=(i + 0.5) / n),
+                                                   metadata=consumer.admin_metadata)
+            [row] = answer.rows
+            assert not row.suppressed and row.readings == n
+            swept.append(row.value)
+        allowed = partials.coarsen(bins_of(stations), partials.coarse_threshold(1))
+        assert allowed is not None
+        assert_every_bin_follows_the_rule(stations, allowed, 2)
+        for i, got in enumerate(swept):
+            assert math.isclose(got, partials.coarse_quantile(allowed, (i + 0.5) / n), rel_tol=1e-12), i
+        [tail] = [d for d, _ in released_bins(allowed) if d.first <= partials.ordinal(*bin_of(80.0)) < d.end]
+        assert any(tail.first <= partials.ordinal(*bin_of(v)) < tail.end for v in a), "B's tail has a bin of its own"
+        high = sorted(b)[12:]
+        near = sum(1 for true in high if any(abs(got - true) / true < 0.02 for got in swept))
+        print(f"{n} queries: B's tail lies in a bin {gamma() ** (1 << tail.level):.1f}x wide shared with A; "
+              f"{near} of B's 12 high readings within 2 % of some released value")
+    finally:
+        await consumer.stop()
+        await provider.stop()
+
+
 # -- the coarsening rule ---------------------------------------------------------------------------
 
 def bins_of(readings: list[tuple[str, float]]) -> dict[int, tuple[int, set[str]]]:
