@@ -245,7 +245,11 @@ def test_a_coarse_sketch_has_at_most_max_coarse_bins():
 
 values_with_repeats = st.floats(-1e6, 1e6, allow_nan=False).filter(lambda v: v == 0 or abs(v) >= 1e-9) | st.sampled_from(
     [1.0, 1.001, 10.0, 10.05, 100.0, -3.0, 0.0])
-readings_of_contributors = st.lists(st.tuples(st.sampled_from("ABCDEF"), values_with_repeats), min_size=1, max_size=300)
+scattered = st.lists(st.tuples(st.sampled_from("ABCDEF"), values_with_repeats), min_size=1, max_size=300)
+# each contributor's readings in runs near one value: halves of one contributor's >= 10 readings
+clustered = st.lists(st.tuples(st.sampled_from("ABC"), st.floats(0.5, 1e3), st.integers(1, 15)), min_size=1, max_size=12).map(
+    lambda runs: [(who, centre * (1 + 0.002 * j)) for who, centre, n in runs for j in range(n)])
+readings_of_contributors = scattered | clustered
 
 
 @settings(max_examples=300, deadline=None)
@@ -363,6 +367,29 @@ def test_withheld_cells_and_counts_do_not_change_the_sealed_length():
     many = [CellRow(d * 86_400_000, 100_000, 300.0, 0.0, 0.0, 0.0, 400) for d in range(10)]
     sizes = {sealed_len(spec, partials.build(b"d" * 32, PROVIDER, "4601", AGREEMENT, 3, "region", rows, 1, "mean"))
              for rows in (big, small, many, [])}
+    assert len(sizes) == 1, sizes
+
+
+def test_the_shape_of_the_coarse_bins_does_not_change_the_sealed_length():
+    """Region-wide quantiles: a day's partial of one wide bin, of 32 fine bins (folded tails
+    and all), of withheld cells, and of no cells: one sealed length. The number and place of
+    the variable-width bins is data, and the entry hub must not see it."""
+    spec = query_pb2.QuerySpec(aggregate="quantile", quantile=0.5, group_by="region", bucket="day", start_ms=0,
+                               end_ms=3 * 86_400_000)
+    one_bin = [(w, 10.0) for w in "AB" for _ in range(10)]
+    many_bins = [(who, 2.0 * 1.5 ** i) for i in range(40) for who in "AB" for _ in range(5)] + [("A", 0.01)]
+    sizes = set()
+    for readings in (one_bin, many_bins):
+        sketch = partials.coarsen(bins_of(readings), 2)
+        assert sketch is not None
+        rows = [CellRow(d * 86_400_000, len(readings), 0.0, 0.0, 0.0, 0.0, 2) for d in range(3)]
+        sizes.add(sealed_len(spec, partials.build(b"d" * 32, PROVIDER, "4601", AGREEMENT, 1, "region", rows, 1, "quantile",
+                                                  quantile=0.5, coarse={r.bucket_start_ms: sketch for r in rows})))
+        print(f"{len(sketch.intervals)} bins: sealed {sizes}")
+    withheld = [CellRow(d * 86_400_000, 30, 0.0, 0.0, 0.0, 0.0, 2) for d in range(3)]
+    sizes.add(sealed_len(spec, partials.build(b"d" * 32, PROVIDER, "4601", AGREEMENT, 1, "region", withheld, 1, "quantile",
+                                              quantile=0.5, coarse={})))
+    sizes.add(sealed_len(spec, partials.build(b"d" * 32, PROVIDER, "4601", AGREEMENT, 1, "region", [], 1, "quantile")))
     assert len(sizes) == 1, sizes
 
 
