@@ -180,19 +180,20 @@ def coarsen(bins: Bins, threshold: int) -> query_pb2.CoarseSketch | None:
         *_, b = heapq.heappop(candidates)
         if b.level <= MIN_LEVEL:
             continue
-        halves = [(half, n, who) for half in b.halves() for n, who in [fine.within(half)] if n]
-        kept = [(half, n) for half, n, who in halves if releasable(n, len(who), threshold)]
-        if len(kept) < len(halves):  # one half thin: only a tail half at the cell's edge may fold
-            thin = next(n for half, n, who in halves if not releasable(n, len(who), threshold))
-            lower_is_thin = kept == [(halves[1][0], halves[1][1])] if len(halves) == 2 else False
-            at_edge = b == min(own, key=lambda x: x.first) if lower_is_thin else b == max(own, key=lambda x: x.first)
-            edge = 0 if lower_is_thin else 1
-            if len(halves) != 2 or len(kept) != 1 or not at_edge or not foldable(thin, edge):
+        halves = [(half, n, releasable(n, len(who), threshold)) for half in b.halves() for n, who in [fine.within(half)] if n]
+        kept = [(half, n) for half, n, qualifies in halves if qualifies]
+        if len(kept) < len(halves):
+            # A failing half may only fold into its qualifying sibling, and only as the lower
+            # half of the lowest bin (edge 0) or the upper half of the highest (edge 1).
+            if len(halves) != 2 or not kept:
                 continue
-            folded[edge] += thin
-        if len(own) - 1 + len(kept) > MAX_COARSE_BINS:
-            if len(kept) < len(halves):
-                folded[edge] -= thin
+            edge = 0 if kept[0][0] == halves[1][0] else 1
+            outermost = min(own, key=lambda x: x.first) if edge == 0 else max(own, key=lambda x: x.first)
+            thin = halves[edge][1]
+            if b != outermost or not foldable(thin, edge):
+                continue
+            folded[edge] += thin  # one bin for one: the count of bins stays within the cap
+        elif len(own) - 1 + len(kept) > MAX_COARSE_BINS:
             continue
         del own[b]
         for half, n in kept:
