@@ -129,7 +129,7 @@ async def test_a_sweep_over_two_stations_does_not_single_out_a_station_alone_in_
     consumer, provider = await start_peered(tmp_path, "1103", "4601")
     try:
         day = ms(2019, 1)
-        a = [9.0 + 0.2 * h for h in range(24)]
+        a = [9.0 + 0.1 * h for h in range(24)]
         b = [9.5 + 0.2 * h for h in range(12)] + [80.0 + h for h in range(12)]
         stations = [("A", v) for v in a] + [("B", v) for v in b]
         for name, values in (("A", a), ("B", b)):
