@@ -58,11 +58,14 @@ async def test_a_quantile_sweep_returns_the_coarse_bins_not_the_readings(tmp_pat
     rank within its bin): the sweep yields exactly the quantiles of the sketch the rule allows
     (each bin >= 3 stations, >= 10 readings, >= 8 fine bins), nothing finer.
     Also: the sealed partials of a day with data, a day of only withheld readings and a day
-    with none are all of one length (the entry hub cannot tell them apart)."""
+    with none are all of one length (the entry hub cannot tell them apart); and on a day where
+    two of the stations sit alone near 100, the bins follow k = 3 (a rule of two would give
+    those two their own bin)."""
     consumer, provider = await start_peered(tmp_path, "1103", "4601")
     try:
         truth: list[float] = []
         stations: list[tuple[str, float]] = []
+        day_3: list[tuple[str, float]] = []
         day = ms(2019, 1)
         for n in range(4):
             sensor = await provider.add_sensor(tmp_path, f"station{n}", metrics=["pm25"])
@@ -72,6 +75,10 @@ async def test_a_quantile_sweep_returns_the_coarse_bins_not_the_readings(tmp_pat
             readings = [Reading("pm25", day + h * HOUR, v) for h, v in enumerate(values)]
             if n == 0:  # one station alone on the next day: a cell below k = 3
                 readings.append(Reading("pm25", day + DAY + HOUR, 42.0))
+            if n < 3:  # day 3: three stations near 10, and stations 0 and 1 alone near 100
+                on_day_3 = [10.0 + 0.1 * h for h in range(8)] + ([100.0 + h for h in range(8)] if n < 2 else [])
+                readings += [Reading("pm25", day + 3 * DAY + h * HOUR, v) for h, v in enumerate(on_day_3)]
+                day_3 += [(f"station{n}", v) for v in on_day_3]
             await asyncio.to_thread(replay, sensor, readings)
         await sign_agreement(provider, consumer, QUANTILE_ONLY)
         provider_id = provider.hub.config.hub_id
@@ -111,6 +118,12 @@ async def test_a_quantile_sweep_returns_the_coarse_bins_not_the_readings(tmp_pat
             rows = [(r.suppressed, r.readings) for r in answer.rows]
             print(f"day {(start - day) // DAY}: rows {rows}, sealed {len(p.sealed_partial)} bytes")
         assert len(lengths) == 1, f"the sealed length tells released, withheld and empty days apart: {lengths}"
+
+        # The rule is the agreement's k = 3, not two: two stations alone near 100 get no bin.
+        by_k3, by_two = (partials.coarsen(bins_of(day_3), t) for t in (3, 2))
+        assert by_k3 is not None and by_k3 != by_two
+        [row] = (await ask(spec_for(provider_id, day + 3 * DAY, day + 4 * DAY, q=0.9))).rows
+        assert math.isclose(row.value, partials.coarse_quantile(by_k3, 0.9), rel_tol=1e-12), "the bins ignore k"
     finally:
         await consumer.stop()
         await provider.stop()
