@@ -4,12 +4,18 @@
 
 The five shipped stations (node/data/air-quality-norway/, hourly PM2.5 of 2019) are placed in
 hubs as three layouts, and every daily and monthly cell's quantiles (q = 0.1, 0.5, 0.9) are
-computed the way a provider releases them, BEFORE and AFTER the rule of federation/partials.py
-`coarsen` (MIN_LEVEL, MIN_BIN_READINGS, MAX_COARSE_BINS):
+computed the way a provider releases them, under four rules, all in the same run:
 
-* before: per municipality, the fine DDSketch's quantile (1 %); region-wide, each hub's sketch
-  coarsened only until every bin mixes >= max(k, 2) contributors;
-* after: both from the sketch coarsened under the current rule (`partials.coarsen`).
+* unprotected (before issue 9's second round): per municipality, the fine DDSketch's quantile
+  (1 %); region-wide, each hub's sketch coarsened only until every bin mixes >= max(k, 2)
+  contributors. Shown for scale: it released single readings;
+* uniform (the baseline): ONE level per cell, the finest L >= MIN_LEVEL at which every bin has
+  >= max(k, 2) contributors and >= MIN_BIN_READINGS readings, <= MAX_COARSE_BINS bins; merged at
+  the coarsest level; the quantile is the middle of the bin holding the rank;
+* dyadic, middle: federation/partials.py `coarsen` (variable-width bins under the same rule,
+  `dyadic_bins` to merge), the quantile still the bin's middle (isolates the bins' effect);
+* dyadic, interpolated: the same bins, the quantile interpolated by rank (`coarse_quantile`):
+  what a hub releases now.
 
 Layouts: "demo" (one station per hub, as `smartregion demo`), "one hub" (all five stations in
 one municipality), "two hubs" (three stations and two). The error of a released quantile is
@@ -55,6 +61,15 @@ def load() -> Readings:
     return out
 
 
+class Rule:
+    """How a cell's sketch is coarsened, merged across hubs and read."""
+
+    def __init__(self, coarsen: Callable[[Bins, int], query_pb2.CoarseSketch | None],
+                 merge: Callable[[list[query_pb2.CoarseSketch]], query_pb2.CoarseSketch],
+                 read: Callable[[query_pb2.CoarseSketch, float], float]) -> None:
+        self.coarsen, self.merge, self.read = coarsen, merge, read
+
+
 def old_coarsen(bins: Bins, threshold: int) -> query_pb2.CoarseSketch | None:
     """The rule before issue 9's second round: from level 0, contributors only."""
     for level in range(partials.MAX_LEVEL + 1):
@@ -67,6 +82,53 @@ def old_coarsen(bins: Bins, threshold: int) -> query_pb2.CoarseSketch | None:
     return None
 
 
+def uniform_coarsen(bins: Bins, threshold: int) -> query_pb2.CoarseSketch | None:
+    """The previous rule: the finest ONE level >= MIN_LEVEL at which every bin qualifies."""
+    for level in range(partials.MIN_LEVEL, partials.MAX_LEVEL + 1):
+        coarse: Bins = {}
+        for o, (n, who) in bins.items():
+            count, members = coarse.get(o >> level, (0, set()))
+            coarse[o >> level] = (count + n, members | who)
+        if len(coarse) <= partials.MAX_COARSE_BINS and all(
+                partials.releasable(n, len(m), threshold) for n, m in coarse.values()):
+            return query_pb2.CoarseSketch(level=level, bins={i: n for i, (n, _) in coarse.items()})
+    return None
+
+
+def uniform_merge(sketches: list[query_pb2.CoarseSketch]) -> query_pb2.CoarseSketch:
+    """The previous merge: every sketch at the coarsest level among them, counts added."""
+    level = max(s.level for s in sketches)
+    bins: dict[int, int] = {}
+    for s in sketches:
+        for index, n in s.bins.items():
+            bins[index >> (level - s.level)] = bins.get(index >> (level - s.level), 0) + n
+    return query_pb2.CoarseSketch(level=level, bins=bins)
+
+
+def middle_quantile(sketch: query_pb2.CoarseSketch, q: float) -> float:
+    """The previous reading: the middle ordinal of the bin holding rank q (n - 1)."""
+    bins = sorted(partials.dyadic_bins([sketch]).items(), key=lambda item: item[0].first)
+    rank, seen, holding = q * (sum(n for _, n in bins) - 1), 0, bins[-1][0]
+    for b, n in bins:
+        seen += n
+        if seen > rank:
+            holding = b
+            break
+    return partials.ordinal_value((holding.first + holding.end) // 2)
+
+
+def dyadic_merge(sketches: list[query_pb2.CoarseSketch]) -> query_pb2.CoarseSketch:
+    return partials.sketch_of(partials.dyadic_bins(sketches))
+
+
+RULES = {
+    "unprotected": Rule(old_coarsen, uniform_merge, middle_quantile),
+    "uniform": Rule(uniform_coarsen, uniform_merge, middle_quantile),
+    "dyadic, middle": Rule(partials.coarsen, dyadic_merge, middle_quantile),
+    "dyadic, interpolated": Rule(partials.coarsen, dyadic_merge, partials.coarse_quantile),
+}
+
+
 def bins_of(cell: list[tuple[str, float]]) -> Bins:
     bins: Bins = {}
     for who, v in cell:
@@ -76,26 +138,21 @@ def bins_of(cell: list[tuple[str, float]]) -> Bins:
     return bins
 
 
-def released(cells_by_hub: list[list[tuple[str, float]]], q: float, k: int, grouping: str,
-             coarsen: Callable[[Bins, int], query_pb2.CoarseSketch | None], fine_per_municipality: bool) -> float | None:
+def released(cells_by_hub: list[list[tuple[str, float]]], q: float, k: int, grouping: str, rule: str) -> float | None:
     """The released quantile of one cell (None: withheld)."""
     threshold = partials.coarse_threshold(k)
-    if grouping == "municipality":
-        [cell] = cells_by_hub
-        if fine_per_municipality:
-            s = Sketch()
-            for _, v in cell:
-                s.add(v)
-            return s.quantile(q)
-        sketch = coarsen(bins_of(cell), threshold)
-        return None if sketch is None else partials.coarse_quantile(sketch, q)
-    merged = None
+    if grouping == "municipality" and rule == "unprotected":
+        s = Sketch()
+        for _, v in cells_by_hub[0]:
+            s.add(v)
+        return s.quantile(q)
+    sketches = []
     for cell in cells_by_hub:
-        sketch = coarsen(bins_of(cell), threshold)
+        sketch = RULES[rule].coarsen(bins_of(cell), threshold)
         if sketch is None:
             return None
-        merged = partials.merge_coarse(merged, sketch)
-    return None if merged is None else partials.coarse_quantile(merged, q)
+        sketches.append(sketch)
+    return RULES[rule].read(RULES[rule].merge(sketches), q) if sketches else None
 
 
 def cells(readings: Readings, hubs: list[list[str]], bucket: str) -> dict[str, list[list[tuple[str, float]]]]:
@@ -110,7 +167,7 @@ def cells(readings: Readings, hubs: list[list[str]], bucket: str) -> dict[str, l
     return out
 
 
-def measure(readings: Readings, layout: str, grouping: str, bucket: str, k: int, after: bool) -> tuple[int, int, list[float]]:
+def measure(readings: Readings, layout: str, grouping: str, bucket: str, k: int, rule: str) -> tuple[int, int, list[float]]:
     """(cells asked, cells withheld, relative errors of the released quantiles)."""
     hubs = LAYOUTS[layout]
     asked = withheld = 0
@@ -123,7 +180,7 @@ def measure(readings: Readings, layout: str, grouping: str, bucket: str, k: int,
                 continue  # below the group size either way: not a quantile question
             for q in QS:
                 asked += 1
-                got = released(group, q, k, grouping, partials.coarsen if after else old_coarsen, not after)
+                got = released(group, q, k, grouping, rule)
                 if got is None:
                     withheld += 1
                     continue
@@ -138,8 +195,9 @@ def main() -> None:
     print(f"{sum(map(len, readings.values()))} hourly PM2.5 readings of {len(STATIONS)} stations; q = {QS}; "
           f"rule: level >= {partials.MIN_LEVEL}, >= {partials.MIN_BIN_READINGS} readings and >= max(k, 2) "
           f"contributors a bin, <= {partials.MAX_COARSE_BINS} bins")
-    print("| layout | grouping | bucket | k | before: withheld, median / p95 / max error | after: withheld, median / p95 / max error |")
-    print("|---|---|---|---|---|---|")
+    print("Per rule: cells withheld / asked, then median / p95 / max relative error of the released quantiles")
+    print("| layout | grouping | bucket | k | " + " | ".join(RULES) + " |")
+    print("|---|---|---|---|" + "---|" * len(RULES))
     for layout, grouping, bucket, k in [
         ("demo", "municipality", "day", 1), ("demo", "region", "day", 1),
         ("one hub", "municipality", "day", 1), ("one hub", "municipality", "day", 3),
@@ -147,15 +205,15 @@ def main() -> None:
         ("two hubs", "region", "day", 1), ("two hubs", "region", "day", 2), ("two hubs", "region", "month", 2),
     ]:
         row = []
-        for after in (False, True):
-            asked, withheld, errors = measure(readings, layout, grouping, bucket, k, after)
+        for rule in RULES:
+            asked, withheld, errors = measure(readings, layout, grouping, bucket, k, rule)
             if errors:
                 p95 = statistics.quantiles(errors, n=20)[-1] if len(errors) > 1 else errors[0]
                 figures = f"{statistics.median(errors):.1%} / {p95:.1%} / {max(errors):.1%}"
             else:
                 figures = "none released"
             row.append(f"{withheld}/{asked}, {figures}")
-        print(f"| {layout} | {grouping} | {bucket} | {k} | {row[0]} | {row[1]} |")
+        print(f"| {layout} | {grouping} | {bucket} | {k} | " + " | ".join(row) + " |")
     padding(readings)
 
 

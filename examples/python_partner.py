@@ -336,20 +336,59 @@ def ordinal_value(o: int) -> float:
     return 0.0 if o == 0 else math.copysign(2 * GAMMA ** (abs(o) - 2048) / (GAMMA + 1), o)
 
 
+LOWEST_EDGE, HIGHEST_EDGE = -1037, 35487  # bin edges gamma^x are clipped to where readings can be
+MAX_INTERPOLATED_LEVEL = 8  # a wider bin gives its middle ordinal's value
+
+
+def merged_bins(parts: list) -> list[tuple[int, int, int]]:
+    """docs/querying.md 7.6: the cells' coarse bins (level, index, count) merged. Dyadic bins
+    are nested or disjoint: each bin inside no other takes the counts of the bins inside it.
+    Sorted by first ordinal index * 2^level. The older uniform form (level, bins) is read too."""
+    given = [(b.level, b.index, b.count) for c in parts for b in c.coarse.intervals]
+    given += [(c.coarse.level, index, n) for c in parts for index, n in c.coarse.bins.items()]
+    if any(not 3 <= level <= 13 for level, _, _ in given):
+        raise ClientError("a partial holds a coarse bin outside levels 3 to 13")
+    merged: dict[tuple[int, int], int] = {}
+    for level, index, n in sorted(given, key=lambda b: -b[0]):  # the coarsest first
+        outer = next(((up, index >> (up - level)) for up in range(level, 14) if (up, index >> (up - level)) in merged),
+                     (level, index))
+        merged[outer] = merged.get(outer, 0) + n
+    return sorted(((level, index, n) for (level, index), n in merged.items()), key=lambda b: b[1] << b[0])
+
+
+def value_in_bin(level: int, index: int, f: float) -> float:
+    """The value at fraction f of the way through bin (level, index): geometric between its edges."""
+    first, end = index << level, (index + 1) << level
+    if level > MAX_INTERPOLATED_LEVEL:
+        return ordinal_value((first + end) // 2)
+
+    def clip(x: int) -> int:
+        return min(max(x, LOWEST_EDGE), HIGHEST_EDGE)
+
+    if first > 0:
+        lo, hi = clip(first - 2049), clip(end - 2049)
+        return float(GAMMA ** (lo + f * (hi - lo)))
+    if end <= 0:
+        lo, hi = clip(-end - 2048), clip(-first - 2048)
+        return -float(GAMMA ** (hi - f * (hi - lo)))
+    top = end - 2049  # the bin holding zero
+    return 0.0 if top < LOWEST_EDGE else f * float(GAMMA ** clip(top))
+
+
 def coarse_quantile(parts: list, q: float) -> float:
-    """Region-wide quantile: all coarse sketches at the coarsest level, counts added, then the
-    middle ordinal of the first bin whose cumulative count exceeds q * (n - 1)."""
-    level = max(c.coarse.level for c in parts)
-    bins: dict[int, int] = {}
-    for c in parts:
-        for index, n in c.coarse.bins.items():
-            bins[index >> (level - c.coarse.level)] = bins.get(index >> (level - c.coarse.level), 0) + n
-    rank, seen, width = q * (sum(bins.values()) - 1), 0, 1 << level
-    for index in sorted(bins):
-        seen += bins[index]
-        if seen > rank:
-            break
-    return ordinal_value(index * width + width // 2)
+    """Region-wide quantile: the merged bins; in the first whose cumulative count exceeds
+    r = q * (n - 1), the value at fraction (r - before + 1) / (count + 1) of the way through it."""
+    bins = merged_bins(parts)
+    total = sum(n for _, _, n in bins)
+    if total == 0:
+        return math.nan
+    rank, before = q * (total - 1), 0
+    for level, index, n in bins:
+        if n and before + n > rank:
+            return value_in_bin(level, index, (rank - before + 1) / (n + 1))
+        before += n
+    level, index, n = bins[-1]
+    return value_in_bin(level, index, n / (n + 1))
 
 
 def merge(partials: list, spec: query_pb2.QuerySpec) -> list[dict]:

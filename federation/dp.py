@@ -164,5 +164,5 @@ def noisy_cells(cells: list[CellRow], aggregate: str, epsilon: float, bounds: tu
         if noisy_subjects < min_group_size:
             withheld.add(cell.bucket_start_ms)
         out.append(replace(cell, count=max(0, round(noisy_count)) if c.count_epsilon else 0, sum=noisy_sum,
-                           sum_squares=0.0, min=0.0, max=0.0, sketch_bins=[]))
+                           sum_squares=0.0, min=0.0, max=0.0))
     return Noised(out, frozenset(withheld), c)

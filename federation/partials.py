@@ -15,10 +15,12 @@ What leaves a provider is no finer than its agreement:
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import heapq
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from federation.query_spec import buckets, label
@@ -26,12 +28,15 @@ from node.api.v1 import query_pb2, query_service_pb2
 from node.identity import HubIdentity
 from node.keychain import key_of_hub
 from node.signing import Domain, sign, verify
-from node.sketch import bin_of, representative
+from node.sketch import MIN_INDEXABLE, bin_of, gamma, representative
 from node.storage.base import CellRow
 
 
 class PartialError(ValueError):
     pass
+
+
+GAMMA = gamma()
 
 
 def query_digest(signed_query_payload: bytes) -> bytes:
@@ -54,15 +59,48 @@ RELEASED_FIELDS = {
 # -- quantiles: a coarsened sketch ---------------------------------------------------------------
 # A quantile is an order statistic: read from a fine sketch it IS one reading (to 1 %), and an
 # asker chooses q. So every quantile that leaves a hub, per municipality or region-wide, is read
-# from a sketch coarsened until each released bin mixes readings of >= max(k, 2) contributors,
-# holds >= MIN_BIN_READINGS readings, spans >= 2^MIN_LEVEL fine bins (a factor gamma^8, 17 %),
-# and there are at most MAX_COARSE_BINS bins (so a sealed partial's size is bounded). What an
-# asker can learn, by sweeping q, is that histogram: never a reading to better than its bin.
+# from a sketch coarsened into dyadic bins, each of which mixes readings of >= max(k, 2)
+# contributors, holds >= MIN_BIN_READINGS readings and spans >= 2^MIN_LEVEL fine bins (a factor
+# gamma^8, 17 %), with at most MAX_COARSE_BINS bins (so a sealed partial's size is bounded).
+# What an asker can learn, by sweeping q, is that histogram: never a reading to better than its bin.
 ORDINAL_OFFSET = 2048  # keys of |v| >= MIN_INDEXABLE are > -1100: positive ordinals stay positive
 MIN_LEVEL = 3          # a released bin is >= 8 fine bins wide: values within a factor gamma^8 = 1.173
 MIN_BIN_READINGS = 10  # and holds at least this many readings
 MAX_COARSE_BINS = 32   # and there are at most this many bins in one cell's sketch
-MAX_LEVEL = 13         # at 2^13 every positive ordinal (and zero) shares bin 0, every negative bin -1
+MAX_LEVEL = 13         # the coarsest bins: 8192 fine bins, a factor 1.8e71 (every reading below 1e53 in one)
+# Interpolation works between fine-bin edges gamma^x; x is kept where readings can be: from the
+# lower edge of the fine bin holding MIN_INDEXABLE to the last finite edge (the largest double's
+# fine bin has no finite upper edge).
+LOWEST_EDGE = bin_of(MIN_INDEXABLE)[1] - 1
+HIGHEST_EDGE = bin_of(sys.float_info.max)[1] - 1
+# Wider bins than this (a factor gamma^256 = 166) say too little of where their readings lie
+# to interpolate (bench/quantile_error.py: a geometric guess across a bin 10^17 wide is off by
+# 10^16); their quantile is the middle ordinal's value, as before interpolation.
+MAX_INTERPOLATED_LEVEL = 8
+
+Bins = dict[int, tuple[int, set[str]]]  # fine ordinal -> (readings, contributors)
+
+
+@dataclass(frozen=True, order=True)
+class DyadicBin:
+    """Coarse bin (level, index): the fine ordinals [index * 2^level, (index + 1) * 2^level)."""
+
+    level: int
+    index: int
+
+    @property
+    def first(self) -> int:
+        return self.index << self.level
+
+    @property
+    def end(self) -> int:
+        return (self.index + 1) << self.level
+
+    def halves(self) -> tuple[DyadicBin, DyadicBin]:
+        return DyadicBin(self.level - 1, 2 * self.index), DyadicBin(self.level - 1, 2 * self.index + 1)
+
+    def parent(self) -> DyadicBin:
+        return DyadicBin(self.level + 1, self.index >> 1)
 
 
 def ordinal(sign: int, key: int) -> int:
@@ -75,27 +113,109 @@ def ordinal_value(o: int) -> float:
     return math.copysign(representative(abs(o) - ORDINAL_OFFSET), o)
 
 
-def coarsen(bins: dict[int, tuple[int, set[str]]], threshold: int) -> query_pb2.CoarseSketch | None:
-    """The finest level >= MIN_LEVEL at which every coarse bin holds readings of >= threshold
-    distinct contributors and >= MIN_BIN_READINGS readings, and there are at most
-    MAX_COARSE_BINS bins; None if even the coarsest level does not (the cell is then withheld)."""
-    for level in range(MIN_LEVEL, MAX_LEVEL + 1):
-        coarse: dict[int, tuple[int, set[str]]] = {}
-        for o, (n, who) in bins.items():
-            index = o >> level  # floor division by 2^level, negatives included
-            count, members = coarse.get(index, (0, set()))
-            coarse[index] = (count + n, members | who)
-        if len(coarse) <= MAX_COARSE_BINS and all(
-                len(members) >= threshold and count >= MIN_BIN_READINGS for count, members in coarse.values()):
-            return query_pb2.CoarseSketch(level=level, bins={i: n for i, (n, _) in coarse.items()})
-    return None
+class _FineBins:
+    """A cell's fine bins in ordinal order, summed over any dyadic bin."""
+
+    def __init__(self, bins: Bins) -> None:
+        self.ordinals = sorted(bins)
+        self.bins = bins
+
+    def within(self, b: DyadicBin) -> tuple[int, set[str]]:
+        lo, hi = bisect.bisect_left(self.ordinals, b.first), bisect.bisect_left(self.ordinals, b.end)
+        count, members = 0, set()
+        for o in self.ordinals[lo:hi]:
+            n, who = self.bins[o]
+            count += n
+            members |= who
+        return count, members
+
+
+def releasable(count: int, contributors: int, threshold: int) -> bool:
+    """The rule every released bin meets (besides its width, level >= MIN_LEVEL)."""
+    return contributors >= threshold and count >= MIN_BIN_READINGS
+
+
+def coarsen(bins: Bins, threshold: int) -> query_pb2.CoarseSketch | None:
+    """Dyadic bins, each of whose own readings are of >= threshold distinct contributors and
+    number >= MIN_BIN_READINGS, level >= MIN_LEVEL, at most MAX_COARSE_BINS of them; None if
+    no such bins cover the cell (it is then withheld). docs/querying.md 7.6.
+
+    From the level-MAX_LEVEL bins, the bin holding the most readings (then the coarsest, then
+    the lowest) is split into its non-empty halves if each of them qualifies and the bin count
+    stays within MAX_COARSE_BINS; otherwise it is final. Splitting the largest first spends the
+    bin budget where most ranks, hence most quantiles, fall. An empty half is no released bin:
+    it says what the uniform rule's absent bins said, that no reading lies there.
+
+    Tails: a half that fails the rule only stops the split where it lies inside the data. At the
+    cell's lower (upper) edge, i.e. below (above) every other bin, its readings are instead
+    counted in the other half, as long as fewer than MIN_BIN_READINGS readings are so folded at
+    that edge in all: a few outliers (one reading at 0.7 when the rest are 1.5 to 50) would
+    otherwise keep the whole cell in one bin 10^17 wide (a dyadic boundary falls at 1.0)."""
+    fine = _FineBins(bins)
+    own: dict[DyadicBin, int] = {}  # each bin's own readings; the folded ones ride in the extreme bins
+    top = sorted({DyadicBin(MAX_LEVEL, o >> MAX_LEVEL) for o in fine.ordinals})
+    stats = {b: fine.within(b) for b in top}
+    folded = [0, 0]  # readings folded in at the lower, the upper edge
+
+    def foldable(count: int, edge: int) -> bool:
+        return folded[edge] + count < MIN_BIN_READINGS
+
+    for edge in (0, 1):  # thin outer bins of the top level fold inwards too
+        while len(stats) > 1:
+            outer = min(stats) if edge == 0 else max(stats)
+            count, members = stats[outer]
+            if releasable(count, len(members), threshold) or not foldable(count, edge):
+                break
+            folded[edge] += count
+            del stats[outer]
+    for b, (count, members) in stats.items():
+        if not releasable(count, len(members), threshold):
+            return None
+        own[b] = count
+    if len(own) > MAX_COARSE_BINS:
+        return None
+    candidates = [(-n, -b.level, b.index, b) for b, n in own.items()]
+    heapq.heapify(candidates)
+    while candidates:
+        *_, b = heapq.heappop(candidates)
+        if b.level <= MIN_LEVEL:
+            continue
+        halves = [(half, n, releasable(n, len(who), threshold)) for half in b.halves() for n, who in [fine.within(half)] if n]
+        kept = [(half, n) for half, n, qualifies in halves if qualifies]
+        if len(kept) < len(halves):
+            # A failing half may only fold into its qualifying sibling, and only as the lower
+            # half of the lowest bin (edge 0) or the upper half of the highest (edge 1).
+            if len(halves) != 2 or not kept:
+                continue
+            edge = 0 if kept[0][0] == halves[1][0] else 1
+            outermost = min(own, key=lambda x: x.first) if edge == 0 else max(own, key=lambda x: x.first)
+            thin = halves[edge][1]
+            if b != outermost or not foldable(thin, edge):
+                continue
+            folded[edge] += thin  # one bin for one: the count of bins stays within the cap
+        elif len(own) - 1 + len(kept) > MAX_COARSE_BINS:
+            continue
+        del own[b]
+        for half, n in kept:
+            own[half] = n
+            heapq.heappush(candidates, (-n, -half.level, half.index, half))
+    ordered = sorted(own, key=lambda x: x.first)
+    released = dict(own)
+    released[ordered[0]] += folded[0]
+    released[ordered[-1]] += folded[1]
+    return sketch_of(released)
+
+
+def sketch_of(bins: dict[DyadicBin, int]) -> query_pb2.CoarseSketch:
+    return query_pb2.CoarseSketch(intervals=[query_pb2.CoarseBin(level=b.level, index=b.index, count=n)
+                                             for b, n in sorted(bins.items(), key=lambda item: item[0].first)])
 
 
 def coarse_sketches(rows: list[tuple[int, int, int, str, int]], threshold: int) -> dict[int, query_pb2.CoarseSketch]:
     """Per bucket, the coarsened sketch of (bucket, sign, key, contributor, readings) rows (as
     the storage's sketch_bins_by_contributor yields them); a bucket that cannot be coarsened
     is left out (and then withheld)."""
-    by_bucket: dict[int, dict[int, tuple[int, set[str]]]] = {}
+    by_bucket: dict[int, Bins] = {}
     for b, sg, k, c, n in rows:
         bins = by_bucket.setdefault(b, {})
         o = ordinal(sg, k)
@@ -109,29 +229,68 @@ def coarse_sketches(rows: list[tuple[int, int, int, str, int]], threshold: int) 
     return out
 
 
-def coarse_quantile(sketch: query_pb2.CoarseSketch, q: float) -> float:
-    """The representative (middle ordinal) of the first coarse bin whose cumulative count
-    exceeds q * (n - 1); nan if empty."""
-    total = sum(sketch.bins.values())
-    if total == 0:
-        return math.nan
-    rank, seen = q * (total - 1), 0
-    width = 1 << sketch.level
-    for index in sorted(sketch.bins):
-        seen += sketch.bins[index]
-        if seen > rank:
-            return ordinal_value(index * width + width // 2)
-    return ordinal_value(max(sketch.bins) * width + width // 2)
+def dyadic_bins(sketches: Iterable[query_pb2.CoarseSketch]) -> dict[DyadicBin, int]:
+    """The merge of coarse sketches: dyadic bins are nested or disjoint, so the bins of all of
+    them that lie in no other bin partition the readings; each takes the counts of every bin
+    inside it. Never finer than any input's bin. Reads the uniform form (`level`, `bins`) too."""
+    given: list[tuple[DyadicBin, int]] = []
+    for sketch in sketches:
+        given += [(DyadicBin(b.level, b.index), b.count) for b in sketch.intervals]
+        given += [(DyadicBin(sketch.level, index), n) for index, n in sketch.bins.items()]
+    for b, _ in given:
+        if not MIN_LEVEL <= b.level <= MAX_LEVEL:
+            raise PartialError(f"a coarse sketch holds a bin of level {b.level}: levels are {MIN_LEVEL} to {MAX_LEVEL}")
+    merged: dict[DyadicBin, int] = {}
+    for b, n in sorted(given, key=lambda item: -item[0].level):  # the coarsest first: it takes in those inside it
+        outer = b
+        while outer not in merged and outer.level < MAX_LEVEL:
+            outer = outer.parent()
+        target = outer if outer in merged else b
+        merged[target] = merged.get(target, 0) + n
+    return merged
 
 
 def merge_coarse(a: query_pb2.CoarseSketch | None, b: query_pb2.CoarseSketch) -> query_pb2.CoarseSketch:
-    """Both at the coarser of the two levels, counts added."""
-    level = max(a.level if a is not None else 0, b.level)
-    bins: dict[int, int] = {}
-    for sketch in (s for s in (a, b) if s is not None):
-        for index, n in sketch.bins.items():
-            bins[index >> (level - sketch.level)] = bins.get(index >> (level - sketch.level), 0) + n
-    return query_pb2.CoarseSketch(level=level, bins=bins)
+    return sketch_of(dyadic_bins([b] if a is None else [a, b]))
+
+
+def value_in_bin(b: DyadicBin, f: float) -> float:
+    """The value at fraction f (0 < f < 1) of the way through bin b's readings in increasing
+    order: geometric between the bin's value edges gamma^lo and gamma^hi (a log-scale sketch's
+    bins are equally wide in log value), mirrored for negative bins, and linear from 0 for the
+    bin holding zero. The edges are clipped to [LOWEST_EDGE, HIGHEST_EDGE], where readings can be.
+    A bin above MAX_INTERPOLATED_LEVEL gives its middle ordinal's value."""
+    if b.level > MAX_INTERPOLATED_LEVEL:
+        return ordinal_value((b.first + b.end) // 2)
+
+    def clip(x: int) -> int:
+        return min(max(x, LOWEST_EDGE), HIGHEST_EDGE)
+
+    if b.first > 0:  # ordinals o = key + 2048; fine bin `key` holds (gamma^(key - 1), gamma^key]
+        lo, hi = clip(b.first - ORDINAL_OFFSET - 1), clip(b.end - ORDINAL_OFFSET - 1)
+        return float(GAMMA ** (lo + f * (hi - lo)))
+    if b.end <= 0:  # ordinals o = -(key + 2048): the most negative ordinal is the largest magnitude
+        lo, hi = clip(-b.end - ORDINAL_OFFSET), clip(-b.first - ORDINAL_OFFSET)
+        return -float(GAMMA ** (hi - f * (hi - lo)))
+    top = b.end - ORDINAL_OFFSET - 1  # the bin holding zero: 0, then positives up to gamma^top
+    return 0.0 if top < LOWEST_EDGE else f * float(GAMMA ** clip(top))
+
+
+def coarse_quantile(sketch: query_pb2.CoarseSketch, q: float) -> float:
+    """The value at rank r = q * (n - 1): in the first bin (by first ordinal) whose cumulative
+    count exceeds r, at fraction (r - before + 1) / (count + 1) of the way through it, where
+    `before` counts the readings of the bins below; nan if empty. Reads the bins only."""
+    bins = sorted(dyadic_bins([sketch]).items(), key=lambda item: item[0].first)
+    total = sum(n for _, n in bins)
+    if total == 0:
+        return math.nan
+    rank, before = q * (total - 1), 0
+    for b, n in bins:
+        if n and before + n > rank:
+            return value_in_bin(b, (rank - before + 1) / (n + 1))
+        before += n
+    b, n = bins[-1]  # q = 1 with rounding: the top of the last bin
+    return value_in_bin(b, n / (n + 1))
 
 
 def coarse_threshold(min_group_size: int) -> int:
@@ -206,7 +365,7 @@ def build(digest: bytes, provider: str, municipality: str, agreement_id: str, mi
 # the length says nothing about which cells were withheld or how many readings they hold.
 MAX_SEALED_PARTIAL_BYTES = 2 * 1024 * 1024  # refused above: a few hubs' partials fit one 16 MiB answer
 _U64, _U32, _I64 = 2**64 - 1, 2**32 - 1, 2**63 - 1
-# The largest |coarse bin index| (at MIN_LEVEL) of any finite reading.
+# The largest |coarse bin index| of any finite reading (at MIN_LEVEL; coarser bins have smaller ones).
 LARGEST_COARSE_INDEX = (ORDINAL_OFFSET + bin_of(sys.float_info.max)[1]) >> MIN_LEVEL
 
 
@@ -228,10 +387,9 @@ def _largest_cell(group: str, aggregate: str, per_municipality: bool) -> query_p
                           value=1.0 if per_municipality else 0.0)
     for name in released - {"coarse"}:
         setattr(cell, name, 1.0)  # a double is 8 bytes whatever its value (0.0 is left out)
-    if "coarse" in released:
-        cell.coarse.level = MAX_LEVEL
-        for i in range(MAX_COARSE_BINS):
-            cell.coarse.bins[-LARGEST_COARSE_INDEX - 1 + i] = _U64  # keys of the longest zigzag encoding a sketch can have
+    if "coarse" in released:  # indices of the longest zigzag encoding a sketch can have; levels are all one byte
+        cell.coarse.intervals.extend(query_pb2.CoarseBin(level=MAX_LEVEL, index=-LARGEST_COARSE_INDEX - 1 + i, count=_U64)
+                                     for i in range(MAX_COARSE_BINS))
     return cell
 
 

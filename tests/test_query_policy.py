@@ -788,7 +788,7 @@ def test_sketch_quantile_is_within_alpha_of_the_true_value_at_that_rank(values, 
 def test_merging_sketches_equals_sketching_the_union(parts):
     merged = sketch_of(parts[0])
     for part in parts[1:]:
-        merged = merged.merge(sketch.Sketch.from_proto(sketch_of(part).to_proto()))  # as it travels in a partial
+        merged = merged.merge(sketch_of(part))
     union = sketch_of([v for part in parts for v in part])
     assert (merged.positive, merged.negative, merged.zeros) == (union.positive, union.negative, union.zeros)
     for q in (0.0, 0.01, 0.25, 0.5, 0.9, 0.99, 1.0):

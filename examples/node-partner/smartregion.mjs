@@ -660,27 +660,65 @@ export function ordinalValue(o) {
   return o === 0 ? 0 : Math.sign(o) * ((2 * GAMMA ** (Math.abs(o) - 2048)) / (GAMMA + 1));
 }
 
-/** Region-wide quantile: all coarse sketches at the coarsest level, counts added, then the
- * middle ordinal of the first bin whose cumulative count exceeds q * (n - 1). */
-export function coarseQuantile(parts, q) {
-  const level = Math.max(...parts.map((c) => c.coarse.level));
-  const bins = new Map();
+const LOWEST_EDGE = -1037; // bin edges gamma^x are clipped to where readings can be
+const HIGHEST_EDGE = 35487;
+const MAX_INTERPOLATED_LEVEL = 8; // a wider bin gives its middle ordinal's value
+
+/** docs/querying.md 7.6: the cells' coarse bins [level, index, count] merged. Dyadic bins are
+ * nested or disjoint: each bin inside no other takes the counts of the bins inside it. Sorted by
+ * first ordinal index * 2^level. The older uniform form (level, bins) is read too. */
+export function mergedBins(parts) {
+  const given = [];
   for (const c of parts) {
-    for (const [key, n] of Object.entries(c.coarse.bins)) {
-      const index = Math.floor(Number(key) / 2 ** (level - c.coarse.level));
-      bins.set(index, (bins.get(index) ?? 0) + Number(n));
+    for (const b of c.coarse.intervals ?? []) given.push([b.level, Number(b.index), Number(b.count)]);
+    for (const [index, n] of Object.entries(c.coarse.bins ?? {})) given.push([c.coarse.level, Number(index), Number(n)]);
+  }
+  if (given.some(([level]) => level < 3 || level > 13)) throw new SmartregionError('a partial holds a coarse bin outside levels 3 to 13');
+  const merged = new Map();
+  for (const [level, index, n] of given.sort((x, y) => y[0] - x[0])) { // the coarsest first
+    let key = `${level}|${index}`;
+    for (let up = level; up <= 13; up += 1) {
+      const candidate = `${up}|${Math.floor(index / 2 ** (up - level))}`;
+      if (merged.has(candidate)) { key = candidate; break; }
     }
+    merged.set(key, (merged.get(key) ?? 0) + n);
   }
-  const total = [...bins.values()].reduce((a, b) => a + b, 0);
-  const width = 2 ** level;
-  let seen = 0;
-  let found = 0;
-  for (const index of [...bins.keys()].sort((x, y) => x - y)) {
-    seen += bins.get(index);
-    found = index;
-    if (seen > q * (total - 1)) break;
+  return [...merged.entries()].map(([key, n]) => [...key.split('|').map(Number), n])
+    .sort((x, y) => x[1] * 2 ** x[0] - y[1] * 2 ** y[0]);
+}
+
+/** The value at fraction f of the way through bin (level, index): geometric between its edges. */
+export function valueInBin(level, index, f) {
+  const first = index * 2 ** level;
+  const end = (index + 1) * 2 ** level;
+  if (level > MAX_INTERPOLATED_LEVEL) return ordinalValue(Math.floor((first + end) / 2));
+  const clip = (x) => Math.min(Math.max(x, LOWEST_EDGE), HIGHEST_EDGE);
+  if (first > 0) {
+    const lo = clip(first - 2049); const hi = clip(end - 2049);
+    return GAMMA ** (lo + f * (hi - lo));
   }
-  return ordinalValue(found * width + Math.floor(width / 2));
+  if (end <= 0) {
+    const lo = clip(-end - 2048); const hi = clip(-first - 2048);
+    return -(GAMMA ** (hi - f * (hi - lo)));
+  }
+  const top = end - 2049; // the bin holding zero
+  return top < LOWEST_EDGE ? 0 : f * GAMMA ** clip(top);
+}
+
+/** Region-wide quantile: the merged bins; in the first whose cumulative count exceeds
+ * r = q * (n - 1), the value at fraction (r - before + 1) / (count + 1) of the way through it. */
+export function coarseQuantile(parts, q) {
+  const bins = mergedBins(parts);
+  const total = bins.reduce((a, b) => a + b[2], 0);
+  if (total === 0) return NaN;
+  const rank = q * (total - 1);
+  let before = 0;
+  for (const [level, index, n] of bins) {
+    if (n && before + n > rank) return valueInBin(level, index, (rank - before + 1) / (n + 1));
+    before += n;
+  }
+  const [level, index, n] = bins[bins.length - 1];
+  return valueInBin(level, index, n / (n + 1));
 }
 
 /** docs/querying.md 7.6: per municipality each cell is one provider's final value, taken as is;

@@ -181,7 +181,7 @@ class Provider:
         finest = policy.finest_grain(grant.smallest_bucket)  # two allowed windows differ by whole grains
         if grant.min_group_size <= 1 or not bucket_finer(finest, request.bucket):
             return frozenset()
-        finer = replace(request, bucket=finest, with_sketch=False)
+        finer = replace(request, bucket=finest)
         subcells = await self.hub.storage.read(lambda s: s.aggregate(finer))
         withheld: set[int] = set()
         for sub in subcells:
@@ -241,7 +241,7 @@ class Provider:
         now = self.hub.clock.now_ms()
         line = ReleaseLine(grant.asker_id, spec.dataset, spec.metric)
         grain = policy.finest_grain(grant.smallest_bucket)
-        exact = replace(request, with_sketch=False, clamp=None, max_contributions=None)
+        exact = replace(request, clamp=None, max_contributions=None)
         outcome: dict[int, releases.Withholding] = {}
         extents: dict[int, tuple[int, int]] = {}
         for cell in cells:

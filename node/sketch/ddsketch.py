@@ -5,8 +5,7 @@ negative values in mirrored bins; |v| below MIN_INDEXABLE in a zero count. Every
 bin is within a factor (1 ± alpha) of the bin's representative, so any quantile read from the
 sketch is within relative error alpha of a true value at that rank. Bins add when merging,
 exactly. The algorithm only: node/sketch/sql.py bins in SQLite with the same rule, so a
-provider builds its sketch without raw values ever reaching Python; node/sketch/wire.py
-converts to and from the protobuf message.
+provider builds its sketch without raw values ever reaching Python.
 """
 
 from __future__ import annotations

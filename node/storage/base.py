@@ -202,7 +202,6 @@ class CellRow:
     min: float
     max: float
     contributors: int
-    sketch_bins: list[tuple[int, int, int]] = field(default_factory=list)  # (sign, key, count)
 
 
 @dataclass(frozen=True)
@@ -250,7 +249,6 @@ class AggregateRequest:
     end_ms: int
     bucket: str                   # hour, day, week, month, year, window
     consent_purpose: str | None   # only subjects with active consent for this purpose count
-    with_sketch: bool = False
     clamp: tuple[float, float] | None = None  # values clamped to [low, high] before summing (DP)
     max_contributions: int | None = None  # at most this many readings per contributor and cell (DP)
 

@@ -51,14 +51,7 @@ class QueryTables(Connected):
             f"SELECT b, count(*), sum(v), sum(v * v), min(v), max(v), count(DISTINCT c) FROM ({rows_sql}) GROUP BY b ORDER BY b",
             params,
         ).fetchall()
-        cells = {row[0]: CellRow(*row) for row in rows}
-        if req.with_sketch and cells:
-            sign, key = bin_sql("v")
-            for b, sg, k, n in self.conn.execute(
-                f"SELECT b, {sign} AS sg, {key} AS k, count(*) FROM ({rows_sql}) GROUP BY b, sg, k", params,
-            ):
-                cells[b].sketch_bins.append((sg, k, n))
-        return list(cells.values())
+        return [CellRow(*row) for row in rows]
 
     def sketch_bins_by_contributor(self, req: AggregateRequest) -> list[tuple[int, int, int, str, int]]:
         """(bucket, sign, key, contributor, readings) for coarsening a sketch (partials.coarsen);

@@ -13,6 +13,7 @@ regression tests (federation/partials.py `coarsen`, `padded_size`; federation/se
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 
 import pytest
@@ -53,21 +54,31 @@ def spec_for(provider_id: str, start_ms: int, end_ms: int, aggregate: str = "qua
 async def test_a_quantile_sweep_returns_the_coarse_bins_not_the_readings(tmp_path):
     """Tried: the attacker's sweep, 23 daily quantiles of one municipality's day (4 stations,
     6 hourly readings each, k = 3), one per rank. Before: 23 of 24 readings recovered, worst
-    error 2 %. Now each released value is a coarse bin's middle: the sweep yields at most
-    n / MIN_BIN_READINGS distinct values, and (measured) none of the readings within 2 %.
+    error 2 %. Now every released value is read from the coarse sketch alone (interpolated by
+    rank within its bin): the sweep yields exactly the quantiles of the sketch the rule allows
+    (each bin >= 3 stations, >= 10 readings, >= 8 fine bins), nothing finer.
     Also: the sealed partials of a day with data, a day of only withheld readings and a day
-    with none are all of one length (the entry hub cannot tell them apart)."""
+    with none are all of one length (the entry hub cannot tell them apart); and on a day where
+    two of the stations sit alone near 100, the bins follow k = 3 (a rule of two would give
+    those two their own bin)."""
     consumer, provider = await start_peered(tmp_path, "1103", "4601")
     try:
         truth: list[float] = []
+        stations: list[tuple[str, float]] = []
+        day_3: list[tuple[str, float]] = []
         day = ms(2019, 1)
         for n in range(4):
             sensor = await provider.add_sensor(tmp_path, f"station{n}", metrics=["pm25"])
             values = [3.0 + 7.3 * n + 1.1 * h for h in range(6)]
             truth += values
+            stations += [(f"station{n}", v) for v in values]
             readings = [Reading("pm25", day + h * HOUR, v) for h, v in enumerate(values)]
             if n == 0:  # one station alone on the next day: a cell below k = 3
                 readings.append(Reading("pm25", day + DAY + HOUR, 42.0))
+            if n < 3:  # day 3: three stations near 10, and stations 0 and 1 alone near 100
+                on_day_3 = [10.0 + 0.1 * h for h in range(8)] + ([100.0 + h for h in range(8)] if n < 2 else [])
+                readings += [Reading("pm25", day + 3 * DAY + h * HOUR, v) for h, v in enumerate(on_day_3)]
+                day_3 += [(f"station{n}", v) for v in on_day_3]
             await asyncio.to_thread(replay, sensor, readings)
         await sign_agreement(provider, consumer, QUANTILE_ONLY)
         provider_id = provider.hub.config.hub_id
@@ -90,8 +101,12 @@ async def test_a_quantile_sweep_returns_the_coarse_bins_not_the_readings(tmp_pat
         close = sum(1 for got, true in zip(recovered, truth, strict=False) if abs(got - true) / true < 0.02)
         worst = max(abs(got - true) / true for got, true in zip(recovered, truth, strict=False))
         print(f"{n - 1} queries: {len(set(recovered))} distinct values, {close} readings within 2 %, worst error {worst:.2f}")
-        assert len(set(recovered)) <= n // partials.MIN_BIN_READINGS
-        assert close <= 1, "the sweep recovers readings: the quantile is read from a fine sketch"
+        allowed = partials.coarsen(bins_of(stations), partials.coarse_threshold(3))
+        assert allowed is not None
+        assert_every_bin_follows_the_rule(stations, allowed, 3)
+        for i, got in enumerate(recovered):
+            assert math.isclose(got, partials.coarse_quantile(allowed, (i + 0.5) / (n - 1)), rel_tol=1e-12), \
+                "the sweep reads something other than the rule's coarse sketch (a fine sketch?)"
 
         # The entry hub's view: one length for a released day, a withheld one, an empty one.
         lengths = set()
@@ -103,6 +118,57 @@ async def test_a_quantile_sweep_returns_the_coarse_bins_not_the_readings(tmp_pat
             rows = [(r.suppressed, r.readings) for r in answer.rows]
             print(f"day {(start - day) // DAY}: rows {rows}, sealed {len(p.sealed_partial)} bytes")
         assert len(lengths) == 1, f"the sealed length tells released, withheld and empty days apart: {lengths}"
+
+        # The rule is the agreement's k = 3, not two: two stations alone near 100 get no bin.
+        by_k3, by_two = (partials.coarsen(bins_of(day_3), t) for t in (3, 2))
+        assert by_k3 is not None and by_k3 != by_two
+        [row] = (await ask(spec_for(provider_id, day + 3 * DAY, day + 4 * DAY, q=0.9))).rows
+        assert math.isclose(row.value, partials.coarse_quantile(by_k3, 0.9), rel_tol=1e-12), "the bins ignore k"
+    finally:
+        await consumer.stop()
+        await provider.stop()
+
+
+ONE_PER_CELL_QUANTILES = TERMS.replace('smallest_bucket = "month"', 'smallest_bucket = "day"').replace(
+    'aggregates = ["mean", "count", "min", "max"]', 'aggregates = ["quantile", "mean"]')
+
+
+async def test_a_sweep_over_two_stations_does_not_single_out_a_station_alone_in_a_tail(tmp_path):
+    """Tried: a day of two stations (k = 1, so every bin needs both): A reads 24 values near 10;
+    B reads 12 near 10 and 12 near 80, alone up there. The asker sweeps q over every rank of
+    the day's per-municipality quantile. The bins may not give B's tail its own bin (one
+    contributor) nor fold it (12 readings): the bin holding B's high readings must also hold
+    readings of A, and every released value is the rule's sketch read at that rank."""
+    consumer, provider = await start_peered(tmp_path, "1103", "4601")
+    try:
+        day = ms(2019, 1)
+        a = [9.0 + 0.1 * h for h in range(24)]
+        b = [9.5 + 0.2 * h for h in range(12)] + [80.0 + h for h in range(12)]
+        stations = [("A", v) for v in a] + [("B", v) for v in b]
+        for name, values in (("A", a), ("B", b)):
+            sensor = await provider.add_sensor(tmp_path, f"station-{name}", metrics=["pm25"])
+            await asyncio.to_thread(replay, sensor, [Reading("pm25", day + h * HOUR, v) for h, v in enumerate(values)])
+        await sign_agreement(provider, consumer, ONE_PER_CELL_QUANTILES)
+        provider_id = provider.hub.config.hub_id
+        n = len(stations)
+        swept = []
+        for i in range(n):
+            answer = await consumer.admin.RunQuery(spec_for(provider_id, day, day + DAY, q=(i + 0.5) / n),
+                                                   metadata=consumer.admin_metadata)
+            [row] = answer.rows
+            assert not row.suppressed and row.readings == n
+            swept.append(row.value)
+        allowed = partials.coarsen(bins_of(stations), partials.coarse_threshold(1))
+        assert allowed is not None
+        assert_every_bin_follows_the_rule(stations, allowed, 2)
+        for i, got in enumerate(swept):
+            assert math.isclose(got, partials.coarse_quantile(allowed, (i + 0.5) / n), rel_tol=1e-12), i
+        [tail] = [d for d, _ in released_bins(allowed) if d.first <= partials.ordinal(*bin_of(80.0)) < d.end]
+        assert any(tail.first <= partials.ordinal(*bin_of(v)) < tail.end for v in a), "B's tail has a bin of its own"
+        high = sorted(b)[12:]
+        near = sum(1 for true in high if any(abs(got - true) / true < 0.02 for got in swept))
+        print(f"{n} queries: B's tail lies in a bin {gamma() ** (1 << tail.level):.1f}x wide shared with A; "
+              f"{near} of B's 12 high readings within 2 % of some released value")
     finally:
         await consumer.stop()
         await provider.stop()
@@ -119,84 +185,163 @@ def bins_of(readings: list[tuple[str, float]]) -> dict[int, tuple[int, set[str]]
     return bins
 
 
+def released_bins(sketch: query_pb2.CoarseSketch) -> list[tuple[partials.DyadicBin, int]]:
+    return [(partials.DyadicBin(b.level, b.index), b.count) for b in sketch.intervals]
+
+
+def assert_every_bin_follows_the_rule(readings: list[tuple[str, float]], sketch: query_pb2.CoarseSketch, threshold: int) -> None:
+    """The released bins partition the readings (nothing lost; the up to MIN_BIN_READINGS - 1
+    outermost readings folded into the extreme bins), and every bin's OWN readings (those
+    whose fine ordinal lies in it) are >= MIN_BIN_READINGS of >= threshold contributors, at
+    level >= MIN_LEVEL, with at most MAX_COARSE_BINS bins."""
+    bins = released_bins(sketch)
+    assert 1 <= len(bins) <= partials.MAX_COARSE_BINS
+    assert sum(n for _, n in bins) == len(readings)
+    ordered = [b for b, _ in bins]
+    assert ordered == sorted(ordered, key=lambda b: b.first)
+    assert all(a.end <= b.first for a, b in itertools.pairwise(ordered)), "bins overlap"
+    below = above = 0
+    for b, n in bins:
+        inside = [(who, v) for who, v in readings if b.first <= partials.ordinal(*bin_of(v)) < b.end]
+        assert b.level >= partials.MIN_LEVEL
+        assert len(inside) >= partials.MIN_BIN_READINGS and len({who for who, _ in inside}) >= threshold, (b, inside)
+        assert n >= len(inside)
+    below = sum(1 for _, v in readings if partials.ordinal(*bin_of(v)) < ordered[0].first)
+    above = sum(1 for _, v in readings if partials.ordinal(*bin_of(v)) >= ordered[-1].end)
+    assert below < partials.MIN_BIN_READINGS and above < partials.MIN_BIN_READINGS
+    assert bins[0][1] + (bins[-1][1] if len(bins) > 1 else 0) - below - above >= 0
+    between = len(readings) - below - above
+    assert between == sum(1 for _, v in readings if any(b.first <= partials.ordinal(*bin_of(v)) < b.end for b in ordered)), \
+        "a reading between the bins is in none"
+
+
 def test_twin_stations_do_not_release_their_readings():
     """Tried: the attacker's twins, stations A and B reading within 0.1 % (24 hourly readings
-    each, 5 % apart). Before: level 0, every reading of A recovered within 4.5 % (worst 2-4 %).
-    Now: level >= MIN_LEVEL, every bin >= MIN_BIN_READINGS readings, and most readings are
-    recovered no better than a bin's half-width (measured and printed)."""
+    each, 5 % apart). Before: level 0, every reading of A recovered within 4.5 %. Now: every
+    bin >= 2^MIN_LEVEL fine bins wide with >= MIN_BIN_READINGS readings of both, and ANY other
+    readings of A and B in the same 2^MIN_LEVEL-wide blocks give the same release: the attacker cannot tell
+    the true day from one where every reading moved within its bin (the interpolated guess is
+    good only as far as readings really are spread evenly, which the release does not say)."""
     a = [10.0 * 1.05 ** h for h in range(24)]
     b = [v * 1.001 for v in a]
-    sketch = partials.coarsen(bins_of([("A", v) for v in a] + [("B", v) for v in b]), partials.coarse_threshold(1))
+    readings = [("A", v) for v in a] + [("B", v) for v in b]
+    sketch = partials.coarsen(bins_of(readings), partials.coarse_threshold(1))
     assert sketch is not None
-    assert sketch.level >= partials.MIN_LEVEL
-    assert all(n >= partials.MIN_BIN_READINGS for n in sketch.bins.values())
-    w = 1 << sketch.level
-    recovered = sorted(partials.ordinal_value(i * w + w // 2) for i in sketch.bins for _ in range(sketch.bins[i] // 2))
-    errors = [abs(r - t) / t for r, t in zip(recovered, a, strict=True)]
-    within = sum(1 for e in errors if e < 0.045)
-    print(f"level {sketch.level}, {len(sketch.bins)} bins; A's readings within 4.5 %: {within} of 24, worst error {max(errors):.3f}")
-    assert within <= 8, "the coarse sketch still locates most of A's readings within 4.5 %"
+    assert_every_bin_follows_the_rule(readings, sketch, 2)
+    # every reading moved to the bottom of its 2^MIN_LEVEL-wide block: the same release, so
+    # nothing released locates a reading within its block (a factor gamma^8 = 1.173)
+    moved = []
+    for who, v in readings:
+        block = partials.DyadicBin(partials.MIN_LEVEL, partials.ordinal(*bin_of(v)) >> partials.MIN_LEVEL)
+        moved.append((who, partials.ordinal_value(block.first)))
+    assert partials.coarsen(bins_of(moved), 2) == sketch
+    widths = {gamma() ** (1 << d.level) for d, _ in released_bins(sketch)}
+    print(f"{len(sketch.intervals)} bins, each a factor {min(widths):.3f} or wider; moved readings: the same release")
+    assert min(widths) >= gamma() ** 8
 
 
 def test_many_identical_readings_are_still_known_only_to_a_wide_bin():
     """Twenty readings of 10.0 from two stations fill one fine bin: enough readings and
     contributors at level 0, which would release them to 1 %. The width rule keeps L >= 3."""
     sketch = partials.coarsen(bins_of([("A", 10.0)] * 10 + [("B", 10.0)] * 10), 2)
-    assert sketch is not None and sketch.level >= partials.MIN_LEVEL
+    assert sketch is not None and [b.level for b in sketch.intervals] == [partials.MIN_LEVEL]
 
 
 def test_a_coarse_sketch_has_at_most_max_coarse_bins():
     """40 well-separated values, each read ten times by two stations: every level-3 bin passes
-    the other rules, but there would be 40 of them; the sketch coarsens until <= 32."""
+    the other rules, but there would be 40 of them; splitting stops at 32."""
     readings = [(who, 2.0 * 1.5 ** i) for i in range(40) for who in "AB" for _ in range(5)]
     sketch = partials.coarsen(bins_of(readings), 2)
-    assert sketch is not None and len(sketch.bins) <= partials.MAX_COARSE_BINS
+    assert sketch is not None and len(sketch.intervals) == partials.MAX_COARSE_BINS
+    assert_every_bin_follows_the_rule(readings, sketch, 2)
 
 
 values_with_repeats = st.floats(-1e6, 1e6, allow_nan=False).filter(lambda v: v == 0 or abs(v) >= 1e-9) | st.sampled_from(
     [1.0, 1.001, 10.0, 10.05, 100.0, -3.0, 0.0])
-readings_of_contributors = st.lists(st.tuples(st.sampled_from("ABCDEF"), values_with_repeats), min_size=1, max_size=300)
+scattered = st.lists(st.tuples(st.sampled_from("ABCDEF"), values_with_repeats), min_size=1, max_size=300)
+# each contributor's readings in runs near one value: halves of one contributor's >= 10 readings
+clustered = st.lists(st.tuples(st.sampled_from("ABC"), st.floats(0.5, 1e3), st.integers(1, 15)), min_size=1, max_size=12).map(
+    lambda runs: [(who, centre * (1 + 0.002 * j)) for who, centre, n in runs for j in range(n)])
+readings_of_contributors = scattered | clustered
 
 
 @settings(max_examples=300, deadline=None)
 @given(readings_of_contributors, st.integers(1, 5))
 def test_every_released_bin_is_wide_full_and_mixed(readings, k):
-    """What any released coarse sketch satisfies, for any readings: level >= MIN_LEVEL, at most
-    MAX_COARSE_BINS bins, each with >= MIN_BIN_READINGS readings of >= max(k, 2) contributors,
-    no reading lost; and it is the finest level that does (else accuracy is thrown away)."""
-    bins = bins_of(readings)
+    """What any released coarse sketch satisfies, for any readings (the rule: no split that
+    violates it is ever made), and that no allowed split was left out: a bin above MIN_LEVEL
+    whose non-empty halves both qualify stays whole only when the sketch has MAX_COARSE_BINS
+    bins (else accuracy is thrown away)."""
     threshold = partials.coarse_threshold(k)
-    sketch = partials.coarsen(bins, threshold)
-
-    def satisfies(level: int) -> bool:
-        coarse: dict[int, tuple[int, set[str]]] = {}
-        for o, (n, who) in bins.items():
-            count, members = coarse.get(o >> level, (0, set()))
-            coarse[o >> level] = (count + n, members | who)
-        return len(coarse) <= partials.MAX_COARSE_BINS and all(
-            n >= partials.MIN_BIN_READINGS and len(m) >= threshold for n, m in coarse.values())
-
-    if sketch is None:
-        assert not any(satisfies(level) for level in range(partials.MIN_LEVEL, partials.MAX_LEVEL + 1))
+    sketch = partials.coarsen(bins_of(readings), threshold)
+    if sketch is None:  # withheld: even the coarsest bins fail (beyond the few foldable outer readings)
+        top: dict[int, list[tuple[str, float]]] = {}
+        for who, v in readings:
+            top.setdefault(partials.ordinal(*bin_of(v)) >> partials.MAX_LEVEL, []).append((who, v))
+        assert any(not partials.releasable(len(r), len({w for w, _ in r}), threshold) for r in top.values()) \
+            or len(top) > partials.MAX_COARSE_BINS
         return
-    assert partials.MIN_LEVEL <= sketch.level <= partials.MAX_LEVEL and satisfies(sketch.level)
-    assert sum(sketch.bins.values()) == len(readings)
-    assert sketch.level == partials.MIN_LEVEL or not satisfies(sketch.level - 1)
+    assert_every_bin_follows_the_rule(readings, sketch, threshold)
+    for b, _ in released_bins(sketch):
+        if b.level == partials.MIN_LEVEL:
+            continue
+        halves = [[(w, v) for w, v in readings if h.first <= partials.ordinal(*bin_of(v)) < h.end] for h in b.halves()]
+        halves = [h for h in halves if h]
+        if all(partials.releasable(len(h), len({w for w, _ in h}), threshold) for h in halves):
+            assert len(halves) == 2 and len(sketch.intervals) == partials.MAX_COARSE_BINS, f"{b} could be split"
+
+
+def test_a_split_that_breaks_the_rule_is_never_made():
+    """Three stations: A and B read 20 values near 10 together, C alone reads 10 values near
+    100. With k = 1 (threshold 2) C's readings cannot have a bin of their own; they are more
+    than MIN_BIN_READINGS - 1, so they cannot fold either: the bin stays wide enough to mix
+    them with A's and B's, and C's station is never singled out."""
+    readings = [(w, 10.0 + 0.1 * i) for i in range(10) for w in "AB"] + [("C", 100.0 + i) for i in range(10)]
+    sketch = partials.coarsen(bins_of(readings), 2)
+    assert sketch is not None
+    assert_every_bin_follows_the_rule(readings, sketch, 2)
+    [holding_c] = [b for b, _ in released_bins(sketch) if b.first <= partials.ordinal(*bin_of(100.0)) < b.end]
+    assert holding_c.first <= partials.ordinal(*bin_of(10.0)) < holding_c.end, "C's readings got a bin of their own"
+
+
+def test_a_lone_tail_folds_in_and_the_rest_stays_fine():
+    """One reading of 0.7 under 39 of 1.5 to 40 (a dyadic boundary at 1.0): the tail reading
+    is counted in the lowest bin instead of holding the whole cell in one bin 10^17 wide."""
+    readings = [("A" if i % 2 else "B", 1.5 * 1.09 ** i) for i in range(39)] + [("A", 0.7)]
+    sketch = partials.coarsen(bins_of(readings), 2)
+    assert sketch is not None and len(sketch.intervals) > 1
+    assert max(b.level for b in sketch.intervals) <= 8
+    assert_every_bin_follows_the_rule(readings, sketch, 2)
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.floats(0.5, 500.0), min_size=10, max_size=200), st.floats(0.01, 0.99))
 def test_a_released_quantile_is_within_the_documented_bound(values, q):
-    """docs/querying.md 7.6: the true reading at the rank lies in the released bin, so the error
-    is at most gamma^(2^L) - 1 at level L (17.3 % at the minimum level 3)."""
+    """docs/querying.md 7.6: the reported quantile lies inside the bin holding its rank, and so
+    does the true reading at that rank unless it is one of the few folded outer readings; the
+    error is then at most gamma^(2^L) - 1 for that bin's level L (17.3 % at level 3)."""
     readings = [(f"s{i % 3}", v) for i, v in enumerate(values)]
     sketch = partials.coarsen(bins_of(readings), 2)
     if sketch is None:
         return
     got = partials.coarse_quantile(sketch, q)
-    true = sorted(values)[math.floor(q * (len(values) - 1))]
-    bound = gamma() ** (2 ** sketch.level) - 1
-    assert abs(got - true) / true <= bound + 1e-12
+    bins = released_bins(sketch)
+    rank, before, holding = q * (len(values) - 1), 0, bins[-1][0]
+    for b, n in bins:
+        if before + n > rank:
+            holding = b
+            break
+        before += n
+    low, high = partials.ordinal_value(holding.first), partials.ordinal_value(holding.end)
+    lo_edge, hi_edge = low / (2 / (gamma() + 1)) / gamma(), high / (2 / (gamma() + 1)) / gamma()  # the fine bins' edges
+    assert lo_edge * (1 - 1e-12) <= got <= hi_edge * (1 + 1e-12), (got, holding)
+    ordered = sorted(values)
+    true = ordered[math.floor(rank)]
+    below = sum(1 for v in values if partials.ordinal(*bin_of(v)) < bins[0][0].first)
+    above = sum(1 for v in values if partials.ordinal(*bin_of(v)) >= bins[-1][0].end)
+    if below <= math.floor(rank) < len(values) - above:
+        bound = gamma() ** (2 ** holding.level) - 1
+        assert abs(got - true) / true <= bound + 1e-12
 
 
 def test_a_per_municipality_quantile_is_read_from_the_coarse_sketch():
@@ -238,15 +383,38 @@ def test_withheld_cells_and_counts_do_not_change_the_sealed_length():
     assert len(sizes) == 1, sizes
 
 
+def test_the_shape_of_the_coarse_bins_does_not_change_the_sealed_length():
+    """Region-wide quantiles: a day's partial of one wide bin, of 32 fine bins (folded tails
+    and all), of withheld cells, and of no cells: one sealed length. The number and place of
+    the variable-width bins is data, and the entry hub must not see it."""
+    spec = query_pb2.QuerySpec(aggregate="quantile", quantile=0.5, group_by="region", bucket="day", start_ms=0,
+                               end_ms=3 * 86_400_000)
+    one_bin = [(w, 10.0) for w in "AB" for _ in range(10)]
+    many_bins = [(who, 2.0 * 1.5 ** i) for i in range(40) for who in "AB" for _ in range(5)] + [("A", 0.01)]
+    sizes = set()
+    for readings in (one_bin, many_bins):
+        sketch = partials.coarsen(bins_of(readings), 2)
+        assert sketch is not None
+        rows = [CellRow(d * 86_400_000, len(readings), 0.0, 0.0, 0.0, 0.0, 2) for d in range(3)]
+        sizes.add(sealed_len(spec, partials.build(b"d" * 32, PROVIDER, "4601", AGREEMENT, 1, "region", rows, 1, "quantile",
+                                                  quantile=0.5, coarse={r.bucket_start_ms: sketch for r in rows})))
+        print(f"{len(sketch.intervals)} bins: sealed {sizes}")
+    withheld = [CellRow(d * 86_400_000, 30, 0.0, 0.0, 0.0, 0.0, 2) for d in range(3)]
+    sizes.add(sealed_len(spec, partials.build(b"d" * 32, PROVIDER, "4601", AGREEMENT, 1, "region", withheld, 1, "quantile",
+                                              quantile=0.5, coarse={})))
+    sizes.add(sealed_len(spec, partials.build(b"d" * 32, PROVIDER, "4601", AGREEMENT, 1, "region", [], 1, "quantile")))
+    assert len(sizes) == 1, sizes
+
+
 cell_rows = st.lists(st.builds(
     CellRow, st.integers(0, 9).map(lambda d: d * 86_400_000), st.integers(0, 2**64 - 1),
     st.floats(allow_nan=False), st.floats(allow_nan=False), st.floats(allow_nan=False), st.floats(allow_nan=False),
     st.integers(0, 2**32 - 1)), max_size=10, unique_by=lambda r: r.bucket_start_ms)
 LARGEST_ORDINAL = partials.ordinal(*bin_of(1.7e308))
-coarse_sketches = st.integers(partials.MIN_LEVEL, partials.MAX_LEVEL).flatmap(lambda level: st.builds(
-    query_pb2.CoarseSketch, level=st.just(level),
-    bins=st.dictionaries(st.integers(-(LARGEST_ORDINAL >> level) - 1, LARGEST_ORDINAL >> level), st.integers(1, 2**64 - 1),
-                         max_size=partials.MAX_COARSE_BINS)))
+coarse_bins = st.integers(partials.MIN_LEVEL, partials.MAX_LEVEL).flatmap(lambda level: st.builds(
+    query_pb2.CoarseBin, level=st.just(level), index=st.integers(-(LARGEST_ORDINAL >> level) - 1, LARGEST_ORDINAL >> level),
+    count=st.integers(1, 2**64 - 1)))
+coarse_sketches = st.lists(coarse_bins, max_size=partials.MAX_COARSE_BINS).map(lambda bins: query_pb2.CoarseSketch(intervals=bins))
 
 
 @settings(max_examples=300, deadline=None)
@@ -278,8 +446,8 @@ def test_the_padded_size_is_that_of_the_largest_partial(aggregate, group, n):
     rows = [CellRow(spec.start_ms + d * DAY, 2**64 - 1, 1.5, 2.5, -1.0, 1.0, 2**32 - 1) for d in range(n)]
     # keys of the longest zigzag encoding real readings reach (2 bytes: |index| < 8192), and
     # values a per-municipality quantile can still be read from
-    widest = query_pb2.CoarseSketch(level=partials.MIN_LEVEL, bins={
-        -4000 + i: 2**64 - 1 for i in range(partials.MAX_COARSE_BINS)})
+    widest = query_pb2.CoarseSketch(intervals=[query_pb2.CoarseBin(level=partials.MIN_LEVEL, index=-4000 + i, count=2**64 - 1)
+                                               for i in range(partials.MAX_COARSE_BINS)])
     # k = 1 so that every cell is released (min/max need max(k, 3) + 2 contributors), then the
     # header's min_group_size at its longest encoding
     result = partials.build(b"d" * 32, PROVIDER, "4601", AGREEMENT, 1, group, rows, 2**63 - 1, aggregate,
@@ -323,3 +491,38 @@ def test_a_query_whose_padded_partial_is_too_large_is_refused_before_anything_ru
                                 end_ms=31 * 86_400_000, answer_key=key)
     check_releasable(month)
     assert partials.padded_size(month, PROVIDER, "4601", AGREEMENT) < partials.MAX_SEALED_PARTIAL_BYTES
+
+
+# -- merging variable-width sketches (the asker, docs/querying.md 7.6) ---------------------------------
+
+hub_sketches = st.lists(st.tuples(st.sampled_from("ABCD"), st.floats(0.1, 1e4) | st.sampled_from([0.0, -2.0, 1.0, 10.0])),
+                        min_size=10, max_size=120).map(lambda r: partials.coarsen(bins_of(r), 2)).filter(lambda s: s is not None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(hub_sketches, hub_sketches, hub_sketches)
+def test_merging_is_commutative_associative_count_preserving_and_never_finer(a, b, c):
+    ab, ba = partials.merge_coarse(a, b), partials.merge_coarse(b, a)
+    assert ab == ba
+    assert partials.merge_coarse(ab, c) == partials.merge_coarse(a, partials.merge_coarse(b, c))
+    merged = released_bins(partials.merge_coarse(ab, c))
+    assert sum(n for _, n in merged) == sum(x.count for s in (a, b, c) for x in s.intervals)
+    assert all(x.end <= y.first for (x, _), (y, _) in itertools.pairwise(merged)), "merged bins overlap"
+    for s in (a, b, c):
+        for given_bin, _ in released_bins(s):
+            holders = [m for m, _ in merged if m.first <= given_bin.first and given_bin.end <= m.end]
+            assert len(holders) == 1, f"{given_bin} is not inside exactly one merged bin: finer than an input"
+
+
+def test_a_merged_sketch_of_an_impossible_level_is_refused():
+    bad = query_pb2.CoarseSketch(intervals=[query_pb2.CoarseBin(level=0, index=2050, count=10)])
+    with pytest.raises(partials.PartialError, match="level 0"):
+        partials.merge_coarse(None, bad)
+
+
+def test_the_older_uniform_form_is_still_read():
+    """A hub before this version sends (level, bins): it merges as bins (level, index, count)."""
+    old = query_pb2.CoarseSketch(level=4, bins={130: 10, 131: 12})
+    new = query_pb2.CoarseSketch(intervals=[query_pb2.CoarseBin(level=3, index=262, count=5)])
+    merged = released_bins(partials.merge_coarse(old, new))
+    assert merged == [(partials.DyadicBin(4, 130), 10), (partials.DyadicBin(4, 131), 17)]

@@ -39,7 +39,7 @@ class QuerySpec(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., metric: _Optional[str] = ..., aggregate: _Optional[str] = ..., quantile: _Optional[float] = ..., start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ..., bucket: _Optional[str] = ..., group_by: _Optional[str] = ..., municipalities: _Optional[_Iterable[str]] = ..., hub_ids: _Optional[_Iterable[str]] = ..., purpose_code: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., epsilon: _Optional[float] = ..., answer_key: _Optional[bytes] = ...) -> None: ...
 
 class Cell(_message.Message):
-    __slots__ = ("group", "bucket_start_ms", "count", "sum", "sum_squares", "min", "max", "contributors", "sketch", "suppressed", "noisy", "value", "coarse")
+    __slots__ = ("group", "bucket_start_ms", "count", "sum", "sum_squares", "min", "max", "contributors", "suppressed", "noisy", "value", "coarse")
     GROUP_FIELD_NUMBER: _ClassVar[int]
     BUCKET_START_MS_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -48,7 +48,6 @@ class Cell(_message.Message):
     MIN_FIELD_NUMBER: _ClassVar[int]
     MAX_FIELD_NUMBER: _ClassVar[int]
     CONTRIBUTORS_FIELD_NUMBER: _ClassVar[int]
-    SKETCH_FIELD_NUMBER: _ClassVar[int]
     SUPPRESSED_FIELD_NUMBER: _ClassVar[int]
     NOISY_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -61,15 +60,14 @@ class Cell(_message.Message):
     min: float
     max: float
     contributors: int
-    sketch: QuantileSketch
     suppressed: bool
     noisy: bool
     value: float
     coarse: CoarseSketch
-    def __init__(self, group: _Optional[str] = ..., bucket_start_ms: _Optional[int] = ..., count: _Optional[int] = ..., sum: _Optional[float] = ..., sum_squares: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., contributors: _Optional[int] = ..., sketch: _Optional[_Union[QuantileSketch, _Mapping]] = ..., suppressed: _Optional[bool] = ..., noisy: _Optional[bool] = ..., value: _Optional[float] = ..., coarse: _Optional[_Union[CoarseSketch, _Mapping]] = ...) -> None: ...
+    def __init__(self, group: _Optional[str] = ..., bucket_start_ms: _Optional[int] = ..., count: _Optional[int] = ..., sum: _Optional[float] = ..., sum_squares: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., contributors: _Optional[int] = ..., suppressed: _Optional[bool] = ..., noisy: _Optional[bool] = ..., value: _Optional[float] = ..., coarse: _Optional[_Union[CoarseSketch, _Mapping]] = ...) -> None: ...
 
 class CoarseSketch(_message.Message):
-    __slots__ = ("level", "bins")
+    __slots__ = ("level", "bins", "intervals")
     class BinsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -79,35 +77,21 @@ class CoarseSketch(_message.Message):
         def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
     LEVEL_FIELD_NUMBER: _ClassVar[int]
     BINS_FIELD_NUMBER: _ClassVar[int]
+    INTERVALS_FIELD_NUMBER: _ClassVar[int]
     level: int
     bins: _containers.ScalarMap[int, int]
-    def __init__(self, level: _Optional[int] = ..., bins: _Optional[_Mapping[int, int]] = ...) -> None: ...
+    intervals: _containers.RepeatedCompositeFieldContainer[CoarseBin]
+    def __init__(self, level: _Optional[int] = ..., bins: _Optional[_Mapping[int, int]] = ..., intervals: _Optional[_Iterable[_Union[CoarseBin, _Mapping]]] = ...) -> None: ...
 
-class QuantileSketch(_message.Message):
-    __slots__ = ("alpha", "positive", "negative", "zeros")
-    class PositiveEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: int
-        value: int
-        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
-    class NegativeEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: int
-        value: int
-        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
-    ALPHA_FIELD_NUMBER: _ClassVar[int]
-    POSITIVE_FIELD_NUMBER: _ClassVar[int]
-    NEGATIVE_FIELD_NUMBER: _ClassVar[int]
-    ZEROS_FIELD_NUMBER: _ClassVar[int]
-    alpha: float
-    positive: _containers.ScalarMap[int, int]
-    negative: _containers.ScalarMap[int, int]
-    zeros: int
-    def __init__(self, alpha: _Optional[float] = ..., positive: _Optional[_Mapping[int, int]] = ..., negative: _Optional[_Mapping[int, int]] = ..., zeros: _Optional[int] = ...) -> None: ...
+class CoarseBin(_message.Message):
+    __slots__ = ("level", "index", "count")
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    level: int
+    index: int
+    count: int
+    def __init__(self, level: _Optional[int] = ..., index: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
 
 class PartialResult(_message.Message):
     __slots__ = ("query_digest", "provider_hub_id", "municipality", "agreement_id", "computed_at_ms", "min_group_size", "cells", "dp_budget_micro", "dp_spent_micro")
