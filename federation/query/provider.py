@@ -254,22 +254,28 @@ class Provider:
         if not extents:
             return outcome
         earlier = await self.hub.storage.read(lambda s: s.released_overlapping(line, spec.start_ms, spec.end_ms))
-        by_subcell = await self._contributions(replace(exact, bucket=grain))
-        current = {(releases.SUBCELL, s, e): releases.fingerprint(by_subcell.get(s, []))
-                   for s, e in buckets(grain, spec.start_ms, spec.end_ms)}
+        spans = buckets(grain, spec.start_ms, spec.end_ms)
+        scheme = releases.scheme_for(grain)
+        if scheme == releases.READINGS:
+            subcells = await self._subcell_readings(exact, spans)
+        else:
+            subcells = await self._subcell_summaries(replace(exact, bucket=grain), spans)
+        current: dict[releases.ExtentKey, bytes] = {(scheme, s, e): sub.fingerprint for (s, e), sub in subcells.items()}
         current.update(await self._fingerprints_of(exact, [r for r in earlier if (r.scheme, r.start_ms, r.end_ms) not in current]))
+        position = {start: i for i, (start, _) in enumerate(spans)}  # a cell is a run of whole sub-cells (policy)
         candidates = []
         for cell in cells:
             if cell.bucket_start_ms not in extents:
                 continue
             lo, hi = extents[cell.bucket_start_ms]
-            subcells = buckets(grain, lo, hi)
-            added = [c for s, _ in subcells for c in by_subcell.get(s, [])]
-            if sum(c.readings for c in added) != cell.count or len({c.contributor for c in added}) != cell.contributors:
+            mine = spans[position[lo]:position[hi] if hi < spec.end_ms else len(spans)]
+            contents = [subcells[span] for span in mine]
+            contributors = contents[0].contributors if len(contents) == 1 else set[str]().union(*(sub.contributors for sub in contents))
+            if sum(sub.readings for sub in contents) != cell.count or len(contributors) != cell.contributors:
                 outcome[cell.bucket_start_ms] = releases.Withholding.RACED  # a reading came or went between the two reads
                 continue
-            rows = tuple(ReleasedSubcell(s, e, releases.SUBCELL, grain, current[(releases.SUBCELL, s, e)],
-                                         len(by_subcell.get(s, [])), grant.agreement_id, now) for s, e in subcells)
+            rows = tuple(ReleasedSubcell(s, e, scheme, grain, sub.fingerprint, len(sub.contributors), grant.agreement_id, now)
+                         for (s, e), sub in zip(mine, contents, strict=True))
             candidates.append(releases.Candidate(cell.bucket_start_ms, lo, hi, rows))
 
         def check_and_log(logged: list[ReleasedSubcell]) -> list[ReleasedSubcell]:
@@ -300,10 +306,37 @@ class Provider:
     async def _contributions(self, request: AggregateRequest) -> dict[int, list[Contribution]]:
         return await self.hub.storage.read(lambda s: s.contributions(request))
 
+    async def _subcell_readings(self, exact: AggregateRequest,
+                                extents: list[tuple[int, int]]) -> dict[tuple[int, int], releases.SubcellReadings]:
+        """The READINGS fingerprint, readings and contributors of each extent (disjoint, on whole
+        hours), from one pass over the readings of their span, hour by hour."""
+        hasher = releases.SubcellHasher(extents)
+        if extents:
+            span = replace(exact, start_ms=min(s for s, _ in extents), end_ms=max(e for _, e in extents))
+            await self.hub.storage.read(lambda s: s.readings_by_hour(span, hasher.add))
+        return hasher.result()
+
+    async def _subcell_summaries(self, by_grain: AggregateRequest,
+                                 extents: list[tuple[int, int]]) -> dict[tuple[int, int], releases.SubcellReadings]:
+        """The SUBCELL fingerprint (per-contributor summaries), readings and contributors of each
+        of `extents`: the buckets of `by_grain`'s bucket covering its window."""
+        by_subcell = await self._contributions(by_grain)
+        out = {}
+        for extent in extents:
+            added = by_subcell.get(extent[0], [])
+            out[extent] = releases.SubcellReadings(releases.fingerprint(added), sum(c.readings for c in added),
+                                                   {c.contributor for c in added})
+        return out
+
     async def _fingerprints_of(self, exact: AggregateRequest, rows: list[ReleasedSubcell]) -> dict[releases.ExtentKey, bytes]:
-        """Fingerprints, in the data now, of logged extents of another grain than this query's
-        (the line's terms changed their smallest bucket) or of the old per-cell log."""
+        """Fingerprints, in the data now, of logged extents this query did not compute: of another
+        grain than this query's (the line's terms changed their smallest bucket), or logged under
+        an earlier scheme (per-contributor summaries; the old per-cell log)."""
         out: dict[releases.ExtentKey, bytes] = {}
+        for grain in sorted({r.grain for r in rows if r.scheme == releases.READINGS}):
+            extents = sorted({(r.start_ms, r.end_ms) for r in rows if r.scheme == releases.READINGS and r.grain == grain})
+            readings = await self._subcell_readings(exact, extents)
+            out.update({(releases.READINGS, s, e): sub.fingerprint for (s, e), sub in readings.items()})
         for grain in sorted({r.grain for r in rows if r.scheme == releases.SUBCELL}):
             same = [r for r in rows if r.scheme == releases.SUBCELL and r.grain == grain]
             wide = replace(exact, bucket=grain, start_ms=min(r.start_ms for r in same), end_ms=max(r.end_ms for r in same))

@@ -79,6 +79,27 @@ class QueryTables(Connected):
             out.setdefault(b, []).append(Contribution(str(c), n, total, squares, low, high, hours, within))
         return out
 
+    def readings_by_hour(self, req: AggregateRequest, each: Callable[[int, list[str], list[str]], None]) -> None:
+        """Every reading of the request, for the release log's fingerprints (releases.SubcellHasher):
+        `each(hour_start_ms, records, contributors)` for every hour holding a reading, in
+        increasing order, with one record `<contributor> <ms into the hour> <value>` per reading,
+        in no particular order, and the contributor of each (repeated). The contributor is
+        `r<sensor ref>`, or `s<hex of the subject id>` when consent counts (as in `aggregate`); the
+        value has 18 significant digits, which give the stored double back exactly. SQLite builds
+        the records and groups them by hour in one pass; one hour's records are in memory at a
+        time. Stays in the hub: only fingerprints of them are stored."""
+        if req.clamp is not None or req.max_contributions is not None:
+            raise ValueError("the release log fingerprints the readings as stored: no clamp, no bound on contributions")
+        if req.consent_purpose is not None:
+            key, record = "'s' || hex(s.subject_id)", "printf('s%s %d %!.17e', hex(s.subject_id), r.time_ms % 3600000, r.value)"
+        else:
+            key, record = "'r' || s.ref", "printf('r%d %d %!.17e', s.ref, r.time_ms % 3600000, r.value)"
+        where, params = self._where(req)
+        for hour, records, contributors in self.conn.execute(
+                f"SELECT r.time_ms - r.time_ms % 3600000 AS h, group_concat({record}, ','), group_concat({key}, ',') "
+                f"FROM readings r JOIN sensors s ON s.ref = r.sensor_ref WHERE {where} GROUP BY h ORDER BY h", params):
+            each(hour, records.split(","), contributors.split(","))
+
     # -- release log (federation/query/releases.py) ---------------------------------------
     _RELEASED_COLUMNS = "start_ms, end_ms, scheme, grain, fingerprint, contributors, agreement_id, released_at_ms"
 
