@@ -33,7 +33,7 @@ from node import catalog
 from node.api.v1 import admin_pb2, envelope_pb2, query_pb2, query_service_pb2
 from node.clock import utc_day
 from node.errors import Reason, Rejected
-from node.storage.base import AggregateRequest, CellRow, Contribution, ReleasedSubcell, ReleaseLine
+from node.storage.base import AggregateRequest, CellRow, Contribution, ReleasedRun, ReleasedSubcell, ReleaseLine
 
 log = logging.getLogger("smartregion.query")
 RUN_METHOD = "/smartregion.v1.Query/Run"
@@ -253,17 +253,14 @@ class Provider:
                 extents[start] = (start, end)
         if not extents:
             return outcome
-        earlier = await self.hub.storage.read(lambda s: s.released_overlapping(line, spec.start_ms, spec.end_ms))
         spans = buckets(grain, spec.start_ms, spec.end_ms)
         scheme = releases.scheme_for(grain)
         if scheme == releases.READINGS:
             subcells = await self._subcell_readings(exact, spans)
         else:
             subcells = await self._subcell_summaries(replace(exact, bucket=grain), spans)
-        current: dict[releases.ExtentKey, bytes] = {(scheme, s, e): sub.fingerprint for (s, e), sub in subcells.items()}
-        current.update(await self._fingerprints_of(exact, [r for r in earlier if (r.scheme, r.start_ms, r.end_ms) not in current]))
         position = {start: i for i, (start, _) in enumerate(spans)}  # a cell is a run of whole sub-cells (policy)
-        candidates = []
+        releasing: dict[int, list[tuple[int, int]]] = {}
         for cell in cells:
             if cell.bucket_start_ms not in extents:
                 continue
@@ -273,19 +270,34 @@ class Provider:
             contributors = contents[0].contributors if len(contents) == 1 else set[str]().union(*(sub.contributors for sub in contents))
             if sum(sub.readings for sub in contents) != cell.count or len(contributors) != cell.contributors:
                 outcome[cell.bucket_start_ms] = releases.Withholding.RACED  # a reading came or went between the two reads
-                continue
-            rows = tuple(ReleasedSubcell(s, e, scheme, grain, sub.fingerprint, len(sub.contributors), grant.agreement_id, now)
-                         for (s, e), sub in zip(mine, contents, strict=True))
-            candidates.append(releases.Candidate(cell.bucket_start_ms, lo, hi, rows))
+            else:
+                releasing[cell.bucket_start_ms] = mine
+        if self.release_hooks.before_check:
+            await self.release_hooks.before_check()
+        digest = releases.run_digest(subcells[span].fingerprint for span in spans)
+        run = await self.hub.storage.read(lambda s: s.released_run(line, scheme, grain, spec.start_ms, spec.end_ms))
+        if run is not None and run.digest == digest:
+            # The high-water mark: this window was released whole, and every sub-cell of it holds
+            # the same content now: what is released now was released before, nothing to check.
+            await self._audit_withheld(grant, spec, outcome)
+            return outcome
+
+        earlier = await self.hub.storage.read(lambda s: s.released_overlapping(line, spec.start_ms, spec.end_ms))
+        current: dict[releases.ExtentKey, bytes] = {(scheme, s, e): sub.fingerprint for (s, e), sub in subcells.items()}
+        current.update(await self._fingerprints_of(exact, [r for r in earlier if (r.scheme, r.start_ms, r.end_ms) not in current]))
+        candidates = [releases.Candidate(start, mine[0][0], mine[-1][1], tuple(
+            ReleasedSubcell(s, e, scheme, grain, subcells[(s, e)].fingerprint, len(subcells[(s, e)].contributors), grant.agreement_id, now)
+            for s, e in mine)) for start, mine in releasing.items()]
 
         def check_and_log(logged: list[ReleasedSubcell]) -> list[ReleasedSubcell]:
             refused, rows = releases.decide(candidates, current, logged)
             outcome.update(refused)
             return rows
 
-        if self.release_hooks.before_check:
-            await self.release_hooks.before_check()
         await self.hub.storage.write(lambda s: s.log_releases_checked(line, spec.start_ms, spec.end_ms, check_and_log))
+        if not outcome and len(releasing) == len(cells):  # every cell released: the window is a run
+            whole = ReleasedRun(scheme, grain, spec.start_ms, spec.end_ms, digest, now)
+            await self.hub.storage.write(lambda s: s.log_release_run(line, whole))
         await self._audit_withheld(grant, spec, outcome)
         return outcome
 

@@ -160,6 +160,13 @@ def scheme_for(grain: str) -> int:
     return READINGS if grain == "hour" else SUBCELL
 
 
+def run_digest(fingerprints: Iterable[bytes]) -> bytes:
+    """The digest of a window's sub-cells (their fingerprints, 32 bytes each, in time order), for
+    the log's high-water mark (node/storage ReleasedRun): equal digests, equal content in every
+    sub-cell."""
+    return hashlib.sha256(FINGERPRINT_DOMAIN + b"run\x00" + b"".join(fingerprints)).digest()
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A cell the query would release: its bucket start, its extent, and the sub-cell rows to log."""

@@ -242,6 +242,19 @@ class ReleasedSubcell:
     released_at_ms: int
 
 
+@dataclass(frozen=True)
+class ReleasedRun:
+    """The release log's high-water mark: a window released whole to a line (every cell of it,
+    nothing withheld), with a digest of its sub-cells' fingerprints in order. The same window
+    asked again with the same digest holds only content released before (releases.run_digest)."""
+    scheme: int
+    grain: str
+    start_ms: int
+    end_ms: int
+    digest: bytes
+    released_at_ms: int
+
+
 @dataclass
 class AggregateRequest:
     dataset: str
@@ -332,6 +345,8 @@ class Store(Protocol):
     def released_overlapping(self, line: ReleaseLine, start_ms: int, end_ms: int) -> list[ReleasedSubcell]: ...
     def log_releases_checked(self, line: ReleaseLine, start_ms: int, end_ms: int,
                              decide: Callable[[list[ReleasedSubcell]], list[ReleasedSubcell]]) -> None: ...
+    def released_run(self, line: ReleaseLine, scheme: int, grain: str, start_ms: int, end_ms: int) -> ReleasedRun | None: ...
+    def log_release_run(self, line: ReleaseLine, run: ReleasedRun) -> None: ...
     def kept_answer(self, asker_id: str, query_digest: bytes, now_ms: int) -> tuple[str, bytes] | None: ...
     def keep_answer(self, asker_id: str, query_digest: bytes, agreement_id: str, sealed: bytes, expires_at_ms: int,
                     now_ms: int) -> None: ...

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from node.sketch.sql import bin_sql
-from node.storage.base import AggregateRequest, CellRow, ConsentRow, Contribution, ReleasedSubcell, ReleaseLine
+from node.storage.base import AggregateRequest, CellRow, ConsentRow, Contribution, ReleasedRun, ReleasedSubcell, ReleaseLine
 from node.storage.connected import Connected
 
 _WEEK_SHIFT_MS = 3 * 86_400_000  # 1970-01-01 was a Thursday; ISO weeks start on Monday
@@ -128,6 +128,22 @@ class QueryTables(Connected):
                   r.contributors, r.agreement_id, r.released_at_ms) for r in rows])
 
         self._transaction(work)
+
+    def released_run(self, line: ReleaseLine, scheme: int, grain: str, start_ms: int, end_ms: int) -> ReleasedRun | None:
+        """The run logged for exactly this window, scheme and grain, if the line was given it whole."""
+        row = self.conn.execute(
+            "SELECT scheme, grain, start_ms, end_ms, digest, released_at_ms FROM released_runs WHERE asker_id = ? AND dataset = ? "
+            "AND metric = ? AND scheme = ? AND grain = ? AND start_ms = ? AND end_ms = ?",
+            (line.asker_id, line.dataset, line.metric, scheme, grain, start_ms, end_ms)).fetchone()
+        return ReleasedRun(*row) if row else None
+
+    def log_release_run(self, line: ReleaseLine, run: ReleasedRun) -> None:
+        """Log a window released whole. The first run logged for a window stays: a later one of
+        the same window can only have passed the check with the same sub-cells."""
+        self._transaction(lambda: self.conn.execute(
+            "INSERT OR IGNORE INTO released_runs (asker_id, dataset, metric, scheme, grain, start_ms, end_ms, digest, released_at_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (line.asker_id, line.dataset, line.metric, run.scheme, run.grain, run.start_ms, run.end_ms, run.digest, run.released_at_ms)))
 
     # -- answers kept for a retry of the same signed query (federation/query/provider.py) --
     def kept_answer(self, asker_id: str, query_digest: bytes, now_ms: int) -> tuple[str, bytes] | None:
