@@ -54,7 +54,7 @@ async def test_a_changed_reading_inside_a_window_released_whole_is_withheld_on_t
 
         await asyncio.to_thread(replay, stations[0], [Reading("pm25", DAY0 + 3 * HOUR + 20 * 60_000, 500.0)])
         changed = await _ask(consumer, provider, *window, "hour")
-        assert [r.suppressed for r in changed] == [False, False, False, True, False, False], "hour 3 minus its first release: the late reading"
+        assert [r.suppressed for r in changed] == [False, False, False, True, False, False], "hour 3 minus its first: the late reading"
         assert [_total(r) for i, r in enumerate(changed) if i != 3] == [_total(r) for i, r in enumerate(first) if i != 3]
         assert await _run(provider, consumer, *window) == run, "the mark stays that of the window's content when released"
         audit = [r.entry for r in await provider.hub.storage.read(lambda s: s.audit_rows())]
