@@ -11,11 +11,13 @@ each repetition, in the same run, one right after the other:
     what every answer costs without a release log;
 (b) first release: (a) plus Provider._released_before for an asker never answered before
     (fingerprints of every sub-cell, the overlap lookup, the check and the log of one row per
-    sub-cell in one write transaction);
-(c) repeat: (a) plus Provider._released_before for the asker of (b) (every sub-cell compared
-    with its logged fingerprint, nothing new to log).
-Printed: the median seconds of each and the ratios (b)/(a) and (c)/(a); docs/benchmarks.md
-keeps a run.
+    sub-cell in one write transaction, and the window's run);
+(c) repeat: (a) plus Provider._released_before for the asker of (b) (every sub-cell's
+    fingerprint computed again; the window's run, the high-water mark, matches: nothing
+    compared row by row, nothing logged).
+Printed: the median seconds of each and the ratios (b)/(a) and (c)/(a), in wall-clock time and
+in CPU time of all the process's threads (steadier on a shared machine); docs/benchmarks.md
+keeps runs.
 """
 
 from __future__ import annotations

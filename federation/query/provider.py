@@ -235,7 +235,10 @@ class Provider:
                                cells: list[CellRow], withheld: frozenset[int]) -> dict[int, releases.Withholding]:
         """The cells the release log withholds, and why (federation/query/releases.py): still
         open, or overlapping a sub-cell released to this agreement line with other content.
-        Logs the sub-cells of the cells it lets through, checked and logged in one transaction."""
+        Logs the sub-cells of the cells it lets through, checked and logged in one transaction,
+        and the window as a run (the high-water mark) if every cell of it was released. A
+        window asked again whose run holds the digest of its sub-cells now is let through
+        without the check: it releases only content released before."""
         if not grant.agreement_id:
             return {}
         now = self.hub.clock.now_ms()
@@ -259,19 +262,7 @@ class Provider:
             subcells = await self._subcell_readings(exact, spans)
         else:
             subcells = await self._subcell_summaries(replace(exact, bucket=grain), spans)
-        position = {start: i for i, (start, _) in enumerate(spans)}  # a cell is a run of whole sub-cells (policy)
-        releasing: dict[int, list[tuple[int, int]]] = {}
-        for cell in cells:
-            if cell.bucket_start_ms not in extents:
-                continue
-            lo, hi = extents[cell.bucket_start_ms]
-            mine = spans[position[lo]:position[hi] if hi < spec.end_ms else len(spans)]
-            contents = [subcells[span] for span in mine]
-            contributors = contents[0].contributors if len(contents) == 1 else set[str]().union(*(sub.contributors for sub in contents))
-            if sum(sub.readings for sub in contents) != cell.count or len(contributors) != cell.contributors:
-                outcome[cell.bucket_start_ms] = releases.Withholding.RACED  # a reading came or went between the two reads
-            else:
-                releasing[cell.bucket_start_ms] = mine
+        releasing = self._matching_subcells(cells, extents, spans, subcells, outcome)
         if self.release_hooks.before_check:
             await self.release_hooks.before_check()
         digest = releases.run_digest(subcells[span].fingerprint for span in spans)
@@ -300,6 +291,27 @@ class Provider:
             await self.hub.storage.write(lambda s: s.log_release_run(line, whole))
         await self._audit_withheld(grant, spec, outcome)
         return outcome
+
+    @staticmethod
+    def _matching_subcells(cells: list[CellRow], extents: dict[int, tuple[int, int]], spans: list[tuple[int, int]],
+                           subcells: dict[tuple[int, int], releases.SubcellReadings],
+                           outcome: dict[int, releases.Withholding]) -> dict[int, list[tuple[int, int]]]:
+        """The sub-cells of each cell to release, if its readings and contributors are those its
+        sub-cells hold; a cell whose are not changed between the two reads (withheld, RACED)."""
+        position = {start: i for i, (start, _) in enumerate(spans)}  # a cell is a run of whole sub-cells (policy)
+        releasing: dict[int, list[tuple[int, int]]] = {}
+        for cell in cells:
+            if cell.bucket_start_ms not in extents:
+                continue
+            lo, hi = extents[cell.bucket_start_ms]
+            mine = spans[position[lo]:position.get(hi, len(spans))]  # hi: the next cell's first sub-cell, or the window's end
+            contents = [subcells[span] for span in mine]
+            contributors = contents[0].contributors if len(contents) == 1 else set[str]().union(*(sub.contributors for sub in contents))
+            if sum(sub.readings for sub in contents) != cell.count or len(contributors) != cell.contributors:
+                outcome[cell.bucket_start_ms] = releases.Withholding.RACED  # a reading came or went between the two reads
+            else:
+                releasing[cell.bucket_start_ms] = mine
+        return releasing
 
     async def _audit_withheld(self, grant: policy.Grant, spec: query_pb2.QuerySpec,
                               outcome: dict[int, releases.Withholding]) -> None:

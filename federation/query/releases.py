@@ -3,12 +3,17 @@
 The rule: to one agreement LINE (the asker, a dataset and a metric: every agreement this hub
 holds with the asker over the dataset, renewals and new versions included), a provider releases
 each *sub-cell* — one bucket of the agreement's finest grain — with ONE content only. The log
-keeps, per released sub-cell, a fingerprint of its readings: SHA-256 over every reading it holds
-(who, when, the exact value), in a canonical order (`SubcellHasher`). A new cell is compared with every logged sub-cell it
+keeps, per released sub-cell, a fingerprint of its content (`scheme_for`): of every reading it
+holds for an hourly sub-cell (READINGS, `SubcellHasher`), of what each contributor added for
+coarser ones (SUBCELL, `fingerprint`). A new cell is compared with every logged sub-cell it
 overlaps, whatever the extent it was released in (a day, a week, a window): if any of them now
 holds different content (a consent withdrawn, a late reading, a sensor enrolled or revoked, an
 erasure), the cell is withheld. Every released cell is then a union of sub-cells whose content
 never changes, so no difference of released cells is finer than the agreement's grain.
+
+A window released whole is logged as a run too, with the digest of its sub-cells' fingerprints
+(`run_digest`): the high-water mark. The same window asked again with the same digest now holds
+in every sub-cell the content released before, so it is released without the row-by-row check.
 
 So that this freezing does not catch a day still filling up, a cell whose extent has not closed
 `SETTLE_MS` before now is not released at all (withheld as still open).
