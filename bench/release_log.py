@@ -44,6 +44,7 @@ from node.storage.sqlite import SqliteStore
 PASSPHRASE = b"bench-passphrase-0123456789"
 HOUR = 3_600_000
 YEAR_2019 = (1_546_300_800_000, 1_577_836_800_000)
+MIN_GROUP_SIZE = 3
 
 
 def _load(hub: Hub, sensors: int) -> int:
@@ -74,7 +75,7 @@ async def _measure(hub: Hub, grain: str, repetitions: int) -> tuple[dict[str, li
     times: dict[str, list[float]] = {"baseline": [], "first release": [], "repeat": []}
     cpu: dict[str, list[float]] = {what: [] for what in times}
     for rep in range(repetitions):
-        grant = policy.Grant(f"urn:uuid:bench-{grain}-{rep}", 3, None, 100, grain, asker_id=f"partner-{grain}-{rep}")
+        grant = policy.Grant(f"urn:uuid:bench-{grain}-{rep}", MIN_GROUP_SIZE, None, 100, grain, asker_id=f"partner-{grain}-{rep}")
         for what in times:
             started, started_cpu = time.perf_counter(), time.process_time()
             cells = await hub.storage.read(lambda s: s.aggregate(request))
@@ -99,6 +100,9 @@ def main() -> None:
     parser.add_argument("--sensors", type=int, default=20)
     parser.add_argument("--repetitions", type=int, default=5)
     args = parser.parse_args()
+    if args.sensors < MIN_GROUP_SIZE:
+        parser.error(f"--sensors must be at least {MIN_GROUP_SIZE}, the minimum group size of the benchmark's agreement "
+                     "(smaller cells are withheld, and nothing would be checked or logged)")
     with tempfile.TemporaryDirectory(prefix="smartregion-bench-release-log-") as tmp:
         for name, value in machine_facts(Path(tmp)):
             print(f"{name}: {value}")
