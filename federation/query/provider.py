@@ -276,7 +276,7 @@ class Provider:
         earlier = await self.hub.storage.read(lambda s: s.released_overlapping(line, spec.start_ms, spec.end_ms))
         current: dict[releases.ExtentKey, bytes] = {(scheme, s, e): sub.fingerprint for (s, e), sub in subcells.items()}
         current.update(await self._fingerprints_of(exact, [r for r in earlier if (r.scheme, r.start_ms, r.end_ms) not in current]))
-        candidates = [releases.Candidate(start, mine[0][0], mine[-1][1], tuple(
+        candidates = [releases.Candidate(start, *extents[start], tuple(
             ReleasedSubcell(s, e, scheme, grain, subcells[(s, e)].fingerprint, len(subcells[(s, e)].contributors), grant.agreement_id, now)
             for s, e in mine)) for start, mine in releasing.items()]
 

@@ -40,8 +40,8 @@ from node.storage.base import Contribution, ReleasedSubcell
 
 FINGERPRINT_DOMAIN = b"smartregion/v1/release-fingerprint\x00"
 SETTLE_MS = 2 * 3_600_000  # a cell is released only once its extent ended this long ago
-READINGS = 3  # scheme of a row logged per sub-cell, fingerprinting its readings (SubcellHasher): what is logged now
-SUBCELL = 2   # scheme of a sub-cell row logged before: a fingerprint of per-contributor summaries (`fingerprint`)
+READINGS = 3  # scheme of a sub-cell row fingerprinting every reading (SubcellHasher): hourly sub-cells
+SUBCELL = 2   # scheme of a sub-cell row fingerprinting per-contributor summaries (`fingerprint`): coarser ones
 LEGACY = 1    # scheme of a whole-cell row of the log before schema version 8 (per agreement)
 _HALF = 8    # legacy records: contributor hash, then contribution hash
 
@@ -103,8 +103,8 @@ _HOUR_MS = 3_600_000
 
 
 class SubcellReadings(NamedTuple):
-    """One sub-cell in this answer's data: its fingerprint (scheme READINGS), how many readings
-    it holds and whose (the contributors' keys as the records name them)."""
+    """One sub-cell in this answer's data: its fingerprint (in the scheme it is logged with), how
+    many readings it holds and whose (contributor keys, to count them)."""
 
     fingerprint: bytes
     readings: int
