@@ -33,7 +33,7 @@ from node import catalog
 from node.api.v1 import admin_pb2, envelope_pb2, query_pb2, query_service_pb2
 from node.clock import utc_day
 from node.errors import Reason, Rejected
-from node.storage.base import AggregateRequest, CellRow, Contribution, ReleasedSubcell, ReleaseLine
+from node.storage.base import AggregateRequest, CellRow, Contribution, ReleasedRun, ReleasedSubcell, ReleaseLine
 
 log = logging.getLogger("smartregion.query")
 RUN_METHOD = "/smartregion.v1.Query/Run"
@@ -235,7 +235,10 @@ class Provider:
                                cells: list[CellRow], withheld: frozenset[int]) -> dict[int, releases.Withholding]:
         """The cells the release log withholds, and why (federation/query/releases.py): still
         open, or overlapping a sub-cell released to this agreement line with other content.
-        Logs the sub-cells of the cells it lets through, checked and logged in one transaction."""
+        Logs the sub-cells of the cells it lets through, checked and logged in one transaction,
+        and the window as a run (the high-water mark) if every cell of it was released. A
+        window asked again whose run holds the digest of its sub-cells now is let through
+        without the check: it releases only content released before."""
         if not grant.agreement_id:
             return {}
         now = self.hub.clock.now_ms()
@@ -253,35 +256,62 @@ class Provider:
                 extents[start] = (start, end)
         if not extents:
             return outcome
+        spans = buckets(grain, spec.start_ms, spec.end_ms)
+        scheme = releases.scheme_for(grain)
+        if scheme == releases.READINGS:
+            subcells = await self._subcell_readings(exact, spans)
+        else:
+            subcells = await self._subcell_summaries(replace(exact, bucket=grain), spans)
+        releasing = self._matching_subcells(cells, extents, spans, subcells, outcome)
+        if self.release_hooks.before_check:
+            await self.release_hooks.before_check()
+        digest = releases.run_digest(subcells[span].fingerprint for span in spans)
+        run = await self.hub.storage.read(lambda s: s.released_run(line, scheme, grain, spec.start_ms, spec.end_ms))
+        if run is not None and run.digest == digest:
+            # The high-water mark: this window was released whole, and every sub-cell of it holds
+            # the same content now: what is released now was released before, nothing to check.
+            await self._audit_withheld(grant, spec, outcome)
+            return outcome
+
         earlier = await self.hub.storage.read(lambda s: s.released_overlapping(line, spec.start_ms, spec.end_ms))
-        by_subcell = await self._contributions(replace(exact, bucket=grain))
-        current = {(releases.SUBCELL, s, e): releases.fingerprint(by_subcell.get(s, []))
-                   for s, e in buckets(grain, spec.start_ms, spec.end_ms)}
+        current: dict[releases.ExtentKey, bytes] = {(scheme, s, e): sub.fingerprint for (s, e), sub in subcells.items()}
         current.update(await self._fingerprints_of(exact, [r for r in earlier if (r.scheme, r.start_ms, r.end_ms) not in current]))
-        candidates = []
-        for cell in cells:
-            if cell.bucket_start_ms not in extents:
-                continue
-            lo, hi = extents[cell.bucket_start_ms]
-            subcells = buckets(grain, lo, hi)
-            added = [c for s, _ in subcells for c in by_subcell.get(s, [])]
-            if sum(c.readings for c in added) != cell.count or len({c.contributor for c in added}) != cell.contributors:
-                outcome[cell.bucket_start_ms] = releases.Withholding.RACED  # a reading came or went between the two reads
-                continue
-            rows = tuple(ReleasedSubcell(s, e, releases.SUBCELL, grain, current[(releases.SUBCELL, s, e)],
-                                         len(by_subcell.get(s, [])), grant.agreement_id, now) for s, e in subcells)
-            candidates.append(releases.Candidate(cell.bucket_start_ms, lo, hi, rows))
+        candidates = [releases.Candidate(start, *extents[start], tuple(
+            ReleasedSubcell(s, e, scheme, grain, subcells[(s, e)].fingerprint, len(subcells[(s, e)].contributors), grant.agreement_id, now)
+            for s, e in mine)) for start, mine in releasing.items()]
 
         def check_and_log(logged: list[ReleasedSubcell]) -> list[ReleasedSubcell]:
             refused, rows = releases.decide(candidates, current, logged)
             outcome.update(refused)
             return rows
 
-        if self.release_hooks.before_check:
-            await self.release_hooks.before_check()
         await self.hub.storage.write(lambda s: s.log_releases_checked(line, spec.start_ms, spec.end_ms, check_and_log))
+        if not outcome and len(releasing) == len(cells):  # every cell released: the window is a run
+            whole = ReleasedRun(scheme, grain, spec.start_ms, spec.end_ms, digest, now)
+            await self.hub.storage.write(lambda s: s.log_release_run(line, whole))
         await self._audit_withheld(grant, spec, outcome)
         return outcome
+
+    @staticmethod
+    def _matching_subcells(cells: list[CellRow], extents: dict[int, tuple[int, int]], spans: list[tuple[int, int]],
+                           subcells: dict[tuple[int, int], releases.SubcellReadings],
+                           outcome: dict[int, releases.Withholding]) -> dict[int, list[tuple[int, int]]]:
+        """The sub-cells of each cell to release, if its readings and contributors are those its
+        sub-cells hold; a cell whose are not changed between the two reads (withheld, RACED)."""
+        position = {start: i for i, (start, _) in enumerate(spans)}  # a cell is a run of whole sub-cells (policy)
+        releasing: dict[int, list[tuple[int, int]]] = {}
+        for cell in cells:
+            if cell.bucket_start_ms not in extents:
+                continue
+            lo, hi = extents[cell.bucket_start_ms]
+            mine = spans[position[lo]:position.get(hi, len(spans))]  # hi: the next cell's first sub-cell, or the window's end
+            contents = [subcells[span] for span in mine]
+            contributors = contents[0].contributors if len(contents) == 1 else set[str]().union(*(sub.contributors for sub in contents))
+            if sum(sub.readings for sub in contents) != cell.count or len(contributors) != cell.contributors:
+                outcome[cell.bucket_start_ms] = releases.Withholding.RACED  # a reading came or went between the two reads
+            else:
+                releasing[cell.bucket_start_ms] = mine
+        return releasing
 
     async def _audit_withheld(self, grant: policy.Grant, spec: query_pb2.QuerySpec,
                               outcome: dict[int, releases.Withholding]) -> None:
@@ -300,10 +330,37 @@ class Provider:
     async def _contributions(self, request: AggregateRequest) -> dict[int, list[Contribution]]:
         return await self.hub.storage.read(lambda s: s.contributions(request))
 
+    async def _subcell_readings(self, exact: AggregateRequest,
+                                extents: list[tuple[int, int]]) -> dict[tuple[int, int], releases.SubcellReadings]:
+        """The READINGS fingerprint, readings and contributors of each extent (disjoint, on whole
+        hours), from one pass over the readings of their span, hour by hour."""
+        hasher = releases.SubcellHasher(extents)
+        if extents:
+            span = replace(exact, start_ms=min(s for s, _ in extents), end_ms=max(e for _, e in extents))
+            await self.hub.storage.read(lambda s: s.readings_by_hour(span, hasher.add))
+        return hasher.result()
+
+    async def _subcell_summaries(self, by_grain: AggregateRequest,
+                                 extents: list[tuple[int, int]]) -> dict[tuple[int, int], releases.SubcellReadings]:
+        """The SUBCELL fingerprint (per-contributor summaries), readings and contributors of each
+        of `extents`: the buckets of `by_grain`'s bucket covering its window."""
+        by_subcell = await self._contributions(by_grain)
+        out = {}
+        for extent in extents:
+            added = by_subcell.get(extent[0], [])
+            out[extent] = releases.SubcellReadings(releases.fingerprint(added), sum(c.readings for c in added),
+                                                   {c.contributor for c in added})
+        return out
+
     async def _fingerprints_of(self, exact: AggregateRequest, rows: list[ReleasedSubcell]) -> dict[releases.ExtentKey, bytes]:
-        """Fingerprints, in the data now, of logged extents of another grain than this query's
-        (the line's terms changed their smallest bucket) or of the old per-cell log."""
+        """Fingerprints, in the data now, of logged extents this query did not compute: of another
+        grain than this query's (the line's terms changed their smallest bucket), or logged under
+        an earlier scheme (per-contributor summaries; the old per-cell log)."""
         out: dict[releases.ExtentKey, bytes] = {}
+        for grain in sorted({r.grain for r in rows if r.scheme == releases.READINGS}):
+            extents = sorted({(r.start_ms, r.end_ms) for r in rows if r.scheme == releases.READINGS and r.grain == grain})
+            readings = await self._subcell_readings(exact, extents)
+            out.update({(releases.READINGS, s, e): sub.fingerprint for (s, e), sub in readings.items()})
         for grain in sorted({r.grain for r in rows if r.scheme == releases.SUBCELL}):
             same = [r for r in rows if r.scheme == releases.SUBCELL and r.grain == grain]
             wide = replace(exact, bucket=grain, start_ms=min(r.start_ms for r in same), end_ms=max(r.end_ms for r in same))

@@ -241,6 +241,19 @@ class ReleasedSubcell:
     released_at_ms: int
 
 
+@dataclass(frozen=True)
+class ReleasedRun:
+    """The release log's high-water mark: a window released whole to a line (every cell of it,
+    nothing withheld), with a digest of its sub-cells' fingerprints in order. The same window
+    asked again with the same digest holds only content released before (releases.run_digest)."""
+    scheme: int
+    grain: str
+    start_ms: int
+    end_ms: int
+    digest: bytes
+    released_at_ms: int
+
+
 @dataclass
 class AggregateRequest:
     dataset: str
@@ -325,10 +338,13 @@ class Store(Protocol):
     # -- queries: aggregates, consent, quotas
     def aggregate(self, req: AggregateRequest) -> list[CellRow]: ...
     def contributions(self, req: AggregateRequest) -> dict[int, list[Contribution]]: ...
+    def readings_by_hour(self, req: AggregateRequest, each: Callable[[int, list[str], list[str]], None]) -> None: ...
     def sketch_bins_by_contributor(self, req: AggregateRequest) -> list[tuple[int, int, int, str, int]]: ...
     def released_overlapping(self, line: ReleaseLine, start_ms: int, end_ms: int) -> list[ReleasedSubcell]: ...
     def log_releases_checked(self, line: ReleaseLine, start_ms: int, end_ms: int,
                              decide: Callable[[list[ReleasedSubcell]], list[ReleasedSubcell]]) -> None: ...
+    def released_run(self, line: ReleaseLine, scheme: int, grain: str, start_ms: int, end_ms: int) -> ReleasedRun | None: ...
+    def log_release_run(self, line: ReleaseLine, run: ReleasedRun) -> None: ...
     def kept_answer(self, asker_id: str, query_digest: bytes, now_ms: int) -> tuple[str, bytes] | None: ...
     def keep_answer(self, asker_id: str, query_digest: bytes, agreement_id: str, sealed: bytes, expires_at_ms: int,
                     now_ms: int) -> None: ...

@@ -289,6 +289,26 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX kept_answers_expiry ON kept_answers (expires_at_ms)
         """,
     ),
+    (
+        # branch releaselog (issue 9 follow-up): the release log's high-water mark, a window
+        # released whole to a line with a digest of its sub-cells' fingerprints, so that the
+        # same window asked again unchanged is one comparison (federation/query/releases.py).
+        11,
+        """
+        CREATE TABLE released_runs (
+            asker_id TEXT NOT NULL,
+            dataset TEXT NOT NULL,
+            metric TEXT NOT NULL,
+            scheme INTEGER NOT NULL,
+            grain TEXT NOT NULL,
+            start_ms INTEGER NOT NULL,
+            end_ms INTEGER NOT NULL,
+            digest BLOB NOT NULL,          -- SHA-256 over the fingerprints of its sub-cells, in order
+            released_at_ms INTEGER NOT NULL,
+            PRIMARY KEY (asker_id, dataset, metric, scheme, grain, start_ms, end_ms)
+        ) WITHOUT ROWID
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from node.sketch.sql import bin_sql
-from node.storage.base import AggregateRequest, CellRow, ConsentRow, Contribution, ReleasedSubcell, ReleaseLine
+from node.storage.base import AggregateRequest, CellRow, ConsentRow, Contribution, ReleasedRun, ReleasedSubcell, ReleaseLine
 from node.storage.connected import Connected
 
 _WEEK_SHIFT_MS = 3 * 86_400_000  # 1970-01-01 was a Thursday; ISO weeks start on Monday
@@ -72,6 +72,27 @@ class QueryTables(Connected):
             out.setdefault(b, []).append(Contribution(str(c), n, total, squares, low, high, hours, within))
         return out
 
+    def readings_by_hour(self, req: AggregateRequest, each: Callable[[int, list[str], list[str]], None]) -> None:
+        """Every reading of the request, for the release log's fingerprints (releases.SubcellHasher):
+        `each(hour_start_ms, records, contributors)` for every hour holding a reading, in
+        increasing order, with one record `<contributor> <ms into the hour> <value>` per reading,
+        in no particular order, and the contributor of each (repeated). The contributor is
+        `r<sensor ref>`, or `s<hex of the subject id>` when consent counts (as in `aggregate`); the
+        value has 18 significant digits, which give the stored double back exactly. SQLite builds
+        the records and groups them by hour in one pass; one hour's records are in memory at a
+        time. Stays in the hub: only fingerprints of them are stored."""
+        if req.clamp is not None or req.max_contributions is not None:
+            raise ValueError("the release log fingerprints the readings as stored: no clamp, no bound on contributions")
+        if req.consent_purpose is not None:
+            key, record = "'s' || hex(s.subject_id)", "printf('s%s %d %!.17e', hex(s.subject_id), r.time_ms % 3600000, r.value)"
+        else:
+            key, record = "'r' || s.ref", "printf('r%d %d %!.17e', s.ref, r.time_ms % 3600000, r.value)"
+        where, params = self._where(req)
+        for hour, records, contributors in self.conn.execute(
+                f"SELECT r.time_ms - r.time_ms % 3600000 AS h, group_concat({record}, ','), group_concat({key}, ',') "
+                f"FROM readings r JOIN sensors s ON s.ref = r.sensor_ref WHERE {where} GROUP BY h ORDER BY h", params):
+            each(hour, records.split(","), contributors.split(","))
+
     # -- release log (federation/query/releases.py) ---------------------------------------
     _RELEASED_COLUMNS = "start_ms, end_ms, scheme, grain, fingerprint, contributors, agreement_id, released_at_ms"
 
@@ -100,6 +121,22 @@ class QueryTables(Connected):
                   r.contributors, r.agreement_id, r.released_at_ms) for r in rows])
 
         self._transaction(work)
+
+    def released_run(self, line: ReleaseLine, scheme: int, grain: str, start_ms: int, end_ms: int) -> ReleasedRun | None:
+        """The run logged for exactly this window, scheme and grain, if the line was given it whole."""
+        row = self.conn.execute(
+            "SELECT scheme, grain, start_ms, end_ms, digest, released_at_ms FROM released_runs WHERE asker_id = ? AND dataset = ? "
+            "AND metric = ? AND scheme = ? AND grain = ? AND start_ms = ? AND end_ms = ?",
+            (line.asker_id, line.dataset, line.metric, scheme, grain, start_ms, end_ms)).fetchone()
+        return ReleasedRun(*row) if row else None
+
+    def log_release_run(self, line: ReleaseLine, run: ReleasedRun) -> None:
+        """Log a window released whole. The first run logged for a window stays: a later one of
+        the same window can only have passed the check with the same sub-cells."""
+        self._transaction(lambda: self.conn.execute(
+            "INSERT OR IGNORE INTO released_runs (asker_id, dataset, metric, scheme, grain, start_ms, end_ms, digest, released_at_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (line.asker_id, line.dataset, line.metric, run.scheme, run.grain, run.start_ms, run.end_ms, run.digest, run.released_at_ms)))
 
     # -- answers kept for a retry of the same signed query (federation/query/provider.py) --
     def kept_answer(self, asker_id: str, query_digest: bytes, now_ms: int) -> tuple[str, bytes] | None:
