@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -38,6 +39,12 @@ CERT_VALIDITY = dt.timedelta(days=3 * 365)
 
 class IdentityError(Exception):
     pass
+
+
+# The hub's identity as it is at this moment (`lambda: hub.identity`): what every long-lived
+# signer holds instead of an identity, so that a live key rotation reaches it. A signer calls it
+# once per document and takes key, public key and history from that one object.
+IdentitySource = Callable[[], "HubIdentity"]
 
 
 def raw_public(key: Ed25519PublicKey) -> bytes:

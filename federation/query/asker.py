@@ -4,6 +4,7 @@ The Python CLI, a hub asking for itself, and `query verify` (on opened partials)
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -166,6 +167,29 @@ def open_answer(answer: query_service_pb2.QueryAnswer, key: X25519PrivateKey,
     del opened.rows[:]
     opened.rows.extend(merge_opened(opened))
     return opened
+
+
+CurrentKey = Callable[[str], Awaitable[bytes | None]]  # the key a hub signs with now, as this asker knows it; None: not pinned
+Follow = Callable[[str], Awaitable[bool]]  # refresh that hub's descriptor now (bounded); whether it ran
+
+
+async def check_current_keys(answer: query_service_pb2.QueryAnswer, current_key: CurrentKey, follow: Follow) -> None:
+    """Online, beyond the offline rule of `merge_opened` (a key of the signer's valid history):
+    every hub this asker pins must have signed with the key it signs with NOW, as the asker
+    follows its history: a key it rotated away from (perhaps because it leaked) is refused. A key
+    the asker does not know yet makes it refresh that hub's descriptor once (`follow`: only a
+    history continuing the one pinned is followed) and compare again."""
+    signers = [(answer.answered_by, answer.answered_by_public_key, "its signature over the answer")]
+    signers += [(p.hub_id, p.partial.provider_public_key, "its partial") for p in answer.provenance if p.status == "answered"]
+    for hub_id, key, what in signers:
+        known = await current_key(hub_id)
+        if known is None or key == known:
+            continue
+        if await follow(hub_id):
+            known = await current_key(hub_id)
+        if key != known:
+            raise AnswerRefused(f"hub {hub_id} signed {what} with a key that is not its current one by the key history "
+                                "this asker follows (an earlier key, perhaps leaked: docs/operations.md, \"Compromise\")")
 
 
 @dataclass(frozen=True)

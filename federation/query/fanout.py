@@ -60,12 +60,20 @@ class QueryService:
         asked = query_pb2.QuerySpec()
         asked.CopyFrom(spec)
         asked.answer_key = sealing.public_raw(key)
-        signed = envelope.make(self.hub.identity.identity_key, self.own_id, self.own_id, RUN_METHOD, clock=self.hub.clock, query=asked)
+        identity = self.hub.identity  # the key that signs the query is the one the answer is opened with
+        signed = envelope.make(identity.identity_key, self.own_id, self.own_id, RUN_METHOD, clock=self.hub.clock, query=asked)
         answer = await self._answer(signed, asked, self.own_id)
         try:
-            return asker.open_answer(answer, key, self.hub.identity.public_key_raw, self.hub.identity.key_history)
+            opened = asker.open_answer(answer, key, identity.public_key_raw, identity.key_history)
+            await asker.check_current_keys(opened, self._peer_key, self.federation.outbox.follow)
+            return opened
         except asker.AnswerRefused as exc:
             raise Rejected(Reason.UNAVAILABLE, f"the region's answer does not verify: {exc}") from None
+
+    async def _peer_key(self, hub_id: str) -> bytes | None:
+        """The key a peer signs with now, as this hub follows it (None for this hub itself)."""
+        caller = None if hub_id == self.own_id else await self.federation.known_caller(hub_id)
+        return caller.public_key if caller is not None and caller.kind == "hub" else None
 
     async def _targets(self, spec: query_pb2.QuerySpec) -> tuple[bool, list[PeerRecord]]:
         peers = await self.hub.storage.read(lambda s: s.list_peers())
