@@ -89,9 +89,13 @@ class PartnerSession:
         return self.chain.current if self.chain is not None and hub_id == self.hub_id else None
 
     async def _follow_quietly(self) -> bool:
+        """After the hub could not be reached: follow it, or say it is an impostor now."""
         try:
             return await self.follow()
-        except peers.PeerError:
+        except peers.PeerError as exc:
+            if exc.impostor:
+                raise asker.AnswerRefused(f"the server at {self.hub_address} is not hub {self.hub_id} as this session "
+                                          f"follows it: {exc}") from None
             return False
 
     async def _follow_refusing(self) -> bool:
