@@ -82,11 +82,13 @@ class PartnerSession:
             if exc.code() != grpc.StatusCode.UNAVAILABLE or not await self._follow_quietly():
                 raise
             answer = await asker.send(self.channel, query, attempts, clock=self.clock)
-        await asker.check_current_keys(answer, self._current_key, lambda _: self._follow_refusing())
+        await asker.check_current_keys(answer, self._followed, lambda _: self._follow_refusing(), self.clock.now_ms())
         return answer
 
-    async def _current_key(self, hub_id: str) -> bytes | None:
-        return self.chain.current if self.chain is not None and hub_id == self.hub_id else None
+    async def _followed(self, hub_id: str) -> KeyChain | None:
+        """Only the entry hub is pinned by this session (the others are checked offline, by the
+        agreement each co-signed with the partner)."""
+        return self.chain if hub_id == self.hub_id else None
 
     async def _follow_quietly(self) -> bool:
         """After the hub could not be reached: follow it, or say it is an impostor now."""

@@ -12,6 +12,7 @@ from node import ids
 from node.api.v1 import agreement_pb2
 from node.clock import Clock
 from node.errors import Reason, Rejected
+from node.keychain import KeyChain
 from node.register import lookup
 from node.storage import Storage
 from node.storage.base import PartnerRecord, PeerRecord
@@ -41,6 +42,14 @@ class Registry:
         if partner and not partner.removed_at_ms:
             return Caller("partner", partner.partner_id, partner.public_key, partner.name)
         return None
+
+    async def followed_chain(self, hub_id: str) -> KeyChain | None:
+        """The key history of a pinned peer as followed so far (its genesis key alone if it never
+        rotated); None if it is not a current peer."""
+        peer = await self._storage.read(lambda s: s.get_peer(hub_id))
+        if peer is None or peer.removed_at_ms:
+            return None
+        return descriptors.stored_chain(peer.descriptor) or KeyChain.genesis_only(peer.public_key)
 
     def _current_key(self, peer: PeerRecord) -> bytes:
         """The key the peer signs with now: the last of its stored descriptor's key history

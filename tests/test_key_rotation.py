@@ -472,3 +472,19 @@ def test_partials_and_answer_summaries_signed_by_a_rotated_key_verify_only_with_
     del answer.answered_by_key_history[:]
     with pytest.raises(partials.PartialError, match="whose key it does not carry"):
         partials.verify_answer_summary(answer, digest)
+
+
+def test_online_only_the_current_key_counts_or_the_one_retired_minutes_ago():
+    """KeyChain.signs_now, the online rule (federation/query/asker.py check_current_keys): an
+    answer signed partly before a live rotation still counts for ROTATION_GRACE_MS; an older
+    key, or the retired one later, does not (it may have leaked)."""
+    clock = ManualClock()
+    a, b, c = rotated_chain(2, clock)
+    chain = c.chain()
+    rotated_at = RotationStatement.from_bytes(c.key_history[-1]).rotated_at_ms
+    assert chain.signs_now(c.public_key_raw, rotated_at + 10**9)
+    assert chain.signs_now(b.public_key_raw, rotated_at) and chain.signs_now(b.public_key_raw, rotated_at + keychain.ROTATION_GRACE_MS)
+    assert not chain.signs_now(b.public_key_raw, rotated_at + keychain.ROTATION_GRACE_MS + 1)
+    assert not chain.signs_now(a.public_key_raw, rotated_at)  # two rotations back: never online
+    assert not chain.signs_now(b.public_key_raw, rotated_at - 1)  # "retired" in the future: a clock to distrust
+    assert not keychain.KeyChain.genesis_only(a.public_key_raw).signs_now(b.public_key_raw, rotated_at)

@@ -86,6 +86,13 @@ def bergen_status(region: Region, answer) -> str:
     return next(p.status for p in answer.provenance if p.hub_id == region.bergen.hub_id)
 
 
+def bergen_keys(region: Region, answer) -> frozenset[bytes]:
+    keys = {p.partial.provider_public_key for p in answer.provenance if p.hub_id == region.bergen.hub_id and p.status == "answered"}
+    if answer.answered_by == region.bergen.hub_id:
+        keys.add(answer.answered_by_public_key)
+    return frozenset(keys)
+
+
 def stored_peer(hub: ProcessHub, peer_id: str):
     store = SqliteStore(hub.hub_dir.file(hubdir.DB_FILE))
     try:
@@ -131,6 +138,7 @@ class Outcome:
     asker: str
     after_rotation: bool  # the query was sent once the rotation command had returned
     bergen: str  # Bergen's status in the answer, or the error the asker got
+    bergen_keys: frozenset[bytes] = frozenset()  # the keys Bergen signed this answer with (summary, partial)
 
 
 async def query_continuously(region: Region, stop: asyncio.Event, rotated: asyncio.Event, outcomes: list[Outcome]) -> None:
@@ -150,7 +158,7 @@ async def query_continuously(region: Region, stop: asyncio.Event, rotated: async
                 outcomes.append(Outcome(name, after, f"error {exc.code().name}"))
                 continue
             answers.verify(answers.to_json(answer))  # raises on any signature that does not verify
-            outcomes.append(Outcome(name, after, bergen_status(region, answer)))
+            outcomes.append(Outcome(name, after, bergen_status(region, answer), bergen_keys(region, answer)))
         await asyncio.sleep(0.05)
 
 
@@ -181,6 +189,8 @@ async def test_rotating_the_running_hub_while_two_peers_and_a_partner_query(regi
         assert "the running hub signs with the new key" in done.stdout
 
         async def each_asker_answered_twice_since() -> bool:
+            if querying.done():
+                querying.result()  # an asker failed: say why at once
             after = [o for o in outcomes if o.after_rotation]
             return all(sum(o.asker == name for o in after) >= 2 for name in ("stavanger", "porsgrunn", "partner"))
         await eventually(each_asker_answered_twice_since, timeout=30)
@@ -193,6 +203,9 @@ async def test_rotating_the_running_hub_while_two_peers_and_a_partner_query(regi
 
     new = bergen.hub_dir.identity(PASSPHRASE.encode())
     assert new.hub_id_text == bergen.hub_id and new.public_key_raw != old.public_key_raw
+    # From the moment the command returned, everything Bergen signed is signed by the new key.
+    assert all(o.bergen_keys == {new.public_key_raw} for o in outcomes if o.after_rotation), outcomes
+    assert all(o.bergen_keys <= {old.public_key_raw, new.public_key_raw} for o in outcomes)
     status = await bergen.admin("GetStatus", admin_pb2.GetStatusRequest())
     assert bytes.fromhex(status.identity_public_key) == new.public_key_raw  # the process signs with the key written
     served = await peers.fetch_certificate(bergen.address)  # the certificate of the next handshake is bound to it

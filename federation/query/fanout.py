@@ -18,6 +18,7 @@ from federation.query_spec import DEFAULT_DEADLINE_MS, check_shape
 from federation.service import Federation
 from node.api.v1 import envelope_pb2, query_pb2, query_service_pb2, query_service_pb2_grpc
 from node.errors import Reason, Rejected
+from node.keychain import KeyChain
 from node.storage.base import PeerRecord
 
 log = logging.getLogger("smartregion.query")
@@ -65,15 +66,14 @@ class QueryService:
         answer = await self._answer(signed, asked, self.own_id)
         try:
             opened = asker.open_answer(answer, key, identity.public_key_raw, identity.key_history)
-            await asker.check_current_keys(opened, self._peer_key, self.federation.outbox.follow)
+            await asker.check_current_keys(opened, self._peer_chain, self.federation.outbox.follow, self.hub.clock.now_ms())
             return opened
         except asker.AnswerRefused as exc:
             raise Rejected(Reason.UNAVAILABLE, f"the region's answer does not verify: {exc}") from None
 
-    async def _peer_key(self, hub_id: str) -> bytes | None:
-        """The key a peer signs with now, as this hub follows it (None for this hub itself)."""
-        caller = None if hub_id == self.own_id else await self.federation.known_caller(hub_id)
-        return caller.public_key if caller is not None and caller.kind == "hub" else None
+    async def _peer_chain(self, hub_id: str) -> KeyChain | None:
+        """A peer's key history as this hub follows it (None for this hub itself)."""
+        return None if hub_id == self.own_id else await self.federation.registry.followed_chain(hub_id)
 
     async def _targets(self, spec: query_pb2.QuerySpec) -> tuple[bool, list[PeerRecord]]:
         peers = await self.hub.storage.read(lambda s: s.list_peers())
