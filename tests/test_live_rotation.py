@@ -19,7 +19,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import pytest
@@ -229,6 +233,7 @@ async def test_rotating_the_running_hub_while_two_peers_and_a_partner_query(regi
     assert "those entries are unchanged" in extended
     header = json.loads(audit_after.decode().splitlines()[0])  # the head is signed by the new key, history attached
     assert header["public_key"] == new.public_key_raw.hex() and header["key_history"] == [s.hex() for s in new.key_history]
+    await python_example_asks_through_the_rotated_hub(region)
     # ...and an agreement signed now is signed by the new key, and delivered in a request signed
     # by it: Porsgrunn proposes, Bergen countersigns, Bergen's outbox brings it back.
     aid = await agree_between(region.porsgrunn, bergen, TERMS)
@@ -236,6 +241,26 @@ async def test_rotating_the_running_hub_while_two_peers_and_a_partner_query(regi
     signed = agreement_pb2.AgreementDocument.FromString(base64.b64decode(document["document"])).signed_terms
     by_bergen = next(s.signature for s in signed.signatures if s.signer_id == bergen.hub_id)
     assert verify(new.public_key_raw, Domain.AGREEMENT, signed.terms, by_bergen)
+
+
+PYTHON_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "python_partner.py"
+
+
+async def python_example_asks_through_the_rotated_hub(region: Region) -> None:
+    """examples/python_partner.py (grpcio, cryptography and the generated code only) pins the
+    ROTATED entry hub through the key history of its signed descriptor and verifies its
+    answer, signed by the new key."""
+    args = [sys.executable, str(PYTHON_EXAMPLE), "--key", str(region.tmp / "uis.key"), "--hub", region.bergen.address,
+            "--hub-id", region.bergen.hub_id, "--dataset", "air_quality", "--metric", "pm25", "--aggregate", "mean",
+            "--from", "2019-01-01", "--to", "2019-01-08", "--bucket", "day", "--group-by", "municipality",
+            "--purpose", "research", "--deadline-ms", "4000"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTREGION_")} | {"SMARTREGION_PASSPHRASE": PASSPHRASE}
+    done = await asyncio.to_thread(subprocess.run, args, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["answered_by"] == region.bergen.hub_id and not out["partial"]
+    assert {p["hub_id"]: p["signature_verified"] for p in out["provenance"]} == \
+        {h.hub_id: True for h in (region.bergen, region.stavanger, region.porsgrunn)}
 
 
 # -- 2. a forged history at Bergen's address --------------------------------------------------------
