@@ -488,3 +488,10 @@ def test_online_only_the_current_key_counts_or_the_one_retired_minutes_ago():
     assert not chain.signs_now(a.public_key_raw, rotated_at)  # two rotations back: never online
     assert not chain.signs_now(b.public_key_raw, rotated_at - 1)  # "retired" in the future: a clock to distrust
     assert not keychain.KeyChain.genesis_only(a.public_key_raw).signs_now(b.public_key_raw, rotated_at)
+
+
+def test_a_rotation_beyond_the_bound_a_peer_accepts_is_refused_before_anything_is_signed():
+    ident = identity.generate(clock=ManualClock())
+    full = replace(ident, key_history=(bytes(keychain.STATEMENT_LENGTH),) * keychain.MAX_ROTATIONS)
+    with pytest.raises(identity.IdentityError, match="already holds 1000 rotations"):
+        full.rotated()

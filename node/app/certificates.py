@@ -33,7 +33,7 @@ from node.api.v1 import admin_pb2
 from node.errors import Reason, Rejected
 from node.hub import Hub
 from node.hubdir import KEYS_FILE
-from node.identity import HubIdentity
+from node.identity import HubIdentity, IdentityError
 from node.tlsfiles import load_certificate
 
 log = logging.getLogger("smartregion.certificates")
@@ -106,8 +106,11 @@ class ServedCertificate:
         so a request is signed wholly by the old key or wholly by the new one. Returns (old, new)."""
         async with self._changing:
             old = self.hub.identity
-            new = await self._replace_identity("key.rotate", "rotate the identity key", "smartregion key rotate",
-                                               lambda current: current.rotated(self.hub.clock))
+            try:
+                new = await self._replace_identity("key.rotate", "rotate the identity key", "smartregion key rotate",
+                                                   lambda current: current.rotated(self.hub.clock))
+            except IdentityError as exc:  # nothing was written
+                raise Rejected(Reason.INVALID_REQUEST, str(exc)) from None
             await audit.admin_action(self.hub.storage, self.hub.clock.now_ms(), "key.rotate", self.hub.config.hub_id,
                                      rotation.rotation_detail(old, new, "live"))
             log.info("identity key rotated", extra={"rotation": len(new.key_history),
