@@ -156,14 +156,15 @@ class KeyChain:
 
     def signs_now(self, key: bytes, now_ms: int) -> bool:
         """Whether a signature by `key` counts online at `now_ms`: it is the current key, or the
-        one the last rotation retired less than ROTATION_GRACE_MS ago. (Offline verifiers accept
-        any key of the chain: see the module docstring.)"""
+        one the last rotation retired at most ROTATION_GRACE_MS from now (either way: the
+        rotation's time is the rotating hub's clock, and only the holder of the NEW key can date
+        a statement). Offline verifiers accept any key of the chain: see the module docstring."""
         if key == self.current:
             return True
         if not self.statements:
             return False
         last = self.statements[-1]
-        return key == last.old_key and 0 <= now_ms - last.rotated_at_ms <= ROTATION_GRACE_MS
+        return key == last.old_key and abs(now_ms - last.rotated_at_ms) <= ROTATION_GRACE_MS
 
     def check_successor(self, newer: KeyChain) -> None:
         """`newer` is this chain or continues it (what a peer checks at each refresh); raise
