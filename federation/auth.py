@@ -4,7 +4,9 @@ Every Federation and Query RPC (but the public `GetDescriptor`) is authenticated
 handler runs: the caller's signed envelope is parsed, the caller must be a pinned peer or a
 registered partner, the signature, audience, method and freshness must check, and the nonce
 must be new. The handler then receives an `Authenticated` call and never sees an
-unauthenticated request.
+unauthenticated request. A pinned peer whose signature does not verify under the key known for
+it may have rotated its key: its descriptor is refreshed once, within a bound, and the request
+checked again under the key its history then leads to (`check_signed`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 Each peer's work runs in its own task, and a round never waits for it: a frozen (SIGSTOPped)
 or slow peer holds up only its own deliveries and refresh, never another peer's (issue 11:
 one stopped peer delayed every other peer's deliveries by 9.5 s). At most one delivery and one
-refresh per peer are in flight at a time.
+refresh per peer are in flight at a time. Besides the scheduled refreshes, a peer's descriptor
+is refreshed on demand (`follow`) when something it signed does not verify under the key known
+for it: a peer that rotated its key is followed at once, within a bound.
 """
 
 from __future__ import annotations
