@@ -112,10 +112,9 @@ class Authenticator:
         except envelope.SignatureMismatch:
             if caller.kind != "hub" or self._follow is None or not await self._follow(caller.id):
                 raise
-        followed = await self._known_caller(caller.id)
-        if followed is None or followed.public_key == caller.public_key:
-            raise envelope.SignatureMismatch(f"the request's signature does not verify under the key of {caller.id}, "
-                                             "nor under a key its descriptor's history leads to")
+            followed = await self._known_caller(caller.id)
+            if followed is None or followed.public_key == caller.public_key:
+                raise  # its history leads to no other key: refused as before
         envelope.check(signed, request, followed.public_key, audience, method, now_ms)
         return followed
 
