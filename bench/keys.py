@@ -2,7 +2,7 @@
 a refresh, and verifying an agreement offline, for a peer with 0, 1 and 10 rotations; the
 baseline in each row is the same operation for a peer that never rotated, measured in the same
 run. The request lookup is also measured without the per-descriptor cache of the current key
-(federation/registry.py `_current_key`), i.e. checking the history on every request.
+(federation/registry.py `_chain`), i.e. checking the history on every request.
 
     .venv/bin/python -m bench.keys              # 2,000 lookups, 200 verifications per case
 

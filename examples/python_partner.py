@@ -10,7 +10,9 @@ the hub's own modules — so it shows everything a partner's client has to do
         --group-by municipality --purpose research
 
 Prints {"rows": [...], "partial", "missing_hubs", "provenance": [...], "answered_by"}, after
-checking the entry hub's signature over the statuses, that the answer lists exactly the hubs
+checking the entry hub's signature over the statuses (by a key of the entry hub's key history,
+as its signed descriptor shows it: a hub that rotated its identity key is followed), that the
+answer lists exactly the hubs
 (and municipalities) asked and is marked partial exactly when a hub did not answer, opening
 every hub's partial (sealed to a fresh X25519 key of this one query, HPKE), checking each
 provider's signature and that it speaks for the municipality of the agreement you co-signed
@@ -44,9 +46,9 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.x509.oid import NameOID
 
 try:  # modules generated from proto/:  python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. proto/smartregion/v1/*.proto
-    from smartregion.v1 import agreement_pb2, envelope_pb2, query_pb2, query_service_pb2_grpc
+    from smartregion.v1 import agreement_pb2, envelope_pb2, federation_pb2, federation_pb2_grpc, query_pb2, query_service_pb2_grpc
 except ImportError:  # the same modules, as shipped in the smartregion package
-    from node.api.v1 import agreement_pb2, envelope_pb2, query_pb2, query_service_pb2_grpc
+    from node.api.v1 import agreement_pb2, envelope_pb2, federation_pb2, federation_pb2_grpc, query_pb2, query_service_pb2_grpc
 
 RUN_METHOD = "/smartregion.v1.Query/Run"
 REQUEST_DOMAIN = b"smartregion/v1/request\x00"
@@ -56,6 +58,7 @@ AGREEMENT_DOMAIN = b"smartregion/v1/agreement\x00"
 HUB_ID_DOMAIN = b"smartregion/v1/hub-id\x00"
 PARTNER_ID_DOMAIN = b"smartregion/v1/partner-id\x00"
 TLS_BINDING_DOMAIN = b"smartregion/v1/tls-binding\x00"
+DESCRIPTOR_DOMAIN = b"smartregion/v1/descriptor\x00"
 SEAL_INFO_PREFIX = b"smartregion/v1/sealed-partial\x00"  # HPKE info = prefix || query digest || hub id
 HPKE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_128_GCM)  # RFC 9180 base mode
 TLS_BINDING_OID = x509.ObjectIdentifier("2.25.203920180945178712633153802452796473511")
@@ -76,33 +79,47 @@ def hub_id_of(public_key: bytes) -> str:
 KEY_ROTATION_DOMAIN = b"smartregion/v1/key-rotation\x00"
 
 
-def is_key_of_hub(hub_id: str, key: bytes, history) -> bool:
-    """`key` is hub `hub_id`'s: it hashes to the id, or a valid key history (rotation statements,
-    docs/protocol.md "Key rotation statements") leads from the key that does to it."""
-    if not history:
-        return len(key) == 32 and hub_id_of(key) == hub_id
+def keys_of_hub(hub_id: str, history) -> list[bytes]:
+    """Every identity key of hub `hub_id` by its key history (rotation statements, oldest first,
+    docs/protocol.md 14 "Key rotation statements"): the genesis key, whose hash is the hub id,
+    then each statement's new key. Raise ClientError at the first break. Each 220-byte
+    statement is hub_id (16) || sequence (u32) || old key (32) || new key (32) || rotated_at_ms
+    (u64), then the old key's and the new key's signature over those 92 bytes."""
     keys: list[bytes] = []
     previous_at_ms = 0
     for position, statement in enumerate(history, start=1):
+        where = f"rotation {position} of hub {hub_id}"
         if len(statement) != 220:
-            return False
+            raise ClientError(f"{where} is not 220 bytes")
         payload, old_key, new_key = statement[:92], statement[20:52], statement[52:84]
         if position == 1:
             if hub_id_of(old_key) != hub_id:
-                return False
+                raise ClientError(f"the key history does not start at the genesis key of hub {hub_id}")
             keys.append(old_key)
         at_ms = int.from_bytes(statement[84:92], "big")
-        if (statement[:16].hex() != hub_id or int.from_bytes(statement[16:20], "big") != position or old_key != keys[-1]
-                or new_key in keys or at_ms < previous_at_ms):
-            return False
+        if statement[:16].hex() != hub_id or int.from_bytes(statement[16:20], "big") != position:
+            raise ClientError(f"{where} names another hub or sequence number")
+        if old_key != keys[-1] or new_key in keys or at_ms < previous_at_ms:
+            raise ClientError(f"{where} does not continue the history (another old key, a key used before, or an earlier date)")
         try:
             Ed25519PublicKey.from_public_bytes(old_key).verify(statement[92:156], KEY_ROTATION_DOMAIN + payload)
             Ed25519PublicKey.from_public_bytes(new_key).verify(statement[156:220], KEY_ROTATION_DOMAIN + payload)
         except (InvalidSignature, ValueError):
-            return False
+            raise ClientError(f"{where} is not signed by both its old and its new key") from None
         keys.append(new_key)
         previous_at_ms = at_ms
-    return key in keys
+    return keys
+
+
+def is_key_of_hub(hub_id: str, key: bytes, history) -> bool:
+    """`key` is hub `hub_id`'s: it hashes to the id, or a valid key history leads from the key
+    that does to it."""
+    if not history:
+        return len(key) == 32 and hub_id_of(key) == hub_id
+    try:
+        return key in keys_of_hub(hub_id, history)
+    except ClientError:
+        return False
 
 
 def partner_id_of(public_key: bytes) -> str:
@@ -140,8 +157,15 @@ def load_partner_key(path: Path, secret: bytes) -> Ed25519PrivateKey:
 
 
 # -- 2. pinning the hub: its certificate must be bound to the hub id you were given ---------------
+#
+# A hub that rotated its identity key keeps its hub id (the hash of its FIRST key) and signs with
+# a newer key; its descriptor (Federation.GetDescriptor, signed by the current key) carries the
+# key history that links the two. The certificate is trusted when it is bound to that current key.
 
-def pinned_certificate(address: str, hub_id: str) -> bytes:
+def served_certificate(address: str, hub_id: str) -> tuple[bytes, bytes]:
+    """The certificate the server at `address` presents, and the identity key it is bound to
+    (checked: the binding signature, and that it names hub `hub_id`). Whether that key is the
+    hub's is for `pinned_hub` to check, by the hub's descriptor."""
     host, _, port = address.rpartition(":")
     try:
         pem = ssl.get_server_certificate((host.strip("[]"), int(port)), timeout=10).encode()
@@ -160,13 +184,38 @@ def pinned_certificate(address: str, hub_id: str) -> bytes:
         Ed25519PublicKey.from_public_bytes(identity_key).verify(signature, TLS_BINDING_DOMAIN + spki)
     except InvalidSignature:
         raise ClientError("the certificate's identity binding signature is invalid") from None
-    actual = hub_id_of(identity_key)
     common_names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if not common_names or common_names[0].value != actual:
-        raise ClientError("the certificate's common name is not the hub id of its identity key")
-    if actual != hub_id:
-        raise ClientError(f"the server at {address} is hub {actual}, not hub {hub_id}")
-    return pem
+    if not common_names or common_names[0].value != hub_id:
+        named = common_names[0].value if common_names else "no hub"
+        raise ClientError(f"the server at {address} is {named}, not hub {hub_id}")
+    return pem, identity_key
+
+
+def pinned_hub(address: str, hub_id: str) -> tuple[bytes, list[bytes]]:
+    """The certificate to pin and every identity key of hub `hub_id` (genesis first, current
+    last). For a hub that rotated, from its signed descriptor: the history must lead from the key hashing to the hub id
+    to the key the descriptor is signed with, which the certificate must be bound to."""
+    pem, bound_key = served_certificate(address, hub_id)
+    if hub_id_of(bound_key) == hub_id:  # never rotated: its key hashes to its id, nothing else to check
+        return pem, [bound_key]
+    with open_channel(address, hub_id, pem) as channel:
+        signed = federation_pb2_grpc.FederationStub(channel).GetDescriptor(federation_pb2.GetDescriptorRequest(), timeout=10)
+    descriptor = federation_pb2.NodeDescriptor.FromString(signed.descriptor)
+    if descriptor.hub_id != hub_id:
+        raise ClientError(f"the descriptor names hub {descriptor.hub_id}, not {hub_id}")
+    keys = keys_of_hub(hub_id, descriptor.key_history) if descriptor.key_history else [descriptor.identity_public_key]
+    if descriptor.identity_public_key != keys[-1] or hub_id_of(keys[0]) != hub_id:
+        raise ClientError(f"the descriptor's key is not the current key of hub {hub_id} by its history")
+    try:
+        Ed25519PublicKey.from_public_bytes(keys[-1]).verify(signed.signature, DESCRIPTOR_DOMAIN + signed.descriptor)
+    except (InvalidSignature, ValueError):
+        raise ClientError(f"the descriptor of hub {hub_id} is not signed by its current key") from None
+    der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+    if bound_key != keys[-1] or hashlib.sha256(der).digest() != descriptor.tls_certificate_sha256:
+        raise ClientError(f"the server's certificate is not the one hub {hub_id}'s descriptor names, bound to its key")
+    if descriptor.valid_until_ms <= time.time() * 1000:
+        raise ClientError(f"the descriptor of hub {hub_id} has expired")
+    return pem, list(keys)
 
 
 def open_channel(address: str, hub_id: str, cert_pem: bytes) -> grpc.Channel:
@@ -190,13 +239,16 @@ def sign_query(key: Ed25519PrivateKey, hub_id: str, spec: query_pb2.QuerySpec) -
 
 # -- 4. the answer: the entry hub relays each hub's partial SEALED to your one-query key -----------
 
-def verify_summary(answer, digest: bytes, entry_hub_id: str) -> None:
-    """The entry hub signed what every hub it asked answered (docs/querying.md 7.4)."""
+def verify_summary(answer, digest: bytes, entry_hub_id: str, entry_keys: list[bytes]) -> None:
+    """The entry hub signed what every hub it asked answered (docs/querying.md 7.4), with a key
+    of its history as its descriptor shows it (`entry_keys`)."""
     key = answer.answered_by_public_key
     if len(key) != 32 or not is_key_of_hub(answer.answered_by, key, answer.answered_by_key_history):
         raise ClientError("the answer names an entry hub whose key it does not carry")
     if answer.answered_by != entry_hub_id:
         raise ClientError(f"the answer was signed by hub {answer.answered_by}, not by hub {entry_hub_id}")
+    if key not in entry_keys:
+        raise ClientError(f"the answer is signed by a key that is not in hub {entry_hub_id}'s key history")
     try:
         Ed25519PublicKey.from_public_bytes(key).verify(answer.summary_signature, ANSWER_DOMAIN + answer.summary)
     except InvalidSignature:
@@ -463,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     spec.answer_key = answer_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     try:
         key = load_partner_key(args.key, passphrase())
-        cert_pem = pinned_certificate(args.hub, hub_id)
+        cert_pem, entry_keys = pinned_hub(args.hub, hub_id)
         signed = sign_query(key, hub_id, spec)
         with open_channel(args.hub, hub_id, cert_pem) as channel:
             timeout_s = (args.deadline_ms or 10_000) / 1000 + 5  # the hubs' deadline, plus merging
@@ -471,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         if answer.query.payload != signed.payload:
             raise ClientError("the hub answered a different query than the one signed")
         digest = hashlib.sha256(signed.payload).digest()
-        verify_summary(answer, digest, hub_id)
+        verify_summary(answer, digest, hub_id, entry_keys)
         check_complete(answer, spec)
         rows = merge(open_partials(answer, digest, answer_key, spec, partner_id_of(raw(key.public_key()))), spec)
     except ClientError as exc:

@@ -16,7 +16,7 @@ from federation.ledger import LIVE_STATES, Ledger, Merged
 from federation.registry import AuditFn, Registry
 from node.api.v1 import agreement_pb2
 from node.errors import Reason, Rejected
-from node.identity import HubIdentity
+from node.identity import IdentitySource
 from node.storage import Storage
 from node.storage.base import AgreementEventRow
 
@@ -34,10 +34,10 @@ class AgreementInfo:
 
 
 class AgreementBook:
-    def __init__(self, storage: Storage, identity: HubIdentity, own_party: agreement_pb2.Party, ledger: Ledger,
+    def __init__(self, storage: Storage, identity: IdentitySource, own_party: agreement_pb2.Party, ledger: Ledger,
                  registry: Registry, audit: AuditFn, wake_outbox: Callable[[], None]) -> None:
         self._storage = storage
-        self._identity = identity
+        self._identity = identity  # read at each signature: a live key rotation reaches it
         self._own_party = own_party
         self._own_id = own_party.id
         self._ledger = ledger
@@ -76,7 +76,8 @@ class AgreementBook:
             terms = terms_mod.from_toml(doc, provider, consumer, self._ledger.clock.now_ms())
         except terms_mod.TermsError as exc:
             raise Rejected(Reason.INVALID_REQUEST, str(exc)) from None
-        evidence = ag.propose(terms, self._own_id, self._identity.identity_key, self._identity.key_history)
+        identity = self._identity()
+        evidence = ag.propose(terms, self._own_id, identity.identity_key, identity.key_history)
         await self._ledger.add_new(evidence, self._notify(evidence))
         self._wake_outbox()
         await self._audit("admin", "agreement.propose", evidence.agreement_id, "ok", f"to {counterparty.id}")
@@ -95,7 +96,8 @@ class AgreementBook:
                                f"agreement {agreement_id} is {ag.STATE_NAMES[state]} and not awaiting this hub's signature")
             if evidence.terms.valid_until_ms <= self._ledger.clock.now_ms():
                 raise Rejected(Reason.INVALID_REQUEST, f"agreement {agreement_id} has expired; it can no longer be signed")
-            return ag.countersign(evidence, self._own_id, self._identity.identity_key, self._identity.key_history)
+            identity = self._identity()
+            return ag.countersign(evidence, self._own_id, identity.identity_key, identity.key_history)
 
         evidence = await self._ledger.update(agreement_id.strip(), countersign, self._notify)
         self._wake_outbox()
@@ -120,8 +122,9 @@ class AgreementBook:
         return await self.info(evidence.agreement_id)
 
     def _revoked(self, evidence: ag.Evidence, reason: str) -> ag.Evidence:
-        return ag.revoke(evidence, self._own_id, self._identity.identity_key, reason.strip(), self._ledger.clock.now_ms(),
-                         self._identity.key_history)
+        identity = self._identity()
+        return ag.revoke(evidence, self._own_id, identity.identity_key, reason.strip(), self._ledger.clock.now_ms(),
+                         identity.key_history)
 
     async def revoke_all_with(self, party_id: str, reason: str) -> list[str]:
         """Revoke every agreement with `party_id` that is still in force or awaiting signatures
@@ -192,8 +195,9 @@ class AgreementBook:
 
     async def export(self, agreement_id: str) -> bytes:
         info = await self.info(agreement_id)
-        return export.export(info.evidence, info.state, self._own_id, self._ledger.clock.now_ms(), self._identity.identity_key,
-                             self._identity.key_history)
+        identity = self._identity()
+        return export.export(info.evidence, info.state, self._own_id, self._ledger.clock.now_ms(), identity.identity_key,
+                             identity.key_history)
 
     async def state_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -4,7 +4,9 @@ Every Federation and Query RPC (but the public `GetDescriptor`) is authenticated
 handler runs: the caller's signed envelope is parsed, the caller must be a pinned peer or a
 registered partner, the signature, audience, method and freshness must check, and the nonce
 must be new. The handler then receives an `Authenticated` call and never sees an
-unauthenticated request.
+unauthenticated request. A pinned peer whose signature does not verify under the key known for
+it may have rotated its key: its descriptor is refreshed once, within a bound, and the request
+checked again under the key its history then leads to (`check_signed`).
 """
 
 from __future__ import annotations
@@ -59,8 +61,10 @@ class Authenticator:
     def __init__(self, storage: Storage, own_id: str, clock: Clock,
                  known_caller: Callable[[str], Awaitable[Caller | None]],
                  heard_from: Callable[[Caller], Awaitable[None]], refusals: RefusalTally,
-                 former_caller: Callable[[str], Awaitable[tuple[Caller, str] | None]] | None = None) -> None:
+                 former_caller: Callable[[str], Awaitable[tuple[Caller, str] | None]] | None = None,
+                 follow: Callable[[str], Awaitable[bool]] | None = None) -> None:
         self._storage = storage
+        self._follow = follow  # refresh a peer's descriptor now (bounded: federation/outbox.py `follow`)
         self._former_caller = former_caller
         self._own_id = own_id
         self._clock = clock
@@ -83,7 +87,7 @@ class Authenticator:
                                      await self._unknown_caller_message(signed, request, method))
         at = self._clock.now_ms()
         try:
-            envelope.check(signed, request, caller.public_key, self._own_id, method, at)
+            caller = await self.check_signed(signed, request, caller, self._own_id, method, at)
         except envelope.EnvelopeError as exc:
             raise await self._refuse(source, caller.id, method, Reason.UNAUTHENTICATED, str(exc)) from None
         expires = request.issued_at_ms + 2 * envelope.MAX_CLOCK_SKEW_MS
@@ -95,6 +99,24 @@ class Authenticator:
             retry = True
         await self._heard_from(caller)
         return Authenticated(caller, request, signed, retry)
+
+    async def check_signed(self, signed: envelope_pb2.SignedRequest, request: envelope_pb2.Request, caller: Caller,
+                           audience: str, method: str, now_ms: int) -> Caller:
+        """envelope.check under the key known for `caller`. A peer hub whose signature does not
+        verify may have rotated its key: its descriptor is refreshed (its key history followed
+        only where it continues the one pinned) and the request checked once more, under the
+        key then known. Returns the caller as checked; raises EnvelopeError."""
+        try:
+            envelope.check(signed, request, caller.public_key, audience, method, now_ms)
+            return caller
+        except envelope.SignatureMismatch:
+            if caller.kind != "hub" or self._follow is None or not await self._follow(caller.id):
+                raise
+            followed = await self._known_caller(caller.id)
+            if followed is None or followed.public_key == caller.public_key:
+                raise  # its history leads to no other key: refused as before
+        envelope.check(signed, request, followed.public_key, audience, method, now_ms)
+        return followed
 
     async def _unknown_caller_message(self, signed: envelope_pb2.SignedRequest, request: envelope_pb2.Request,
                                       method: str) -> str:

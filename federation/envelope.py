@@ -21,6 +21,11 @@ class EnvelopeError(ValueError):
     pass
 
 
+class SignatureMismatch(EnvelopeError):
+    """The signature does not verify under the key given: the caller may have rotated its key
+    since (federation/outbox.py `follow`), or it is not the caller."""
+
+
 def make(key: Ed25519PrivateKey, caller_id: str, audience_hub_id: str, method: str, *, clock: Clock = SYSTEM_CLOCK,
          **body) -> envelope_pb2.SignedRequest:
     """Build, serialize once, and sign a request issued now by `clock`. `body` is one field
@@ -54,7 +59,7 @@ def check(signed: envelope_pb2.SignedRequest, request: envelope_pb2.Request, cal
           audience_hub_id: str, method: str, now_ms: int) -> Checked:
     """Everything but the nonce: signature, audience, method, freshness."""
     if not verify(caller_public_key, Domain.REQUEST, signed.payload, signed.signature):
-        raise EnvelopeError(f"the request's signature does not verify under the key pinned for {request.caller_id}")
+        raise SignatureMismatch(f"the request's signature does not verify under the key pinned for {request.caller_id}")
     if request.audience_hub_id != audience_hub_id:
         raise EnvelopeError(f"the request is addressed to hub {request.audience_hub_id}, not to this hub")
     if request.method != method:

@@ -3,7 +3,9 @@
 Each peer's work runs in its own task, and a round never waits for it: a frozen (SIGSTOPped)
 or slow peer holds up only its own deliveries and refresh, never another peer's (issue 11:
 one stopped peer delayed every other peer's deliveries by 9.5 s). At most one delivery and one
-refresh per peer are in flight at a time.
+refresh per peer are in flight at a time. Besides the scheduled refreshes, a peer's descriptor
+is refreshed on demand (`follow`) when something it signed does not verify under the key known
+for it: a peer that rotated its key is followed at once, within a bound.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from federation.registry import AuditFn
 from node.api.v1 import agreement_pb2, federation_pb2, federation_pb2_grpc
 from node.clock import Clock
 from node.errors import Rejected
-from node.identity import HubIdentity
+from node.identity import IdentitySource
 from node.keychain import KeyChain
 from node.storage import Storage
 from node.storage.base import Delivery, PeerRecord
@@ -33,6 +35,10 @@ from node.storage.base import Delivery, PeerRecord
 log = logging.getLogger("smartregion.federation")
 EXCHANGE_METHOD = "/smartregion.v1.Federation/ExchangeAgreements"
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAUTHENTICATED)
+# A peer's descriptor is fetched on demand (something it signed did not verify under the key
+# known for it) at most once in this many seconds: anyone can send a request in a peer's name
+# with a bad signature, and must not make this hub hammer that peer (docs/limits.md).
+FOLLOW_INTERVAL_S = 10.0
 
 
 def _stub(channel: grpc.aio.Channel) -> Any:
@@ -48,11 +54,11 @@ def _error_text(exc: BaseException) -> str:
 
 
 class Outbox:
-    def __init__(self, storage: Storage, identity: HubIdentity, own_id: str, clock: Clock, ledger: Ledger,
+    def __init__(self, storage: Storage, identity: IdentitySource, own_id: str, clock: Clock, ledger: Ledger,
                  channels: ChannelPool, audit: AuditFn, refresh_seconds: float = 30.0,
                  retry_base_seconds: float = 1.0, retry_max_seconds: float = 60.0) -> None:
         self._storage = storage
-        self._identity = identity
+        self._identity = identity  # read at each signature: a live key rotation reaches it
         self._own_id = own_id
         self._clock = clock
         self._ledger = ledger
@@ -63,6 +69,7 @@ class Outbox:
         self.retry_max_seconds = retry_max_seconds
         self._wake = asyncio.Event()
         self._in_flight: dict[tuple[str, str], asyncio.Task[None]] = {}  # (kind, peer id) -> task
+        self._followed_at: dict[str, float] = {}  # peer id -> when it was last refreshed on demand (monotonic)
 
     def wake(self) -> None:
         """Run a round now (new work, or shutting down)."""
@@ -103,11 +110,12 @@ class Outbox:
                 await asyncio.wait_for(self._wake.wait(), timeout=min(1.0, self.refresh_seconds))
         await self.drain()
 
-    def _spawn(self, kind: str, peer_id: str, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, kind: str, peer_id: str, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Start `work` for the peer, or return the same kind of work already under way for it."""
         key = (kind, peer_id)
         if key in self._in_flight:
             work.close()  # this peer's previous one is still under way; the next round retries
-            return
+            return self._in_flight[key]
         task = asyncio.get_running_loop().create_task(work, name=f"{kind} {peer_id}")
         self._in_flight[key] = task
 
@@ -118,6 +126,7 @@ class Outbox:
             self.wake()  # a delivery scheduled while this one ran may be due now
 
         task.add_done_callback(done)
+        return task
 
     async def start_due(self) -> None:
         """Start every delivery that is due, each peer in its own task."""
@@ -184,7 +193,7 @@ class Outbox:
 
     async def _exchange(self, peer: PeerRecord,
                         documents: list[agreement_pb2.AgreementDocument]) -> federation_pb2.ExchangeAgreementsResponse:
-        signed = envelope.make(self._identity.identity_key, self._own_id, peer.hub_id, EXCHANGE_METHOD, clock=self._clock,
+        signed = envelope.make(self._identity().identity_key, self._own_id, peer.hub_id, EXCHANGE_METHOD, clock=self._clock,
                                agreement_exchange=agreement_pb2.AgreementExchange(documents=documents))
         started = self._clock.monotonic()
         response: federation_pb2.ExchangeAgreementsResponse = await _stub(self.channel(peer)).ExchangeAgreements(
@@ -195,6 +204,32 @@ class Outbox:
         return response
 
     # -- descriptor refreshes ------------------------------------------------------------
+    async def follow(self, peer_id: str) -> bool:
+        """Something `peer_id` signed did not verify under the key this hub knows for it: it may
+        have rotated its key. Refresh its descriptor now, following its key history only if it
+        continues the one pinned (`refresh`: a fork or a replay is refused and audited). One
+        refresh per peer at a time (callers share it) and at most one on demand per
+        FOLLOW_INTERVAL_S; waits at most peers.CALL_TIMEOUT_S. Returns whether a refresh
+        finished, so that the caller verifies once more under the key then known."""
+        running = self._in_flight.get(("refresh", peer_id))
+        if running is None:
+            now = self._clock.monotonic()
+            last = self._followed_at.get(peer_id)
+            if last is not None and now - last < FOLLOW_INTERVAL_S:
+                return False
+            peer = await self._storage.read(lambda s: s.get_peer(peer_id))
+            if peer is None or peer.removed_at_ms:
+                return False
+            self._followed_at[peer_id] = now
+            running = self._spawn("refresh", peer_id, self.refresh(peer))
+        try:  # shielded: a caller that gives up does not cancel the refresh the others wait for
+            await asyncio.wait_for(asyncio.shield(running), peers.CALL_TIMEOUT_S)
+        except TimeoutError:
+            return False
+        except Exception:  # logged where the refresh ran (`_spawn`); the key known is unchanged
+            pass
+        return True
+
     async def _fetch_descriptor(self, peer: PeerRecord, known: KeyChain | None) -> tuple[descriptors.VerifiedDescriptor, bytes]:
         """Through the pooled channel pinned to the stored certificate, as usual; if that fails
         (the hub renewed its certificate or rotated its key and restarted) or the descriptor

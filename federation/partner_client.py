@@ -9,10 +9,12 @@ import grpc
 from federation import agreements as ag
 from federation import envelope, peers
 from federation.ledger import Ledger
-from federation.outbox import EXCHANGE_METHOD
+from federation.outbox import EXCHANGE_METHOD, FOLLOW_INTERVAL_S
 from federation.partners import PartnerKey
-from node.api.v1 import agreement_pb2, federation_pb2, federation_pb2_grpc
+from federation.query import asker
+from node.api.v1 import agreement_pb2, federation_pb2, federation_pb2_grpc, query_pb2, query_service_pb2
 from node.clock import SYSTEM_CLOCK, Clock
+from node.keychain import KeyChain
 
 
 @dataclass
@@ -33,7 +35,9 @@ class PartnerSession:
         self.clock = clock
         self.hub_address = hub_address
         self.hub_id = hub_id
+        self.chain: KeyChain | None = None  # the hub's key history, as followed since the session opened
         self._channel: grpc.aio.Channel | None = None
+        self._followed_at: float | None = None
 
     @property
     def channel(self) -> grpc.aio.Channel:
@@ -42,10 +46,66 @@ class PartnerSession:
         return self._channel
 
     async def __aenter__(self) -> PartnerSession:
-        # The hub's certificate is checked by its binding to the hub's verified key history.
-        _, cert_pem = await peers.fetch_descriptor(self.hub_address, self.hub_id, self.clock.now_ms())
-        self._channel = peers.channel_to(self.hub_address, self.hub_id, cert_pem)
+        await self._pin()
         return self
+
+    async def _pin(self) -> None:
+        """Fetch the hub's descriptor and certificate; the certificate is checked by its binding
+        to the hub's verified key history, which must continue the one followed so far."""
+        verified, cert_pem = await peers.fetch_descriptor(self.hub_address, self.hub_id, self.clock.now_ms(), self.chain)
+        old, self._channel = self._channel, peers.channel_to(self.hub_address, self.hub_id, cert_pem)
+        self.chain = verified.chain
+        if old is not None:
+            await old.close()
+
+    async def follow(self) -> bool:
+        """The hub signed with a key this session does not know, or no longer shows the
+        certificate pinned: it may have rotated its key. Fetch its descriptor again (at most once
+        per outbox.FOLLOW_INTERVAL_S) and follow its history if it continues the one pinned.
+        Returns whether it was fetched; raises peers.PeerError for a fork or a replay."""
+        now = self.clock.monotonic()
+        if self._followed_at is not None and now - self._followed_at < FOLLOW_INTERVAL_S:
+            return False
+        self._followed_at = now
+        await self._pin()
+        return True
+
+    async def ask(self, spec: query_pb2.QuerySpec, attempts: int = 1) -> query_service_pb2.QueryAnswer:
+        """Ask the region through this hub: the answer opened, verified and merged
+        (federation/query/asker.py), signed by the hub's CURRENT key. A hub that rotated its key
+        meanwhile is followed once: the same signed query is sent again on a channel pinned to
+        its new certificate (charged once), or the new key checked against its new history."""
+        query = asker.sign_query(self.key.key, self.key.partner_id, self.hub_id, spec)
+        try:
+            answer = await asker.send(self.channel, query, attempts, clock=self.clock)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or not await self._follow_quietly():
+                raise
+            answer = await asker.send(self.channel, query, attempts, clock=self.clock)
+        await asker.check_current_keys(answer, self._followed, lambda _: self._follow_refusing(), self.clock.now_ms())
+        return answer
+
+    async def _followed(self, hub_id: str) -> KeyChain | None:
+        """Only the entry hub is pinned by this session (the others are checked offline, by the
+        agreement each co-signed with the partner)."""
+        return self.chain if hub_id == self.hub_id else None
+
+    async def _follow_quietly(self) -> bool:
+        """After the hub could not be reached: follow it, or say it is an impostor now."""
+        try:
+            return await self.follow()
+        except peers.PeerError as exc:
+            if exc.impostor:
+                raise asker.AnswerRefused(f"the server at {self.hub_address} is not hub {self.hub_id} as this session "
+                                          f"follows it: {exc}") from None
+            return False
+
+    async def _follow_refusing(self) -> bool:
+        try:
+            return await self.follow()
+        except peers.PeerError as exc:
+            raise asker.AnswerRefused(f"hub {self.hub_id} signed with a key this session does not know, and its "
+                                      f"descriptor does not lead to it: {exc}") from None
 
     async def __aexit__(self, *exc) -> None:
         if self._channel is not None:

@@ -12,6 +12,7 @@ from node import ids
 from node.api.v1 import agreement_pb2
 from node.clock import Clock
 from node.errors import Reason, Rejected
+from node.keychain import KeyChain
 from node.register import lookup
 from node.storage import Storage
 from node.storage.base import PartnerRecord, PeerRecord
@@ -29,7 +30,7 @@ class Registry:
         self._channels = channels
         self._audit = audit
         self._on_new_peer = on_new_peer  # the outbox schedules a first delivery
-        self._current_keys: dict[str, tuple[bytes, bytes]] = {}  # hub id -> (stored descriptor, its current key)
+        self._chains: dict[str, tuple[bytes, KeyChain]] = {}  # hub id -> (stored descriptor, its key history)
 
     # -- lookups -------------------------------------------------------------------------
     async def known_caller(self, caller_id: str) -> Caller | None:
@@ -42,17 +43,26 @@ class Registry:
             return Caller("partner", partner.partner_id, partner.public_key, partner.name)
         return None
 
+    async def followed_chain(self, hub_id: str) -> KeyChain | None:
+        """The key history of a pinned peer as followed so far (its genesis key alone if it never
+        rotated); None if it is not a current peer."""
+        peer = await self._storage.read(lambda s: s.get_peer(hub_id))
+        return self._chain(peer) if peer is not None and not peer.removed_at_ms else None
+
     def _current_key(self, peer: PeerRecord) -> bytes:
         """The key the peer signs with now: the last of its stored descriptor's key history
-        (verified when stored), or its pinned key. Cached per descriptor: checking a history
-        costs two signature verifications per rotation, and every request asks."""
-        cached = self._current_keys.get(peer.hub_id)
+        (verified when stored), or its pinned key."""
+        return self._chain(peer).current
+
+    def _chain(self, peer: PeerRecord) -> KeyChain:
+        """The peer's followed key history, cached per stored descriptor: checking a history costs
+        two signature verifications per rotation, and every request and partial asks."""
+        cached = self._chains.get(peer.hub_id)
         if cached is not None and cached[0] == peer.descriptor:
             return cached[1]
-        chain = descriptors.stored_chain(peer.descriptor)
-        current = chain.current if chain else peer.public_key
-        self._current_keys[peer.hub_id] = (peer.descriptor, current)
-        return current
+        chain = descriptors.stored_chain(peer.descriptor) or KeyChain.genesis_only(peer.public_key)
+        self._chains[peer.hub_id] = (peer.descriptor, chain)
+        return chain
 
     async def party(self, party_id: str) -> agreement_pb2.Party:
         """The counterparty of an agreement this hub proposes, as named in its terms."""

@@ -28,6 +28,7 @@ from node import audit
 from node.api.v1 import agreement_pb2, federation_pb2
 from node.audit import AuditEntry, RefusalTally
 from node.hub import Hub
+from node.identity import HubIdentity
 from node.signing import Domain, sign
 from node.storage.base import PartnerRecord, PeerRecord
 
@@ -43,17 +44,22 @@ class Federation:
         storage = hub.storage
         self.ledger = Ledger(storage, self.own_id, hub.identity.genesis_public_key, self.clock)
         self.channels = ChannelPool(self.clock)
-        self.outbox = Outbox(storage, hub.identity, self.own_id, self.clock, self.ledger, self.channels, self.audit,
+        self.outbox = Outbox(storage, self.current_identity, self.own_id, self.clock, self.ledger, self.channels, self.audit,
                              refresh_seconds, retry_base_seconds, retry_max_seconds)
         self.registry = Registry(storage, self.own_id, hub.config.municipality, self.clock, self.channels, self.audit, self.outbox.schedule)
-        self.book = AgreementBook(storage, hub.identity, self.own_party(), self.ledger, self.registry, self.audit,
+        self.book = AgreementBook(storage, self.current_identity, self.own_party(), self.ledger, self.registry, self.audit,
                                   self.outbox.wake)
         self.refusals = RefusalTally(storage, self.clock)
         self.authenticator = Authenticator(storage, self.own_id, self.clock, self.registry.known_caller,
-                                           self._heard_from, self.refusals, self.registry.former_caller)
+                                           self._heard_from, self.refusals, self.registry.former_caller,
+                                           follow=self.outbox.follow)
         self._descriptor: federation_pb2.SignedDescriptor | None = None
 
     # -- who we are ----------------------------------------------------------------------
+    def current_identity(self) -> HubIdentity:
+        """The identity the hub signs with now (a live rotation swaps `hub.identity`)."""
+        return self.hub.identity
+
     def descriptor(self) -> federation_pb2.SignedDescriptor:
         """This hub's signed descriptor, re-signed when less than half its lifetime is left."""
         now = self.clock.now_ms()
@@ -64,7 +70,8 @@ class Federation:
         return self._descriptor
 
     def identity_changed(self) -> None:
-        """The hub's certificate was renewed: the next descriptor names the new one."""
+        """The hub's certificate was renewed or its key rotated: the next descriptor names the
+        new certificate, key and history, signed by the current key."""
         self._descriptor = None
 
     async def region_descriptors(self) -> list[federation_pb2.SignedDescriptor]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -28,7 +29,7 @@ from cryptography.x509.oid import NameOID
 
 from node import ids
 from node.clock import SYSTEM_CLOCK, Clock
-from node.keychain import STATEMENT_LENGTH, ChainError, KeyChain, RotationStatement, sign_rotation
+from node.keychain import MAX_ROTATIONS, STATEMENT_LENGTH, ChainError, KeyChain, RotationStatement, sign_rotation
 
 TLS_BINDING_DOMAIN = b"smartregion/v1/tls-binding\x00"
 # An OID under the UUID arc (ITU-T X.667), so no registration is needed.
@@ -38,6 +39,12 @@ CERT_VALIDITY = dt.timedelta(days=3 * 365)
 
 class IdentityError(Exception):
     pass
+
+
+# The hub's identity as it is at this moment (`lambda: hub.identity`): what every long-lived
+# signer holds instead of an identity, so that a live key rotation reaches it. A signer calls it
+# once per document and takes key, public key and history from that one object.
+IdentitySource = Callable[[], "HubIdentity"]
 
 
 def raw_public(key: Ed25519PublicKey) -> bytes:
@@ -151,6 +158,9 @@ class HubIdentity:
     def rotated(self, clock: Clock = SYSTEM_CLOCK) -> HubIdentity:
         """A new identity key, linked to the old by a statement both sign; the hub id stays.
         The TLS certificate is re-issued (new TLS key too) bound to the new key."""
+        if len(self.key_history) >= MAX_ROTATIONS:
+            raise IdentityError(f"the key history already holds {MAX_ROTATIONS} rotations, the most a peer accepts: "
+                                "make a new hub (docs/operations.md, \"Compromise\")")
         new_key = Ed25519PrivateKey.generate()
         statement = sign_rotation(self.hub_id, len(self.key_history) + 1, self.identity_key, new_key, clock.now_ms())
         history = (*self.key_history, statement.to_bytes())

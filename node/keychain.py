@@ -36,6 +36,11 @@ from node.signing import Domain, sign, verify
 PAYLOAD_LENGTH = ids.ID_BYTES + 4 + 32 + 32 + 8
 STATEMENT_LENGTH = PAYLOAD_LENGTH + 64 + 64
 MAX_ROTATIONS = 1000  # a bound on what a peer parses from a descriptor (a rotation a week for 19 years)
+# Online, a hub's signature counts only under the key it signs with now, or under the key its
+# last rotation retired if that rotation is this recent: an answer signed partly before and
+# partly after a live rotation (a partial, then the summary) is still accepted. The same bound
+# as a request's freshness (federation/envelope.py MAX_CLOCK_SKEW_MS).
+ROTATION_GRACE_MS = 5 * 60 * 1000
 _LAYOUT = struct.Struct(f">{ids.ID_BYTES}sI32s32sQ")
 
 
@@ -148,6 +153,18 @@ class KeyChain:
         if current_key is not None and bytes(current_key) != chain.current:
             raise ChainError(f"the key history of hub {ids.to_text(raw_id)} ends at another key than the one given")
         return chain
+
+    def signs_now(self, key: bytes, now_ms: int) -> bool:
+        """Whether a signature by `key` counts online at `now_ms`: it is the current key, or the
+        one the last rotation retired at most ROTATION_GRACE_MS from now (either way: the
+        rotation's time is the rotating hub's clock, and only the holder of the NEW key can date
+        a statement). Offline verifiers accept any key of the chain: see the module docstring."""
+        if key == self.current:
+            return True
+        if not self.statements:
+            return False
+        last = self.statements[-1]
+        return key == last.old_key and abs(now_ms - last.rotated_at_ms) <= ROTATION_GRACE_MS
 
     def check_successor(self, newer: KeyChain) -> None:
         """`newer` is this chain or continues it (what a peer checks at each refresh); raise

@@ -1,10 +1,10 @@
 """Changing a hub's identity key and renewing its TLS certificate (docs/operations.md).
 
-Identity-key rotation happens with the hub stopped: every part of a running hub signs with the
-key it loaded, and a half-rotated hub would sign requests with one key and descriptors with
-another. `rotate_identity` holds the serving lock while it works, so the hub cannot start
-half-way. The certificate, in contrast, is renewed while the hub serves (node/app/server.py
-swaps it in for new connections); `renew_certificate` is the offline path for a stopped hub.
+Both happen while the hub serves: node/app/certificates.py (`ServedCertificate.rotate_key`,
+`renew`) writes the new identity, swaps it in and serves the new certificate from the next
+handshake; every signer reads the hub's identity when it signs. The functions here are the
+offline paths for a STOPPED hub: they hold the serving lock while they work, so the hub cannot
+start half-way through.
 """
 
 from __future__ import annotations
@@ -59,8 +59,7 @@ def _locked(hub_dir: hubdir.HubDir, what: str):
         raise RotationError(
             f"the hub in {hub_dir.path} is running, and {what} needs it stopped: stop it (Ctrl-C, or "
             f"`systemctl stop smartregion`), run this command again, then start it with "
-            f"`smartregion serve --data-dir {hub_dir.path}`. Peers follow the new key at their next "
-            "descriptor refresh (federation.refresh_seconds in their hub.toml, 30 s by default)."
+            f"`smartregion serve --data-dir {hub_dir.path}`."
         ) from None
 
 
@@ -75,11 +74,16 @@ def rotate_identity(hub_dir: hubdir.HubDir, passphrase: bytes, clock: Clock) -> 
         hub_dir.write_identity(new, passphrase)
         audit.record_in_database(hub_dir.file(hubdir.DB_FILE), audit.AuditEntry(
             "admin", "key.rotate", old.hub_id_text, "ok",
-            f"rotation {len(new.key_history)}: key {old.public_key_raw.hex()[:16]}... -> {new.public_key_raw.hex()[:16]}...",
-            at_ms=clock.now_ms()))
+            rotation_detail(old, new, "offline"), at_ms=clock.now_ms()))
     finally:
         lock.close()
     return old, new
+
+
+def rotation_detail(old: HubIdentity, new: HubIdentity, how: str) -> str:
+    """What the audit log says of a rotation (the same for the live and the offline path)."""
+    return (f"rotation {len(new.key_history)} ({how}): key {old.public_key_raw.hex()[:16]}... -> "
+            f"{new.public_key_raw.hex()[:16]}...")
 
 
 def renew_certificate(hub_dir: hubdir.HubDir, passphrase: bytes, clock: Clock) -> HubIdentity:

@@ -10,13 +10,16 @@ import signal
 import sqlite3
 import subprocess
 import time
+from dataclasses import dataclass
 
 import grpc
+from typer.testing import CliRunner
 
 from federation import partners
 from federation.partner_client import PartnerSession
 from node import hubdir, senml
 from node.api.v1 import admin_pb2, admin_pb2_grpc, agreement_pb2
+from node.app.cli.main import app
 from node.app.launcher import HubProcess
 from node.app.sensor_client import Sensor, SensorCredential, replay
 from node.client import open_channel
@@ -27,11 +30,11 @@ from tests.conftest import PASSPHRASE, make_hub_dir
 class ProcessHub:
     """A hub process plus an async admin stub on it."""
 
-    def __init__(self, path, municipality: str) -> None:
+    def __init__(self, path, municipality: str, refresh_seconds: float = 1.0) -> None:
         make_hub_dir(path, municipality)
         hub_dir = hubdir.HubDir(path)
         config = hub_dir.config()
-        config.federation = hubdir.FederationConfig(refresh_seconds=1.0, retry_base_seconds=0.2, retry_max_seconds=1.0)
+        config.federation = hubdir.FederationConfig(refresh_seconds=refresh_seconds, retry_base_seconds=0.2, retry_max_seconds=1.0)
         hub_dir.write_config(config)
         self.hub_dir = hub_dir
         self.hub_id = config.hub_id
@@ -78,6 +81,25 @@ async def start_all(hubs: list[ProcessHub]) -> None:
         hub.connect()
 
 
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+
+
+def cli_sync(*args: str, check: bool = True) -> Ran:
+    """`smartregion ARGS`, in this process (the passphrase comes from the test environment)."""
+    outcome = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"}, catch_exceptions=False)
+    if check:
+        assert outcome.exit_code == 0, outcome.output
+    return Ran(outcome.exit_code, outcome.output)
+
+
+async def cli(*args: str, check: bool = True) -> Ran:
+    """In a thread, so the askers keep querying meanwhile (the admin commands call the hubs)."""
+    return await asyncio.to_thread(cli_sync, *args, check=check)
+
+
 async def eventually(check, timeout: float = 20.0):
     """Poll an async condition until it holds (delivery is asynchronous by design)."""
     deadline = time.monotonic() + timeout
@@ -94,13 +116,31 @@ async def eventually(check, timeout: float = 20.0):
         await asyncio.sleep(0.2)
 
 
+async def agree_between(provider: ProcessHub, consumer: ProcessHub, terms_toml: str) -> str:
+    """The provider proposes the terms to the consumer hub, which countersigns once the proposal
+    reached it; returns the agreement id once the provider holds it active."""
+    proposal = await provider.admin("ProposeAgreement", admin_pb2.ProposeAgreementRequest(terms_toml=terms_toml, to=consumer.hub_id))
+    aid = proposal.terms.agreement_id
+
+    async def held() -> bool:
+        return await consumer.state_of(aid) == agreement_pb2.AGREEMENT_STATE_PROPOSED
+    await eventually(held)
+    await consumer.admin("AcceptAgreement", admin_pb2.AgreementRef(agreement_id=aid))
+
+    async def active() -> bool:
+        return await provider.state_of(aid) == agreement_pb2.AGREEMENT_STATE_ACTIVE
+    await eventually(active)
+    return aid
+
+
 # -- for attacks against a live region (tests/privacy/) ---------------------------------------
 # Added for issue 9's live attacks: what a hub's operator, a sensor and a partner can each do
 # from outside the hub processes, and read-only looks into a provider's own records.
 
-async def start_region(base, towns: tuple[tuple[str, str], ...]) -> list[ProcessHub]:
-    """Hub processes (directory name, kommunenummer), started side by side, every pair peered."""
-    hubs = [ProcessHub(base / name, number) for name, number in towns]
+async def start_region(base, towns: tuple[tuple[str, str], ...], refresh_seconds: float = 1.0) -> list[ProcessHub]:
+    """Hub processes (directory name, kommunenummer), started side by side, every pair peered;
+    each refreshes its peers' descriptors every `refresh_seconds`."""
+    hubs = [ProcessHub(base / name, number, refresh_seconds) for name, number in towns]
     try:
         await start_all(hubs)
         for a in hubs:

@@ -392,11 +392,6 @@ def test_the_readme_walk_throughs_run_as_documented(walk):
         if step.argv[0] == "serve":
             walk.serve("srv/hub")
             continue
-        if step.argv[:2] == ["key", "rotate"]:  # "hub stopped", as the README says: stop, rotate, serve again
-            assert walk.hubs["srv/hub"].stop() == 0
-            walk.run_step(step, learn)
-            walk.serve("srv/hub")
-            continue
         walk.run_step(step, learn)
     for step in partner_steps:
         walk.run_step(step, learn)

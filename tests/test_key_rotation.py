@@ -472,3 +472,75 @@ def test_partials_and_answer_summaries_signed_by_a_rotated_key_verify_only_with_
     del answer.answered_by_key_history[:]
     with pytest.raises(partials.PartialError, match="whose key it does not carry"):
         partials.verify_answer_summary(answer, digest)
+
+
+def test_online_only_the_current_key_counts_or_the_one_retired_minutes_ago():
+    """KeyChain.signs_now, the online rule (federation/query/asker.py check_current_keys): an
+    answer signed partly before a live rotation still counts for ROTATION_GRACE_MS; an older
+    key, or the retired one later, does not (it may have leaked)."""
+    clock = ManualClock()
+    a, b, c = rotated_chain(2, clock)
+    chain = c.chain()
+    rotated_at = RotationStatement.from_bytes(c.key_history[-1]).rotated_at_ms
+    assert chain.signs_now(c.public_key_raw, rotated_at + 10**9)
+    assert chain.signs_now(b.public_key_raw, rotated_at) and chain.signs_now(b.public_key_raw, rotated_at + keychain.ROTATION_GRACE_MS)
+    assert not chain.signs_now(b.public_key_raw, rotated_at + keychain.ROTATION_GRACE_MS + 1)
+    assert not chain.signs_now(a.public_key_raw, rotated_at)  # two rotations back: never online
+    assert chain.signs_now(b.public_key_raw, rotated_at - 1000)  # the rotating hub's clock a second ahead of ours
+    assert not chain.signs_now(b.public_key_raw, rotated_at - keychain.ROTATION_GRACE_MS - 1)
+    assert not keychain.KeyChain.genesis_only(a.public_key_raw).signs_now(b.public_key_raw, rotated_at)
+
+
+def test_a_rotation_beyond_the_bound_a_peer_accepts_is_refused_before_anything_is_signed():
+    ident = identity.generate(clock=ManualClock())
+    full = replace(ident, key_history=(bytes(keychain.STATEMENT_LENGTH),) * keychain.MAX_ROTATIONS)
+    with pytest.raises(identity.IdentityError, match="already holds 1000 rotations"):
+        full.rotated()
+
+
+def test_the_online_asker_check_follows_an_unknown_key_once_and_refuses_a_retired_one():
+    """federation/query/asker.py check_current_keys, on the fields it reads: a pinned hub's
+    summary and partial must be signed by its current key (or the one retired minutes ago); an
+    unknown key makes the asker refresh once; an old key, or a key the refresh does not reach, is
+    refused; a hub the asker does not pin is left to the offline checks."""
+    import asyncio
+
+    from federation.query import asker
+    from node.api.v1 import query_pb2, query_service_pb2
+
+    clock = ManualClock()
+    a, b, c = rotated_chain(2, clock)
+    known = {"chain": b.chain()}  # what the asker followed so far: one rotation
+    fetches: list[str] = []
+
+    async def followed(hub_id: str):
+        return known["chain"] if hub_id == a.hub_id_text else None
+
+    async def follow(hub_id: str) -> bool:
+        fetches.append(hub_id)
+        known["chain"] = c.chain()  # the descriptor now shows the second rotation
+        return True
+
+    def answer(summary_key: bytes, partial_key: bytes) -> query_service_pb2.QueryAnswer:
+        return query_service_pb2.QueryAnswer(
+            answered_by=a.hub_id_text, answered_by_public_key=summary_key,
+            provenance=[query_pb2.Provenance(hub_id=a.hub_id_text, status="answered",
+                                             partial=query_pb2.SignedPartial(provider_public_key=partial_key)),
+                        query_pb2.Provenance(hub_id="0" * 32, status="answered",
+                                             partial=query_pb2.SignedPartial(provider_public_key=bytes(32)))])
+
+    def check(summary_key: bytes, partial_key: bytes, now_ms: int) -> None:
+        asyncio.run(asker.check_current_keys(answer(summary_key, partial_key), followed, follow, now_ms))
+
+    now = clock.now_ms()
+    check(b.public_key_raw, b.public_key_raw, now)  # the key known: no fetch
+    assert fetches == []
+    check(c.public_key_raw, b.public_key_raw, now)  # a new key: one fetch, then the retired one within its grace
+    assert fetches == [a.hub_id_text] and known["chain"].current == c.public_key_raw
+    with pytest.raises(asker.AnswerRefused, match="not its current one"):
+        check(c.public_key_raw, a.public_key_raw, now)  # two rotations back: refused, after one more fetch
+    with pytest.raises(asker.AnswerRefused, match="its partial"):
+        check(c.public_key_raw, b.public_key_raw, now + keychain.ROTATION_GRACE_MS + 1)  # the grace is over
+    thief = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+    with pytest.raises(asker.AnswerRefused, match="its signature over the answer"):
+        check(thief, c.public_key_raw, now)

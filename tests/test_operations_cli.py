@@ -501,7 +501,8 @@ def test_peer_add_names_the_wrong_port_and_what_the_other_side_must_do(hub, tmp_
 def test_key_rotation_and_certificate_commands_of_the_handbook(hub, tmp_path):
     """docs/operations.md "Identity key and TLS certificate": rotate a stopped hub's key (the hub
     id stays), list the history, see the certificate's expiry, renew it offline and on the
-    running hub. (Rotation with peers querying: tests/test_key_rotation_region.py.)"""
+    running hub, rotate the running hub's key. (Rotation with peers querying:
+    tests/test_live_rotation.py, tests/test_key_rotation_region.py.)"""
     stopped = tmp_path / "stopped"
     ok(run("init", "--data-dir", stopped, "--municipality", "Bergen", "--grpc-port", 0, "--http-port", 0))
     hub_id = hubdir.HubDir(stopped).config().hub_id
@@ -513,8 +514,9 @@ def test_key_rotation_and_certificate_commands_of_the_handbook(hub, tmp_path):
     assert "the hub serves it when it starts" in ok(run("cert", "renew", "--data-dir", stopped)).stdout
     data_dir, _ = hub
     assert "the running hub serves it from now on" in ok(run("cert", "renew", "--data-dir", data_dir)).stdout
-    refused = cli("key", "rotate", "--data-dir", data_dir)
-    assert refused.returncode != 0 and "needs it stopped: stop it" in refused.stdout + refused.stderr
+    live = ok(run("key", "rotate", "--data-dir", data_dir)).stdout  # the running hub rotates while it serves
+    assert "(rotation 1; the hub id stays)" in live and "the running hub signs with the new key" in live
+    assert [k["sequence"] for k in as_json(run("key", "history", "--data-dir", data_dir, "--json"))["keys"]] == [0, 1]
 
 
 def test_every_command_in_the_handbook_was_run():

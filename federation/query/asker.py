@@ -4,6 +4,7 @@ The Python CLI, a hub asking for itself, and `query verify` (on opened partials)
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -17,7 +18,7 @@ from federation.query_spec import DEFAULT_DEADLINE_MS
 from node import register
 from node.api.v1 import agreement_pb2, envelope_pb2, query_pb2, query_service_pb2, query_service_pb2_grpc
 from node.clock import SYSTEM_CLOCK, Clock
-from node.keychain import key_of_hub
+from node.keychain import KeyChain, key_of_hub
 from node.signing import Domain, hub_id_from_public_key, partner_id_from_public_key, verify
 
 RUN_METHOD = "/smartregion.v1.Query/Run"
@@ -166,6 +167,31 @@ def open_answer(answer: query_service_pb2.QueryAnswer, key: X25519PrivateKey,
     del opened.rows[:]
     opened.rows.extend(merge_opened(opened))
     return opened
+
+
+FollowedChain = Callable[[str], Awaitable[KeyChain | None]]  # a hub's key history as this asker follows it; None: not pinned
+Follow = Callable[[str], Awaitable[bool]]  # refresh that hub's descriptor now (bounded); whether it ran
+
+
+async def check_current_keys(answer: query_service_pb2.QueryAnswer, followed: FollowedChain, follow: Follow,
+                             now_ms: int) -> None:
+    """Online, beyond the offline rule of `merge_opened` (any key of the signer's valid history):
+    every hub this asker pins must have signed with the key it signs with NOW, as the asker
+    follows its history (KeyChain.signs_now: or the key retired by a rotation minutes ago), so a
+    key it rotated away from, perhaps because it leaked, is refused. A key the asker does not
+    know makes it refresh that hub's descriptor once (`follow`: only a history continuing the
+    one pinned is followed) and check again."""
+    signers = [(answer.answered_by, answer.answered_by_public_key, "its signature over the answer")]
+    signers += [(p.hub_id, p.partial.provider_public_key, "its partial") for p in answer.provenance if p.status == "answered"]
+    for hub_id, key, what in signers:
+        chain = await followed(hub_id)
+        if chain is None or chain.signs_now(key, now_ms):
+            continue
+        if await follow(hub_id):
+            chain = await followed(hub_id)
+        if chain is not None and not chain.signs_now(key, now_ms):
+            raise AnswerRefused(f"hub {hub_id} signed {what} with a key that is not its current one by the key history "
+                                "this asker follows (an earlier key, perhaps leaked: docs/operations.md, \"Compromise\")")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from federation.query_spec import DEFAULT_DEADLINE_MS, check_shape
 from federation.service import Federation
 from node.api.v1 import envelope_pb2, query_pb2, query_service_pb2, query_service_pb2_grpc
 from node.errors import Reason, Rejected
+from node.keychain import KeyChain
 from node.storage.base import PeerRecord
 
 log = logging.getLogger("smartregion.query")
@@ -60,12 +61,19 @@ class QueryService:
         asked = query_pb2.QuerySpec()
         asked.CopyFrom(spec)
         asked.answer_key = sealing.public_raw(key)
-        signed = envelope.make(self.hub.identity.identity_key, self.own_id, self.own_id, RUN_METHOD, clock=self.hub.clock, query=asked)
+        identity = self.hub.identity  # the key that signs the query is the one the answer is opened with
+        signed = envelope.make(identity.identity_key, self.own_id, self.own_id, RUN_METHOD, clock=self.hub.clock, query=asked)
         answer = await self._answer(signed, asked, self.own_id)
         try:
-            return asker.open_answer(answer, key, self.hub.identity.public_key_raw, self.hub.identity.key_history)
+            opened = asker.open_answer(answer, key, identity.public_key_raw, identity.key_history)
+            await asker.check_current_keys(opened, self._peer_chain, self.federation.outbox.follow, self.hub.clock.now_ms())
+            return opened
         except asker.AnswerRefused as exc:
             raise Rejected(Reason.UNAVAILABLE, f"the region's answer does not verify: {exc}") from None
+
+    async def _peer_chain(self, hub_id: str) -> KeyChain | None:
+        """A peer's key history as this hub follows it (None for this hub itself)."""
+        return None if hub_id == self.own_id else await self.federation.registry.followed_chain(hub_id)
 
     async def _targets(self, spec: query_pb2.QuerySpec) -> tuple[bool, list[PeerRecord]]:
         peers = await self.hub.storage.read(lambda s: s.list_peers())

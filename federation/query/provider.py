@@ -142,7 +142,7 @@ class Provider:
             await self.federation.audit(f"unknown:{asked.caller_id}", "query.partial", "", "unauthenticated", f"relayed by {relay.id}")
             raise Rejected(Reason.UNAUTHENTICATED, f"the asker {asked.caller_id} is neither a peer nor a partner of this hub")
         try:
-            envelope.check(original, asked, asker.public_key, relay.id, RUN_METHOD, now_ms)
+            asker = await self.federation.authenticator.check_signed(original, asked, asker, relay.id, RUN_METHOD, now_ms)
         except envelope.EnvelopeError as exc:
             await self.federation.audit(asker.id, "query.partial", "", "unauthenticated", f"relayed by {relay.id}: {exc}")
             raise Rejected(Reason.UNAUTHENTICATED, f"the relayed query: {exc}") from None
@@ -466,8 +466,8 @@ class Provider:
             result.dp_budget_micro = dp.micro(grant.dp_budget)
             pooled = await self._budget_line(grant.agreement_id, grant.asker_id, [spec.dataset])
             result.dp_spent_micro = await self.hub.storage.read(lambda s: s.budget_spent(grant.agreement_id, pooled))
-        signed_partial = partials.sign_partial(self.hub.identity, result).SerializeToString()
-        size = partials.padded_size(spec, self.own_id, self.hub.config.municipality, grant.agreement_id,
-                                     self.hub.identity.key_history)
+        identity = self.hub.identity  # once: the padding must fit the history the partial carries
+        signed_partial = partials.sign_partial(identity, result).SerializeToString()
+        size = partials.padded_size(spec, self.own_id, self.hub.config.municipality, grant.agreement_id, identity.key_history)
         sealed = sealing.seal(signed_partial, spec.answer_key, digest, self.own_id, size)
         return sealed, sum(1 for c in result.cells if c.suppressed), len(result.cells)

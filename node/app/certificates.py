@@ -1,11 +1,14 @@
-"""The TLS certificate a running hub serves: renewed without a restart, watched for expiry.
+"""The TLS certificate and identity key a running hub serves: the certificate renewed and the
+identity key rotated without a restart, the certificate watched for expiry.
 
 gRPC takes the certificate through `dynamic_ssl_server_credentials`: its fetcher is asked at
 every new TLS handshake and returns a new configuration once after a renewal (None otherwise:
 keep the current one). The HTTP side's SSLContext is reloaded in place. Connections already
 open keep the certificate they began with, so peers mid-query are not cut off; new ones get the
 renewed certificate, which peers re-pin at their next descriptor refresh because it is bound to
-the hub's identity key (federation/outbox.py `refresh`).
+the hub's identity key (federation/outbox.py `refresh`). A key rotation also re-signs the
+descriptor with the new key, whose history peers follow at once: the first request, partial or
+answer signed by the new key makes them refresh the descriptor (federation/follow.py).
 
 Expiry monitoring: the gauge smartregion_tls_certificate_expiry_timestamp_seconds, a log line a
 day ("certificate", with days_left), the dashboard's warning from 30 days before, and an
@@ -19,6 +22,7 @@ import contextlib
 import logging
 import ssl
 import threading
+from collections.abc import Callable
 
 import grpc
 
@@ -29,7 +33,7 @@ from node.api.v1 import admin_pb2
 from node.errors import Reason, Rejected
 from node.hub import Hub
 from node.hubdir import KEYS_FILE
-from node.identity import HubIdentity
+from node.identity import HubIdentity, IdentityError
 from node.tlsfiles import load_certificate
 
 log = logging.getLogger("smartregion.certificates")
@@ -42,7 +46,7 @@ class ServedCertificate:
         self.federation = federation
         self._pending: grpc.ServerCertificateConfiguration | None = None
         self._pending_lock = threading.Lock()  # the fetcher runs on a gRPC thread
-        self._renewing = asyncio.Lock()
+        self._changing = asyncio.Lock()  # one renewal or rotation at a time: each starts from the identity served
         self._ssl_contexts: list[ssl.SSLContext] = []
         self._publish_metrics()
 
@@ -83,28 +87,57 @@ class ServedCertificate:
         the passphrase the hub started with, which must still open it: a passphrase changed
         meanwhile is not silently reverted), served from the next handshake, announced in the
         descriptor, audited."""
-        async with self._renewing:
-            hub = self.hub
-            keys_file = hub.hub_dir.file(KEYS_FILE)
-            try:
-                await asyncio.to_thread(keystore.read, keys_file, hub.passphrase)
-            except (keystore.KeystoreError, OSError) as exc:
-                message = (f"cannot renew the certificate: {keys_file} does not open with the passphrase the hub started "
-                           f"with ({exc}); restart the hub, or stop it and run `smartregion cert renew`")
-                await audit.admin_action(hub.storage, hub.clock.now_ms(), "cert.renew", hub.config.hub_id, message)
-                raise Rejected(Reason.INTERNAL, message) from None
-            renewed = hub.identity.with_renewed_certificate(hub.clock)
-            await asyncio.to_thread(hub.hub_dir.write_identity, renewed, hub.passphrase)
-            hub.identity = renewed
-            self.federation.identity_changed()
-            self._serve(renewed)
-            self._publish_metrics()
+        async with self._changing:
+            renewed = await self._replace_identity("cert.renew", "renew the certificate", "smartregion cert renew",
+                                                   lambda current: current.with_renewed_certificate(self.hub.clock))
             status = self.status()
-            await audit.admin_action(hub.storage, hub.clock.now_ms(), "cert.renew", hub.config.hub_id,
+            await audit.admin_action(self.hub.storage, self.hub.clock.now_ms(), "cert.renew", self.hub.config.hub_id,
                                      f"{why}; sha256 {status.certificate_sha256[:16]}…, {status.message}")
             log.info("certificate renewed", extra={"why": why, "sha256": status.certificate_sha256,
-                                                   "not_after_ms": status.not_after_ms})
+                                                   "not_after_ms": renewed.certificate_expires_ms})
             return status
+
+    async def rotate_key(self) -> tuple[HubIdentity, HubIdentity]:
+        """Rotate the identity key of this running hub (node/rotation.py `rotate_identity` is the
+        stopped hub's path): a new key, the statement both keys sign, a new TLS certificate bound
+        to the new key; written to keys.json first (nothing changes if that fails), then swapped
+        in as `hub.identity` in one assignment on the event loop. Every signer reads
+        `hub.identity` when it signs, taking key, public key and history from that one object,
+        so a request is signed wholly by the old key or wholly by the new one. Returns (old, new)."""
+        async with self._changing:
+            old = self.hub.identity
+            try:
+                new = await self._replace_identity("key.rotate", "rotate the identity key", "smartregion key rotate",
+                                                   lambda current: current.rotated(self.hub.clock))
+            except IdentityError as exc:  # nothing was written
+                raise Rejected(Reason.INVALID_REQUEST, str(exc)) from None
+            await audit.admin_action(self.hub.storage, self.hub.clock.now_ms(), "key.rotate", self.hub.config.hub_id,
+                                     rotation.rotation_detail(old, new, "live"))
+            log.info("identity key rotated", extra={"rotation": len(new.key_history),
+                                                    "new_key": new.public_key_raw.hex()})
+            return old, new
+
+    async def _replace_identity(self, action: str, what: str, offline_command: str,
+                                change: Callable[[HubIdentity], HubIdentity]) -> HubIdentity:
+        """Write `change(current identity)` to keys.json under the passphrase the hub started
+        with (refused, and audited, when that no longer opens it), then serve it: hub.identity,
+        the descriptor, the certificate of the next handshake, the expiry gauge."""
+        hub = self.hub
+        keys_file = hub.hub_dir.file(KEYS_FILE)
+        try:
+            await asyncio.to_thread(keystore.read, keys_file, hub.passphrase)
+        except (keystore.KeystoreError, OSError) as exc:
+            message = (f"cannot {what}: {keys_file} does not open with the passphrase the hub started "
+                       f"with ({exc}); restart the hub, or stop it and run `{offline_command}`")
+            await audit.admin_action(hub.storage, hub.clock.now_ms(), action, hub.config.hub_id, message)
+            raise Rejected(Reason.INTERNAL, message) from None
+        changed = change(hub.identity)
+        await asyncio.to_thread(hub.hub_dir.write_identity, changed, hub.passphrase)
+        hub.identity = changed
+        self.federation.identity_changed()
+        self._serve(changed)
+        self._publish_metrics()
+        return changed
 
     def _publish_metrics(self) -> None:
         self.hub.metrics.certificate_expiry.set(self.hub.identity.certificate_expires_ms / 1000)

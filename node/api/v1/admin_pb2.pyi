@@ -533,3 +533,25 @@ class CertificateStatus(_message.Message):
     message: str
     key_rotations: int
     def __init__(self, certificate_sha256: _Optional[str] = ..., not_after_ms: _Optional[int] = ..., days_left: _Optional[float] = ..., renewal_due: _Optional[bool] = ..., message: _Optional[str] = ..., key_rotations: _Optional[int] = ...) -> None: ...
+
+class RotateIdentityKeyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class KeyRotation(_message.Message):
+    __slots__ = ("hub_id", "rotation", "old_public_key", "new_public_key", "key_history", "certificate_sha256", "rotated_at_ms")
+    HUB_ID_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_FIELD_NUMBER: _ClassVar[int]
+    OLD_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    NEW_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    KEY_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ROTATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    hub_id: str
+    rotation: int
+    old_public_key: bytes
+    new_public_key: bytes
+    key_history: _containers.RepeatedScalarFieldContainer[bytes]
+    certificate_sha256: str
+    rotated_at_ms: int
+    def __init__(self, hub_id: _Optional[str] = ..., rotation: _Optional[int] = ..., old_public_key: _Optional[bytes] = ..., new_public_key: _Optional[bytes] = ..., key_history: _Optional[_Iterable[bytes]] = ..., certificate_sha256: _Optional[str] = ..., rotated_at_ms: _Optional[int] = ...) -> None: ...

@@ -186,6 +186,11 @@ class AdminStub:
                 request_serializer=smartregion_dot_v1_dot_admin__pb2.GetCertificateStatusRequest.SerializeToString,
                 response_deserializer=smartregion_dot_v1_dot_admin__pb2.CertificateStatus.FromString,
                 _registered_method=True)
+        self.RotateIdentityKey = channel.unary_unary(
+                '/smartregion.v1.Admin/RotateIdentityKey',
+                request_serializer=smartregion_dot_v1_dot_admin__pb2.RotateIdentityKeyRequest.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_admin__pb2.KeyRotation.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -398,6 +403,16 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateIdentityKey(self, request, context):
+        """Identity-key rotation on the running hub (docs/operations.md). Appended by branch
+        `liverotate`. A new identity key linked to the old by a statement both sign, a new TLS
+        certificate bound to it (served from the next connection on), the descriptor re-signed;
+        everything the hub signs from the moment it returns is signed by the new key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -550,6 +565,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetCertificateStatus,
                     request_deserializer=smartregion_dot_v1_dot_admin__pb2.GetCertificateStatusRequest.FromString,
                     response_serializer=smartregion_dot_v1_dot_admin__pb2.CertificateStatus.SerializeToString,
+            ),
+            'RotateIdentityKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateIdentityKey,
+                    request_deserializer=smartregion_dot_v1_dot_admin__pb2.RotateIdentityKeyRequest.FromString,
+                    response_serializer=smartregion_dot_v1_dot_admin__pb2.KeyRotation.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1362,6 +1382,33 @@ class Admin:
             '/smartregion.v1.Admin/GetCertificateStatus',
             smartregion_dot_v1_dot_admin__pb2.GetCertificateStatusRequest.SerializeToString,
             smartregion_dot_v1_dot_admin__pb2.CertificateStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateIdentityKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/RotateIdentityKey',
+            smartregion_dot_v1_dot_admin__pb2.RotateIdentityKeyRequest.SerializeToString,
+            smartregion_dot_v1_dot_admin__pb2.KeyRotation.FromString,
             options,
             channel_credentials,
             insecure,

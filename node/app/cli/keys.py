@@ -30,24 +30,33 @@ def _history_rows(chain: KeyChain) -> list[dict[str, object]]:
 
 @key_app.command("rotate")
 def rotate(data_dir: DataDir, as_json: JsonFlag = False) -> None:
-    """Replace the identity key (hub stopped); the hub id stays, peers follow the signed history."""
+    """Replace the identity key; the hub id stays, peers follow the signed history at once.
+    A running hub rotates its own key while it serves; a stopped one is rotated here."""
     hub_dir = hubdir.HubDir(data_dir)
     with user_errors():
         hub_dir.config()
-        try:  # refused, with what to do, while the hub serves (it holds the serving lock)
-            old, new = rotation.rotate_identity(hub_dir, passphrase(), SYSTEM_CLOCK)
-        except rotation.RotationError as exc:
-            raise fail(str(exc)) from None
+        if hub_dir.running():
+            with AdminClient(data_dir) as client:
+                done = client.call("RotateIdentityKey", admin_pb2.RotateIdentityKeyRequest())
+            hub_id, old_key, new_key, history = done.hub_id, done.old_public_key, done.new_public_key, list(done.key_history)
+            how = "the running hub signs with the new key and serves the new certificate from now on"
+        else:
+            try:
+                old, new = rotation.rotate_identity(hub_dir, passphrase(), SYSTEM_CLOCK)
+            except rotation.RotationError as exc:
+                raise fail(str(exc)) from None
+            hub_id, old_key, new_key, history = new.hub_id_text, old.public_key_raw, new.public_key_raw, list(new.key_history)
+            how = f"the hub signs with the new key when it starts (`smartregion serve --data-dir {hub_dir.path}`)"
     if as_json:
-        print_json({"hub_id": new.hub_id_text, "rotation": len(new.key_history), "old_key": old.public_key_raw.hex(),
-                    "new_key": new.public_key_raw.hex(), "history": [s.hex() for s in new.key_history]})
+        print_json({"hub_id": hub_id, "rotation": len(history), "old_key": old_key.hex(), "new_key": new_key.hex(),
+                    "history": [s.hex() for s in history]})
         return
-    console.print(f"Rotated the identity key of hub {new.hub_id_text} (rotation {len(new.key_history)}; the hub id stays).")
-    console.print(f"  old key {old.public_key_raw.hex()}")
-    console.print(f"  new key {new.public_key_raw.hex()}")
-    console.print("The statement linking them is signed by both keys; the TLS certificate was re-issued for the new key.")
-    console.print(f"Start the hub (`smartregion serve --data-dir {hub_dir.path}`): peers follow the new key at their "
-                  "next descriptor refresh. If the old key leaked, read docs/operations.md, \"Compromise\".")
+    console.print(f"Rotated the identity key of hub {hub_id} (rotation {len(history)}; the hub id stays).")
+    console.print(f"  old key {old_key.hex()}")
+    console.print(f"  new key {new_key.hex()}")
+    console.print(f"The statement linking them is signed by both keys; the TLS certificate was re-issued for the new key; {how}.")
+    console.print("Peers and partners follow the new key as soon as they see it signed (they fetch the descriptor "
+                  "and check the history). If the old key leaked, read docs/operations.md, \"Compromise\".")
 
 
 @key_app.command("history")

@@ -51,7 +51,7 @@ async def _run_as_partner(key_file: Path, hub: str, hub_id: str, spec: query_pb2
         try:
             # The same signed bytes again while the entry hub cannot be reached: hubs that already
             # answered hand back their kept answer and charge nothing more (docs/querying.md 5).
-            return await asker.ask(session.channel, key.key, key.partner_id, hub_id, spec, attempts=RETRY_ATTEMPTS)
+            return await session.ask(spec, attempts=RETRY_ATTEMPTS)
         except asker.AnswerRefused as exc:
             raise fail(f"the answer does not verify, nothing of it is shown: {exc}") from None
 

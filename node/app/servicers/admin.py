@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import grpc
 
-from node import admin
+from federation.descriptors import cert_sha256
+from node import admin, keychain
 from node.api.v1 import admin_pb2, admin_pb2_grpc
 from node.app.certificates import ServedCertificate
 from node.app.servicers.admin_federation import AuditAdmin, FederationAdmin, QueryAdmin
@@ -51,6 +52,18 @@ class AdminServicer(FederationAdmin, QueryAdmin, AuditAdmin, LifecycleAdmin, adm
     @translate_rejections
     async def GetCertificateStatus(self, request, context: grpc.aio.ServicerContext) -> admin_pb2.CertificateStatus:
         return self._certificates().status()
+
+    @translate_rejections
+    async def RotateIdentityKey(self, request, context: grpc.aio.ServicerContext) -> admin_pb2.KeyRotation:
+        if self.certificates is None:
+            raise Rejected(Reason.INTERNAL, "this hub was started without its served identity: stop it and run "
+                                            "`smartregion key rotate`")
+        old, new = await self.certificates.rotate_key()
+        return admin_pb2.KeyRotation(
+            hub_id=new.hub_id_text, rotation=len(new.key_history), old_public_key=old.public_key_raw,
+            new_public_key=new.public_key_raw, key_history=new.key_history,
+            certificate_sha256=cert_sha256(new.tls_cert_pem).hex(),
+            rotated_at_ms=keychain.RotationStatement.from_bytes(new.key_history[-1]).rotated_at_ms)
 
     def _certificates(self) -> ServedCertificate:
         if self.certificates is None:
