@@ -44,7 +44,7 @@ def short_lived(path, clock: ManualClock, days: int) -> identity.HubIdentity:
     hub_dir = hubdir.HubDir(path)
     ident = hub_dir.identity(PASSPHRASE.encode())
     cert = identity.issue_tls_certificate(ident.identity_key, ident.tls_key, hub_id_text=ident.hub_id_text, clock=clock,
-                                          validity=dt.timedelta(days=days))
+                                          validity=dt.timedelta(days=days), issuer=ident.tls_issuer)
     short = replace(ident, tls_cert=cert)
     hub_dir.write_identity(short, PASSPHRASE.encode())
     return short

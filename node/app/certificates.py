@@ -7,7 +7,12 @@ open keep the certificate they began with, so peers mid-query are not cut off; n
 renewed certificate, which peers re-pin at their next descriptor refresh because it is bound to
 the hub's identity key (federation/outbox.py `refresh`).
 
-Expiry monitoring: the gauge smartregion_tls_certificate_expiry_timestamp_seconds, a log line a
+The certificate is signed by the hub's TLS issuer (node/identity.py TlsIssuer), served with
+it; a renewal keeps the issuer, so sensors (which trust the issuer) are not affected. A hub made
+before the issuer gets one at its first renewal (audited `cert.issuer`, with advice).
+
+Expiry monitoring: the gauge smartregion_tls_certificate_expiry_timestamp_seconds (and
+smartregion_tls_issuer_expiry_timestamp_seconds, 0 without an issuer), a log line a
 day ("certificate", with days_left), the dashboard's warning from 30 days before, and an
 automatic renewal when fewer than 30 days remain (node/rotation.py RENEW_BEFORE_MS).
 """
@@ -56,7 +61,7 @@ class ServedCertificate:
 
     @staticmethod
     def _configuration(identity: HubIdentity) -> grpc.ServerCertificateConfiguration:
-        return grpc.ssl_server_certificate_configuration([(identity.tls_key_pem, identity.tls_cert_pem)])
+        return grpc.ssl_server_certificate_configuration([(identity.tls_key_pem, identity.tls_chain_pem)])
 
     def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
         with self._pending_lock:
@@ -67,7 +72,7 @@ class ServedCertificate:
         with self._pending_lock:
             self._pending = self._configuration(identity)
         for context in self._ssl_contexts:
-            load_certificate(context, identity.tls_cert_pem, identity.tls_key_pem)
+            load_certificate(context, identity.tls_chain_pem, identity.tls_key_pem)
 
     # -- renewal -------------------------------------------------------------------------
     def status(self) -> admin_pb2.CertificateStatus:
@@ -76,7 +81,9 @@ class ServedCertificate:
         return admin_pb2.CertificateStatus(
             certificate_sha256=cert_sha256(identity.tls_cert_pem).hex(), not_after_ms=state.expires_at_ms,
             days_left=state.days_left, renewal_due=state.renewal_due, message=state.describe(),
-            key_rotations=len(identity.key_history))
+            key_rotations=len(identity.key_history),
+            issuer_not_after_ms=identity.issuer_expires_ms or 0,
+            issuer_sha256=cert_sha256(identity.tls_issuer.cert_pem).hex() if identity.tls_issuer else "")
 
     async def renew(self, why: str) -> admin_pb2.CertificateStatus:
         """A new TLS key and certificate bound to the identity key: written to keys.json (under
@@ -93,7 +100,8 @@ class ServedCertificate:
                            f"with ({exc}); restart the hub, or stop it and run `smartregion cert renew`")
                 await audit.admin_action(hub.storage, hub.clock.now_ms(), "cert.renew", hub.config.hub_id, message)
                 raise Rejected(Reason.INTERNAL, message) from None
-            renewed = hub.identity.with_renewed_certificate(hub.clock)
+            before = hub.identity
+            renewed = before.with_renewed_certificate(hub.clock)  # a hub from before the issuer gets one
             await asyncio.to_thread(hub.hub_dir.write_identity, renewed, hub.passphrase)
             hub.identity = renewed
             self.federation.identity_changed()
@@ -104,10 +112,18 @@ class ServedCertificate:
                                      f"{why}; sha256 {status.certificate_sha256[:16]}…, {status.message}")
             log.info("certificate renewed", extra={"why": why, "sha256": status.certificate_sha256,
                                                    "not_after_ms": status.not_after_ms})
+            if before.tls_issuer is None and renewed.tls_issuer is not None:
+                status.issuer_created = True
+                advice = rotation.issuer_created_advice(hub.hub_dir.path)
+                await audit.admin_action(hub.storage, hub.clock.now_ms(), "cert.issuer", hub.config.hub_id,
+                                         f"{why}: TLS issuer created, sha256 {status.issuer_sha256[:16]}…; sensors "
+                                         "enrolled before need their credential re-issued once")
+                log.warning("TLS issuer created", extra={"issuer_sha256": status.issuer_sha256, "advice": advice})
             return status
 
     def _publish_metrics(self) -> None:
         self.hub.metrics.certificate_expiry.set(self.hub.identity.certificate_expires_ms / 1000)
+        self.hub.metrics.issuer_expiry.set((self.hub.identity.issuer_expires_ms or 0) / 1000)
 
     # -- monitoring ----------------------------------------------------------------------
     async def check(self) -> admin_pb2.CertificateStatus:

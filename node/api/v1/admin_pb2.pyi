@@ -519,17 +519,29 @@ class GetCertificateStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class CertificateStatus(_message.Message):
-    __slots__ = ("certificate_sha256", "not_after_ms", "days_left", "renewal_due", "message", "key_rotations")
+    __slots__ = ("certificate_sha256", "not_after_ms", "days_left", "renewal_due", "message", "key_rotations", "issuer_not_after_ms", "issuer_sha256", "issuer_created")
     CERTIFICATE_SHA256_FIELD_NUMBER: _ClassVar[int]
     NOT_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     DAYS_LEFT_FIELD_NUMBER: _ClassVar[int]
     RENEWAL_DUE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     KEY_ROTATIONS_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_NOT_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_CREATED_FIELD_NUMBER: _ClassVar[int]
     certificate_sha256: str
     not_after_ms: int
     days_left: float
     renewal_due: bool
     message: str
     key_rotations: int
-    def __init__(self, certificate_sha256: _Optional[str] = ..., not_after_ms: _Optional[int] = ..., days_left: _Optional[float] = ..., renewal_due: _Optional[bool] = ..., message: _Optional[str] = ..., key_rotations: _Optional[int] = ...) -> None: ...
+    issuer_not_after_ms: int
+    issuer_sha256: str
+    issuer_created: bool
+    def __init__(self, certificate_sha256: _Optional[str] = ..., not_after_ms: _Optional[int] = ..., days_left: _Optional[float] = ..., renewal_due: _Optional[bool] = ..., message: _Optional[str] = ..., key_rotations: _Optional[int] = ..., issuer_not_after_ms: _Optional[int] = ..., issuer_sha256: _Optional[str] = ..., issuer_created: _Optional[bool] = ...) -> None: ...
+
+class ReissueCredentialRequest(_message.Message):
+    __slots__ = ("sensor_id",)
+    SENSOR_ID_FIELD_NUMBER: _ClassVar[int]
+    sensor_id: str
+    def __init__(self, sensor_id: _Optional[str] = ...) -> None: ...

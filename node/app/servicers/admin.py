@@ -124,3 +124,8 @@ class AdminServicer(FederationAdmin, QueryAdmin, AuditAdmin, LifecycleAdmin, adm
         grace = request.old_key_grace_seconds if request.HasField("old_key_grace_seconds") else DEFAULT_OLD_KEY_GRACE_S
         record, credential = await admin.rekey_sensor(self.hub, request.sensor_id, request.request_id, grace)
         return admin_pb2.AddSensorResponse(sensor=sensor_message(record), credential_json=credential)
+
+    @translate_rejections
+    async def ReissueCredential(self, request, context):
+        record, credential = await admin.reissue_credential(self.hub, request.sensor_id)
+        return admin_pb2.AddSensorResponse(sensor=sensor_message(record), credential_json=credential)
