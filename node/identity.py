@@ -61,6 +61,27 @@ def _der_octet_string(payload: bytes) -> bytes:
     return bytes([0x04, len(payload)]) + payload
 
 
+def _subject_alt_names(hub_id_text: str, hostnames: tuple[str, ...]) -> list[x509.GeneralName]:
+    """The names a hub's certificate carries: the hub id, loopback, and the --host names."""
+    names: list[x509.GeneralName] = [x509.DNSName(hub_id_text), x509.DNSName("localhost")]
+    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "::1")]
+    for host in hostnames:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return names
+
+
+def _name_constraints(hub_id_text: str, hostnames: tuple[str, ...]) -> x509.NameConstraints:
+    """The issuer may vouch only for the hub's own host names: whoever trusts it (a browser told
+    to, for the dashboard) is not exposed to certificates for other sites if keys.json leaks.
+    DNS names only: gRPC's BoringSSL refuses any certificate under an IP-address constraint
+    ("unsupported name constraint type"), so IP addresses stay unconstrained."""
+    permitted = [n for n in _subject_alt_names(hub_id_text, hostnames) if isinstance(n, x509.DNSName)]
+    return x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=None)
+
+
 def _utc(clock: Clock) -> dt.datetime:
     return dt.datetime.fromtimestamp(clock.now_ms() / 1000, dt.UTC)
 
@@ -78,8 +99,10 @@ class TlsIssuer:
     cert: x509.Certificate
 
     @classmethod
-    def generate(cls, hub_id_text: str, clock: Clock = SYSTEM_CLOCK,
+    def generate(cls, hub_id_text: str, hostnames: tuple[str, ...] = (), clock: Clock = SYSTEM_CLOCK,
                  validity: dt.timedelta = ISSUER_VALIDITY) -> TlsIssuer:
+        """`hostnames`: the hub's extra names (init --host); the issuer's name constraints
+        permit those, the hub id and loopback, and nothing else."""
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([
             x509.NameAttribute(NameOID.COMMON_NAME, f"TLS issuer of hub {hub_id_text}"),
@@ -100,6 +123,9 @@ class TlsIssuer:
                 key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
             ), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            # Not critical (as the CA/Browser Forum allows): a sensor's TLS stack that does not know
+            # name constraints (some mbedTLS builds) must still accept the issuer; those that do enforce them.
+            .add_extension(_name_constraints(hub_id_text, hostnames), critical=False)
             .sign(key, hashes.SHA256())
         )
         return cls(key, cert)
@@ -268,7 +294,7 @@ class HubIdentity:
 
     def _issuer_or_new(self, clock: Clock) -> TlsIssuer:
         """The hub's TLS issuer; a hub from before the issuer gets one now (its first renewal or rotation)."""
-        return self.tls_issuer or TlsIssuer.generate(self.hub_id_text, clock)
+        return self.tls_issuer or TlsIssuer.generate(self.hub_id_text, self.hostnames(), clock)
 
     def with_renewed_certificate(self, clock: Clock = SYSTEM_CLOCK) -> HubIdentity:
         """The same identity with a fresh TLS key and certificate (valid from the clock's now),
@@ -315,7 +341,8 @@ def _issuer_from_secrets(values: dict[str, bytes]) -> TlsIssuer | None:
 
 def generate(hostnames: tuple[str, ...] = (), clock: Clock = SYSTEM_CLOCK) -> HubIdentity:
     identity_key = Ed25519PrivateKey.generate()
-    issuer = TlsIssuer.generate(ids.to_text(ids.hub_id_from_public_key(raw_public(identity_key.public_key()))), clock)
+    issuer = TlsIssuer.generate(ids.to_text(ids.hub_id_from_public_key(raw_public(identity_key.public_key()))),
+                                hostnames, clock)
     tls_key = ec.generate_private_key(ec.SECP256R1())
     cert = issue_tls_certificate(identity_key, tls_key, hostnames, clock=clock, issuer=issuer)
     return HubIdentity(identity_key, tls_key, cert, secrets.token_bytes(32), tls_issuer=issuer)
@@ -332,13 +359,7 @@ def issue_tls_certificate(
     public_raw = raw_public(identity_key.public_key())
     hub_id_text = hub_id_text or ids.to_text(ids.hub_id_from_public_key(public_raw))
     binding = identity_key.sign(TLS_BINDING_DOMAIN + _spki(tls_key.public_key()))
-    names: list[x509.GeneralName] = [x509.DNSName(hub_id_text), x509.DNSName("localhost")]
-    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "::1")]
-    for host in hostnames:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
+    names = _subject_alt_names(hub_id_text, hostnames)
     subject = x509.Name([
         x509.NameAttribute(NameOID.COMMON_NAME, hub_id_text),
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "smartregion hub"),

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import json
+import socket
+import ssl
 import stat
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,7 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from typer.testing import CliRunner
 
 from federation import peers
-from node import hubdir, identity, keystore, senml
+from node import hubdir, identity, keystore, senml, tlsfiles
 from node.api.v1 import admin_pb2
 from node.app.cli.main import app
 from node.app.launcher import HubProcess, LaunchError
@@ -347,3 +351,52 @@ async def test_upgrading_a_pre_issuer_hub_then_the_credential_survives_renewal_a
         assert lorawan.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "LoRaWAN device" in lorawan.value.details()
     finally:
         await hub.stop()
+
+
+# -- an attacker holding the issuer key -----------------------------------------------------------
+def _serve_once(chain_pem: bytes, key: ec.EllipticCurvePrivateKey) -> tuple[int, threading.Thread]:
+    server = tlsfiles.server_ssl_context(chain_pem, key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def accept() -> None:
+        with listener:
+            conn, _ = listener.accept()
+            with contextlib.suppress(ssl.SSLError, OSError), server.wrap_socket(conn, server_side=True) as tls:
+                tls.sendall(b"ok")
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    return listener.getsockname()[1], thread
+
+
+def _handshake(port: int, trusted_pem: bytes, name: str) -> bytes:
+    context = tlsfiles.pinned_client_ssl_context(trusted_pem)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, context.wrap_socket(raw, server_hostname=name) as tls:
+        return tls.recv(2)
+
+
+def test_the_issuer_vouches_only_for_the_hubs_own_names():
+    """Name constraints: a browser told to trust the issuer (for the dashboard) does not accept a
+    certificate it signed for another site, should keys.json and its passphrase leak."""
+    ident = identity.generate(("dashboard.stavanger.kommune.no",))
+    issuer = ident.tls_issuer
+    assert issuer is not None
+    constraints = issuer.cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    assert set(constraints.permitted_subtrees) >= {x509.DNSName(ident.hub_id_text), x509.DNSName("dashboard.stavanger.kommune.no")}
+    for name in (ident.hub_id_text, "dashboard.stavanger.kommune.no"):  # the hub's own certificate, by each name
+        port, thread = _serve_once(ident.tls_chain_pem, ident.tls_key)
+        assert _handshake(port, issuer.cert_pem, name) == b"ok"
+        thread.join(10)
+    forged_key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    forged = (x509.CertificateBuilder()
+              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "www.dnb.no")]))
+              .issuer_name(issuer.cert.subject).public_key(forged_key.public_key()).serial_number(7)
+              .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=30))
+              .add_extension(x509.SubjectAlternativeName([x509.DNSName("www.dnb.no")]), critical=False)
+              .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+              .sign(issuer.key, hashes.SHA256()))
+    port, thread = _serve_once(forged.public_bytes(serialization.Encoding.PEM) + issuer.cert_pem, forged_key)
+    with pytest.raises(ssl.SSLCertVerificationError, match=r"name constraint|permitted subtree"):
+        _handshake(port, issuer.cert_pem, "www.dnb.no")
+    thread.join(10)
