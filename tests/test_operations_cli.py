@@ -511,8 +511,18 @@ def test_key_rotation_and_certificate_commands_of_the_handbook(hub, tmp_path):
     assert history["hub_id"] == hub_id and [k["sequence"] for k in history["keys"]] == [0, 1]
     assert "valid for 1095 more days" in ok(run("cert", "status", "--data-dir", stopped)).stdout
     assert "the hub serves it when it starts" in ok(run("cert", "renew", "--data-dir", stopped)).stdout
-    data_dir, _ = hub
+    data_dir, base = hub
+    enrolled = base / "before-renewal.json"
+    sensor_id = as_json(run("sensor", "add", "--data-dir", data_dir, "--dataset", "air_quality", "--metrics", "pm25",
+                            "--location", "58.97,5.73", "--out", enrolled, "--json"))["sensor"]["sensor_id"]
     assert "the running hub serves it from now on" in ok(run("cert", "renew", "--data-dir", data_dir)).stdout
+    # "Sensors need nothing": the credential from before the renewal trusts the issuer, which signed the new one.
+    reading = [Reading("pm25", int(dt.datetime(2019, 3, 1, tzinfo=dt.UTC).timestamp() * 1000), 4.0)]
+    assert replay(Sensor(SensorCredential.load(enrolled)), reading).readings_stored == 1
+    again = base / "again.json"
+    assert "with its same key" in ok(run("sensor", "credential", "--data-dir", data_dir, sensor_id[:10], "--out", again)).stdout
+    assert json.loads(again.read_text())["key"] == json.loads(enrolled.read_text())["key"]
+    assert json.loads(again.read_text())["hub_tls_certificate"].encode() == hubdir.HubDir(data_dir).tls_issuer_pem()
     refused = cli("key", "rotate", "--data-dir", data_dir)
     assert refused.returncode != 0 and "needs it stopped: stop it" in refused.stdout + refused.stderr
 
