@@ -14,9 +14,11 @@ import base64
 import contextlib
 import datetime as dt
 import json
+import shutil
 import socket
 import ssl
 import stat
+import subprocess
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -254,6 +256,16 @@ def test_a_stopped_pre_issuer_hub_gets_its_issuer_at_renewal_or_rotation(tmp_pat
         assert [a["action"] for a in audit_actions(path)].count("cert.issuer") == 1
 
 
+def served_chain(address: str, server_name: str) -> list[bytes]:
+    """The certificates a TLS server sends, in order (`openssl s_client -showcerts`)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: cannot read the chain a server sends")
+    shown = subprocess.run(["openssl", "s_client", "-connect", address, "-servername", server_name, "-alpn", "h2",
+                            "-showcerts"], input=b"", capture_output=True, timeout=30).stdout
+    begin, end = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
+    return [begin + block.split(end)[0] + end + b"\n" for block in shown.split(begin)[1:]]
+
+
 def delivered(credential_path: Path, start_ms: int, *, grpc_retries: int = 0) -> int:
     """Send a day over gRPC and a day over HTTP, each on a new connection; return readings stored."""
     sensor = Sensor(SensorCredential.load(credential_path))
@@ -274,6 +286,7 @@ async def test_upgrading_a_pre_issuer_hub_then_the_credential_survives_renewal_a
     try:
         # Unchanged before the upgrade: a self-signed certificate alone, which credentials pin.
         assert await peers.fetch_certificate(hub.address) == legacy.tls_cert_pem
+        assert served_chain(hub.address, hub.hub_id) == [legacy.tls_cert_pem]
         status = await hub.admin("GetCertificateStatus", admin_pb2.GetCertificateStatusRequest())
         assert status.issuer_not_after_ms == 0 and status.issuer_sha256 == ""
         enrolled = await hub.admin("AddSensor", admin_pb2.AddSensorRequest(
@@ -299,6 +312,9 @@ async def test_upgrading_a_pre_issuer_hub_then_the_credential_survives_renewal_a
         assert f"smartregion sensor credential --data-dir {path} SENSOR_ID --out FILE" in flat
         issuer_pem = hub.hub_dir.tls_issuer_pem()
         assert issuer_pem is not None
+        http_address = hub.process.endpoint["http_url"].removeprefix("https://")
+        for address in (hub.address, http_address):  # both serve the new certificate, then the issuer
+            assert served_chain(address, hub.hub_id) == [hub.hub_dir.tls_cert_pem(), issuer_pem]
         actions = [a for a in audit_actions(path) if a["action"] in ("cert.renew", "cert.issuer")]
         assert [a["action"] for a in actions] == ["cert.renew", "cert.issuer"]
         # As documented: the old file pins the replaced certificate, so new connections fail.
