@@ -156,9 +156,11 @@ def test_backup_during_ingest_restores_a_hub_that_verifies_and_answers(hub):
     assert restored_config.hub_id == snapshot_manifest["hub_id"] == hubdir.HubDir(data_dir).config().hub_id
     assert restored_config.admin_token_sha256 != hubdir.HubDir(data_dir).config().admin_token_sha256  # a new token
     assert stat.S_IMODE(restored.stat().st_mode) == 0o700
-    for name in (hubdir.KEYS_FILE, hubdir.CONFIG_FILE, hubdir.DB_FILE, hubdir.ADMIN_TOKEN_FILE, hubdir.CERT_FILE):
+    for name in (hubdir.KEYS_FILE, hubdir.CONFIG_FILE, hubdir.DB_FILE, hubdir.ADMIN_TOKEN_FILE, hubdir.CERT_FILE, hubdir.ISSUER_FILE):
         assert stat.S_IMODE((restored / name).stat().st_mode) == 0o600, name
     assert not (restored / hubdir.ENDPOINT_FILE).exists()
+    # tls-issuer.pem is not in the archive: the restore writes it from keys.json, the same issuer
+    assert hubdir.HubDir(restored).tls_issuer_pem() == hubdir.HubDir(data_dir).tls_issuer_pem() is not None
     # the backup itself is audited, in the live hub and in the snapshot
     shown = as_json(run("audit", "show", "--data-dir", data_dir, "--kind", "backup", "--json"))
     assert [e["action"] for e in shown] == ["backup.create"]
