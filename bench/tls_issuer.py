@@ -24,6 +24,8 @@ import statistics
 import threading
 import time
 
+from cryptography.hazmat.primitives import serialization
+
 from node import identity
 from node.tlsfiles import pinned_client_ssl_context, server_ssl_context
 
@@ -60,7 +62,7 @@ def main() -> None:
     current = identity.generate()
     assert current.tls_issuer is not None
     legacy_cert = identity.issue_tls_certificate(current.identity_key, current.tls_key, hub_id_text=current.hub_id_text)
-    legacy_pem = legacy_cert.public_bytes(identity.serialization.Encoding.PEM)
+    legacy_pem = legacy_cert.public_bytes(serialization.Encoding.PEM)
     stop = threading.Event()
     legacy_port = serve(server_ssl_context(legacy_pem, current.tls_key_pem), stop)
     chain_port = serve(server_ssl_context(current.tls_chain_pem, current.tls_key_pem), stop)
