@@ -64,6 +64,9 @@ async def test_expiry_gauge_warning_daily_log_and_automatic_renewal(tmp_path, ca
         first = next(r for r in caplog.records if r.message == "certificate")
         assert first.levelno == logging.INFO and first.days_left == 40.0
         assert certificate_overview(hub)["warning"] is None
+        issuer = hub.identity.tls_issuer
+        assert issuer is not None and certificate_overview(hub)["issuer_days_left"] == round(
+            (issuer.expires_ms - clock.now_ms()) / (DAY_S * 1000), 1)
 
         # 11 days later (the wall clock only: the daily check has not run yet): 29 days left.
         clock.set_now_ms(clock.now_ms() + int(11 * DAY_S * 1000))
