@@ -14,6 +14,7 @@ import base64
 import contextlib
 import datetime as dt
 import json
+import logging
 import shutil
 import socket
 import ssl
@@ -211,8 +212,19 @@ BAD_KEYSTORES = {
 }
 
 
+@pytest.fixture
+def logging_kept():
+    """`serve` run in this process sets up logging to the CLI runner's stream, which closes:
+    put back what the other tests log to."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.mark.parametrize("case", list(BAD_KEYSTORES))
-def test_the_hub_refuses_to_start_with_an_issuer_that_does_not_fit(tmp_path, case):
+def test_the_hub_refuses_to_start_with_an_issuer_that_does_not_fit(tmp_path, case, logging_kept):
     path = make_hub_dir(tmp_path / "hub")
     ident = hubdir.HubDir(path).identity(PASSPHRASE.encode())
     tamper, message = BAD_KEYSTORES[case]
