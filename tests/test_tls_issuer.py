@@ -251,6 +251,7 @@ def test_a_stopped_pre_issuer_hub_gets_its_issuer_at_renewal_or_rotation(tmp_pat
         assert hubdir.HubDir(path).identity(PASSPHRASE.encode()).tls_issuer is None  # it still opens, unchanged
         code, output = cli("cert", "status", "--data-dir", str(path))
         assert code == 0 and "No TLS issuer yet" in output
+        assert json.loads(cli("cert", "status", "--data-dir", str(path), "--json")[1])["issuer"] is None
         code, output = cli(*command, "--data-dir", str(path))
         flat = " ".join(output.split())
         assert code == 0, output
@@ -262,6 +263,8 @@ def test_a_stopped_pre_issuer_hub_gets_its_issuer_at_renewal_or_rotation(tmp_pat
         assert [a["action"] for a in audit_actions(path) if a["action"] == "cert.issuer"] == ["cert.issuer"]
         code, output = cli("cert", "status", "--data-dir", str(path))
         assert "Signed by the hub's TLS issuer" in output
+        status = json.loads(cli("cert", "status", "--data-dir", str(path), "--json")[1])
+        assert status["issuer"]["not_after_ms"] == after.tls_issuer.expires_ms and not status["issuer"]["expired"]
         code, output = cli(*command, "--data-dir", str(path))  # the next one keeps it, and says nothing of it
         assert code == 0 and "This hub now has a TLS issuer" not in output
         assert hubdir.HubDir(path).identity(PASSPHRASE.encode()).tls_issuer.cert_pem == after.tls_issuer.cert_pem
