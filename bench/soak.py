@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import ssl
 import statistics
 import tempfile
 import threading
@@ -29,6 +28,7 @@ from node.app.launcher import HubProcess
 from node.app.sensor_client import Sensor, SensorCredential
 from node.client import AdminClient, open_channel
 from node.senml import Reading
+from node.tlsfiles import pinned_client_ssl_context
 
 PASSPHRASE = "soak-passphrase-0123456789"
 SENDERS = 2
@@ -81,7 +81,7 @@ class Querier(threading.Thread):
 
     def run(self) -> None:
         hub_dir = hubdir.HubDir(self.process.data_dir)
-        context = ssl.create_default_context(cadata=hub_dir.tls_cert_pem().decode())
+        context = pinned_client_ssl_context(hub_dir.tls_cert_pem())
         context.check_hostname = False  # pinned by the certificate itself (loopback address)
         url = self.process.endpoint["http_url"] + "/open/v1/air_quality/pm25?bucket=month&from=2001-09-01&to=2002-01-01"
         with AdminClient(self.process.data_dir) as admin:

@@ -117,7 +117,7 @@ def _credential(hub: Hub, record: SensorRecord, key: bytes) -> bytes:
         grpc_address=hub.endpoint.grpc_address,
         http_url=hub.endpoint.http_url,
         tls=hub.endpoint.tls,
-        tls_cert_pem=hub.identity.tls_cert_pem.decode(),
+        tls_cert_pem=hub.identity.tls_trust_root_pem.decode(),
         datasets=hub.catalog,
     )
 
@@ -209,3 +209,26 @@ def _rekey_retried(hub: Hub, sensor_id: str, request_id: str, earlier: SensorRec
         _refuse_rekey(sensor_id, earlier, {})
     key = unwrap_key(hub.identity.key_encryption_key, hub.identity.hub_id, bytes.fromhex(sensor_id), earlier.wrapped_key)
     return earlier, _credential(hub, earlier, key)
+
+
+async def reissue_credential(hub: Hub, sensor_id: str) -> tuple[SensorRecord, bytes]:
+    """The sensor's credential file again, with its current key (no rekey) and the hub's
+    current trust root: for a sensor enrolled before the hub had a TLS issuer, whose file pins
+    a certificate that a renewal replaced. The key leaves the hub again, so it is audited."""
+    sensor_id = _sensor_id(sensor_id)
+    record = await hub.storage.read(lambda s: s.get_sensor(sensor_id))
+    if record is None:
+        raise Rejected(Reason.NOT_FOUND, f"no sensor {sensor_id} is enrolled at this hub")
+    if not record.active:
+        raise Rejected(Reason.REVOKED_SENSOR, f"sensor {sensor_id} was revoked at {_utc(record.revoked_at_ms or 0)}; "
+                                              "its credential is not issued again (enrol a new sensor)")
+    device = (await lorawan_devices(hub)).get(sensor_id)
+    if device is not None:
+        raise Rejected(Reason.INVALID_REQUEST, (
+            f"sensor {sensor_id} is LoRaWAN device {device.dev_eui}: it reaches the hub through its network server, "
+            "not with a credential file, so there is no credential to issue again"))
+    key = unwrap_key(hub.identity.key_encryption_key, hub.identity.hub_id, bytes.fromhex(sensor_id), record.wrapped_key)
+    root = "the TLS issuer" if hub.identity.tls_issuer else "the self-signed TLS certificate (no issuer yet)"
+    await audit.admin_action(hub.storage, hub.clock.now_ms(), "sensor.credential", sensor_id,
+                             f"{record.dataset}: credential issued again, same key, trusting {root}")
+    return record, _credential(hub, record, key)

@@ -8,6 +8,8 @@ An archive (tar, gzip) holds exactly:
     tls-cert.pem    the hub's certificate
     hub.db          a consistent snapshot taken with SQLite's online backup API
 
+tls-issuer.pem is not in it: keys.json holds the issuer, and a restore writes the public copy.
+
 It holds no plaintext secret: the admin token is left out (a restore issues a new one), and the
 sensor keys in hub.db are wrapped under the key-encryption key inside keys.json. The archive
 file is 0600 all the same. A backup is refused when the passphrase does not open keys.json,
@@ -29,7 +31,18 @@ from pathlib import Path
 
 from node import __version__, audit, keystore
 from node.fileio import write_private_file
-from node.hubdir import ADMIN_TOKEN_FILE, CERT_FILE, CONFIG_FILE, DB_FILE, KEYS_FILE, HubDir, HubDirError, hash_token, new_admin_token
+from node.hubdir import (
+    ADMIN_TOKEN_FILE,
+    CERT_FILE,
+    CONFIG_FILE,
+    DB_FILE,
+    KEYS_FILE,
+    HubDir,
+    HubDirError,
+    hash_token,
+    new_admin_token,
+    write_public_certificates,
+)
 
 FORMAT = "smartregion-backup"
 MANIFEST = "manifest.json"
@@ -193,7 +206,8 @@ def restore(archive: Path, target: Path, passphrase: bytes) -> Manifest:
             keystore.read(staged.file(KEYS_FILE), passphrase)
         except keystore.KeystoreError as exc:
             raise BackupError(f"the passphrase does not open the backup's keys ({exc}); nothing restored") from None
-        staged.identity(passphrase)  # the keys are this hub's
+        # The keys are this hub's; tls-issuer.pem (a public copy of what keys.json holds) is written from them.
+        write_public_certificates(staged, staged.identity(passphrase))
         token = new_admin_token()
         write_private_file(staged.file(ADMIN_TOKEN_FILE), (token + "\n").encode())
         config = staged.config()

@@ -3,8 +3,10 @@
     DATA_DIR/             0700
       hub.toml            configuration, no secrets
       catalog.toml        the datasets this hub accepts (optional; else the shipped default)
-      keys.json           identity key, TLS key, key-encryption key: encrypted (node.keystore)
-      tls-cert.pem        the hub's TLS certificate (public, pinned by sensors and peers)
+      keys.json           identity key, TLS key and issuer key, key-encryption key: encrypted (node.keystore)
+      tls-cert.pem        the hub's TLS certificate (public, pinned by peers and partners by its binding)
+      tls-issuer.pem      the hub's TLS issuer certificate (public, the root sensors trust; absent in
+                          a hub made before the issuer, until its first renewal or rotation)
       admin.token         the admin credential (bearer token); the hub keeps only its hash
       hub.db              SQLite storage
       run/endpoint.json   written by `serve`: the addresses it really listens on
@@ -37,6 +39,7 @@ from node.fileio import make_private_dir, write_private_file
 CONFIG_FILE = "hub.toml"
 KEYS_FILE = "keys.json"
 CERT_FILE = "tls-cert.pem"
+ISSUER_FILE = "tls-issuer.pem"
 ADMIN_TOKEN_FILE = "admin.token"
 DB_FILE = "hub.db"
 ENDPOINT_FILE = Path("run") / "endpoint.json"
@@ -170,7 +173,7 @@ class HubDir:
         """Replace the keystore (encrypted as at init) and the public certificate file, after a
         rotation or a certificate renewal. The keystore goes first: it is what the hub loads."""
         keystore.write(self.file(KEYS_FILE), ident.to_secrets(), passphrase)
-        write_private_file(self.file(CERT_FILE), ident.tls_cert_pem)
+        write_public_certificates(self, ident)
 
     def catalog(self) -> catalog_mod.Catalog:
         """The hub's catalog (catalog.toml here, else the shipped default); raises HubDirError if broken."""
@@ -190,6 +193,13 @@ class HubDir:
 
     def tls_cert_pem(self) -> bytes:
         return self.file(CERT_FILE).read_bytes()
+
+    def tls_issuer_pem(self) -> bytes | None:
+        """The issuer certificate (tls-issuer.pem), or None for a hub made before the issuer."""
+        try:
+            return self.file(ISSUER_FILE).read_bytes()
+        except FileNotFoundError:
+            return None
 
     def endpoint(self) -> dict:
         """Where the running hub listens, as written by `serve`; raise if it is not running."""
@@ -243,6 +253,13 @@ class HubDir:
         return handle
 
 
+def write_public_certificates(hub_dir: HubDir, ident: identity_mod.HubIdentity) -> None:
+    """The public copies of the certificates in keys.json: tls-cert.pem and tls-issuer.pem."""
+    write_private_file(hub_dir.file(CERT_FILE), ident.tls_cert_pem)
+    if ident.tls_issuer is not None:
+        write_private_file(hub_dir.file(ISSUER_FILE), ident.tls_issuer.cert_pem)
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -280,7 +297,7 @@ def init_hub(
         network=network or NetworkConfig(),
     )
     keystore.write(hub_dir.file(KEYS_FILE), ident.to_secrets(), passphrase)
-    write_private_file(hub_dir.file(CERT_FILE), ident.tls_cert_pem)
+    write_public_certificates(hub_dir, ident)
     write_private_file(hub_dir.file(ADMIN_TOKEN_FILE), (token + "\n").encode())
     from node.storage.sqlite import SqliteStore
 

@@ -1,10 +1,16 @@
 """A hub's identity: an Ed25519 identity key, and a TLS key whose certificate it vouches for.
 
-The TLS certificate (ECDSA P-256, self-signed, CN and DNS name = hub id) carries an extension
-with the identity public key and the identity key's signature over
+The TLS certificate (ECDSA P-256, CN and DNS name = hub id) carries an extension with the
+identity public key and the identity key's signature over
 `TLS_BINDING_DOMAIN || SubjectPublicKeyInfo(DER)`. Anyone holding only the certificate can
-therefore check which identity key it is bound to; clients pin the certificate and check the
-server name equals the hub id.
+therefore check which identity key it is bound to; peers and partners pin the certificate by
+that binding and check the server name equals the hub id.
+
+The certificate (the "leaf") is signed by the hub's TLS issuer: a CA of its own (ECDSA P-256,
+`TlsIssuer`, valid ~25 years) made at `smartregion init`, whose key stays in keys.json. The hub
+serves leaf + issuer; renewals and identity rotations re-issue the leaf under the same issuer,
+so a sensor that trusts the issuer as its root keeps connecting across them. A hub made before
+the issuer existed has a self-signed leaf and no issuer until its first renewal or rotation.
 
 The hub id is the hash of the hub's FIRST (genesis) identity key and never changes. After a
 rotation (`rotate`, node/keychain.py) the hub signs with a newer key; its key history links that
@@ -35,6 +41,8 @@ TLS_BINDING_DOMAIN = b"smartregion/v1/tls-binding\x00"
 # An OID under the UUID arc (ITU-T X.667), so no registration is needed.
 TLS_BINDING_OID = x509.ObjectIdentifier("2.25.203920180945178712633153802452796473511")
 CERT_VALIDITY = dt.timedelta(days=3 * 365)
+ISSUER_VALIDITY = dt.timedelta(days=25 * 365 + 6)  # 25 years: longer than a hub is expected to run
+CLOCK_SKEW = dt.timedelta(minutes=5)  # certificates are valid from 5 minutes before "now"
 
 
 class IdentityError(Exception):
@@ -60,6 +68,128 @@ def _der_octet_string(payload: bytes) -> bytes:
     return bytes([0x04, len(payload)]) + payload
 
 
+def _subject_alt_names(hub_id_text: str, hostnames: tuple[str, ...]) -> list[x509.GeneralName]:
+    """The names a hub's certificate carries: the hub id, loopback, and the --host names."""
+    names: list[x509.GeneralName] = [x509.DNSName(hub_id_text), x509.DNSName("localhost")]
+    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "::1")]
+    for host in hostnames:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return names
+
+
+def _name_constraints(hub_id_text: str, hostnames: tuple[str, ...]) -> x509.NameConstraints:
+    """The issuer may vouch only for the hub's own host names: whoever trusts it (a browser told
+    to, for the dashboard) is not exposed to certificates for other sites if keys.json leaks.
+    DNS names only: gRPC's BoringSSL refuses any certificate under an IP-address constraint
+    ("unsupported name constraint type"), so IP addresses stay unconstrained."""
+    permitted = [n for n in _subject_alt_names(hub_id_text, hostnames) if isinstance(n, x509.DNSName)]
+    return x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=None)
+
+
+def _utc(clock: Clock) -> dt.datetime:
+    return dt.datetime.fromtimestamp(clock.now_ms() / 1000, dt.UTC)
+
+
+def _expires_ms(cert: x509.Certificate) -> int:
+    return int(cert.not_valid_after_utc.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class TlsIssuer:
+    """The hub's own certificate authority: it signs the hub's TLS certificates and nothing else
+    (path length 0). Sensors trust it as their only root (node/sensors.py credential_json)."""
+
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+    @classmethod
+    def generate(cls, hub_id_text: str, hostnames: tuple[str, ...] = (), clock: Clock = SYSTEM_CLOCK,
+                 validity: dt.timedelta = ISSUER_VALIDITY) -> TlsIssuer:
+        """`hostnames`: the hub's extra names (init --host); the issuer's name constraints
+        permit those, the hub id and loopback, and nothing else."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([
+            x509.NameAttribute(NameOID.COMMON_NAME, f"TLS issuer of hub {hub_id_text}"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "smartregion hub"),
+        ])
+        now = _utc(clock)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - CLOCK_SKEW)
+            .not_valid_after(now + validity)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(
+                digital_signature=False, content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
+            ), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            # Not critical (as the CA/Browser Forum allows): a sensor's TLS stack that does not know
+            # name constraints (some mbedTLS builds) must still accept the issuer; those that do enforce them.
+            .add_extension(_name_constraints(hub_id_text, hostnames), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        return cls(key, cert)
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def key_pem(self) -> bytes:
+        return self.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    @property
+    def expires_ms(self) -> int:
+        return _expires_ms(self.cert)
+
+    def check(self) -> None:
+        """Raise IdentityError unless this is a CA certificate, self-signed, for this key."""
+        try:
+            constraints = self.cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            constraints = None
+        if constraints is None or not constraints.ca:
+            raise IdentityError("the TLS issuer certificate in keys.json is not a CA certificate (BasicConstraints ca=False)")
+        try:
+            usage = self.cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        except x509.ExtensionNotFound:
+            usage = None
+        if usage is None or not usage.key_cert_sign:
+            raise IdentityError("the TLS issuer certificate in keys.json may not sign certificates (no keyCertSign)")
+        if _spki(self.cert.public_key()) != _spki(self.key.public_key()):
+            raise IdentityError("the TLS issuer key in keys.json is not the key of the TLS issuer certificate")
+        try:
+            self.cert.verify_directly_issued_by(self.cert)
+        except (ValueError, TypeError, InvalidSignature):
+            raise IdentityError("the TLS issuer certificate in keys.json is not self-signed") from None
+
+
+def check_leaf_issued(leaf: x509.Certificate, issuer: TlsIssuer | None) -> None:
+    """Raise IdentityError unless `leaf` is signed by `issuer` (None: a hub from before the
+    issuer, whose certificate must be self-signed)."""
+    signer = issuer.cert if issuer is not None else leaf
+    try:
+        leaf.verify_directly_issued_by(signer)
+    except ValueError:  # the issuer name differs
+        if issuer is None:
+            raise IdentityError("the TLS certificate in keys.json is issued by another certificate, but keys.json "
+                                "holds no TLS issuer") from None
+        raise IdentityError("the TLS certificate in keys.json names another issuer than the hub's TLS issuer") from None
+    except (TypeError, InvalidSignature):
+        if issuer is None:
+            raise IdentityError("the TLS certificate in keys.json is not validly self-signed") from None
+        raise IdentityError("the TLS certificate in keys.json is not signed by the hub's TLS issuer") from None
+
+
 @dataclass(frozen=True)
 class HubIdentity:
     identity_key: Ed25519PrivateKey
@@ -67,6 +197,7 @@ class HubIdentity:
     tls_cert: x509.Certificate
     key_encryption_key: bytes  # wraps sensor keys at rest
     key_history: tuple[bytes, ...] = ()  # rotation statements, oldest first (node/keychain.py)
+    tls_issuer: TlsIssuer | None = None  # None only in a hub made before the issuer (module docstring)
 
     @property
     def public_key_raw(self) -> bytes:
@@ -96,6 +227,17 @@ class HubIdentity:
         return self.tls_cert.public_bytes(serialization.Encoding.PEM)
 
     @property
+    def tls_chain_pem(self) -> bytes:
+        """What the hub serves: its certificate, then the issuer's (if it has one)."""
+        return self.tls_cert_pem + (self.tls_issuer.cert_pem if self.tls_issuer else b"")
+
+    @property
+    def tls_trust_root_pem(self) -> bytes:
+        """What a sensor trusts as its only root: the issuer (stable across renewals and
+        rotations), or for a hub made before the issuer, its self-signed certificate."""
+        return self.tls_issuer.cert_pem if self.tls_issuer else self.tls_cert_pem
+
+    @property
     def tls_key_pem(self) -> bytes:
         return self.tls_key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -108,7 +250,7 @@ class HubIdentity:
         return self.identity_key.sign(domain + message)
 
     def to_secrets(self) -> dict[str, bytes]:
-        return {
+        values = {
             "identity_key": self.identity_key.private_bytes(
                 serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
             ),
@@ -117,6 +259,9 @@ class HubIdentity:
             "key_encryption_key": self.key_encryption_key,
             "key_history": b"".join(self.key_history),
         }
+        if self.tls_issuer is not None:
+            values |= {"tls_issuer_key": self.tls_issuer.key_pem, "tls_issuer_cert": self.tls_issuer.cert_pem}
+        return values
 
     @classmethod
     def from_secrets(cls, values: dict[str, bytes]) -> HubIdentity:
@@ -133,10 +278,16 @@ class HubIdentity:
                 tls_cert=x509.load_pem_x509_certificate(values["tls_cert"]),
                 key_encryption_key=values["key_encryption_key"],
                 key_history=tuple(history[i:i + STATEMENT_LENGTH] for i in range(0, len(history), STATEMENT_LENGTH)),
+                tls_issuer=_issuer_from_secrets(values),  # absent in keystores from before the issuer
             )
             identity.chain()
         except (KeyError, ValueError) as exc:  # ChainError is a ValueError
             raise IdentityError(f"the keystore does not hold a complete hub identity: {exc}") from exc
+        if _spki(identity.tls_cert.public_key()) != _spki(tls_key.public_key()):
+            raise IdentityError("the TLS key in keys.json is not the key of the TLS certificate")
+        if identity.tls_issuer is not None:
+            identity.tls_issuer.check()
+        check_leaf_issued(identity.tls_cert, identity.tls_issuer)
         if verify_tls_binding(identity.tls_cert, identity.key_history) != identity.public_key_raw:
             raise IdentityError("the TLS certificate is not bound to this identity key")
         return identity
@@ -148,69 +299,90 @@ class HubIdentity:
         found = [str(n.value) for n in names if isinstance(n, x509.DNSName | x509.IPAddress)]
         return tuple(n for n in found if n not in standard)
 
+    def _issuer_or_new(self, clock: Clock) -> TlsIssuer:
+        """The hub's TLS issuer; a hub from before the issuer gets one now (its first renewal or rotation)."""
+        return self.tls_issuer or TlsIssuer.generate(self.hub_id_text, self.hostnames(), clock)
+
     def with_renewed_certificate(self, clock: Clock = SYSTEM_CLOCK) -> HubIdentity:
-        """The same identity with a fresh TLS key and certificate (valid from the clock's now)."""
+        """The same identity with a fresh TLS key and certificate (valid from the clock's now),
+        signed by the same issuer."""
+        issuer = self._issuer_or_new(clock)
         tls_key = ec.generate_private_key(ec.SECP256R1())
         cert = issue_tls_certificate(self.identity_key, tls_key, self.hostnames(), hub_id_text=self.hub_id_text,
-                                     clock=clock)
-        return HubIdentity(self.identity_key, tls_key, cert, self.key_encryption_key, self.key_history)
+                                     clock=clock, issuer=issuer)
+        return HubIdentity(self.identity_key, tls_key, cert, self.key_encryption_key, self.key_history, issuer)
 
     def rotated(self, clock: Clock = SYSTEM_CLOCK) -> HubIdentity:
         """A new identity key, linked to the old by a statement both sign; the hub id stays.
-        The TLS certificate is re-issued (new TLS key too) bound to the new key."""
+        The TLS certificate is re-issued (new TLS key too) bound to the new key, by the same issuer."""
         if len(self.key_history) >= MAX_ROTATIONS:
             raise IdentityError(f"the key history already holds {MAX_ROTATIONS} rotations, the most a peer accepts: "
                                 "make a new hub (docs/operations.md, \"Compromise\")")
         new_key = Ed25519PrivateKey.generate()
         statement = sign_rotation(self.hub_id, len(self.key_history) + 1, self.identity_key, new_key, clock.now_ms())
         history = (*self.key_history, statement.to_bytes())
+        issuer = self._issuer_or_new(clock)
         tls_key = ec.generate_private_key(ec.SECP256R1())
-        cert = issue_tls_certificate(new_key, tls_key, self.hostnames(), hub_id_text=self.hub_id_text, clock=clock)
-        rotated = HubIdentity(new_key, tls_key, cert, self.key_encryption_key, history)
+        cert = issue_tls_certificate(new_key, tls_key, self.hostnames(), hub_id_text=self.hub_id_text, clock=clock,
+                                     issuer=issuer)
+        rotated = HubIdentity(new_key, tls_key, cert, self.key_encryption_key, history, issuer)
         rotated.chain()  # never hand out a history that does not verify
         return rotated
 
     @property
     def certificate_expires_ms(self) -> int:
-        return int(self.tls_cert.not_valid_after_utc.timestamp() * 1000)
+        return _expires_ms(self.tls_cert)
+
+    @property
+    def issuer_expires_ms(self) -> int | None:
+        return self.tls_issuer.expires_ms if self.tls_issuer else None
+
+
+def _issuer_from_secrets(values: dict[str, bytes]) -> TlsIssuer | None:
+    if "tls_issuer_key" not in values and "tls_issuer_cert" not in values:
+        return None
+    if "tls_issuer_key" not in values or "tls_issuer_cert" not in values:
+        raise ValueError("it holds only half of the TLS issuer (its key and certificate go together)")
+    key = serialization.load_pem_private_key(values["tls_issuer_key"], password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError("the TLS issuer key is not an elliptic-curve key")
+    return TlsIssuer(key, x509.load_pem_x509_certificate(values["tls_issuer_cert"]))
 
 
 def generate(hostnames: tuple[str, ...] = (), clock: Clock = SYSTEM_CLOCK) -> HubIdentity:
     identity_key = Ed25519PrivateKey.generate()
+    issuer = TlsIssuer.generate(ids.to_text(ids.hub_id_from_public_key(raw_public(identity_key.public_key()))),
+                                hostnames, clock)
     tls_key = ec.generate_private_key(ec.SECP256R1())
-    cert = issue_tls_certificate(identity_key, tls_key, hostnames, clock=clock)
-    return HubIdentity(identity_key, tls_key, cert, secrets.token_bytes(32))
+    cert = issue_tls_certificate(identity_key, tls_key, hostnames, clock=clock, issuer=issuer)
+    return HubIdentity(identity_key, tls_key, cert, secrets.token_bytes(32), tls_issuer=issuer)
 
 
 def issue_tls_certificate(
     identity_key: Ed25519PrivateKey, tls_key: ec.EllipticCurvePrivateKey, hostnames: tuple[str, ...] = (),
     *, hub_id_text: str | None = None, clock: Clock = SYSTEM_CLOCK, validity: dt.timedelta = CERT_VALIDITY,
+    issuer: TlsIssuer | None = None,
 ) -> x509.Certificate:
     """`hub_id_text`: the hub's id (the genesis key's hash; by default the key's own, for a hub
-    that never rotated). Validity starts at the clock's now (less 5 minutes of skew)."""
+    that never rotated). Validity starts at the clock's now (less 5 minutes of skew). Signed
+    by `issuer`; without one, self-signed (as hubs from before the issuer, and test impostors)."""
     public_raw = raw_public(identity_key.public_key())
     hub_id_text = hub_id_text or ids.to_text(ids.hub_id_from_public_key(public_raw))
     binding = identity_key.sign(TLS_BINDING_DOMAIN + _spki(tls_key.public_key()))
-    names: list[x509.GeneralName] = [x509.DNSName(hub_id_text), x509.DNSName("localhost")]
-    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "::1")]
-    for host in hostnames:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
+    names = _subject_alt_names(hub_id_text, hostnames)
     subject = x509.Name([
         x509.NameAttribute(NameOID.COMMON_NAME, hub_id_text),
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "smartregion hub"),
     ])
-    now = dt.datetime.fromtimestamp(clock.now_ms() / 1000, dt.UTC)
-    return (
+    now = _utc(clock)
+    builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
-        .issuer_name(subject)
+        .issuer_name(issuer.cert.subject if issuer else subject)
         .public_key(tls_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + validity)
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(min(now + validity, issuer.cert.not_valid_after_utc) if issuer else now + validity)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
@@ -220,8 +392,12 @@ def issue_tls_certificate(
         .add_extension(
             x509.UnrecognizedExtension(TLS_BINDING_OID, _der_octet_string(public_raw + binding)), critical=False
         )
-        .sign(tls_key, hashes.SHA256())
     )
+    if issuer is None:
+        return builder.sign(tls_key, hashes.SHA256())
+    builder = builder.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
+                                    critical=False)
+    return builder.sign(issuer.key, hashes.SHA256())
 
 
 def read_tls_binding(cert: x509.Certificate) -> tuple[str, bytes]:

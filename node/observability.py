@@ -26,6 +26,9 @@ class HubMetrics:
         self.peers = Gauge("smartregion_peers", "Peer hubs, by state", ["state"], registry=self.registry)
         self.certificate_expiry = Gauge("smartregion_tls_certificate_expiry_timestamp_seconds",
                                         "When the TLS certificate the hub serves expires (UNIX seconds)", registry=self.registry)
+        self.issuer_expiry = Gauge("smartregion_tls_issuer_expiry_timestamp_seconds",
+                                   "When the hub's TLS issuer (the root sensors trust) expires (UNIX seconds; 0: none yet)",
+                                   registry=self.registry)
 
     def set_states(self, gauge: Gauge, counts: dict[str, int], known: tuple[str, ...]) -> None:
         for state in set(known) | set(counts):

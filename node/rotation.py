@@ -52,6 +52,29 @@ def certificate_state(identity: HubIdentity, clock: Clock) -> CertificateState:
     return CertificateState(identity.certificate_expires_ms, clock.now_ms())
 
 
+def issuer_created_advice(data_dir: object) -> str:
+    """What the admin must do once, when a hub made before the TLS issuer gets one."""
+    return (
+        "This hub now has a TLS issuer (tls-issuer.pem, valid ~25 years): credential files issued from now on trust "
+        "it, and those sensors keep connecting across certificate renewals and identity-key rotations. Sensors "
+        "enrolled BEFORE pin the certificate just replaced and cannot open new connections: re-issue each one's "
+        f"credential file once, with the same key, by `smartregion sensor credential --data-dir {data_dir} "
+        "SENSOR_ID --out FILE` (the hub running), and install it on the sensor (`smartregion sensor list` shows "
+        "the ids). Peers and partners need nothing: they re-pin by the identity binding."
+    )
+
+
+def _audit_issuer_created(hub_dir: hubdir.HubDir, before: HubIdentity, after: HubIdentity, clock: Clock, how: str) -> bool:
+    """Audit the creation of the TLS issuer (`cert.issuer`), if `after` is the first identity with one."""
+    if before.tls_issuer is not None or after.tls_issuer is None:
+        return False
+    audit.record_in_database(hub_dir.file(hubdir.DB_FILE), audit.AuditEntry(
+        "admin", "cert.issuer", after.hub_id_text, "ok",
+        f"{how}: TLS issuer created, valid until {after.tls_issuer.cert.not_valid_after_utc:%Y-%m-%d}; "
+        "sensors enrolled before need their credential re-issued once", at_ms=clock.now_ms()))
+    return True
+
+
 def _locked(hub_dir: hubdir.HubDir, what: str):
     try:
         return hub_dir.lock_for_serving()
@@ -65,7 +88,8 @@ def _locked(hub_dir: hubdir.HubDir, what: str):
 
 def rotate_identity(hub_dir: hubdir.HubDir, passphrase: bytes, clock: Clock) -> tuple[HubIdentity, HubIdentity]:
     """Rotate the identity key of the STOPPED hub in `hub_dir`: a new key, a statement signed
-    by old and new key, a new TLS certificate bound to the new key; the keystore is rewritten
+    by old and new key, a new TLS certificate bound to the new key (by the same TLS issuer; a
+    hub made before the issuer gets one, audited as `cert.issuer`); the keystore is rewritten
     encrypted under the same passphrase and the rotation is audited. Returns (old, new)."""
     lock = _locked(hub_dir, "an identity-key rotation")
     try:
@@ -75,6 +99,7 @@ def rotate_identity(hub_dir: hubdir.HubDir, passphrase: bytes, clock: Clock) -> 
         audit.record_in_database(hub_dir.file(hubdir.DB_FILE), audit.AuditEntry(
             "admin", "key.rotate", old.hub_id_text, "ok",
             rotation_detail(old, new, "offline"), at_ms=clock.now_ms()))
+        _audit_issuer_created(hub_dir, old, new, clock, "key rotation")
     finally:
         lock.close()
     return old, new
@@ -86,16 +111,19 @@ def rotation_detail(old: HubIdentity, new: HubIdentity, how: str) -> str:
             f"{new.public_key_raw.hex()[:16]}...")
 
 
-def renew_certificate(hub_dir: hubdir.HubDir, passphrase: bytes, clock: Clock) -> HubIdentity:
+def renew_certificate(hub_dir: hubdir.HubDir, passphrase: bytes, clock: Clock) -> tuple[HubIdentity, HubIdentity]:
     """Renew the TLS certificate of the STOPPED hub in `hub_dir` (a running hub renews its own:
-    the `RenewCertificate` admin call)."""
+    the `RenewCertificate` admin call). A hub made before the TLS issuer gets one (audited as
+    `cert.issuer`). Returns (before, renewed)."""
     lock = _locked(hub_dir, "renewing the certificate offline")
     try:
-        renewed = hub_dir.identity(passphrase).with_renewed_certificate(clock)
+        before = hub_dir.identity(passphrase)
+        renewed = before.with_renewed_certificate(clock)
         hub_dir.write_identity(renewed, passphrase)
+        _audit_issuer_created(hub_dir, before, renewed, clock, "offline renewal")
         audit.record_in_database(hub_dir.file(hubdir.DB_FILE), audit.AuditEntry(
             "admin", "cert.renew", renewed.hub_id_text, "ok", f"offline; valid until {renewed.tls_cert.not_valid_after_utc:%Y-%m-%d}",
             at_ms=clock.now_ms()))
     finally:
         lock.close()
-    return renewed
+    return before, renewed

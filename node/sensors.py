@@ -92,7 +92,11 @@ def credential_json(
     record: SensorRecord, key: bytes, *, hub_id: str, municipality: str, grpc_address: str, http_url: str, tls: bool, tls_cert_pem: str,
     datasets: catalog.Catalog = catalog.DEFAULT,
 ) -> bytes:
-    """The sensor's credential file (docs/protocol.md, "Credential file")."""
+    """The sensor's credential file (docs/protocol.md, "Credential file"). `tls_cert_pem` goes
+    into `hub_tls_certificate`: the certificate the sensor trusts as its only root, which is the
+    hub's TLS issuer (HubIdentity.tls_trust_root_pem), so the file survives certificate renewals
+    and identity rotations. The issuer is self-signed, so every TLS stack (and readers of files
+    from before the issuer) takes it as a root, unlike a leaf signed by another certificate."""
     units = {m: datasets.dataset(record.dataset).metrics[m].unit for m in record.metrics}
     document = {
         "format": CREDENTIAL_FORMAT,

@@ -9,6 +9,7 @@ import ssl
 
 
 def server_ssl_context(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
+    """`cert_pem`: the certificate, then any issuer certificates (a chain, as served)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     load_certificate(context, cert_pem, key_pem)
@@ -29,8 +30,15 @@ def load_certificate(context: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -
         os.close(key_fd)
 
 
-def pinned_client_ssl_context(server_cert_pem: bytes) -> ssl.SSLContext:
-    """Trust exactly this certificate; the caller sets server_hostname to the hub id."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=server_cert_pem.decode())
+def pinned_client_ssl_context(trusted_pem: bytes) -> ssl.SSLContext:
+    """Trust exactly this certificate; the caller sets server_hostname to the hub id.
+
+    `trusted_pem` may be the hub's issuer (what sensors hold) or its certificate itself (what
+    peers, partners and the admin CLI pin, by its identity binding). The certificate is signed
+    by the issuer, not by itself, so OpenSSL must be told that a trusted certificate ends the
+    chain even when it is not self-signed (VERIFY_X509_PARTIAL_CHAIN); gRPC's BoringSSL does so
+    unasked."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=trusted_pem.decode())
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return context

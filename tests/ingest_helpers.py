@@ -17,6 +17,7 @@ from node.api.v1 import admin_pb2, ingest_pb2
 from node.app.sensor_client import Sensor
 from node.senml import Reading
 from node.storage.base import ReadingFilter
+from node.tlsfiles import pinned_client_ssl_context
 
 # Expected outcome of each rejection reason, written out here (not derived from node.errors)
 # so that a change to the mapping table is caught by the tests.
@@ -105,7 +106,7 @@ def _rpc_failure(transport: str, err: grpc.aio.AioRpcError) -> Delivery:
 
 
 def client_ssl_context(live) -> ssl.SSLContext:
-    return ssl.create_default_context(cadata=live.hub.identity.tls_cert_pem.decode())
+    return pinned_client_ssl_context(live.hub.identity.tls_cert_pem)
 
 
 async def http_post(live, body, *, headers: dict | None = None) -> Delivery:

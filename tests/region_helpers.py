@@ -49,6 +49,7 @@ class ProcessHub:
         """Start the process and wait until it serves (blocking; safe to run in a thread)."""
         self.process.start()
         self.process.grpc_port = int(self.address.rsplit(":", 1)[1])  # a restart keeps the address peers know
+        self.process.http_port = int(self.process.endpoint["http_url"].rsplit(":", 1)[1])  # and sensors' credentials name
 
     def connect(self) -> ProcessHub:
         """Open the admin channel (in the event loop's thread)."""

@@ -44,7 +44,7 @@ def short_lived(path, clock: ManualClock, days: int) -> identity.HubIdentity:
     hub_dir = hubdir.HubDir(path)
     ident = hub_dir.identity(PASSPHRASE.encode())
     cert = identity.issue_tls_certificate(ident.identity_key, ident.tls_key, hub_id_text=ident.hub_id_text, clock=clock,
-                                          validity=dt.timedelta(days=days))
+                                          validity=dt.timedelta(days=days), issuer=ident.tls_issuer)
     short = replace(ident, tls_cert=cert)
     hub_dir.write_identity(short, PASSPHRASE.encode())
     return short
@@ -64,6 +64,9 @@ async def test_expiry_gauge_warning_daily_log_and_automatic_renewal(tmp_path, ca
         first = next(r for r in caplog.records if r.message == "certificate")
         assert first.levelno == logging.INFO and first.days_left == 40.0
         assert certificate_overview(hub)["warning"] is None
+        issuer = hub.identity.tls_issuer
+        assert issuer is not None and certificate_overview(hub)["issuer_days_left"] == round(
+            (issuer.expires_ms - clock.now_ms()) / (DAY_S * 1000), 1)
 
         # 11 days later (the wall clock only: the daily check has not run yet): 29 days left.
         clock.set_now_ms(clock.now_ms() + int(11 * DAY_S * 1000))

@@ -19,6 +19,7 @@ from node.app.http_guard import HttpLimits
 from node.app.server import start
 from node.client import open_channel
 from node.hub import Hub
+from node.tlsfiles import pinned_client_ssl_context
 
 ATTACKER = "127.0.0.2"  # another loopback address: a second source
 
@@ -33,7 +34,7 @@ async def guarded_hub(tmp_path, request):
 
 
 def tls(hub) -> ssl.SSLContext:
-    return ssl.create_default_context(cadata=hub.identity.tls_cert_pem.decode())
+    return pinned_client_ssl_context(hub.identity.tls_cert_pem)
 
 
 async def open_tls(running, source: str = ATTACKER):

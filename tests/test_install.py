@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import sysconfig
@@ -25,6 +24,8 @@ import venv
 from pathlib import Path
 
 import pytest
+
+from node.tlsfiles import pinned_client_ssl_context
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = REPO_ROOT / "deploy"
@@ -90,7 +91,7 @@ def test_init_and_serve_from_the_wheel(installed, tmp_path):
             assert time.monotonic() < deadline, "the hub did not start"
             time.sleep(0.05)
         endpoint = json.loads(endpoint_file.read_text())
-        context = ssl.create_default_context(cadata=(data_dir / "tls-cert.pem").read_text())
+        context = pinned_client_ssl_context((data_dir / "tls-cert.pem").read_bytes())
         host, port = endpoint["http_url"].removeprefix("https://").rsplit(":", 1)
         connection = http.client.HTTPSConnection(host, int(port), context=context, timeout=10)
         connection.connect = _connect_as(connection, endpoint["hub_id"])

@@ -8,6 +8,9 @@ exports made before the rotation still verify offline with the documented comman
 ones signed under the new key verify too. A hub at Bergen's address showing a forged key history
 (a fork signed with a leaked old key) or a replayed older one is refused by the peers, which keep
 the last good state. Bergen then renews its certificate while serving and the peers keep querying.
+Bergen's sensor, enrolled at the start, keeps delivering (gRPC and HTTP, new connections) with
+its SAME credential file after the rotation and after the renewal: it trusts Bergen's TLS
+issuer, which signs each new certificate.
 
 Test order matters (one module-scoped region). Timing on 2 shared cores: about 30-40 s.
 """
@@ -34,6 +37,7 @@ from federation.query import asker
 from node import audit, hubdir, identity, keychain, keystore, senml
 from node.api.v1 import admin_pb2, agreement_pb2, query_pb2
 from node.app.sensor_client import Sensor, SensorCredential, replay
+from node.tlsfiles import pinned_client_ssl_context
 from tests.conftest import PASSPHRASE
 from tests.region_helpers import ProcessHub, agree_between, cli, eventually, start_all
 
@@ -176,6 +180,29 @@ def pinned_cert(hub: ProcessHub, peer_id: str) -> str:
     return peer.tls_cert_pem
 
 
+BERGEN_STATION = "station-1.credential.json"  # enrolled by the fixture, before any rotation or renewal
+SENT_LATER: list[int] = []  # readings Bergen's station delivered after the fixture's week
+
+
+async def bergen_station_delivers(region: Region) -> None:
+    """Bergen's station sends a day of readings over gRPC and one over HTTP (each on a new
+    connection) with its enrolment credential file, untouched; every reading is stored. The
+    readings lie after the queried week, so the answers the askers check do not change."""
+    credential = SensorCredential.load(region.tmp / BERGEN_STATION)
+    issuer = region.bergen.hub_dir.tls_issuer_pem()
+    assert issuer is not None and credential.hub_cert_pem == issuer  # it trusts the issuer, not the certificate
+    sensor = Sensor(credential)
+    day = len(SENT_LATER) // 2
+    start = END_MS + day * 2 * 86_400_000
+    over_grpc = [senml.Reading("pm25", start + h * 3_600_000, 7.0) for h in range(24)]
+    summary = await asyncio.to_thread(replay, sensor, over_grpc)
+    assert summary.readings_stored == 24
+    over_http = [senml.Reading("pm25", start + 86_400_000 + h * 3_600_000, 8.0) for h in range(24)]
+    body = await asyncio.to_thread(sensor.send_http, sensor.seal([over_http])[0])
+    assert body["status"] == 200 and body["readings_stored"] == 24, body
+    SENT_LATER.extend([24, 24])
+
+
 async def audit_of(hub: ProcessHub) -> list[dict]:
     export = await hub.admin("ExportAudit", admin_pb2.ExportAuditRequest())
     lines = export.jsonl.decode().splitlines()
@@ -265,6 +292,8 @@ async def test_rotation_while_two_peers_and_a_partner_query(region):
     history = json.loads((await cli("key", "history", "--data-dir", str(bergen.hub_dir.path), "--json")).stdout)
     assert [k["key"] for k in history["keys"]] == [old.public_key_raw.hex(), new.public_key_raw.hex()]
     await node_client_verifies_through_the_rotated_hub(region)
+    # The sensor enrolled before the rotation connects anew with the same credential file.
+    await bergen_station_delivers(region)
     # (`key rotate` against the RUNNING hub rotates it live: tests/test_live_rotation.py.)
 
 
@@ -371,6 +400,8 @@ async def test_certificate_renewal_while_peers_query(region):
         async def more() -> bool:
             return len(outcomes) >= seen + 6
         await eventually(more, timeout=20)
+        # The sensor, enrolled before the rotation and this renewal, still connects anew.
+        await bergen_station_delivers(region)
     finally:
         stop.set()
         await querying
@@ -385,10 +416,9 @@ async def test_certificate_renewal_while_peers_query(region):
     assert bytes.fromhex(status.certificate_sha256) == descriptors.cert_sha256(served) and status.key_rotations == 1
     assert key == bergen.hub_dir.identity(PASSPHRASE.encode()).public_key_raw
     # The expiry gauge names the served certificate's expiry, by value.
-    import ssl
     import urllib.request
 
-    context = ssl.create_default_context(cadata=served.decode())
+    context = pinned_client_ssl_context(served)  # the certificate is issuer-signed: a partial chain
     context.check_hostname = False
     url = bergen.process.endpoint["http_url"] + "/metrics"
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {bergen.hub_dir.admin_token()}"})
@@ -396,5 +426,13 @@ async def test_certificate_renewal_while_peers_query(region):
     cert = x509.load_pem_x509_certificate(served)
     line = next(line for line in body.splitlines() if line.startswith("smartregion_tls_certificate_expiry_timestamp_seconds"))
     assert float(line.split()[-1]) == cert.not_valid_after_utc.timestamp()
+    issuer = x509.load_pem_x509_certificate(bergen.hub_dir.tls_issuer_pem() or b"")
+    line = next(line for line in body.splitlines() if line.startswith("smartregion_tls_issuer_expiry_timestamp_seconds"))
+    assert float(line.split()[-1]) == issuer.not_valid_after_utc.timestamp()
+    assert status.issuer_not_after_ms == int(issuer.not_valid_after_utc.timestamp() * 1000) and not status.issuer_created
+    # Nothing the sensor sent after the fixture's week was lost: Bergen holds every reading.
+    counts = (await bergen.admin("GetStatus", admin_pb2.GetStatusRequest())).counts
+    assert [c.readings for c in counts if c.metric == "pm25"] == [HOURS + sum(SENT_LATER)] and len(SENT_LATER) == 4
     status_line = (await cli("cert", "status", "--data-dir", str(bergen.hub_dir.path))).stdout
     assert "valid for 1095 more days" in status_line or "valid for 1094 more days" in status_line
+    assert "Signed by the hub's TLS issuer (tls-issuer.pem, what sensors trust), valid until" in status_line

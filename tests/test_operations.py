@@ -21,6 +21,7 @@ from node.clock import ManualClock
 from node.hub import Hub
 from node.senml import Reading
 from node.storage.base import ReadingFilter
+from node.tlsfiles import pinned_client_ssl_context
 
 
 async def audit_entries(live, action: str) -> list[dict]:
@@ -49,12 +50,11 @@ async def test_rotated_token_refuses_the_old_one_at_once(live_hub):
 
 
 async def test_rotation_ends_dashboard_sessions_opened_with_the_old_token(live_hub):
-    import ssl
 
     import aiohttp
 
     hub = live_hub.hub
-    context = ssl.create_default_context(cadata=hub.identity.tls_cert_pem.decode())
+    context = pinned_client_ssl_context(hub.identity.tls_cert_pem)
     old_token = hubdir.HubDir(live_hub.data_dir).admin_token()
     async with aiohttp.ClientSession() as http:
         async def call(method: str, path: str, cookie: str = "", **body):

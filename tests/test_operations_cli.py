@@ -156,9 +156,11 @@ def test_backup_during_ingest_restores_a_hub_that_verifies_and_answers(hub):
     assert restored_config.hub_id == snapshot_manifest["hub_id"] == hubdir.HubDir(data_dir).config().hub_id
     assert restored_config.admin_token_sha256 != hubdir.HubDir(data_dir).config().admin_token_sha256  # a new token
     assert stat.S_IMODE(restored.stat().st_mode) == 0o700
-    for name in (hubdir.KEYS_FILE, hubdir.CONFIG_FILE, hubdir.DB_FILE, hubdir.ADMIN_TOKEN_FILE, hubdir.CERT_FILE):
+    for name in (hubdir.KEYS_FILE, hubdir.CONFIG_FILE, hubdir.DB_FILE, hubdir.ADMIN_TOKEN_FILE, hubdir.CERT_FILE, hubdir.ISSUER_FILE):
         assert stat.S_IMODE((restored / name).stat().st_mode) == 0o600, name
     assert not (restored / hubdir.ENDPOINT_FILE).exists()
+    # tls-issuer.pem is not in the archive: the restore writes it from keys.json, the same issuer
+    assert hubdir.HubDir(restored).tls_issuer_pem() == hubdir.HubDir(data_dir).tls_issuer_pem() is not None
     # the backup itself is audited, in the live hub and in the snapshot
     shown = as_json(run("audit", "show", "--data-dir", data_dir, "--kind", "backup", "--json"))
     assert [e["action"] for e in shown] == ["backup.create"]
@@ -512,11 +514,24 @@ def test_key_rotation_and_certificate_commands_of_the_handbook(hub, tmp_path):
     assert history["hub_id"] == hub_id and [k["sequence"] for k in history["keys"]] == [0, 1]
     assert "valid for 1095 more days" in ok(run("cert", "status", "--data-dir", stopped)).stdout
     assert "the hub serves it when it starts" in ok(run("cert", "renew", "--data-dir", stopped)).stdout
-    data_dir, _ = hub
+    data_dir, base = hub
+    enrolled = base / "before-renewal.json"
+    sensor_id = as_json(run("sensor", "add", "--data-dir", data_dir, "--dataset", "air_quality", "--metrics", "pm25",
+                            "--location", "58.97,5.73", "--out", enrolled, "--json"))["sensor"]["sensor_id"]
     assert "the running hub serves it from now on" in ok(run("cert", "renew", "--data-dir", data_dir)).stdout
+    # "Sensors need nothing": the credential from before the renewal trusts the issuer, which signed the new one.
+    reading = [Reading("pm25", int(dt.datetime(2019, 3, 1, tzinfo=dt.UTC).timestamp() * 1000), 4.0)]
+    assert replay(Sensor(SensorCredential.load(enrolled)), reading).readings_stored == 1
+    again = base / "again.json"
+    assert "with its same key" in ok(run("sensor", "credential", "--data-dir", data_dir, sensor_id[:10], "--out", again)).stdout
+    assert json.loads(again.read_text())["key"] == json.loads(enrolled.read_text())["key"]
+    assert json.loads(again.read_text())["hub_tls_certificate"].encode() == hubdir.HubDir(data_dir).tls_issuer_pem()
     live = ok(run("key", "rotate", "--data-dir", data_dir)).stdout  # the running hub rotates while it serves
     assert "(rotation 1; the hub id stays)" in live and "the running hub signs with the new key" in live
     assert [k["sequence"] for k in as_json(run("key", "history", "--data-dir", data_dir, "--json"))["keys"]] == [0, 1]
+    # and the sensor's file still works after the live rotation too
+    later = [Reading("pm25", int(dt.datetime(2019, 3, 1, 1, tzinfo=dt.UTC).timestamp() * 1000), 5.0)]
+    assert replay(Sensor(SensorCredential.load(enrolled)), later).readings_stored == 1
 
 
 def test_every_command_in_the_handbook_was_run():

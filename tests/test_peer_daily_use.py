@@ -12,6 +12,7 @@ from conftest import make_hub_dir, start_live_hub
 
 from federation import peers
 from node.api.v1 import admin_pb2
+from node.tlsfiles import pinned_client_ssl_context
 
 
 @pytest.fixture
@@ -81,7 +82,6 @@ def test_only_an_unknown_caller_refusal_means_waiting():
 
 async def test_the_dashboard_chart_drops_a_peer_as_soon_as_its_agreement_is_revoked(tmp_path):
     """The chart is cached for an hour, but not past a change of the peers it may ask."""
-    import ssl
 
     import aiohttp
     from query_helpers import agree, deliver, eventually, ms, settle, start_nodes, state_is, stop_nodes, terms_toml
@@ -97,7 +97,7 @@ async def test_the_dashboard_chart_drops_a_peer_as_soon_as_its_agreement_is_revo
             await deliver(node, sensor, [Reading("pm25", ms(2019, 3, 2), 10.0), Reading("pm25", ms(2019, 4, 2), 12.0)])
         agreement_id = await agree(bergen, stavanger, terms_toml(longest_window_days=366))  # Bergen provides, Stavanger's chart asks it
         hub = stavanger.live.hub
-        context = ssl.create_default_context(cadata=hub.identity.tls_cert_pem.decode())
+        context = pinned_client_ssl_context(hub.identity.tls_cert_pem)
         async with aiohttp.ClientSession() as http:
             async with http.post(hub.endpoint.http_url + "/api/login", json={"token": hubdir.HubDir(stavanger.live.data_dir).admin_token()},
                                  ssl=context, server_hostname=hub.config.hub_id) as login:

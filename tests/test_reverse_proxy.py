@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from node import hubdir
+from node.api.v1 import admin_pb2
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
 EXAMPLE = REPO_ROOT / "deploy" / "nginx-dashboard.conf"
@@ -102,7 +103,7 @@ def site_config(port: int, front: tuple[Path, Path], hub_http: str, hub_id: str,
         "/etc/ssl/certs/dashboard.stavanger.kommune.no.pem": str(front[0]),
         "/etc/ssl/private/dashboard.stavanger.kommune.no.key": str(front[1]),
         "https://127.0.0.1:8080": hub_http,
-        "/var/lib/smartregion/tls-cert.pem": str(hub_cert),
+        "/var/lib/smartregion/tls-issuer.pem": str(hub_cert),
         "9d00cea3093e10db8de322069703c594": hub_id,
     }
     for documented, real in replacements.items():
@@ -115,7 +116,7 @@ async def test_the_dashboard_behind_the_example_nginx_config(tmp_path):
     live = await start_live_hub(make_hub_dir(tmp_path / "hub"))
     front = front_certificate(tmp_path)
     hub = live.hub
-    hub_cert = tmp_path / "hub" / hubdir.CERT_FILE
+    hub_cert = tmp_path / "hub" / hubdir.ISSUER_FILE  # what nginx trusts: the issuer, across renewals
     port = free_port()
     browser = ssl.create_default_context(cafile=str(front[0]))  # trusts the municipality's certificate only; checks names
     base = f"https://localhost:{port}"
@@ -133,6 +134,12 @@ async def test_the_dashboard_behind_the_example_nginx_config(tmp_path):
                 async with http.get(base + "/api/overview", ssl=browser, headers={"Cookie": cookie}) as response:
                     assert response.status == 200
                     assert hub.config.hub_id in await response.text()
+            # The hub renews its certificate: nginx, trusting the issuer, goes on without a change.
+            before = hub.identity.tls_cert_pem
+            await live.admin.RenewCertificate(admin_pb2.RenewCertificateRequest(), metadata=live.admin_metadata)
+            assert hub.identity.tls_cert_pem != before
+            async with aiohttp.ClientSession() as http, http.get(base + "/healthz", ssl=browser) as response:
+                assert response.status == 200
         finally:
             stop_nginx(nginx)
 

@@ -351,13 +351,21 @@ export function loadContract(protoDir = DEFAULT_PROTO_DIR) {
   };
 }
 
+/** Channel credentials that trust exactly `cert`. A hub's certificate is signed by the hub's
+ * own TLS issuer, not by itself; Node's TLS accepts a trusted certificate that is not
+ * self-signed as the end of the chain only with allowPartialTrustChain (Node 20.18 / 22.9). */
+function pinnedCredentials(cert) {
+  const secureContext = tls.createSecureContext({ ca: cert.toString(), allowPartialTrustChain: true });
+  return grpc.credentials.createFromSecureContext(secureContext);
+}
+
 /** Connect to the hub at `address` that must be hub `hubId`: fetch its certificate, check the
  * pin, and open a channel that trusts exactly that certificate under the name `hubId`. */
 export async function connectPinned(contract, address, hubId) {
   const cert = await fetchCertificate(address);
   const { commonName, identityKey } = certificateBinding(cert);
   if (commonName !== hubId) throw new SmartregionError(`the server at ${address} is hub ${commonName}, not hub ${hubId}`);
-  const credentials = grpc.credentials.createSsl(Buffer.from(cert.toString()));
+  const credentials = pinnedCredentials(cert);
   const options = {
     'grpc.ssl_target_name_override': hubId, // the certificate's name is the hub id
     'grpc.default_authority': hubId,

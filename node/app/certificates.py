@@ -10,7 +10,12 @@ the hub's identity key (federation/outbox.py `refresh`). A key rotation also re-
 descriptor with the new key, whose history peers follow at once: the first request, partial or
 answer signed by the new key makes them refresh the descriptor (federation/follow.py).
 
-Expiry monitoring: the gauge smartregion_tls_certificate_expiry_timestamp_seconds, a log line a
+The certificate is signed by the hub's TLS issuer (node/identity.py TlsIssuer), served with
+it; a renewal keeps the issuer, so sensors (which trust the issuer) are not affected. A hub made
+before the issuer gets one at its first renewal (audited `cert.issuer`, with advice).
+
+Expiry monitoring: the gauge smartregion_tls_certificate_expiry_timestamp_seconds (and
+smartregion_tls_issuer_expiry_timestamp_seconds, 0 without an issuer), a log line a
 day ("certificate", with days_left), the dashboard's warning from 30 days before, and an
 automatic renewal when fewer than 30 days remain (node/rotation.py RENEW_BEFORE_MS).
 """
@@ -60,7 +65,7 @@ class ServedCertificate:
 
     @staticmethod
     def _configuration(identity: HubIdentity) -> grpc.ServerCertificateConfiguration:
-        return grpc.ssl_server_certificate_configuration([(identity.tls_key_pem, identity.tls_cert_pem)])
+        return grpc.ssl_server_certificate_configuration([(identity.tls_key_pem, identity.tls_chain_pem)])
 
     def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
         with self._pending_lock:
@@ -71,7 +76,7 @@ class ServedCertificate:
         with self._pending_lock:
             self._pending = self._configuration(identity)
         for context in self._ssl_contexts:
-            load_certificate(context, identity.tls_cert_pem, identity.tls_key_pem)
+            load_certificate(context, identity.tls_chain_pem, identity.tls_key_pem)
 
     # -- renewal -------------------------------------------------------------------------
     def status(self) -> admin_pb2.CertificateStatus:
@@ -80,7 +85,9 @@ class ServedCertificate:
         return admin_pb2.CertificateStatus(
             certificate_sha256=cert_sha256(identity.tls_cert_pem).hex(), not_after_ms=state.expires_at_ms,
             days_left=state.days_left, renewal_due=state.renewal_due, message=state.describe(),
-            key_rotations=len(identity.key_history))
+            key_rotations=len(identity.key_history),
+            issuer_not_after_ms=identity.issuer_expires_ms or 0,
+            issuer_sha256=cert_sha256(identity.tls_issuer.cert_pem).hex() if identity.tls_issuer else "")
 
     async def renew(self, why: str) -> admin_pb2.CertificateStatus:
         """A new TLS key and certificate bound to the identity key: written to keys.json (under
@@ -88,6 +95,7 @@ class ServedCertificate:
         meanwhile is not silently reverted), served from the next handshake, announced in the
         descriptor, audited."""
         async with self._changing:
+            before = self.hub.identity
             renewed = await self._replace_identity("cert.renew", "renew the certificate", "smartregion cert renew",
                                                    lambda current: current.with_renewed_certificate(self.hub.clock))
             status = self.status()
@@ -95,6 +103,7 @@ class ServedCertificate:
                                      f"{why}; sha256 {status.certificate_sha256[:16]}…, {status.message}")
             log.info("certificate renewed", extra={"why": why, "sha256": status.certificate_sha256,
                                                    "not_after_ms": renewed.certificate_expires_ms})
+            status.issuer_created = await self._issuer_created(why, before, renewed)
             return status
 
     async def rotate_key(self) -> tuple[HubIdentity, HubIdentity]:
@@ -115,7 +124,21 @@ class ServedCertificate:
                                      rotation.rotation_detail(old, new, "live"))
             log.info("identity key rotated", extra={"rotation": len(new.key_history),
                                                     "new_key": new.public_key_raw.hex()})
+            await self._issuer_created("key rotation", old, new)
             return old, new
+
+    async def _issuer_created(self, why: str, before: HubIdentity, after: HubIdentity) -> bool:
+        """Audit (`cert.issuer`) and log the TLS issuer a hub made before it got with this change."""
+        if before.tls_issuer is not None or after.tls_issuer is None:
+            return False
+        hub = self.hub
+        issuer_sha256 = cert_sha256(after.tls_issuer.cert_pem).hex()
+        await audit.admin_action(hub.storage, hub.clock.now_ms(), "cert.issuer", hub.config.hub_id,
+                                 f"{why}: TLS issuer created, sha256 {issuer_sha256[:16]}…; sensors "
+                                 "enrolled before need their credential re-issued once")
+        log.warning("TLS issuer created", extra={"issuer_sha256": issuer_sha256,
+                                                 "advice": rotation.issuer_created_advice(hub.hub_dir.path)})
+        return True
 
     async def _replace_identity(self, action: str, what: str, offline_command: str,
                                 change: Callable[[HubIdentity], HubIdentity]) -> HubIdentity:
@@ -141,6 +164,7 @@ class ServedCertificate:
 
     def _publish_metrics(self) -> None:
         self.hub.metrics.certificate_expiry.set(self.hub.identity.certificate_expires_ms / 1000)
+        self.hub.metrics.issuer_expiry.set((self.hub.identity.issuer_expires_ms or 0) / 1000)
 
     # -- monitoring ----------------------------------------------------------------------
     async def check(self) -> admin_pb2.CertificateStatus:

@@ -29,6 +29,7 @@ from node.api.v1 import ingest_pb2, ingest_pb2_grpc
 from node.client import open_channel
 from node.fileio import write_private_file
 from node.sensors import CREDENTIAL_FORMAT
+from node.tlsfiles import pinned_client_ssl_context
 
 T = TypeVar("T")
 
@@ -51,7 +52,7 @@ class SensorCredential:
     grpc_address: str
     http_url: str
     tls: bool
-    hub_cert_pem: bytes
+    hub_cert_pem: bytes  # the only root the sensor trusts: the hub's TLS issuer (or, enrolled before it, the hub's certificate)
     key: bytes
     label: str = ""
 
@@ -197,7 +198,7 @@ class Sensor:
             raise ValueError(f"the credential's http_url {self.credential.http_url!r} names no host")
         conn: http.client.HTTPConnection
         if url.scheme == "https":
-            context = ssl.create_default_context(cadata=self.credential.hub_cert_pem.decode())
+            context = pinned_client_ssl_context(self.credential.hub_cert_pem)
             conn = PinnedHTTPSConnection(url.hostname, url.port, context=context, server_name=self.credential.hub_id, timeout=timeout)
         else:
             conn = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)

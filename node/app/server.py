@@ -182,7 +182,7 @@ async def start(
     network_routes.add_routes(app, networks)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    ssl_context = None if insecure else server_ssl_context(hub.identity.tls_cert_pem, hub.identity.tls_key_pem)
+    ssl_context = None if insecure else server_ssl_context(hub.identity.tls_chain_pem, hub.identity.tls_key_pem)
     if ssl_context is not None:
         certificates.serve_http_with(ssl_context)
     site = GuardedSite(runner, host, http_port, ConnectionGuard(http_limits, hub.metrics.rejected), ssl_context=ssl_context)

@@ -519,27 +519,39 @@ class GetCertificateStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class CertificateStatus(_message.Message):
-    __slots__ = ("certificate_sha256", "not_after_ms", "days_left", "renewal_due", "message", "key_rotations")
+    __slots__ = ("certificate_sha256", "not_after_ms", "days_left", "renewal_due", "message", "key_rotations", "issuer_not_after_ms", "issuer_sha256", "issuer_created")
     CERTIFICATE_SHA256_FIELD_NUMBER: _ClassVar[int]
     NOT_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     DAYS_LEFT_FIELD_NUMBER: _ClassVar[int]
     RENEWAL_DUE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     KEY_ROTATIONS_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_NOT_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_CREATED_FIELD_NUMBER: _ClassVar[int]
     certificate_sha256: str
     not_after_ms: int
     days_left: float
     renewal_due: bool
     message: str
     key_rotations: int
-    def __init__(self, certificate_sha256: _Optional[str] = ..., not_after_ms: _Optional[int] = ..., days_left: _Optional[float] = ..., renewal_due: _Optional[bool] = ..., message: _Optional[str] = ..., key_rotations: _Optional[int] = ...) -> None: ...
+    issuer_not_after_ms: int
+    issuer_sha256: str
+    issuer_created: bool
+    def __init__(self, certificate_sha256: _Optional[str] = ..., not_after_ms: _Optional[int] = ..., days_left: _Optional[float] = ..., renewal_due: _Optional[bool] = ..., message: _Optional[str] = ..., key_rotations: _Optional[int] = ..., issuer_not_after_ms: _Optional[int] = ..., issuer_sha256: _Optional[str] = ..., issuer_created: _Optional[bool] = ...) -> None: ...
+
+class ReissueCredentialRequest(_message.Message):
+    __slots__ = ("sensor_id",)
+    SENSOR_ID_FIELD_NUMBER: _ClassVar[int]
+    sensor_id: str
+    def __init__(self, sensor_id: _Optional[str] = ...) -> None: ...
 
 class RotateIdentityKeyRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class KeyRotation(_message.Message):
-    __slots__ = ("hub_id", "rotation", "old_public_key", "new_public_key", "key_history", "certificate_sha256", "rotated_at_ms")
+    __slots__ = ("hub_id", "rotation", "old_public_key", "new_public_key", "key_history", "certificate_sha256", "rotated_at_ms", "issuer_created")
     HUB_ID_FIELD_NUMBER: _ClassVar[int]
     ROTATION_FIELD_NUMBER: _ClassVar[int]
     OLD_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -547,6 +559,7 @@ class KeyRotation(_message.Message):
     KEY_HISTORY_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_SHA256_FIELD_NUMBER: _ClassVar[int]
     ROTATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_CREATED_FIELD_NUMBER: _ClassVar[int]
     hub_id: str
     rotation: int
     old_public_key: bytes
@@ -554,4 +567,5 @@ class KeyRotation(_message.Message):
     key_history: _containers.RepeatedScalarFieldContainer[bytes]
     certificate_sha256: str
     rotated_at_ms: int
-    def __init__(self, hub_id: _Optional[str] = ..., rotation: _Optional[int] = ..., old_public_key: _Optional[bytes] = ..., new_public_key: _Optional[bytes] = ..., key_history: _Optional[_Iterable[bytes]] = ..., certificate_sha256: _Optional[str] = ..., rotated_at_ms: _Optional[int] = ...) -> None: ...
+    issuer_created: bool
+    def __init__(self, hub_id: _Optional[str] = ..., rotation: _Optional[int] = ..., old_public_key: _Optional[bytes] = ..., new_public_key: _Optional[bytes] = ..., key_history: _Optional[_Iterable[bytes]] = ..., certificate_sha256: _Optional[str] = ..., rotated_at_ms: _Optional[int] = ..., issuer_created: _Optional[bool] = ...) -> None: ...

@@ -191,6 +191,11 @@ class AdminStub:
                 request_serializer=smartregion_dot_v1_dot_admin__pb2.RotateIdentityKeyRequest.SerializeToString,
                 response_deserializer=smartregion_dot_v1_dot_admin__pb2.KeyRotation.FromString,
                 _registered_method=True)
+        self.ReissueCredential = channel.unary_unary(
+                '/smartregion.v1.Admin/ReissueCredential',
+                request_serializer=smartregion_dot_v1_dot_admin__pb2.ReissueCredentialRequest.SerializeToString,
+                response_deserializer=smartregion_dot_v1_dot_admin__pb2.AddSensorResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -413,6 +418,16 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReissueCredential(self, request, context):
+        """Appended by branch `tlsissuer`. A sensor's credential file written again with the same key
+        (no rekey), carrying the hub's TLS issuer as its trust root: once for each sensor enrolled
+        before the hub had an issuer. Audited (sensor.credential). NOT_FOUND for an unknown sensor,
+        PERMISSION_DENIED (revoked_sensor) for a revoked one, INVALID_ARGUMENT for a LoRaWAN device.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -570,6 +585,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.RotateIdentityKey,
                     request_deserializer=smartregion_dot_v1_dot_admin__pb2.RotateIdentityKeyRequest.FromString,
                     response_serializer=smartregion_dot_v1_dot_admin__pb2.KeyRotation.SerializeToString,
+            ),
+            'ReissueCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReissueCredential,
+                    request_deserializer=smartregion_dot_v1_dot_admin__pb2.ReissueCredentialRequest.FromString,
+                    response_serializer=smartregion_dot_v1_dot_admin__pb2.AddSensorResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1409,6 +1429,33 @@ class Admin:
             '/smartregion.v1.Admin/RotateIdentityKey',
             smartregion_dot_v1_dot_admin__pb2.RotateIdentityKeyRequest.SerializeToString,
             smartregion_dot_v1_dot_admin__pb2.KeyRotation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReissueCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartregion.v1.Admin/ReissueCredential',
+            smartregion_dot_v1_dot_admin__pb2.ReissueCredentialRequest.SerializeToString,
+            smartregion_dot_v1_dot_admin__pb2.AddSensorResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,7 @@ def rotate(data_dir: DataDir, as_json: JsonFlag = False) -> None:
             with AdminClient(data_dir) as client:
                 done = client.call("RotateIdentityKey", admin_pb2.RotateIdentityKeyRequest())
             hub_id, old_key, new_key, history = done.hub_id, done.old_public_key, done.new_public_key, list(done.key_history)
+            issuer_created = done.issuer_created
             how = "the running hub signs with the new key and serves the new certificate from now on"
         else:
             try:
@@ -46,6 +47,7 @@ def rotate(data_dir: DataDir, as_json: JsonFlag = False) -> None:
             except rotation.RotationError as exc:
                 raise fail(str(exc)) from None
             hub_id, old_key, new_key, history = new.hub_id_text, old.public_key_raw, new.public_key_raw, list(new.key_history)
+            issuer_created = old.tls_issuer is None and new.tls_issuer is not None
             how = f"the hub signs with the new key when it starts (`smartregion serve --data-dir {hub_dir.path}`)"
     if as_json:
         print_json({"hub_id": hub_id, "rotation": len(history), "old_key": old_key.hex(), "new_key": new_key.hex(),
@@ -57,6 +59,8 @@ def rotate(data_dir: DataDir, as_json: JsonFlag = False) -> None:
     console.print(f"The statement linking them is signed by both keys; the TLS certificate was re-issued for the new key; {how}.")
     console.print("Peers and partners follow the new key as soon as they see it signed (they fetch the descriptor "
                   "and check the history). If the old key leaked, read docs/operations.md, \"Compromise\".")
+    if issuer_created:
+        console.print(rotation.issuer_created_advice(hub_dir.path))
 
 
 @key_app.command("history")
@@ -76,18 +80,35 @@ def history(data_dir: DataDir, as_json: JsonFlag = False) -> None:
 
 @cert_app.command("status")
 def status(data_dir: DataDir, as_json: JsonFlag = False) -> None:
-    """When the certificate the hub serves expires (tls-cert.pem; no passphrase needed)."""
+    """When the certificate the hub serves expires, and its TLS issuer (tls-cert.pem and
+    tls-issuer.pem; no passphrase needed)."""
     hub_dir = hubdir.HubDir(data_dir)
     with user_errors():
         hub_dir.config()
         cert = x509.load_pem_x509_certificate(hub_dir.tls_cert_pem())
-    expires = int(cert.not_valid_after_utc.timestamp() * 1000)
-    state = rotation.CertificateState(expires, SYSTEM_CLOCK.now_ms())
+        issuer_pem = hub_dir.tls_issuer_pem()
+        issuer = x509.load_pem_x509_certificate(issuer_pem) if issuer_pem else None
+    now_ms = SYSTEM_CLOCK.now_ms()
+    state = rotation.CertificateState(_expires_ms(cert), now_ms)
+    issuer_state = rotation.CertificateState(_expires_ms(issuer), now_ms) if issuer else None
     if as_json:
-        print_json({"not_after_ms": expires, "days_left": round(state.days_left, 2), "renewal_due": state.renewal_due,
-                    "expired": state.expired, "message": state.describe()})
+        print_json({"not_after_ms": state.expires_at_ms, "days_left": round(state.days_left, 2),
+                    "renewal_due": state.renewal_due, "expired": state.expired, "message": state.describe(),
+                    "issuer": None if issuer_state is None else {
+                        "not_after_ms": issuer_state.expires_at_ms, "days_left": round(issuer_state.days_left, 2),
+                        "expired": issuer_state.expired}})
         return
-    console.print(f"Valid until {_when(expires)}: {state.describe()}.")
+    console.print(f"Valid until {_when(state.expires_at_ms)}: {state.describe()}.")
+    if issuer_state is None:
+        console.print("No TLS issuer yet (a hub made before it): the certificate is self-signed and sensors pin it "
+                      "exactly. The next `smartregion cert renew` creates the issuer.")
+    else:
+        console.print(f"Signed by the hub's TLS issuer (tls-issuer.pem, what sensors trust), valid until "
+                      f"{_when(issuer_state.expires_at_ms)} ({issuer_state.days_left:.0f} more days).")
+
+
+def _expires_ms(cert: x509.Certificate) -> int:
+    return int(cert.not_valid_after_utc.timestamp() * 1000)
 
 
 @cert_app.command("renew")
@@ -100,17 +121,22 @@ def renew(data_dir: DataDir, as_json: JsonFlag = False) -> None:
             with AdminClient(data_dir) as client:
                 response = client.call("RenewCertificate", admin_pb2.RenewCertificateRequest())
             expires, sha256, how = response.not_after_ms, response.certificate_sha256, "the running hub serves it from now on"
+            issuer_created = response.issuer_created
         else:
             try:
-                renewed = rotation.renew_certificate(hub_dir, passphrase(), SYSTEM_CLOCK)
+                before, renewed = rotation.renew_certificate(hub_dir, passphrase(), SYSTEM_CLOCK)
             except rotation.RotationError as exc:
                 raise fail(str(exc)) from None
             from federation.descriptors import cert_sha256
 
             expires, sha256 = renewed.certificate_expires_ms, cert_sha256(renewed.tls_cert_pem).hex()
             how = "the hub serves it when it starts"
+            issuer_created = before.tls_issuer is None and renewed.tls_issuer is not None
     if as_json:
-        print_json({"not_after_ms": expires, "certificate_sha256": sha256})
+        print_json({"not_after_ms": expires, "certificate_sha256": sha256, "issuer_created": issuer_created})
         return
     console.print(f"Renewed the TLS certificate (sha256 {sha256[:16]}..., valid until {_when(expires)}); {how}.")
-    console.print("Peers re-pin it at their next descriptor refresh: it is bound to the hub's identity key.")
+    console.print("Peers re-pin it at their next descriptor refresh: it is bound to the hub's identity key. "
+                  "Sensors trust the hub's TLS issuer, which signed it: they need nothing.")
+    if issuer_created:
+        console.print(rotation.issuer_created_advice(hub_dir.path))

@@ -157,6 +157,34 @@ def rekey(
         console.print("Frames under the old key are refused from now on.")
 
 
+@app.command("credential")
+def credential(
+    data_dir: DataDir,
+    sensor_id: Annotated[str, typer.Argument(help="The sensor's id (32 hex digits), or a unique prefix.")],
+    out: Annotated[Path, typer.Option(help="Where to write the sensor's credential file (0600).")],
+    force: Annotated[bool, typer.Option(help="Overwrite an existing credential file.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Write a sensor's credential file again, with the same key (no rekey) and the hub's TLS
+    issuer as its trust root: once for each sensor enrolled before the hub had an issuer
+    (docs/operations.md, "Renewing the TLS certificate")."""
+    if out.exists() and not force:
+        raise fail(f"{out} exists; refusing to overwrite a credential (use --force)")
+    if not out.parent.is_dir():
+        raise fail(f"{out.parent} is not a directory; cannot write the credential there")
+    with user_errors(), AdminClient(data_dir) as client:
+        listed = client.call("ListSensors", admin_pb2.ListSensorsRequest(include_revoked=True)).sensors
+        sensor_id = resolve_id("sensor", sensor_id, (s.sensor_id for s in listed), hex_only=True) if listed else sensor_id
+        response = client.call("ReissueCredential", admin_pb2.ReissueCredentialRequest(sensor_id=sensor_id))
+        write_private_file(out, response.credential_json)
+    sensor = response.sensor
+    if json_output:
+        print_json({"sensor": MessageToDict(sensor, preserving_proto_field_name=True), "credential": str(out)})
+        return
+    console.print(f"Wrote the credential of sensor {sensor.sensor_id} again to {out}, with its same key "
+                  "(keep it secret); install it on the sensor in place of the old one.")
+
+
 def _date(value: str | None, name: str) -> dt.date | None:
     if value is None:
         return None

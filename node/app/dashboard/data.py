@@ -37,8 +37,10 @@ def certificate_overview(hub: Hub) -> dict | None:
     if not hub.endpoint.tls:
         return None
     state = rotation.certificate_state(hub.identity, hub.clock)
+    issuer_ms = hub.identity.issuer_expires_ms  # None: a hub made before the issuer (node/identity.py)
     return {"not_after_ms": state.expires_at_ms, "days_left": round(state.days_left, 1),
-            "warning": state.describe() if state.renewal_due else None, "key_rotations": len(hub.identity.key_history)}
+            "warning": state.describe() if state.renewal_due else None, "key_rotations": len(hub.identity.key_history),
+            "issuer_days_left": None if issuer_ms is None else round((issuer_ms - hub.clock.now_ms()) / rotation.DAY_MS, 1)}
 
 
 class DashboardData:

@@ -63,7 +63,8 @@ class AdminServicer(FederationAdmin, QueryAdmin, AuditAdmin, LifecycleAdmin, adm
             hub_id=new.hub_id_text, rotation=len(new.key_history), old_public_key=old.public_key_raw,
             new_public_key=new.public_key_raw, key_history=new.key_history,
             certificate_sha256=cert_sha256(new.tls_cert_pem).hex(),
-            rotated_at_ms=keychain.RotationStatement.from_bytes(new.key_history[-1]).rotated_at_ms)
+            rotated_at_ms=keychain.RotationStatement.from_bytes(new.key_history[-1]).rotated_at_ms,
+            issuer_created=old.tls_issuer is None and new.tls_issuer is not None)
 
     def _certificates(self) -> ServedCertificate:
         if self.certificates is None:
@@ -136,4 +137,9 @@ class AdminServicer(FederationAdmin, QueryAdmin, AuditAdmin, LifecycleAdmin, adm
     async def RekeySensor(self, request, context):
         grace = request.old_key_grace_seconds if request.HasField("old_key_grace_seconds") else DEFAULT_OLD_KEY_GRACE_S
         record, credential = await admin.rekey_sensor(self.hub, request.sensor_id, request.request_id, grace)
+        return admin_pb2.AddSensorResponse(sensor=sensor_message(record), credential_json=credential)
+
+    @translate_rejections
+    async def ReissueCredential(self, request, context):
+        record, credential = await admin.reissue_credential(self.hub, request.sensor_id)
         return admin_pb2.AddSensorResponse(sensor=sensor_message(record), credential_json=credential)

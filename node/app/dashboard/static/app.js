@@ -57,6 +57,8 @@ function renderIdentity(o) {
     ["Frames rejected", rejected], ["gRPC", o.grpc_address], ["TLS", o.tls ? "on" : "OFF"], ["Version", o.version]];
   const cert = o.certificate;
   if (cert) cards.push(["TLS certificate", `${Math.floor(cert.days_left)} days left`]);
+  if (cert) cards.push(["TLS issuer (sensors trust it)", cert.issuer_days_left === null
+    ? "none yet: the next renewal creates it" : `${Math.floor(cert.issuer_days_left / 365)} years left`]);
   $("certificate-warning").hidden = !(cert && cert.warning);
   $("certificate-warning").textContent = cert && cert.warning ? cert.warning : "";
   $("identity").replaceChildren(...cards.map(([label, value]) => {
