@@ -21,10 +21,8 @@ import asyncio
 import datetime as dt
 import json
 import os
-import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import grpc
 import pytest
@@ -39,6 +37,7 @@ from node.api.v1 import admin_pb2, agreement_pb2, query_pb2
 from node.app.sensor_client import Sensor, SensorCredential, replay
 from node.tlsfiles import pinned_client_ssl_context
 from tests.conftest import PASSPHRASE
+from tests.node_helpers import NODE_CLIENT, node_partner_client
 from tests.region_helpers import ProcessHub, agree_between, cli, eventually, start_all
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -297,17 +296,12 @@ async def test_rotation_while_two_peers_and_a_partner_query(region):
     # (`key rotate` against the RUNNING hub rotates it live: tests/test_live_rotation.py.)
 
 
-NODE_CLIENT = Path(__file__).resolve().parents[1] / "examples" / "node-partner"
-
-
 async def node_client_verifies_through_the_rotated_hub(region: Region) -> None:
     """The Node.js partner client (examples/node-partner) asks the ROTATED hub as entry: it pins
     the certificate through the key history in Bergen's descriptor and verifies Bergen's summary
     and partial, signed by the new key, by that history."""
-    node = shutil.which("node")
-    if node is None or not (NODE_CLIENT / "node_modules").is_dir():
-        pytest.skip("node or examples/node-partner/node_modules missing (`make examples`)")
-    args = [node, str(NODE_CLIENT / "query.mjs"), "--key", str(region.tmp / "uis.key"), "--hub", region.bergen.address,
+    node, query = node_partner_client()
+    args = [node, query, "--key", str(region.tmp / "uis.key"), "--hub", region.bergen.address,
             "--hub-id", region.bergen.hub_id, "--dataset", "air_quality", "--metric", "pm25", "--aggregate", "mean",
             "--from", "2019-01-01", "--to", "2019-01-08", "--bucket", "day", "--group-by", "municipality",
             "--purpose", "research", "--deadline-ms", "4000"]

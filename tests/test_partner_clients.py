@@ -13,8 +13,6 @@ import datetime as dt
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -29,9 +27,8 @@ from federation.query import asker
 from node.api.v1 import admin_pb2, agreement_pb2, ingest_pb2, query_pb2, query_service_pb2_grpc
 from node.senml import Reading
 from tests.conftest import PASSPHRASE, REPO_ROOT, LiveHub, make_hub_dir, start_live_hub
+from tests.node_helpers import NODE_CLIENT, node_partner_client
 
-NODE = shutil.which("node")
-NODE_CLIENT = REPO_ROOT / "examples" / "node-partner"
 PYTHON_EXAMPLE = REPO_ROOT / "examples" / "python_partner.py"
 CLIENT_TIMEOUT_S = 60
 
@@ -151,19 +148,7 @@ def ok_output(rc: int, out: str, err: str) -> dict:
 
 @pytest.fixture(scope="session")
 def node_client() -> list[str]:
-    """`node query.mjs`, with the npm dependencies installed from the lock file if they are
-    missing or older than it (what `make examples` does)."""
-    if NODE is None:
-        pytest.skip("node is not installed: the Node.js partner client (examples/node-partner) cannot run")
-    installed = NODE_CLIENT / "node_modules" / ".package-lock.json"  # written by npm ci
-    if not installed.is_file() or installed.stat().st_mtime < (NODE_CLIENT / "package-lock.json").stat().st_mtime:
-        npm = shutil.which("npm")
-        assert npm, "node is installed but npm is not: cannot install examples/node-partner's dependencies"
-        done = subprocess.run(
-            [npm, "ci", "--prefix", str(NODE_CLIENT), "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
-            capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, f"`npm ci --prefix {NODE_CLIENT}` failed:\n{done.stdout}\n{done.stderr}"
-    return [NODE, str(NODE_CLIENT / "query.mjs")]
+    return node_partner_client()
 
 
 QUERIES = {
