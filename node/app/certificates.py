@@ -8,7 +8,7 @@ open keep the certificate they began with, so peers mid-query are not cut off; n
 renewed certificate, which peers re-pin at their next descriptor refresh because it is bound to
 the hub's identity key (federation/outbox.py `refresh`). A key rotation also re-signs the
 descriptor with the new key, whose history peers follow at once: the first request, partial or
-answer signed by the new key makes them refresh the descriptor (federation/follow.py).
+answer signed by the new key makes them refresh the descriptor (federation/outbox.py `Outbox.follow`).
 
 The certificate is signed by the hub's TLS issuer (node/identity.py TlsIssuer), served with
 it; a renewal keeps the issuer, so sensors (which trust the issuer) are not affected. A hub made
