@@ -1,0 +1,96 @@
+"""Attack (partner): one station's single reading, from the difference of two region-wide
+quantile sketches of nested windows (days 1-2 and days 1-3), each released by the rule.
+
+Tried: one hub, three stations, k = 2, smallest bucket a day, region-wide quantiles by window.
+On days 1 and 2 the stations read near 10 in even hours and near 50 in odd hours (two clusters
+of 48 readings of 3 stations each). On day 3 every reading is near 10 but ONE, station 0's at
+05:00, 50.3. Day 3 asked alone: the lone 50.3 has no bin of its own and is folded into the top
+bin near 10 (partials.coarsen, tail fold). Days 1-2 and days 1-3 asked as windows: both are
+released whole (every day has 3 contributors: rule 1 holds; the release log sees no sub-cell
+change, only new sub-cells). Subtracting the two sketches' counts, bin by bin on their common
+coarsening, gives day 3's histogram, with a bin holding exactly one reading of one station,
+although the rule says every released bin holds >= 10 readings of >= max(k, 2) stations.
+
+A test that FAILS while the break exists; it prints what it learnt either way.
+Suggested fix: federation/query/provider.py: a quantile cell is released only if the coarse
+sketch of every sub-cell difference it could form with released cells of the line still meets
+the rule, i.e. release quantile sketches only at ONE extent per line (the agreement's grain),
+or fix the bin boundaries per line (the first release's bins) and require every released bin
+count to change by 0 or by >= MIN_BIN_READINGS readings of >= max(k, 2) contributors between
+overlapping releases (docs/privacy.md 4 and 2 then say so).
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_asyncio
+from attack_helpers import DAY, HOUR_MS, region, terms_toml
+from query_helpers import spec
+
+from federation import partials
+from node.api.v1 import query_pb2
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+DAY_MS = 24 * HOUR_MS
+LONE_HOUR, LONE_VALUE = 48 + 5, 50.3
+
+
+def _station(n: int) -> list[float]:
+    values = [(10.0 if h % 2 == 0 else 50.0) + 0.01 * n + 0.001 * h for h in range(48)]
+    values += [10.0 + 0.01 * n + 0.001 * h for h in range(48, 72)]
+    if n == 0:
+        values[LONE_HOUR] = LONE_VALUE
+    return values
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def attacked(tmp_path_factory):
+    terms = terms_toml(aggregates=["quantile"], group_by=["municipality", "time_bucket"],
+                       smallest_bucket="day", min_group_size=2)
+    async with region(tmp_path_factory.mktemp("qdiff"), terms, {0: [_station(n) for n in range(3)]},
+                      towns=(("bergen", "4601"),)) as r:
+        yield r
+
+
+async def _sketch(r, start_ms: int, end_ms: int) -> query_pb2.CoarseSketch | None:
+    answer = await r.ask(r.hubs[0], spec(aggregate="quantile", quantile=0.5, group_by="region", bucket="window",
+                                         start_ms=start_ms, end_ms=end_ms))
+    [p] = answer.provenance
+    assert p.status == "answered", p.reason
+    partial = query_pb2.PartialResult.FromString(p.partial.partial)
+    cells = [c for c in partial.cells if not c.suppressed]
+    return cells[0].coarse if cells else None
+
+
+def _common(a: dict[partials.DyadicBin, int], b: dict[partials.DyadicBin, int]) -> tuple[dict, dict]:
+    """Both histograms on their common coarsening (dyadic bins nest: merge each into the union's outer bins)."""
+    outer = partials.dyadic_bins([partials.sketch_of(a), partials.sketch_of(b)])
+
+    def onto(h: dict[partials.DyadicBin, int]) -> dict[partials.DyadicBin, int]:
+        out = dict.fromkeys(outer, 0)
+        for bin_, n in h.items():
+            target = bin_
+            while target not in out:
+                target = target.parent()
+            out[target] += n
+        return out
+
+    return onto(a), onto(b)
+
+
+async def test_two_nested_windows_give_one_readings_bin_on_the_day_between(attacked):
+    r = attacked
+    day3 = await _sketch(r, DAY + 2 * DAY_MS, DAY + 3 * DAY_MS)
+    day3_bins = partials.dyadic_bins([day3]) if day3 is not None else {}
+    print("day 3 alone:", {(b.level, b.index, round(partials.ordinal_value(b.first), 2)): n for b, n in day3_bins.items()})
+    two = partials.dyadic_bins([await _sketch(r, DAY, DAY + 2 * DAY_MS)])
+    three = partials.dyadic_bins([await _sketch(r, DAY, DAY + 3 * DAY_MS)])
+    a, b = _common(two, three)
+    difference = {bin_: b[bin_] - a[bin_] for bin_ in a if b[bin_] != a[bin_]}
+    learnt = {(bin_.level, round(partials.ordinal_value(bin_.first), 2), round(partials.ordinal_value(bin_.end), 2)): n
+              for bin_, n in difference.items()}
+    print("day 3 by difference (level, from, to): readings:", learnt)
+    thin = [(k, n) for k, n in learnt.items() if 0 < n < partials.MIN_BIN_READINGS]
+    assert not thin, (f"BROKE: days 1-3 minus days 1-2 gives day 3's bins {thin}: fewer than "
+                      f"{partials.MIN_BIN_READINGS} readings (station 0's lone {LONE_VALUE} at 05:00 lies in one)")
+    print("held: no bin of the difference holds fewer than the rule's readings")
