@@ -1,0 +1,93 @@
+"""Attack (an entry hub that holds another hub's leaked, RETIRED identity key): forge that
+hub's partial in a live answer to a partner, long after the hub rotated its key.
+
+Tried: a region of Stavanger (the entry) and Bergen, a partner with an agreement at both.
+Bergen's identity key K0 leaks; Bergen's admin rotates it on the running hub (K0 -> K1:
+`RotateIdentityKey`, docs/operations.md "Compromise"). The partner asks a region-wide daily
+mean through Stavanger. Stavanger, holding K0, replaces Bergen's genuine partial (signed by K1)
+with one it writes itself, signed by K0 and carrying Bergen's genuine history (which contains
+K0), seals it to the query's answer key, and re-signs the answer summary as itself. The
+partner does what PartnerSession.ask does: open, verify and merge the answer
+(asker.open_answer), then the online check of current keys (asker.check_current_keys with the
+session's followed chains), with the partner's clock an hour after the rotation, far past
+ROTATION_GRACE_MS.
+
+A test that FAILS while the break exists (the forged value is accepted); it prints what the
+partner merged. The hub's own admin asking (fanout.run_as_hub) follows every peer's chain and
+would refuse K0; a partner follows only its entry hub (partner_client.PartnerSession._followed:
+"the others are checked offline"), and offline any key of a history counts.
+Suggested fix: federation/partner_client.py: the session follows the key history of every hub
+whose partial it accepts (fetch each answering hub's descriptor, from that hub, pinned by its
+hub id, bounded by FOLLOW_INTERVAL_S per hub, cached for the session), so check_current_keys
+applies KeyChain.signs_now to every partial, not only the entry's; until then docs/operations.md
+"Compromise" must say that partners accept a retired key in live answers relayed by another hub.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_asyncio
+from attack_helpers import day_query, region, terms_toml
+
+from federation import partials, sealing
+from federation.partner_client import PartnerSession
+from federation.query import asker
+from node.api.v1 import admin_pb2, envelope_pb2, query_pb2
+from node.keychain import ROTATION_GRACE_MS
+from node.signing import Domain, sign
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+TOWNS = (("stavanger", "1103"), ("bergen", "4601"))
+STATIONS = [[10.0 + h for h in range(24)], [20.0 + h for h in range(24)]]
+FORGED_SUM = 12_345.0
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def attacked(tmp_path_factory):
+    terms = terms_toml(aggregates=["mean", "count", "sum"], min_group_size=2)
+    async with region(tmp_path_factory.mktemp("retired"), terms, {0: STATIONS, 1: STATIONS}, towns=TOWNS) as r:
+        yield r
+
+
+async def test_a_partner_accepts_a_partial_signed_by_a_retired_key_relayed_by_another_hub(attacked):
+    r = attacked
+    entry, bergen = r.hubs
+    leaked = bergen.live.hub.identity  # K0, as the thief holds it
+    done = await bergen.admin("RotateIdentityKey", admin_pb2.RotateIdentityKeyRequest())
+    assert done.new_public_key != leaked.public_key_raw
+    rotated_at = bergen.live.hub.clock.now_ms()
+
+    query = day_query(aggregate="sum", group_by="region")
+    answer, answer_key = await r.ask_sealed(entry, query)
+    genuine = r.open(answer, answer_key)  # only to read the agreement id and check the honest run
+    [honest] = [p for p in genuine.provenance if p.hub_id == bergen.id]
+    assert honest.partial.provider_public_key == done.new_public_key
+
+    # The entry hub's forgery: Bergen's partial, written and signed with the retired key K0.
+    asked = envelope_pb2.Request.FromString(answer.query.payload).query
+    digest = partials.query_digest(answer.query.payload)
+    forged = query_pb2.PartialResult.FromString(honest.partial.partial)
+    for cell in forged.cells:
+        cell.sum = FORGED_SUM
+    payload = forged.SerializeToString()
+    signed = query_pb2.SignedPartial(partial=payload, signature=sign(leaked.identity_key, Domain.PARTIAL_RESULT, payload),
+                                     provider_public_key=leaked.public_key_raw, provider_key_history=done.key_history)
+    size = partials.padded_size(asked, bergen.id, bergen.municipality, forged.agreement_id, list(done.key_history))
+    [slot] = [p for p in answer.provenance if p.hub_id == bergen.id]
+    slot.sealed_partial = sealing.seal(signed.SerializeToString(), asked.answer_key, digest, bergen.id, size)
+    partials.sign_answer(entry.live.hub.identity, answer, digest, entry.live.hub.clock.now_ms())
+
+    an_hour_later = rotated_at + max(3_600_000, 10 * ROTATION_GRACE_MS)
+    async with PartnerSession(r.partner, entry.address, entry.id) as session:
+        try:
+            opened = r.open(answer, answer_key)
+            await asker.check_current_keys(opened, session._followed, lambda _: session._follow_refusing(), an_hour_later)
+        except asker.AnswerRefused as refused:
+            print(f"held: the forged partial (Bergen's retired key, relayed by {entry.municipality}) was refused: {refused}")
+            return
+    [row] = opened.rows
+    print(f"partner merged a region-wide sum of {row.value} (genuine {genuine.rows[0].value}); "
+          f"Bergen's part signed by its retired key an hour after the rotation")
+    pytest.fail(f"BROKE: the partner accepted Bergen's partial signed by its retired (leaked) key, relayed by the entry hub "
+                f"{entry.municipality}, {an_hour_later - rotated_at} ms after the rotation: merged sum {row.value}, "
+                f"genuine {genuine.rows[0].value}")
