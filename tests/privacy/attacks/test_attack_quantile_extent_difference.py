@@ -22,6 +22,8 @@ overlapping releases (docs/privacy.md 4 and 2 then say so).
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import pytest_asyncio
 from attack_helpers import DAY, HOUR_MS, region, terms_toml
@@ -29,6 +31,7 @@ from query_helpers import spec
 
 from federation import partials
 from node.api.v1 import query_pb2
+from node.sketch import bin_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 DAY_MS = 24 * HOUR_MS
@@ -94,3 +97,34 @@ async def test_two_nested_windows_give_one_readings_bin_on_the_day_between(attac
     assert not thin, (f"BROKE: days 1-3 minus days 1-2 gives day 3's bins {thin}: fewer than "
                       f"{partials.MIN_BIN_READINGS} readings (station 0's lone {LONE_VALUE} at 05:00 lies in one)")
     print("held: no bin of the difference holds fewer than the rule's readings")
+
+
+async def _top_bin(r, start_ms: int, end_ms: int) -> tuple[partials.DyadicBin, float]:
+    """Per municipality only the value leaves, and the cell's readings: q close to 1 is read at
+    fraction f = (q (N - 1) - (N - n) + 1) / (n + 1) of the top bin of n of the N readings
+    (partials.coarse_quantile), so the value gives n back: n = ((1 - q)(N - 1) + f) / (1 - f)."""
+    q = 0.999
+    answer = await r.ask(r.hubs[0], spec(aggregate="quantile", quantile=q, group_by="municipality", bucket="window",
+                                         start_ms=start_ms, end_ms=end_ms))
+    [row] = answer.rows
+    assert not row.suppressed
+    o = partials.ordinal(*bin_of(row.value))
+    top = partials.DyadicBin(partials.MIN_LEVEL, o >> partials.MIN_LEVEL)
+    lo, hi = partials.value_in_bin(top, 0.0), partials.value_in_bin(top, 1.0)
+    f = math.log(row.value / lo) / math.log(hi / lo)
+    return top, ((1 - q) * (row.readings - 1) + f) / (1 - f)
+
+
+async def test_per_municipality_the_top_quantile_of_two_windows_gives_the_same_reading(attacked):
+    """The same attack with what a per-municipality answer releases (one value per cell): q = 0.999
+    of days 1-2 and of days 1-3 give their top bin's count (about 72 and 73): day 3 holds ONE
+    reading in a bin 17 % wide near 50, of one station."""
+    r = attacked
+    bin_two, n_two = await _top_bin(r, DAY, DAY + 2 * DAY_MS)
+    bin_three, n_three = await _top_bin(r, DAY, DAY + 3 * DAY_MS)
+    lo, hi = partials.value_in_bin(bin_three, 0.0), partials.value_in_bin(bin_three, 1.0)
+    print(f"top bin [{lo:.2f}, {hi:.2f}): {n_two:.3f} readings in days 1-2, {n_three:.3f} in days 1-3")
+    if bin_two == bin_three and round(n_three - n_two) == 1 and abs(n_three - n_two - 1) < 1e-6:
+        pytest.fail(f"BROKE: per municipality, q = 0.999 of two nested windows says day 3 holds exactly one reading in "
+                    f"[{lo:.2f}, {hi:.2f}) (station 0's {LONE_VALUE}), a bin of 1 reading of 1 station")
+    print("held: the two top quantiles do not give day 3's count in a bin")
