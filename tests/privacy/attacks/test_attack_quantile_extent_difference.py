@@ -3,7 +3,7 @@ quantile sketches of nested windows (days 1-2 and days 1-3), each released by th
 
 Tried: one hub, three stations, k = 2, smallest bucket a day, region-wide quantiles by window.
 On days 1 and 2 the stations read near 10 in even hours and near 50 in odd hours (two clusters
-of 48 readings of 3 stations each). On day 3 every reading is near 10 but ONE, station 0's at
+of 72 readings of 3 stations each). On day 3 every reading is near 10 but ONE, station 0's at
 05:00, 50.3. Day 3 asked alone: the lone 50.3 has no bin of its own and is folded into the top
 bin near 10 (partials.coarsen, tail fold). Days 1-2 and days 1-3 asked as windows: both are
 released whole (every day has 3 contributors: rule 1 holds; the release log sees no sub-cell
