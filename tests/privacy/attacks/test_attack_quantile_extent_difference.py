@@ -86,8 +86,9 @@ async def test_two_nested_windows_give_one_readings_bin_on_the_day_between(attac
     day3 = await _sketch(r, DAY + 2 * DAY_MS, DAY + 3 * DAY_MS)
     day3_bins = partials.dyadic_bins([day3]) if day3 is not None else {}
     print("day 3 alone:", {(b.level, b.index, round(partials.ordinal_value(b.first), 2)): n for b, n in day3_bins.items()})
-    two = partials.dyadic_bins([await _sketch(r, DAY, DAY + 2 * DAY_MS)])
-    three = partials.dyadic_bins([await _sketch(r, DAY, DAY + 3 * DAY_MS)])
+    sketch_two, sketch_three = await _sketch(r, DAY, DAY + 2 * DAY_MS), await _sketch(r, DAY, DAY + 3 * DAY_MS)
+    assert sketch_two is not None and sketch_three is not None, "both windows are released"
+    two, three = partials.dyadic_bins([sketch_two]), partials.dyadic_bins([sketch_three])
     a, b = _common(two, three)
     difference = {bin_: b[bin_] - a[bin_] for bin_ in a if b[bin_] != a[bin_]}
     learnt = {(bin_.level, round(partials.ordinal_value(bin_.first), 2), round(partials.ordinal_value(bin_.end), 2)): n

@@ -84,6 +84,7 @@ async def test_a_copy_from_before_the_rotation_answers_a_new_partner_session(tmp
         except (asker.AnswerRefused, peers.PeerError) as refused:
             print(f"held: the copy from before the rotation was refused: {refused}")
             return
+        assert session.chain is not None
         print(f"partner got {[r.value for r in answer.rows]} signed by the retired key; genuine {[r.value for r in genuine.rows]}")
         pytest.fail(f"BROKE: a new partner session accepted hub {bergen.id} signing with its retired key "
                     f"{old_key.hex()[:16]}… (history of {len(session.chain.statements)} rotations; the hub has "
