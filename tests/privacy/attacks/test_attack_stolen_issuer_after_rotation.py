@@ -42,6 +42,7 @@ async def _readings(live) -> int:
     return await live.hub.storage.read(lambda s: s.conn.execute("SELECT count(*) FROM readings").fetchone()[0])
 
 
+@pytest.mark.xfail(strict=True, reason="review3 finding: open until fixed")
 async def test_a_copy_with_the_stolen_issuer_receives_the_sensors_readings_after_the_rotation(tmp_path):
     home, stolen = tmp_path / "bergen", tmp_path / "stolen"
     bergen = await start_live_hub(make_hub_dir(home, "4601"))
