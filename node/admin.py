@@ -227,8 +227,12 @@ async def reissue_credential(hub: Hub, sensor_id: str) -> tuple[SensorRecord, by
         raise Rejected(Reason.INVALID_REQUEST, (
             f"sensor {sensor_id} is LoRaWAN device {device.dev_eui}: it reaches the hub through its network server, "
             "not with a credential file, so there is no credential to issue again"))
+    if hub.identity.tls_issuer is None:  # the file would pin today's certificate and break at the next renewal
+        raise Rejected(Reason.INVALID_REQUEST, (
+            "this hub has no TLS issuer yet, so a credential issued now would pin the certificate it serves today and "
+            "stop working at its next renewal: run `smartregion cert renew` first (it creates the issuer), then "
+            "issue the credential again"))
     key = unwrap_key(hub.identity.key_encryption_key, hub.identity.hub_id, bytes.fromhex(sensor_id), record.wrapped_key)
-    root = "the TLS issuer" if hub.identity.tls_issuer else "the self-signed TLS certificate (no issuer yet)"
     await audit.admin_action(hub.storage, hub.clock.now_ms(), "sensor.credential", sensor_id,
-                             f"{record.dataset}: credential issued again, same key, trusting {root}")
+                             f"{record.dataset}: credential issued again, same key, trusting the TLS issuer")
     return record, _credential(hub, record, key)

@@ -321,6 +321,10 @@ async def test_upgrading_a_pre_issuer_hub_then_the_credential_survives_renewal_a
             stored += delivered(credential_path, start)
             sent, start = sent + 48, start + 2 * day_ms
         await asyncio.to_thread(deliver, old_file)
+        # Re-issuing before there is an issuer would pin today's certificate again: refused, saying what to do.
+        with pytest.raises(grpc.aio.AioRpcError) as early:
+            await hub.admin("ReissueCredential", admin_pb2.ReissueCredentialRequest(sensor_id=enrolled.sensor.sensor_id))
+        assert early.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "run `smartregion cert renew` first" in early.value.details()
 
         # The first live renewal creates the issuer: audited, and the admin told what to do.
         code, output = await asyncio.to_thread(cli, "cert", "renew", "--data-dir", str(path))
