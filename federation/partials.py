@@ -18,9 +18,10 @@ from __future__ import annotations
 import bisect
 import hashlib
 import heapq
+import itertools
 import math
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from federation.query_spec import buckets, label
@@ -211,21 +212,73 @@ def sketch_of(bins: dict[DyadicBin, int]) -> query_pb2.CoarseSketch:
                                              for b, n in sorted(bins.items(), key=lambda item: item[0].first)])
 
 
-def coarse_sketches(rows: list[tuple[int, int, int, str, int]], threshold: int) -> dict[int, query_pb2.CoarseSketch]:
-    """Per bucket, the coarsened sketch of (bucket, sign, key, contributor, readings) rows (as
-    the storage's sketch_bins_by_contributor yields them); a bucket that cannot be coarsened
-    is left out (and then withheld)."""
+def coarse_sketches(rows: list[tuple[int, int, int, str, int]], threshold: int,
+                    cell_of: Callable[[int], int] | None = None) -> dict[int, query_pb2.CoarseSketch]:
+    """Per cell, the coarsened sketch of (bucket, sign, key, contributor, readings) rows (as
+    the storage's sketch_bins_by_contributor yields them); a cell that cannot be coarsened is
+    left out (and then withheld).
+
+    `cell_of`: the rows' buckets are SUB-CELLS (the agreement's finest grain) and cell_of maps
+    a sub-cell's start to its cell's. Each sub-cell is then coarsened ON ITS OWN and a cell's
+    sketch is the merge of its sub-cells' (`merged`): a released cell's histogram is a sum of
+    per-sub-cell histograms that each obey the rule, so the difference of two released cells
+    of different extents is a coarsening of such a sum, never finer (docs/privacy.md 2, rule
+    4). A cell with a sub-cell that holds readings but cannot be coarsened is left out whole:
+    dropping that sub-cell's readings would make the cell's count differ from its histogram's."""
     by_bucket: dict[int, Bins] = {}
     for b, sg, k, c, n in rows:
         bins = by_bucket.setdefault(b, {})
         o = ordinal(sg, k)
         count, who = bins.get(o, (0, set()))
         bins[o] = (count + n, who | {c})
-    out = {}
-    for b, bins in by_bucket.items():
-        sketch = coarsen(bins, threshold)
-        if sketch is not None:
-            out[b] = sketch
+    own = {b: coarsen(bins, threshold) for b, bins in sorted(by_bucket.items())}
+    if cell_of is None:
+        return {b: sketch for b, sketch in own.items() if sketch is not None}
+    parts: dict[int, list[query_pb2.CoarseSketch]] = {}
+    broken: set[int] = set()
+    for b, sketch in own.items():
+        if sketch is None:
+            broken.add(cell_of(b))
+        else:
+            parts.setdefault(cell_of(b), []).append(sketch)
+    return {cell: merged(sketches) for cell, sketches in parts.items() if cell not in broken}
+
+
+def merged(sketches: Iterable[query_pb2.CoarseSketch]) -> query_pb2.CoarseSketch:
+    """The merge of coarse sketches (`dyadic_bins`), within MAX_COARSE_BINS (`bounded`)."""
+    return sketch_of(bounded(dyadic_bins(sketches)))
+
+
+def bounded(bins: dict[DyadicBin, int]) -> dict[DyadicBin, int]:
+    """At most MAX_COARSE_BINS bins: while there are more, the two neighbouring bins whose
+    smallest common dyadic ancestor is finest (then holds the fewest readings, then lies
+    lowest) are replaced by that ancestor, which takes in every bin inside it. A function of
+    the bins alone (post-processing: never finer than its input), so a merged partial's size
+    stays bounded however many sub-cells or hubs went into it."""
+    out = dict(bins)
+    while len(out) > MAX_COARSE_BINS:
+        ordered = sorted(out, key=lambda b: b.first)
+        before = [0]
+        for b in ordered:
+            before.append(before[-1] + out[b])
+        firsts = [b.first for b in ordered]
+        best: tuple[int, int, int] | None = None
+        for low, high in itertools.pairwise(ordered):
+            ancestor = low
+            while high.first >= ancestor.end:
+                ancestor = ancestor.parent()
+            # the bins inside the ancestor are a run of the ordered bins (an antichain of dyadic bins)
+            lo, hi = bisect.bisect_left(firsts, ancestor.first), bisect.bisect_left(firsts, ancestor.end)
+            key = (ancestor.level, before[hi] - before[lo], ancestor.index)
+            best = key if best is None or key < best else best
+        assert best is not None
+        level, count, index = best
+        if level > MAX_LEVEL:
+            raise PartialError(f"more than {MAX_COARSE_BINS} coarse bins at level {MAX_LEVEL}")
+        ancestor = DyadicBin(level, index)
+        for b in [b for b in ordered if ancestor.first <= b.first < ancestor.end]:
+            del out[b]
+        out[ancestor] = count
     return out
 
 
@@ -251,6 +304,7 @@ def dyadic_bins(sketches: Iterable[query_pb2.CoarseSketch]) -> dict[DyadicBin, i
 
 
 def merge_coarse(a: query_pb2.CoarseSketch | None, b: query_pb2.CoarseSketch) -> query_pb2.CoarseSketch:
+    """The asker's merge of hubs' sketches (docs/querying.md 7.6): unbounded, it never leaves."""
     return sketch_of(dyadic_bins([b] if a is None else [a, b]))
 
 

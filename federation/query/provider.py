@@ -16,6 +16,7 @@ charge."""
 from __future__ import annotations
 
 import asyncio
+import bisect
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -225,11 +226,28 @@ class Provider:
         if charged:
             await self.hub.storage.write(lambda s: s.refund_budget(grant.agreement_id, charged))
 
-    async def _coarse_sketches(self, request: AggregateRequest, grant: policy.Grant) -> dict[int, query_pb2.CoarseSketch]:
-        """Per bucket, the sketch coarsened as partials.coarsen rules (a bucket that cannot be
-        coarsened so is left out, and then withheld), per municipality as region-wide."""
-        rows = await self.hub.storage.read(lambda s: s.sketch_bins_by_contributor(request))
-        return partials.coarse_sketches(rows, partials.coarse_threshold(grant.min_group_size))
+    async def _coarse_sketches(self, request: AggregateRequest, grant: policy.Grant,
+                               cells: list[CellRow]) -> dict[int, query_pb2.CoarseSketch]:
+        """Per cell, the sketch coarsened as partials.coarsen rules, per municipality as
+        region-wide; a cell that cannot be coarsened so is left out, and then withheld.
+
+        Under an agreement each SUB-CELL (a bucket of its finest grain, the release log's) is
+        coarsened on its own and a cell's sketch merges its sub-cells' (partials.coarse_sketches):
+        two released cells of different extents then differ by per-sub-cell histograms that
+        each obey the rule (docs/privacy.md 2, rule 4). A hub's own data needs no such care."""
+        threshold = partials.coarse_threshold(grant.min_group_size)
+        if not grant.agreement_id:
+            rows = await self.hub.storage.read(lambda s: s.sketch_bins_by_contributor(request))
+            return partials.coarse_sketches(rows, threshold)
+        grain = policy.finest_grain(grant.smallest_bucket)
+        finer = replace(request, bucket=grain)
+        rows = await self.hub.storage.read(lambda s: s.sketch_bins_by_contributor(finer))
+        starts = sorted(c.bucket_start_ms for c in cells)
+
+        def cell_of(subcell_start: int) -> int:  # the cell whose span holds the sub-cell (cells are runs of sub-cells)
+            return starts[max(0, bisect.bisect_right(starts, max(subcell_start, request.start_ms)) - 1)]
+
+        return partials.coarse_sketches(rows, threshold, cell_of) if starts else {}
 
     async def _released_before(self, grant: policy.Grant, spec: query_pb2.QuerySpec, request: AggregateRequest,
                                cells: list[CellRow], withheld: frozenset[int]) -> dict[int, releases.Withholding]:
@@ -457,7 +475,7 @@ class Provider:
             withheld = await self._cells_hiding_small_subcells(request, grant)
             withheld |= frozenset(await self._released_before(grant, spec, request, cells, withheld))
         group = self.hub.config.municipality if spec.group_by == "municipality" else "region"
-        coarse = await self._coarse_sketches(request, grant) if spec.aggregate == "quantile" else None
+        coarse = await self._coarse_sketches(request, grant, cells) if spec.aggregate == "quantile" else None
         digest = partials.query_digest(signed.payload)
         result = partials.build(digest, self.own_id, self.hub.config.municipality, grant.agreement_id, min_group_size, group,
                                 cells, self.hub.clock.now_ms(), spec.aggregate, withheld, noisy=bool(epsilon), quantile=spec.quantile,

@@ -81,7 +81,6 @@ def _common(a: dict[partials.DyadicBin, int], b: dict[partials.DyadicBin, int]) 
     return onto(a), onto(b)
 
 
-@pytest.mark.xfail(strict=True, reason="review3 finding: open until fixed")
 async def test_two_nested_windows_give_one_readings_bin_on_the_day_between(attacked):
     r = attacked
     day3 = await _sketch(r, DAY + 2 * DAY_MS, DAY + 3 * DAY_MS)
@@ -117,7 +116,6 @@ async def _top_bin(r, start_ms: int, end_ms: int) -> tuple[partials.DyadicBin, f
     return top, ((1 - q) * (row.readings - 1) + f) / (1 - f)
 
 
-@pytest.mark.xfail(strict=True, reason="review3 finding: open until fixed")
 async def test_per_municipality_the_top_quantile_of_two_windows_gives_the_same_reading(attacked):
     """The same attack with what a per-municipality answer releases (one value per cell): q = 0.999
     of days 1-2 and of days 1-3 give their top bin's count (about 72 and 73): day 3 holds ONE
