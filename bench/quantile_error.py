@@ -240,7 +240,30 @@ def main() -> None:
                 figures = "none released"
             row.append(f"{withheld}/{asked}, {figures}")
         print(f"| {layout} | {grouping} | {bucket} | {k} | " + " | ".join(row) + " |")
+    subcell_cost(readings)
     padding(readings)
+
+
+def subcell_cost(readings: Readings) -> None:
+    """What binning per day costs the provider: a cell of all five stations' 2019 readings (one
+    window, and one month) binned whole (the baseline) and per day then merged, and the
+    per-municipality read (coarse_quantile of the whole; mixture of the days), best of 3; k = 2."""
+    print()
+    print("| cell (five stations) | binned whole | per day + merge | ratio | read: whole | read: mixture of days | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for name, keep in (("2019, one window", lambda t: True), ("January 2019", lambda t: t.month == 1)):
+        rows = [(dt.date(t.year, t.month, t.day).toordinal(), *bin_of(v), station, 1)
+                for station, series in readings.items() for t, v in series if keep(t)]
+        whole = [(0, sg, k, c, n) for _, sg, k, c, n in rows]
+        binned = best_of(lambda: partials.coarse_sketches(whole, 2), 3)  # noqa: B023
+        per_day = best_of(lambda: partials.coarse_sketches(rows, 2, cell_of=lambda _: 0), 3)  # noqa: B023
+        sketch = partials.coarse_sketches(whole, 2).get(0)
+        parts = partials.subcell_sketches(rows, 2, cell_of=lambda _: 0).get(0)
+        read_whole = best_of(lambda: partials.coarse_quantile(sketch, 0.5), 3) if sketch else math.nan  # noqa: B023
+        read_mixture = best_of(lambda: partials.mixture_quantile(parts, 0.5), 3) if parts else math.nan  # noqa: B023
+        print(f"| {name} | {binned * 1000:.0f} ms{'' if sketch else ' (withheld)'} | {per_day * 1000:.0f} ms"
+              f"{'' if parts else ' (withheld)'} | {per_day / binned:.2f} | {read_whole * 1000:.2f} ms | "
+              f"{read_mixture * 1000:.1f} ms | {read_mixture / read_whole:.0f} |")
 
 
 def cell_rows(series: list[tuple[dt.datetime, float]], bucket: str) -> list[CellRow]:
