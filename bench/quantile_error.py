@@ -14,8 +14,16 @@ computed the way a provider releases them, under four rules, all in the same run
   the coarsest level; the quantile is the middle of the bin holding the rank;
 * dyadic, middle: federation/partials.py `coarsen` (variable-width bins under the same rule,
   `dyadic_bins` to merge), the quantile still the bin's middle (isolates the bins' effect);
-* dyadic, interpolated: the same bins, the quantile interpolated by rank (`coarse_quantile`):
-  what a hub releases now.
+* dyadic, interpolated: the same bins, the quantile interpolated by rank (`coarse_quantile`),
+  each cell coarsened whole: what a hub released before the extent-differencing fix;
+* per day, merged: each DAY of a cell (the agreement's finest grain, a sub-cell) coarsened on
+  its own and the days' sketches merged into maximal dyadic bins (`coarse_sketches` with
+  sub-cells; `bounded` to 32 bins), read by interpolation: what a region-wide answer releases
+  now under an agreement whose smallest bucket is a day (the sketch on the wire);
+* per day, mixture: the same per-day sketches, the quantile read from the mixture of their
+  bins (`mixture_quantile`): what a per-municipality answer releases now (the hub reads it;
+  region-wide it would need every day's bins on the wire, which is not done).
+  Daily cells are one sub-cell: both the same as "dyadic, interpolated".
 
 Layouts: "demo" (one station per hub, as `smartregion demo`), "one hub" (all five stations in
 one municipality), "two hubs" (three stations and two). The error of a released quantile is
@@ -126,26 +134,44 @@ RULES = {
     "uniform": Rule(uniform_coarsen, uniform_merge, middle_quantile),
     "dyadic, middle": Rule(partials.coarsen, dyadic_merge, middle_quantile),
     "dyadic, interpolated": Rule(partials.coarsen, dyadic_merge, partials.coarse_quantile),
+    "per day, merged": Rule(partials.coarsen, dyadic_merge, partials.coarse_quantile),
+    "per day, mixture": Rule(partials.coarsen, dyadic_merge, partials.coarse_quantile),
 }
+PER_SUBCELL = {"per day, merged", "per day, mixture"}
+Cell = list[tuple[str, float, str]]  # (station, value, day)
 
 
-def bins_of(cell: list[tuple[str, float]]) -> Bins:
+def bins_of(cell: Cell) -> Bins:
     bins: Bins = {}
-    for who, v in cell:
+    for who, v, _ in cell:
         o = partials.ordinal(*bin_of(v))
         n, members = bins.get(o, (0, set()))
         bins[o] = (n + 1, members | {who})
     return bins
 
 
-def released(cells_by_hub: list[list[tuple[str, float]]], q: float, k: int, grouping: str, rule: str) -> float | None:
+def day_sketches(cell: Cell, threshold: int) -> list[query_pb2.CoarseSketch] | None:
+    """The provider's sketches of a cell's day sub-cells, each coarsened on its own (None: withheld)."""
+    rows = [(day_index, sign, key, who, 1) for who, v, day in cell
+            for day_index in [dt.date.fromisoformat(day).toordinal()] for sign, key in [bin_of(v)]]
+    return partials.subcell_sketches(rows, threshold, cell_of=lambda _: 0).get(0)
+
+
+def released(cells_by_hub: list[Cell], q: float, k: int, grouping: str, rule: str) -> float | None:
     """The released quantile of one cell (None: withheld)."""
     threshold = partials.coarse_threshold(k)
     if grouping == "municipality" and rule == "unprotected":
         s = Sketch()
-        for _, v in cells_by_hub[0]:
+        for _, v, _ in cells_by_hub[0]:
             s.add(v)
         return s.quantile(q)
+    if rule in PER_SUBCELL:
+        days = [day_sketches(cell, threshold) for cell in cells_by_hub]
+        if any(d is None for d in days):
+            return None
+        if rule == "per day, mixture":
+            return partials.mixture_quantile([s for d in days if d for s in d], q)
+        return partials.coarse_quantile(dyadic_merge([partials.merged(d) for d in days if d]), q)
     sketches = []
     for cell in cells_by_hub:
         sketch = RULES[rule].coarsen(bins_of(cell), threshold)
@@ -155,15 +181,15 @@ def released(cells_by_hub: list[list[tuple[str, float]]], q: float, k: int, grou
     return RULES[rule].read(RULES[rule].merge(sketches), q) if sketches else None
 
 
-def cells(readings: Readings, hubs: list[list[str]], bucket: str) -> dict[str, list[list[tuple[str, float]]]]:
+def cells(readings: Readings, hubs: list[list[str]], bucket: str) -> dict[str, list[Cell]]:
     """Per bucket label, per hub, the (station, value) readings."""
     key = (lambda t: t.strftime("%Y-%m-%d")) if bucket == "day" else (lambda t: t.strftime("%Y-%m"))
-    out: dict[str, list[list[tuple[str, float]]]] = {}
+    out: dict[str, list[Cell]] = {}
     for h, stations in enumerate(hubs):
         for station in stations:
             for t, v in readings[station]:
                 per_hub = out.setdefault(key(t), [[] for _ in hubs])
-                per_hub[h].append((station, v))
+                per_hub[h].append((station, v, t.strftime("%Y-%m-%d")))
     return out
 
 
@@ -175,8 +201,8 @@ def measure(readings: Readings, layout: str, grouping: str, bucket: str, k: int,
     for per_hub in cells(readings, hubs, bucket).values():
         groups = [[c] for c in per_hub] if grouping == "municipality" else [per_hub]
         for group in groups:
-            values = sorted(v for c in group for _, v in c)
-            if len({who for c in group for who, _ in c}) < k:
+            values = sorted(v for c in group for _, v, _ in c)
+            if len({who for c in group for who, _, _ in c}) < k:
                 continue  # below the group size either way: not a quantile question
             for q in QS:
                 asked += 1
@@ -214,7 +240,30 @@ def main() -> None:
                 figures = "none released"
             row.append(f"{withheld}/{asked}, {figures}")
         print(f"| {layout} | {grouping} | {bucket} | {k} | " + " | ".join(row) + " |")
+    subcell_cost(readings)
     padding(readings)
+
+
+def subcell_cost(readings: Readings) -> None:
+    """What binning per day costs the provider: a cell of all five stations' 2019 readings (one
+    window, and one month) binned whole (the baseline) and per day then merged, and the
+    per-municipality read (coarse_quantile of the whole; mixture of the days), best of 3; k = 2."""
+    print()
+    print("| cell (five stations) | binned whole | per day + merge | ratio | read: whole | read: mixture of days | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for name, keep in (("2019, one window", lambda t: True), ("January 2019", lambda t: t.month == 1)):
+        rows = [(dt.date(t.year, t.month, t.day).toordinal(), *bin_of(v), station, 1)
+                for station, series in readings.items() for t, v in series if keep(t)]
+        whole = [(0, sg, k, c, n) for _, sg, k, c, n in rows]
+        binned = best_of(lambda: partials.coarse_sketches(whole, 2), 3)  # noqa: B023
+        per_day = best_of(lambda: partials.coarse_sketches(rows, 2, cell_of=lambda _: 0), 3)  # noqa: B023
+        sketch = partials.coarse_sketches(whole, 2).get(0)
+        parts = partials.subcell_sketches(rows, 2, cell_of=lambda _: 0).get(0)
+        read_whole = best_of(lambda: partials.coarse_quantile(sketch, 0.5), 3) if sketch else math.nan  # noqa: B023
+        read_mixture = best_of(lambda: partials.mixture_quantile(parts, 0.5), 3) if parts else math.nan  # noqa: B023
+        print(f"| {name} | {binned * 1000:.0f} ms{'' if sketch else ' (withheld)'} | {per_day * 1000:.0f} ms"
+              f"{'' if parts else ' (withheld)'} | {per_day / binned:.2f} | {read_whole * 1000:.2f} ms | "
+              f"{read_mixture * 1000:.1f} ms | {read_mixture / read_whole:.0f} |")
 
 
 def cell_rows(series: list[tuple[dt.datetime, float]], bucket: str) -> list[CellRow]:

@@ -18,9 +18,10 @@ from __future__ import annotations
 import bisect
 import hashlib
 import heapq
+import itertools
 import math
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from federation.query_spec import buckets, label
@@ -211,21 +212,82 @@ def sketch_of(bins: dict[DyadicBin, int]) -> query_pb2.CoarseSketch:
                                              for b, n in sorted(bins.items(), key=lambda item: item[0].first)])
 
 
-def coarse_sketches(rows: list[tuple[int, int, int, str, int]], threshold: int) -> dict[int, query_pb2.CoarseSketch]:
-    """Per bucket, the coarsened sketch of (bucket, sign, key, contributor, readings) rows (as
-    the storage's sketch_bins_by_contributor yields them); a bucket that cannot be coarsened
-    is left out (and then withheld)."""
+def coarse_sketches(rows: list[tuple[int, int, int, str, int]], threshold: int,
+                    cell_of: Callable[[int], int] | None = None) -> dict[int, query_pb2.CoarseSketch]:
+    """Per cell, the coarsened sketch of (bucket, sign, key, contributor, readings) rows (as
+    the storage's sketch_bins_by_contributor yields them); a cell that cannot be coarsened is
+    left out (and then withheld). With `cell_of`, the merge of its sub-cells' (`subcell_sketches`)."""
+    if cell_of is None:
+        return {b: sketch for b, sketch in _coarsened(rows, threshold).items() if sketch is not None}
+    return {cell: merged(parts) for cell, parts in subcell_sketches(rows, threshold, cell_of).items()}
+
+
+def subcell_sketches(rows: list[tuple[int, int, int, str, int]], threshold: int,
+                     cell_of: Callable[[int], int]) -> dict[int, list[query_pb2.CoarseSketch]]:
+    """Per cell, its sub-cells' coarsened sketches, in sub-cell order: the rows' buckets are
+    SUB-CELLS (the agreement's finest grain) and cell_of maps a sub-cell's start to its cell's.
+
+    Each sub-cell is coarsened ON ITS OWN: a released cell's histogram is then a sum of
+    per-sub-cell histograms that each obey the rule, so the difference of two released cells
+    of different extents is a coarsening of such a sum, never finer (docs/privacy.md 2, rule
+    4). A cell with a sub-cell that holds readings but cannot be coarsened is left out whole:
+    dropping that sub-cell's readings would make the cell's count differ from its histogram's,
+    and the difference give the dropped readings' count."""
+    parts: dict[int, list[query_pb2.CoarseSketch]] = {}
+    broken: set[int] = set()
+    for b, sketch in _coarsened(rows, threshold).items():
+        if sketch is None:
+            broken.add(cell_of(b))
+        else:
+            parts.setdefault(cell_of(b), []).append(sketch)
+    return {cell: sketches for cell, sketches in parts.items() if cell not in broken}
+
+
+def _coarsened(rows: list[tuple[int, int, int, str, int]], threshold: int) -> dict[int, query_pb2.CoarseSketch | None]:
     by_bucket: dict[int, Bins] = {}
     for b, sg, k, c, n in rows:
         bins = by_bucket.setdefault(b, {})
         o = ordinal(sg, k)
         count, who = bins.get(o, (0, set()))
         bins[o] = (count + n, who | {c})
-    out = {}
-    for b, bins in by_bucket.items():
-        sketch = coarsen(bins, threshold)
-        if sketch is not None:
-            out[b] = sketch
+    return {b: coarsen(bins, threshold) for b, bins in sorted(by_bucket.items())}
+
+
+def merged(sketches: Iterable[query_pb2.CoarseSketch]) -> query_pb2.CoarseSketch:
+    """The merge of coarse sketches (`dyadic_bins`), within MAX_COARSE_BINS (`bounded`)."""
+    return sketch_of(bounded(dyadic_bins(sketches)))
+
+
+def bounded(bins: dict[DyadicBin, int]) -> dict[DyadicBin, int]:
+    """At most MAX_COARSE_BINS bins: while there are more, the two neighbouring bins whose
+    smallest common dyadic ancestor is finest (then holds the fewest readings, then lies
+    lowest) are replaced by that ancestor, which takes in every bin inside it. A function of
+    the bins alone (post-processing: never finer than its input), so a merged partial's size
+    stays bounded however many sub-cells or hubs went into it."""
+    out = dict(bins)
+    while len(out) > MAX_COARSE_BINS:
+        ordered = sorted(out, key=lambda b: b.first)
+        before = [0]
+        for b in ordered:
+            before.append(before[-1] + out[b])
+        firsts = [b.first for b in ordered]
+        best: tuple[int, int, int] | None = None
+        for low, high in itertools.pairwise(ordered):
+            ancestor = low
+            while high.first >= ancestor.end:
+                ancestor = ancestor.parent()
+            # the bins inside the ancestor are a run of the ordered bins (an antichain of dyadic bins)
+            lo, hi = bisect.bisect_left(firsts, ancestor.first), bisect.bisect_left(firsts, ancestor.end)
+            key = (ancestor.level, before[hi] - before[lo], ancestor.index)
+            best = key if best is None or key < best else best
+        assert best is not None
+        level, count, index = best
+        if level > MAX_LEVEL:
+            raise PartialError(f"more than {MAX_COARSE_BINS} coarse bins at level {MAX_LEVEL}")
+        ancestor = DyadicBin(level, index)
+        for b in [b for b in ordered if ancestor.first <= b.first < ancestor.end]:
+            del out[b]
+        out[ancestor] = count
     return out
 
 
@@ -251,6 +313,7 @@ def dyadic_bins(sketches: Iterable[query_pb2.CoarseSketch]) -> dict[DyadicBin, i
 
 
 def merge_coarse(a: query_pb2.CoarseSketch | None, b: query_pb2.CoarseSketch) -> query_pb2.CoarseSketch:
+    """The asker's merge of hubs' sketches (docs/querying.md 7.6): unbounded, it never leaves."""
     return sketch_of(dyadic_bins([b] if a is None else [a, b]))
 
 
@@ -293,6 +356,33 @@ def coarse_quantile(sketch: query_pb2.CoarseSketch, q: float) -> float:
     return value_in_bin(b, n / (n + 1))
 
 
+def mixture_quantile(sketches: Sequence[query_pb2.CoarseSketch], q: float) -> float:
+    """The quantile of the MIXTURE of several sketches' bins (a cell's sub-cells'): one sketch
+    is read as `coarse_quantile`; of several, each bin's c readings are placed at fractions
+    1/(c + 1) ... c/(c + 1) of the way through it (`value_in_bin`), all of them sorted, and the
+    value at rank r = q (n - 1) taken, between the two placed readings around a fractional rank
+    geometrically (linearly across zero). Arithmetic on per-sub-cell histograms that each obey
+    the rule, so it tells no more than they do; far closer than reading their maximal merge,
+    where one sub-cell's wide bin swallows every other's fine ones (docs/benchmarks.md)."""
+    if len(sketches) == 1:
+        return coarse_quantile(sketches[0], q)
+    placed = sorted(value_in_bin(b, j / (n + 1)) for sketch in sketches
+                    for b, n in dyadic_bins([sketch]).items() for j in range(1, n + 1))
+    if not placed:
+        return math.nan
+    rank = q * (len(placed) - 1)
+    i = min(int(rank), len(placed) - 1)
+    t = rank - i
+    if t == 0 or i + 1 >= len(placed):
+        return placed[i]
+    a, b = placed[i], placed[i + 1]
+    if a > 0 and b > 0:
+        return float(a * (b / a) ** t)
+    if a < 0 and b < 0:
+        return float(-(-a * (b / a) ** t))
+    return a + t * (b - a)
+
+
 def coarse_threshold(min_group_size: int) -> int:
     """Every released bin mixes readings of at least two contributors, and at least k."""
     return max(2, min_group_size)
@@ -316,10 +406,14 @@ def contributors_needed(aggregate: str, min_group_size: int) -> int:
     return min_group_size
 
 
-def cell_value(row: CellRow, aggregate: str, quantile: float, sketch: query_pb2.CoarseSketch | None = None) -> float:
+def cell_value(row: CellRow, aggregate: str, quantile: float, sketch: query_pb2.CoarseSketch | None = None,
+               parts: Sequence[query_pb2.CoarseSketch] = ()) -> float:
     """The final value of one provider's cell (what a per-municipality answer releases); a
-    quantile is read from the cell's coarsened sketch, never from the fine one."""
+    quantile is read from the cell's coarsened sketch, never from the fine one: from the
+    mixture of its sub-cells' sketches (`parts`) when given."""
     if aggregate == "quantile":
+        if parts:
+            return mixture_quantile(parts, quantile)
         return coarse_quantile(sketch, quantile) if sketch is not None else math.nan
     m = Merged(count=row.count, sum=row.sum, sum_squares=row.sum_squares, min=row.min, max=row.max)
     return m.value(aggregate, quantile)
@@ -328,12 +422,15 @@ def cell_value(row: CellRow, aggregate: str, quantile: float, sketch: query_pb2.
 def build(digest: bytes, provider: str, municipality: str, agreement_id: str, min_group_size: int, group: str,
           rows: list[CellRow], computed_at_ms: int, aggregate: str, withheld: frozenset[int] = frozenset(),
           noisy: bool = False, quantile: float = 0.0,
-          coarse: dict[int, query_pb2.CoarseSketch] | None = None) -> query_pb2.PartialResult:
+          coarse: dict[int, query_pb2.CoarseSketch] | None = None,
+          parts: dict[int, list[query_pb2.CoarseSketch]] | None = None) -> query_pb2.PartialResult:
     """`group` is the municipality (per-municipality answer: final values only) or "region".
     `withheld`: bucket starts of cells to suppress although they look large enough (they hide a
     small sub-cell, or the release log forbids them; see federation/query/provider.py).
     `coarse`: for a quantile, each bucket's coarsened sketch (`coarsen`); a bucket without one
-    is withheld, per municipality as region-wide."""
+    is withheld, per municipality as region-wide. `parts`: each bucket's sub-cells' sketches
+    (`subcell_sketches`), which a per-municipality value is read from (`mixture_quantile`);
+    they never leave."""
     per_municipality = group != "region"
     released = set() if per_municipality else RELEASED_FIELDS[aggregate]
     is_quantile = aggregate == "quantile"
@@ -345,7 +442,8 @@ def build(digest: bytes, provider: str, municipality: str, agreement_id: str, mi
             cells.append(query_pb2.Cell(group=group, bucket_start_ms=r.bucket_start_ms, suppressed=True))
             continue
         cells.append(query_pb2.Cell(group=group, bucket_start_ms=r.bucket_start_ms, count=r.count,
-                                    value=cell_value(r, aggregate, quantile, sketch) if per_municipality else 0.0,
+                                    value=cell_value(r, aggregate, quantile, sketch, (parts or {}).get(r.bucket_start_ms, ()))
+                                    if per_municipality else 0.0,
                                     sum=r.sum if "sum" in released else 0.0,
                                     sum_squares=r.sum_squares if "sum_squares" in released else 0.0,
                                     min=r.min if "min" in released else 0.0, max=r.max if "max" in released else 0.0,

@@ -16,6 +16,7 @@ charge."""
 from __future__ import annotations
 
 import asyncio
+import bisect
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -37,6 +38,7 @@ from node.storage.base import AggregateRequest, CellRow, Contribution, ReleasedR
 
 log = logging.getLogger("smartregion.query")
 RUN_METHOD = "/smartregion.v1.Query/Run"
+QUANTILE_UNCOARSENED = "subcell_not_coarsenable"  # why a quantile cell is withheld (the audit's reason)
 PARTIAL_METHOD = "/smartregion.v1.Query/Partial"
 
 
@@ -225,11 +227,32 @@ class Provider:
         if charged:
             await self.hub.storage.write(lambda s: s.refund_budget(grant.agreement_id, charged))
 
-    async def _coarse_sketches(self, request: AggregateRequest, grant: policy.Grant) -> dict[int, query_pb2.CoarseSketch]:
-        """Per bucket, the sketch coarsened as partials.coarsen rules (a bucket that cannot be
-        coarsened so is left out, and then withheld), per municipality as region-wide."""
-        rows = await self.hub.storage.read(lambda s: s.sketch_bins_by_contributor(request))
-        return partials.coarse_sketches(rows, partials.coarse_threshold(grant.min_group_size))
+    async def _coarse_sketches(self, request: AggregateRequest, grant: policy.Grant, cells: list[CellRow]
+                               ) -> tuple[dict[int, query_pb2.CoarseSketch], dict[int, list[query_pb2.CoarseSketch]]]:
+        """Per cell, the sketch coarsened as partials.coarsen rules, per municipality as
+        region-wide; a cell that cannot be coarsened so is left out, and then withheld. And per
+        cell its sub-cells' sketches, which a per-municipality value is read from.
+
+        Under an agreement each SUB-CELL (a bucket of its finest grain, the release log's) is
+        coarsened on its own and a cell's sketch merges its sub-cells' (partials.subcell_sketches):
+        two released cells of different extents then differ by per-sub-cell histograms that
+        each obey the rule (docs/privacy.md 2, rule 4). A hub's own data needs no such care."""
+        threshold = partials.coarse_threshold(grant.min_group_size)
+        if not grant.agreement_id:
+            rows = await self.hub.storage.read(lambda s: s.sketch_bins_by_contributor(request))
+            return partials.coarse_sketches(rows, threshold), {}
+        grain = policy.finest_grain(grant.smallest_bucket)
+        finer = replace(request, bucket=grain)
+        rows = await self.hub.storage.read(lambda s: s.sketch_bins_by_contributor(finer))
+        starts = sorted(c.bucket_start_ms for c in cells)
+        if not starts:
+            return {}, {}
+
+        def cell_of(subcell_start: int) -> int:  # the cell whose span holds the sub-cell (cells are runs of sub-cells)
+            return starts[max(0, bisect.bisect_right(starts, max(subcell_start, request.start_ms)) - 1)]
+
+        parts = partials.subcell_sketches(rows, threshold, cell_of)
+        return {cell: partials.merged(sketches) for cell, sketches in parts.items()}, parts
 
     async def _released_before(self, grant: policy.Grant, spec: query_pb2.QuerySpec, request: AggregateRequest,
                                cells: list[CellRow], withheld: frozenset[int]) -> dict[int, releases.Withholding]:
@@ -326,6 +349,18 @@ class Provider:
                 parts.append(f"{why.value}: {len(starts)} ({shown})")
         await self.federation.audit(grant.asker_id, "query.release_log", grant.agreement_id, "withheld",
                                     f"{describe(spec)}: " + "; ".join(parts))
+
+    async def _audit_uncoarsened(self, grant: policy.Grant, spec: query_pb2.QuerySpec, starts: list[int]) -> None:
+        """One audit entry per quantile query with cells withheld because a sub-cell of them
+        (or, for a hub's own data, the cell) cannot be binned by the rule (partials.coarsen)."""
+        if not starts or not grant.agreement_id:
+            return
+        shown = ", ".join(label(spec.bucket, start) for start in sorted(starts)[:5]) + (", ..." if len(starts) > 5 else "")
+        grain = policy.finest_grain(grant.smallest_bucket)
+        await self.federation.audit(grant.asker_id, "query.quantile", grant.agreement_id, "withheld",
+                                    f"{describe(spec)}: {QUANTILE_UNCOARSENED}: {len(starts)} ({shown}); a {grain} of each holds "
+                                    f"readings that cannot be binned by >= {partials.MIN_BIN_READINGS} readings of "
+                                    f">= {partials.coarse_threshold(grant.min_group_size)} contributors")
 
     async def _contributions(self, request: AggregateRequest) -> dict[int, list[Contribution]]:
         return await self.hub.storage.read(lambda s: s.contributions(request))
@@ -457,11 +492,14 @@ class Provider:
             withheld = await self._cells_hiding_small_subcells(request, grant)
             withheld |= frozenset(await self._released_before(grant, spec, request, cells, withheld))
         group = self.hub.config.municipality if spec.group_by == "municipality" else "region"
-        coarse = await self._coarse_sketches(request, grant) if spec.aggregate == "quantile" else None
+        coarse, parts = await self._coarse_sketches(request, grant, cells) if spec.aggregate == "quantile" else (None, None)
+        if coarse is not None:
+            await self._audit_uncoarsened(grant, spec, [c.bucket_start_ms for c in cells
+                                                        if c.bucket_start_ms not in coarse and c.bucket_start_ms not in withheld])
         digest = partials.query_digest(signed.payload)
         result = partials.build(digest, self.own_id, self.hub.config.municipality, grant.agreement_id, min_group_size, group,
                                 cells, self.hub.clock.now_ms(), spec.aggregate, withheld, noisy=bool(epsilon), quantile=spec.quantile,
-                                coarse=coarse)
+                                coarse=coarse, parts=parts)
         if epsilon:
             result.dp_budget_micro = dp.micro(grant.dp_budget)
             pooled = await self._budget_line(grant.agreement_id, grant.asker_id, [spec.dataset])

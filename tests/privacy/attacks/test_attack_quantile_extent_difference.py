@@ -28,6 +28,7 @@ import pytest
 import pytest_asyncio
 from attack_helpers import DAY, HOUR_MS, region, terms_toml
 from query_helpers import spec
+from region_helpers import audit_entries
 
 from federation import partials
 from node.api.v1 import query_pb2
@@ -81,7 +82,6 @@ def _common(a: dict[partials.DyadicBin, int], b: dict[partials.DyadicBin, int]) 
     return onto(a), onto(b)
 
 
-@pytest.mark.xfail(strict=True, reason="review3 finding: open until fixed")
 async def test_two_nested_windows_give_one_readings_bin_on_the_day_between(attacked):
     r = attacked
     day3 = await _sketch(r, DAY + 2 * DAY_MS, DAY + 3 * DAY_MS)
@@ -117,7 +117,6 @@ async def _top_bin(r, start_ms: int, end_ms: int) -> tuple[partials.DyadicBin, f
     return top, ((1 - q) * (row.readings - 1) + f) / (1 - f)
 
 
-@pytest.mark.xfail(strict=True, reason="review3 finding: open until fixed")
 async def test_per_municipality_the_top_quantile_of_two_windows_gives_the_same_reading(attacked):
     """The same attack with what a per-municipality answer releases (one value per cell): q = 0.999
     of days 1-2 and of days 1-3 give their top bin's count (about 72 and 73): day 3 holds ONE
@@ -131,3 +130,37 @@ async def test_per_municipality_the_top_quantile_of_two_windows_gives_the_same_r
         pytest.fail(f"BROKE: per municipality, q = 0.999 of two nested windows says day 3 holds exactly one reading in "
                     f"[{lo:.2f}, {hi:.2f}) (station 0's {LONE_VALUE}), a bin of 1 reading of 1 station")
     print("held: the two top quantiles do not give day 3's count in a bin")
+
+
+def _short_second_day(n: int) -> list[float]:
+    """A full day 1; on day 2 stations 0 and 1 read 4 hours each (8 readings of 2 stations:
+    enough contributors for k = 2, too few readings for any bin), station 2 nothing."""
+    return [10.0 + 0.01 * n + 0.1 * h for h in range(24 if n == 2 else 28)]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def short_day(tmp_path_factory):
+    terms = terms_toml(aggregates=["quantile", "count"], group_by=["municipality", "time_bucket"],
+                       smallest_bucket="day", min_group_size=2)
+    async with region(tmp_path_factory.mktemp("qshort"), terms, {0: [_short_second_day(n) for n in range(3)]},
+                      towns=(("bergen", "4601"),)) as r:
+        yield r
+
+
+async def test_a_window_with_a_day_that_cannot_be_binned_is_withheld_not_released_without_it(short_day):
+    """If the hub left the short day out of the window's sketch, the window's count (released
+    as a count) minus its sketch's would give that day's 8 readings; it withholds the window's
+    quantile instead, and says why in its audit log."""
+    r = short_day
+    day1 = await _sketch(r, DAY, DAY + DAY_MS)
+    assert day1 is not None and sum(b.count for b in day1.intervals) == 72, "day 1 alone is binned and released"
+    assert await _sketch(r, DAY, DAY + 2 * DAY_MS) is None, "BROKE: days 1-2 released without day 2's readings"
+    for group_by in ("municipality", "region"):
+        answer = await r.ask(r.hubs[0], spec(aggregate="quantile", quantile=0.5, group_by=group_by, bucket="window",
+                                             start_ms=DAY, end_ms=DAY + 2 * DAY_MS))
+        assert [row.suppressed for row in answer.rows] == [True], group_by
+    count = await r.ask(r.hubs[0], spec(aggregate="count", group_by="region", bucket="window", start_ms=DAY, end_ms=DAY + 2 * DAY_MS))
+    assert [(row.suppressed, row.readings) for row in count.rows] == [(False, 80)], "the count itself is released"
+    withheld = [e for e in await audit_entries(r.hubs[0]) if e["action"] == "query.quantile"]
+    assert withheld and all(e["outcome"] == "withheld" and "subcell_not_coarsenable: 1 (" in e["detail"] for e in withheld), withheld
+    print("held: days 1-2 withheld:", withheld[0]["detail"])
