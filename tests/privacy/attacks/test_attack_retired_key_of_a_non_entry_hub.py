@@ -50,7 +50,6 @@ async def attacked(tmp_path_factory):
         yield r
 
 
-@pytest.mark.xfail(strict=True, reason="review3 finding: open until fixed")
 async def test_a_partner_accepts_a_partial_signed_by_a_retired_key_relayed_by_another_hub(attacked):
     r = attacked
     entry, bergen = r.hubs
