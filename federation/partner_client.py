@@ -159,6 +159,10 @@ class PartnerSession:
         _, late = await asyncio.wait(flights, timeout=PEER_FOLLOW_BUDGET_S)
         for flight in late:
             flight.cancel()
+        for hub_id in hub_ids:  # the budget is spent: a fetch still running is given up, not left to land later
+            running = self._peer_flights.get(hub_id)
+            if running is not None and not running.done():
+                running.cancel()
         for hub_id in hub_ids:
             if hub_id not in self._peer_chains and hub_id not in self._peer_errors:
                 self._peer_errors[hub_id] = f"it did not answer within {PEER_FOLLOW_BUDGET_S:g} s"
