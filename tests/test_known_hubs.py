@@ -66,3 +66,32 @@ def test_a_damaged_file_is_refused_naming_it(tmp_path, damage):
         path.write_text(json.dumps(document))
     with pytest.raises(KnownHubsError, match=f"known-hubs file {path} is damaged"):
         KnownHubs(path)
+
+
+def _example():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("python_partner", Path(__file__).parents[1] / "examples" / "python_partner.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_python_example_keeps_the_same_file_and_refuses_a_shorter_history(tmp_path):
+    """examples/python_partner.py remember_history: the CLI's format (each reads the other's)
+    and the same refusal of a replayed older history, naming the file."""
+    example = _example()
+    hub = _histories(2)
+    path = tmp_path / "partner.key.known-hubs.json"
+    hub_id, genesis = hub[0].hub_id_text, hub[0].public_key_raw
+    example.remember_history(path, hub_id, genesis, [])
+    example.remember_history(path, hub_id, genesis, list(hub[2].key_history))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert KnownHubs(path).get(hub_id) == hub[2].chain()
+    for replayed in ([], list(hub[1].key_history)):
+        with pytest.raises(example.ClientError, match=f"does not continue the 2 remembered in {path}"):
+            example.remember_history(path, hub_id, genesis, replayed)
+    KnownHubs(path).remember(_histories(0)[0].chain())  # the CLI adds another hub; the example still reads the file
+    example.remember_history(path, hub_id, genesis, list(hub[2].key_history))
