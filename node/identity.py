@@ -341,16 +341,18 @@ class HubIdentity:
                                      clock=clock, issuer=issuer)
         return HubIdentity(self.identity_key, tls_key, cert, self.key_encryption_key, self.key_history, issuer)
 
-    def rotated(self, clock: Clock = SYSTEM_CLOCK) -> HubIdentity:
+    def rotated(self, clock: Clock = SYSTEM_CLOCK, new_issuer: bool = False) -> HubIdentity:
         """A new identity key, linked to the old by a statement both sign; the hub id stays.
-        The TLS certificate is re-issued (new TLS key too) bound to the new key, by the same issuer."""
+        The TLS certificate is re-issued (new TLS key too) bound to the new key, by the same
+        issuer, or with `new_issuer` by a new one (after a stolen data directory: sensors then
+        need new credential files, docs/operations.md "Compromise")."""
         if len(self.key_history) >= MAX_ROTATIONS:
             raise IdentityError(f"the key history already holds {MAX_ROTATIONS} rotations, the most a peer accepts: "
                                 "make a new hub (docs/operations.md, \"Compromise\")")
         new_key = Ed25519PrivateKey.generate()
         statement = sign_rotation(self.hub_id, len(self.key_history) + 1, self.identity_key, new_key, clock.now_ms())
         history = (*self.key_history, statement.to_bytes())
-        issuer = self._issuer_or_new(clock)
+        issuer = TlsIssuer.generate(self.hub_id_text, self.hostnames(), clock) if new_issuer else self._issuer_or_new(clock)
         tls_key = ec.generate_private_key(ec.SECP256R1())
         cert = issue_tls_certificate(new_key, tls_key, self.hostnames(), hub_id_text=self.hub_id_text, clock=clock,
                                      issuer=issuer)
