@@ -59,7 +59,7 @@ class PartnerSession:
         self._peer_followed_at: dict[str, float] = {}
         self._peer_errors: dict[str, str] = {}  # why a hub could not be followed (the last attempt)
         self._peer_flights: dict[str, asyncio.Task[bool]] = {}
-        self._addresses: dict[str, list[str]] | None = None  # hub id -> addresses, from the region's descriptors
+        self._addresses: asyncio.Future[dict[str, list[str]]] | None = None  # hub id -> addresses (region descriptors)
 
     @property
     def channel(self) -> grpc.aio.Channel:
@@ -200,21 +200,26 @@ class PartnerSession:
 
     async def _region_addresses(self) -> dict[str, list[str]]:
         """Each hub's addresses, from the signed descriptors the entry hub relays (fetched once a
-        session). Only hints: the hub found there is checked by its hub id and key history."""
+        session, shared by every hub being followed). Only hints: the hub found there is checked
+        by its hub id and key history, whatever the entry hub says."""
         if self._addresses is None:
-            self._addresses = {}
+            self._addresses = asyncio.ensure_future(self._fetch_region_addresses())
+        return await asyncio.shield(self._addresses)
+
+    async def _fetch_region_addresses(self) -> dict[str, list[str]]:
+        addresses: dict[str, list[str]] = {}
+        try:
+            region = await federation_pb2_grpc.FederationStub(self.channel).RegionCatalog(
+                federation_pb2.GetDescriptorRequest(), timeout=peers.CALL_TIMEOUT_S)
+        except grpc.aio.AioRpcError:
+            return addresses  # every other hub is then "not checked online", saying why
+        for signed in region.descriptors[:MAX_REGION_DESCRIPTORS]:
             try:
-                region = await federation_pb2_grpc.FederationStub(self.channel).RegionCatalog(
-                    federation_pb2.GetDescriptorRequest(), timeout=peers.CALL_TIMEOUT_S)
-            except grpc.aio.AioRpcError:
-                return self._addresses  # every other hub is then "not checked online", saying why
-            for signed in region.descriptors[:MAX_REGION_DESCRIPTORS]:
-                try:
-                    d = descriptors.verify_signature(signed)
-                except descriptors.DescriptorError:
-                    continue
-                self._addresses.setdefault(d.hub_id, []).extend(list(d.grpc_addresses)[:MAX_ADDRESSES_PER_HUB])
-        return self._addresses
+                d = descriptors.verify_signature(signed)
+            except descriptors.DescriptorError:
+                continue
+            addresses.setdefault(d.hub_id, []).extend(list(d.grpc_addresses)[:MAX_ADDRESSES_PER_HUB])
+        return addresses
 
     def _check_remembered(self, answer: query_service_pb2.QueryAnswer, now_ms: int) -> None:
         """A hub not followed online: a key this partner KNOWS it retired (by the history it
@@ -257,6 +262,8 @@ class PartnerSession:
             self._channel = None
         for flight in self._peer_flights.values():
             flight.cancel()
+        if self._addresses is not None:
+            self._addresses.cancel()
 
     async def exchange(self, documents: list[agreement_pb2.AgreementDocument]) -> federation_pb2.ExchangeAgreementsResponse:
         signed = envelope.make(self.key.key, self.key.partner_id, self.hub_id, EXCHANGE_METHOD, clock=self.clock,

@@ -133,3 +133,20 @@ async def test_a_hub_not_followed_online_is_marked_so_and_a_key_it_is_known_to_h
         forge(sealed, r.open(sealed, answer_key), entry, bergen, leaked, list(done.key_history))
         with pytest.raises(asker.AnswerRefused, match=r"remembered in .*known-hubs\.json"):
             session._check_remembered(r.open(sealed, answer_key), bergen.live.hub.clock.now_ms() + 3_600_000)
+
+
+async def test_a_session_follows_every_answering_hub_at_once_and_remembers_each(tmp_path):
+    """Three hubs, two of them followed at once from their own addresses (one region catalog
+    shared by both): each is checked online, and each history lands in the known-hubs file."""
+    terms = terms_toml(aggregates=["mean", "count", "sum"], min_group_size=2)
+    async with region(tmp_path / "three", terms, {0: STATIONS, 1: STATIONS, 2: STATIONS}) as r:
+        entry = r.hubs[0]
+        await r.hubs[2].admin("RotateIdentityKey", admin_pb2.RotateIdentityKeyRequest())
+        known_file = tmp_path / "partner.key.known-hubs.json"
+        async with PartnerSession(r.partner, entry.address, entry.id, known_hubs=KnownHubs(known_file)) as session:
+            answer = await session.ask(day_query(aggregate="sum", group_by="municipality"))
+        assert {p.hub_id: p.key_check for p in answer.provenance} == {h.id: partner_client.CHECKED_ONLINE for h in r.hubs}
+        remembered = KnownHubs(known_file)
+        chains = {h.id: remembered.get(h.id) for h in r.hubs}
+        assert {i: len(c.statements) if c else None for i, c in chains.items()} == {r.hubs[0].id: 0, r.hubs[1].id: 0,
+                                                                                     r.hubs[2].id: 1}
