@@ -50,6 +50,8 @@ class KnownHubs:
         """Store `chain` if it continues the stored one and is longer; raise KnownHubsError for a
         shorter (replayed) or forked history, naming the file."""
         hub_id = chain.hub_id_text
+        if self.path is not None:  # another session (another `query run`) may have learned more meanwhile
+            self._merge(self._read())
         stored = self._chains.get(hub_id)
         if stored is not None:
             try:
@@ -61,6 +63,19 @@ class KnownHubs:
                 return
         self._chains[hub_id] = chain
         self._write()
+
+    def _merge(self, found: dict[str, KeyChain]) -> None:
+        """Take each history of `found` that continues the one held and is longer."""
+        for hub_id, chain in found.items():
+            held = self._chains.get(hub_id)
+            if held is None:
+                self._chains[hub_id] = chain
+                continue
+            try:
+                held.check_successor(chain)
+            except ChainError:
+                continue  # shorter or forked: what is held stays (remember() refuses against it)
+            self._chains[hub_id] = chain
 
     def _read(self) -> dict[str, KeyChain]:
         assert self.path is not None

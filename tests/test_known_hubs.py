@@ -95,3 +95,17 @@ def test_the_python_example_keeps_the_same_file_and_refuses_a_shorter_history(tm
             example.remember_history(path, hub_id, genesis, replayed)
     KnownHubs(path).remember(_histories(0)[0].chain())  # the CLI adds another hub; the example still reads the file
     example.remember_history(path, hub_id, genesis, list(hub[2].key_history))
+
+
+def test_two_sessions_writing_the_same_file_keep_each_others_hubs(tmp_path):
+    """Two `query run`s at once (each its own KnownHubs on one file): neither drops what the
+    other remembered, and the longer history wins."""
+    one, two = _histories(2), _histories(0)
+    path = tmp_path / "k.json"
+    first, second = KnownHubs(path), KnownHubs(path)
+    first.remember(one[2].chain())
+    second.remember(two[0].chain())  # second never saw hub one: it must not write it away
+    again = KnownHubs(path)
+    assert again.get(one[0].hub_id_text) == one[2].chain() and again.get(two[0].hub_id_text) == two[0].chain()
+    with pytest.raises(KnownHubsError, match="fewer than the 2"):
+        second.remember(one[1].chain())  # what first learned counts for second too
