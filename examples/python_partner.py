@@ -241,8 +241,11 @@ def remember_history(known: Path, hub_id: str, genesis: bytes, history: list[byt
     if document.get("format") != KNOWN_FORMAT or not isinstance(document.get("hubs"), dict):
         raise ClientError(f"{known} is not a known-hubs file")
     entry = document["hubs"].get(hub_id, {"genesis": genesis.hex(), "history": []})
-    remembered = [bytes.fromhex(h) for h in entry["history"]]
-    if bytes.fromhex(entry["genesis"]) != genesis or history[:len(remembered)] != remembered:
+    try:
+        remembered, remembered_genesis = [bytes.fromhex(h) for h in entry["history"]], bytes.fromhex(entry["genesis"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ClientError(f"the known-hubs file {known} is damaged at hub {hub_id}: {exc!r}") from None
+    if remembered_genesis != genesis or history[:len(remembered)] != remembered:
         raise ClientError(f"hub {hub_id} shows a key history of {len(history)} rotations that does not continue the "
                           f"{len(remembered)} remembered in {known}: a replayed older history or a fork (a stolen copy "
                           "of the hub, or a leaked key); ask the hub's admin")
