@@ -26,11 +26,13 @@ applies KeyChain.signs_now to every partial, not only the entry's; until then do
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import pytest_asyncio
 from attack_helpers import day_query, region, terms_toml
 
-from federation import partials, partner_client, sealing
+from federation import answers, partials, partner_client, sealing
 from federation.known_hubs import KnownHubs
 from federation.partner_client import PartnerSession
 from federation.query import asker
@@ -122,6 +124,13 @@ async def test_a_hub_not_followed_online_is_marked_so_and_a_key_it_is_known_to_h
     assert {p.hub_id: p.key_check for p in answer.provenance} == {h.id: partner_client.CHECKED_ONLINE for h in r.hubs}
     remembered = KnownHubs(known_file).get(bergen.id)
     assert remembered is not None and remembered.current == done.new_public_key
+    # The answer file carries the key checks apart, as unsigned, and `query verify` holds them to the answer's.
+    saved = json.loads(answers.to_json(answer))
+    assert saved["unsigned"]["key_check"] == {h.id: partner_client.CHECKED_ONLINE for h in r.hubs}
+    answers.verify(json.dumps(saved).encode())
+    saved["unsigned"]["key_check"][bergen.id] = "made up"
+    with pytest.raises(answers.AnswerError, match="key checks differ"):
+        answers.verify(json.dumps(saved).encode())
 
     monkeypatch.setattr(partner_client, "PEER_FOLLOW_BUDGET_S", 0.0)  # no time to follow any other hub
     async with PartnerSession(r.partner, entry.address, entry.id, known_hubs=KnownHubs(known_file)) as session:
