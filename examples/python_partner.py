@@ -16,7 +16,8 @@ answer lists exactly the hubs
 (and municipalities) asked and is marked partial exactly when a hub did not answer, opening
 every hub's partial (sealed to a fresh X25519 key of this one query, HPKE), checking each
 provider's signature and that it speaks for the municipality of the agreement you co-signed
-with it, and merging.
+with it, and merging. The entry hub's key history must continue the one remembered in
+`<key>.known-hubs.json` (written beside the key, 0600).
 Exit 1 on a refusal or an answer that does not verify, 2 on bad arguments.
 """
 
@@ -191,12 +192,14 @@ def served_certificate(address: str, hub_id: str) -> tuple[bytes, bytes]:
     return pem, identity_key
 
 
-def pinned_hub(address: str, hub_id: str) -> tuple[bytes, list[bytes]]:
+def pinned_hub(address: str, hub_id: str, known: Path) -> tuple[bytes, list[bytes]]:
     """The certificate to pin and every identity key of hub `hub_id` (genesis first, current
     last). For a hub that rotated, from its signed descriptor: the history must lead from the key hashing to the hub id
-    to the key the descriptor is signed with, which the certificate must be bound to."""
+    to the key the descriptor is signed with, which the certificate must be bound to. The history must continue
+    the one remembered in the `known` file (see `remember_history`)."""
     pem, bound_key = served_certificate(address, hub_id)
-    if hub_id_of(bound_key) == hub_id:  # never rotated: its key hashes to its id, nothing else to check
+    if hub_id_of(bound_key) == hub_id:  # its genesis key: it never rotated, or it is a copy from before its rotations
+        remember_history(known, hub_id, bound_key, [])
         return pem, [bound_key]
     with open_channel(address, hub_id, pem) as channel:
         signed = federation_pb2_grpc.FederationStub(channel).GetDescriptor(federation_pb2.GetDescriptorRequest(), timeout=10)
@@ -215,7 +218,46 @@ def pinned_hub(address: str, hub_id: str) -> tuple[bytes, list[bytes]]:
         raise ClientError(f"the server's certificate is not the one hub {hub_id}'s descriptor names, bound to its key")
     if descriptor.valid_until_ms <= time.time() * 1000:
         raise ClientError(f"the descriptor of hub {hub_id} has expired")
+    remember_history(known, hub_id, keys[0], list(descriptor.key_history))
     return pem, list(keys)
+
+
+# The hubs' key histories this partner verified before, in a small file beside the key
+# (`<key>.known-hubs.json`, the same file and format as `smartregion query run` keeps). Without
+# it a stolen copy of a hub's data directory from before a key rotation could answer as the hub:
+# its shorter history is valid too. A shorter or different history than the one remembered is
+# refused (docs/querying.md, "Partners remember hub key histories").
+KNOWN_FORMAT = "smartregion-known-hubs"
+
+
+def remember_history(known: Path, hub_id: str, genesis: bytes, history: list[bytes]) -> None:
+    """Refuse `history` unless it continues the one remembered for `hub_id`; remember it if longer."""
+    try:
+        document = json.loads(known.read_bytes())
+    except FileNotFoundError:
+        document = {"format": KNOWN_FORMAT, "version": 1, "hubs": {}}
+    except ValueError as exc:
+        raise ClientError(f"the known-hubs file {known} is damaged: {exc}") from None
+    if document.get("format") != KNOWN_FORMAT or not isinstance(document.get("hubs"), dict):
+        raise ClientError(f"{known} is not a known-hubs file")
+    entry = document["hubs"].get(hub_id, {"genesis": genesis.hex(), "history": []})
+    try:
+        remembered, remembered_genesis = [bytes.fromhex(h) for h in entry["history"]], bytes.fromhex(entry["genesis"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ClientError(f"the known-hubs file {known} is damaged at hub {hub_id}: {exc!r}") from None
+    if remembered_genesis != genesis or history[:len(remembered)] != remembered:
+        raise ClientError(f"hub {hub_id} shows a key history of {len(history)} rotations that does not continue the "
+                          f"{len(remembered)} remembered in {known}: a replayed older history or a fork (a stolen copy "
+                          "of the hub, or a leaked key); ask the hub's admin")
+    if hub_id in document["hubs"] and len(history) == len(remembered):
+        return
+    document["hubs"][hub_id] = {"genesis": genesis.hex(), "history": [h.hex() for h in history]}
+    temporary = known.with_name(f".{known.name}.{secrets.token_hex(8)}.tmp")
+    with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+        out.write(json.dumps(document, indent=1).encode())
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary, known)  # atomic: a crash leaves the old file or the new one
 
 
 def open_channel(address: str, hub_id: str, cert_pem: bytes) -> grpc.Channel:
@@ -515,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     spec.answer_key = answer_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     try:
         key = load_partner_key(args.key, passphrase())
-        cert_pem, entry_keys = pinned_hub(args.hub, hub_id)
+        cert_pem, entry_keys = pinned_hub(args.hub, hub_id, args.key.with_name(args.key.name + ".known-hubs.json"))
         signed = sign_query(key, hub_id, spec)
         with open_channel(args.hub, hub_id, cert_pem) as channel:
             timeout_s = (args.deadline_ms or 10_000) / 1000 + 5  # the hubs' deadline, plus merging

@@ -7,7 +7,9 @@ no key: each partial's signature is checked against the key it names (the hub id
 from it), every partial must answer this exact query and agree with the entry hub's summary,
 merging the verified partials again must give exactly the rows shown, and every readable
 field must equal its signed source. The only unsigned figures (each hub's latency, measured
-by the entry hub) stand apart under "unsigned" and are printed as unsigned.
+by the entry hub, and how the asking partner checked each signer's key: Provenance.key_check,
+what the partner's session saw online, which `query verify` cannot check again) stand apart
+under "unsigned" and are printed as unsigned.
 """
 
 from __future__ import annotations
@@ -75,7 +77,10 @@ def readable(answer: query_service_pb2.QueryAnswer) -> dict[str, Any]:
 
 def to_json(answer: query_service_pb2.QueryAnswer) -> bytes:
     doc = {"format": FORMAT, "version": VERSION, **readable(answer),
-           "unsigned": {"latency_ms": {p.hub_id: round(p.latency_ms, 1) for p in answer.provenance}},
+           "unsigned": {"latency_ms": {p.hub_id: round(p.latency_ms, 1) for p in answer.provenance},
+                        # the asking partner's own check of each signer's key (PartnerSession.ask)
+                        **({"key_check": {p.hub_id: p.key_check for p in answer.provenance if p.key_check}}
+                           if any(p.key_check for p in answer.provenance) else {})},
            "answer": base64.b64encode(answer.SerializeToString()).decode()}
     return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
 
@@ -147,7 +152,9 @@ def verify(data: bytes) -> VerifiedAnswer:
         if not _same(doc[key], value):
             raise AnswerError(f"the readable {key!r} differs from what was signed")
     unsigned = doc["unsigned"]
-    if not isinstance(unsigned, dict) or set(unsigned) != {"latency_ms"}:
-        raise AnswerError("the unsigned section holds something other than latencies")
+    if not isinstance(unsigned, dict) or not {"latency_ms"} <= set(unsigned) <= {"latency_ms", "key_check"}:
+        raise AnswerError("the unsigned section holds something other than latencies and key checks")
+    if unsigned.get("key_check", {}) != {p.hub_id: p.key_check for p in answer.provenance if p.key_check}:
+        raise AnswerError("the unsigned key checks differ from the answer's")
     verified = [p.hub_id for p in answer.provenance if p.status == "answered"]
     return VerifiedAnswer(answer, verified, signed["query"], unsigned)

@@ -151,26 +151,53 @@ class TlsIssuer:
     def expires_ms(self) -> int:
         return _expires_ms(self.cert)
 
-    def check(self) -> None:
-        """Raise IdentityError unless this is a CA certificate, self-signed, for this key."""
+    def check(self, hub_id_text: str, now_ms: int) -> None:
+        """Raise IdentityError unless this is hub `hub_id_text`'s own issuer as `generate` makes
+        it: a self-signed CA for this key, that signs leaves only (pathLen 0), names this hub
+        (subject CN), may vouch only for names its constraints permit (which include the hub
+        id), and has not expired at `now_ms`. Each refusal says which; the hub does not start."""
         try:
             constraints = self.cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         except x509.ExtensionNotFound:
             constraints = None
         if constraints is None or not constraints.ca:
             raise IdentityError("the TLS issuer certificate in keys.json is not a CA certificate (BasicConstraints ca=False)")
+        if constraints.path_length != 0:
+            raise IdentityError("the TLS issuer certificate in keys.json may sign other CAs (BasicConstraints pathLen is "
+                                f"{constraints.path_length}, must be 0: it signs the hub's own certificates only)")
         try:
             usage = self.cert.extensions.get_extension_for_class(x509.KeyUsage).value
         except x509.ExtensionNotFound:
             usage = None
         if usage is None or not usage.key_cert_sign:
             raise IdentityError("the TLS issuer certificate in keys.json may not sign certificates (no keyCertSign)")
+        self._check_names(hub_id_text)
         if _spki(self.cert.public_key()) != _spki(self.key.public_key()):
             raise IdentityError("the TLS issuer key in keys.json is not the key of the TLS issuer certificate")
         try:
             self.cert.verify_directly_issued_by(self.cert)
         except (ValueError, TypeError, InvalidSignature):
             raise IdentityError("the TLS issuer certificate in keys.json is not self-signed") from None
+        if self.expires_ms <= now_ms:
+            raise IdentityError(f"the TLS issuer certificate in keys.json expired at {self.cert.not_valid_after_utc:%Y-%m-%d %H:%M}Z: "
+                                "sensors refuse every certificate it signs (renewing the issuer is not built: "
+                                "docs/operations.md, \"Compromise\", make a hub anew)")
+
+    def _check_names(self, hub_id_text: str) -> None:
+        """The issuer is this hub's (its CN names the hub id) and is name-constrained to it."""
+        common_names = [a.value for a in self.cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        if common_names != [f"TLS issuer of hub {hub_id_text}"]:
+            raise IdentityError(f"the TLS issuer certificate in keys.json is not hub {hub_id_text}'s: its subject names "
+                                f"{', '.join(map(str, common_names)) or 'no common name'}")
+        try:
+            names = self.cert.extensions.get_extension_for_class(x509.NameConstraints).value
+        except x509.ExtensionNotFound:
+            raise IdentityError("the TLS issuer certificate in keys.json has no name constraints: it could vouch for "
+                                "any site to whoever trusts it (docs/threat-model.md)") from None
+        permitted = [str(n.value) for n in names.permitted_subtrees or () if isinstance(n, x509.DNSName)]
+        if hub_id_text not in permitted:
+            raise IdentityError(f"the TLS issuer certificate in keys.json is not constrained to hub {hub_id_text}: its name "
+                                f"constraints permit {', '.join(permitted) or 'no DNS name'}")
 
 
 def check_leaf_issued(leaf: x509.Certificate, issuer: TlsIssuer | None) -> None:
@@ -264,7 +291,9 @@ class HubIdentity:
         return values
 
     @classmethod
-    def from_secrets(cls, values: dict[str, bytes]) -> HubIdentity:
+    def from_secrets(cls, values: dict[str, bytes], clock: Clock = SYSTEM_CLOCK) -> HubIdentity:
+        """The identity keys.json holds, refused (IdentityError, saying why) unless it is whole
+        and consistent, and its TLS issuer is this hub's and valid at the clock's now."""
         try:
             tls_key = serialization.load_pem_private_key(values["tls_key"], password=None)
             if not isinstance(tls_key, ec.EllipticCurvePrivateKey):
@@ -286,7 +315,7 @@ class HubIdentity:
         if _spki(identity.tls_cert.public_key()) != _spki(tls_key.public_key()):
             raise IdentityError("the TLS key in keys.json is not the key of the TLS certificate")
         if identity.tls_issuer is not None:
-            identity.tls_issuer.check()
+            identity.tls_issuer.check(identity.hub_id_text, clock.now_ms())
         check_leaf_issued(identity.tls_cert, identity.tls_issuer)
         if verify_tls_binding(identity.tls_cert, identity.key_history) != identity.public_key_raw:
             raise IdentityError("the TLS certificate is not bound to this identity key")
@@ -312,16 +341,18 @@ class HubIdentity:
                                      clock=clock, issuer=issuer)
         return HubIdentity(self.identity_key, tls_key, cert, self.key_encryption_key, self.key_history, issuer)
 
-    def rotated(self, clock: Clock = SYSTEM_CLOCK) -> HubIdentity:
+    def rotated(self, clock: Clock = SYSTEM_CLOCK, new_issuer: bool = False) -> HubIdentity:
         """A new identity key, linked to the old by a statement both sign; the hub id stays.
-        The TLS certificate is re-issued (new TLS key too) bound to the new key, by the same issuer."""
+        The TLS certificate is re-issued (new TLS key too) bound to the new key, by the same
+        issuer, or with `new_issuer` by a new one (after a stolen data directory: sensors then
+        need new credential files, docs/operations.md "Compromise")."""
         if len(self.key_history) >= MAX_ROTATIONS:
             raise IdentityError(f"the key history already holds {MAX_ROTATIONS} rotations, the most a peer accepts: "
                                 "make a new hub (docs/operations.md, \"Compromise\")")
         new_key = Ed25519PrivateKey.generate()
         statement = sign_rotation(self.hub_id, len(self.key_history) + 1, self.identity_key, new_key, clock.now_ms())
         history = (*self.key_history, statement.to_bytes())
-        issuer = self._issuer_or_new(clock)
+        issuer = TlsIssuer.generate(self.hub_id_text, self.hostnames(), clock) if new_issuer else self._issuer_or_new(clock)
         tls_key = ec.generate_private_key(ec.SECP256R1())
         cert = issue_tls_certificate(new_key, tls_key, self.hostnames(), hub_id_text=self.hub_id_text, clock=clock,
                                      issuer=issuer)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives import hashes
+
 from node import audit, hubdir
 from node.clock import Clock
 from node.identity import HubIdentity
@@ -86,7 +88,20 @@ def _locked(hub_dir: hubdir.HubDir, what: str):
         ) from None
 
 
-def rotate_identity(hub_dir: hubdir.HubDir, passphrase: bytes, clock: Clock) -> tuple[HubIdentity, HubIdentity]:
+ISSUER_REPLACED_ADVICE = ("every sensor's credential file trusts the old TLS issuer, and reaches this hub again only "
+                          "with a new one: `smartregion sensor rekey` each sensor and install its new credential file "
+                          "(docs/operations.md, \"Compromise\")")
+
+
+def issuer_replaced_detail(new: HubIdentity) -> str:
+    """What the audit log says (`cert.issuer`) when a rotation replaced the TLS issuer."""
+    assert new.tls_issuer is not None
+    fingerprint = new.tls_issuer.cert.fingerprint(hashes.SHA256()).hex()
+    return f"key rotation: TLS issuer replaced, sha256 {fingerprint[:16]}…; {ISSUER_REPLACED_ADVICE}"
+
+
+def rotate_identity(hub_dir: hubdir.HubDir, passphrase: bytes, clock: Clock,
+                    new_issuer: bool = False) -> tuple[HubIdentity, HubIdentity]:
     """Rotate the identity key of the STOPPED hub in `hub_dir`: a new key, a statement signed
     by old and new key, a new TLS certificate bound to the new key (by the same TLS issuer; a
     hub made before the issuer gets one, audited as `cert.issuer`); the keystore is rewritten
@@ -94,11 +109,14 @@ def rotate_identity(hub_dir: hubdir.HubDir, passphrase: bytes, clock: Clock) -> 
     lock = _locked(hub_dir, "an identity-key rotation")
     try:
         old = hub_dir.identity(passphrase)
-        new = old.rotated(clock)
+        new = old.rotated(clock, new_issuer)
         hub_dir.write_identity(new, passphrase)
         audit.record_in_database(hub_dir.file(hubdir.DB_FILE), audit.AuditEntry(
             "admin", "key.rotate", old.hub_id_text, "ok",
             rotation_detail(old, new, "offline"), at_ms=clock.now_ms()))
+        if new_issuer:
+            audit.record_in_database(hub_dir.file(hubdir.DB_FILE), audit.AuditEntry(
+                "admin", "cert.issuer", old.hub_id_text, "ok", issuer_replaced_detail(new), at_ms=clock.now_ms()))
         _audit_issuer_created(hub_dir, old, new, clock, "key rotation")
     finally:
         lock.close()

@@ -403,6 +403,11 @@ def test_the_readme_walk_throughs_run_as_documented(walk):
     # What the commands did, checked through the hub itself.
     answer = json.loads((walk.cwd / "answer.json").read_text())
     assert answer["rows"] and {r["group"] for r in answer["rows"]} == {"1103"}, answer["rows"][:2]
+    assert answer["unsigned"]["key_check"] == {walk.subst["<id>"]: "current key checked online"}
+    # The partner's runs remember the hub's key history beside its key (docs/querying.md 4.5).
+    known = walk.cwd / "uis.key.known-hubs.json"
+    assert known.stat().st_mode & 0o777 == 0o600
+    assert list(json.loads(known.read_text())["hubs"]) == [walk.subst["<id>"]]
     status = json.loads(walk.run(["status", "--data-dir", "srv/hub", "--json"]).stdout)
     assert sum(int(c["readings"]) for c in status["counts"]) > 8000
     consents = json.loads(walk.run(["consent", "list", "--data-dir", "srv/hub", "--json"]).stdout)

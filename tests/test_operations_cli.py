@@ -532,6 +532,22 @@ def test_key_rotation_and_certificate_commands_of_the_handbook(hub, tmp_path):
     # and the sensor's file still works after the live rotation too
     later = [Reading("pm25", int(dt.datetime(2019, 3, 1, 1, tzinfo=dt.UTC).timestamp() * 1000), 5.0)]
     assert replay(Sensor(SensorCredential.load(enrolled)), later).readings_stored == 1
+    # "Compromise": a stolen data directory. A rotation with a new issuer; the old credential no
+    # longer reaches the hub, the rekeyed one does (tests/privacy/attacks: and not the thief's copy).
+    issuer_before = hubdir.HubDir(data_dir).tls_issuer_pem()
+    replaced = one_line(ok(run("key", "rotate", "--new-issuer", "--data-dir", data_dir)).stdout)
+    assert "(rotation 2; the hub id stays)" in replaced and "The TLS issuer was replaced" in replaced
+    assert hubdir.HubDir(data_dir).tls_issuer_pem() != issuer_before
+    with pytest.raises(Exception):  # noqa: B017 (grpc's TLS failure surfaces as one of several errors)
+        replay(Sensor(SensorCredential.load(enrolled)), later, max_retries=0)
+    renewed = base / "valand.json.new"
+    ok(run("sensor", "rekey", "--data-dir", data_dir, sensor_id[:10], "--out", renewed))
+    assert json.loads(renewed.read_text())["hub_tls_certificate"].encode() == hubdir.HubDir(data_dir).tls_issuer_pem()
+    last = [Reading("pm25", int(dt.datetime(2019, 3, 1, 2, tzinfo=dt.UTC).timestamp() * 1000), 6.0)]
+    assert replay(Sensor(SensorCredential.load(renewed)), last).readings_stored == 1
+    stopped_issuer = hubdir.HubDir(stopped).tls_issuer_pem()
+    assert "The TLS issuer was replaced" in one_line(ok(run("key", "rotate", "--new-issuer", "--data-dir", stopped)).stdout)
+    assert hubdir.HubDir(stopped).tls_issuer_pem() != stopped_issuer
 
 
 def test_every_command_in_the_handbook_was_run():

@@ -106,22 +106,27 @@ class ServedCertificate:
             status.issuer_created = await self._issuer_created(why, before, renewed)
             return status
 
-    async def rotate_key(self) -> tuple[HubIdentity, HubIdentity]:
+    async def rotate_key(self, new_issuer: bool = False) -> tuple[HubIdentity, HubIdentity]:
         """Rotate the identity key of this running hub (node/rotation.py `rotate_identity` is the
         stopped hub's path): a new key, the statement both keys sign, a new TLS certificate bound
         to the new key; written to keys.json first (nothing changes if that fails), then swapped
         in as `hub.identity` in one assignment on the event loop. Every signer reads
         `hub.identity` when it signs, taking key, public key and history from that one object,
-        so a request is signed wholly by the old key or wholly by the new one. Returns (old, new)."""
+        so a request is signed wholly by the old key or wholly by the new one. `new_issuer`: a new TLS
+        issuer too (HubIdentity.rotated). Returns (old, new)."""
         async with self._changing:
             old = self.hub.identity
             try:
                 new = await self._replace_identity("key.rotate", "rotate the identity key", "smartregion key rotate",
-                                                   lambda current: current.rotated(self.hub.clock))
+                                                   lambda current: current.rotated(self.hub.clock, new_issuer))
             except IdentityError as exc:  # nothing was written
                 raise Rejected(Reason.INVALID_REQUEST, str(exc)) from None
             await audit.admin_action(self.hub.storage, self.hub.clock.now_ms(), "key.rotate", self.hub.config.hub_id,
                                      rotation.rotation_detail(old, new, "live"))
+            if new_issuer:
+                await audit.admin_action(self.hub.storage, self.hub.clock.now_ms(), "cert.issuer", self.hub.config.hub_id,
+                                         rotation.issuer_replaced_detail(new))
+                log.warning("TLS issuer replaced", extra={"advice": rotation.ISSUER_REPLACED_ADVICE})
             log.info("identity key rotated", extra={"rotation": len(new.key_history),
                                                     "new_key": new.public_key_raw.hex()})
             await self._issuer_created("key rotation", old, new)

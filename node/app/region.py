@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 
+from federation.known_hubs import KnownHubs, path_beside
 from federation.partner_client import PartnerSession
 from federation.partners import PartnerKey, public_file_path
 from federation.peers import channel_to, fetch_certificate
@@ -173,7 +174,8 @@ def share_with_partner(hubs: list[RegionHub], partner: PartnerKey, partner_key_f
 
     async def countersign_all():
         for hub, agreement_id in offered:
-            async with PartnerSession(partner, hub.address, hub.hub_id) as session:
+            async with PartnerSession(partner, hub.address, hub.hub_id,
+                                      known_hubs=KnownHubs(path_beside(partner_key_file))) as session:
                 await session.accept(agreement_id)
 
     asyncio.run(countersign_all())

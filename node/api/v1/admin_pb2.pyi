@@ -547,11 +547,13 @@ class ReissueCredentialRequest(_message.Message):
     def __init__(self, sensor_id: _Optional[str] = ...) -> None: ...
 
 class RotateIdentityKeyRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("new_tls_issuer",)
+    NEW_TLS_ISSUER_FIELD_NUMBER: _ClassVar[int]
+    new_tls_issuer: bool
+    def __init__(self, new_tls_issuer: _Optional[bool] = ...) -> None: ...
 
 class KeyRotation(_message.Message):
-    __slots__ = ("hub_id", "rotation", "old_public_key", "new_public_key", "key_history", "certificate_sha256", "rotated_at_ms", "issuer_created")
+    __slots__ = ("hub_id", "rotation", "old_public_key", "new_public_key", "key_history", "certificate_sha256", "rotated_at_ms", "issuer_created", "issuer_replaced")
     HUB_ID_FIELD_NUMBER: _ClassVar[int]
     ROTATION_FIELD_NUMBER: _ClassVar[int]
     OLD_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -560,6 +562,7 @@ class KeyRotation(_message.Message):
     CERTIFICATE_SHA256_FIELD_NUMBER: _ClassVar[int]
     ROTATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     ISSUER_CREATED_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_REPLACED_FIELD_NUMBER: _ClassVar[int]
     hub_id: str
     rotation: int
     old_public_key: bytes
@@ -568,4 +571,5 @@ class KeyRotation(_message.Message):
     certificate_sha256: str
     rotated_at_ms: int
     issuer_created: bool
-    def __init__(self, hub_id: _Optional[str] = ..., rotation: _Optional[int] = ..., old_public_key: _Optional[bytes] = ..., new_public_key: _Optional[bytes] = ..., key_history: _Optional[_Iterable[bytes]] = ..., certificate_sha256: _Optional[str] = ..., rotated_at_ms: _Optional[int] = ..., issuer_created: _Optional[bool] = ...) -> None: ...
+    issuer_replaced: bool
+    def __init__(self, hub_id: _Optional[str] = ..., rotation: _Optional[int] = ..., old_public_key: _Optional[bytes] = ..., new_public_key: _Optional[bytes] = ..., key_history: _Optional[_Iterable[bytes]] = ..., certificate_sha256: _Optional[str] = ..., rotated_at_ms: _Optional[int] = ..., issuer_created: _Optional[bool] = ..., issuer_replaced: _Optional[bool] = ...) -> None: ...

@@ -148,7 +148,7 @@ class Row(_message.Message):
     def __init__(self, group: _Optional[str] = ..., bucket_start_ms: _Optional[int] = ..., bucket_label: _Optional[str] = ..., value: _Optional[float] = ..., readings: _Optional[int] = ..., contributors: _Optional[int] = ..., suppressed: _Optional[bool] = ..., noisy: _Optional[bool] = ...) -> None: ...
 
 class Provenance(_message.Message):
-    __slots__ = ("hub_id", "municipality", "agreement_id", "status", "reason", "partial", "latency_ms", "sealed_partial", "agreement")
+    __slots__ = ("hub_id", "municipality", "agreement_id", "status", "reason", "partial", "latency_ms", "sealed_partial", "agreement", "key_check")
     HUB_ID_FIELD_NUMBER: _ClassVar[int]
     MUNICIPALITY_FIELD_NUMBER: _ClassVar[int]
     AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +158,7 @@ class Provenance(_message.Message):
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     SEALED_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    KEY_CHECK_FIELD_NUMBER: _ClassVar[int]
     hub_id: str
     municipality: str
     agreement_id: str
@@ -167,7 +168,8 @@ class Provenance(_message.Message):
     latency_ms: float
     sealed_partial: bytes
     agreement: bytes
-    def __init__(self, hub_id: _Optional[str] = ..., municipality: _Optional[str] = ..., agreement_id: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., partial: _Optional[_Union[SignedPartial, _Mapping]] = ..., latency_ms: _Optional[float] = ..., sealed_partial: _Optional[bytes] = ..., agreement: _Optional[bytes] = ...) -> None: ...
+    key_check: str
+    def __init__(self, hub_id: _Optional[str] = ..., municipality: _Optional[str] = ..., agreement_id: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., partial: _Optional[_Union[SignedPartial, _Mapping]] = ..., latency_ms: _Optional[float] = ..., sealed_partial: _Optional[bytes] = ..., agreement: _Optional[bytes] = ..., key_check: _Optional[str] = ...) -> None: ...
 
 class AnswerSummary(_message.Message):
     __slots__ = ("query_digest", "answered_by", "rows", "provenance", "partial", "missing_hubs", "merged_at_ms")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Annotated
 
 import typer
 from cryptography import x509
@@ -29,7 +30,9 @@ def _history_rows(chain: KeyChain) -> list[dict[str, object]]:
 
 
 @key_app.command("rotate")
-def rotate(data_dir: DataDir, as_json: JsonFlag = False) -> None:
+def rotate(data_dir: DataDir, as_json: JsonFlag = False,
+           new_issuer: Annotated[bool, typer.Option("--new-issuer", help="Also replace the TLS issuer (after a stolen "
+                                                     "data directory); every sensor must then be rekeyed.")] = False) -> None:
     """Replace the identity key; the hub id stays, peers follow the signed history at once.
     A running hub rotates its own key while it serves; a stopped one is rotated here."""
     hub_dir = hubdir.HubDir(data_dir)
@@ -37,13 +40,13 @@ def rotate(data_dir: DataDir, as_json: JsonFlag = False) -> None:
         hub_dir.config()
         if hub_dir.running():
             with AdminClient(data_dir) as client:
-                done = client.call("RotateIdentityKey", admin_pb2.RotateIdentityKeyRequest())
+                done = client.call("RotateIdentityKey", admin_pb2.RotateIdentityKeyRequest(new_tls_issuer=new_issuer))
             hub_id, old_key, new_key, history = done.hub_id, done.old_public_key, done.new_public_key, list(done.key_history)
             issuer_created = done.issuer_created
             how = "the running hub signs with the new key and serves the new certificate from now on"
         else:
             try:
-                old, new = rotation.rotate_identity(hub_dir, passphrase(), SYSTEM_CLOCK)
+                old, new = rotation.rotate_identity(hub_dir, passphrase(), SYSTEM_CLOCK, new_issuer)
             except rotation.RotationError as exc:
                 raise fail(str(exc)) from None
             hub_id, old_key, new_key, history = new.hub_id_text, old.public_key_raw, new.public_key_raw, list(new.key_history)
@@ -51,7 +54,7 @@ def rotate(data_dir: DataDir, as_json: JsonFlag = False) -> None:
             how = f"the hub signs with the new key when it starts (`smartregion serve --data-dir {hub_dir.path}`)"
     if as_json:
         print_json({"hub_id": hub_id, "rotation": len(history), "old_key": old_key.hex(), "new_key": new_key.hex(),
-                    "history": [s.hex() for s in history]})
+                    "history": [s.hex() for s in history], "issuer_replaced": new_issuer})
         return
     console.print(f"Rotated the identity key of hub {hub_id} (rotation {len(history)}; the hub id stays).")
     console.print(f"  old key {old_key.hex()}")
@@ -61,6 +64,8 @@ def rotate(data_dir: DataDir, as_json: JsonFlag = False) -> None:
                   "and check the history). If the old key leaked, read docs/operations.md, \"Compromise\".")
     if issuer_created:
         console.print(rotation.issuer_created_advice(hub_dir.path))
+    if new_issuer:
+        console.print(f"The TLS issuer was replaced: {rotation.ISSUER_REPLACED_ADVICE}.")
 
 
 @key_app.command("history")

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from federation import agreements as ag
 from federation import partners as partners_mod
+from federation.known_hubs import KnownHubs, KnownHubsError, path_beside
 from federation.partner_client import PartnerSession
 from federation.peers import PeerError
 from node.api.v1 import admin_pb2
@@ -107,9 +108,10 @@ def remove(
 def _session(key: Path, hub: str, hub_id: str) -> PartnerSession:
     try:
         partner = partners_mod.load_private(key, passphrase(prompt="Passphrase for the partner key"))
-    except partners_mod.PartnerKeyError as exc:
+        known = KnownHubs(path_beside(key))  # the key histories verified before: a replayed one is refused
+    except (partners_mod.PartnerKeyError, KnownHubsError) as exc:
         raise fail(str(exc)) from None
-    return PartnerSession(partner, hub, hub_id.strip())
+    return PartnerSession(partner, hub, hub_id.strip(), known_hubs=known)
 
 
 def _run(coroutine):

@@ -41,13 +41,15 @@ RETRY_ATTEMPTS = 3
 
 
 async def _run_as_partner(key_file: Path, hub: str, hub_id: str, spec: query_pb2.QuerySpec):
+    from federation.known_hubs import KnownHubs, KnownHubsError, path_beside
     from federation.partner_client import PartnerSession
 
     try:
         key = partners.load_private(key_file, passphrase())
-    except partners.PartnerKeyError as exc:
+        known = KnownHubs(path_beside(key_file))  # the key histories verified before: a replayed one is refused
+    except (partners.PartnerKeyError, KnownHubsError) as exc:
         raise fail(str(exc)) from None
-    async with PartnerSession(key, hub, hub_id) as session:
+    async with PartnerSession(key, hub, hub_id, known_hubs=known) as session:
         try:
             # The same signed bytes again while the entry hub cannot be reached: hubs that already
             # answered hand back their kept answer and charge nothing more (docs/querying.md 5).
@@ -63,9 +65,12 @@ def print_answer(answer) -> None:
         counts = ("-", "-") if r.suppressed else (str(r.readings), str(r.contributors))
         table.add_row(r.group, r.bucket_label, value, *counts)
     console.print(table)
-    sources = Table("hub", "municipality", "status", "agreement", "latency", "reason", title="provenance")
+    checked = any(p.key_check for p in answer.provenance)  # only a partner's session fills it in
+    sources = Table("hub", "municipality", "status", "agreement", "latency", "reason", *(["key"] if checked else []),
+                    title="provenance")
     for p in answer.provenance:
-        sources.add_row(p.hub_id[:12] + "…", p.municipality, p.status, p.agreement_id or "-", f"{p.latency_ms:.0f} ms", p.reason)
+        sources.add_row(p.hub_id[:12] + "…", p.municipality, p.status, p.agreement_id or "-", f"{p.latency_ms:.0f} ms", p.reason,
+                        *([p.key_check or "-"] if checked else []))
     console.print(sources)
     for p in answer.provenance:
         signed = query_pb2.PartialResult.FromString(p.partial.partial) if p.partial.partial else None

@@ -58,13 +58,14 @@ class AdminServicer(FederationAdmin, QueryAdmin, AuditAdmin, LifecycleAdmin, adm
         if self.certificates is None:
             raise Rejected(Reason.INTERNAL, "this hub was started without its served identity: stop it and run "
                                             "`smartregion key rotate`")
-        old, new = await self.certificates.rotate_key()
+        old, new = await self.certificates.rotate_key(request.new_tls_issuer)
         return admin_pb2.KeyRotation(
             hub_id=new.hub_id_text, rotation=len(new.key_history), old_public_key=old.public_key_raw,
             new_public_key=new.public_key_raw, key_history=new.key_history,
             certificate_sha256=cert_sha256(new.tls_cert_pem).hex(),
             rotated_at_ms=keychain.RotationStatement.from_bytes(new.key_history[-1]).rotated_at_ms,
-            issuer_created=old.tls_issuer is None and new.tls_issuer is not None)
+            issuer_created=old.tls_issuer is None and new.tls_issuer is not None,
+            issuer_replaced=request.new_tls_issuer)
 
     def _certificates(self) -> ServedCertificate:
         if self.certificates is None:
