@@ -21,8 +21,9 @@ computed the way a provider releases them, under four rules, all in the same run
   sub-cells; `bounded` to 32 bins), read by interpolation: what a region-wide answer releases
   now under an agreement whose smallest bucket is a day (the sketch on the wire);
 * per day, mixture: the same per-day sketches, the quantile read from the mixture of their
-  bins (`mixture_quantile`): what a per-municipality answer releases now (the hub reads it;
-  region-wide it would need every day's bins on the wire, which is not done).
+  bins (`mixture_quantile`): what a per-municipality answer releases now (the hub reads it),
+  and region-wide what the asker reads now from every hub's days (`Cell.subcells`, a cell of
+  2 to 32 sub-cells: a month under a day's grain).
   Daily cells are one sub-cell: both the same as "dyadic, interpolated".
 
 Layouts: "demo" (one station per hub, as `smartregion demo`), "one hub" (all five stations in
@@ -305,6 +306,39 @@ def padding(readings: Readings) -> None:
         padded = partials.padded_size(spec, hub, municipality, agreement)
         ratio = best_of(lambda: partials.padded_size(spec, hub, municipality, agreement)) / best_of(build)  # noqa: B023
         print(f"| {aggregate} by {group_by}/{bucket} | {len(rows)} | {actual} B | {padded} B | {padded / actual:.2f} | {ratio:.2f} |")
+    quantile_padding(readings, start, end)
+
+
+def quantile_padding(readings: Readings, start: int, end: int) -> None:
+    """A region-wide quantile by month under a day's grain, all five stations in one hub: each
+    month's partial carries its days' sketches (`mixture_cells`), padded to 32 bins a day."""
+    hub, municipality, agreement = "0" * 32, "1103", "urn:uuid:" + "0" * 36
+    spec = query_pb2.QuerySpec(aggregate="quantile", quantile=0.5, group_by="region", bucket="month", start_ms=start, end_ms=end)
+    month_ms = {(m.year, m.month): int(m.timestamp() * 1000)
+                for m in (dt.datetime(2019, month, 1, tzinfo=dt.UTC) for month in range(1, 13))}
+    rows = [(dt.date(t.year, t.month, t.day).toordinal(), *bin_of(v), station, 1)
+            for station, series in readings.items() for t, v in series]
+    parts = partials.subcell_sketches(rows, 2, cell_of=lambda d: month_ms[(dt.date.fromordinal(d).year,
+                                                                            dt.date.fromordinal(d).month)])
+    counts: dict[int, int] = {}
+    for d, *_ in rows:
+        month = month_ms[(dt.date.fromordinal(d).year, dt.date.fromordinal(d).month)]
+        counts[month] = counts.get(month, 0) + 1
+    cells = [CellRow(m, counts[m], 0.0, 0.0, 0.0, 0.0, 5) for m in sorted(counts)]
+
+    def build() -> bytes:
+        result = partials.build(bytes(32), hub, municipality, agreement, 2, "region", cells, 1, "quantile", quantile=0.5,
+                                coarse={m: partials.merged(p) for m, p in parts.items()}, parts=parts,
+                                mixture=partials.mixture_cells(spec, "day"))
+        return query_pb2.SignedPartial(partial=result.SerializeToString(), signature=bytes(64),
+                                       provider_public_key=bytes(32)).SerializeToString()
+
+    actual = len(build())
+    merged_only = partials.padded_size(spec, hub, municipality, agreement)
+    padded = partials.padded_size(spec, hub, municipality, agreement, grain="day")
+    ratio = best_of(lambda: partials.padded_size(spec, hub, municipality, agreement, grain="day")) / best_of(build)
+    print(f"| quantile by region/month, day grain (five stations; {merged_only} B padded with the merge only) | "
+          f"{len(cells)} | {actual} B | {padded} B | {padded / actual:.2f} | {ratio:.2f} |")
 
 
 if __name__ == "__main__":

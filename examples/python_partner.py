@@ -32,6 +32,7 @@ import math
 import os
 import secrets
 import ssl
+import struct
 import sys
 import time
 from pathlib import Path
@@ -434,12 +435,26 @@ LOWEST_EDGE, HIGHEST_EDGE = -1037, 35487  # bin edges gamma^x are clipped to whe
 MAX_INTERPOLATED_LEVEL = 8  # a wider bin gives its middle ordinal's value
 
 
-def merged_bins(parts: list) -> list[tuple[int, int, int]]:
-    """docs/querying.md 7.6: the cells' coarse bins (level, index, count) merged. Dyadic bins
-    are nested or disjoint: each bin inside no other takes the counts of the bins inside it.
+MAX_SUBCELL_SKETCHES = 32  # a cell carries at most this many sub-cell sketches
+
+
+def components(parts: list) -> list:
+    """docs/querying.md 7.6: the sketches a region-wide quantile is read from: each hub's
+    sub-cell sketches, or its one `coarse` sketch when it sent none."""
+    out = []
+    for c in parts:
+        if len(c.subcells) > MAX_SUBCELL_SKETCHES:
+            raise ClientError(f"a cell carries {len(c.subcells)} sub-cell sketches, more than {MAX_SUBCELL_SKETCHES}")
+        out += list(c.subcells) if c.subcells else [c.coarse] if c.HasField("coarse") else []
+    return out
+
+
+def merged_bins(sketch) -> list[tuple[int, int, int]]:
+    """docs/querying.md 7.6: one sketch's coarse bins (level, index, count). Dyadic bins are
+    nested or disjoint: each bin inside no other takes the counts of the bins inside it.
     Sorted by first ordinal index * 2^level. The older uniform form (level, bins) is read too."""
-    given = [(b.level, b.index, b.count) for c in parts for b in c.coarse.intervals]
-    given += [(c.coarse.level, index, n) for c in parts for index, n in c.coarse.bins.items()]
+    given = [(b.level, b.index, b.count) for b in sketch.intervals]
+    given += [(sketch.level, index, n) for index, n in sketch.bins.items()]
     if any(not 3 <= level <= 13 for level, _, _ in given):
         raise ClientError("a partial holds a coarse bin outside levels 3 to 13")
     merged: dict[tuple[int, int], int] = {}
@@ -469,10 +484,10 @@ def value_in_bin(level: int, index: int, f: float) -> float:
     return 0.0 if top < LOWEST_EDGE else f * float(GAMMA ** clip(top))
 
 
-def coarse_quantile(parts: list, q: float) -> float:
-    """Region-wide quantile: the merged bins; in the first whose cumulative count exceeds
-    r = q * (n - 1), the value at fraction (r - before + 1) / (count + 1) of the way through it."""
-    bins = merged_bins(parts)
+def coarse_quantile(sketch, q: float) -> float:
+    """One sketch's quantile: in the first bin whose cumulative count exceeds r = q * (n - 1),
+    the value at fraction (r - before + 1) / (count + 1) of the way through it."""
+    bins = merged_bins(sketch)
     total = sum(n for _, _, n in bins)
     if total == 0:
         return math.nan
@@ -483,6 +498,60 @@ def coarse_quantile(parts: list, q: float) -> float:
         before += n
     level, index, n = bins[-1]
     return value_in_bin(level, index, n / (n + 1))
+
+
+def _order(x: float) -> int:  # doubles -> integers in the same order
+    bits = struct.unpack("<q", struct.pack("<d", x))[0]
+    return bits if bits >= 0 else -(bits & 0x7FFFFFFFFFFFFFFF)
+
+
+def _double(k: int) -> float:
+    return struct.unpack("<d", struct.pack("<Q", k if k >= 0 else (-k) | (1 << 63)))[0]
+
+
+def placed_at_rank(bins: list, rank: int) -> float:
+    """The reading at 0-based `rank` when each bin's c readings are placed at fractions
+    j / (c + 1), j = 1..c: the smallest double with more than `rank` placed at or below it."""
+    def at_most_in(level: int, index: int, n: int, v: float) -> int:
+        lo, hi = 0, n
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if value_in_bin(level, index, mid / (n + 1)) <= v else (lo, mid - 1)
+        return lo
+
+    def at_most(v: float) -> int:
+        return sum(at_most_in(level, index, n, v) for level, index, n in bins)
+
+    lo = _order(min(value_in_bin(level, index, 1 / (n + 1)) for level, index, n in bins))
+    hi = _order(max(value_in_bin(level, index, n / (n + 1)) for level, index, n in bins))
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if at_most(_double(mid)) > rank else (mid + 1, hi)
+    return _double(lo)
+
+
+def mixture_quantile(sketches: list, q: float) -> float:
+    """Region-wide quantile (docs/querying.md 7.6): one sketch is read as coarse_quantile; of
+    several, the value at rank r = q * (n - 1) of all their bins' placed readings, between the
+    two around a fractional rank geometrically (linearly across zero)."""
+    if len(sketches) == 1:
+        return coarse_quantile(sketches[0], q)
+    bins = [b for sketch in sketches for b in merged_bins(sketch) if b[2]]
+    total = sum(n for _, _, n in bins)
+    if total == 0:
+        return math.nan
+    rank = q * (total - 1)
+    i = min(int(rank), total - 1)
+    t = rank - i
+    a = placed_at_rank(bins, i)
+    if t == 0 or i + 1 >= total:
+        return a
+    b = placed_at_rank(bins, i + 1)
+    if a > 0 and b > 0:
+        return a * (b / a) ** t
+    if a < 0 and b < 0:
+        return -(-a * (b / a) ** t)
+    return a + t * (b - a)
 
 
 def merge(partials: list, spec: query_pb2.QuerySpec) -> list[dict]:
@@ -503,7 +572,8 @@ def merge(partials: list, spec: query_pb2.QuerySpec) -> list[dict]:
                 raise ClientError(f"two hubs answered for municipality {group}")
             value = parts[0].value
         elif spec.aggregate == "quantile":
-            value = coarse_quantile(parts, spec.quantile)
+            sketches = components(parts)
+            value = mixture_quantile(sketches, spec.quantile) if sketches else math.nan
         else:
             value = {"count": float(n), "sum": s, "mean": s / n if n else 0.0,
                      "min": min(c.min for c in parts), "max": max(c.max for c in parts),

@@ -20,9 +20,10 @@ import hashlib
 import heapq
 import itertools
 import math
+import struct
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from federation.query_spec import buckets, label
 from node.api.v1 import query_pb2, query_service_pb2
@@ -78,6 +79,12 @@ HIGHEST_EDGE = bin_of(sys.float_info.max)[1] - 1
 # to interpolate (bench/quantile_error.py: a geometric guess across a bin 10^17 wide is off by
 # 10^16); their quantile is the middle ordinal's value, as before interpolation.
 MAX_INTERPOLATED_LEVEL = 8
+# A region-wide quantile cell under an agreement carries its sub-cells' own sketches (the
+# asker reads the mixture) when it spans 2 to this many sub-cells, and the query's padded
+# partial stays within MAX_SEALED_PARTIAL_BYTES (`mixture_cells`); otherwise only their merge.
+MAX_SUBCELL_SKETCHES = 32
+# mixture_quantile places and sorts up to this many readings; beyond, it bisects (the same value)
+PLACED_LIMIT = 1 << 16
 
 Bins = dict[int, tuple[int, set[str]]]  # fine ordinal -> (readings, contributors)
 
@@ -357,30 +364,81 @@ def coarse_quantile(sketch: query_pb2.CoarseSketch, q: float) -> float:
 
 
 def mixture_quantile(sketches: Sequence[query_pb2.CoarseSketch], q: float) -> float:
-    """The quantile of the MIXTURE of several sketches' bins (a cell's sub-cells'): one sketch
-    is read as `coarse_quantile`; of several, each bin's c readings are placed at fractions
-    1/(c + 1) ... c/(c + 1) of the way through it (`value_in_bin`), all of them sorted, and the
-    value at rank r = q (n - 1) taken, between the two placed readings around a fractional rank
-    geometrically (linearly across zero). Arithmetic on per-sub-cell histograms that each obey
-    the rule, so it tells no more than they do; far closer than reading their maximal merge,
-    where one sub-cell's wide bin swallows every other's fine ones (docs/benchmarks.md)."""
+    """The quantile of the MIXTURE of several sketches' bins (a cell's sub-cells', or every
+    hub's): one sketch is read as `coarse_quantile`; of several, each bin's c readings are
+    placed at fractions 1/(c + 1) ... c/(c + 1) of the way through it (`value_in_bin`), all of
+    them sorted, and the value at rank r = q (n - 1) taken, between the two placed readings
+    around a fractional rank geometrically (linearly across zero). Arithmetic on per-sub-cell
+    histograms that each obey the rule, so it tells no more than they do; far closer than
+    reading their maximal merge, where one sub-cell's wide bin swallows every other's fine ones
+    (docs/benchmarks.md). Up to PLACED_LIMIT readings are placed and sorted; beyond, the one
+    at a rank is found by bisection over the doubles (`_placed_at_rank`, the same value), so
+    the cost is bounded by the bins, never by the counts (which, at an asker, a provider claims)."""
     if len(sketches) == 1:
         return coarse_quantile(sketches[0], q)
-    placed = sorted(value_in_bin(b, j / (n + 1)) for sketch in sketches
-                    for b, n in dyadic_bins([sketch]).items() for j in range(1, n + 1))
-    if not placed:
+    bins = [(b, n) for sketch in sketches for b, n in dyadic_bins([sketch]).items() if n]
+    total = sum(n for _, n in bins)
+    if not total:
         return math.nan
-    rank = q * (len(placed) - 1)
-    i = min(int(rank), len(placed) - 1)
+    rank = q * (total - 1)
+    i = min(int(rank), total - 1)
     t = rank - i
-    if t == 0 or i + 1 >= len(placed):
-        return placed[i]
-    a, b = placed[i], placed[i + 1]
+    if total <= PLACED_LIMIT:
+        placed = sorted(value_in_bin(b, j / (n + 1)) for b, n in bins for j in range(1, n + 1))
+        a, b = placed[i], placed[min(i + 1, total - 1)]
+    else:
+        a = _placed_at_rank(bins, i)
+        b = _placed_at_rank(bins, i + 1) if t and i + 1 < total else a
+    if t == 0 or i + 1 >= total:
+        return a
     if a > 0 and b > 0:
         return float(a * (b / a) ** t)
     if a < 0 and b < 0:
         return float(-(-a * (b / a) ** t))
     return a + t * (b - a)
+
+
+def _double_order(x: float) -> int:
+    """An integer for each double, in the doubles' order (-0.0 and 0.0 alike)."""
+    bits: int = struct.unpack("<q", struct.pack("<d", x))[0]
+    return bits if bits >= 0 else -(bits & 0x7FFFFFFFFFFFFFFF)
+
+
+def _double_of_order(k: int) -> float:
+    bits = k if k >= 0 else (-k) | (1 << 63)
+    value: float = struct.unpack("<d", struct.pack("<Q", bits))[0]
+    return value
+
+
+def _placed_at_most(b: DyadicBin, n: int, v: float) -> int:
+    """How many of bin b's n placed readings lie at or below v (placement rises with j)."""
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if value_in_bin(b, mid / (n + 1)) <= v:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _placed_at_rank(bins: Sequence[tuple[DyadicBin, int]], rank: int) -> float:
+    """The placed reading at 0-based `rank` of all bins' placed readings in increasing order:
+    the smallest double v with more than `rank` of them at or below v (at most 64 halvings,
+    each counting every bin in O(1) but the few whose readings straddle v, by bisection)."""
+    ends = [(value_in_bin(b, 1 / (n + 1)), value_in_bin(b, n / (n + 1)), b, n) for b, n in bins]
+
+    def at_most(v: float) -> int:
+        return sum(n if last <= v else 0 if first > v else _placed_at_most(b, n, v) for first, last, b, n in ends)
+
+    lo, hi = _double_order(min(e[0] for e in ends)), _double_order(max(e[1] for e in ends))
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if at_most(_double_of_order(mid)) > rank:
+            hi = mid
+        else:
+            lo = mid + 1
+    return _double_of_order(lo)
 
 
 def coarse_threshold(min_group_size: int) -> int:
@@ -423,14 +481,16 @@ def build(digest: bytes, provider: str, municipality: str, agreement_id: str, mi
           rows: list[CellRow], computed_at_ms: int, aggregate: str, withheld: frozenset[int] = frozenset(),
           noisy: bool = False, quantile: float = 0.0,
           coarse: dict[int, query_pb2.CoarseSketch] | None = None,
-          parts: dict[int, list[query_pb2.CoarseSketch]] | None = None) -> query_pb2.PartialResult:
+          parts: dict[int, list[query_pb2.CoarseSketch]] | None = None,
+          mixture: frozenset[int] = frozenset()) -> query_pb2.PartialResult:
     """`group` is the municipality (per-municipality answer: final values only) or "region".
     `withheld`: bucket starts of cells to suppress although they look large enough (they hide a
     small sub-cell, or the release log forbids them; see federation/query/provider.py).
     `coarse`: for a quantile, each bucket's coarsened sketch (`coarsen`); a bucket without one
     is withheld, per municipality as region-wide. `parts`: each bucket's sub-cells' sketches
     (`subcell_sketches`), which a per-municipality value is read from (`mixture_quantile`);
-    they never leave."""
+    region-wide, the cells of `mixture` (`mixture_cells`: decided by the query and agreement,
+    never by data) carry them too, for the asker to read the mixture of."""
     per_municipality = group != "region"
     released = set() if per_municipality else RELEASED_FIELDS[aggregate]
     is_quantile = aggregate == "quantile"
@@ -449,7 +509,9 @@ def build(digest: bytes, provider: str, municipality: str, agreement_id: str, mi
                                     min=r.min if "min" in released else 0.0, max=r.max if "max" in released else 0.0,
                                     coarse=sketch if "coarse" in released else None, noisy=noisy,
                                     # an exact count of contributors would leak past the noise
-                                    contributors=0 if noisy else r.contributors))
+                                    contributors=0 if noisy else r.contributors,
+                                    subcells=(parts or {}).get(r.bucket_start_ms, ())
+                                    if "coarse" in released and r.bucket_start_ms in mixture else ()))
     return query_pb2.PartialResult(query_digest=digest, provider_hub_id=provider, municipality=municipality,
                                    agreement_id=agreement_id, computed_at_ms=computed_at_ms,
                                    min_group_size=min_group_size, cells=cells)
@@ -478,6 +540,12 @@ def _varint_len(n: int) -> int:
     return length
 
 
+def _largest_sketch() -> query_pb2.CoarseSketch:
+    """A coarse sketch of MAX_COARSE_BINS bins at their longest encoding (levels are all one byte)."""
+    return query_pb2.CoarseSketch(intervals=[query_pb2.CoarseBin(level=MAX_LEVEL, index=-LARGEST_COARSE_INDEX - 1 + i, count=_U64)
+                                             for i in range(MAX_COARSE_BINS)])
+
+
 def _largest_cell(group: str, aggregate: str, per_municipality: bool) -> query_pb2.Cell:
     """A cell with every field this aggregate may carry at its longest encoding (no bucket start)."""
     released = set() if per_municipality else RELEASED_FIELDS[aggregate]
@@ -485,23 +553,52 @@ def _largest_cell(group: str, aggregate: str, per_municipality: bool) -> query_p
                           value=1.0 if per_municipality else 0.0)
     for name in released - {"coarse"}:
         setattr(cell, name, 1.0)  # a double is 8 bytes whatever its value (0.0 is left out)
-    if "coarse" in released:  # indices of the longest zigzag encoding a sketch can have; levels are all one byte
-        cell.coarse.intervals.extend(query_pb2.CoarseBin(level=MAX_LEVEL, index=-LARGEST_COARSE_INDEX - 1 + i, count=_U64)
-                                     for i in range(MAX_COARSE_BINS))
+    if "coarse" in released:
+        cell.coarse.CopyFrom(_largest_sketch())
     return cell
 
 
+def _subcell_counts(spec: query_pb2.QuerySpec, grain: str | None) -> dict[int, int]:
+    """Per cell of a region-wide quantile query under an agreement of finest grain `grain`, the
+    sub-cells it spans; empty for any other query (none carries sub-cell sketches)."""
+    if grain is None or spec.group_by != "region" or spec.aggregate != "quantile":
+        return {}
+    return {start: len(buckets(grain, start, end)) for start, end in buckets(spec.bucket, spec.start_ms, spec.end_ms)}
+
+
+def mixture_cells(spec: query_pb2.QuerySpec, grain: str | None) -> frozenset[int]:
+    """The cells (bucket starts) whose sub-cells' sketches a region-wide quantile partial
+    carries: those of 2 to MAX_SUBCELL_SKETCHES sub-cells, none if the padded partial would
+    then exceed MAX_SEALED_PARTIAL_BYTES. A function of the query and the agreement's grain
+    (which the entry hub sees in the co-signed agreement) alone: never of data."""
+    cells = frozenset(start for start, n in _subcell_counts(spec, grain).items() if 2 <= n <= MAX_SUBCELL_SKETCHES)
+    if cells and _padded(spec, "0" * 32, "0000", "urn:uuid:" + "0" * 36, (), grain, cells) > MAX_SEALED_PARTIAL_BYTES:
+        return frozenset()
+    return cells
+
+
 def padded_size(spec: query_pb2.QuerySpec, provider_hub_id: str, municipality: str, agreement_id: str,
-                key_history: Sequence[bytes] = ()) -> int:
+                key_history: Sequence[bytes] = (), grain: str | None = None) -> int:
     """The length every sealed partial of this query is padded to before sealing: the longest
     serialized SignedPartial it could be, plus the one-byte padding marker. The provider's key
-    history (public, in its descriptor) rides along whole."""
+    history (public, in its descriptor) rides along whole. `grain`: the agreement's finest
+    grain (policy.finest_grain), None for a hub's own data: each cell of `mixture_cells` is
+    counted with as many sub-cell sketches of MAX_COARSE_BINS bins as it spans sub-cells."""
+    return _padded(spec, provider_hub_id, municipality, agreement_id, key_history, grain, mixture_cells(spec, grain))
+
+
+def _padded(spec: query_pb2.QuerySpec, provider_hub_id: str, municipality: str, agreement_id: str,
+            key_history: Sequence[bytes], grain: str | None, mixture: frozenset[int]) -> int:
     per_municipality = spec.group_by == "municipality"
     group = municipality if per_municipality else "region"
     cell_body = int(_largest_cell(group, spec.aggregate, per_municipality).ByteSize())
+    sketch = int(_largest_sketch().ByteSize())
+    subcell_bytes = 1 + _varint_len(sketch) + sketch  # one repeated `subcells` entry: tag, length, sketch
+    spans = _subcell_counts(spec, grain)
     cells = 0
     for start, _ in buckets(spec.bucket, spec.start_ms, spec.end_ms):
-        size = cell_body + 1 + _varint_len(start) if start else cell_body  # bucket_start_ms = 0 is left out
+        body = cell_body + (spans[start] * subcell_bytes if start in mixture else 0)
+        size = body + 1 + _varint_len(start) if start else body  # bucket_start_ms = 0 is left out
         cells += 1 + _varint_len(size) + size  # the repeated field's tag and length
     header = query_pb2.PartialResult(query_digest=bytes(32), provider_hub_id=provider_hub_id, municipality=municipality,
                                      agreement_id=agreement_id, computed_at_ms=_I64, min_group_size=_U32,
@@ -568,7 +665,8 @@ class Merged:
     suppressed: bool = False
     noisy: bool = False
     final: float | None = None  # a provider's final value (per-municipality cells)
-    coarse: query_pb2.CoarseSketch | None = None  # region-wide quantiles
+    # region-wide quantiles: every hub's sub-cell sketches, or its one sketch when it sent none
+    components: list[query_pb2.CoarseSketch] = field(default_factory=list)
     cells: int = 0
 
     def add(self, cell: query_pb2.Cell, per_municipality: bool) -> None:
@@ -586,8 +684,12 @@ class Merged:
         self.sum_squares += cell.sum_squares
         self.min = min(self.min, cell.min)
         self.max = max(self.max, cell.max)
-        if cell.HasField("coarse"):
-            self.coarse = merge_coarse(self.coarse, cell.coarse)
+        if len(cell.subcells) > MAX_SUBCELL_SKETCHES:
+            raise PartialError(f"a cell carries {len(cell.subcells)} sub-cell sketches, more than {MAX_SUBCELL_SKETCHES}")
+        if cell.subcells:
+            self.components.extend(cell.subcells)
+        elif cell.HasField("coarse"):
+            self.components.append(cell.coarse)
 
     def value(self, aggregate: str, quantile: float) -> float:
         if self.final is not None:
@@ -605,7 +707,7 @@ class Merged:
             return self.max
         if aggregate == "stddev":  # sample standard deviation
             return math.sqrt(max(0.0, (self.sum_squares - self.sum * self.sum / n) / (n - 1))) if n > 1 else 0.0
-        return coarse_quantile(self.coarse, quantile) if self.coarse is not None else math.nan
+        return mixture_quantile(self.components, quantile) if self.components else math.nan
 
 
 def merge(partials: list[query_pb2.PartialResult], spec: query_pb2.QuerySpec) -> list[query_pb2.Row]:

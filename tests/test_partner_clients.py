@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import importlib.util
 import json
+import math
 import os
+import random
 import re
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -365,3 +369,70 @@ def test_the_guide_quotes_the_tested_clients_verbatim():
     for language, block in blocks:
         assert any(block in source for source in sources[language]), (
             f"this {language} block of {GUIDE.name} is not in {[p.name for p in QUOTED_FILES[language]]}:\n{block}")
+
+
+def mixture_cases() -> list[tuple[list[query_pb2.CoarseSketch], float]]:
+    """Region-wide quantile components (several hubs' sub-cell sketches) of every kind: counts
+    from 1 to 2^40 (the bisection, beyond what placing would finish), negative, zero-holding and
+    wide (level > 8) bins, and q from 0 to 1."""
+    rng = random.Random(20191)
+    cases = []
+    for _ in range(120):
+        sketches = []
+        for _ in range(rng.randint(1, 5)):
+            at, intervals = rng.randint(-3000, 3000), []
+            for _ in range(rng.randint(1, 10)):
+                level = rng.randint(3, 10)
+                index = -(-at // (1 << level))
+                intervals.append(query_pb2.CoarseBin(level=level, index=index, count=rng.choice([1, 3, 10, 77, 2**40])))
+                at = ((index + 1) << level) + rng.randint(0, 50)
+            sketches.append(query_pb2.CoarseSketch(intervals=intervals))
+        cases.append((sketches, rng.choice([0.0, 1.0, rng.random()])))
+    return cases
+
+
+def test_the_example_clients_read_the_mixture_as_the_hub_does(node_client):
+    """The mixture of every hub's sub-cell sketches (docs/querying.md 7.6), read by the Python
+    example (exactly partials.mixture_quantile's value) and by the Node client (to its pow's last
+    bit: V8's and the C library's differ there, as the guide says)."""
+    loader = importlib.util.spec_from_file_location("python_partner", PYTHON_EXAMPLE)
+    assert loader is not None and loader.loader is not None
+    example = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(example)
+    cases = mixture_cases()
+    hub = [partials.mixture_quantile(sketches, q) for sketches, q in cases]
+    assert [example.mixture_quantile(sketches, q) for sketches, q in cases] == hub
+    as_json = json.dumps([[[{"intervals": [{"level": b.level, "index": b.index, "count": b.count} for b in s.intervals]}
+                            for s in sketches], q] for sketches, q in cases])
+    script = ("import { mixtureQuantile } from './smartregion.mjs';"
+              "let input = ''; process.stdin.on('data', (d) => { input += d; });"
+              "process.stdin.on('end', () => console.log(JSON.stringify(JSON.parse(input).map(([s, q]) => mixtureQuantile(s, q)))));")
+    done = subprocess.run([node_client[0], "--input-type=module", "-e", script], input=as_json, capture_output=True, text=True,
+                          cwd=NODE_CLIENT, timeout=CLIENT_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr
+    node = json.loads(done.stdout)
+    assert all(math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-300) for a, b in zip(node, hub, strict=True)), (node, hub)
+    # whole rows: two hubs' cells, one with sub-cell sketches, one with its merge only
+    days, other = cases[7][0], cases[8][0]
+    spec = query_pb2.QuerySpec(aggregate="quantile", quantile=0.3, group_by="region", bucket="window", start_ms=0, end_ms=1)
+    cells = [query_pb2.Cell(group="region", count=9, contributors=2, coarse=partials.merged(days), subcells=days),
+             query_pb2.Cell(group="region", count=9, contributors=2, coarse=other[0])]
+    [row] = partials.merge([query_pb2.PartialResult(cells=[c]) for c in cells], spec)
+    assert row.value == partials.mixture_quantile([*days, other[0]], 0.3) != partials.coarse_quantile(partials.merged(days), 0.3)
+    [example_row] = example.merge([query_pb2.PartialResult(cells=[c]) for c in cells], spec)
+    assert example_row["value"] == row.value
+
+    def plain(s: query_pb2.CoarseSketch) -> dict:
+        return {"intervals": [{"level": b.level, "index": b.index, "count": b.count} for b in s.intervals]}
+    as_json = json.dumps([{"cells": [{"group": "region", "bucket_start_ms": 0, "count": c.count, "contributors": 2,
+                                      "suppressed": False, "coarse": plain(c.coarse), "subcells": [plain(s) for s in c.subcells]}]}
+                          for c in cells])
+    script = ("import { mergePartials } from './smartregion.mjs';"
+              "let input = ''; process.stdin.on('data', (d) => { input += d; });"
+              "process.stdin.on('end', () => console.log(JSON.stringify(mergePartials(JSON.parse(input),"
+              " { bucket: 'window', group_by: 'region', aggregate: 'quantile', quantile: 0.3 }))));")
+    done = subprocess.run([node_client[0], "--input-type=module", "-e", script], input=as_json, capture_output=True, text=True,
+                          cwd=NODE_CLIENT, timeout=CLIENT_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr
+    [node_row] = json.loads(done.stdout)
+    assert math.isclose(node_row["value"], row.value, rel_tol=1e-12), (node_row, row.value)

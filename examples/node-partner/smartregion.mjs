@@ -672,15 +672,30 @@ const LOWEST_EDGE = -1037; // bin edges gamma^x are clipped to where readings ca
 const HIGHEST_EDGE = 35487;
 const MAX_INTERPOLATED_LEVEL = 8; // a wider bin gives its middle ordinal's value
 
-/** docs/querying.md 7.6: the cells' coarse bins [level, index, count] merged. Dyadic bins are
- * nested or disjoint: each bin inside no other takes the counts of the bins inside it. Sorted by
- * first ordinal index * 2^level. The older uniform form (level, bins) is read too. */
-export function mergedBins(parts) {
-  const given = [];
+const MAX_SUBCELL_SKETCHES = 32; // a cell carries at most this many sub-cell sketches
+
+/** docs/querying.md 7.6: the sketches a region-wide quantile is read from: each hub's sub-cell
+ * sketches, or its one `coarse` sketch when it sent none. */
+export function components(parts) {
+  const out = [];
   for (const c of parts) {
-    for (const b of c.coarse.intervals ?? []) given.push([b.level, Number(b.index), Number(b.count)]);
-    for (const [index, n] of Object.entries(c.coarse.bins ?? {})) given.push([c.coarse.level, Number(index), Number(n)]);
+    const subcells = c.subcells ?? [];
+    if (subcells.length > MAX_SUBCELL_SKETCHES) {
+      throw new SmartregionError(`a cell carries ${subcells.length} sub-cell sketches, more than ${MAX_SUBCELL_SKETCHES}`);
+    }
+    if (subcells.length) out.push(...subcells);
+    else if (c.coarse) out.push(c.coarse);
   }
+  return out;
+}
+
+/** docs/querying.md 7.6: one sketch's coarse bins [level, index, count]. Dyadic bins are nested
+ * or disjoint: each bin inside no other takes the counts of the bins inside it. Sorted by first
+ * ordinal index * 2^level. The older uniform form (level, bins) is read too. */
+export function mergedBins(sketch) {
+  const given = [];
+  for (const b of sketch.intervals ?? []) given.push([b.level, Number(b.index), Number(b.count)]);
+  for (const [index, n] of Object.entries(sketch.bins ?? {})) given.push([sketch.level, Number(index), Number(n)]);
   if (given.some(([level]) => level < 3 || level > 13)) throw new SmartregionError('a partial holds a coarse bin outside levels 3 to 13');
   const merged = new Map();
   for (const [level, index, n] of given.sort((x, y) => y[0] - x[0])) { // the coarsest first
@@ -713,10 +728,10 @@ export function valueInBin(level, index, f) {
   return top < LOWEST_EDGE ? 0 : f * GAMMA ** clip(top);
 }
 
-/** Region-wide quantile: the merged bins; in the first whose cumulative count exceeds
- * r = q * (n - 1), the value at fraction (r - before + 1) / (count + 1) of the way through it. */
-export function coarseQuantile(parts, q) {
-  const bins = mergedBins(parts);
+/** One sketch's quantile: in the first bin whose cumulative count exceeds r = q * (n - 1), the
+ * value at fraction (r - before + 1) / (count + 1) of the way through it. */
+export function coarseQuantile(sketch, q) {
+  const bins = mergedBins(sketch);
   const total = bins.reduce((a, b) => a + b[2], 0);
   if (total === 0) return NaN;
   const rank = q * (total - 1);
@@ -727,6 +742,58 @@ export function coarseQuantile(parts, q) {
   }
   const [level, index, n] = bins[bins.length - 1];
   return valueInBin(level, index, n / (n + 1));
+}
+
+const orderView = new DataView(new ArrayBuffer(8));
+const SIGN = 1n << 63n;
+function doubleOrder(x) { // doubles -> integers (BigInt) in the same order
+  orderView.setFloat64(0, x);
+  const bits = orderView.getBigInt64(0);
+  return bits >= 0n ? bits : -(bits & (SIGN - 1n));
+}
+function doubleOf(k) {
+  orderView.setBigUint64(0, k >= 0n ? k : -k | SIGN);
+  return orderView.getFloat64(0);
+}
+
+/** The reading at 0-based `rank` when each bin's c readings are placed at fractions j / (c + 1),
+ * j = 1..c: the smallest double with more than `rank` placed at or below it. */
+function placedAtRank(bins, rank) {
+  const atMostIn = (level, index, n, v) => {
+    let lo = 0; let hi = n;
+    while (lo < hi) {
+      const mid = Math.floor((lo + hi + 1) / 2);
+      if (valueInBin(level, index, mid / (n + 1)) <= v) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+  };
+  const atMost = (v) => bins.reduce((a, [level, index, n]) => a + atMostIn(level, index, n, v), 0);
+  let lo = doubleOrder(Math.min(...bins.map(([level, index, n]) => valueInBin(level, index, 1 / (n + 1)))));
+  let hi = doubleOrder(Math.max(...bins.map(([level, index, n]) => valueInBin(level, index, n / (n + 1)))));
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1n; // floor, as Python's //
+    if (atMost(doubleOf(mid)) > rank) hi = mid; else lo = mid + 1n;
+  }
+  return doubleOf(lo);
+}
+
+/** Region-wide quantile (docs/querying.md 7.6): one sketch is read as coarseQuantile; of several,
+ * the value at rank r = q * (n - 1) of all their bins' placed readings, between the two around a
+ * fractional rank geometrically (linearly across zero). */
+export function mixtureQuantile(sketches, q) {
+  if (sketches.length === 1) return coarseQuantile(sketches[0], q);
+  const bins = sketches.flatMap((sketch) => mergedBins(sketch)).filter((b) => b[2]);
+  const total = bins.reduce((a, b) => a + b[2], 0);
+  if (total === 0) return NaN;
+  const rank = q * (total - 1);
+  const i = Math.min(Math.floor(rank), total - 1);
+  const t = rank - i;
+  const a = placedAtRank(bins, i);
+  if (t === 0 || i + 1 >= total) return a;
+  const b = placedAtRank(bins, i + 1);
+  if (a > 0 && b > 0) return a * (b / a) ** t;
+  if (a < 0 && b < 0) return -(-a * (b / a) ** t);
+  return a + t * (b - a);
 }
 
 /** docs/querying.md 7.6: per municipality each cell is one provider's final value, taken as is;
@@ -756,7 +823,8 @@ export function mergePartials(partials, spec) {
       if (parts.length !== 1) throw new SmartregionError(`two hubs answered for municipality ${group}`);
       value = parts[0].value;
     } else if (spec.aggregate === 'quantile') {
-      value = coarseQuantile(parts, spec.quantile);
+      const sketches = components(parts);
+      value = sketches.length ? mixtureQuantile(sketches, spec.quantile) : NaN;
     } else {
       value = {
         count: () => n, sum: () => s, mean: () => (n ? s / n : 0),

@@ -496,16 +496,19 @@ class Provider:
         if coarse is not None:
             await self._audit_uncoarsened(grant, spec, [c.bucket_start_ms for c in cells
                                                         if c.bucket_start_ms not in coarse and c.bucket_start_ms not in withheld])
+        # region-wide, the cells whose sub-cells' sketches go along: decided by the query and agreement alone
+        grain = policy.finest_grain(grant.smallest_bucket) if grant.agreement_id else None
         digest = partials.query_digest(signed.payload)
         result = partials.build(digest, self.own_id, self.hub.config.municipality, grant.agreement_id, min_group_size, group,
                                 cells, self.hub.clock.now_ms(), spec.aggregate, withheld, noisy=bool(epsilon), quantile=spec.quantile,
-                                coarse=coarse, parts=parts)
+                                coarse=coarse, parts=parts, mixture=partials.mixture_cells(spec, grain))
         if epsilon:
             result.dp_budget_micro = dp.micro(grant.dp_budget)
             pooled = await self._budget_line(grant.agreement_id, grant.asker_id, [spec.dataset])
             result.dp_spent_micro = await self.hub.storage.read(lambda s: s.budget_spent(grant.agreement_id, pooled))
         identity = self.hub.identity  # once: the padding must fit the history the partial carries
         signed_partial = partials.sign_partial(identity, result).SerializeToString()
-        size = partials.padded_size(spec, self.own_id, self.hub.config.municipality, grant.agreement_id, identity.key_history)
+        size = partials.padded_size(spec, self.own_id, self.hub.config.municipality, grant.agreement_id, identity.key_history,
+                                    grain)
         sealed = sealing.seal(signed_partial, spec.answer_key, digest, self.own_id, size)
         return sealed, sum(1 for c in result.cells if c.suppressed), len(result.cells)

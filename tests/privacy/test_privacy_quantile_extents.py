@@ -11,7 +11,8 @@ import math
 import statistics
 from pathlib import Path
 
-from hypothesis import example, given, settings
+import pytest
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from federation import partials
@@ -161,3 +162,114 @@ def test_a_month_read_from_the_mixture_is_closer_than_from_the_merged_bins():
     [cell] = partials.build(b"d" * 32, "hub", "4601", "", 3, "4601", [row], 1, "quantile", quantile=0.5,
                             coarse={0: partials.merged(parts)}, parts={0: parts}).cells
     assert cell.value == partials.mixture_quantile(parts, 0.5) != partials.coarse_quantile(partials.merged(parts), 0.5)
+
+
+# -- region-wide: the asker reads the mixture of every hub's sub-cell sketches --------------------
+
+def value_edges(b: partials.DyadicBin) -> tuple[float, float]:
+    """The values bin b's readings can take, clipped as value_in_bin clips (any level)."""
+    def clip(x: int) -> int:
+        return min(max(x, partials.LOWEST_EDGE), partials.HIGHEST_EDGE)
+    g = partials.GAMMA
+    if b.first > 0:
+        return float(g ** clip(b.first - partials.ORDINAL_OFFSET - 1)), float(g ** clip(b.end - partials.ORDINAL_OFFSET - 1))
+    if b.end <= 0:
+        return -float(g ** clip(-b.first - partials.ORDINAL_OFFSET)), -float(g ** clip(-b.end - partials.ORDINAL_OFFSET))
+    return 0.0, float(g ** clip(b.end - partials.ORDINAL_OFFSET - 1))
+
+
+def holding(bins: dict[partials.DyadicBin, int], rank: int) -> partials.DyadicBin:
+    before = 0
+    for b, n in sorted(bins.items(), key=lambda item: item[0].first):
+        if before + n > rank:
+            return b
+        before += n
+    raise AssertionError(rank)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(subcell, min_size=1, max_size=5), min_size=1, max_size=3), st.floats(0, 1))
+def test_the_mixture_of_sub_cell_bins_lies_within_the_merged_bin_holding_the_rank(hubs, q):
+    """Every hub's per-sub-cell sketches (coarsened by the rule), read as the asker reads them
+    (the mixture), give a value inside the bin of their merge (`merged`, bounded to 32 bins: the
+    form that went on the wire before) that holds the rank: the mixture only places readings
+    inside bins, never outside them. For a fractional rank r, between the bins holding floor(r)
+    and ceil(r)."""
+    components = [sketch for subcells in hubs
+                  for sketch in partials.coarse_sketches(rows_of(subcells, set(range(len(subcells)))), 2).values()]
+    assume(len(components) >= 2)
+    merged = partials.dyadic_bins([partials.merged(components)])
+    rank = q * (sum(merged.values()) - 1)
+    low, _ = value_edges(holding(merged, math.floor(rank)))
+    _, high = value_edges(holding(merged, math.ceil(rank)))
+    value = partials.mixture_quantile(components, q)
+    assert low * (1 - 1e-12) <= value <= high * (1 + 1e-12), (low, value, high)
+
+
+def coarse_sketch(bins: list[tuple[int, int, int]]) -> partials.query_pb2.CoarseSketch:
+    """(level, level-3 index, count) bins, nested ones merged into a valid sketch."""
+    out = [partials.sketch_of({partials.DyadicBin(level, index >> (level - 3)): n}) for level, index, n in bins]
+    return partials.sketch_of(partials.dyadic_bins(out))
+
+
+sketch_bins = st.lists(st.tuples(st.integers(3, 10), st.integers(-400, 400), st.integers(1, 30)), min_size=1, max_size=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(sketch_bins, min_size=2, max_size=4))
+def test_the_bisection_finds_the_placed_reading_at_every_rank(sketches):
+    """`_placed_at_rank` (what mixture_quantile uses beyond PLACED_LIMIT readings: the cost is
+    then bounded by the bins, whatever counts a provider claims) is exactly the reading at that
+    rank of all readings placed and sorted, at every rank."""
+    bins = [(b, n) for s in map(coarse_sketch, sketches) for b, n in partials.dyadic_bins([s]).items()]
+    placed = sorted(partials.value_in_bin(b, j / (n + 1)) for b, n in bins for j in range(1, n + 1))
+    assert [partials._placed_at_rank(bins, i) for i in range(len(placed))] == placed
+
+
+def test_the_mixture_of_huge_claimed_counts_is_bounded():
+    """A provider's partial claiming 2^62 readings in a bin: the asker's read takes milliseconds
+    (placing them would never end), and lies in the bins."""
+    huge = [coarse_sketch([(3, 260, 2**62)]), coarse_sketch([(3, 268, 10), (4, 300, 2**40)])]
+    value = partials.mixture_quantile(huge, 0.5)
+    low, _ = value_edges(partials.DyadicBin(3, 260 >> 0))
+    _, high = value_edges(partials.DyadicBin(3, 260))
+    assert low <= value <= high
+
+
+def test_the_askers_mixture_equals_the_hubs_for_one_hub():
+    """One hub's region-wide month under a day's grain: the partial carries the days' sketches,
+    and the asker's row (partials.merge) is exactly what the same hub releases per municipality
+    (mixture_quantile of the same sketches), not the merged bins' read."""
+    rows = [(day, 1, centre + offset, f"station-{who}", 1)
+            for day in range(28) for who in range(4) for centre in CENTRES for offset in (day % 5, 7, 11)]
+    parts = partials.subcell_sketches(rows, 2, cell_of=lambda _: 0)[0]
+    assert len(parts) == 28
+    spec = partials.query_pb2.QuerySpec(aggregate="quantile", quantile=0.37, group_by="region", bucket="month",
+                                        start_ms=0, end_ms=28 * 86_400_000)
+    assert partials.mixture_cells(spec, "day") == {0}
+    cell = CellRow(0, len(rows), 0.0, 0.0, 0.0, 0.0, 4)
+    partial = partials.build(b"d" * 32, "hub", "4601", "agreement", 2, "region", [cell], 1, "quantile", quantile=0.37,
+                             coarse={0: partials.merged(parts)}, parts={0: parts}, mixture=partials.mixture_cells(spec, "day"))
+    assert list(partial.cells[0].subcells) == parts
+    [row] = partials.merge([partial], spec)
+    [own] = partials.build(b"d" * 32, "hub", "4601", "", 2, "4601", [cell], 1, "quantile", quantile=0.37,
+                           coarse={0: partials.merged(parts)}, parts={0: parts}).cells
+    assert row.value == own.value == partials.mixture_quantile(parts, 0.37)
+    assert row.value != partials.coarse_quantile(partials.merged(parts), 0.37)
+    # two hubs: the mixture over both hubs' days
+    [both] = partials.merge([partial, partial], spec)
+    assert both.value == partials.mixture_quantile(parts + parts, 0.37)
+
+
+def test_a_cell_with_more_than_32_sub_cell_sketches_is_refused():
+    """The asker's bound: a provider's cell of 33 sub-cell sketches is an error, not read."""
+    spec = partials.query_pb2.QuerySpec(aggregate="quantile", quantile=0.5, group_by="region", bucket="month",
+                                        start_ms=0, end_ms=28 * 86_400_000)
+    sketch = coarse_sketch([(3, 260, 10)])
+    cell = partials.query_pb2.Cell(group="region", bucket_start_ms=0, count=330, contributors=2, coarse=sketch,
+                                   subcells=[sketch] * (partials.MAX_SUBCELL_SKETCHES + 1))
+    with pytest.raises(partials.PartialError, match="33 sub-cell sketches"):
+        partials.merge([partials.query_pb2.PartialResult(cells=[cell])], spec)
+    del cell.subcells[-1]
+    [row] = partials.merge([partials.query_pb2.PartialResult(cells=[cell])], spec)
+    assert row.value == partials.mixture_quantile([sketch] * partials.MAX_SUBCELL_SKETCHES, 0.5)

@@ -13,6 +13,7 @@ regression tests (federation/partials.py `coarsen`, `padded_size`; federation/se
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import math
 
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 
 from federation import partials, sealing
 from federation.query.provider import check_releasable
+from federation.query_spec import buckets
 from node.api.v1 import query_pb2
 from node.app.sensor_client import replay
 from node.errors import Reason, Rejected
@@ -526,3 +528,68 @@ def test_the_older_uniform_form_is_still_read():
     new = query_pb2.CoarseSketch(intervals=[query_pb2.CoarseBin(level=3, index=262, count=5)])
     merged = released_bins(partials.merge_coarse(old, new))
     assert merged == [(partials.DyadicBin(4, 130), 10), (partials.DyadicBin(4, 131), 17)]
+
+
+def sealed_len_under(spec: query_pb2.QuerySpec, result: query_pb2.PartialResult, grain: str) -> int:
+    key = sealing.public_raw(sealing.new_answer_key())
+    signed = query_pb2.SignedPartial(partial=result.SerializeToString(), signature=bytes(64), provider_public_key=bytes(32))
+    size = partials.padded_size(spec, PROVIDER, "4601", AGREEMENT, grain=grain)
+    return len(sealing.seal(signed.SerializeToString(), key, b"d" * 32, PROVIDER, size))
+
+
+subcell_lists = st.lists(coarse_sketches, max_size=7)
+
+
+@settings(max_examples=100, deadline=None)
+@given(cell_rows, st.integers(0, 2**32 - 1), subcell_lists, st.integers(0, 2**63 - 1))
+def test_a_region_wide_quantile_with_sub_cell_sketches_seals_to_one_length(rows, k, subcells, computed_at):
+    """Region-wide quantiles by week under a day's grain: each week's partial carries up to
+    seven sub-cell sketches (data: how many days hold readings, how many bins each), and the
+    sealed length is the query's padded size whatever they are, withheld cells and all."""
+    spec = query_pb2.QuerySpec(aggregate="quantile", quantile=0.5, group_by="region", bucket="week", start_ms=0,
+                               end_ms=10 * 7 * 86_400_000)
+    weeks = [dataclasses.replace(r, bucket_start_ms=r.bucket_start_ms * 7) for r in rows]
+    mixture = partials.mixture_cells(spec, "day")
+    assert mixture == {start for start, _ in buckets("week", spec.start_ms, spec.end_ms)}
+    result = partials.build(b"d" * 32, PROVIDER, "4601", AGREEMENT, k, "region", weeks, computed_at, "quantile",
+                            quantile=0.5, coarse={r.bucket_start_ms: subcells[0] if subcells else query_pb2.CoarseSketch()
+                                                  for r in weeks},
+                            parts={r.bucket_start_ms: subcells for r in weeks}, mixture=mixture)
+    assert sealed_len_under(spec, result, "day") == partials.padded_size(spec, PROVIDER, "4601", AGREEMENT, grain="day") + 48
+
+
+def test_the_padded_size_with_sub_cell_sketches_is_that_of_the_largest_partial():
+    """A month under a day's grain: 31 sub-cell sketches of 32 bins at their longest fit, and
+    the padding exceeds them by at most the flags a released cell cannot carry (4 bytes)."""
+    spec = query_pb2.QuerySpec(aggregate="quantile", quantile=0.5, group_by="region", bucket="month",
+                               start_ms=ms(2019, 1), end_ms=ms(2019, 2))
+    widest = query_pb2.CoarseSketch(intervals=[query_pb2.CoarseBin(level=partials.MIN_LEVEL, index=-4000 + i, count=2**64 - 1)
+                                               for i in range(partials.MAX_COARSE_BINS)])
+    row = CellRow(spec.start_ms, 2**64 - 1, 1.5, 2.5, -1.0, 1.0, 2**32 - 1)
+    result = partials.build(b"d" * 32, PROVIDER, "4601", AGREEMENT, 1, "region", [row], 2**63 - 1, "quantile", quantile=0.5,
+                            coarse={row.bucket_start_ms: widest}, parts={row.bucket_start_ms: [widest] * 31},
+                            mixture=partials.mixture_cells(spec, "day"))
+    assert len(result.cells[0].subcells) == 31
+    result.min_group_size = 2**32 - 1
+    result.dp_budget_micro = result.dp_spent_micro = 2**64 - 1
+    signed = query_pb2.SignedPartial(partial=result.SerializeToString(), signature=bytes(64), provider_public_key=bytes(32))
+    size = partials.padded_size(spec, PROVIDER, "4601", AGREEMENT, grain="day")
+    assert len(signed.SerializeToString()) + 1 <= size <= len(signed.SerializeToString()) + 1 + 4
+
+
+@pytest.mark.parametrize(("bucket", "end", "grain", "carried"), [
+    ("month", ms(2020, 1), "day", 12),      # 28..31 days a month
+    ("week", ms(2019, 1) + 364 * DAY, "day", 52),
+    ("window", ms(2020, 1), "day", 0),      # 365 days: more than 32, only the merge
+    ("day", ms(2019, 2), "day", 0),         # one sub-cell: the merge is the same sketch
+    ("day", ms(2020, 1), "hour", 0),        # 24 hours each, but 5 MB padded: over the limit, for every cell
+    ("day", ms(2019, 2), "hour", 31),       # 24 hours each, within the limit
+])
+def test_which_cells_carry_sub_cell_sketches_is_decided_by_the_query(bucket, end, grain, carried):
+    spec = query_pb2.QuerySpec(aggregate="quantile", quantile=0.5, group_by="region", bucket=bucket, start_ms=ms(2019, 1), end_ms=end)
+    assert len(partials.mixture_cells(spec, grain)) == carried
+    assert partials.padded_size(spec, PROVIDER, "4601", AGREEMENT, grain=grain) <= partials.MAX_SEALED_PARTIAL_BYTES
+    assert not partials.mixture_cells(spec, None)  # a hub's own data: no sub-cells
+    per_municipality = query_pb2.QuerySpec(aggregate="quantile", quantile=0.5, group_by="municipality", bucket=bucket,
+                                           start_ms=ms(2019, 1), end_ms=end)
+    assert not partials.mixture_cells(per_municipality, grain)  # per municipality: the value only

@@ -262,6 +262,26 @@ async def test_a_region_wide_quantile_comes_from_bins_of_several_contributors(re
     assert withheld.suppressed
 
 
+async def test_a_region_wide_quantile_of_two_days_carries_each_days_sketch(region):
+    """Live, under a day's grain: a two-day window region-wide is a cell of two sub-cells, so
+    each provider's cell carries its non-empty days' own sketches (here the one day with
+    readings), padded for both days (sealing would fail otherwise), and the asker's value is
+    the one day's, as asked alone."""
+    a, c = region.a, region.c
+    two_days = await region.ask(aggregate="quantile", quantile=0.5, group_by="region", bucket="window",
+                                start_ms=DAY, end_ms=DAY + 48 * HOUR_MS, hub_ids=[a.hub_id, c.hub_id])
+    one_day = await region.ask(aggregate="quantile", quantile=0.5, group_by="region", hub_ids=[a.hub_id, c.hub_id])
+    spec = query(aggregate="quantile", quantile=0.5, group_by="region", bucket="window", start_ms=DAY, end_ms=DAY + 48 * HOUR_MS)
+    for p in two_days.provenance:
+        [cell] = query_pb2.PartialResult.FromString(p.partial.partial).cells
+        assert list(cell.subcells) == [cell.coarse]
+        padded = partials.padded_size(spec, p.hub_id, p.municipality, p.agreement_id, p.partial.provider_key_history, grain="day")
+        assert padded > partials.padded_size(spec, p.hub_id, p.municipality, p.agreement_id, p.partial.provider_key_history)
+        assert len(p.sealed_partial) == padded + 48  # padded for two days' sketches of 32 bins, whatever they hold
+    assert [(r.value, r.readings) for r in two_days.rows] == [(r.value, r.readings) for r in one_day.rows]
+    assert not two_days.rows[0].suppressed
+
+
 # -- attack 7: answer files -------------------------------------------------------------------
 def _leaves(value, path=()):
     if isinstance(value, dict):

@@ -39,7 +39,7 @@ class QuerySpec(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., metric: _Optional[str] = ..., aggregate: _Optional[str] = ..., quantile: _Optional[float] = ..., start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ..., bucket: _Optional[str] = ..., group_by: _Optional[str] = ..., municipalities: _Optional[_Iterable[str]] = ..., hub_ids: _Optional[_Iterable[str]] = ..., purpose_code: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., epsilon: _Optional[float] = ..., answer_key: _Optional[bytes] = ...) -> None: ...
 
 class Cell(_message.Message):
-    __slots__ = ("group", "bucket_start_ms", "count", "sum", "sum_squares", "min", "max", "contributors", "suppressed", "noisy", "value", "coarse")
+    __slots__ = ("group", "bucket_start_ms", "count", "sum", "sum_squares", "min", "max", "contributors", "suppressed", "noisy", "value", "coarse", "subcells")
     GROUP_FIELD_NUMBER: _ClassVar[int]
     BUCKET_START_MS_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class Cell(_message.Message):
     NOISY_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     COARSE_FIELD_NUMBER: _ClassVar[int]
+    SUBCELLS_FIELD_NUMBER: _ClassVar[int]
     group: str
     bucket_start_ms: int
     count: int
@@ -64,7 +65,8 @@ class Cell(_message.Message):
     noisy: bool
     value: float
     coarse: CoarseSketch
-    def __init__(self, group: _Optional[str] = ..., bucket_start_ms: _Optional[int] = ..., count: _Optional[int] = ..., sum: _Optional[float] = ..., sum_squares: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., contributors: _Optional[int] = ..., suppressed: _Optional[bool] = ..., noisy: _Optional[bool] = ..., value: _Optional[float] = ..., coarse: _Optional[_Union[CoarseSketch, _Mapping]] = ...) -> None: ...
+    subcells: _containers.RepeatedCompositeFieldContainer[CoarseSketch]
+    def __init__(self, group: _Optional[str] = ..., bucket_start_ms: _Optional[int] = ..., count: _Optional[int] = ..., sum: _Optional[float] = ..., sum_squares: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., contributors: _Optional[int] = ..., suppressed: _Optional[bool] = ..., noisy: _Optional[bool] = ..., value: _Optional[float] = ..., coarse: _Optional[_Union[CoarseSketch, _Mapping]] = ..., subcells: _Optional[_Iterable[_Union[CoarseSketch, _Mapping]]] = ...) -> None: ...
 
 class CoarseSketch(_message.Message):
     __slots__ = ("level", "bins", "intervals")
