@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sqlite3
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from typer.testing import CliRunner
@@ -245,3 +247,16 @@ async def audit_entries(hub: ProcessHub) -> list[dict]:
     export = await hub.admin("ExportAudit", admin_pb2.ExportAuditRequest())
     lines = [json.loads(line) for line in export.jsonl.decode().splitlines() if line.strip()]
     return [json.loads(line["entry"]) for line in lines if "entry" in line]
+
+
+async def example_client_asks(program: list[str], key_file: Path, entry: ProcessHub) -> dict:
+    """Run an example partner client (`program`: the Python or the Node.js one) against `entry`
+    as its entry hub, for a week of daily means per municipality; return its JSON output."""
+    args = [*program, "--key", str(key_file), "--hub", entry.address, "--hub-id", entry.hub_id,
+            "--dataset", "air_quality", "--metric", "pm25", "--aggregate", "mean", "--from", "2019-01-01",
+            "--to", "2019-01-08", "--bucket", "day", "--group-by", "municipality", "--purpose", "research",
+            "--deadline-ms", "4000"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTREGION_")} | {"SMARTREGION_PASSPHRASE": PASSPHRASE}
+    done = await asyncio.to_thread(subprocess.run, args, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
 import subprocess
 import time
 
@@ -38,7 +37,7 @@ from node.app.sensor_client import Sensor, SensorCredential, replay
 from node.tlsfiles import pinned_client_ssl_context
 from tests.conftest import PASSPHRASE
 from tests.node_helpers import NODE_CLIENT, node_partner_client
-from tests.region_helpers import ProcessHub, agree_between, cli, eventually, start_all
+from tests.region_helpers import ProcessHub, agree_between, cli, eventually, example_client_asks, start_all
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -301,14 +300,7 @@ async def node_client_verifies_through_the_rotated_hub(region: Region) -> None:
     the certificate through the key history in Bergen's descriptor and verifies Bergen's summary
     and partial, signed by the new key, by that history."""
     node, query = node_partner_client()
-    args = [node, query, "--key", str(region.tmp / "uis.key"), "--hub", region.bergen.address,
-            "--hub-id", region.bergen.hub_id, "--dataset", "air_quality", "--metric", "pm25", "--aggregate", "mean",
-            "--from", "2019-01-01", "--to", "2019-01-08", "--bucket", "day", "--group-by", "municipality",
-            "--purpose", "research", "--deadline-ms", "4000"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTREGION_")} | {"SMARTREGION_PASSPHRASE": PASSPHRASE}
-    done = await asyncio.to_thread(subprocess.run, args, capture_output=True, text=True, timeout=60, env=env)
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout)
+    out = await example_client_asks([node, query], region.tmp / "uis.key", region.bergen)
     assert out["answered_by"] == region.bergen.hub_id
     assert {p["hub_id"]: p["signature_verified"] for p in out["provenance"]} == {h.hub_id: True for h in region.hubs.values()}
     # The same client's chain check refuses a history with a signature removed.

@@ -19,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +46,7 @@ from tests.region_helpers import (
     cli,
     enrol,
     eventually,
+    example_client_asks,
     offer_to_partner,
     send,
     start_region,
@@ -250,14 +249,7 @@ async def python_example_asks_through_the_rotated_hub(region: Region) -> None:
     """examples/python_partner.py (grpcio, cryptography and the generated code only) pins the
     ROTATED entry hub through the key history of its signed descriptor and verifies its
     answer, signed by the new key."""
-    args = [sys.executable, str(PYTHON_EXAMPLE), "--key", str(region.tmp / "uis.key"), "--hub", region.bergen.address,
-            "--hub-id", region.bergen.hub_id, "--dataset", "air_quality", "--metric", "pm25", "--aggregate", "mean",
-            "--from", "2019-01-01", "--to", "2019-01-08", "--bucket", "day", "--group-by", "municipality",
-            "--purpose", "research", "--deadline-ms", "4000"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTREGION_")} | {"SMARTREGION_PASSPHRASE": PASSPHRASE}
-    done = await asyncio.to_thread(subprocess.run, args, capture_output=True, text=True, timeout=60, env=env)
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout)
+    out = await example_client_asks([sys.executable, str(PYTHON_EXAMPLE)], region.tmp / "uis.key", region.bergen)
     assert out["answered_by"] == region.bergen.hub_id and not out["partial"]
     assert {p["hub_id"]: p["signature_verified"] for p in out["provenance"]} == \
         {h.hub_id: True for h in (region.bergen, region.stavanger, region.porsgrunn)}
